@@ -1,0 +1,160 @@
+"""``baton`` commands for the study owner and operator: submit, watch, list, cancel, fetch."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from baton import exit_codes
+from baton.admin_client import AdminClient
+from baton.entry import exit_on_error
+from baton.errors import ConfigError, PkiError, TransportError
+from baton.plan import load_plan, read_plan_text
+from baton.tls import TlsFiles
+from baton.tomlcfg import build, read_toml
+from baton.v1 import admin_pb2, common_pb2
+
+console = Console(highlight=False)
+_CODES = {
+    ConfigError: exit_codes.CLI_CONFIG,
+    PkiError: exit_codes.CLI_PKI,
+    TransportError: exit_codes.CLI_UNREACHABLE,
+}
+
+AdminOpt = Annotated[
+    Path,
+    typer.Option(
+        "--admin",
+        envvar="BATON_ADMIN_CONFIG",
+        help="Admin config (TOML): coordinator address and TLS files.",
+    ),
+]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AdminConfig:
+    """Where the coordinator is and which admin certificate to present."""
+
+    coordinator: str
+    """Coordinator address, ``host:port``."""
+    tls: TlsFiles
+    """The admin's certificate, key and the federation CA."""
+    server_name: str = ""
+    """Name expected in the coordinator's certificate when it differs from the host dialled."""
+
+
+def _client(path: Path) -> AdminClient:
+    cfg = build(AdminConfig, read_toml(path), source=str(path), section="")
+    base = path.parent
+    tls = TlsFiles(ca=base / cfg.tls.ca, cert=base / cfg.tls.cert, key=base / cfg.tls.key)
+    cfg = dataclasses.replace(cfg, tls=tls)
+    return AdminClient(cfg.coordinator, cfg.tls.load(), server_name=cfg.server_name or None)
+
+
+def _state(value: int) -> str:
+    return common_pb2.RunState.Name(value).removeprefix("RUN_STATE_").lower()
+
+
+def register(app: typer.Typer) -> None:
+    """Adds the admin commands to the ``baton`` app."""
+
+    @app.command()
+    def submit(
+        plan: Annotated[Path, typer.Argument(help="Run plan (TOML).")],
+        admin: AdminOpt,
+        watch: Annotated[bool, typer.Option(help="Follow the run until it ends.")] = False,
+    ) -> None:
+        """Submit a run plan to the coordinator."""
+        with exit_on_error(_CODES, exit_codes.CLI_ERROR):
+            load_plan(plan)  # validate locally first: clearer errors, no round trip
+            with _client(admin) as client:
+                run = client.create_run(read_plan_text(plan))
+                console.print(f"run {run.run_id} created ({run.total_hops} hops)")
+                if watch:
+                    _watch(client, run.run_id)
+
+    @app.command()
+    def runs(admin: AdminOpt) -> None:
+        """List runs, newest first."""
+        with exit_on_error(_CODES, exit_codes.CLI_ERROR), _client(admin) as client:
+            table = Table("run", "name", "state", "hops", "strategy")
+            for r in client.list_runs():
+                table.add_row(r.run_id, r.name, _state(r.state), str(r.total_hops), r.strategy)
+            console.print(table)
+
+    @app.command()
+    def status(run_id: str, admin: AdminOpt) -> None:
+        """Show one run hop by hop."""
+        with exit_on_error(_CODES, exit_codes.CLI_ERROR), _client(admin) as client:
+            r = client.get_run(run_id)
+            console.print(f"run {r.run_id} '{r.name}': {_state(r.state)} {r.error}")
+            table = Table("hop", "cycle", "site", "state", "val acc before", "val acc after")
+            for h in r.hops:
+                table.add_row(
+                    str(h.hop_index),
+                    str(h.cycle),
+                    h.site_id,
+                    common_pb2.HopState.Name(h.state).removeprefix("HOP_STATE_").lower(),
+                    _fmt(h.metrics_before.get("accuracy")),
+                    _fmt(h.metrics_after.get("accuracy")),
+                )
+            console.print(table)
+
+    @app.command()
+    def watch(run_id: str, admin: AdminOpt) -> None:
+        """Follow a run's events until it ends."""
+        with exit_on_error(_CODES, exit_codes.CLI_ERROR), _client(admin) as client:
+            _watch(client, run_id)
+
+    @app.command()
+    def cancel(run_id: str, admin: AdminOpt, reason: str = "") -> None:
+        """Cancel a running run."""
+        with exit_on_error(_CODES, exit_codes.CLI_ERROR), _client(admin) as client:
+            r = client.cancel_run(run_id, reason)
+            console.print(f"run {r.run_id}: {_state(r.state)}")
+
+    @app.command()
+    def fetch(run_id: str, out: Path, admin: AdminOpt) -> None:
+        """Download the final model of a succeeded run (safetensors)."""
+        with exit_on_error(_CODES, exit_codes.CLI_ERROR), _client(admin) as client:
+            size = client.fetch_result(run_id, out)
+            console.print(f"wrote {size} bytes to {out}")
+
+    @app.command()
+    def sites(admin: AdminOpt) -> None:
+        """List registered sites and their leases."""
+        with exit_on_error(_CODES, exit_codes.CLI_ERROR), _client(admin) as client:
+            table = Table("site", "online", "examples", "labels", "cpus")
+            for s in client.list_sites():
+                table.add_row(
+                    s.site_id,
+                    "yes" if s.online else "no",
+                    str(s.profile.num_examples),
+                    str(list(s.profile.label_histogram)),
+                    str(s.capabilities.cpu_count),
+                )
+            console.print(table)
+
+
+def _watch(client: AdminClient, run_id: str) -> None:
+    for ev in client.watch(run_id):
+        kind = admin_pb2.EventKind.Name(ev.kind).removeprefix("EVENT_KIND_").lower()
+        if ev.kind == admin_pb2.EVENT_KIND_HOP_PROGRESS:
+            continue
+        extra = " ".join(f"{k}={v:.4g}" for k, v in sorted(ev.metrics.items()))
+        console.print(
+            f"{ev.seq:>4} {kind:<14} hop {ev.hop_index:<3} {ev.site_id:<14} {ev.message} {extra}"
+        )
+    final = client.get_run(run_id)
+    if final.state != common_pb2.RUN_STATE_SUCCEEDED:
+        raise TransportError(f"run {run_id} ended {_state(final.state)}: {final.error}")
+
+
+def _fmt(v: float | None) -> str:
+    return "" if v is None else f"{v:.3f}"

@@ -1,0 +1,71 @@
+"""What every entry point shares: logging set-up, and errors as one line and an exit code."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+from rich.console import Console
+
+from baton import exit_codes
+from baton.errors import BatonError
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def configure_logging(default: str = "INFO") -> None:
+    """Sends log records to stderr at the level named by ``BATON_LOG_LEVEL``."""
+    level_name = os.environ.get("BATON_LOG_LEVEL", default).upper()
+    level = logging.getLevelName(level_name)
+    if not isinstance(level, int):
+        level = logging.INFO
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr, force=True)
+    # gRPC and friends are chatty at DEBUG; keep them at WARNING unless asked.
+    for noisy in ("grpc", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def fail(message: str, code: int) -> None:
+    """Prints one error line (no traceback) and exits with ``code``."""
+    err_console.print(f"[bold red]error:[/] {message}", markup=True)
+    raise SystemExit(code)
+
+
+@contextmanager
+def exit_on_error(codes: dict[type[BatonError], int], default: int) -> Iterator[None]:
+    """Turns a BatonError into one line on stderr and the mapped exit code.
+
+    ``codes`` is searched in order; the first class the error is an instance of wins.
+    Ctrl-C exits with 130 after a short note.
+    """
+    try:
+        yield
+    except BatonError as exc:
+        for cls, code in codes.items():
+            if isinstance(exc, cls):
+                fail(exc.message, code)
+        fail(exc.message, default)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        raise SystemExit(exit_codes.INTERRUPTED) from None
+
+
+def on_terminate(callback: Callable[[], None]) -> None:
+    """Calls ``callback`` once on SIGTERM or SIGINT (main thread only)."""
+    fired = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if not fired.is_set():
+            fired.set()
+            callback()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

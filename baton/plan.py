@@ -1,0 +1,197 @@
+"""The run plan: what a study owner asks the federation to train, loaded from TOML.
+
+A plan looks like this (every key is documented on its dataclass field)::
+
+    [run]
+    name = "demo"
+    seed = 0
+    cycles = 3
+    sites = ["hospital-1", "hospital-2", "hospital-3"]
+
+    [model]
+    name = "mlp"
+    args = { hidden = [64] }
+
+    [task]
+    dataset = "breast_cancer"
+
+    [ordering]
+    strategy = "reshuffle"
+
+    [training]
+    optimizer = "sgd"
+    lr = 0.05
+    local_epochs = 2
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from baton.errors import ConfigError
+from baton.tomlcfg import build, parse_toml
+
+SITE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+"""Site ids: lower-case letters, digits and dashes, as they appear in SPIFFE ids."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunSection:
+    """Who trains and how often."""
+
+    name: str
+    """Human-readable run name."""
+    sites: tuple[str, ...]
+    """Participating site ids; each trains once per cycle."""
+    cycles: int = 1
+    """Passes over all sites."""
+    seed: int = 0
+    """Seed for model initialization, ordering and data shuffling."""
+
+    def __post_init__(self) -> None:
+        if not self.sites:
+            raise ValueError("'sites' must name at least one site")
+        for site in self.sites:
+            if not SITE_ID_RE.match(site):
+                raise ValueError(
+                    f"site id {site!r} is invalid: use lower-case letters, digits and dashes"
+                )
+        if len(set(self.sites)) != len(self.sites):
+            raise ValueError("'sites' names a site twice")
+        if not 1 <= self.cycles <= 1000:
+            raise ValueError(f"'cycles' must be between 1 and 1000, not {self.cycles}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModelSection:
+    """Which registered model to train."""
+
+    name: str
+    """A name from the model registry (``baton.models``)."""
+    args: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the model's builder."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TaskSection:
+    """Which dataset task the sites' data belongs to."""
+
+    dataset: str
+    """A task name from ``baton.data`` (``breast_cancer``, ``digits``, ``wine``)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OrderingSection:
+    """How the coordinator chooses the order of sites."""
+
+    strategy: str = "reshuffle"
+    """A strategy name from ``ordering`` (``fixed``, ``random``, ``reshuffle``)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Strategy-specific options."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TrainingSection:
+    """Local training at each hop."""
+
+    optimizer: str = "sgd"
+    """``sgd`` or ``adam``."""
+    lr: float = 0.05
+    """Learning rate."""
+    momentum: float = 0.9
+    """SGD momentum (ignored by Adam)."""
+    weight_decay: float = 0.0
+    """L2 weight decay."""
+    batch_size: int = 32
+    """Examples per optimizer step."""
+    local_epochs: int = 2
+    """Passes over the site's training split per hop (ignored when ``local_steps`` > 0)."""
+    local_steps: int = 0
+    """Optimizer steps per hop; 0 means use ``local_epochs``."""
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"'optimizer' must be 'sgd' or 'adam', not {self.optimizer!r}")
+        if not self.lr > 0:
+            raise ValueError(f"'lr' must be positive, not {self.lr}")
+        if self.batch_size < 1:
+            raise ValueError(f"'batch_size' must be at least 1, not {self.batch_size}")
+        if self.local_epochs < 1 and self.local_steps < 1:
+            raise ValueError("one of 'local_epochs' or 'local_steps' must be at least 1")
+        if self.local_steps < 0:
+            raise ValueError(f"'local_steps' must not be negative, not {self.local_steps}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunPlan:
+    """A whole run plan."""
+
+    run: RunSection
+    """Sites, cycles, seed."""
+    model: ModelSection
+    """The model to train."""
+    task: TaskSection
+    """The data task."""
+    ordering: OrderingSection = field(default_factory=OrderingSection)
+    """How to order the sites."""
+    training: TrainingSection = field(default_factory=TrainingSection)
+    """Local training policy."""
+
+    @property
+    def total_hops(self) -> int:
+        """Number of hops the run makes: every site once per cycle."""
+        return self.run.cycles * len(self.run.sites)
+
+
+def load_plan(path: Path) -> RunPlan:
+    """Loads and validates a run plan file."""
+    return parse_plan(read_plan_text(path), source=str(path))
+
+
+def read_plan_text(path: Path) -> str:
+    """Reads a plan file's text, with a clear error if it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: plan file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read plan ({exc.strerror})") from None
+
+
+def parse_plan(text: str, *, source: str = "<plan>") -> RunPlan:
+    """Parses and validates run plan text (as sent over the wire)."""
+    plan = build(RunPlan, parse_toml(text, source=source), source=source, section="")
+    _check_known_names(plan, source)
+    return plan
+
+
+def _check_known_names(plan: RunPlan, source: str) -> None:
+    # Imported here: the registries import torch and scikit-learn, which plan parsing
+    # for the CLI should not pay for when a plan is malformed anyway.
+    from baton import data, models
+    from ordering import known_strategies
+
+    if plan.model.name not in models.known_models():
+        raise ConfigError(
+            f"{source}: unknown model {plan.model.name!r} in 'model.name'; "
+            f"known: {', '.join(sorted(models.known_models()))}"
+        )
+    if plan.task.dataset not in data.known_datasets():
+        raise ConfigError(
+            f"{source}: unknown dataset {plan.task.dataset!r} in 'task.dataset'; "
+            f"known: {', '.join(sorted(data.known_datasets()))}"
+        )
+    if plan.ordering.strategy not in known_strategies():
+        raise ConfigError(
+            f"{source}: unknown ordering strategy {plan.ordering.strategy!r} in "
+            f"'ordering.strategy'; known: {', '.join(sorted(known_strategies()))}"
+        )
+
+
+def plan_digest(text: str) -> str:
+    """SHA-256 of the plan text as submitted: the identity of the plan."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -1,0 +1,59 @@
+"""Transport constants and helpers shared by every gRPC endpoint: limits, chunking, channels."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Final
+
+import grpc
+
+CHUNK_BYTES: Final = 1 << 20
+"""Blob bytes per streamed message (1 MiB: the sweet spot measured for Python gRPC)."""
+
+MAX_MESSAGE_BYTES: Final = 4 * CHUNK_BYTES
+"""Largest gRPC message either side accepts or sends; a blob chunk plus room for headers."""
+
+GRPC_OPTIONS: Final[list[tuple[str, int]]] = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # Keep long-lived assignment streams alive through idle NATs and firewalls.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+"""Channel and server options: explicit message limits and keepalives."""
+
+SERVER_OPTIONS: Final[list[tuple[str, int]]] = [
+    *GRPC_OPTIONS,
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+]
+"""Server-only options: accept the clients' keepalive pings."""
+
+
+def secure_channel(
+    target: str, credentials: grpc.ChannelCredentials, *, server_name: str | None = None
+) -> grpc.Channel:
+    """Opens a TLS channel with Baton's limits; ``server_name`` overrides the SAN checked."""
+    options: list[tuple[str, int | str]] = list(GRPC_OPTIONS)
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return grpc.secure_channel(target, credentials, options=options)
+
+
+def file_chunks(path: Path, *, offset: int = 0, chunk_size: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """Streams a file's bytes from ``offset`` in chunks, never holding it whole."""
+    with path.open("rb") as f:
+        f.seek(offset)
+        while chunk := f.read(chunk_size):
+            yield chunk
+
+
+def sha256_file(path: Path) -> str:
+    """Lower-case hex SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    for chunk in file_chunks(path):
+        h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,1 @@
+"""The coordinator: scheduler and blind relay of model blobs."""

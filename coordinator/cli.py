@@ -1,0 +1,68 @@
+"""The ``coordinator`` command: run the coordinator server."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from baton import exit_codes
+from baton.entry import configure_logging, exit_on_error, on_terminate
+from baton.errors import ConfigError, PkiError, StoreError, TransportError
+from coordinator.config import load_coordinator_config
+from coordinator.server import CoordinatorServer, write_port_file
+
+logger = logging.getLogger("coordinator")
+
+app = typer.Typer(
+    help="Baton coordinator: schedules hops and relays model blobs.", no_args_is_help=True
+)
+
+_CODES = {
+    ConfigError: exit_codes.COORDINATOR_CONFIG,
+    PkiError: exit_codes.COORDINATOR_PKI,
+    StoreError: exit_codes.COORDINATOR_STORE,
+    TransportError: exit_codes.COORDINATOR_BIND,
+}
+
+
+@app.callback()
+def _root() -> None:
+    """Baton coordinator."""
+
+
+@app.command()
+def serve(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Coordinator config file (TOML).")],
+    port_file: Annotated[
+        Path | None,
+        typer.Option(help="Write the bound port here once serving (for listen port 0)."),
+    ] = None,
+) -> None:
+    """Serve sites and admins over mTLS until SIGTERM or Ctrl-C."""
+    configure_logging()
+    with exit_on_error(_CODES, exit_codes.COORDINATOR_CONFIG):
+        cfg = load_coordinator_config(config)
+        tls = cfg.tls.load()
+        server = CoordinatorServer(cfg, tls)
+        stopping = threading.Event()
+        on_terminate(stopping.set)
+        server.start()
+        if port_file is not None:
+            write_port_file(port_file, server.port)
+        while not stopping.wait(1.0):
+            pass
+        logger.info("shutting down")
+        server.stop()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

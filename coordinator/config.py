@@ -1,0 +1,65 @@
+"""The coordinator's configuration file (TOML); relative paths are relative to the file."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from baton.tls import TlsFiles
+from baton.tomlcfg import build, read_toml
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CoordinatorConfig:
+    """Everything ``coordinator serve`` needs.
+
+    Example::
+
+        listen = "0.0.0.0:7443"
+        state_dir = "state"
+
+        [tls]
+        ca = "pki/ca.pem"
+        cert = "pki/coordinator.pem"
+        key = "pki/coordinator.key"
+    """
+
+    tls: TlsFiles
+    """The coordinator's server certificate, its key, and the federation CA."""
+    listen: str = "127.0.0.1:7443"
+    """Address to bind (``host:port``; port 0 picks a free port)."""
+    state_dir: Path = Path("state")
+    """Holds the SQLite database (``coordinator.db``) and the blob store (``blobs/``)."""
+    lease_seconds: float = 15.0
+    """A site whose last heartbeat is older than this is shown offline."""
+    max_blob_bytes: int = 64 << 30
+    """Largest model blob a site may upload."""
+    workers: int = 64
+    """gRPC worker threads; each connected site holds one for its assignment stream."""
+
+    def __post_init__(self) -> None:
+        if self.lease_seconds <= 0:
+            raise ValueError(f"'lease_seconds' must be positive, not {self.lease_seconds}")
+        if self.workers < 4:
+            raise ValueError(f"'workers' must be at least 4, not {self.workers}")
+        if ":" not in self.listen:
+            raise ValueError(f"'listen' must be host:port, not {self.listen!r}")
+
+    @property
+    def database(self) -> Path:
+        """The SQLite state file."""
+        return self.state_dir / "coordinator.db"
+
+    @property
+    def blob_dir(self) -> Path:
+        """The content-addressed blob store's root."""
+        return self.state_dir / "blobs"
+
+
+def load_coordinator_config(path: Path) -> CoordinatorConfig:
+    """Loads a coordinator config, resolving relative paths against the file's directory."""
+    cfg = build(CoordinatorConfig, read_toml(path), source=str(path), section="")
+    base = path.parent
+    tls = TlsFiles(ca=base / cfg.tls.ca, cert=base / cfg.tls.cert, key=base / cfg.tls.key)
+    return dataclasses.replace(cfg, tls=tls, state_dir=base / cfg.state_dir)

@@ -1,0 +1,113 @@
+"""Assembles the coordinator: state store, blob store, scheduler, and the mTLS gRPC server."""
+
+from __future__ import annotations
+
+import logging
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from baton.errors import TransportError
+from baton.tls import TlsMaterial, server_credentials
+from baton.v1 import admin_pb2_grpc, site_pb2_grpc
+from baton.wire import SERVER_OPTIONS
+from coordinator.admin_service import AdminService
+from coordinator.blobs import FileBlobStore
+from coordinator.config import CoordinatorConfig
+from coordinator.scheduler import Scheduler
+from coordinator.site_service import SiteService
+from coordinator.store.base import Store
+from coordinator.store.sqlite import SqliteStore
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAMES = ("baton.v1.SiteService", "baton.v1.AdminService")
+
+
+class CoordinatorServer:
+    """A running coordinator. Use ``start()`` then ``stop()`` (or as a context manager).
+
+    Args:
+        config: The coordinator's configuration.
+        tls: Loaded TLS material (the caller reports PKI errors before anything starts).
+        store: State store; defaults to SQLite under ``config.state_dir``.
+    """
+
+    def __init__(
+        self, config: CoordinatorConfig, tls: TlsMaterial, *, store: Store | None = None
+    ) -> None:
+        self.config = config
+        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.store: Store = store if store is not None else SqliteStore(config.database)
+        self.blobs = FileBlobStore(config.blob_dir)
+        self.scheduler = Scheduler(self.store, self.blobs)
+        federation = tls.identity.federation
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),
+            options=SERVER_OPTIONS,
+        )
+        site_pb2_grpc.add_SiteServiceServicer_to_server(
+            SiteService(
+                store=self.store,
+                blobs=self.blobs,
+                scheduler=self.scheduler,
+                federation=federation,
+                lease_seconds=config.lease_seconds,
+                max_blob_bytes=config.max_blob_bytes,
+            ),
+            self._server,
+        )
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminService(
+                store=self.store,
+                blobs=self.blobs,
+                scheduler=self.scheduler,
+                federation=federation,
+                lease_seconds=config.lease_seconds,
+            ),
+            self._server,
+        )
+        self._health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        try:
+            self.port = self._server.add_secure_port(config.listen, server_credentials(tls))
+        except RuntimeError as exc:
+            self.store.close()
+            raise TransportError(f"cannot listen on {config.listen}: {exc}") from None
+        if self.port == 0:
+            self.store.close()
+            raise TransportError(f"cannot listen on {config.listen}")
+
+    def start(self) -> None:
+        """Starts serving and re-drives any run left running by a previous process."""
+        self.scheduler.recover()
+        self._server.start()
+        for name in ("", *SERVICE_NAMES):
+            self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        logger.info("coordinator listening on port %d (mTLS)", self.port)
+
+    def stop(self, grace: float = 2.0) -> None:
+        """Stops serving, waits up to ``grace`` seconds for calls in flight, closes the store."""
+        self._health.enter_graceful_shutdown()
+        self._server.stop(grace).wait()
+        self.store.close()
+
+    def wait(self) -> None:
+        """Blocks until the server stops."""
+        self._server.wait_for_termination()
+
+    def __enter__(self) -> CoordinatorServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def write_port_file(path: Path, port: int) -> None:
+    """Publishes the bound port atomically (for ``listen = "...:0"``)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"{port}\n", encoding="ascii")
+    tmp.replace(path)

@@ -1,0 +1,265 @@
+"""The site-facing gRPC service: site daemons call it as the identity their certificate proves."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Iterator
+
+import grpc
+
+from baton.errors import BlobError, ConflictError, NotFoundError
+from baton.pki import Identity
+from baton.serde import (
+    blob_ref_from_proto,
+    blob_ref_to_proto,
+    capabilities_from_proto,
+    profile_from_proto,
+)
+from baton.tls import require_peer
+from baton.v1 import common_pb2, site_pb2, site_pb2_grpc
+from baton.wire import CHUNK_BYTES
+from coordinator.blobs import BlobStore
+from coordinator.rpc import translate_errors
+from coordinator.scheduler import Scheduler, now_ms
+from coordinator.store.base import SiteRecord, Store
+
+logger = logging.getLogger(__name__)
+
+WATCH_POLL_SECONDS = 1.0
+"""How often an idle assignment stream re-checks that its client is still there."""
+
+
+class SiteService(site_pb2_grpc.SiteServiceServicer):
+    """Implements ``baton.v1.SiteService``.
+
+    Args:
+        store: Coordinator state.
+        blobs: Model blob store.
+        scheduler: The run engine.
+        federation: Only certificates of this federation's sites are served.
+        lease_seconds: Lease granted per heartbeat.
+        max_blob_bytes: Largest blob a site may upload.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        blobs: BlobStore,
+        scheduler: Scheduler,
+        federation: str,
+        lease_seconds: float,
+        max_blob_bytes: int,
+    ) -> None:
+        self._store = store
+        self._blobs = blobs
+        self._scheduler = scheduler
+        self._federation = federation
+        self._lease_seconds = lease_seconds
+        self._max_blob_bytes = max_blob_bytes
+        self._finished: dict[str, common_pb2.BlobRef] = {}
+        self._finished_lock = threading.Lock()
+
+    def _site(self, context: grpc.ServicerContext) -> Identity:
+        return require_peer(context, federation=self._federation, kind="site")
+
+    def _registered_site(self, context: grpc.ServicerContext) -> str:
+        site_id = self._site(context).name
+        try:
+            self._store.get_site(site_id)
+        except NotFoundError:
+            raise ConflictError(f"site {site_id} must register first", site_id=site_id) from None
+        return site_id
+
+    @translate_errors
+    def Register(
+        self, request: site_pb2.RegisterRequest, context: grpc.ServicerContext
+    ) -> site_pb2.RegisterResponse:
+        identity = self._site(context)
+        pem = context.auth_context()["x509_pem_cert"][0].decode("ascii")
+        now = now_ms()
+        self._store.upsert_site(
+            SiteRecord(
+                site_id=identity.name,
+                certificate_pem=pem,
+                capabilities=capabilities_from_proto(request.capabilities),
+                profile=profile_from_proto(request.profile),
+                software_version=request.software_version,
+                registered_ms=now,
+                last_seen_ms=now,
+            )
+        )
+        logger.info(
+            "site %s registered (software %s)", identity.name, request.software_version or "?"
+        )
+        return site_pb2.RegisterResponse(
+            site_id=identity.name, federation=identity.federation, lease_seconds=self._lease_seconds
+        )
+
+    @translate_errors
+    def Heartbeat(
+        self, request: site_pb2.HeartbeatRequest, context: grpc.ServicerContext
+    ) -> site_pb2.HeartbeatResponse:
+        site_id = self._registered_site(context)
+        now = now_ms()
+        self._store.touch_site(site_id, now)
+        return site_pb2.HeartbeatResponse(
+            lease_expires_unix_ms=now + int(self._lease_seconds * 1000)
+        )
+
+    @translate_errors
+    def WatchAssignments(
+        self, request: site_pb2.WatchAssignmentsRequest, context: grpc.ServicerContext
+    ) -> Iterator[site_pb2.Assignment]:
+        site_id = self._registered_site(context)
+        logger.info("site %s is watching for assignments", site_id)
+        sent: set[tuple[str, int]] = set()
+        version = -1
+        while context.is_active():
+            version = self._scheduler.wait_for_change(version, WATCH_POLL_SECONDS)
+            for hop in self._store.assigned_hops_for_site(site_id):
+                key = (hop.run_id, hop.hop_index)
+                if key in sent:
+                    continue
+                run = self._store.get_run(hop.run_id)
+                previous = (
+                    self._store.get_hop(hop.run_id, hop.hop_index - 1).site_id
+                    if hop.hop_index
+                    else ""
+                )
+                sent.add(key)
+                yield site_pb2.Assignment(
+                    run_id=hop.run_id,
+                    hop_index=hop.hop_index,
+                    cycle=hop.cycle,
+                    total_hops=run.total_hops,
+                    plan_toml=run.plan_toml,
+                    input=blob_ref_to_proto(hop.input),
+                    previous_site_id=previous,
+                )
+
+    @translate_errors
+    def DownloadBlob(
+        self, request: site_pb2.DownloadBlobRequest, context: grpc.ServicerContext
+    ) -> Iterator[common_pb2.BlobChunk]:
+        site_id = self._site(context).name
+        hop = self._scheduler.hop_for_site(site_id, request.run_id, request.hop_index)
+        if hop.input is None:
+            raise NotFoundError(f"hop {hop.hop_index} has no input model (it is the first hop)")
+        offset = request.offset
+        for data in self._blobs.read(hop.input.blob_id, offset=offset, chunk_size=CHUNK_BYTES):
+            yield common_pb2.BlobChunk(offset=offset, data=data)
+            offset += len(data)
+
+    @translate_errors
+    def UploadBlob(
+        self, request_iterator: Iterator[site_pb2.UploadBlobRequest], context: grpc.ServicerContext
+    ) -> site_pb2.UploadBlobResponse:
+        site_id = self._site(context).name
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("msg") != "header":
+            raise BlobError("an upload starts with exactly one header")
+        header = first.header
+        self._scheduler.hop_for_site(site_id, header.run_id, header.hop_index)
+        if header.total_size > self._max_blob_bytes:
+            raise BlobError(
+                f"blob of {header.total_size} bytes exceeds the limit of {self._max_blob_bytes}"
+            )
+        key = self._transfer_key(site_id, header.transfer_id)
+        committed = self._blobs.committed(key)
+        if header.offset != committed:
+            raise ConflictError(f"upload must resume at offset {committed}, not {header.offset}")
+        for req in request_iterator:
+            if req.WhichOneof("msg") != "chunk":
+                raise BlobError("only chunks may follow the header")
+            if committed + len(req.chunk.data) > header.total_size:
+                self._blobs.abort(key)
+                raise BlobError("upload is longer than its declared size")
+            committed = self._blobs.append(key, req.chunk.offset, req.chunk.data)
+        ref = self._blobs.finish(
+            key, expected_sha256=header.sha256, expected_size=header.total_size
+        )
+        msg = blob_ref_to_proto(ref)
+        with self._finished_lock:
+            self._finished[key] = msg
+        return site_pb2.UploadBlobResponse(blob=msg)
+
+    @translate_errors
+    def GetUploadStatus(
+        self, request: site_pb2.GetUploadStatusRequest, context: grpc.ServicerContext
+    ) -> site_pb2.GetUploadStatusResponse:
+        key = self._transfer_key(self._site(context).name, request.transfer_id)
+        with self._finished_lock:
+            done = self._finished.get(key)
+        if done is not None:
+            return site_pb2.GetUploadStatusResponse(
+                committed_offset=done.size, complete=True, blob=done
+            )
+        return site_pb2.GetUploadStatusResponse(committed_offset=self._blobs.committed(key))
+
+    @translate_errors
+    def GetNextHop(
+        self, request: site_pb2.GetNextHopRequest, context: grpc.ServicerContext
+    ) -> site_pb2.GetNextHopResponse:
+        site_id = self._site(context).name
+        nxt = self._scheduler.next_hop(site_id, request.run_id, request.hop_index)
+        if nxt is None:
+            run = self._store.get_run(request.run_id)
+            return site_pb2.GetNextHopResponse(final=True, hop_index=run.total_hops)
+        recipient = self._store.get_site(nxt.site_id)
+        return site_pb2.GetNextHopResponse(
+            site_id=nxt.site_id, hop_index=nxt.hop_index, certificate_pem=recipient.certificate_pem
+        )
+
+    @translate_errors
+    def ReportMetrics(
+        self, request: site_pb2.ReportMetricsRequest, context: grpc.ServicerContext
+    ) -> site_pb2.ReportMetricsResponse:
+        site_id = self._site(context).name
+        self._scheduler.progress(
+            site_id, request.run_id, request.hop_index, request.stage, dict(request.metrics)
+        )
+        return site_pb2.ReportMetricsResponse()
+
+    @translate_errors
+    def CompleteHop(
+        self, request: site_pb2.CompleteHopRequest, context: grpc.ServicerContext
+    ) -> site_pb2.CompleteHopResponse:
+        site_id = self._site(context).name
+        output = blob_ref_from_proto(request.output)
+        if output is None:
+            raise BlobError("a completed hop must name its output blob")
+        self._scheduler.complete_hop(
+            site_id,
+            request.run_id,
+            request.hop_index,
+            output=output,
+            metrics_before=dict(request.metrics_before),
+            metrics_after=dict(request.metrics_after),
+            num_examples=request.num_examples,
+            train_seconds=request.train_seconds,
+        )
+        return site_pb2.CompleteHopResponse()
+
+    @translate_errors
+    def FailHop(
+        self, request: site_pb2.FailHopRequest, context: grpc.ServicerContext
+    ) -> site_pb2.FailHopResponse:
+        site_id = self._site(context).name
+        self._scheduler.fail_hop(
+            site_id,
+            request.run_id,
+            request.hop_index,
+            reason=request.reason[:64],
+            message=request.message[:500],
+        )
+        return site_pb2.FailHopResponse()
+
+    @staticmethod
+    def _transfer_key(site_id: str, transfer_id: str) -> str:
+        # Scoped to the site, so one site can never touch another's partial upload.
+        if not transfer_id or len(transfer_id) > 128:
+            raise BlobError("transfer_id must be 1-128 characters")
+        return hashlib.sha256(f"{site_id}/{transfer_id}".encode()).hexdigest()

@@ -1,0 +1,226 @@
+"""The coordinator's state store: the interface, its records, and its contract.
+
+Two implementations share one contract test suite
+(``tests/unit/coordinator/test_store_contract.py``): ``MemoryStore`` for unit tests and
+``SqliteStore`` (WAL) for real deployments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+from baton.domain import BlobRef, Capabilities, DataProfile
+
+
+class RunState(StrEnum):
+    """Lifecycle of a run; every state but RUNNING is terminal."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class HopState(StrEnum):
+    """Lifecycle of a hop: PENDING -> ASSIGNED -> COMPLETED | FAILED (PENDING -> FAILED too)."""
+
+    PENDING = "pending"
+    ASSIGNED = "assigned"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class EventKind(StrEnum):
+    """Kinds of run events (mirrors ``baton.v1.EventKind``)."""
+
+    RUN_CREATED = "run_created"
+    HOP_ASSIGNED = "hop_assigned"
+    HOP_PROGRESS = "hop_progress"
+    HOP_COMPLETED = "hop_completed"
+    HOP_FAILED = "hop_failed"
+    RUN_SUCCEEDED = "run_succeeded"
+    RUN_FAILED = "run_failed"
+    RUN_CANCELLED = "run_cancelled"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SiteRecord:
+    """A registered site."""
+
+    site_id: str
+    certificate_pem: str
+    """The TLS certificate the site presented at its last registration."""
+    capabilities: Capabilities = field(default_factory=Capabilities)
+    profile: DataProfile = field(default_factory=DataProfile)
+    software_version: str = ""
+    registered_ms: int = 0
+    """Unix milliseconds of the last registration."""
+    last_seen_ms: int = 0
+    """Unix milliseconds of the last registration or heartbeat."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunRecord:
+    """A run."""
+
+    run_id: str
+    name: str
+    plan_toml: str
+    """The plan exactly as submitted."""
+    sites: tuple[str, ...]
+    cycles: int
+    strategy: str
+    total_hops: int
+    created_ms: int
+    state: RunState = RunState.RUNNING
+    error: str = ""
+    result: BlobRef | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HopRecord:
+    """One hop of a run."""
+
+    run_id: str
+    hop_index: int
+    cycle: int
+    site_id: str
+    state: HopState = HopState.PENDING
+    input: BlobRef | None = None
+    output: BlobRef | None = None
+    metrics_before: dict[str, float] = field(default_factory=dict)
+    metrics_after: dict[str, float] = field(default_factory=dict)
+    num_examples: int = 0
+    train_seconds: float = 0.0
+    error: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EventRecord:
+    """Something that happened in a run; ``seq`` counts from 1 per run without gaps."""
+
+    run_id: str
+    seq: int
+    kind: EventKind
+    time_ms: int
+    hop_index: int = 0
+    site_id: str = ""
+    message: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Store(Protocol):
+    """Durable coordinator state. Every method is atomic and thread-safe.
+
+    Constraints (checked by the shared contract suite):
+    - Reading or changing an unknown site, run or hop MUST raise ``NotFoundError``.
+    - Creating a run whose id exists MUST raise ``ConflictError``.
+    - ``update_run`` on a run in a terminal state MUST raise ``ConflictError``.
+    - ``add_hops`` MUST append contiguous indices after the run's last hop (the first
+      hop is 0), else ``ConflictError``.
+    - Hop transitions other than PENDING->ASSIGNED, ASSIGNED->COMPLETED,
+      PENDING|ASSIGNED->FAILED MUST raise ``ConflictError``.
+    - ``append_event`` numbers a run's events 1, 2, 3, ... without gaps.
+    - Records returned are snapshots: changing the store later does not change them.
+    """
+
+    def upsert_site(self, site: SiteRecord) -> None:
+        """Inserts or replaces a site's registration."""
+        ...
+
+    def touch_site(self, site_id: str, now_ms: int) -> None:
+        """Records a heartbeat: sets ``last_seen_ms``."""
+        ...
+
+    def get_site(self, site_id: str) -> SiteRecord:
+        """Returns one site."""
+        ...
+
+    def list_sites(self) -> list[SiteRecord]:
+        """Returns every site, ordered by id."""
+        ...
+
+    def create_run(self, run: RunRecord) -> None:
+        """Records a new run."""
+        ...
+
+    def get_run(self, run_id: str) -> RunRecord:
+        """Returns one run."""
+        ...
+
+    def list_runs(self) -> list[RunRecord]:
+        """Returns every run, newest first (by ``created_ms``, then id)."""
+        ...
+
+    def update_run(
+        self,
+        run_id: str,
+        *,
+        state: RunState,
+        error: str = "",
+        result: BlobRef | None = None,
+    ) -> RunRecord:
+        """Moves a RUNNING run to ``state``; returns the updated record."""
+        ...
+
+    def add_hops(self, run_id: str, hops: list[HopRecord]) -> None:
+        """Appends planned hops (PENDING) to a run."""
+        ...
+
+    def get_hop(self, run_id: str, hop_index: int) -> HopRecord:
+        """Returns one hop."""
+        ...
+
+    def list_hops(self, run_id: str) -> list[HopRecord]:
+        """Returns a run's hops by index."""
+        ...
+
+    def assign_hop(self, run_id: str, hop_index: int, *, input: BlobRef | None) -> HopRecord:
+        """PENDING -> ASSIGNED, recording the input blob."""
+        ...
+
+    def complete_hop(
+        self,
+        run_id: str,
+        hop_index: int,
+        *,
+        output: BlobRef,
+        metrics_before: dict[str, float],
+        metrics_after: dict[str, float],
+        num_examples: int,
+        train_seconds: float,
+    ) -> HopRecord:
+        """ASSIGNED -> COMPLETED with the hop's output and metrics."""
+        ...
+
+    def fail_hop(self, run_id: str, hop_index: int, *, error: str) -> HopRecord:
+        """PENDING or ASSIGNED -> FAILED."""
+        ...
+
+    def assigned_hops_for_site(self, site_id: str) -> list[HopRecord]:
+        """ASSIGNED hops of RUNNING runs for one site, oldest run first."""
+        ...
+
+    def append_event(
+        self,
+        run_id: str,
+        kind: EventKind,
+        *,
+        time_ms: int,
+        hop_index: int = 0,
+        site_id: str = "",
+        message: str = "",
+        metrics: dict[str, float] | None = None,
+    ) -> EventRecord:
+        """Appends an event with the run's next sequence number."""
+        ...
+
+    def list_events(self, run_id: str, *, after_seq: int = 0) -> list[EventRecord]:
+        """Returns a run's events with ``seq > after_seq``, in order."""
+        ...
+
+    def close(self) -> None:
+        """Releases resources; the store is unusable afterwards."""
+        ...

@@ -1,0 +1,428 @@
+"""``SqliteStore``: the coordinator's durable state in one SQLite file (WAL)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from baton.errors import ConflictError, NotFoundError, StoreError
+from coordinator.store.base import (
+    EventKind,
+    EventRecord,
+    HopRecord,
+    HopState,
+    RunRecord,
+    RunState,
+    SiteRecord,
+)
+from coordinator.store.memory import (
+    as_floats,
+    check_hop_transition,
+    check_new_hops,
+    check_run_update,
+)
+from coordinator.store.sqlite_rows import (
+    INSERT_HOP,
+    INSERT_RUN,
+    INSERT_SITE,
+    SCHEMA_V1,
+    SCHEMA_VERSION,
+    UPDATE_HOP,
+    event_from_row,
+    hop_from_row,
+    hop_params,
+    metrics_json,
+    run_from_row,
+    run_params,
+    site_from_row,
+    site_params,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from baton.domain import BlobRef
+
+logger = logging.getLogger(__name__)
+
+
+class SqliteStore:
+    """``Store`` in a SQLite file: WAL journal, ``synchronous=NORMAL``, foreign keys on.
+
+    Concurrency: ONE connection (``check_same_thread=False``) guarded by a lock. SQLite
+    serializes writers anyway, and the coordinator's load is a few statements per hop, so
+    a per-thread pool would buy nothing; one connection makes every method a single
+    transaction under the lock (``BEGIN IMMEDIATE`` for writes) and lets ``close()``
+    release everything deterministically. A busy timeout covers other processes (an
+    operator's read-only inspection) holding the file.
+
+    Durability: in WAL mode ``synchronous=NORMAL`` keeps every committed transaction
+    across a process crash; a power loss may drop the newest commits but never corrupts
+    the file.
+
+    Constraints: the contract of ``coordinator.store.base.Store`` and the additions
+    listed on ``MemoryStore`` (both pass the same contract suite). Also:
+    - Opening MUST fail with ``StoreError`` naming the path if the file cannot be opened
+      or created, is not a SQLite database, holds tables but no Baton schema version, or
+      has a schema version other than ``SCHEMA_VERSION``.
+    - Every SQLite error is re-raised as ``StoreError``; a failed method changes nothing.
+
+    Args:
+        path: The database file; created (mode 0600) with the schema if it is missing.
+            Its directory must exist.
+        busy_timeout_s: How long to wait for a lock held by another process.
+    """
+
+    def __init__(self, path: Path, *, busy_timeout_s: float = 5.0) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = _open(path, busy_timeout_s)
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._path
+
+    # -- sites ------------------------------------------------------------------------
+
+    def upsert_site(self, site: SiteRecord) -> None:
+        """Inserts or replaces a site's registration."""
+        with self._tx(write=True) as db:
+            db.execute(INSERT_SITE, site_params(site))
+
+    def touch_site(self, site_id: str, now_ms: int) -> None:
+        """Records a heartbeat: sets ``last_seen_ms``."""
+        with self._tx(write=True) as db:
+            cur = db.execute(
+                "UPDATE sites SET last_seen_ms = ? WHERE site_id = ?", (now_ms, site_id)
+            )
+            if cur.rowcount == 0:
+                raise NotFoundError(f"unknown site {site_id!r}", site_id=site_id)
+
+    def get_site(self, site_id: str) -> SiteRecord:
+        """Returns one site."""
+        with self._tx() as db:
+            return _get_site(db, site_id)
+
+    def list_sites(self) -> list[SiteRecord]:
+        """Returns every site, ordered by id."""
+        with self._tx() as db:
+            rows = db.execute("SELECT * FROM sites ORDER BY site_id").fetchall()
+            return [site_from_row(r) for r in rows]
+
+    # -- runs -------------------------------------------------------------------------
+
+    def create_run(self, run: RunRecord) -> None:
+        """Records a new run."""
+        with self._tx(write=True) as db:
+            if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run.run_id,)).fetchone():
+                raise ConflictError(f"run {run.run_id!r} already exists", run_id=run.run_id)
+            db.execute(INSERT_RUN, run_params(run))
+
+    def get_run(self, run_id: str) -> RunRecord:
+        """Returns one run."""
+        with self._tx() as db:
+            return _get_run(db, run_id)
+
+    def list_runs(self) -> list[RunRecord]:
+        """Returns every run, newest first (``created_ms`` descending, then id ascending)."""
+        with self._tx() as db:
+            rows = db.execute("SELECT * FROM runs ORDER BY created_ms DESC, run_id ASC").fetchall()
+            return [run_from_row(r) for r in rows]
+
+    def update_run(
+        self,
+        run_id: str,
+        *,
+        state: RunState,
+        error: str = "",
+        result: BlobRef | None = None,
+    ) -> RunRecord:
+        """Moves a RUNNING run to the terminal ``state``; returns the updated record."""
+        with self._tx(write=True) as db:
+            run = _get_run(db, run_id)
+            check_run_update(run, state)
+            updated = replace(run, state=RunState(state), error=error, result=result)
+            params = run_params(updated)
+            db.execute(
+                "UPDATE runs SET state = :state, error = :error, result_blob_id = :result_blob_id,"
+                " result_size = :result_size WHERE run_id = :run_id",
+                params,
+            )
+            return updated
+
+    # -- hops -------------------------------------------------------------------------
+
+    def add_hops(self, run_id: str, hops: list[HopRecord]) -> None:
+        """Appends planned hops (PENDING) to a run, at contiguous indices."""
+        with self._tx(write=True) as db:
+            _get_run(db, run_id)
+            (existing,) = db.execute(
+                "SELECT COUNT(*) FROM hops WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            check_new_hops(run_id, existing, hops)
+            db.executemany(
+                INSERT_HOP, [hop_params(replace(h, state=HopState.PENDING)) for h in hops]
+            )
+
+    def get_hop(self, run_id: str, hop_index: int) -> HopRecord:
+        """Returns one hop."""
+        with self._tx() as db:
+            return _get_hop(db, run_id, hop_index)
+
+    def list_hops(self, run_id: str) -> list[HopRecord]:
+        """Returns a run's hops by index."""
+        with self._tx() as db:
+            _get_run(db, run_id)
+            rows = db.execute(
+                "SELECT * FROM hops WHERE run_id = ? ORDER BY hop_index", (run_id,)
+            ).fetchall()
+            return [hop_from_row(r) for r in rows]
+
+    def assign_hop(self, run_id: str, hop_index: int, *, input: BlobRef | None) -> HopRecord:
+        """PENDING -> ASSIGNED, recording the input blob."""
+        with self._tx(write=True) as db:
+            hop = _get_hop(db, run_id, hop_index)
+            check_hop_transition(hop, HopState.ASSIGNED)
+            return _put_hop(db, replace(hop, state=HopState.ASSIGNED, input=input))
+
+    def complete_hop(
+        self,
+        run_id: str,
+        hop_index: int,
+        *,
+        output: BlobRef,
+        metrics_before: dict[str, float],
+        metrics_after: dict[str, float],
+        num_examples: int,
+        train_seconds: float,
+    ) -> HopRecord:
+        """ASSIGNED -> COMPLETED with the hop's output and metrics."""
+        with self._tx(write=True) as db:
+            hop = _get_hop(db, run_id, hop_index)
+            check_hop_transition(hop, HopState.COMPLETED)
+            done = replace(
+                hop,
+                state=HopState.COMPLETED,
+                output=output,
+                metrics_before=as_floats(metrics_before),
+                metrics_after=as_floats(metrics_after),
+                num_examples=num_examples,
+                train_seconds=float(train_seconds),
+            )
+            return _put_hop(db, done)
+
+    def fail_hop(self, run_id: str, hop_index: int, *, error: str) -> HopRecord:
+        """PENDING or ASSIGNED -> FAILED."""
+        with self._tx(write=True) as db:
+            hop = _get_hop(db, run_id, hop_index)
+            check_hop_transition(hop, HopState.FAILED)
+            return _put_hop(db, replace(hop, state=HopState.FAILED, error=error))
+
+    def assigned_hops_for_site(self, site_id: str) -> list[HopRecord]:
+        """ASSIGNED hops of RUNNING runs for one site, oldest run first, then by index."""
+        with self._tx() as db:
+            _get_site(db, site_id)
+            rows = db.execute(
+                "SELECT h.* FROM hops h JOIN runs r ON r.run_id = h.run_id "
+                "WHERE h.site_id = ? AND h.state = ? AND r.state = ? "
+                "ORDER BY r.created_ms, r.run_id, h.hop_index",
+                (site_id, HopState.ASSIGNED.value, RunState.RUNNING.value),
+            ).fetchall()
+            return [hop_from_row(r) for r in rows]
+
+    # -- events -----------------------------------------------------------------------
+
+    def append_event(
+        self,
+        run_id: str,
+        kind: EventKind,
+        *,
+        time_ms: int,
+        hop_index: int = 0,
+        site_id: str = "",
+        message: str = "",
+        metrics: dict[str, float] | None = None,
+    ) -> EventRecord:
+        """Appends an event with the run's next sequence number (1, 2, 3, ...)."""
+        with self._tx(write=True) as db:
+            _get_run(db, run_id)
+            (seq,) = db.execute(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            event = EventRecord(
+                run_id=run_id,
+                seq=seq,
+                kind=EventKind(kind),
+                time_ms=time_ms,
+                hop_index=hop_index,
+                site_id=site_id,
+                message=message,
+                metrics=as_floats(metrics or {}),
+            )
+            db.execute(
+                "INSERT INTO events (run_id, seq, kind, time_ms, hop_index, site_id, message,"
+                " metrics_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    seq,
+                    event.kind.value,
+                    time_ms,
+                    hop_index,
+                    site_id,
+                    message,
+                    metrics_json(event.metrics),
+                ),
+            )
+            return replace(event, metrics=dict(event.metrics))
+
+    def list_events(self, run_id: str, *, after_seq: int = 0) -> list[EventRecord]:
+        """Returns a run's events with ``seq > after_seq``, in order."""
+        with self._tx() as db:
+            _get_run(db, run_id)
+            rows = db.execute(
+                "SELECT * FROM events WHERE run_id = ? AND seq > ? ORDER BY seq",
+                (run_id, after_seq),
+            ).fetchall()
+            return [event_from_row(r) for r in rows]
+
+    def close(self) -> None:
+        """Closes the connection; every later call raises ``StoreError``. Idempotent."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    # -- internals --------------------------------------------------------------------
+
+    @contextmanager
+    def _tx(self, *, write: bool = False) -> Iterator[sqlite3.Connection]:
+        """One transaction under the lock: committed on success, rolled back on any error."""
+        with self._lock:
+            db = self._conn
+            if db is None:
+                raise StoreError(f"{self._path}: the state store is closed")
+            try:
+                db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self._path}: cannot begin a transaction: {exc}") from exc
+            try:
+                yield db
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                _rollback(db)
+                raise StoreError(f"{self._path}: {exc}") from exc
+            except BaseException:
+                _rollback(db)
+                raise
+
+
+def _open(path: Path, busy_timeout_s: float) -> sqlite3.Connection:
+    """Opens (creating if missing) and checks the database; StoreError naming ``path``."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot create the state database ({exc.strerror})") from None
+    else:
+        os.close(fd)
+    try:
+        db = sqlite3.connect(
+            path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+        )
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot open the state database ({exc})") from None
+    try:
+        db.row_factory = sqlite3.Row
+        _prepare(db, path)
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise StoreError(f"{path}: not a usable SQLite database ({exc})") from None
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _prepare(db: sqlite3.Connection, path: Path) -> None:
+    db.execute("PRAGMA foreign_keys = ON")
+    (mode,) = db.execute("PRAGMA journal_mode = WAL").fetchone()
+    if str(mode).lower() != "wal":
+        raise StoreError(f"{path}: SQLite refused WAL journal mode (got {mode!r})")
+    db.execute("PRAGMA synchronous = NORMAL")
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+        if version == 0:
+            (tables,) = db.execute(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'"
+            ).fetchone()
+            if tables:
+                raise StoreError(
+                    f"{path}: database has {tables} table(s) but no Baton schema version; "
+                    "it is not a coordinator state file"
+                )
+            for statement in SCHEMA_V1.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            logger.info("created coordinator state database %s", path)
+        elif version != SCHEMA_VERSION:
+            newer = " (written by a newer coordinator)" if version > SCHEMA_VERSION else ""
+            raise StoreError(
+                f"{path}: unknown state schema version {version}{newer}; "
+                f"this coordinator reads version {SCHEMA_VERSION}"
+            )
+        db.execute("COMMIT")
+    except BaseException:
+        _rollback(db)
+        raise
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    if db.in_transaction:
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error:
+            logger.exception("rollback failed")
+
+
+# -- rows <-> records ------------------------------------------------------------------
+
+
+def _get_site(db: sqlite3.Connection, site_id: str) -> SiteRecord:
+    row = db.execute("SELECT * FROM sites WHERE site_id = ?", (site_id,)).fetchone()
+    if row is None:
+        raise NotFoundError(f"unknown site {site_id!r}", site_id=site_id)
+    return site_from_row(row)
+
+
+def _get_run(db: sqlite3.Connection, run_id: str) -> RunRecord:
+    row = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    if row is None:
+        raise NotFoundError(f"unknown run {run_id!r}", run_id=run_id)
+    return run_from_row(row)
+
+
+def _get_hop(db: sqlite3.Connection, run_id: str, hop_index: int) -> HopRecord:
+    _get_run(db, run_id)
+    row = db.execute(
+        "SELECT * FROM hops WHERE run_id = ? AND hop_index = ?", (run_id, hop_index)
+    ).fetchone()
+    if row is None:
+        raise NotFoundError(f"run {run_id!r} has no hop {hop_index}", run_id=run_id, hop=hop_index)
+    return hop_from_row(row)
+
+
+def _put_hop(db: sqlite3.Connection, hop: HopRecord) -> HopRecord:
+    db.execute(UPDATE_HOP, hop_params(hop))
+    return replace(
+        hop, metrics_before=dict(hop.metrics_before), metrics_after=dict(hop.metrics_after)
+    )

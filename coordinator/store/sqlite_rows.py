@@ -1,0 +1,243 @@
+"""The schema of ``SqliteStore`` (version 1) and its row <-> record codecs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from baton.domain import BlobRef, Capabilities, DataProfile, Device
+from coordinator.store.base import (
+    EventKind,
+    EventRecord,
+    HopRecord,
+    HopState,
+    RunRecord,
+    RunState,
+    SiteRecord,
+)
+from coordinator.store.memory import as_floats
+
+if TYPE_CHECKING:
+    import sqlite3
+
+SCHEMA_VERSION = 1
+"""The schema this code reads and writes, kept in ``PRAGMA user_version``."""
+
+SCHEMA_V1 = """
+CREATE TABLE sites (
+    site_id TEXT PRIMARY KEY,
+    certificate_pem TEXT NOT NULL,
+    capabilities_json TEXT NOT NULL,
+    profile_json TEXT NOT NULL,
+    software_version TEXT NOT NULL,
+    registered_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL
+);
+CREATE TABLE runs (
+    run_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    plan_toml TEXT NOT NULL,
+    sites_json TEXT NOT NULL,
+    cycles INTEGER NOT NULL,
+    strategy TEXT NOT NULL,
+    total_hops INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('running', 'succeeded', 'failed', 'cancelled')),
+    error TEXT NOT NULL,
+    result_blob_id TEXT,
+    result_size INTEGER
+);
+CREATE INDEX runs_by_age ON runs (created_ms, run_id);
+CREATE TABLE hops (
+    run_id TEXT NOT NULL REFERENCES runs (run_id),
+    hop_index INTEGER NOT NULL,
+    cycle INTEGER NOT NULL,
+    site_id TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'assigned', 'completed', 'failed')),
+    input_blob_id TEXT,
+    input_size INTEGER,
+    output_blob_id TEXT,
+    output_size INTEGER,
+    metrics_before_json TEXT NOT NULL,
+    metrics_after_json TEXT NOT NULL,
+    num_examples INTEGER NOT NULL,
+    train_seconds REAL NOT NULL,
+    error TEXT NOT NULL,
+    PRIMARY KEY (run_id, hop_index)
+);
+CREATE INDEX hops_by_site ON hops (site_id, state);
+CREATE TABLE events (
+    run_id TEXT NOT NULL REFERENCES runs (run_id),
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    time_ms INTEGER NOT NULL,
+    hop_index INTEGER NOT NULL,
+    site_id TEXT NOT NULL,
+    message TEXT NOT NULL,
+    metrics_json TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+);
+"""
+
+# Statements with named parameters, filled by the ``*_params`` functions below.
+INSERT_SITE = """
+INSERT OR REPLACE INTO sites (site_id, certificate_pem, capabilities_json, profile_json,
+    software_version, registered_ms, last_seen_ms)
+VALUES (:site_id, :certificate_pem, :capabilities_json, :profile_json,
+    :software_version, :registered_ms, :last_seen_ms)
+"""
+INSERT_RUN = """
+INSERT INTO runs (run_id, name, plan_toml, sites_json, cycles, strategy, total_hops,
+    created_ms, state, error, result_blob_id, result_size)
+VALUES (:run_id, :name, :plan_toml, :sites_json, :cycles, :strategy, :total_hops,
+    :created_ms, :state, :error, :result_blob_id, :result_size)
+"""
+INSERT_HOP = """
+INSERT INTO hops (run_id, hop_index, cycle, site_id, state, input_blob_id, input_size,
+    output_blob_id, output_size, metrics_before_json, metrics_after_json, num_examples,
+    train_seconds, error)
+VALUES (:run_id, :hop_index, :cycle, :site_id, :state, :input_blob_id, :input_size,
+    :output_blob_id, :output_size, :metrics_before_json, :metrics_after_json, :num_examples,
+    :train_seconds, :error)
+"""
+UPDATE_HOP = """
+UPDATE hops SET state = :state, input_blob_id = :input_blob_id, input_size = :input_size,
+    output_blob_id = :output_blob_id, output_size = :output_size,
+    metrics_before_json = :metrics_before_json, metrics_after_json = :metrics_after_json,
+    num_examples = :num_examples, train_seconds = :train_seconds, error = :error
+WHERE run_id = :run_id AND hop_index = :hop_index
+"""
+
+
+def site_params(site: SiteRecord) -> dict[str, Any]:
+    """Named parameters of ``INSERT_SITE`` for a site."""
+    return {
+        "site_id": site.site_id,
+        "certificate_pem": site.certificate_pem,
+        "capabilities_json": json.dumps(asdict(site.capabilities)),
+        "profile_json": json.dumps(asdict(site.profile)),
+        "software_version": site.software_version,
+        "registered_ms": site.registered_ms,
+        "last_seen_ms": site.last_seen_ms,
+    }
+
+
+def site_from_row(row: sqlite3.Row) -> SiteRecord:
+    """A site from a ``sites`` row."""
+    caps = json.loads(row["capabilities_json"])
+    profile = json.loads(row["profile_json"])
+    return SiteRecord(
+        site_id=row["site_id"],
+        certificate_pem=row["certificate_pem"],
+        capabilities=Capabilities(
+            cpu_count=caps["cpu_count"],
+            memory_bytes=caps["memory_bytes"],
+            devices=tuple(Device(**d) for d in caps["devices"]),
+        ),
+        profile=DataProfile(**{**profile, "label_histogram": tuple(profile["label_histogram"])}),
+        software_version=row["software_version"],
+        registered_ms=row["registered_ms"],
+        last_seen_ms=row["last_seen_ms"],
+    )
+
+
+def run_params(run: RunRecord) -> dict[str, Any]:
+    """Named parameters of ``INSERT_RUN`` for a run."""
+    return {
+        "run_id": run.run_id,
+        "name": run.name,
+        "plan_toml": run.plan_toml,
+        "sites_json": json.dumps(list(run.sites)),
+        "cycles": run.cycles,
+        "strategy": run.strategy,
+        "total_hops": run.total_hops,
+        "created_ms": run.created_ms,
+        "state": RunState(run.state).value,
+        "error": run.error,
+        **_blob_params("result", run.result),
+    }
+
+
+def run_from_row(row: sqlite3.Row) -> RunRecord:
+    """A run from a ``runs`` row."""
+    return RunRecord(
+        run_id=row["run_id"],
+        name=row["name"],
+        plan_toml=row["plan_toml"],
+        sites=tuple(json.loads(row["sites_json"])),
+        cycles=row["cycles"],
+        strategy=row["strategy"],
+        total_hops=row["total_hops"],
+        created_ms=row["created_ms"],
+        state=RunState(row["state"]),
+        error=row["error"],
+        result=_blob_from_row(row, "result"),
+    )
+
+
+def hop_params(hop: HopRecord) -> dict[str, Any]:
+    """Named parameters of ``INSERT_HOP`` and ``UPDATE_HOP`` for a hop."""
+    return {
+        "run_id": hop.run_id,
+        "hop_index": hop.hop_index,
+        "cycle": hop.cycle,
+        "site_id": hop.site_id,
+        "state": HopState(hop.state).value,
+        **_blob_params("input", hop.input),
+        **_blob_params("output", hop.output),
+        "metrics_before_json": metrics_json(hop.metrics_before),
+        "metrics_after_json": metrics_json(hop.metrics_after),
+        "num_examples": hop.num_examples,
+        "train_seconds": float(hop.train_seconds),
+        "error": hop.error,
+    }
+
+
+def hop_from_row(row: sqlite3.Row) -> HopRecord:
+    """A hop from a ``hops`` row."""
+    return HopRecord(
+        run_id=row["run_id"],
+        hop_index=row["hop_index"],
+        cycle=row["cycle"],
+        site_id=row["site_id"],
+        state=HopState(row["state"]),
+        input=_blob_from_row(row, "input"),
+        output=_blob_from_row(row, "output"),
+        metrics_before=json.loads(row["metrics_before_json"]),
+        metrics_after=json.loads(row["metrics_after_json"]),
+        num_examples=row["num_examples"],
+        train_seconds=row["train_seconds"],
+        error=row["error"],
+    )
+
+
+def event_from_row(row: sqlite3.Row) -> EventRecord:
+    """An event from an ``events`` row."""
+    return EventRecord(
+        run_id=row["run_id"],
+        seq=row["seq"],
+        kind=EventKind(row["kind"]),
+        time_ms=row["time_ms"],
+        hop_index=row["hop_index"],
+        site_id=row["site_id"],
+        message=row["message"],
+        metrics=json.loads(row["metrics_json"]),
+    )
+
+
+def _blob_params(prefix: str, ref: BlobRef | None) -> dict[str, Any]:
+    if ref is None:
+        return {f"{prefix}_blob_id": None, f"{prefix}_size": None}
+    return {f"{prefix}_blob_id": ref.blob_id, f"{prefix}_size": ref.size}
+
+
+def _blob_from_row(row: sqlite3.Row, prefix: str) -> BlobRef | None:
+    blob_id, size = row[f"{prefix}_blob_id"], row[f"{prefix}_size"]
+    return None if blob_id is None else BlobRef(blob_id=blob_id, size=size)
+
+
+def metrics_json(metrics: dict[str, float]) -> str:
+    """A metrics dict as JSON, values as floats (NaN and infinities kept)."""
+    # allow_nan keeps a diverged loss (NaN, inf) rather than refusing the whole hop.
+    return json.dumps(as_floats(metrics), allow_nan=True)

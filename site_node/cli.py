@@ -1,0 +1,75 @@
+"""The ``site-node`` command: run a hospital's site daemon."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from baton import exit_codes
+from baton.entry import configure_logging, exit_on_error, on_terminate
+from baton.errors import ConfigError, DataError, PkiError, TransportError
+from site_node.config import load_site_config
+from site_node.daemon import SiteDaemon
+
+logger = logging.getLogger("site_node")
+
+app = typer.Typer(
+    help="Baton site node: trains the travelling model on this site's data.", no_args_is_help=True
+)
+
+_CODES = {
+    ConfigError: exit_codes.SITE_CONFIG,
+    PkiError: exit_codes.SITE_PKI,
+    DataError: exit_codes.SITE_DATA,
+    TransportError: exit_codes.SITE_UNREACHABLE,
+}
+
+
+@app.callback()
+def _root() -> None:
+    """Baton site node."""
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Site config file (TOML).")],
+    max_retries: Annotated[
+        int,
+        typer.Option(help="Exit after this many failed connection attempts in a row (0: never)."),
+    ] = 0,
+) -> None:
+    """Connect to the coordinator and train whenever this site is assigned a hop."""
+    configure_logging()
+    with exit_on_error(_CODES, exit_codes.SITE_CONFIG):
+        cfg = load_site_config(config)
+        daemon = SiteDaemon(cfg, max_attempts=max_retries or None)
+        logger.info("site %s starting; data from %s", daemon.site_id, cfg.data_dir)
+        on_terminate(daemon.stop)
+        errors: list[BaseException] = []
+        worker = threading.Thread(target=_serve, args=(daemon, errors), name="site", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.5)
+        if errors:
+            raise errors[0]
+        logger.info("site %s stopped", daemon.site_id)
+
+
+def _serve(daemon: SiteDaemon, errors: list[BaseException]) -> None:
+    try:
+        daemon.run()
+    except BaseException as exc:
+        errors.append(exc)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

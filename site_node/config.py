@@ -1,0 +1,66 @@
+"""The site daemon's configuration file (TOML); relative paths are relative to the file."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from baton.tls import TlsFiles
+from baton.tomlcfg import build, read_toml
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SiteConfig:
+    """Everything ``site-node run`` needs.
+
+    Example::
+
+        coordinator = "coordinator.example.org:7443"
+        data_dir = "data"
+        work_dir = "work"
+
+        [tls]
+        ca = "pki/ca.pem"
+        cert = "pki/hospital-1.pem"
+        key = "pki/hospital-1.key"
+    """
+
+    coordinator: str
+    """Coordinator address, ``host:port``. The site only ever dials out to it."""
+    tls: TlsFiles
+    """The site's client certificate, its key, and the pinned federation CA."""
+    server_name: str = ""
+    """Name to expect in the coordinator's certificate when it differs from the host dialled."""
+    data_dir: Path = Path("data")
+    """The site's own dataset (``train.csv``, ``val.csv``, ``schema.json``); nothing else."""
+    work_dir: Path = Path("work")
+    """Private scratch space for models in transit (mode 0700)."""
+    heartbeat_seconds: float = 5.0
+    """Interval between lease renewals."""
+    torch_threads: int = 0
+    """Threads torch may use for training; 0 keeps torch's default."""
+    retry_initial_seconds: float = 0.5
+    """First back-off delay when the coordinator is unreachable; doubles each time."""
+    retry_max_seconds: float = 30.0
+    """Largest back-off delay."""
+
+    def __post_init__(self) -> None:
+        if ":" not in self.coordinator:
+            raise ValueError(f"'coordinator' must be host:port, not {self.coordinator!r}")
+        if self.heartbeat_seconds <= 0:
+            raise ValueError(f"'heartbeat_seconds' must be positive, not {self.heartbeat_seconds}")
+        if self.torch_threads < 0:
+            raise ValueError(f"'torch_threads' must not be negative, not {self.torch_threads}")
+        if not 0 < self.retry_initial_seconds <= self.retry_max_seconds:
+            raise ValueError("need 0 < 'retry_initial_seconds' <= 'retry_max_seconds'")
+
+
+def load_site_config(path: Path) -> SiteConfig:
+    """Loads a site config, resolving relative paths against the file's directory."""
+    cfg = build(SiteConfig, read_toml(path), source=str(path), section="")
+    base = path.parent
+    tls = TlsFiles(ca=base / cfg.tls.ca, cert=base / cfg.tls.cert, key=base / cfg.tls.key)
+    return dataclasses.replace(
+        cfg, tls=tls, data_dir=base / cfg.data_dir, work_dir=base / cfg.work_dir
+    )

@@ -1,0 +1,170 @@
+"""The site daemon: dials out to the coordinator, keeps its lease, and runs the hops it is given."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import grpc
+import torch
+
+from baton import __version__
+from baton.data import profile_of, read_site_data
+from baton.domain import Capabilities
+from baton.errors import PkiError, TransportError
+from baton.serde import capabilities_to_proto, profile_to_proto
+from baton.tls import channel_credentials
+from baton.v1 import site_pb2, site_pb2_grpc
+from baton.wire import secure_channel
+from site_node.config import SiteConfig
+from site_node.hop import HopRunner, LocalData
+
+logger = logging.getLogger(__name__)
+
+RPC_TIMEOUT_SECONDS = 30.0
+"""Deadline of short unary calls (register, heartbeat)."""
+
+
+class SiteDaemon:
+    """A site's long-running process.
+
+    Loading the TLS material and the local dataset happens in the constructor, so bad
+    configuration fails before any connection is tried.
+
+    Args:
+        config: The site's configuration.
+        max_attempts: Give up after this many failed connection attempts in a row
+            (None: retry forever, as a daemon should).
+    """
+
+    def __init__(self, config: SiteConfig, *, max_attempts: int | None = None) -> None:
+        self._cfg = config
+        self._max_attempts = max_attempts
+        self._tls = config.tls.load()
+        if self._tls.identity.kind != "site":
+            raise PkiError(
+                f"{config.tls.cert}: certificate is for {self._tls.identity.spiffe_id}, not a site"
+            )
+        self.site_id = self._tls.identity.name
+        schema, data = read_site_data(config.data_dir)
+        self._local = LocalData(schema=schema, data=data)
+        self._profile = profile_of(schema, data)
+        config.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._stop = threading.Event()
+        self._stream: grpc.Future | None = None  # type: ignore[type-arg]
+        self._done: set[tuple[str, int]] = set()
+        if config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
+
+    def stop(self) -> None:
+        """Asks the daemon to finish: the current hop is abandoned, the stream closed."""
+        self._stop.set()
+        stream = self._stream
+        if stream is not None:
+            stream.cancel()
+
+    def run(self) -> None:
+        """Serves until ``stop()``; reconnects with exponential back-off.
+
+        Raises:
+            TransportError: the coordinator stayed unreachable for ``max_attempts`` tries.
+        """
+        creds = channel_credentials(self._tls)
+        delay = self._cfg.retry_initial_seconds
+        failures = 0
+        while not self._stop.is_set():
+            with secure_channel(
+                self._cfg.coordinator, creds, server_name=self._cfg.server_name or None
+            ) as channel:
+                try:
+                    self._session(site_pb2_grpc.SiteServiceStub(channel))
+                    failures, delay = 0, self._cfg.retry_initial_seconds
+                    continue
+                except grpc.RpcError as exc:
+                    if self._stop.is_set():
+                        break
+                    code = exc.code()
+                    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+                        raise PkiError(f"the coordinator refused this site ({code.name})") from None
+                    failures += 1
+                    detail = (
+                        f"{code.name}: {exc.details()}"
+                        if code is not grpc.StatusCode.UNAVAILABLE
+                        else "unavailable"
+                    )
+            if self._max_attempts is not None and failures >= self._max_attempts:
+                raise TransportError(
+                    f"coordinator at {self._cfg.coordinator} unreachable after {failures} attempts",
+                    site_id=self.site_id,
+                )
+            logger.warning(
+                "coordinator at %s: %s; retrying in %.1fs (attempt %d)",
+                self._cfg.coordinator,
+                detail,
+                delay,
+                failures,
+            )
+            self._stop.wait(delay)
+            delay = min(delay * 2, self._cfg.retry_max_seconds)
+
+    def _session(self, stub: site_pb2_grpc.SiteServiceStub) -> None:
+        caps = Capabilities(cpu_count=os.cpu_count() or 1, memory_bytes=_memory_bytes())
+        resp = stub.Register(
+            site_pb2.RegisterRequest(
+                capabilities=capabilities_to_proto(caps),
+                profile=profile_to_proto(self._profile),
+                software_version=__version__,
+            ),
+            timeout=RPC_TIMEOUT_SECONDS,
+        )
+        logger.info(
+            "registered with the coordinator as %s (federation %s)", resp.site_id, resp.federation
+        )
+        session_over = threading.Event()
+        beat = threading.Thread(
+            target=self._heartbeats, args=(stub, session_over), name="heartbeat", daemon=True
+        )
+        beat.start()
+        runner = HopRunner(stub, tls=self._tls, local=self._local, work_dir=self._cfg.work_dir)
+        try:
+            stream = stub.WatchAssignments(site_pb2.WatchAssignmentsRequest())
+            self._stream = stream
+            if self._stop.is_set():
+                return
+            for assignment in stream:
+                key = (assignment.run_id, assignment.hop_index)
+                if key in self._done:
+                    continue
+                logger.info(
+                    "assigned hop %d of run %s (cycle %d)",
+                    assignment.hop_index,
+                    assignment.run_id,
+                    assignment.cycle,
+                )
+                runner.run(assignment)
+                self._done.add(key)
+        except grpc.RpcError as exc:
+            if exc.code() is grpc.StatusCode.CANCELLED and self._stop.is_set():
+                return
+            raise
+        finally:
+            self._stream = None
+            session_over.set()
+            beat.join(timeout=RPC_TIMEOUT_SECONDS)
+
+    def _heartbeats(
+        self, stub: site_pb2_grpc.SiteServiceStub, session_over: threading.Event
+    ) -> None:
+        while not session_over.wait(self._cfg.heartbeat_seconds):
+            try:
+                stub.Heartbeat(site_pb2.HeartbeatRequest(), timeout=RPC_TIMEOUT_SECONDS)
+            except grpc.RpcError as exc:
+                logger.debug("heartbeat failed: %s", exc.code().name)
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 0

@@ -1,0 +1,203 @@
+"""Local training and evaluation of the travelling model on one site's data (CPU, seeded)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from baton.errors import DataError, ModelError
+from baton.models import fit_input_norm
+
+if TYPE_CHECKING:
+    from baton.data import Split
+    from baton.plan import TrainingSection
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int, float], None]
+"""``progress(step, total_steps, loss)``: called after ``step`` of ``total_steps``."""
+
+MAX_PROGRESS_CALLS = 20
+"""A hop reports progress at most this many times (the last time at the final step)."""
+
+_EVAL_BATCH = 4096
+_SEED_MODULUS = 2**63
+
+
+def hop_seed(run_seed: int, hop_index: int) -> int:
+    """The seed of hop ``hop_index`` (0-based, across all cycles) of a run.
+
+    ``(run_seed * 1_000_003 + hop_index) mod 2**63``: distinct for the hops of one run,
+    always a valid non-negative 64-bit seed. The site daemon and the simulator both use it.
+    """
+    return (run_seed * 1_000_003 + hop_index) % _SEED_MODULUS
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TrainResult:
+    """What one local training pass did."""
+
+    num_examples: int
+    """Training examples at this site."""
+    steps: int
+    """Optimizer steps taken."""
+    train_seconds: float
+    """Wall-clock seconds spent training."""
+    final_loss: float
+    """Mean training loss over the last epoch's steps (or all steps, if fewer)."""
+
+
+def _tensors(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
+    if len(split) == 0:
+        raise DataError("the split holds no examples")
+    return torch.from_numpy(split.x), torch.from_numpy(split.y)
+
+
+def _check_labels(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    with torch.no_grad():
+        num_outputs = model(x[:1]).shape[1]
+    if int(y.min()) < 0 or int(y.max()) >= num_outputs:
+        raise DataError(f"labels fall outside the model's {num_outputs} classes")
+
+
+def evaluate(model: nn.Module, split: Split) -> dict[str, float]:
+    """Evaluates ``model`` on ``split`` in eval mode, without gradients.
+
+    Returns:
+        ``accuracy`` (fraction correct), ``loss`` (mean cross-entropy) and
+        ``num_examples``.
+
+    Raises:
+        DataError: The split is empty or has labels the model cannot output.
+    """
+    x, y = _tensors(split)
+    was_training = model.training
+    model.eval()
+    try:
+        _check_labels(model, x, y)
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        correct = torch.zeros((), dtype=torch.int64)
+        with torch.no_grad():
+            for start in range(0, len(y), _EVAL_BATCH):
+                xb, yb = x[start : start + _EVAL_BATCH], y[start : start + _EVAL_BATCH]
+                logits = model(xb)
+                loss_sum += F.cross_entropy(logits, yb, reduction="sum").double()
+                correct += (logits.argmax(dim=1) == yb).sum()
+    finally:
+        model.train(was_training)
+    n = len(y)
+    return {
+        "accuracy": int(correct) / n,
+        "loss": float(loss_sum) / n,
+        "num_examples": float(n),
+    }
+
+
+def _optimizer(model: nn.Module, training: TrainingSection) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if training.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=training.lr, momentum=training.momentum, weight_decay=training.weight_decay
+        )
+    if training.optimizer == "adam":
+        return torch.optim.Adam(params, lr=training.lr, weight_decay=training.weight_decay)
+    raise ModelError(f"unknown optimizer {training.optimizer!r}")
+
+
+def total_steps(num_examples: int, training: TrainingSection) -> int:
+    """Optimizer steps of one hop: ``local_steps`` if positive, else
+    ``local_epochs * ceil(num_examples / batch_size)``."""
+    if training.local_steps > 0:
+        return training.local_steps
+    return training.local_epochs * math.ceil(num_examples / training.batch_size)
+
+
+def _report_steps(total: int) -> set[int]:
+    calls = min(MAX_PROGRESS_CALLS, total)
+    return {-(-k * total // calls) for k in range(1, calls + 1)}
+
+
+def train_local(
+    model: nn.Module,
+    split: Split,
+    training: TrainingSection,
+    *,
+    seed: int,
+    progress: ProgressFn | None = None,
+    logit_adjust: float = 1.0,
+) -> TrainResult:
+    """Trains ``model`` in place on one site's training split.
+
+    Fits the model's input normalization first if it is not fitted yet (the first hop).
+    A fresh optimizer (SGD with momentum and weight decay, or Adam) takes shuffled
+    minibatches (the last of an epoch may be smaller) for :func:`total_steps` steps. The
+    shuffles and any dropout draw from ``seed`` only; the global torch RNG is forked, so
+    its state is unchanged. The result is deterministic given the incoming weights, the
+    data, ``training`` and ``seed`` (on one thread count).
+
+    Args:
+        model: The travelling model; trained in place, left in its previous mode.
+        split: The site's training split.
+        training: The plan's local training policy.
+        seed: This hop's seed, from :func:`hop_seed`.
+        progress: Called at most :data:`MAX_PROGRESS_CALLS` times as
+            ``(step, total_steps, loss)`` with the loss of that step's minibatch.
+
+    Raises:
+        DataError: The split is empty or has labels the model cannot output.
+        ModelError: Training diverged (a non-finite loss).
+    """
+    x, y = _tensors(split)
+    n = len(y)
+    if fit_input_norm(model, x):
+        logger.info("fitted the model's input normalization on %d local examples", n)
+    total = total_steps(n, training)
+    reports = _report_steps(total) if progress is not None else set()
+    steps_per_epoch = math.ceil(n / training.batch_size)
+    optimizer = _optimizer(model, training)
+    was_training = model.training
+    model.eval()
+    _check_labels(model, x, y)
+    losses = torch.zeros(total)
+    num_classes = model(x[:1]).shape[1]
+    counts = torch.bincount(y, minlength=num_classes).double()
+    adj = (logit_adjust * torch.log((counts + 1) / (n + num_classes))).float()
+    started = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
+        model.train()
+        step = 0
+        try:
+            while step < total:
+                order = torch.randperm(n, generator=generator)
+                for start in range(0, n, training.batch_size):
+                    idx = order[start : start + training.batch_size]
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = F.cross_entropy(model(x[idx]) + adj, y[idx])
+                    loss.backward()
+                    optimizer.step()
+                    losses[step] = loss.detach()
+                    step += 1
+                    if progress is not None and step in reports:
+                        progress(step, total, float(losses[step - 1]))
+                    if step == total:
+                        break
+        finally:
+            model.train(was_training)
+    seconds = time.perf_counter() - started
+    final_loss = float(losses[max(0, total - steps_per_epoch) :].mean())
+    if not math.isfinite(final_loss):
+        raise ModelError("local training diverged: the training loss is not finite")
+    logger.debug("trained %d steps on %d examples in %.3f s", total, n, seconds)
+    return TrainResult(
+        num_examples=n, steps=total, train_seconds=seconds, final_loss=final_loss
+    )

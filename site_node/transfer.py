@@ -1,0 +1,117 @@
+"""Streams model blobs between a site and the coordinator: resumable, hash-checked, on disk."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+
+from baton.domain import BlobRef
+from baton.errors import BlobError
+from baton.serde import blob_ref_from_proto
+from baton.v1 import common_pb2, site_pb2, site_pb2_grpc
+from baton.wire import CHUNK_BYTES, file_chunks, sha256_file
+
+logger = logging.getLogger(__name__)
+
+ATTEMPTS = 5
+"""Tries per transfer before giving up; each retry resumes where the last stopped."""
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def download(
+    stub: site_pb2_grpc.SiteServiceStub, *, run_id: str, hop_index: int, blob: BlobRef, dest: Path
+) -> None:
+    """Downloads a hop's input blob to ``dest``, resuming a partial file, and checks its hash.
+
+    Raises:
+        BlobError: the stream is out of order or too long, or the bytes do not match ``blob``.
+        grpc.RpcError: the coordinator refused or stayed unreachable.
+    """
+    offset = dest.stat().st_size if dest.exists() else 0
+    if offset > blob.size:
+        dest.unlink()
+        offset = 0
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            with dest.open("ab") as f:
+                stream = stub.DownloadBlob(
+                    site_pb2.DownloadBlobRequest(run_id=run_id, hop_index=hop_index, offset=offset)
+                )
+                for chunk in stream:
+                    if chunk.offset != offset:
+                        raise BlobError(
+                            f"download out of order: chunk at {chunk.offset}, expected {offset}"
+                        )
+                    if offset + len(chunk.data) > blob.size:
+                        raise BlobError(f"download longer than the announced {blob.size} bytes")
+                    f.write(chunk.data)
+                    offset += len(chunk.data)
+            break
+        except grpc.RpcError as exc:
+            if exc.code() not in RETRYABLE or attempt == ATTEMPTS:
+                raise
+            logger.warning(
+                "download interrupted at byte %d (%s); resuming", offset, exc.code().name
+            )
+            time.sleep(0.2 * attempt)
+    if offset != blob.size:
+        raise BlobError(f"download truncated: {offset} of {blob.size} bytes")
+    if sha256_file(dest) != blob.blob_id:
+        dest.unlink()
+        raise BlobError("downloaded model does not match its content hash")
+
+
+def upload(
+    stub: site_pb2_grpc.SiteServiceStub, *, run_id: str, hop_index: int, source: Path
+) -> BlobRef:
+    """Uploads ``source`` as the output of a hop; an interrupted upload resumes where the
+    coordinator's durable copy ends.
+
+    Raises:
+        grpc.RpcError: the coordinator refused or stayed unreachable.
+    """
+    size = source.stat().st_size
+    sha = sha256_file(source)
+    transfer_id = uuid.uuid4().hex
+    offset = 0
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            header = site_pb2.UploadHeader(
+                transfer_id=transfer_id,
+                run_id=run_id,
+                hop_index=hop_index,
+                total_size=size,
+                sha256=sha,
+                offset=offset,
+            )
+            resp = stub.UploadBlob(_requests(header, source, offset))
+            ref = blob_ref_from_proto(resp.blob)
+            if ref is None or ref.blob_id != sha or ref.size != size:
+                raise BlobError("coordinator stored a different blob than was sent")
+            return ref
+        except grpc.RpcError as exc:
+            if exc.code() not in RETRYABLE or attempt == ATTEMPTS:
+                raise
+            time.sleep(0.2 * attempt)
+            status = stub.GetUploadStatus(site_pb2.GetUploadStatusRequest(transfer_id=transfer_id))
+            if status.complete:
+                done = blob_ref_from_proto(status.blob)
+                if done is not None:
+                    return done
+            offset = status.committed_offset
+            logger.warning("upload interrupted (%s); resuming at byte %d", exc.code().name, offset)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _requests(
+    header: site_pb2.UploadHeader, source: Path, offset: int
+) -> Iterator[site_pb2.UploadBlobRequest]:
+    yield site_pb2.UploadBlobRequest(header=header)
+    for data in file_chunks(source, offset=offset, chunk_size=CHUNK_BYTES):
+        yield site_pb2.UploadBlobRequest(chunk=common_pb2.BlobChunk(offset=offset, data=data))
+        offset += len(data)

@@ -1,0 +1,85 @@
+"""Fixtures shared across the suite: a throwaway federation PKI and a live coordinator."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from baton.pki import Identity, create_ca, issue
+from baton.tls import TlsFiles, TlsMaterial, channel_credentials
+from baton.v1 import admin_pb2_grpc, site_pb2_grpc
+from baton.wire import secure_channel
+from coordinator.config import CoordinatorConfig
+from coordinator.server import CoordinatorServer
+
+FEDERATION = "testfed"
+
+
+@dataclass(frozen=True)
+class Pki:
+    """A federation CA with certificates for a coordinator, an admin and three sites."""
+
+    root: Path
+
+    def files(self, name: str) -> TlsFiles:
+        d = self.root / name
+        return TlsFiles(ca=d / "ca.pem", cert=d / f"{name}.pem", key=d / f"{name}.key")
+
+    def material(self, name: str) -> TlsMaterial:
+        return self.files(name).load()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    root = tmp_path_factory.mktemp("pki")
+    create_ca(root / "ca", FEDERATION)
+    issue(
+        root / "ca",
+        root / "coordinator",
+        Identity(federation=FEDERATION, kind="coordinator", name="coordinator"),
+        dns_names=["localhost"],
+        ip_addresses=["127.0.0.1"],
+    )
+    issue(root / "ca", root / "owner", Identity(federation=FEDERATION, kind="admin", name="owner"))
+    for site in ("site-a", "site-b", "site-c"):
+        issue(root / "ca", root / site, Identity(federation=FEDERATION, kind="site", name=site))
+    return Pki(root)
+
+
+@dataclass
+class LiveCoordinator:
+    """A coordinator serving on a free loopback port, with helpers to dial it as anyone."""
+
+    server: CoordinatorServer
+    pki: Pki
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+    def channel(self, name: str) -> grpc.Channel:
+        return secure_channel(self.target, channel_credentials(self.pki.material(name)))
+
+    def site(self, name: str) -> site_pb2_grpc.SiteServiceStub:
+        return site_pb2_grpc.SiteServiceStub(self.channel(name))
+
+    def admin(self, name: str = "owner") -> admin_pb2_grpc.AdminServiceStub:
+        return admin_pb2_grpc.AdminServiceStub(self.channel(name))
+
+
+@pytest.fixture
+def coordinator(pki: Pki, tmp_path: Path) -> Iterator[LiveCoordinator]:
+    files = pki.files("coordinator")
+    config = CoordinatorConfig(
+        tls=files, listen="127.0.0.1:0", state_dir=tmp_path / "state", lease_seconds=5.0
+    )
+    server = CoordinatorServer(config, files.load())
+    server.start()
+    try:
+        yield LiveCoordinator(server, pki)
+    finally:
+        server.stop(grace=0.5)

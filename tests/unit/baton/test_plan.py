@@ -1,0 +1,92 @@
+"""Run plans: valid plans load; every kind of bad plan gets an error naming the key and source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from baton.errors import ConfigError
+from baton.plan import load_plan, parse_plan
+
+PLAN = """
+[run]
+name = "p"
+sites = ["a", "b"]
+cycles = 2
+seed = 7
+
+[model]
+name = "mlp"
+args = { hidden = [8, 4] }
+
+[task]
+dataset = "wine"
+
+[ordering]
+strategy = "random"
+
+[training]
+optimizer = "adam"
+lr = 1
+local_steps = 5
+"""
+
+
+def test_valid_plan_round_trips_every_section() -> None:
+    plan = parse_plan(PLAN)
+    assert plan.run.sites == ("a", "b")
+    assert (plan.run.cycles, plan.run.seed, plan.total_hops) == (2, 7, 4)
+    assert plan.model.args == {"hidden": [8, 4]}
+    assert plan.task.dataset == "wine"
+    assert plan.ordering.strategy == "random"
+    assert plan.training.lr == 1.0
+    assert isinstance(plan.training.lr, float)
+    assert plan.training.local_steps == 5
+
+
+def test_defaults_fill_optional_sections() -> None:
+    plan = parse_plan(
+        '[run]\nname="p"\nsites=["a"]\n[model]\nname="logreg"\n[task]\ndataset="digits"\n'
+    )
+    assert plan.ordering.strategy == "reshuffle"
+    assert plan.training.optimizer == "sgd"
+    assert plan.run.cycles == 1
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            "lr = 1",
+            "lr = 1\nmomentun = 0.9",
+            "<plan>: unknown key 'training.momentun' in [training]",
+        ),
+        ("cycles = 2", 'cycles = "2"', "<plan>: 'run.cycles' must be an integer, not a string"),
+        ("cycles = 2", "cycles = 0", "'cycles' must be between 1 and 1000, not 0"),
+        ('sites = ["a", "b"]', 'sites = ["a", "a"]', "'sites' names a site twice"),
+        ('sites = ["a", "b"]', 'sites = ["A b"]', "site id 'A b' is invalid"),
+        ('name = "mlp"', 'name = "gpt"', "unknown model 'gpt' in 'model.name'; known: logreg, mlp"),
+        ('dataset = "wine"', 'dataset = "imagenet"', "unknown dataset 'imagenet'"),
+        ('strategy = "random"', 'strategy = "best"', "unknown ordering strategy 'best'"),
+        ('optimizer = "adam"', 'optimizer = "lbfgs"', "'optimizer' must be 'sgd' or 'adam'"),
+        ('[task]\ndataset = "wine"\n', "", "missing required key 'task'"),
+        ("lr = 1", "lr = true", "'training.lr' must be a number, not a boolean"),
+        ('name = "p"', "name = ", "malformed TOML"),
+    ],
+)
+def test_bad_plans_are_refused_with_a_precise_message(old: str, new: str, message: str) -> None:
+    assert old in PLAN
+    with pytest.raises(ConfigError) as err:
+        parse_plan(PLAN.replace(old, new, 1))
+    assert message in err.value.message
+
+
+def test_load_plan_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "plan.toml"
+    path.write_text(PLAN.replace("lr = 1", "lr = 1\nbogus = 2"))
+    with pytest.raises(ConfigError) as err:
+        load_plan(path)
+    assert err.value.message.startswith(f"{path}: unknown key 'training.bogus'")
+    with pytest.raises(ConfigError, match="plan file not found"):
+        load_plan(tmp_path / "missing.toml")

@@ -1,0 +1,210 @@
+"""The run engine over the in-memory store: planning, hand-over, failure, cancel, recovery."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from baton.domain import BlobRef
+from baton.errors import ConfigError, ConflictError, NotFoundError
+from coordinator.blobs import MemoryBlobStore
+from coordinator.rpc import Denied
+from coordinator.scheduler import Scheduler
+from coordinator.store.base import EventKind, HopState, RunState, SiteRecord
+from coordinator.store.memory import MemoryStore
+
+PLAN = """
+[run]
+name = "s"
+sites = ["a", "b", "c"]
+cycles = 2
+seed = {seed}
+
+[model]
+name = "logreg"
+
+[task]
+dataset = "wine"
+
+[ordering]
+strategy = "{strategy}"
+"""
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1_000
+
+    def __call__(self) -> int:
+        self.t += 1
+        return self.t
+
+
+@pytest.fixture
+def parts() -> tuple[MemoryStore, MemoryBlobStore, Scheduler]:
+    store, blobs = MemoryStore(), MemoryBlobStore()
+    for s in "abc":
+        store.upsert_site(SiteRecord(site_id=s, certificate_pem="pem"))
+    return store, blobs, Scheduler(store, blobs, clock=Clock())
+
+
+def put(blobs: MemoryBlobStore, data: bytes, transfer: str) -> BlobRef:
+    blobs.append(transfer, 0, data)
+    return blobs.finish(
+        transfer, expected_sha256=hashlib.sha256(data).hexdigest(), expected_size=len(data)
+    )
+
+
+def finish_hop(
+    sched: Scheduler, blobs: MemoryBlobStore, run_id: str, hop: int, site: str
+) -> BlobRef:
+    ref = put(blobs, f"{run_id}/{hop}".encode(), f"t{hop}")
+    sched.complete_hop(
+        site,
+        run_id,
+        hop,
+        output=ref,
+        metrics_before={"accuracy": 0.1},
+        metrics_after={"accuracy": 0.2},
+        num_examples=5,
+        train_seconds=0.01,
+    )
+    return ref
+
+
+def test_fixed_run_goes_through_every_hop_in_plan_order(
+    parts: tuple[MemoryStore, MemoryBlobStore, Scheduler],
+) -> None:
+    store, blobs, sched = parts
+    run = sched.create_run(PLAN.format(seed=0, strategy="fixed"))
+    assert run.total_hops == 6
+    # Only the first cycle is planned up front; hop 0 is assigned with no input.
+    hops = store.list_hops(run.run_id)
+    assert [(h.site_id, h.state) for h in hops] == [
+        ("a", HopState.ASSIGNED),
+        ("b", HopState.PENDING),
+        ("c", HopState.PENDING),
+    ]
+    assert hops[0].input is None
+    prev = None
+    for i in range(6):
+        site = "abc"[i % 3]
+        assert store.assigned_hops_for_site(site)[0].hop_index == i
+        assert store.get_hop(run.run_id, i).input == prev
+        nxt = sched.next_hop(site, run.run_id, i)
+        assert (nxt is None) == (i == 5)
+        if nxt is not None:
+            assert (nxt.hop_index, nxt.site_id) == (i + 1, "abc"[(i + 1) % 3])
+        prev = finish_hop(sched, blobs, run.run_id, i, site)
+    done = store.get_run(run.run_id)
+    assert done.state is RunState.SUCCEEDED
+    assert done.result == prev
+    kinds = [e.kind for e in store.list_events(run.run_id)]
+    assert kinds.count(EventKind.HOP_ASSIGNED) == 6
+    assert kinds[-1] is EventKind.RUN_SUCCEEDED
+
+
+def test_next_cycle_is_planned_when_last_hop_of_cycle_asks(
+    parts: tuple[MemoryStore, MemoryBlobStore, Scheduler],
+) -> None:
+    store, blobs, sched = parts
+    run = sched.create_run(PLAN.format(seed=4, strategy="reshuffle"))
+    order = [h.site_id for h in store.list_hops(run.run_id)]
+    for i, site in enumerate(order[:2]):
+        finish_hop(sched, blobs, run.run_id, i, site)
+    assert len(store.list_hops(run.run_id)) == 3
+    nxt = sched.next_hop(order[2], run.run_id, 2)
+    assert nxt is not None
+    assert len(store.list_hops(run.run_id)) == 6
+    assert nxt.site_id != order[2]  # reshuffle never repeats a site across the boundary
+    # Asking again plans nothing more.
+    assert sched.next_hop(order[2], run.run_id, 2) == nxt
+    assert len(store.list_hops(run.run_id)) == 6
+
+
+def test_run_naming_unregistered_site_is_refused(
+    parts: tuple[MemoryStore, MemoryBlobStore, Scheduler],
+) -> None:
+    _, _, sched = parts
+    with pytest.raises(ConfigError, match="never registered: d"):
+        sched.create_run(PLAN.format(seed=0, strategy="fixed").replace('"c"]', '"c", "d"]'))
+
+
+def test_only_the_assigned_site_may_act(
+    parts: tuple[MemoryStore, MemoryBlobStore, Scheduler],
+) -> None:
+    _, _, sched = parts
+    run = sched.create_run(PLAN.format(seed=0, strategy="fixed"))
+    with pytest.raises(Denied):
+        sched.hop_for_site("b", run.run_id, 0)
+    with pytest.raises(ConflictError, match="hop 1 is pending"):
+        sched.hop_for_site("b", run.run_id, 1)
+    with pytest.raises(NotFoundError):
+        sched.complete_hop(
+            "a",
+            run.run_id,
+            0,
+            output=BlobRef(blob_id="0" * 64, size=3),
+            metrics_before={},
+            metrics_after={},
+            num_examples=0,
+            train_seconds=0,
+        )
+
+
+def test_failed_hop_fails_run_and_keeps_last_model(
+    parts: tuple[MemoryStore, MemoryBlobStore, Scheduler],
+) -> None:
+    store, blobs, sched = parts
+    run = sched.create_run(PLAN.format(seed=0, strategy="fixed"))
+    ref = finish_hop(sched, blobs, run.run_id, 0, "a")
+    sched.fail_hop("b", run.run_id, 1, reason="data_error", message="bad rows")
+    got = store.get_run(run.run_id)
+    assert got.state is RunState.FAILED
+    assert got.error == "hop 1 at b failed: data_error: bad rows"
+    assert blobs.exists(ref.blob_id)
+    assert store.get_hop(run.run_id, 1).input == ref
+
+
+def test_cancel_fails_open_hops(parts: tuple[MemoryStore, MemoryBlobStore, Scheduler]) -> None:
+    store, _, sched = parts
+    run = sched.create_run(PLAN.format(seed=0, strategy="fixed"))
+    got = sched.cancel_run(run.run_id, "")
+    assert got.state is RunState.CANCELLED
+    assert {h.state for h in store.list_hops(run.run_id)} == {HopState.FAILED}
+    assert store.assigned_hops_for_site("a") == []
+    with pytest.raises(ConflictError, match="already cancelled"):
+        sched.cancel_run(run.run_id, "")
+
+
+def test_recover_assigns_a_hop_lost_between_complete_and_assign(
+    parts: tuple[MemoryStore, MemoryBlobStore, Scheduler],
+) -> None:
+    store, blobs, sched = parts
+    run = sched.create_run(PLAN.format(seed=0, strategy="fixed"))
+    ref = put(blobs, b"m0", "t0")
+    # A crash after the store recorded the completion but before the next hop was assigned.
+    store.complete_hop(
+        run.run_id,
+        0,
+        output=ref,
+        metrics_before={},
+        metrics_after={},
+        num_examples=1,
+        train_seconds=0.0,
+    )
+    assert store.assigned_hops_for_site("b") == []
+    Scheduler(store, blobs).recover()
+    [hop] = store.assigned_hops_for_site("b")
+    assert (hop.hop_index, hop.input) == (1, ref)
+
+
+def test_wait_for_change_wakes_on_change_and_times_out_otherwise(
+    parts: tuple[MemoryStore, MemoryBlobStore, Scheduler],
+) -> None:
+    _, _, sched = parts
+    v = sched.version
+    assert sched.wait_for_change(v, timeout=0.05) == v
+    sched.create_run(PLAN.format(seed=0, strategy="fixed"))
+    assert sched.wait_for_change(v, timeout=5) > v
