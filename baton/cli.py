@@ -12,11 +12,11 @@ from baton import exit_codes
 from baton.cli_admin import register
 from baton.cli_pki import pki_app
 from baton.demo import DemoOptions, run_demo
-from baton.entry import configure_logging, exit_on_error
+from baton.entry import configure_logging, exit_on_error, make_app
 from baton.errors import ConfigError, PkiError, TransportError
 from baton.procs import ProcessExited
 
-app = typer.Typer(help="Baton: sequential learning across hospitals.", no_args_is_help=True)
+app = make_app("Baton: sequential learning across hospitals.")
 app.add_typer(pki_app, name="pki", help="Create the federation CA and issue certificates.")
 register(app)
 

@@ -57,7 +57,7 @@ def _client(path: Path) -> AdminClient:
     return AdminClient(cfg.coordinator, cfg.tls.load(), server_name=cfg.server_name or None)
 
 
-def _state(value: int) -> str:
+def _state(value: common_pb2.RunState.ValueType) -> str:
     return common_pb2.RunState.Name(value).removeprefix("RUN_STATE_").lower()
 
 

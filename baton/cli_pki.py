@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path  # noqa: TC003 (typer reads the annotations at run time)
+from pathlib import Path
 from typing import Annotated
 
 import click
@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from baton import exit_codes
+from baton.entry import make_app
 from baton.errors import BatonError
 from baton.pki import (
     CA_CERT_FILE,
@@ -22,12 +23,7 @@ from baton.pki import (
     read_file,
 )
 
-pki_app = typer.Typer(
-    name="pki",
-    help="Create a federation CA and issue TLS certificates from it.",
-    no_args_is_help=True,
-    add_completion=False,
-)
+pki_app = make_app("Create a federation CA and issue TLS certificates from it.", name="pki")
 
 
 def _fail(exc: BatonError) -> typer.Exit:

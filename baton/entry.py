@@ -10,7 +10,9 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
+import typer
 from rich.console import Console
 
 from baton import exit_codes
@@ -69,3 +71,15 @@ def on_terminate(callback: Callable[[], None]) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+
+
+def make_app(help: str, **kwargs: Any) -> typer.Typer:
+    """A Typer app with Baton's defaults: no shell-completion commands, and tracebacks of
+    unexpected errors without local variables (they could hold key material)."""
+    return typer.Typer(
+        help=help,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_show_locals=False,
+        **kwargs,
+    )

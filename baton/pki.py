@@ -17,7 +17,7 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path  # noqa: TC003 (dataclass fields, resolved by get_type_hints)
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from cryptography import x509

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from pathlib import Path  # noqa: TC003 (dataclass fields, resolved by get_type_hints)
+from pathlib import Path
 
 import grpc
 from cryptography import exceptions as crypto_exceptions
@@ -126,13 +126,22 @@ def peer_identity(context: grpc.ServicerContext) -> Identity:
     Raises:
         PkiError: If the peer presented no certificate or it names no valid identity.
     """
+    return identity_from_certificate(peer_certificate_pem(context))
+
+
+def peer_certificate_pem(context: grpc.ServicerContext) -> bytes:
+    """Returns the PEM certificate the peer presented in the handshake.
+
+    Raises:
+        PkiError: If the peer presented no certificate.
+    """
     # At run time grpc maps each property to a list of bytes (its type stubs say bytes).
     value: object = context.auth_context().get("x509_pem_cert")
     if isinstance(value, list | tuple):
         value = value[0] if value else None
     if not isinstance(value, bytes) or not value:
         raise PkiError("the peer presented no certificate")
-    return identity_from_certificate(value)
+    return value
 
 
 def require_peer(context: grpc.ServicerContext, *, federation: str, kind: str) -> Identity:

@@ -10,16 +10,14 @@ from typing import Annotated
 import typer
 
 from baton import exit_codes
-from baton.entry import configure_logging, exit_on_error, on_terminate
+from baton.entry import configure_logging, exit_on_error, make_app, on_terminate
 from baton.errors import ConfigError, PkiError, StoreError, TransportError
 from coordinator.config import load_coordinator_config
 from coordinator.server import CoordinatorServer, write_port_file
 
 logger = logging.getLogger("coordinator")
 
-app = typer.Typer(
-    help="Baton coordinator: schedules hops and relays model blobs.", no_args_is_help=True
-)
+app = make_app("Baton coordinator: schedules hops and relays model blobs.")
 
 _CODES = {
     ConfigError: exit_codes.COORDINATOR_CONFIG,

@@ -17,7 +17,7 @@ from baton.serde import (
     capabilities_from_proto,
     profile_from_proto,
 )
-from baton.tls import require_peer
+from baton.tls import peer_certificate_pem, require_peer
 from baton.v1 import common_pb2, site_pb2, site_pb2_grpc
 from baton.wire import CHUNK_BYTES
 from coordinator.blobs import BlobStore
@@ -78,7 +78,7 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         self, request: site_pb2.RegisterRequest, context: grpc.ServicerContext
     ) -> site_pb2.RegisterResponse:
         identity = self._site(context)
-        pem = context.auth_context()["x509_pem_cert"][0].decode("ascii")
+        pem = peer_certificate_pem(context).decode("ascii")
         now = now_ms()
         self._store.upsert_site(
             SiteRecord(

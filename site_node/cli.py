@@ -10,16 +10,14 @@ from typing import Annotated
 import typer
 
 from baton import exit_codes
-from baton.entry import configure_logging, exit_on_error, on_terminate
+from baton.entry import configure_logging, exit_on_error, make_app, on_terminate
 from baton.errors import ConfigError, DataError, PkiError, TransportError
 from site_node.config import load_site_config
 from site_node.daemon import SiteDaemon
 
 logger = logging.getLogger("site_node")
 
-app = typer.Typer(
-    help="Baton site node: trains the travelling model on this site's data.", no_args_is_help=True
-)
+app = make_app("Baton site node: trains the travelling model on this site's data.")
 
 _CODES = {
     ConfigError: exit_codes.SITE_CONFIG,

@@ -52,7 +52,7 @@ class SiteDaemon:
         self._profile = profile_of(schema, data)
         config.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._stop = threading.Event()
-        self._stream: grpc.Future | None = None  # type: ignore[type-arg]
+        self._stream: grpc.Call | None = None
         self._done: set[tuple[str, int]] = set()
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)

@@ -198,6 +198,4 @@ def train_local(
     if not math.isfinite(final_loss):
         raise ModelError("local training diverged: the training loss is not finite")
     logger.debug("trained %d steps on %d examples in %.3f s", total, n, seconds)
-    return TrainResult(
-        num_examples=n, steps=total, train_seconds=seconds, final_loss=final_loss
-    )
+    return TrainResult(num_examples=n, steps=total, train_seconds=seconds, final_loss=final_loss)

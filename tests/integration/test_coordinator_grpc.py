@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from baton.domain import BlobRef
+from baton.pki import Identity, create_ca, issue
 from baton.v1 import admin_pb2, common_pb2, site_pb2, site_pb2_grpc
 from baton.wire import MAX_MESSAGE_BYTES
 from site_node import transfer
@@ -304,3 +305,33 @@ def _sha(path: Path) -> str:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
+
+
+def test_coordinator_refuses_foreign_ca_and_missing_client_certificate(
+    coordinator: LiveCoordinator, tmp_path: Path
+) -> None:
+    # Same federation name and site name, but issued by a CA the coordinator never pinned.
+    create_ca(tmp_path / "rogue-ca", "testfed")
+    rogue = issue(
+        tmp_path / "rogue-ca",
+        tmp_path / "rogue",
+        Identity(federation="testfed", kind="site", name="site-a"),
+    )
+    federation_ca = coordinator.pki.files("site-a").ca.read_bytes()
+    forged = grpc.ssl_channel_credentials(
+        root_certificates=federation_ca,
+        private_key=rogue.key.read_bytes(),
+        certificate_chain=rogue.cert.read_bytes(),
+    )
+    anonymous = grpc.ssl_channel_credentials(root_certificates=federation_ca)
+    for creds in (forged, anonymous):
+        with grpc.secure_channel(coordinator.target, creds) as channel:
+            stub = site_pb2_grpc.SiteServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Register(site_pb2.RegisterRequest(), timeout=5)
+            assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+    # The genuine site still gets in.
+    assert (
+        coordinator.site("site-a").Register(site_pb2.RegisterRequest(), timeout=5).site_id
+        == "site-a"
+    )
