@@ -8,7 +8,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +189,7 @@ class Federation:
 
     schema: Schema
     """The task's schema, shared by every site."""
-    sites: dict[str, SiteData] = field(default_factory=dict)
+    sites: dict[str, SiteData]
     """Site id to its data, in the order the sites were given."""
     test: Split
     """Stratified held-out test set no site holds."""

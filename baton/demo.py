@@ -86,10 +86,11 @@ strategy = "{opts.strategy}"
 
 [training]
 optimizer = "sgd"
-lr = 0.05
+lr = 0.02
 momentum = 0.9
-batch_size = 32
-local_epochs = 2
+weight_decay = 0.001
+batch_size = 16
+local_epochs = 3
 """
 
 

@@ -112,6 +112,10 @@ class TrainingSection:
     """Passes over the site's training split per hop (ignored when ``local_steps`` > 0)."""
     local_steps: int = 0
     """Optimizer steps per hop; 0 means use ``local_epochs``."""
+    logit_adjustment: bool = True
+    """Train on ``cross_entropy(logits + log(local label prior))`` (logit adjustment), so a
+    site that holds mostly one class does not pull the travelling model toward predicting
+    that class everywhere; predictions use the raw logits. False: plain cross-entropy."""
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adam"):

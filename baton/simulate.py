@@ -63,7 +63,9 @@ def _initial_model(plan: RunPlan, federation: Federation) -> nn.Module:
 
 
 def simulate_sequential(
-    plan: RunPlan, federation: Federation, orders: Sequence[Sequence[str]]
+    plan: RunPlan,
+    federation: Federation,
+    orders: Sequence[Sequence[str]],
 ) -> SimulationResult:
     """Trains one model sequentially through the sites, as the real system does.
 
@@ -95,7 +97,10 @@ def simulate_sequential(
             hop = len(records)
             before = evaluate(model, data.val)
             result = train_local(
-                model, data.train, plan.training, seed=hop_seed(plan.run.seed, hop)
+                model,
+                data.train,
+                plan.training,
+                seed=hop_seed(plan.run.seed, hop),
             )
             after = evaluate(model, data.val)
             records.append(
@@ -120,7 +125,7 @@ def train_centralized(plan: RunPlan, federation: Federation) -> dict[str, float]
     does. With ``local_steps == 0`` it trains ``cycles * local_epochs`` epochs over the
     pooled data; with ``local_steps > 0`` it takes ``cycles * num_sites * local_steps``
     steps. Same initial weights, optimizer and batch size; seed
-    ``hop_seed(plan.run.seed, 0)``.
+    ``hop_seed(plan.run.seed, 0)``; the same loss as the sites (``training.logit_adjustment``).
     """
     model = _initial_model(plan, federation)
     cycles = plan.run.cycles
@@ -131,5 +136,10 @@ def train_centralized(plan: RunPlan, federation: Federation) -> dict[str, float]
         )
     else:
         training = dataclasses.replace(training, local_epochs=cycles * training.local_epochs)
-    train_local(model, federation.pooled_train(), training, seed=hop_seed(plan.run.seed, 0))
+    train_local(
+        model,
+        federation.pooled_train(),
+        training,
+        seed=hop_seed(plan.run.seed, 0),
+    )
     return evaluate(model, federation.test)

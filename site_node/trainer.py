@@ -52,7 +52,8 @@ class TrainResult:
     train_seconds: float
     """Wall-clock seconds spent training."""
     final_loss: float
-    """Mean training loss over the last epoch's steps (or all steps, if fewer)."""
+    """Mean training loss (logit-adjusted, if enabled) over the last epoch's steps, or
+    over all steps if fewer."""
 
 
 def _tensors(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,11 +62,24 @@ def _tensors(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(split.x), torch.from_numpy(split.y)
 
 
-def _check_labels(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
-    with torch.no_grad():
-        num_outputs = model(x[:1]).shape[1]
+def _check_labels(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    """Checks the labels fit the model's outputs; returns the number of outputs."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            num_outputs = int(model(x[:1]).shape[1])
+    finally:
+        model.train(was_training)
     if int(y.min()) < 0 or int(y.max()) >= num_outputs:
         raise DataError(f"labels fall outside the model's {num_outputs} classes")
+    return num_outputs
+
+
+def _log_prior(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Log of the add-one smoothed local label distribution, ``log((n_c + 1) / (n + C))``."""
+    counts = torch.bincount(y, minlength=num_classes).double()
+    return torch.log((counts + 1) / (len(y) + num_classes)).float()
 
 
 def evaluate(model: nn.Module, split: Split) -> dict[str, float]:
@@ -79,10 +93,10 @@ def evaluate(model: nn.Module, split: Split) -> dict[str, float]:
         DataError: The split is empty or has labels the model cannot output.
     """
     x, y = _tensors(split)
+    _check_labels(model, x, y)
     was_training = model.training
     model.eval()
     try:
-        _check_labels(model, x, y)
         loss_sum = torch.zeros((), dtype=torch.float64)
         correct = torch.zeros((), dtype=torch.int64)
         with torch.no_grad():
@@ -132,11 +146,17 @@ def train_local(
     *,
     seed: int,
     progress: ProgressFn | None = None,
-    logit_adjust: float = 1.0,
 ) -> TrainResult:
     """Trains ``model`` in place on one site's training split.
 
     Fits the model's input normalization first if it is not fitted yet (the first hop).
+    With ``training.logit_adjustment`` (the default) the loss is the cross-entropy of
+    ``logits + log(prior)``, where ``prior`` is the site's add-one smoothed label
+    distribution (logit adjustment, Menon et al. 2021; FedLC, Zhang et al. 2022). The
+    model then learns class scores free of the site's label skew, so a site holding
+    mostly one class no longer drags the travelling model toward predicting that class
+    everywhere; prediction uses the raw logits.
+
     A fresh optimizer (SGD with momentum and weight decay, or Adam) takes shuffled
     minibatches (the last of an epoch may be smaller) for :func:`total_steps` steps. The
     shuffles and any dropout draw from ``seed`` only; the global torch RNG is forked, so
@@ -157,19 +177,16 @@ def train_local(
     """
     x, y = _tensors(split)
     n = len(y)
+    num_outputs = _check_labels(model, x, y)
     if fit_input_norm(model, x):
         logger.info("fitted the model's input normalization on %d local examples", n)
     total = total_steps(n, training)
     reports = _report_steps(total) if progress is not None else set()
     steps_per_epoch = math.ceil(n / training.batch_size)
     optimizer = _optimizer(model, training)
-    was_training = model.training
-    model.eval()
-    _check_labels(model, x, y)
+    offset = _log_prior(y, num_outputs) if training.logit_adjustment else torch.zeros(num_outputs)
     losses = torch.zeros(total)
-    num_classes = model(x[:1]).shape[1]
-    counts = torch.bincount(y, minlength=num_classes).double()
-    adj = (logit_adjust * torch.log((counts + 1) / (n + num_classes))).float()
+    was_training = model.training
     started = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -182,8 +199,8 @@ def train_local(
                 for start in range(0, n, training.batch_size):
                     idx = order[start : start + training.batch_size]
                     optimizer.zero_grad(set_to_none=True)
-                    loss = F.cross_entropy(model(x[idx]) + adj, y[idx])
-                    loss.backward()
+                    loss = F.cross_entropy(model(x[idx]) + offset, y[idx])
+                    torch.autograd.backward(loss)
                     optimizer.step()
                     losses[step] = loss.detach()
                     step += 1

@@ -1,0 +1,126 @@
+"""Tests for baton.models: the registry, seeded building and the travelling input norm."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from baton.errors import DataError, ModelError
+from baton.models import InputNorm, build_model, fit_input_norm, known_models
+
+
+def _mlp(seed: int = 0, **args: Any) -> nn.Module:
+    return build_model("mlp", args, num_features=5, num_classes=3, seed=seed)
+
+
+def test_known_models() -> None:
+    assert known_models() == ("mlp", "logreg")
+
+
+def test_mlp_default_shape() -> None:
+    model = _mlp()
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert shapes == {
+        "input_norm.mean": (5,),
+        "input_norm.std": (5,),
+        "input_norm.fitted": (),
+        "body.0.weight": (64, 5),
+        "body.0.bias": (64,),
+        "body.2.weight": (3, 64),
+        "body.2.bias": (3,),
+    }
+    assert model(torch.zeros(4, 5)).shape == (4, 3)
+
+
+def test_mlp_hidden_layers_and_dropout() -> None:
+    model = _mlp(hidden=[8, 4], dropout=0.25)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(5, 8), (8, 4), (4, 3)]
+    dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+    assert [d.p for d in dropouts] == [0.25, 0.25]
+
+
+def test_logreg_keys() -> None:
+    model = build_model("logreg", {}, num_features=4, num_classes=2, seed=0)
+    assert sorted(model.state_dict()) == [
+        "input_norm.fitted",
+        "input_norm.mean",
+        "input_norm.std",
+        "linear.bias",
+        "linear.weight",
+    ]
+
+
+def test_build_is_deterministic_and_leaves_global_rng_alone() -> None:
+    before = torch.random.get_rng_state()
+    a, b, c = _mlp(seed=1), _mlp(seed=1), _mlp(seed=2)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    for key, value in a.state_dict().items():
+        assert torch.equal(value, b.state_dict()[key])
+    assert not torch.equal(a.state_dict()["body.0.weight"], c.state_dict()["body.0.weight"])
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "message"),
+    [
+        ("resnet", {}, "unknown model 'resnet'; known: mlp, logreg"),
+        ("mlp", {"width": 3}, "unknown argument 'width' for model 'mlp'; known: hidden, dropout"),
+        ("logreg", {"hidden": [3]}, "unknown argument 'hidden' for model 'logreg'; known: none"),
+        ("mlp", {"hidden": 64}, "'hidden' must be a non-empty list of integers"),
+        ("mlp", {"hidden": []}, "'hidden' must be a non-empty list of integers"),
+        ("mlp", {"hidden": [8, "8"]}, r"'hidden' must hold integers in \[1, 65536\]"),
+        ("mlp", {"hidden": [True]}, r"'hidden' must hold integers in \[1, 65536\]"),
+        ("mlp", {"hidden": [0]}, r"'hidden' must hold integers in \[1, 65536\]"),
+        ("mlp", {"dropout": 1.0}, r"'dropout' must be a number in \[0, 1\)"),
+        ("mlp", {"dropout": "0.1"}, r"'dropout' must be a number in \[0, 1\)"),
+    ],
+)
+def test_build_rejects(name: str, args: dict[str, Any], message: str) -> None:
+    with pytest.raises(ModelError, match=message):
+        build_model(name, args, num_features=3, num_classes=2, seed=0)
+
+
+def test_unfitted_norm_is_identity() -> None:
+    norm = InputNorm(3)
+    x = torch.tensor([[1.0, -2.0, 300.0]])
+    assert torch.equal(norm(x), x)
+
+
+def test_fit_input_norm_fits_once() -> None:
+    model = _mlp()
+    x = torch.tensor(
+        [[1.0, 10.0, 5.0, 0.0, 2.0], [3.0, 30.0, 5.0, 0.0, 4.0], [5.0, 50.0, 5.0, 0.0, 9.0]]
+    )
+    assert fit_input_norm(model, x) is True
+    state = model.state_dict()
+    assert torch.allclose(state["input_norm.mean"], x.mean(dim=0))
+    expected_std = x.std(dim=0, correction=0)
+    expected_std[2] = expected_std[3] = 1.0  # constant features are centred, not scaled
+    assert torch.allclose(state["input_norm.std"], expected_std)
+    assert state["input_norm.fitted"].item() == 1.0
+    # A second site keeps the first site's moments.
+    assert fit_input_norm(model, x * 100) is False
+    assert torch.allclose(model.state_dict()["input_norm.mean"], x.mean(dim=0))
+
+
+def test_fitted_norm_travels_with_the_weights() -> None:
+    first = _mlp()
+    x = torch.randn(20, 5, generator=torch.Generator().manual_seed(0)) * 7 + 3
+    fit_input_norm(first, x)
+    second = _mlp(seed=5)
+    second.load_state_dict(first.state_dict())
+    assert fit_input_norm(second, torch.zeros(3, 5)) is False
+    normalized = second.input_norm(x)  # type: ignore[operator]
+    assert torch.allclose(normalized.mean(dim=0), torch.zeros(5), atol=1e-5)
+
+
+def test_fit_input_norm_errors() -> None:
+    with pytest.raises(ModelError, match="no input normalization"):
+        fit_input_norm(nn.Linear(2, 2), torch.zeros(3, 2))
+    with pytest.raises(DataError, match="non-empty"):
+        fit_input_norm(_mlp(), torch.zeros(0, 5))
+    with pytest.raises(DataError, match="non-empty"):
+        fit_input_norm(_mlp(), torch.zeros(3, 4))
