@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -51,10 +50,8 @@ class AdminConfig:
 
 def _client(path: Path) -> AdminClient:
     cfg = build(AdminConfig, read_toml(path), source=str(path), section="")
-    base = path.parent
-    tls = TlsFiles(ca=base / cfg.tls.ca, cert=base / cfg.tls.cert, key=base / cfg.tls.key)
-    cfg = dataclasses.replace(cfg, tls=tls)
-    return AdminClient(cfg.coordinator, cfg.tls.load(), server_name=cfg.server_name or None)
+    tls = cfg.tls.relative_to(path.parent).load()
+    return AdminClient(cfg.coordinator, tls, server_name=cfg.server_name or None)
 
 
 def _state(value: common_pb2.RunState.ValueType) -> str:

@@ -61,5 +61,4 @@ def load_coordinator_config(path: Path) -> CoordinatorConfig:
     """Loads a coordinator config, resolving relative paths against the file's directory."""
     cfg = build(CoordinatorConfig, read_toml(path), source=str(path), section="")
     base = path.parent
-    tls = TlsFiles(ca=base / cfg.tls.ca, cert=base / cfg.tls.cert, key=base / cfg.tls.key)
-    return dataclasses.replace(cfg, tls=tls, state_dir=base / cfg.state_dir)
+    return dataclasses.replace(cfg, tls=cfg.tls.relative_to(base), state_dir=base / cfg.state_dir)

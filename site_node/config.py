@@ -60,7 +60,9 @@ def load_site_config(path: Path) -> SiteConfig:
     """Loads a site config, resolving relative paths against the file's directory."""
     cfg = build(SiteConfig, read_toml(path), source=str(path), section="")
     base = path.parent
-    tls = TlsFiles(ca=base / cfg.tls.ca, cert=base / cfg.tls.cert, key=base / cfg.tls.key)
     return dataclasses.replace(
-        cfg, tls=tls, data_dir=base / cfg.data_dir, work_dir=base / cfg.work_dir
+        cfg,
+        tls=cfg.tls.relative_to(base),
+        data_dir=base / cfg.data_dir,
+        work_dir=base / cfg.work_dir,
     )

@@ -18,7 +18,7 @@ def test_generated_stubs_are_current() -> None:
         timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "generated stubs are current (12 files)" in proc.stdout
+    assert "generated stubs are current (16 files)" in proc.stdout
 
 
 def test_every_rpc_and_field_is_commented() -> None:
