@@ -22,8 +22,13 @@ def generate(out_root: Path) -> list[Path]:
     if not sources:
         raise SystemExit(f"no .proto files under {PROTO_ROOT}")
     include = str(Path(protoc.__file__).parent / "_proto")
+    # mypy-protobuf's plugins sit beside this interpreter; name them, so the script works
+    # from a virtualenv that is not activated (as CI runs it).
+    bindir = Path(sys.executable).parent
     args = [
         "grpc_tools.protoc",
+        f"--plugin=protoc-gen-mypy={bindir / 'protoc-gen-mypy'}",
+        f"--plugin=protoc-gen-mypy_grpc={bindir / 'protoc-gen-mypy_grpc'}",
         f"-I{PROTO_ROOT}",
         f"-I{include}",
         f"--python_out={out_root}",
