@@ -17,6 +17,7 @@ from baton.errors import (
     PkiError,
     TransportError,
 )
+from baton.sealing import AppKeys, sign_plan
 from baton.tls import TlsMaterial, channel_credentials
 from baton.v1 import admin_pb2, admin_pb2_grpc
 from baton.wire import secure_channel
@@ -47,11 +48,16 @@ class AdminClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def create_run(self, plan_toml: str) -> admin_pb2.Run:
+    def create_run(self, plan_toml: str, owner: AppKeys) -> admin_pb2.Run:
+        """Submits a plan signed with the study owner's key; the last hop is sealed to them."""
+        request = admin_pb2.CreateRunRequest(
+            plan_toml=plan_toml,
+            plan_signature=sign_plan(plan_toml, owner.signing_key),
+            owner_signing_certificate_pem=owner.signing_cert_pem.decode("ascii"),
+            owner_encryption_certificate_pem=owner.encryption_cert_pem.decode("ascii"),
+        )
         with self._rpc("create the run"):
-            resp = self._stub.CreateRun(
-                admin_pb2.CreateRunRequest(plan_toml=plan_toml), timeout=UNARY_TIMEOUT_SECONDS
-            )
+            resp = self._stub.CreateRun(request, timeout=UNARY_TIMEOUT_SECONDS)
         return resp.run
 
     def get_run(self, run_id: str) -> admin_pb2.Run:
@@ -88,8 +94,10 @@ class AdminClient:
                 admin_pb2.WatchRunRequest(run_id=run_id, after_seq=after_seq)
             )
 
-    def fetch_result(self, run_id: str, dest: Path) -> int:
-        """Streams a succeeded run's final model to ``dest``; returns its size in bytes."""
+    def fetch_sealed_result(self, run_id: str, dest: Path) -> int:
+        """Streams a succeeded run's sealed final model to ``dest``; returns its size.
+
+        See :func:`baton.owner.fetch_result` for the opened model."""
         tmp = dest.with_name(dest.name + ".partial")
         offset = 0
         with self._rpc(f"fetch the result of run {run_id}"), tmp.open("wb") as f:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -14,7 +15,9 @@ from baton import exit_codes
 from baton.admin_client import AdminClient
 from baton.entry import exit_on_error
 from baton.errors import ConfigError, PkiError, TransportError
+from baton.owner import fetch_result
 from baton.plan import load_plan, read_plan_text
+from baton.sealing import AppKeys
 from baton.tls import TlsFiles
 from baton.tomlcfg import build, read_toml
 from baton.v1 import admin_pb2, common_pb2
@@ -44,14 +47,22 @@ class AdminConfig:
     """Coordinator address, ``host:port``."""
     tls: TlsFiles
     """The admin's certificate, key and the federation CA."""
+    keys_dir: Path = Path("keys")
+    """The study owner's signing and encryption keys with their certificates: plans are
+    signed with the first, final models are sealed to the second."""
     server_name: str = ""
     """Name expected in the coordinator's certificate when it differs from the host dialled."""
 
 
-def _client(path: Path) -> AdminClient:
+def _config(path: Path) -> AdminConfig:
     cfg = build(AdminConfig, read_toml(path), source=str(path), section="")
-    tls = cfg.tls.relative_to(path.parent).load()
-    return AdminClient(cfg.coordinator, tls, server_name=cfg.server_name or None)
+    base = path.parent
+    return dataclasses.replace(cfg, tls=cfg.tls.relative_to(base), keys_dir=base / cfg.keys_dir)
+
+
+def _client(path: Path) -> AdminClient:
+    cfg = _config(path)
+    return AdminClient(cfg.coordinator, cfg.tls.load(), server_name=cfg.server_name or None)
 
 
 def _state(value: common_pb2.RunState.ValueType) -> str:
@@ -71,7 +82,7 @@ def register(app: typer.Typer) -> None:
         with exit_on_error(_CODES, exit_codes.CLI_ERROR):
             load_plan(plan)  # validate locally first: clearer errors, no round trip
             with _client(admin) as client:
-                run = client.create_run(read_plan_text(plan))
+                run = client.create_run(read_plan_text(plan), AppKeys.load(_config(admin).keys_dir))
                 console.print(f"run {run.run_id} created ({run.total_hops} hops)")
                 if watch:
                     _watch(client, run.run_id)
@@ -118,10 +129,16 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def fetch(run_id: str, out: Path, admin: AdminOpt) -> None:
-        """Download the final model of a succeeded run (safetensors)."""
+        """Download the final model of a succeeded run, open it and write it as safetensors."""
         with exit_on_error(_CODES, exit_codes.CLI_ERROR), _client(admin) as client:
-            size = client.fetch_result(run_id, out)
-            console.print(f"wrote {size} bytes to {out}")
+            cfg = _config(admin)
+            manifest = fetch_result(
+                client, run_id, out, owner=AppKeys.load(cfg.keys_dir), ca_pem=cfg.tls.load().ca_pem
+            )
+            console.print(
+                f"wrote {manifest.plaintext_length} bytes to {out} "
+                f"(sealed by {manifest.sender}, verified)"
+            )
 
     @app.command()
     def sites(admin: AdminOpt) -> None:

@@ -13,6 +13,13 @@ from rich.markup import escape
 from baton import exit_codes
 from baton.entry import make_app
 from baton.errors import BatonError
+from baton.keys import (
+    certify,
+    generate_keys,
+    load_encryption_key,
+    load_signing_key,
+    make_key_request,
+)
 from baton.pki import (
     CA_CERT_FILE,
     KINDS,
@@ -22,6 +29,7 @@ from baton.pki import (
     issue,
     read_file,
 )
+from baton.sealing import ENCRYPTION_CERT_FILE, KEY_REQUEST_FILE, SIGNING_CERT_FILE
 
 pki_app = make_app("Create a federation CA and issue TLS certificates from it.", name="pki")
 
@@ -79,6 +87,67 @@ def issue_command(
     console.print(f"  certificate     {escape(str(files.cert))}")
     console.print(f"  private key     {escape(str(files.key))}  (mode 0600)")
     console.print(f"  CA certificate  {escape(str(files.ca))}")
+
+
+@pki_app.command("keygen")
+def keygen_command(
+    federation: Annotated[str, typer.Option("--federation", help="Federation name.")],
+    kind: Annotated[
+        str, typer.Option("--kind", click_type=click.Choice(KINDS), help="Kind of party.")
+    ],
+    name: Annotated[str, typer.Option("--name", help="Name of the party, e.g. st-mary.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for the keys (created 0700).")],
+) -> None:
+    """At the party: create signing and encryption keys, and a request for the CA.
+
+    The private keys stay in --out; only key-request.pem goes to the CA operator.
+    """
+    try:
+        identity = Identity(federation=federation, kind=kind, name=name)
+        files = generate_keys(out)
+        request = make_key_request(
+            identity,
+            load_signing_key(files.signing),
+            load_encryption_key(files.encryption).public_key(),
+        )
+        (out / KEY_REQUEST_FILE).write_bytes(request)
+    except BatonError as exc:
+        raise _fail(exc) from None
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(f"created the keys of [bold]{escape(identity.spiffe_id)}[/bold]")
+    console.print(f"  private keys  {escape(str(files.signing))}, {escape(str(files.encryption))}")
+    console.print(f"  request       {escape(str(out / KEY_REQUEST_FILE))}  (send to the CA)")
+
+
+@pki_app.command("certify")
+def certify_command(
+    ca: Annotated[Path, typer.Option("--ca", help="Directory holding ca.pem and ca.key.")],
+    request: Annotated[Path, typer.Option("--request", help="The party's key-request.pem.")],
+    kind: Annotated[
+        str, typer.Option("--kind", click_type=click.Choice(KINDS), help="Kind of party.")
+    ],
+    name: Annotated[str, typer.Option("--name", help="Who the operator checked the party is.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for the two certificates.")],
+    days: Annotated[int, typer.Option("--days", help="Validity in days.")] = 365,
+) -> None:
+    """At the CA: certify a party's signing and encryption keys from its request."""
+    try:
+        identity = Identity(federation=_federation(ca), kind=kind, name=name)
+        signing_pem, encryption_pem = certify(
+            ca, read_file(request, role="key request"), identity=identity, days=days
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        (out / SIGNING_CERT_FILE).write_bytes(signing_pem)
+        (out / ENCRYPTION_CERT_FILE).write_bytes(encryption_pem)
+    except BatonError as exc:
+        raise _fail(exc) from None
+    except OSError as exc:
+        raise _fail(BatonError(f"cannot write to {out}: {exc.strerror}")) from None
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(f"certified the keys of [bold]{escape(identity.spiffe_id)}[/bold]")
+    console.print(
+        f"  {escape(str(out / SIGNING_CERT_FILE))}, {escape(str(out / ENCRYPTION_CERT_FILE))}"
+    )
 
 
 def _federation(ca_dir: Path) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from baton.admin_client import AdminClient
@@ -27,8 +28,10 @@ from baton.data import Federation, Partition
 from baton.errors import BatonError
 from baton.localfed import provision, start, wait_until_online
 from baton.models import build_model
+from baton.owner import fetch_result
 from baton.plan import RunPlan, parse_plan
 from baton.procs import ProcessGroup
+from baton.sealing import AppKeys
 from baton.simulate import train_centralized
 from baton.v1 import admin_pb2, common_pb2
 from site_node.trainer import evaluate
@@ -129,7 +132,8 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
             )
             with AdminClient(f"127.0.0.1:{port}", layout.admin_tls.load()) as client:
                 wait_until_online(client, site_ids, group)
-                run = client.create_run(plan_toml)
+                owner = AppKeys.load(layout.owner_keys)
+                run = client.create_run(plan_toml, owner)
                 console.print(f"run {run.run_id} created: {run.total_hops} hops")
                 _follow(client, run.run_id, run.total_hops, group, console)
                 final = client.get_run(run.run_id)
@@ -139,7 +143,13 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
                         f"{common_pb2.RunState.Name(final.state)}: {final.error}"
                     )
                 result_path = layout.owner_dir / f"{run.run_id}.safetensors"
-                client.fetch_result(run.run_id, result_path)
+                fetch_result(
+                    client,
+                    run.run_id,
+                    result_path,
+                    owner=owner,
+                    ca_pem=layout.admin_tls.load().ca_pem,
+                )
         test_metrics = _evaluate_result(plan, fed, result_path)
         console.print("training the same model centrally on the pooled data, for comparison")
         central = train_centralized(plan, fed)
@@ -172,9 +182,11 @@ def _follow(
                 f"  ({m.get('train_seconds', 0.0):.2f}s)"
             )
         elif ev.kind == admin_pb2.EVENT_KIND_HOP_FAILED:
-            console.print(f"  [red]hop {ev.hop_index + 1} at {ev.site_id} failed:[/] {ev.message}")
+            console.print(
+                f"  [red]hop {ev.hop_index + 1} at {ev.site_id} failed:[/] {escape(ev.message)}"
+            )
         elif ev.kind in (admin_pb2.EVENT_KIND_RUN_FAILED, admin_pb2.EVENT_KIND_RUN_CANCELLED):
-            console.print(f"  [red]run ended:[/] {ev.message}")
+            console.print(f"  [red]run ended:[/] {escape(ev.message)}")
 
 
 def _evaluate_result(plan: RunPlan, fed: Federation, path: Path) -> dict[str, float]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from baton import exit_codes
 from baton.errors import BatonError
@@ -37,7 +38,7 @@ def configure_logging(default: str = "INFO") -> None:
 
 def fail(message: str, code: int) -> None:
     """Prints one error line (no traceback) and exits with ``code``."""
-    err_console.print(f"[bold red]error:[/] {message}", markup=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True)
     raise SystemExit(code)
 
 

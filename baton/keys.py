@@ -17,9 +17,9 @@ X25519 key that sealed hops are encrypted to. The flow:
 The request is one standard PKCS#10 CSR signed by the Ed25519 key (proof of possession of
 that key). The X25519 public key rides in the same CSR as a private extension
 (``X25519_REQUEST_OID``), so the party's Ed25519 signature covers it; X25519 cannot sign,
-so the request does NOT prove possession of the X25519 private key. A party that requests
-a certificate for someone else's X25519 public key only makes hops sealed to it
-unreadable to itself.
+so the request does NOT prove possession of the X25519 private key. That gains a
+dishonest party nothing: certifying someone else's X25519 key under its own name makes
+hops sealed to it readable by that key's holder, as forwarding what it decrypts would.
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from cryptography import exceptions as crypto_exceptions
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 from cryptography.x509.oid import NameOID
 
 from baton.errors import PkiError
@@ -49,6 +49,9 @@ from baton.pki import (
     same_public_key,
 )
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 SIGNING_KEY_FILE: Final = "signing.key"
 """File name of a party's Ed25519 private key (PEM, PKCS#8, mode 0600)."""
 ENCRYPTION_KEY_FILE: Final = "encryption.key"
@@ -61,7 +64,25 @@ SIGNING_EKU_OID: Final = x509.ObjectIdentifier("2.25.236353757119973568928522859
 ENCRYPTION_EKU_OID: Final = x509.ObjectIdentifier("2.25.201454564374443185413218914375666398538")
 """Extended key usage of a Baton hop-encryption certificate (X25519)."""
 
+_PublicKey = ed25519.Ed25519PublicKey | x25519.X25519PublicKey
 _CLOCK_SKEW: Final = dt.timedelta(minutes=5)
+
+
+def _usage(*, signing: bool) -> x509.KeyUsage:
+    """keyUsage of an application certificate: digitalSignature or keyAgreement alone."""
+    return x509.KeyUsage(
+        digital_signature=signing,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=not signing,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
 _DER: Final = serialization.Encoding.DER
 _SPKI: Final = serialization.PublicFormat.SubjectPublicKeyInfo
 
@@ -168,7 +189,9 @@ def make_key_request(
             critical=False,
         )
         .add_extension(
-            x509.UnrecognizedExtension(X25519_REQUEST_OID, encryption_key.public_bytes(_DER, _SPKI)),
+            x509.UnrecognizedExtension(
+                X25519_REQUEST_OID, encryption_key.public_bytes(_DER, _SPKI)
+            ),
             critical=False,
         )
         .sign(signing_key, None)
@@ -220,12 +243,11 @@ def certify(
             x509.SubjectAlternativeName
         ).value.get_values_for_type(x509.UniformResourceIdentifier)
         spki = extensions.get_extension_for_oid(X25519_REQUEST_OID).value
-        encryption_key = serialization.load_der_public_key(
-            spki.value if isinstance(spki, x509.UnrecognizedExtension) else b""
-        )
+        der = spki.value if isinstance(spki, x509.UnrecognizedExtension) else b""
+        encryption_key = serialization.load_der_public_key(der)
     except x509.ExtensionNotFound as exc:
         raise PkiError(f"the key request lacks the {exc.oid.dotted_string} extension") from None
-    except ValueError:
+    except (ValueError, crypto_exceptions.UnsupportedAlgorithm):
         raise PkiError("the key request carries a malformed X25519 key") from None
     if uris != [identity.spiffe_id]:
         raise PkiError(f"the key request names {uris}, not exactly {identity.spiffe_id}")
@@ -233,8 +255,8 @@ def certify(
         raise PkiError("the key request's encryption key is not an X25519 key")
     sign = _leaf(ca_cert, ca_key, identity, days)
     return (
-        sign(signing_key, x509.KeyUsage(**_USAGE, digital_signature=True), SIGNING_EKU_OID),
-        sign(encryption_key, x509.KeyUsage(**_USAGE, key_agreement=True), ENCRYPTION_EKU_OID),
+        sign(signing_key, _usage(signing=True), SIGNING_EKU_OID),
+        sign(encryption_key, _usage(signing=False), ENCRYPTION_EKU_OID),
     )
 
 
@@ -272,50 +294,20 @@ def verify_party_keys(
     _check_validity(ca, "the CA certificate", now)
     if expected.federation != federation:
         raise PkiError(f"{expected.spiffe_id} is outside federation {federation!r} of the CA")
-    signing = _check_leaf(
-        ca, signing_cert_pem, expected, now, role="signing", eku=SIGNING_EKU_OID
-    )
-    encryption = _check_leaf(
-        ca, encryption_cert_pem, expected, now, role="encryption", eku=ENCRYPTION_EKU_OID
-    )
-    signing_key, encryption_key = signing.public_key(), encryption.public_key()
+    signing_key = _check_leaf(ca, signing_cert_pem, expected, now, signing=True)
+    encryption_key = _check_leaf(ca, encryption_cert_pem, expected, now, signing=False)
     if not isinstance(signing_key, ed25519.Ed25519PublicKey):
         raise PkiError(f"the signing certificate of {expected.spiffe_id} is not for Ed25519")
     if not isinstance(encryption_key, x25519.X25519PublicKey):
         raise PkiError(f"the encryption certificate of {expected.spiffe_id} is not for X25519")
-    if signing.extensions.get_extension_for_class(x509.KeyUsage).value != x509.KeyUsage(
-        **_USAGE, digital_signature=True
-    ):
-        raise PkiError(f"the signing certificate of {expected.spiffe_id} has wrong key usage")
-    if encryption.extensions.get_extension_for_class(x509.KeyUsage).value != x509.KeyUsage(
-        **_USAGE, key_agreement=True
-    ):
-        raise PkiError(f"the encryption certificate of {expected.spiffe_id} has wrong key usage")
     return PartyKeys(identity=expected, signing_key=signing_key, encryption_key=encryption_key)
 
 
-_USAGE: Final = {
-    "content_commitment": False,
-    "key_encipherment": False,
-    "data_encipherment": False,
-    "key_cert_sign": False,
-    "crl_sign": False,
-    "encipher_only": False,
-    "decipher_only": False,
-}
-"""KeyUsage bits that are never set in an application certificate."""
-
-
 def _check_leaf(
-    ca: x509.Certificate,
-    pem: bytes,
-    expected: Identity,
-    now: dt.datetime,
-    *,
-    role: str,
-    eku: x509.ObjectIdentifier,
-) -> x509.Certificate:
-    """Checks what is common to both application certificates; returns the parsed one."""
+    ca: x509.Certificate, pem: bytes, expected: Identity, now: dt.datetime, *, signing: bool
+) -> object:
+    """Checks one application certificate; returns its public key (type not yet checked)."""
+    role, eku = ("signing", SIGNING_EKU_OID) if signing else ("encryption", ENCRYPTION_EKU_OID)
     source = f"the {role} certificate of {expected.spiffe_id}"
     cert = load_certificate(pem, source=source)
     try:
@@ -327,19 +319,22 @@ def _check_leaf(
         exts = cert.extensions
         basic = exts.get_extension_for_class(x509.BasicConstraints).value
         sans = exts.get_extension_for_class(x509.SubjectAlternativeName).value
-        usages = list(exts.get_extension_for_class(x509.ExtendedKeyUsage).value)
-        exts.get_extension_for_class(x509.KeyUsage)
+        usage = exts.get_extension_for_class(x509.KeyUsage).value
+        extended = list(exts.get_extension_for_class(x509.ExtendedKeyUsage).value)
+        key: object = cert.public_key()
     except x509.ExtensionNotFound as exc:
         raise PkiError(f"{source} lacks the {exc.oid.dotted_string} extension") from None
-    except ValueError:
-        raise PkiError(f"{source} has a malformed extension") from None
+    except (ValueError, crypto_exceptions.UnsupportedAlgorithm):
+        raise PkiError(f"{source} is malformed") from None
     if basic.ca:
         raise PkiError(f"{source} is a CA certificate")
     if list(sans) != [x509.UniformResourceIdentifier(expected.spiffe_id)]:
         raise PkiError(f"{source} does not name exactly {expected.spiffe_id}")
-    if usages != [eku]:
+    if usage != _usage(signing=signing):
+        raise PkiError(f"{source} has the wrong key usage")
+    if extended != [eku]:
         raise PkiError(f"{source} is not a Baton {role} certificate (extended key usage)")
-    return cert
+    return key
 
 
 def _check_validity(cert: x509.Certificate, source: str, now: dt.datetime) -> None:
@@ -350,6 +345,80 @@ def _check_validity(cert: x509.Certificate, source: str, now: dt.datetime) -> No
 
 
 def _leaf(
-    ca_cert: x509.Certificate, ca_key: x509.certificate_transparency.Any, identity: Identity, days: int
-):  # placeholder replaced below
-    raise NotImplementedError
+    ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, identity: Identity, days: int
+) -> Callable[[_PublicKey, x509.KeyUsage, x509.ObjectIdentifier], bytes]:
+    """Returns a function that signs one application certificate for ``identity``."""
+    now = dt.datetime.now(dt.UTC)
+
+    def sign(key: _PublicKey, usage: x509.KeyUsage, eku: x509.ObjectIdentifier) -> bytes:
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity.name)]))
+            .issuer_name(ca_cert.subject)
+            .public_key(key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - _CLOCK_SKEW)
+            .not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(usage, critical=True)
+            .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
+            .add_extension(
+                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.spiffe_id)]),
+                critical=False,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                critical=False,
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        return cert.public_bytes(serialization.Encoding.PEM)
+
+    return sign
+
+
+def _load_ca(ca_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """Reads the CA certificate and its matching private key from ``ca_dir``."""
+    cert_path, key_path = ca_dir / CA_CERT_FILE, ca_dir / CA_KEY_FILE
+    ca_cert = load_certificate(
+        read_file(cert_path, role="CA certificate"), source=f"CA certificate {cert_path}"
+    )
+    ca_key = load_private_key(
+        read_file(key_path, role="CA private key"), source=f"CA private key {key_path}"
+    )
+    if not same_public_key(ca_key, ca_cert):
+        raise PkiError(f"{key_path} is not the key of {cert_path}")
+    _check_validity(ca_cert, f"CA certificate {cert_path}", dt.datetime.now(dt.UTC))
+    return ca_cert, ca_key
+
+
+def _pem(key: ed25519.Ed25519PrivateKey | x25519.X25519PrivateKey) -> bytes:
+    """The key as unencrypted PKCS#8 PEM (protected by its file mode)."""
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _load_private(path: Path, *, role: str) -> object:
+    """Parses an unencrypted PEM private key file; ``role`` names it in errors."""
+    pem = read_file(path, role=role)
+    try:
+        return serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError, crypto_exceptions.UnsupportedAlgorithm):
+        raise PkiError(f"{role} {path} is not an unencrypted PEM private key") from None
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Writes a private key file that MUST NOT exist yet, with mode 0600."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            os.fchmod(file.fileno(), 0o600)
+            file.write(data)
+    except FileExistsError:
+        raise PkiError(f"{path} already exists; refusing to overwrite a private key") from None
+    except OSError as exc:
+        raise PkiError(f"cannot write private key {path}: {exc.strerror}") from None

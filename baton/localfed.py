@@ -17,6 +17,7 @@ from baton.admin_client import AdminClient
 from baton.data import Federation, Partition, make_federation, write_site_data
 from baton.pki import Identity, create_ca, issue
 from baton.procs import ProcessExited, ProcessGroup, wait_for_file
+from baton.sealing import provision_app_keys
 from baton.tls import TlsFiles
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,11 @@ class LocalFederationLayout:
         return self.coordinator_dir / "port"
 
     @property
+    def owner_keys(self) -> Path:
+        """The study owner's application keys and certificates."""
+        return self.owner_dir / "keys"
+
+    @property
     def admin_tls(self) -> TlsFiles:
         pki = self.owner_dir / "pki"
         return TlsFiles(
@@ -81,11 +87,9 @@ def provision(
         dns_names=["localhost"],
         ip_addresses=["127.0.0.1"],
     )
-    issue(
-        layout.ca_dir,
-        layout.owner_dir / "pki",
-        Identity(federation=FEDERATION, kind="admin", name=ADMIN_NAME),
-    )
+    owner = Identity(federation=FEDERATION, kind="admin", name=ADMIN_NAME)
+    issue(layout.ca_dir, layout.owner_dir / "pki", owner)
+    provision_app_keys(layout.ca_dir, layout.owner_keys, owner)
     (layout.coordinator_dir / "coordinator.toml").write_text(
         'listen = "127.0.0.1:0"\nstate_dir = "state"\nlease_seconds = 10.0\n\n'
         '[tls]\nca = "pki/ca.pem"\ncert = "pki/coordinator.pem"\nkey = "pki/coordinator.key"\n',
@@ -94,11 +98,9 @@ def provision(
     fed = make_federation(dataset, site_ids, partition, seed=seed)
     for site_id in site_ids:
         site_dir = layout.site_dir(site_id)
-        issue(
-            layout.ca_dir,
-            site_dir / "pki",
-            Identity(federation=FEDERATION, kind="site", name=site_id),
-        )
+        identity = Identity(federation=FEDERATION, kind="site", name=site_id)
+        issue(layout.ca_dir, site_dir / "pki", identity)
+        provision_app_keys(layout.ca_dir, site_dir / "keys", identity)
         write_site_data(site_dir / "data", fed.sites[site_id], fed.schema)
     return layout, fed
 
@@ -109,7 +111,8 @@ def write_site_config(
     """Writes a site's config pointing at the coordinator's port; returns its path."""
     path = layout.site_dir(site_id) / "site.toml"
     path.write_text(
-        f'coordinator = "127.0.0.1:{port}"\ndata_dir = "data"\nwork_dir = "work"\n'
+        f'coordinator = "127.0.0.1:{port}"\n'
+        'data_dir = "data"\nwork_dir = "work"\nkeys_dir = "keys"\n'
         f"heartbeat_seconds = 2.0\ntorch_threads = {torch_threads}\n"
         "retry_initial_seconds = 0.2\nretry_max_seconds = 2.0\n\n"
         f'[tls]\nca = "pki/ca.pem"\ncert = "pki/{site_id}.pem"\nkey = "pki/{site_id}.key"\n',

@@ -13,7 +13,7 @@ from baton.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 from baton.wire import CHUNK_BYTES
 from coordinator.blobs import BlobStore
 from coordinator.rpc import translate_errors
-from coordinator.scheduler import Scheduler, now_ms
+from coordinator.scheduler import Scheduler, SignedPlan, now_ms
 from coordinator.serde import event_to_proto, run_to_proto, site_to_proto
 from coordinator.store.base import RunState, Store
 
@@ -49,7 +49,12 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.CreateRunRequest, context: grpc.ServicerContext
     ) -> admin_pb2.CreateRunResponse:
         admin = self._admin(context)
-        run = self._scheduler.create_run(request.plan_toml)
+        signed = SignedPlan(
+            signature=request.plan_signature,
+            owner_signing_pem=request.owner_signing_certificate_pem,
+            owner_encryption_pem=request.owner_encryption_certificate_pem,
+        )
+        run = self._scheduler.create_run(request.plan_toml, signed)
         logger.info("admin %s created run %s", admin, run.run_id)
         return admin_pb2.CreateRunResponse(run=run_to_proto(run, self._store.list_hops(run.run_id)))
 

@@ -18,6 +18,7 @@ from baton.errors import (
     NotFoundError,
     PkiError,
 )
+from baton.hop_manifest import SealError
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     of identity beyond 'not authorized'; details stay in the local log."""
     if isinstance(exc, PkiError):
         return grpc.StatusCode.PERMISSION_DENIED, "not authorized"
+    if isinstance(exc, SealError):
+        return grpc.StatusCode.INVALID_ARGUMENT, "rejected"
     if isinstance(exc, Denied):
         return grpc.StatusCode.PERMISSION_DENIED, exc.message
     if isinstance(exc, NotFoundError):

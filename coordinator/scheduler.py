@@ -16,10 +16,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from baton.domain import BlobRef
 from baton.errors import ConfigError, ConflictError, NotFoundError
 from baton.plan import RunPlan, parse_plan
+from baton.sealing import check_owner, verify_plan
 from coordinator.blobs import BlobStore
 from coordinator.rpc import Denied
 from coordinator.store.base import (
@@ -40,20 +42,31 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SignedPlan:
+    """The study owner's signature over a plan, with the owner's certificates."""
+
+    signature: bytes
+    owner_signing_pem: str
+    owner_encryption_pem: str
+
+
 class Scheduler:
     """Owns every state transition of runs and hops.
 
     Args:
         store: Durable state.
         blobs: The blob store, to check that uploaded outputs exist.
+        ca_pem: The federation CA, to check the study owner's certificates.
         clock: Source of Unix milliseconds (tests inject a fake).
     """
 
     def __init__(
-        self, store: Store, blobs: BlobStore, *, clock: Callable[[], int] = now_ms
+        self, store: Store, blobs: BlobStore, *, ca_pem: bytes, clock: Callable[[], int] = now_ms
     ) -> None:
         self._store = store
         self._blobs = blobs
+        self._ca_pem = ca_pem
         self._clock = clock
         self._changed = threading.Condition(threading.RLock())
         self._version = 0
@@ -81,13 +94,16 @@ class Scheduler:
 
     # -- runs -------------------------------------------------------------------------
 
-    def create_run(self, plan_toml: str) -> RunRecord:
+    def create_run(self, plan_toml: str, signed: SignedPlan) -> RunRecord:
         """Validates a plan, records the run, plans cycle 0 and assigns hop 0.
 
         Raises:
             ConfigError: the plan is invalid, or names a site that never registered.
+            PkiError: the owner's certificates or the plan's signature do not verify.
         """
         plan = parse_plan(plan_toml, source="run plan")
+        owner = check_owner(self._ca_pem, signed.owner_signing_pem, signed.owner_encryption_pem)
+        verify_plan(plan_toml, signed.signature, owner)
         known = {s.site_id for s in self._store.list_sites()}
         missing = [s for s in plan.run.sites if s not in known]
         if missing:
@@ -101,6 +117,9 @@ class Scheduler:
             strategy=plan.ordering.strategy,
             total_hops=plan.total_hops,
             created_ms=self._clock(),
+            plan_signature=signed.signature,
+            owner_signing_certificate_pem=signed.owner_signing_pem,
+            owner_encryption_certificate_pem=signed.owner_encryption_pem,
         )
         with self._changed:
             self._store.create_run(run)
@@ -201,8 +220,11 @@ class Scheduler:
         metrics_after: dict[str, float],
         num_examples: int,
         train_seconds: float,
+        output_manifest: bytes,
     ) -> None:
         """Records a finished hop and hands the model to the next hop (or ends the run).
+
+        The caller has verified ``output_manifest`` (signature, context, blob hash).
 
         Raises:
             NotFoundError: the output blob was never uploaded (or its size differs).
@@ -224,6 +246,7 @@ class Scheduler:
                 metrics_after=metrics_after,
                 num_examples=num_examples,
                 train_seconds=train_seconds,
+                output_manifest=output_manifest,
             )
             self._event(
                 run_id,

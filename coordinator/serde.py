@@ -51,6 +51,7 @@ def hop_to_proto(hop: HopRecord) -> common_pb2.Hop:
         num_examples=hop.num_examples,
         train_seconds=hop.train_seconds,
         error=hop.error,
+        output_manifest=hop.output_manifest,
     )
 
 
@@ -63,6 +64,8 @@ def run_to_proto(run: RunRecord, hops: list[HopRecord] | None = None) -> admin_p
         sites=list(run.sites),
         strategy=run.strategy,
         hops=[hop_to_proto(h) for h in hops or []],
+        plan_toml=run.plan_toml if hops is not None else "",
+        plan_signature=run.plan_signature if hops is not None else b"",
         error=run.error,
         result=blob_ref_to_proto(run.result),
         created_unix_ms=run.created_ms,
@@ -90,4 +93,6 @@ def site_to_proto(site: SiteRecord, *, online: bool) -> admin_pb2.Site:
         last_seen_unix_ms=site.last_seen_ms,
         capabilities=capabilities_to_proto(site.capabilities),
         profile=profile_to_proto(site.profile),
+        signing_certificate_pem=site.signing_certificate_pem,
+        encryption_certificate_pem=site.encryption_certificate_pem,
     )

@@ -42,7 +42,7 @@ class CoordinatorServer:
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.store: Store = store if store is not None else SqliteStore(config.database)
         self.blobs = FileBlobStore(config.blob_dir)
-        self.scheduler = Scheduler(self.store, self.blobs)
+        self.scheduler = Scheduler(self.store, self.blobs, ca_pem=tls.ca_pem)
         federation = tls.identity.federation
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),
@@ -54,6 +54,7 @@ class CoordinatorServer:
                 blobs=self.blobs,
                 scheduler=self.scheduler,
                 federation=federation,
+                ca_pem=tls.ca_pem,
                 lease_seconds=config.lease_seconds,
                 max_blob_bytes=config.max_blob_bytes,
             ),

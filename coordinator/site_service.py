@@ -9,8 +9,11 @@ from collections.abc import Iterator
 
 import grpc
 
+from baton.domain import BlobRef
 from baton.errors import BlobError, ConflictError, NotFoundError
+from baton.hop_manifest import SealError, verify_manifest
 from baton.pki import Identity
+from baton.sealing import check_party
 from baton.serde import (
     blob_ref_from_proto,
     blob_ref_to_proto,
@@ -23,7 +26,7 @@ from baton.wire import CHUNK_BYTES
 from coordinator.blobs import BlobStore
 from coordinator.rpc import translate_errors
 from coordinator.scheduler import Scheduler, now_ms
-from coordinator.store.base import SiteRecord, Store
+from coordinator.store.base import HopRecord, SiteRecord, Store
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +42,7 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         blobs: Model blob store.
         scheduler: The run engine.
         federation: Only certificates of this federation's sites are served.
+        ca_pem: The federation CA, to check the sites' application-key certificates.
         lease_seconds: Lease granted per heartbeat.
         max_blob_bytes: Largest blob a site may upload.
     """
@@ -50,10 +54,12 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         blobs: BlobStore,
         scheduler: Scheduler,
         federation: str,
+        ca_pem: bytes,
         lease_seconds: float,
         max_blob_bytes: int,
     ) -> None:
         self._store = store
+        self._ca_pem = ca_pem
         self._blobs = blobs
         self._scheduler = scheduler
         self._federation = federation
@@ -79,6 +85,14 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
     ) -> site_pb2.RegisterResponse:
         identity = self._site(context)
         pem = peer_certificate_pem(context).decode("ascii")
+        # Refuse keys the CA did not certify for this very site: other sites will seal to
+        # them and verify with them (they check again against their own pinned CA).
+        check_party(
+            self._ca_pem,
+            request.signing_certificate_pem,
+            request.encryption_certificate_pem,
+            identity,
+        )
         now = now_ms()
         self._store.upsert_site(
             SiteRecord(
@@ -87,6 +101,8 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
                 capabilities=capabilities_from_proto(request.capabilities),
                 profile=profile_from_proto(request.profile),
                 software_version=request.software_version,
+                signing_certificate_pem=request.signing_certificate_pem,
+                encryption_certificate_pem=request.encryption_certificate_pem,
                 registered_ms=now,
                 last_seen_ms=now,
             )
@@ -123,22 +139,34 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
                 key = (hop.run_id, hop.hop_index)
                 if key in sent:
                     continue
-                run = self._store.get_run(hop.run_id)
-                previous = (
-                    self._store.get_hop(hop.run_id, hop.hop_index - 1).site_id
-                    if hop.hop_index
-                    else ""
-                )
                 sent.add(key)
-                yield site_pb2.Assignment(
-                    run_id=hop.run_id,
-                    hop_index=hop.hop_index,
-                    cycle=hop.cycle,
-                    total_hops=run.total_hops,
-                    plan_toml=run.plan_toml,
-                    input=blob_ref_to_proto(hop.input),
-                    previous_site_id=previous,
-                )
+                yield self._assignment(hop)
+
+    def _assignment(self, hop: HopRecord) -> site_pb2.Assignment:
+        run = self._store.get_run(hop.run_id)
+        msg = site_pb2.Assignment(
+            run_id=hop.run_id,
+            hop_index=hop.hop_index,
+            cycle=hop.cycle,
+            total_hops=run.total_hops,
+            plan_toml=run.plan_toml,
+            input=blob_ref_to_proto(hop.input),
+            plan_signature=run.plan_signature,
+            owner_signing_certificate_pem=run.owner_signing_certificate_pem,
+            owner_encryption_certificate_pem=run.owner_encryption_certificate_pem,
+        )
+        if hop.hop_index:
+            prev = self._store.get_hop(hop.run_id, hop.hop_index - 1)
+            sender = self._store.get_site(prev.site_id)
+            msg.previous_site_id = prev.site_id
+            msg.input_manifest = prev.output_manifest
+            msg.sender_signing_certificate_pem = sender.signing_certificate_pem
+            msg.sender_encryption_certificate_pem = sender.encryption_certificate_pem
+        if hop.hop_index >= 2:
+            msg.previous_manifest = self._store.get_hop(
+                hop.run_id, hop.hop_index - 2
+            ).output_manifest
+        return msg
 
     @translate_errors
     def DownloadBlob(
@@ -207,10 +235,19 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         nxt = self._scheduler.next_hop(site_id, request.run_id, request.hop_index)
         if nxt is None:
             run = self._store.get_run(request.run_id)
-            return site_pb2.GetNextHopResponse(final=True, hop_index=run.total_hops)
+            return site_pb2.GetNextHopResponse(
+                final=True,
+                hop_index=run.total_hops,
+                signing_certificate_pem=run.owner_signing_certificate_pem,
+                encryption_certificate_pem=run.owner_encryption_certificate_pem,
+            )
         recipient = self._store.get_site(nxt.site_id)
         return site_pb2.GetNextHopResponse(
-            site_id=nxt.site_id, hop_index=nxt.hop_index, certificate_pem=recipient.certificate_pem
+            site_id=nxt.site_id,
+            hop_index=nxt.hop_index,
+            certificate_pem=recipient.certificate_pem,
+            signing_certificate_pem=recipient.signing_certificate_pem,
+            encryption_certificate_pem=recipient.encryption_certificate_pem,
         )
 
     @translate_errors
@@ -231,6 +268,7 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         output = blob_ref_from_proto(request.output)
         if output is None:
             raise BlobError("a completed hop must name its output blob")
+        self._check_manifest(site_id, request, output)
         self._scheduler.complete_hop(
             site_id,
             request.run_id,
@@ -240,8 +278,33 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
             metrics_after=dict(request.metrics_after),
             num_examples=request.num_examples,
             train_seconds=request.train_seconds,
+            output_manifest=request.output_manifest,
         )
         return site_pb2.CompleteHopResponse()
+
+    def _check_manifest(
+        self, site_id: str, request: site_pb2.CompleteHopRequest, output: BlobRef
+    ) -> None:
+        """Refuses garbage early: the manifest must be signed by the calling site's certified
+        key and describe exactly this hop and this blob. (The coordinator holds no key that
+        opens the blob; recipients check everything again.)"""
+        site = self._store.get_site(site_id)
+        identity = Identity(federation=self._federation, kind="site", name=site_id)
+        keys = check_party(
+            self._ca_pem, site.signing_certificate_pem, site.encryption_certificate_pem, identity
+        )
+        manifest = verify_manifest(request.output_manifest, sender_key=keys.signing_key)
+        if (manifest.run_id, manifest.hop_index, manifest.sender) != (
+            request.run_id,
+            request.hop_index,
+            identity.spiffe_id,
+        ):
+            raise SealError("wrong_context", "the manifest describes another hop or sender")
+        if (manifest.ciphertext_sha256, manifest.ciphertext_length) != (
+            output.blob_id,
+            output.size,
+        ):
+            raise SealError("ciphertext_hash", "the manifest describes another blob")
 
     @translate_errors
     def FailHop(

@@ -30,6 +30,9 @@ class SiteConfig:
     """Coordinator address, ``host:port``. The site only ever dials out to it."""
     tls: TlsFiles
     """The site's client certificate, its key, and the pinned federation CA."""
+    keys_dir: Path = Path("keys")
+    """The site's application keys: ``signing.key`` and ``encryption.key`` (private, 0600)
+    with their certificates ``signing.pem`` and ``encryption.pem`` from the federation CA."""
     server_name: str = ""
     """Name to expect in the coordinator's certificate when it differs from the host dialled."""
     data_dir: Path = Path("data")
@@ -63,6 +66,7 @@ def load_site_config(path: Path) -> SiteConfig:
     return dataclasses.replace(
         cfg,
         tls=cfg.tls.relative_to(base),
+        keys_dir=base / cfg.keys_dir,
         data_dir=base / cfg.data_dir,
         work_dir=base / cfg.work_dir,
     )

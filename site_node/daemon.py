@@ -12,7 +12,9 @@ import torch
 from baton import __version__
 from baton.data import profile_of, read_site_data
 from baton.domain import Capabilities
-from baton.errors import PkiError, TransportError
+from baton.errors import ConfigError, PkiError, TransportError
+from baton.replay import SqliteReplayGuard
+from baton.sealing import AppKeys, check_party
 from baton.serde import capabilities_to_proto, profile_to_proto
 from baton.tls import channel_credentials
 from baton.v1 import site_pb2, site_pb2_grpc
@@ -47,10 +49,21 @@ class SiteDaemon:
                 f"{config.tls.cert}: certificate is for {self._tls.identity.spiffe_id}, not a site"
             )
         self.site_id = self._tls.identity.name
+        self._keys = AppKeys.load(config.keys_dir)
+        check_party(
+            self._tls.ca_pem,
+            self._keys.signing_cert_pem,
+            self._keys.encryption_cert_pem,
+            self._tls.identity,
+        )
         schema, data = read_site_data(config.data_dir)
         self._local = LocalData(schema=schema, data=data)
         self._profile = profile_of(schema, data)
         config.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            self._replay = SqliteReplayGuard(config.work_dir / "replay.db")
+        except OSError as exc:
+            raise ConfigError(f"{config.work_dir / 'replay.db'}: cannot open ({exc})") from None
         self._stop = threading.Event()
         self._stream: grpc.Call | None = None
         self._done: set[tuple[str, int]] = set()
@@ -115,6 +128,8 @@ class SiteDaemon:
                 capabilities=capabilities_to_proto(caps),
                 profile=profile_to_proto(self._profile),
                 software_version=__version__,
+                signing_certificate_pem=self._keys.signing_cert_pem.decode("ascii"),
+                encryption_certificate_pem=self._keys.encryption_cert_pem.decode("ascii"),
             ),
             timeout=RPC_TIMEOUT_SECONDS,
         )
@@ -126,7 +141,14 @@ class SiteDaemon:
             target=self._heartbeats, args=(stub, session_over), name="heartbeat", daemon=True
         )
         beat.start()
-        runner = HopRunner(stub, tls=self._tls, local=self._local, work_dir=self._cfg.work_dir)
+        runner = HopRunner(
+            stub,
+            tls=self._tls,
+            keys=self._keys,
+            local=self._local,
+            work_dir=self._cfg.work_dir,
+            replay=self._replay,
+        )
         try:
             stream = stub.WatchAssignments(site_pb2.WatchAssignmentsRequest())
             self._stream = stream

@@ -1,4 +1,11 @@
-"""One hop at a site: fetch the incoming model, evaluate, train, evaluate, hand it on."""
+"""One hop at a site: open the sealed incoming model, evaluate, train, evaluate, seal it to
+the next party and hand it on.
+
+The order of checks follows the hop protocol: the plan's signature and the sender's
+certified keys first, then the envelope (verified before decrypted, decrypted before
+parsed), then the weights against the model the plan names. Plaintext models exist only in
+this site's private work directory, and only while the hop runs.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +16,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from cryptography import x509
+from torch import nn
 
 from baton.codec import load_into, load_state_file, save_state_file, state_of
 from baton.data import Schema, SiteData
+from baton.envelope import Expectation, HopContext, RecipientKey, open_file, seal_file
 from baton.errors import BatonError, BlobError, ConfigError, DataError, ModelError, PkiError
+from baton.hop_manifest import SealError
+from baton.keys import PartyKeys
 from baton.models import build_model
-from baton.pki import identity_from_certificate
+from baton.pki import Identity
 from baton.plan import RunPlan, parse_plan
+from baton.replay import ReplayGuard
+from baton.sealing import (
+    AppKeys,
+    check_owner,
+    check_party,
+    expected_previous,
+    schema_hash,
+    verify_plan,
+)
 from baton.serde import blob_ref_from_proto, blob_ref_to_proto
 from baton.tls import TlsMaterial
 from baton.v1 import site_pb2, site_pb2_grpc
@@ -27,13 +46,16 @@ logger = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_SECONDS = 0.5
 """Least time between two progress reports to the coordinator."""
+MAX_MODEL_BYTES = 64 << 30
+"""Largest decrypted model a site accepts."""
 
 _REASONS: tuple[tuple[type[BatonError], str], ...] = (
+    (SealError, "rejected_hop"),
     (ConfigError, "invalid_plan"),
     (DataError, "data_error"),
     (ModelError, "model_error"),
     (BlobError, "transfer_error"),
-    (PkiError, "recipient_untrusted"),
+    (PkiError, "untrusted_party"),
 )
 
 
@@ -45,14 +67,28 @@ class LocalData:
     data: SiteData
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Verified:
+    """What the checks before training established."""
+
+    plan: RunPlan
+    owner: PartyKeys
+    plan_digest: str
+    schema_digest: str
+    input_digest: str
+    """Digest of the manifest that sealed the incoming model (the plan's for hop 0)."""
+
+
 class HopRunner:
     """Carries out assignments for one site.
 
     Args:
         stub: Site service stub on the current channel.
         tls: The site's TLS material (its identity and pinned CA).
+        keys: The site's application keys (signing, encryption).
         local: The site's dataset.
         work_dir: Private directory for models in transit.
+        replay: Remembers every hop this site accepted, across restarts.
     """
 
     def __init__(
@@ -60,14 +96,18 @@ class HopRunner:
         stub: site_pb2_grpc.SiteServiceStub,
         *,
         tls: TlsMaterial,
+        keys: AppKeys,
         local: LocalData,
         work_dir: Path,
+        replay: ReplayGuard,
     ) -> None:
         self._stub = stub
         self._tls = tls
+        self._keys = keys
         self._local = local
         self._work_dir = work_dir
-        self._ca = x509.load_pem_x509_certificate(tls.ca_pem)
+        self._replay = replay
+        self._me = tls.identity
 
     def run(self, a: site_pb2.Assignment) -> bool:
         """Runs one assignment; returns whether it completed. A Baton error fails the hop
@@ -80,7 +120,8 @@ class HopRunner:
         except BatonError as exc:
             reason = next((r for cls, r in _REASONS if isinstance(exc, cls)), "site_error")
             logger.error("run %s hop %d failed: %s", a.run_id, a.hop_index, exc.message)
-            self._fail(a, reason, exc.message)
+            # The coordinator learns the category only; details stay in this site's log.
+            self._fail(a, reason, "" if isinstance(exc, SealError | PkiError) else exc.message)
         except Exception:
             logger.exception("run %s hop %d failed unexpectedly", a.run_id, a.hop_index)
             self._fail(a, "internal_error", "unexpected error at the site; see the site's log")
@@ -88,62 +129,38 @@ class HopRunner:
 
     def _run(self, a: site_pb2.Assignment) -> None:
         started = time.monotonic()
-        plan = parse_plan(a.plan_toml, source=f"plan of run {a.run_id}")
-        schema = self._local.schema
-        if plan.task.dataset != schema.task:
-            raise DataError(
-                f"run {a.run_id} trains task {plan.task.dataset!r}, "
-                f"but this site holds {schema.task!r}"
-            )
-        model = build_model(
-            plan.model.name,
-            plan.model.args,
-            num_features=len(schema.feature_names),
-            num_classes=schema.num_classes,
-            seed=plan.run.seed,
-        )
         run_dir = self._work_dir / a.run_id
         run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        incoming = blob_ref_from_proto(a.input)
-        if incoming is not None:
-            path = run_dir / f"hop-{a.hop_index:05d}.in.safetensors"
-            transfer.download(
-                self._stub, run_id=a.run_id, hop_index=a.hop_index, blob=incoming, dest=path
+        plain_in = run_dir / f"hop-{a.hop_index:05d}.in.safetensors"
+        plain_out = run_dir / f"hop-{a.hop_index:05d}.out.safetensors"
+        try:
+            model, checked = self._receive(a, run_dir, plain_in)
+            before = evaluate(model, self._local.data.val)
+            self._report(a, "before", before)
+            result = train_local(
+                model,
+                self._local.data.train,
+                checked.plan.training,
+                seed=hop_seed(checked.plan.run.seed, a.hop_index),
+                progress=self._progress_reporter(a),
             )
-            load_into(model, load_state_file(path))
+            after = evaluate(model, self._local.data.val)
             logger.info(
-                "hop %d: received model from %s (%d bytes)",
+                "hop %d: val accuracy %.4f -> %.4f after %d steps (%.2fs)",
                 a.hop_index,
-                a.previous_site_id,
-                incoming.size,
+                before["accuracy"],
+                after["accuracy"],
+                result.steps,
+                result.train_seconds,
             )
-        else:
-            logger.info(
-                "hop %d: building the initial %s model from the plan", a.hop_index, plan.model.name
-            )
-
-        before = evaluate(model, self._local.data.val)
-        self._report(a, "before", before)
-        result = train_local(
-            model,
-            self._local.data.train,
-            plan.training,
-            seed=hop_seed(plan.run.seed, a.hop_index),
-            progress=self._progress_reporter(a),
-        )
-        after = evaluate(model, self._local.data.val)
-        logger.info(
-            "hop %d: val accuracy %.4f -> %.4f after %d steps (%.2fs)",
-            a.hop_index,
-            before["accuracy"],
-            after["accuracy"],
-            result.steps,
-            result.train_seconds,
-        )
-        self._check_next(a, plan)
-        out = run_dir / f"hop-{a.hop_index:05d}.out.safetensors"
-        save_state_file(out, state_of(model))
-        ref = transfer.upload(self._stub, run_id=a.run_id, hop_index=a.hop_index, source=out)
+            save_state_file(plain_out, state_of(model))
+            sealed = run_dir / f"hop-{a.hop_index:05d}.out.sealed"
+            manifest = self._seal(a, checked, plain_out, sealed)
+        finally:
+            # The model leaves this site only sealed; plaintext copies go as soon as possible.
+            plain_in.unlink(missing_ok=True)
+            plain_out.unlink(missing_ok=True)
+        ref = transfer.upload(self._stub, run_id=a.run_id, hop_index=a.hop_index, source=sealed)
         self._stub.CompleteHop(
             site_pb2.CompleteHopRequest(
                 run_id=a.run_id,
@@ -153,40 +170,121 @@ class HopRunner:
                 metrics_after=after,
                 num_examples=result.num_examples,
                 train_seconds=result.train_seconds,
+                output_manifest=manifest,
             )
         )
         logger.info(
-            "hop %d done in %.2fs; model handed on", a.hop_index, time.monotonic() - started
+            "hop %d done in %.2fs; sealed model handed on", a.hop_index, time.monotonic() - started
         )
 
-    def _check_next(self, a: site_pb2.Assignment, plan: RunPlan) -> None:
-        """Asks who receives the model and checks that party's certificate against the pinned CA."""
+    def _receive(
+        self, a: site_pb2.Assignment, run_dir: Path, plain_in: Path
+    ) -> tuple[nn.Module, _Verified]:
+        ca = self._tls.ca_pem
+        owner = check_owner(ca, a.owner_signing_certificate_pem, a.owner_encryption_certificate_pem)
+        plan_digest = verify_plan(a.plan_toml, a.plan_signature, owner)
+        plan = parse_plan(a.plan_toml, source=f"plan of run {a.run_id}")
+        schema = self._local.schema
+        if plan.task.dataset != schema.task:
+            raise DataError(
+                f"run {a.run_id} trains task {plan.task.dataset!r}, "
+                f"but this site holds {schema.task!r}"
+            )
+        if self._me.name not in plan.run.sites:
+            raise PkiError(f"the signed plan of run {a.run_id} does not list this site")
+        model = build_model(
+            plan.model.name,
+            plan.model.args,
+            num_features=len(schema.feature_names),
+            num_classes=schema.num_classes,
+            seed=plan.run.seed,
+        )
+        schema_digest = schema_hash(state_of(model))
+        incoming = blob_ref_from_proto(a.input)
+        input_digest = plan_digest
+        if incoming is None:
+            if a.hop_index != 0:
+                raise SealError("wrong_context", f"hop {a.hop_index} arrived without a model")
+            logger.info("hop 0: building the initial %s model from the plan", plan.model.name)
+        else:
+            sender = check_party(
+                ca,
+                a.sender_signing_certificate_pem,
+                a.sender_encryption_certificate_pem,
+                Identity(federation=self._me.federation, kind="site", name=a.previous_site_id),
+            )
+            sealed = run_dir / f"hop-{a.hop_index:05d}.in.sealed"
+            transfer.download(
+                self._stub, run_id=a.run_id, hop_index=a.hop_index, blob=incoming, dest=sealed
+            )
+            manifest = open_file(
+                sealed,
+                plain_in,
+                a.input_manifest,
+                me=self._me.spiffe_id,
+                my_key=self._keys.encryption_key,
+                expect=Expectation(
+                    run_id=a.run_id,
+                    hop_index=a.hop_index - 1,
+                    sender=sender.identity.spiffe_id,
+                    previous_manifest_hash=expected_previous(plan_digest, a.previous_manifest),
+                    plan_hash=plan_digest,
+                    schema_hash=schema_digest,
+                    max_plaintext_bytes=MAX_MODEL_BYTES,
+                ),
+                sender_key=sender.signing_key,
+                replay=self._replay,
+            )
+            load_into(model, load_state_file(plain_in))
+            input_digest = manifest.digest
+            logger.info("hop %d: opened the model sealed by %s", a.hop_index, a.previous_site_id)
+        checked = _Verified(
+            plan=plan,
+            owner=owner,
+            plan_digest=plan_digest,
+            schema_digest=schema_digest,
+            input_digest=input_digest,
+        )
+        return model, checked
+
+    def _seal(self, a: site_pb2.Assignment, checked: _Verified, plain: Path, sealed: Path) -> bytes:
+        """Seals the trained model to whoever the coordinator names next, after checking
+        that party against this site's own pinned CA and the signed plan."""
         nxt = self._stub.GetNextHop(
             site_pb2.GetNextHopRequest(run_id=a.run_id, hop_index=a.hop_index)
         )
         if nxt.final:
-            return
-        if nxt.site_id not in plan.run.sites:
-            raise PkiError(
-                f"coordinator named {nxt.site_id!r} as next, but the plan does not list it"
-            )
-        try:
-            cert = x509.load_pem_x509_certificate(nxt.certificate_pem.encode("ascii"))
-            cert.verify_directly_issued_by(self._ca)
-        except (ValueError, TypeError, UnicodeEncodeError) as exc:
-            raise PkiError(
-                f"next site {nxt.site_id!r} presented a certificate not issued by the federation CA"
-            ) from exc
-        identity = identity_from_certificate(nxt.certificate_pem.encode("ascii"))
-        mine = self._tls.identity
-        if (identity.federation, identity.kind, identity.name) != (
-            mine.federation,
-            "site",
-            nxt.site_id,
-        ):
-            raise PkiError(
-                f"next site's certificate names {identity.spiffe_id}, not site {nxt.site_id!r}"
-            )
+            recipient = checked.owner.identity
+            if nxt.signing_certificate_pem != a.owner_signing_certificate_pem:
+                raise PkiError(
+                    "the coordinator named a final recipient other than the plan's signer"
+                )
+        else:
+            if nxt.site_id not in checked.plan.run.sites:
+                raise PkiError(
+                    f"coordinator named {nxt.site_id!r} as next, but the plan does not list it"
+                )
+            recipient = Identity(federation=self._me.federation, kind="site", name=nxt.site_id)
+        keys = check_party(
+            self._tls.ca_pem, nxt.signing_certificate_pem, nxt.encryption_certificate_pem, recipient
+        )
+        return seal_file(
+            plain,
+            sealed,
+            ctx=HopContext(
+                run_id=a.run_id,
+                hop_index=a.hop_index,
+                sender=self._me.spiffe_id,
+                recipient=recipient.spiffe_id,
+                previous_manifest_hash=checked.input_digest,
+                plan_hash=checked.plan_digest,
+                schema_hash=checked.schema_digest,
+            ),
+            sender_key=self._keys.signing_key,
+            recipients=[
+                RecipientKey(spiffe_id=recipient.spiffe_id, public_key=keys.encryption_key)
+            ],
+        )
 
     def _report(self, a: site_pb2.Assignment, stage: str, metrics: dict[str, float]) -> None:
         self._stub.ReportMetrics(

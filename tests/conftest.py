@@ -10,10 +10,12 @@ import grpc
 import pytest
 
 from baton.pki import Identity, create_ca, issue
+from baton.sealing import AppKeys, provision_app_keys, sign_plan
 from baton.tls import TlsFiles, TlsMaterial, channel_credentials
 from baton.v1 import admin_pb2_grpc, site_pb2_grpc
 from baton.wire import secure_channel
 from coordinator.config import CoordinatorConfig
+from coordinator.scheduler import SignedPlan
 from coordinator.server import CoordinatorServer
 
 FEDERATION = "testfed"
@@ -32,6 +34,26 @@ class Pki:
     def material(self, name: str) -> TlsMaterial:
         return self.files(name).load()
 
+    def keys(self, name: str) -> AppKeys:
+        """The party's application keys (signing, encryption) and their certificates."""
+        return AppKeys.load(self.root / name / "keys")
+
+    @property
+    def ca_pem(self) -> bytes:
+        return (self.root / "ca" / "ca.pem").read_bytes()
+
+    def identity(self, name: str) -> Identity:
+        kind = "admin" if name == "owner" else "site"
+        return Identity(federation=FEDERATION, kind=kind, name=name)
+
+    def signed_plan(self, plan_toml: str, owner: str = "owner") -> SignedPlan:
+        keys = self.keys(owner)
+        return SignedPlan(
+            signature=sign_plan(plan_toml, keys.signing_key),
+            owner_signing_pem=keys.signing_cert_pem.decode(),
+            owner_encryption_pem=keys.encryption_cert_pem.decode(),
+        )
+
 
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
@@ -44,9 +66,13 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         dns_names=["localhost"],
         ip_addresses=["127.0.0.1"],
     )
-    issue(root / "ca", root / "owner", Identity(federation=FEDERATION, kind="admin", name="owner"))
+    owner = Identity(federation=FEDERATION, kind="admin", name="owner")
+    issue(root / "ca", root / "owner", owner)
+    provision_app_keys(root / "ca", root / "owner" / "keys", owner)
     for site in ("site-a", "site-b", "site-c"):
-        issue(root / "ca", root / site, Identity(federation=FEDERATION, kind="site", name=site))
+        identity = Identity(federation=FEDERATION, kind="site", name=site)
+        issue(root / "ca", root / site, identity)
+        provision_app_keys(root / "ca", root / site / "keys", identity)
     return Pki(root)
 
 

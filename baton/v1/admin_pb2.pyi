@@ -75,16 +75,28 @@ class CreateRunRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PLAN_TOML_FIELD_NUMBER: _builtins.int
+    PLAN_SIGNATURE_FIELD_NUMBER: _builtins.int
+    OWNER_SIGNING_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    OWNER_ENCRYPTION_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
     plan_toml: _builtins.str
-    """The run plan in TOML, as documented in docs/run-plan.md."""
+    """The run plan in TOML (see baton/plan.py), exactly the bytes that were signed."""
+    plan_signature: _builtins.bytes
+    """Study owner's Ed25519 signature over the plan (see baton.sealing.sign_plan)."""
+    owner_signing_certificate_pem: _builtins.str
+    """PEM certificate of the study owner's signing key."""
+    owner_encryption_certificate_pem: _builtins.str
+    """PEM certificate of the study owner's encryption key: the last hop is sealed to it."""
     def __init__(
         self,
         *,
         plan_toml: _builtins.str = ...,
+        plan_signature: _builtins.bytes = ...,
+        owner_signing_certificate_pem: _builtins.str = ...,
+        owner_encryption_certificate_pem: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan_toml", b"plan_toml"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner_encryption_certificate_pem", b"owner_encryption_certificate_pem", "owner_signing_certificate_pem", b"owner_signing_certificate_pem", "plan_signature", b"plan_signature", "plan_toml", b"plan_toml"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -295,6 +307,8 @@ class Run(_message.Message):
     RESULT_FIELD_NUMBER: _builtins.int
     CREATED_UNIX_MS_FIELD_NUMBER: _builtins.int
     TOTAL_HOPS_FIELD_NUMBER: _builtins.int
+    PLAN_TOML_FIELD_NUMBER: _builtins.int
+    PLAN_SIGNATURE_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Coordinator-assigned id."""
     name: _builtins.str
@@ -311,6 +325,10 @@ class Run(_message.Message):
     """Creation time in Unix milliseconds."""
     total_hops: _builtins.int
     """Total number of hops the run makes."""
+    plan_toml: _builtins.str
+    """The plan exactly as submitted (GetRun only)."""
+    plan_signature: _builtins.bytes
+    """The study owner's signature over the plan (GetRun only)."""
     @_builtins.property
     def sites(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Participating sites, in the plan's order."""
@@ -337,10 +355,12 @@ class Run(_message.Message):
         result: _common_pb2.BlobRef | None = ...,
         created_unix_ms: _builtins.int = ...,
         total_hops: _builtins.int = ...,
+        plan_toml: _builtins.str = ...,
+        plan_signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_unix_ms", b"created_unix_ms", "cycles", b"cycles", "error", b"error", "hops", b"hops", "name", b"name", "result", b"result", "run_id", b"run_id", "sites", b"sites", "state", b"state", "strategy", b"strategy", "total_hops", b"total_hops"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_unix_ms", b"created_unix_ms", "cycles", b"cycles", "error", b"error", "hops", b"hops", "name", b"name", "plan_signature", b"plan_signature", "plan_toml", b"plan_toml", "result", b"result", "run_id", b"run_id", "sites", b"sites", "state", b"state", "strategy", b"strategy", "total_hops", b"total_hops"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -429,12 +449,18 @@ class Site(_message.Message):
     LAST_SEEN_UNIX_MS_FIELD_NUMBER: _builtins.int
     CAPABILITIES_FIELD_NUMBER: _builtins.int
     PROFILE_FIELD_NUMBER: _builtins.int
+    SIGNING_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    ENCRYPTION_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
     site_id: _builtins.str
     """Id from the site's certificate."""
     online: _builtins.bool
     """Whether the site's lease is current."""
     last_seen_unix_ms: _builtins.int
     """Last registration or heartbeat, in Unix milliseconds."""
+    signing_certificate_pem: _builtins.str
+    """PEM certificate of the site's signing key, to verify the manifests it signed."""
+    encryption_certificate_pem: _builtins.str
+    """PEM certificate of the site's encryption key."""
     @_builtins.property
     def capabilities(self) -> _common_pb2.SiteCapabilities:
         """Hardware the site reported."""
@@ -451,10 +477,12 @@ class Site(_message.Message):
         last_seen_unix_ms: _builtins.int = ...,
         capabilities: _common_pb2.SiteCapabilities | None = ...,
         profile: _common_pb2.DataProfile | None = ...,
+        signing_certificate_pem: _builtins.str = ...,
+        encryption_certificate_pem: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "profile", b"profile"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "last_seen_unix_ms", b"last_seen_unix_ms", "online", b"online", "profile", b"profile", "site_id", b"site_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "encryption_certificate_pem", b"encryption_certificate_pem", "last_seen_unix_ms", b"last_seen_unix_ms", "online", b"online", "profile", b"profile", "signing_certificate_pem", b"signing_certificate_pem", "site_id", b"site_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

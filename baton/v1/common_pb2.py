@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62\x61ton/v1/common.proto\x12\x08\x62\x61ton.v1\"(\n\x07\x42lobRef\x12\x0f\n\x07\x62lob_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\")\n\tBlobChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"^\n\x10SiteCapabilities\x12\x11\n\tcpu_count\x18\x01 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x04\x12!\n\x07\x64\x65vices\x18\x03 \x03(\x0b\x32\x10.baton.v1.Device\":\n\x06\x44\x65vice\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x04\"_\n\x0b\x44\x61taProfile\x12\x14\n\x0cnum_examples\x18\x01 \x01(\x04\x12\x17\n\x0flabel_histogram\x18\x02 \x03(\x04\x12\x13\n\x0bschema_hash\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\t\"\xb9\x03\n\x03Hop\x12\x11\n\thop_index\x18\x01 \x01(\r\x12\r\n\x05\x63ycle\x18\x02 \x01(\r\x12\x0f\n\x07site_id\x18\x03 \x01(\t\x12!\n\x05state\x18\x04 \x01(\x0e\x32\x12.baton.v1.HopState\x12 \n\x05input\x18\x05 \x01(\x0b\x32\x11.baton.v1.BlobRef\x12!\n\x06output\x18\x06 \x01(\x0b\x32\x11.baton.v1.BlobRef\x12\x38\n\x0emetrics_before\x18\x07 \x03(\x0b\x32 .baton.v1.Hop.MetricsBeforeEntry\x12\x36\n\rmetrics_after\x18\x08 \x03(\x0b\x32\x1f.baton.v1.Hop.MetricsAfterEntry\x12\x14\n\x0cnum_examples\x18\t \x01(\x04\x12\x15\n\rtrain_seconds\x18\n \x01(\x01\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x1a\x34\n\x12MetricsBeforeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x33\n\x11MetricsAfterEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*\x84\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_RUNNING\x10\x01\x12\x17\n\x13RUN_STATE_SUCCEEDED\x10\x02\x12\x14\n\x10RUN_STATE_FAILED\x10\x03\x12\x17\n\x13RUN_STATE_CANCELLED\x10\x04*\x83\x01\n\x08HopState\x12\x19\n\x15HOP_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11HOP_STATE_PENDING\x10\x01\x12\x16\n\x12HOP_STATE_ASSIGNED\x10\x02\x12\x17\n\x13HOP_STATE_COMPLETED\x10\x03\x12\x14\n\x10HOP_STATE_FAILED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62\x61ton/v1/common.proto\x12\x08\x62\x61ton.v1\"(\n\x07\x42lobRef\x12\x0f\n\x07\x62lob_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\")\n\tBlobChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"^\n\x10SiteCapabilities\x12\x11\n\tcpu_count\x18\x01 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x04\x12!\n\x07\x64\x65vices\x18\x03 \x03(\x0b\x32\x10.baton.v1.Device\":\n\x06\x44\x65vice\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x04\"_\n\x0b\x44\x61taProfile\x12\x14\n\x0cnum_examples\x18\x01 \x01(\x04\x12\x17\n\x0flabel_histogram\x18\x02 \x03(\x04\x12\x13\n\x0bschema_hash\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\t\"\xd2\x03\n\x03Hop\x12\x11\n\thop_index\x18\x01 \x01(\r\x12\r\n\x05\x63ycle\x18\x02 \x01(\r\x12\x0f\n\x07site_id\x18\x03 \x01(\t\x12!\n\x05state\x18\x04 \x01(\x0e\x32\x12.baton.v1.HopState\x12 \n\x05input\x18\x05 \x01(\x0b\x32\x11.baton.v1.BlobRef\x12!\n\x06output\x18\x06 \x01(\x0b\x32\x11.baton.v1.BlobRef\x12\x38\n\x0emetrics_before\x18\x07 \x03(\x0b\x32 .baton.v1.Hop.MetricsBeforeEntry\x12\x36\n\rmetrics_after\x18\x08 \x03(\x0b\x32\x1f.baton.v1.Hop.MetricsAfterEntry\x12\x14\n\x0cnum_examples\x18\t \x01(\x04\x12\x15\n\rtrain_seconds\x18\n \x01(\x01\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\x17\n\x0foutput_manifest\x18\x0c \x01(\x0c\x1a\x34\n\x12MetricsBeforeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x33\n\x11MetricsAfterEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*\x84\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_RUNNING\x10\x01\x12\x17\n\x13RUN_STATE_SUCCEEDED\x10\x02\x12\x14\n\x10RUN_STATE_FAILED\x10\x03\x12\x17\n\x13RUN_STATE_CANCELLED\x10\x04*\x83\x01\n\x08HopState\x12\x19\n\x15HOP_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11HOP_STATE_PENDING\x10\x01\x12\x16\n\x12HOP_STATE_ASSIGNED\x10\x02\x12\x17\n\x13HOP_STATE_COMPLETED\x10\x03\x12\x14\n\x10HOP_STATE_FAILED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,10 +35,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HOP_METRICSBEFOREENTRY']._serialized_options = b'8\001'
   _globals['_HOP_METRICSAFTERENTRY']._loaded_options = None
   _globals['_HOP_METRICSAFTERENTRY']._serialized_options = b'8\001'
-  _globals['_RUNSTATE']._serialized_start=818
-  _globals['_RUNSTATE']._serialized_end=950
-  _globals['_HOPSTATE']._serialized_start=953
-  _globals['_HOPSTATE']._serialized_end=1084
+  _globals['_RUNSTATE']._serialized_start=843
+  _globals['_RUNSTATE']._serialized_end=975
+  _globals['_HOPSTATE']._serialized_start=978
+  _globals['_HOPSTATE']._serialized_end=1109
   _globals['_BLOBREF']._serialized_start=35
   _globals['_BLOBREF']._serialized_end=75
   _globals['_BLOBCHUNK']._serialized_start=77
@@ -50,9 +50,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DATAPROFILE']._serialized_start=276
   _globals['_DATAPROFILE']._serialized_end=371
   _globals['_HOP']._serialized_start=374
-  _globals['_HOP']._serialized_end=815
-  _globals['_HOP_METRICSBEFOREENTRY']._serialized_start=710
-  _globals['_HOP_METRICSBEFOREENTRY']._serialized_end=762
-  _globals['_HOP_METRICSAFTERENTRY']._serialized_start=764
-  _globals['_HOP_METRICSAFTERENTRY']._serialized_end=815
+  _globals['_HOP']._serialized_end=840
+  _globals['_HOP_METRICSBEFOREENTRY']._serialized_start=735
+  _globals['_HOP_METRICSBEFOREENTRY']._serialized_end=787
+  _globals['_HOP_METRICSAFTERENTRY']._serialized_start=789
+  _globals['_HOP_METRICSAFTERENTRY']._serialized_end=840
 # @@protoc_insertion_point(module_scope)

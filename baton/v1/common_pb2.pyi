@@ -293,6 +293,7 @@ class Hop(_message.Message):
     NUM_EXAMPLES_FIELD_NUMBER: _builtins.int
     TRAIN_SECONDS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    OUTPUT_MANIFEST_FIELD_NUMBER: _builtins.int
     hop_index: _builtins.int
     """Position of the hop in the run, from 0."""
     cycle: _builtins.int
@@ -307,6 +308,8 @@ class Hop(_message.Message):
     """Wall-clock seconds the site spent training."""
     error: _builtins.str
     """Why the hop failed, as reported (sanitized) by the site."""
+    output_manifest: _builtins.bytes
+    """The signed manifest (baton.v1.SignedManifest) that seals `output`."""
     @_builtins.property
     def input(self) -> Global___BlobRef:
         """The model blob the site starts from; unset for the first hop."""
@@ -337,10 +340,11 @@ class Hop(_message.Message):
         num_examples: _builtins.int = ...,
         train_seconds: _builtins.float = ...,
         error: _builtins.str = ...,
+        output_manifest: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cycle", b"cycle", "error", b"error", "hop_index", b"hop_index", "input", b"input", "metrics_after", b"metrics_after", "metrics_before", b"metrics_before", "num_examples", b"num_examples", "output", b"output", "site_id", b"site_id", "state", b"state", "train_seconds", b"train_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cycle", b"cycle", "error", b"error", "hop_index", b"hop_index", "input", b"input", "metrics_after", b"metrics_after", "metrics_before", b"metrics_before", "num_examples", b"num_examples", "output", b"output", "output_manifest", b"output_manifest", "site_id", b"site_id", "state", b"state", "train_seconds", b"train_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -30,8 +30,16 @@ class RegisterRequest(_message.Message):
     CAPABILITIES_FIELD_NUMBER: _builtins.int
     PROFILE_FIELD_NUMBER: _builtins.int
     SOFTWARE_VERSION_FIELD_NUMBER: _builtins.int
+    SIGNING_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    ENCRYPTION_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
     software_version: _builtins.str
     """Version of the site-node software, for the operator's eyes."""
+    signing_certificate_pem: _builtins.str
+    """PEM certificate of the site's Ed25519 signing key (hop manifests), issued by the
+    federation CA to the same SPIFFE id as the TLS certificate.
+    """
+    encryption_certificate_pem: _builtins.str
+    """PEM certificate of the site's X25519 encryption key (hops sealed to it)."""
     @_builtins.property
     def capabilities(self) -> _common_pb2.SiteCapabilities:
         """Hardware the site offers for training."""
@@ -46,10 +54,12 @@ class RegisterRequest(_message.Message):
         capabilities: _common_pb2.SiteCapabilities | None = ...,
         profile: _common_pb2.DataProfile | None = ...,
         software_version: _builtins.str = ...,
+        signing_certificate_pem: _builtins.str = ...,
+        encryption_certificate_pem: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "profile", b"profile"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "profile", b"profile", "software_version", b"software_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "encryption_certificate_pem", b"encryption_certificate_pem", "profile", b"profile", "signing_certificate_pem", b"signing_certificate_pem", "software_version", b"software_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -155,6 +165,13 @@ class Assignment(_message.Message):
     PLAN_TOML_FIELD_NUMBER: _builtins.int
     INPUT_FIELD_NUMBER: _builtins.int
     PREVIOUS_SITE_ID_FIELD_NUMBER: _builtins.int
+    PLAN_SIGNATURE_FIELD_NUMBER: _builtins.int
+    OWNER_SIGNING_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    OWNER_ENCRYPTION_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    INPUT_MANIFEST_FIELD_NUMBER: _builtins.int
+    PREVIOUS_MANIFEST_FIELD_NUMBER: _builtins.int
+    SENDER_SIGNING_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    SENDER_ENCRYPTION_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Run the hop belongs to."""
     hop_index: _builtins.int
@@ -167,6 +184,22 @@ class Assignment(_message.Message):
     """The run plan (TOML) exactly as the study owner submitted it."""
     previous_site_id: _builtins.str
     """Site that trained the previous hop; empty for the first hop."""
+    plan_signature: _builtins.bytes
+    """Study owner's Ed25519 signature over the plan (see baton.sealing.sign_plan)."""
+    owner_signing_certificate_pem: _builtins.str
+    """PEM certificate of the study owner's signing key, which signed the plan."""
+    owner_encryption_certificate_pem: _builtins.str
+    """PEM certificate of the study owner's encryption key; the last hop is sealed to it."""
+    input_manifest: _builtins.bytes
+    """Signed manifest (baton.v1.SignedManifest) that seals `input`; empty for the first hop."""
+    previous_manifest: _builtins.bytes
+    """Signed manifest of the hop before the input's hop, whose digest `input_manifest`
+    names as its predecessor; empty for the first two hops (their chain starts at the plan).
+    """
+    sender_signing_certificate_pem: _builtins.str
+    """PEM certificate of the previous site's signing key, which signed `input_manifest`."""
+    sender_encryption_certificate_pem: _builtins.str
+    """PEM certificate of the previous site's encryption key (certified together with it)."""
     @_builtins.property
     def input(self) -> _common_pb2.BlobRef:
         """The model to start from; unset for the first hop (the site builds it from the plan)."""
@@ -181,10 +214,17 @@ class Assignment(_message.Message):
         plan_toml: _builtins.str = ...,
         input: _common_pb2.BlobRef | None = ...,
         previous_site_id: _builtins.str = ...,
+        plan_signature: _builtins.bytes = ...,
+        owner_signing_certificate_pem: _builtins.str = ...,
+        owner_encryption_certificate_pem: _builtins.str = ...,
+        input_manifest: _builtins.bytes = ...,
+        previous_manifest: _builtins.bytes = ...,
+        sender_signing_certificate_pem: _builtins.str = ...,
+        sender_encryption_certificate_pem: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cycle", b"cycle", "hop_index", b"hop_index", "input", b"input", "plan_toml", b"plan_toml", "previous_site_id", b"previous_site_id", "run_id", b"run_id", "total_hops", b"total_hops"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cycle", b"cycle", "hop_index", b"hop_index", "input", b"input", "input_manifest", b"input_manifest", "owner_encryption_certificate_pem", b"owner_encryption_certificate_pem", "owner_signing_certificate_pem", b"owner_signing_certificate_pem", "plan_signature", b"plan_signature", "plan_toml", b"plan_toml", "previous_manifest", b"previous_manifest", "previous_site_id", b"previous_site_id", "run_id", b"run_id", "sender_encryption_certificate_pem", b"sender_encryption_certificate_pem", "sender_signing_certificate_pem", b"sender_signing_certificate_pem", "total_hops", b"total_hops"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -394,6 +434,8 @@ class GetNextHopResponse(_message.Message):
     SITE_ID_FIELD_NUMBER: _builtins.int
     HOP_INDEX_FIELD_NUMBER: _builtins.int
     CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    SIGNING_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    ENCRYPTION_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
     final: _builtins.bool
     """True when the caller's hop is the last: its output goes to the study owner."""
     site_id: _builtins.str
@@ -401,8 +443,12 @@ class GetNextHopResponse(_message.Message):
     hop_index: _builtins.int
     """Index of the next hop; equal to the run's total hop count when `final`."""
     certificate_pem: _builtins.str
-    """PEM certificate of the recipient, as presented at its registration, for the
-    sender to verify against its own pinned CA.
+    """PEM TLS certificate of the recipient, as presented at its registration."""
+    signing_certificate_pem: _builtins.str
+    """PEM certificate of the recipient's signing key (a site, or the study owner)."""
+    encryption_certificate_pem: _builtins.str
+    """PEM certificate of the recipient's encryption key: the sender verifies it against
+    its own pinned CA, then seals the model to it.
     """
     def __init__(
         self,
@@ -411,10 +457,12 @@ class GetNextHopResponse(_message.Message):
         site_id: _builtins.str = ...,
         hop_index: _builtins.int = ...,
         certificate_pem: _builtins.str = ...,
+        signing_certificate_pem: _builtins.str = ...,
+        encryption_certificate_pem: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_pem", b"certificate_pem", "final", b"final", "hop_index", b"hop_index", "site_id", b"site_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_pem", b"certificate_pem", "encryption_certificate_pem", b"encryption_certificate_pem", "final", b"final", "hop_index", b"hop_index", "signing_certificate_pem", b"signing_certificate_pem", "site_id", b"site_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -540,6 +588,7 @@ class CompleteHopRequest(_message.Message):
     METRICS_AFTER_FIELD_NUMBER: _builtins.int
     NUM_EXAMPLES_FIELD_NUMBER: _builtins.int
     TRAIN_SECONDS_FIELD_NUMBER: _builtins.int
+    OUTPUT_MANIFEST_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Run in question."""
     hop_index: _builtins.int
@@ -548,6 +597,8 @@ class CompleteHopRequest(_message.Message):
     """Training examples used."""
     train_seconds: _builtins.float
     """Wall-clock seconds of training."""
+    output_manifest: _builtins.bytes
+    """The signed manifest (baton.v1.SignedManifest) that seals `output` to the next party."""
     @_builtins.property
     def output(self) -> _common_pb2.BlobRef:
         """The uploaded output blob."""
@@ -570,10 +621,11 @@ class CompleteHopRequest(_message.Message):
         metrics_after: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         num_examples: _builtins.int = ...,
         train_seconds: _builtins.float = ...,
+        output_manifest: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hop_index", b"hop_index", "metrics_after", b"metrics_after", "metrics_before", b"metrics_before", "num_examples", b"num_examples", "output", b"output", "run_id", b"run_id", "train_seconds", b"train_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hop_index", b"hop_index", "metrics_after", b"metrics_after", "metrics_before", b"metrics_before", "num_examples", b"num_examples", "output", b"output", "output_manifest", b"output_manifest", "run_id", b"run_id", "train_seconds", b"train_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

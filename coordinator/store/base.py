@@ -55,6 +55,10 @@ class SiteRecord:
     capabilities: Capabilities = field(default_factory=Capabilities)
     profile: DataProfile = field(default_factory=DataProfile)
     software_version: str = ""
+    signing_certificate_pem: str = ""
+    """Certificate of the site's Ed25519 manifest-signing key."""
+    encryption_certificate_pem: str = ""
+    """Certificate of the site's X25519 key, to which hops are sealed."""
     registered_ms: int = 0
     """Unix milliseconds of the last registration."""
     last_seen_ms: int = 0
@@ -77,6 +81,12 @@ class RunRecord:
     state: RunState = RunState.RUNNING
     error: str = ""
     result: BlobRef | None = None
+    plan_signature: bytes = b""
+    """The study owner's signature over ``plan_toml``."""
+    owner_signing_certificate_pem: str = ""
+    """Certificate of the key that signed the plan."""
+    owner_encryption_certificate_pem: str = ""
+    """Certificate of the key the last hop is sealed to."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -95,6 +105,8 @@ class HopRecord:
     num_examples: int = 0
     train_seconds: float = 0.0
     error: str = ""
+    output_manifest: bytes = b""
+    """Signed manifest sealing ``output`` (serialized ``baton.v1.SignedManifest``)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -191,8 +203,9 @@ class Store(Protocol):
         metrics_after: dict[str, float],
         num_examples: int,
         train_seconds: float,
+        output_manifest: bytes = b"",
     ) -> HopRecord:
-        """ASSIGNED -> COMPLETED with the hop's output and metrics."""
+        """ASSIGNED -> COMPLETED with the hop's output, its manifest and metrics."""
         ...
 
     def fail_hop(self, run_id: str, hop_index: int, *, error: str) -> HopRecord:

@@ -148,8 +148,9 @@ class MemoryStore:
         metrics_after: dict[str, float],
         num_examples: int,
         train_seconds: float,
+        output_manifest: bytes = b"",
     ) -> HopRecord:
-        """ASSIGNED -> COMPLETED with the hop's output and metrics."""
+        """ASSIGNED -> COMPLETED with the hop's output, its manifest and metrics."""
         with self._lock:
             hop = self._hop(run_id, hop_index)
             check_hop_transition(hop, HopState.COMPLETED)
@@ -162,6 +163,7 @@ class MemoryStore:
                     metrics_after=as_floats(metrics_after),
                     num_examples=num_examples,
                     train_seconds=float(train_seconds),
+                    output_manifest=bytes(output_manifest),
                 )
             )
 

@@ -202,8 +202,9 @@ class SqliteStore:
         metrics_after: dict[str, float],
         num_examples: int,
         train_seconds: float,
+        output_manifest: bytes = b"",
     ) -> HopRecord:
-        """ASSIGNED -> COMPLETED with the hop's output and metrics."""
+        """ASSIGNED -> COMPLETED with the hop's output, its manifest and metrics."""
         with self._tx(write=True) as db:
             hop = _get_hop(db, run_id, hop_index)
             check_hop_transition(hop, HopState.COMPLETED)
@@ -215,6 +216,7 @@ class SqliteStore:
                 metrics_after=as_floats(metrics_after),
                 num_examples=num_examples,
                 train_seconds=float(train_seconds),
+                output_manifest=bytes(output_manifest),
             )
             return _put_hop(db, done)
 

@@ -31,6 +31,8 @@ CREATE TABLE sites (
     capabilities_json TEXT NOT NULL,
     profile_json TEXT NOT NULL,
     software_version TEXT NOT NULL,
+    signing_certificate_pem TEXT NOT NULL,
+    encryption_certificate_pem TEXT NOT NULL,
     registered_ms INTEGER NOT NULL,
     last_seen_ms INTEGER NOT NULL
 );
@@ -46,7 +48,10 @@ CREATE TABLE runs (
     state TEXT NOT NULL CHECK (state IN ('running', 'succeeded', 'failed', 'cancelled')),
     error TEXT NOT NULL,
     result_blob_id TEXT,
-    result_size INTEGER
+    result_size INTEGER,
+    plan_signature BLOB NOT NULL,
+    owner_signing_certificate_pem TEXT NOT NULL,
+    owner_encryption_certificate_pem TEXT NOT NULL
 );
 CREATE INDEX runs_by_age ON runs (created_ms, run_id);
 CREATE TABLE hops (
@@ -64,6 +69,7 @@ CREATE TABLE hops (
     num_examples INTEGER NOT NULL,
     train_seconds REAL NOT NULL,
     error TEXT NOT NULL,
+    output_manifest BLOB NOT NULL,
     PRIMARY KEY (run_id, hop_index)
 );
 CREATE INDEX hops_by_site ON hops (site_id, state);
@@ -83,29 +89,34 @@ CREATE TABLE events (
 # Statements with named parameters, filled by the ``*_params`` functions below.
 INSERT_SITE = """
 INSERT OR REPLACE INTO sites (site_id, certificate_pem, capabilities_json, profile_json,
-    software_version, registered_ms, last_seen_ms)
+    software_version, signing_certificate_pem, encryption_certificate_pem, registered_ms,
+    last_seen_ms)
 VALUES (:site_id, :certificate_pem, :capabilities_json, :profile_json,
-    :software_version, :registered_ms, :last_seen_ms)
+    :software_version, :signing_certificate_pem, :encryption_certificate_pem, :registered_ms,
+    :last_seen_ms)
 """
 INSERT_RUN = """
 INSERT INTO runs (run_id, name, plan_toml, sites_json, cycles, strategy, total_hops,
-    created_ms, state, error, result_blob_id, result_size)
+    created_ms, state, error, result_blob_id, result_size, plan_signature,
+    owner_signing_certificate_pem, owner_encryption_certificate_pem)
 VALUES (:run_id, :name, :plan_toml, :sites_json, :cycles, :strategy, :total_hops,
-    :created_ms, :state, :error, :result_blob_id, :result_size)
+    :created_ms, :state, :error, :result_blob_id, :result_size, :plan_signature,
+    :owner_signing_certificate_pem, :owner_encryption_certificate_pem)
 """
 INSERT_HOP = """
 INSERT INTO hops (run_id, hop_index, cycle, site_id, state, input_blob_id, input_size,
     output_blob_id, output_size, metrics_before_json, metrics_after_json, num_examples,
-    train_seconds, error)
+    train_seconds, error, output_manifest)
 VALUES (:run_id, :hop_index, :cycle, :site_id, :state, :input_blob_id, :input_size,
     :output_blob_id, :output_size, :metrics_before_json, :metrics_after_json, :num_examples,
-    :train_seconds, :error)
+    :train_seconds, :error, :output_manifest)
 """
 UPDATE_HOP = """
 UPDATE hops SET state = :state, input_blob_id = :input_blob_id, input_size = :input_size,
     output_blob_id = :output_blob_id, output_size = :output_size,
     metrics_before_json = :metrics_before_json, metrics_after_json = :metrics_after_json,
-    num_examples = :num_examples, train_seconds = :train_seconds, error = :error
+    num_examples = :num_examples, train_seconds = :train_seconds, error = :error,
+    output_manifest = :output_manifest
 WHERE run_id = :run_id AND hop_index = :hop_index
 """
 
@@ -118,6 +129,8 @@ def site_params(site: SiteRecord) -> dict[str, Any]:
         "capabilities_json": json.dumps(asdict(site.capabilities)),
         "profile_json": json.dumps(asdict(site.profile)),
         "software_version": site.software_version,
+        "signing_certificate_pem": site.signing_certificate_pem,
+        "encryption_certificate_pem": site.encryption_certificate_pem,
         "registered_ms": site.registered_ms,
         "last_seen_ms": site.last_seen_ms,
     }
@@ -137,6 +150,8 @@ def site_from_row(row: sqlite3.Row) -> SiteRecord:
         ),
         profile=DataProfile(**{**profile, "label_histogram": tuple(profile["label_histogram"])}),
         software_version=row["software_version"],
+        signing_certificate_pem=row["signing_certificate_pem"],
+        encryption_certificate_pem=row["encryption_certificate_pem"],
         registered_ms=row["registered_ms"],
         last_seen_ms=row["last_seen_ms"],
     )
@@ -156,6 +171,9 @@ def run_params(run: RunRecord) -> dict[str, Any]:
         "state": RunState(run.state).value,
         "error": run.error,
         **_blob_params("result", run.result),
+        "plan_signature": bytes(run.plan_signature),
+        "owner_signing_certificate_pem": run.owner_signing_certificate_pem,
+        "owner_encryption_certificate_pem": run.owner_encryption_certificate_pem,
     }
 
 
@@ -173,6 +191,9 @@ def run_from_row(row: sqlite3.Row) -> RunRecord:
         state=RunState(row["state"]),
         error=row["error"],
         result=_blob_from_row(row, "result"),
+        plan_signature=bytes(row["plan_signature"]),
+        owner_signing_certificate_pem=row["owner_signing_certificate_pem"],
+        owner_encryption_certificate_pem=row["owner_encryption_certificate_pem"],
     )
 
 
@@ -191,6 +212,7 @@ def hop_params(hop: HopRecord) -> dict[str, Any]:
         "num_examples": hop.num_examples,
         "train_seconds": float(hop.train_seconds),
         "error": hop.error,
+        "output_manifest": bytes(hop.output_manifest),
     }
 
 
@@ -209,6 +231,7 @@ def hop_from_row(row: sqlite3.Row) -> HopRecord:
         num_examples=row["num_examples"],
         train_seconds=row["train_seconds"],
         error=row["error"],
+        output_manifest=bytes(row["output_manifest"]),
     )
 
 

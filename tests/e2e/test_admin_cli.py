@@ -54,7 +54,8 @@ def test_submit_watch_status_fetch(tmp_path: Path) -> None:
         admin = tmp_path / "admin.toml"
         pki = layout.owner_dir / "pki"
         admin.write_text(
-            f'coordinator = "127.0.0.1:{port}"\n[tls]\nca = "{pki / "ca.pem"}"\n'
+            f'coordinator = "127.0.0.1:{port}"\nkeys_dir = "{layout.owner_keys}"\n'
+            f'[tls]\nca = "{pki / "ca.pem"}"\n'
             f'cert = "{pki / "study-owner.pem"}"\nkey = "{pki / "study-owner.key"}"\n'
         )
         for _ in range(30):

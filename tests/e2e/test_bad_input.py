@@ -49,7 +49,7 @@ def fed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     admin = root / "admin.toml"
     admin.write_text(
-        'coordinator = "127.0.0.1:1"\n[tls]\nca = "owner/pki/ca.pem"\n'
+        'coordinator = "127.0.0.1:1"\nkeys_dir = "owner/keys"\n[tls]\nca = "owner/pki/ca.pem"\n'
         'cert = "owner/pki/study-owner.pem"\nkey = "owner/pki/study-owner.key"\n'
     )
     return root
@@ -128,12 +128,26 @@ def test_site_with_missing_data_directory(fed_dir: Path, tmp_path: Path) -> None
     site = fed_dir / "sites" / "hospital-1"
     cfg = tmp_path / "site.toml"
     cfg.write_text(
-        f'coordinator = "127.0.0.1:1"\ndata_dir = "{tmp_path / "no-data"}"\n[tls]\n'
+        f'coordinator = "127.0.0.1:1"\ndata_dir = "{tmp_path / "no-data"}"\n'
+        f'keys_dir = "{site / "keys"}"\n[tls]\n'
         f'ca = "{site / "pki/ca.pem"}"\ncert = "{site / "pki/hospital-1.pem"}"\n'
         f'key = "{site / "pki/hospital-1.key"}"\n'
     )
     proc = run_cli("site_node.cli", "run", "--config", str(cfg))
     assert_clean_error(proc, exit_codes.SITE_DATA, "no-data")
+
+
+def test_site_without_its_keys(fed_dir: Path, tmp_path: Path) -> None:
+    site = fed_dir / "sites" / "hospital-1"
+    cfg = tmp_path / "site.toml"
+    cfg.write_text(
+        f'coordinator = "127.0.0.1:1"\ndata_dir = "{site / "data"}"\n'
+        f'keys_dir = "{tmp_path / "nokeys"}"\n[tls]\n'
+        f'ca = "{site / "pki/ca.pem"}"\ncert = "{site / "pki/hospital-1.pem"}"\n'
+        f'key = "{site / "pki/hospital-1.key"}"\n'
+    )
+    proc = run_cli("site_node.cli", "run", "--config", str(cfg))
+    assert_clean_error(proc, exit_codes.SITE_PKI, "nokeys/signing.key")
 
 
 def test_demo_rejects_bad_option() -> None:

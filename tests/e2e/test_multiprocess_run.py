@@ -15,8 +15,10 @@ from baton.admin_client import AdminClient
 from baton.codec import load_state_file
 from baton.data import Partition
 from baton.localfed import provision, start, wait_until_online
+from baton.owner import fetch_result
 from baton.plan import parse_plan
 from baton.procs import ProcessGroup
+from baton.sealing import AppKeys
 from baton.simulate import simulate_sequential
 from baton.v1 import admin_pb2, common_pb2
 
@@ -58,12 +60,15 @@ def test_three_site_run_passes_the_model_through_every_site(tmp_path: Path) -> N
         port = start(layout, SITES, group)
         with AdminClient(f"127.0.0.1:{port}", layout.admin_tls.load()) as client:
             wait_until_online(client, SITES, group)
-            run = client.create_run(PLAN)
+            owner = AppKeys.load(layout.owner_keys)
+            run = client.create_run(PLAN, owner)
             events = list(client.watch(run.run_id))
             final = client.get_run(run.run_id)
             assert final.state == common_pb2.RUN_STATE_SUCCEEDED, final.error
             result = tmp_path / "result.safetensors"
-            client.fetch_result(run.run_id, result)
+            fetch_result(
+                client, run.run_id, result, owner=owner, ca_pem=layout.admin_tls.load().ca_pem
+            )
         codes = [p.stop() for p in group.procs]
     # Every process shut down cleanly on SIGTERM.
     assert codes == [0, 0, 0, 0]
@@ -83,6 +88,21 @@ def test_three_site_run_passes_the_model_through_every_site(tmp_path: Path) -> N
     completed = [e for e in events if e.kind == admin_pb2.EVENT_KIND_HOP_COMPLETED]
     assert [e.site_id for e in completed] == [h.site_id for h in hops]
     state = load_state_file(result)
+    # Canary: the input normalization set at hop 0 rides unchanged in every hop's weights,
+    # and the final weights end the run. Neither appears anywhere the coordinator writes.
+    canaries = [
+        state["input_norm.mean"].numpy().tobytes(),
+        state["body.0.weight"].numpy().tobytes()[:64],
+    ]
+    coordinator_files = [p for p in layout.coordinator_dir.rglob("*") if p.is_file()]
+    assert any(p.name.endswith(".db") for p in coordinator_files)
+    for path in coordinator_files:
+        data = path.read_bytes()
+        for canary in canaries:
+            assert canary not in data, f"plaintext weights found in {path}"
+    # Each site keeps no plaintext model once its hop is done.
+    for site in SITES:
+        assert not list((layout.site_dir(site) / "work").rglob("*.safetensors"))
     # The processes computed exactly what the in-process simulator computes for the same
     # plan, data and order: transport and relay changed nothing.
     orders = [[h.site_id for h in hops if h.cycle == c] for c in (0, 1)]

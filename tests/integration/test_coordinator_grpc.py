@@ -11,11 +11,14 @@ import grpc
 import pytest
 
 from baton.domain import BlobRef
+from baton.envelope import Expectation, HopContext, RecipientKey, open_file, seal_file
 from baton.pki import Identity, create_ca, issue
+from baton.replay import MemoryReplayGuard
+from baton.sealing import expected_previous, manifest_digest, plan_hash
 from baton.v1 import admin_pb2, common_pb2, site_pb2, site_pb2_grpc
 from baton.wire import MAX_MESSAGE_BYTES
 from site_node import transfer
-from tests.conftest import LiveCoordinator
+from tests.conftest import LiveCoordinator, Pki
 
 PLAN = """
 [run]
@@ -42,7 +45,14 @@ def register(coord: LiveCoordinator, *sites: str) -> dict[str, site_pb2_grpc.Sit
     stubs = {}
     for s in sites:
         stub = coord.site(s)
-        resp = stub.Register(site_pb2.RegisterRequest(software_version="test"))
+        keys = coord.pki.keys(s)
+        resp = stub.Register(
+            site_pb2.RegisterRequest(
+                software_version="test",
+                signing_certificate_pem=keys.signing_cert_pem.decode(),
+                encryption_certificate_pem=keys.encryption_cert_pem.decode(),
+            )
+        )
         assert resp.site_id == s
         assert resp.federation == "testfed"
         stubs[s] = stub
@@ -65,9 +75,53 @@ def upload_bytes(
     return transfer.upload(stub, run_id=run_id, hop_index=hop, source=path)
 
 
-def complete(
-    stub: site_pb2_grpc.SiteServiceStub, run_id: str, hop: int, ref: BlobRef, acc: float
-) -> None:
+def create_request(pki: Pki, plan_toml: str) -> admin_pb2.CreateRunRequest:
+    signed = pki.signed_plan(plan_toml)
+    return admin_pb2.CreateRunRequest(
+        plan_toml=plan_toml,
+        plan_signature=signed.signature,
+        owner_signing_certificate_pem=signed.owner_signing_pem,
+        owner_encryption_certificate_pem=signed.owner_encryption_pem,
+    )
+
+
+def seal_and_complete(
+    coord: LiveCoordinator,
+    stub: site_pb2_grpc.SiteServiceStub,
+    *,
+    sender: str,
+    recipient: str,
+    run_id: str,
+    hop: int,
+    source: Path,
+    previous: str,
+    plan_digest: str,
+    acc: float = 0.5,
+) -> tuple[BlobRef, bytes]:
+    """What a site does after training: seal to the next party, upload, complete."""
+    pki = coord.pki
+    sealed = source.with_suffix(".sealed")
+    manifest = seal_file(
+        source,
+        sealed,
+        ctx=HopContext(
+            run_id=run_id,
+            hop_index=hop,
+            sender=pki.identity(sender).spiffe_id,
+            recipient=pki.identity(recipient).spiffe_id,
+            previous_manifest_hash=previous,
+            plan_hash=plan_digest,
+            schema_hash="0" * 64,
+        ),
+        sender_key=pki.keys(sender).signing_key,
+        recipients=[
+            RecipientKey(
+                spiffe_id=pki.identity(recipient).spiffe_id,
+                public_key=pki.keys(recipient).encryption_key.public_key(),
+            )
+        ],
+    )
+    ref = transfer.upload(stub, run_id=run_id, hop_index=hop, source=sealed)
     stub.CompleteHop(
         site_pb2.CompleteHopRequest(
             run_id=run_id,
@@ -76,8 +130,45 @@ def complete(
             metrics_before={"accuracy": acc - 0.1},
             metrics_after={"accuracy": acc},
             num_examples=10,
+            output_manifest=manifest,
         )
     )
+    return ref, manifest
+
+
+def open_as(
+    coord: LiveCoordinator,
+    me: str,
+    sealed: Path,
+    manifest: bytes,
+    *,
+    sender: str,
+    run_id: str,
+    hop: int,
+    previous: str,
+    plan_digest: str,
+) -> bytes:
+    """What the next party does: verify and open the sealed bytes."""
+    pki = coord.pki
+    out = sealed.with_suffix(".opened")
+    open_file(
+        sealed,
+        out,
+        manifest,
+        me=pki.identity(me).spiffe_id,
+        my_key=pki.keys(me).encryption_key,
+        expect=Expectation(
+            run_id=run_id,
+            hop_index=hop,
+            sender=pki.identity(sender).spiffe_id,
+            previous_manifest_hash=previous,
+            plan_hash=plan_digest,
+            max_plaintext_bytes=1 << 30,
+        ),
+        sender_key=pki.keys(sender).signing_key.public_key(),
+        replay=MemoryReplayGuard(),
+    )
+    return out.read_bytes()
 
 
 def test_site_identity_comes_from_the_certificate(coordinator: LiveCoordinator) -> None:
@@ -104,9 +195,7 @@ def test_admin_certificate_cannot_call_the_site_service(coordinator: LiveCoordin
 def test_run_plan_naming_unregistered_site_is_refused(coordinator: LiveCoordinator) -> None:
     register(coordinator, "site-a")
     with pytest.raises(grpc.RpcError) as err:
-        coordinator.admin().CreateRun(
-            admin_pb2.CreateRunRequest(plan_toml=plan(["site-a", "site-b"]))
-        )
+        coordinator.admin().CreateRun(create_request(coordinator.pki, plan(["site-a", "site-b"])))
     assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "never registered: site-b" in (err.value.details() or "")
 
@@ -115,54 +204,102 @@ def test_unknown_model_in_plan_is_refused(coordinator: LiveCoordinator) -> None:
     register(coordinator, "site-a")
     bad = plan(["site-a"]).replace('"logreg"', '"resnet9000"')
     with pytest.raises(grpc.RpcError) as err:
-        coordinator.admin().CreateRun(admin_pb2.CreateRunRequest(plan_toml=bad))
+        coordinator.admin().CreateRun(create_request(coordinator.pki, bad))
     assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "unknown model 'resnet9000'" in (err.value.details() or "")
 
 
-def test_two_site_run_relays_bytes_hop_to_hop(coordinator: LiveCoordinator, tmp_path: Path) -> None:
+def test_two_site_run_relays_sealed_bytes_hop_to_hop(
+    coordinator: LiveCoordinator, tmp_path: Path
+) -> None:
     stubs = register(coordinator, "site-a", "site-b")
     admin = coordinator.admin()
-    run = admin.CreateRun(
-        admin_pb2.CreateRunRequest(plan_toml=plan(["site-a", "site-b"], cycles=2))
-    ).run
+    text = plan(["site-a", "site-b"], cycles=2)
+    request = create_request(coordinator.pki, text)
+    digest = plan_hash(text, request.plan_signature)
+    run = admin.CreateRun(request).run
     assert run.total_hops == 4
-    blobs: list[bytes] = []
+    plaintexts: list[bytes] = []
+    manifests: list[bytes] = []
     for hop in range(4):
-        site = ("site-a", "site-b")[hop % 2]
+        site, other = ("site-a", "site-b") if hop % 2 == 0 else ("site-b", "site-a")
         a = next_assignment(stubs[site])
         assert (a.run_id, a.hop_index, a.cycle) == (run.run_id, hop, hop // 2)
+        assert a.plan_signature == request.plan_signature
         if hop == 0:
             assert not a.input.blob_id
+            assert not a.input_manifest
         else:
-            dest = tmp_path / f"in-{hop}"
+            assert a.previous_site_id == other
+            assert a.input_manifest == manifests[-1]
+            assert a.previous_manifest == (manifests[-2] if hop >= 2 else b"")
+            assert (
+                a.sender_signing_certificate_pem
+                == coordinator.pki.keys(other).signing_cert_pem.decode()
+            )
+            dest = tmp_path / f"in-{hop}.sealed"
             ref = BlobRef(blob_id=a.input.blob_id, size=a.input.size)
             transfer.download(stubs[site], run_id=run.run_id, hop_index=hop, blob=ref, dest=dest)
-            assert dest.read_bytes() == blobs[-1]
-            assert a.previous_site_id == ("site-a", "site-b")[(hop - 1) % 2]
+            # The relay stored ciphertext: the plaintext is nowhere in it.
+            assert plaintexts[-1][:64] not in dest.read_bytes()
+            opened = open_as(
+                coordinator,
+                site,
+                dest,
+                a.input_manifest,
+                sender=other,
+                run_id=run.run_id,
+                hop=hop - 1,
+                previous=expected_previous(digest, a.previous_manifest),
+                plan_digest=digest,
+            )
+            assert opened == plaintexts[-1]
         nxt = stubs[site].GetNextHop(site_pb2.GetNextHopRequest(run_id=run.run_id, hop_index=hop))
-        if hop == 3:
-            assert nxt.final
-        else:
-            assert (nxt.site_id, nxt.hop_index) == (("site-a", "site-b")[(hop + 1) % 2], hop + 1)
-            assert "BEGIN CERTIFICATE" in nxt.certificate_pem
-        data = f"model after hop {hop}".encode() * 100
-        blobs.append(data)
-        complete(
-            stubs[site],
-            run.run_id,
-            hop,
-            upload_bytes(stubs[site], run.run_id, hop, data, tmp_path),
-            0.5 + hop / 10,
+        recipient = "owner" if hop == 3 else other
+        assert nxt.final == (hop == 3)
+        if hop < 3:
+            assert (nxt.site_id, nxt.hop_index) == (other, hop + 1)
+        assert (
+            nxt.encryption_certificate_pem
+            == coordinator.pki.keys(recipient).encryption_cert_pem.decode()
         )
+        source = tmp_path / f"out-{hop}.bin"
+        plaintexts.append(f"model after hop {hop} ".encode() * 500)
+        source.write_bytes(plaintexts[-1])
+        _, manifest = seal_and_complete(
+            coordinator,
+            stubs[site],
+            sender=site,
+            recipient=recipient,
+            run_id=run.run_id,
+            hop=hop,
+            source=source,
+            previous=manifest_digest(manifests[-1]) if manifests else digest,
+            plan_digest=digest,
+            acc=0.5 + hop / 10,
+        )
+        manifests.append(manifest)
     final = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
     assert final.state == common_pb2.RUN_STATE_SUCCEEDED
     assert [h.site_id for h in final.hops] == ["site-a", "site-b", "site-a", "site-b"]
+    assert [h.output_manifest for h in final.hops] == manifests
     assert [h.metrics_after["accuracy"] for h in final.hops] == pytest.approx([0.5, 0.6, 0.7, 0.8])
-    fetched = b"".join(
-        c.data for c in admin.FetchResult(admin_pb2.FetchResultRequest(run_id=run.run_id))
+    result = tmp_path / "result.sealed"
+    result.write_bytes(
+        b"".join(c.data for c in admin.FetchResult(admin_pb2.FetchResultRequest(run_id=run.run_id)))
     )
-    assert fetched == blobs[-1]
+    opened = open_as(
+        coordinator,
+        "owner",
+        result,
+        manifests[-1],
+        sender="site-b",
+        run_id=run.run_id,
+        hop=3,
+        previous=manifest_digest(manifests[-2]),
+        plan_digest=digest,
+    )
+    assert opened == plaintexts[-1]
     kinds = [
         e.kind for e in admin.WatchRun(admin_pb2.WatchRunRequest(run_id=run.run_id), timeout=10)
     ]
@@ -171,11 +308,90 @@ def test_two_site_run_relays_bytes_hop_to_hop(coordinator: LiveCoordinator, tmp_
     assert kinds.count(admin_pb2.EVENT_KIND_HOP_COMPLETED) == 4
 
 
+def test_coordinator_refuses_a_manifest_that_does_not_match(
+    coordinator: LiveCoordinator, tmp_path: Path
+) -> None:
+    stubs = register(coordinator, "site-a", "site-b")
+    text = plan(["site-a", "site-b"])
+    request = create_request(coordinator.pki, text)
+    digest = plan_hash(text, request.plan_signature)
+    run = coordinator.admin().CreateRun(request).run
+    source = tmp_path / "m.bin"
+    source.write_bytes(b"weights" * 1000)
+    # Signed by site-b's key for site-a's hop: the coordinator checks the sender's key.
+    sealed = tmp_path / "m.sealed"
+    forged = seal_file(
+        source,
+        sealed,
+        ctx=HopContext(
+            run_id=run.run_id,
+            hop_index=0,
+            sender=coordinator.pki.identity("site-a").spiffe_id,
+            recipient=coordinator.pki.identity("site-b").spiffe_id,
+            previous_manifest_hash=digest,
+            plan_hash=digest,
+            schema_hash="0" * 64,
+        ),
+        sender_key=coordinator.pki.keys("site-b").signing_key,
+        recipients=[
+            RecipientKey(
+                spiffe_id=coordinator.pki.identity("site-b").spiffe_id,
+                public_key=coordinator.pki.keys("site-b").encryption_key.public_key(),
+            )
+        ],
+    )
+    ref = transfer.upload(stubs["site-a"], run_id=run.run_id, hop_index=0, source=sealed)
+    for manifest in (forged, b"", b"garbage"):
+        with pytest.raises(grpc.RpcError) as err:
+            stubs["site-a"].CompleteHop(
+                site_pb2.CompleteHopRequest(
+                    run_id=run.run_id,
+                    hop_index=0,
+                    output_manifest=manifest,
+                    output=common_pb2.BlobRef(blob_id=ref.blob_id, size=ref.size),
+                )
+            )
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details() == "rejected"
+    # The run is unharmed: hop 0 is still assigned and can complete properly.
+    got = coordinator.admin().GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
+    assert got.state == common_pb2.RUN_STATE_RUNNING
+    assert got.hops[0].state == common_pb2.HOP_STATE_ASSIGNED
+    seal_and_complete(
+        coordinator,
+        stubs["site-a"],
+        sender="site-a",
+        recipient="site-b",
+        run_id=run.run_id,
+        hop=0,
+        source=source,
+        previous=digest,
+        plan_digest=digest,
+    )
+    got = coordinator.admin().GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
+    assert got.hops[0].state == common_pb2.HOP_STATE_COMPLETED
+
+
+def test_registration_without_certified_keys_is_refused(coordinator: LiveCoordinator) -> None:
+    other = coordinator.pki.keys("site-b")
+    for signing, encryption in (
+        ("", ""),
+        (other.signing_cert_pem.decode(), other.encryption_cert_pem.decode()),
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            coordinator.site("site-a").Register(
+                site_pb2.RegisterRequest(
+                    signing_certificate_pem=signing, encryption_certificate_pem=encryption
+                )
+            )
+        assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
+
+
 def test_site_cannot_act_on_another_sites_hop(coordinator: LiveCoordinator, tmp_path: Path) -> None:
     stubs = register(coordinator, "site-a", "site-b")
     run = (
         coordinator.admin()
-        .CreateRun(admin_pb2.CreateRunRequest(plan_toml=plan(["site-a", "site-b"])))
+        .CreateRun(create_request(coordinator.pki, plan(["site-a", "site-b"])))
         .run
     )
     with pytest.raises(grpc.RpcError) as err:
@@ -189,7 +405,7 @@ def test_site_cannot_act_on_another_sites_hop(coordinator: LiveCoordinator, tmp_
 def test_failed_hop_fails_the_run_with_the_reason(coordinator: LiveCoordinator) -> None:
     stubs = register(coordinator, "site-a")
     admin = coordinator.admin()
-    run = admin.CreateRun(admin_pb2.CreateRunRequest(plan_toml=plan(["site-a"]))).run
+    run = admin.CreateRun(create_request(coordinator.pki, plan(["site-a"]))).run
     stubs["site-a"].FailHop(
         site_pb2.FailHopRequest(
             run_id=run.run_id, hop_index=0, reason="data_error", message="schema mismatch"
@@ -205,30 +421,56 @@ def test_model_larger_than_message_limit_arrives_bit_identical(
     coordinator: LiveCoordinator, tmp_path: Path
 ) -> None:
     stubs = register(coordinator, "site-a", "site-b")
-    run = (
-        coordinator.admin()
-        .CreateRun(admin_pb2.CreateRunRequest(plan_toml=plan(["site-a", "site-b"])))
-        .run
-    )
+    text = plan(["site-a", "site-b"])
+    request = create_request(coordinator.pki, text)
+    digest = plan_hash(text, request.plan_signature)
+    run = coordinator.admin().CreateRun(request).run
     size = 70 << 20
     assert size > 16 * MAX_MESSAGE_BYTES
     src = tmp_path / "big.bin"
     with src.open("wb") as f:
         for _ in range(size >> 20):
             f.write(os.urandom(1 << 20))
-    ref = transfer.upload(stubs["site-a"], run_id=run.run_id, hop_index=0, source=src)
-    assert ref.size == size
-    complete(stubs["site-a"], run.run_id, 0, ref, 0.9)
+    ref, _ = seal_and_complete(
+        coordinator,
+        stubs["site-a"],
+        sender="site-a",
+        recipient="site-b",
+        run_id=run.run_id,
+        hop=0,
+        source=src,
+        previous=digest,
+        plan_digest=digest,
+    )
+    assert ref.size > size  # ciphertext: the model plus one tag per chunk
     a = next_assignment(stubs["site-b"])
     assert a.input.blob_id == ref.blob_id
     dest = tmp_path / "big.in"
     transfer.download(stubs["site-b"], run_id=run.run_id, hop_index=1, blob=ref, dest=dest)
-    assert _sha(dest) == _sha(src)
+    opened = dest.with_suffix(".opened")
+    open_file(
+        dest,
+        opened,
+        a.input_manifest,
+        me=coordinator.pki.identity("site-b").spiffe_id,
+        my_key=coordinator.pki.keys("site-b").encryption_key,
+        expect=Expectation(
+            run_id=run.run_id,
+            hop_index=0,
+            sender=coordinator.pki.identity("site-a").spiffe_id,
+            previous_manifest_hash=digest,
+            plan_hash=digest,
+            max_plaintext_bytes=1 << 30,
+        ),
+        sender_key=coordinator.pki.keys("site-a").signing_key.public_key(),
+        replay=MemoryReplayGuard(),
+    )
+    assert _sha(opened) == _sha(src)
 
 
 def test_interrupted_upload_resumes_from_committed_offset(coordinator: LiveCoordinator) -> None:
     stubs = register(coordinator, "site-a")
-    run = coordinator.admin().CreateRun(admin_pb2.CreateRunRequest(plan_toml=plan(["site-a"]))).run
+    run = coordinator.admin().CreateRun(create_request(coordinator.pki, plan(["site-a"]))).run
     data = os.urandom(5 << 20)
     sha = hashlib.sha256(data).hexdigest()
     header = site_pb2.UploadHeader(
@@ -274,7 +516,7 @@ def test_interrupted_upload_resumes_from_committed_offset(coordinator: LiveCoord
 
 def test_upload_with_wrong_hash_is_rejected(coordinator: LiveCoordinator) -> None:
     stubs = register(coordinator, "site-a")
-    run = coordinator.admin().CreateRun(admin_pb2.CreateRunRequest(plan_toml=plan(["site-a"]))).run
+    run = coordinator.admin().CreateRun(create_request(coordinator.pki, plan(["site-a"]))).run
     header = site_pb2.UploadHeader(
         transfer_id="t-2",
         run_id=run.run_id,
@@ -331,7 +573,4 @@ def test_coordinator_refuses_foreign_ca_and_missing_client_certificate(
                 stub.Register(site_pb2.RegisterRequest(), timeout=5)
             assert err.value.code() is grpc.StatusCode.UNAVAILABLE
     # The genuine site still gets in.
-    assert (
-        coordinator.site("site-a").Register(site_pb2.RegisterRequest(), timeout=5).site_id
-        == "site-a"
-    )
+    assert register(coordinator, "site-a")["site-a"] is not None

@@ -7,12 +7,14 @@ import hashlib
 import pytest
 
 from baton.domain import BlobRef
-from baton.errors import ConfigError, ConflictError, NotFoundError
+from baton.errors import ConfigError, ConflictError, NotFoundError, PkiError
+from baton.sealing import sign_plan
 from coordinator.blobs import MemoryBlobStore
 from coordinator.rpc import Denied
-from coordinator.scheduler import Scheduler
+from coordinator.scheduler import Scheduler, SignedPlan
 from coordinator.store.base import EventKind, HopState, RunState, SiteRecord
 from coordinator.store.memory import MemoryStore
+from tests.conftest import Pki
 
 PLAN = """
 [run]
@@ -42,11 +44,16 @@ class Clock:
 
 
 @pytest.fixture
-def parts() -> tuple[MemoryStore, MemoryBlobStore, Scheduler]:
+def parts(pki: Pki) -> tuple[MemoryStore, MemoryBlobStore, Scheduler]:
     store, blobs = MemoryStore(), MemoryBlobStore()
     for s in "abc":
         store.upsert_site(SiteRecord(site_id=s, certificate_pem="pem"))
-    return store, blobs, Scheduler(store, blobs, clock=Clock())
+    return store, blobs, Scheduler(store, blobs, ca_pem=pki.ca_pem, clock=Clock())
+
+
+def signed(pki: Pki, plan: str) -> tuple[str, SignedPlan]:
+    """A plan with the test owner's signature, as create_run takes it."""
+    return plan, pki.signed_plan(plan)
 
 
 def put(blobs: MemoryBlobStore, data: bytes, transfer: str) -> BlobRef:
@@ -64,6 +71,7 @@ def finish_hop(
         site,
         run_id,
         hop,
+        output_manifest=b"manifest",
         output=ref,
         metrics_before={"accuracy": 0.1},
         metrics_after={"accuracy": 0.2},
@@ -74,10 +82,11 @@ def finish_hop(
 
 
 def test_fixed_run_goes_through_every_hop_in_plan_order(
+    pki: Pki,
     parts: tuple[MemoryStore, MemoryBlobStore, Scheduler],
 ) -> None:
     store, blobs, sched = parts
-    run = sched.create_run(PLAN.format(seed=0, strategy="fixed"))
+    run = sched.create_run(*signed(pki, PLAN.format(seed=0, strategy="fixed")))
     assert run.total_hops == 6
     # Only the first cycle is planned up front; hop 0 is assigned with no input.
     hops = store.list_hops(run.run_id)
@@ -106,10 +115,11 @@ def test_fixed_run_goes_through_every_hop_in_plan_order(
 
 
 def test_next_cycle_is_planned_when_last_hop_of_cycle_asks(
+    pki: Pki,
     parts: tuple[MemoryStore, MemoryBlobStore, Scheduler],
 ) -> None:
     store, blobs, sched = parts
-    run = sched.create_run(PLAN.format(seed=4, strategy="reshuffle"))
+    run = sched.create_run(*signed(pki, PLAN.format(seed=4, strategy="reshuffle")))
     order = [h.site_id for h in store.list_hops(run.run_id)]
     for i, site in enumerate(order[:2]):
         finish_hop(sched, blobs, run.run_id, i, site)
@@ -124,18 +134,22 @@ def test_next_cycle_is_planned_when_last_hop_of_cycle_asks(
 
 
 def test_run_naming_unregistered_site_is_refused(
+    pki: Pki,
     parts: tuple[MemoryStore, MemoryBlobStore, Scheduler],
 ) -> None:
     _, _, sched = parts
     with pytest.raises(ConfigError, match="never registered: d"):
-        sched.create_run(PLAN.format(seed=0, strategy="fixed").replace('"c"]', '"c", "d"]'))
+        sched.create_run(
+            *signed(pki, PLAN.format(seed=0, strategy="fixed").replace('"c"]', '"c", "d"]'))
+        )
 
 
 def test_only_the_assigned_site_may_act(
+    pki: Pki,
     parts: tuple[MemoryStore, MemoryBlobStore, Scheduler],
 ) -> None:
     _, _, sched = parts
-    run = sched.create_run(PLAN.format(seed=0, strategy="fixed"))
+    run = sched.create_run(*signed(pki, PLAN.format(seed=0, strategy="fixed")))
     with pytest.raises(Denied):
         sched.hop_for_site("b", run.run_id, 0)
     with pytest.raises(ConflictError, match="hop 1 is pending"):
@@ -146,6 +160,7 @@ def test_only_the_assigned_site_may_act(
             run.run_id,
             0,
             output=BlobRef(blob_id="0" * 64, size=3),
+            output_manifest=b"",
             metrics_before={},
             metrics_after={},
             num_examples=0,
@@ -154,10 +169,11 @@ def test_only_the_assigned_site_may_act(
 
 
 def test_failed_hop_fails_run_and_keeps_last_model(
+    pki: Pki,
     parts: tuple[MemoryStore, MemoryBlobStore, Scheduler],
 ) -> None:
     store, blobs, sched = parts
-    run = sched.create_run(PLAN.format(seed=0, strategy="fixed"))
+    run = sched.create_run(*signed(pki, PLAN.format(seed=0, strategy="fixed")))
     ref = finish_hop(sched, blobs, run.run_id, 0, "a")
     sched.fail_hop("b", run.run_id, 1, reason="data_error", message="bad rows")
     got = store.get_run(run.run_id)
@@ -167,9 +183,11 @@ def test_failed_hop_fails_run_and_keeps_last_model(
     assert store.get_hop(run.run_id, 1).input == ref
 
 
-def test_cancel_fails_open_hops(parts: tuple[MemoryStore, MemoryBlobStore, Scheduler]) -> None:
+def test_cancel_fails_open_hops(
+    pki: Pki, parts: tuple[MemoryStore, MemoryBlobStore, Scheduler]
+) -> None:
     store, _, sched = parts
-    run = sched.create_run(PLAN.format(seed=0, strategy="fixed"))
+    run = sched.create_run(*signed(pki, PLAN.format(seed=0, strategy="fixed")))
     got = sched.cancel_run(run.run_id, "")
     assert got.state is RunState.CANCELLED
     assert {h.state for h in store.list_hops(run.run_id)} == {HopState.FAILED}
@@ -179,10 +197,11 @@ def test_cancel_fails_open_hops(parts: tuple[MemoryStore, MemoryBlobStore, Sched
 
 
 def test_recover_assigns_a_hop_lost_between_complete_and_assign(
+    pki: Pki,
     parts: tuple[MemoryStore, MemoryBlobStore, Scheduler],
 ) -> None:
     store, blobs, sched = parts
-    run = sched.create_run(PLAN.format(seed=0, strategy="fixed"))
+    run = sched.create_run(*signed(pki, PLAN.format(seed=0, strategy="fixed")))
     ref = put(blobs, b"m0", "t0")
     # A crash after the store recorded the completion but before the next hop was assigned.
     store.complete_hop(
@@ -195,16 +214,46 @@ def test_recover_assigns_a_hop_lost_between_complete_and_assign(
         train_seconds=0.0,
     )
     assert store.assigned_hops_for_site("b") == []
-    Scheduler(store, blobs).recover()
+    Scheduler(store, blobs, ca_pem=pki.ca_pem).recover()
     [hop] = store.assigned_hops_for_site("b")
     assert (hop.hop_index, hop.input) == (1, ref)
 
 
 def test_wait_for_change_wakes_on_change_and_times_out_otherwise(
+    pki: Pki,
     parts: tuple[MemoryStore, MemoryBlobStore, Scheduler],
 ) -> None:
     _, _, sched = parts
     v = sched.version
     assert sched.wait_for_change(v, timeout=0.05) == v
-    sched.create_run(PLAN.format(seed=0, strategy="fixed"))
+    sched.create_run(*signed(pki, PLAN.format(seed=0, strategy="fixed")))
     assert sched.wait_for_change(v, timeout=5) > v
+
+
+def test_unsigned_or_tampered_plan_is_refused(
+    pki: Pki, parts: tuple[MemoryStore, MemoryBlobStore, Scheduler]
+) -> None:
+    store, _, sched = parts
+    plan = PLAN.format(seed=0, strategy="fixed")
+    good = pki.signed_plan(plan)
+    with pytest.raises(PkiError, match="not signed"):
+        sched.create_run(
+            plan,
+            SignedPlan(
+                signature=b"",
+                owner_signing_pem=good.owner_signing_pem,
+                owner_encryption_pem=good.owner_encryption_pem,
+            ),
+        )
+    with pytest.raises(PkiError, match="does not verify"):
+        sched.create_run(plan.replace("cycles = 2", "cycles = 3"), good)
+    # A site's keys cannot sign plans: only a study owner (admin) can.
+    site = pki.keys("site-a")
+    as_site = SignedPlan(
+        signature=sign_plan(plan, site.signing_key),
+        owner_signing_pem=site.signing_cert_pem.decode(),
+        owner_encryption_pem=site.encryption_cert_pem.decode(),
+    )
+    with pytest.raises(PkiError, match="not a study owner"):
+        sched.create_run(plan, as_site)
+    assert store.list_runs() == []

@@ -56,6 +56,8 @@ def _site(site_id: str = "mercy", **changes: object) -> SiteRecord:
             task="breast_cancer",
         ),
         software_version="0.1.0",
+        signing_certificate_pem=PEM.replace("MIIB", "MIIC"),
+        encryption_certificate_pem=PEM.replace("MIIB", "MIID"),
         registered_ms=1_700_000_000_000,
         last_seen_ms=1_700_000_000_500,
     )
@@ -72,6 +74,9 @@ def _run(run_id: str = "run-1", created_ms: int = 1_000, **changes: object) -> R
         strategy="reshuffle",
         total_hops=6,
         created_ms=created_ms,
+        plan_signature=bytes(range(64)),
+        owner_signing_certificate_pem=PEM.replace("MIIB", "MIIE"),
+        owner_encryption_certificate_pem=PEM.replace("MIIB", "MIIF"),
     )
     return replace(run, **changes)  # type: ignore[arg-type]
 
@@ -90,6 +95,7 @@ def _complete(store: Store, run_id: str, index: int, **changes: object) -> HopRe
         "metrics_after": {"accuracy": 0.875, "loss": 1e-300, "grad_norm": math.inf},
         "num_examples": 1500,
         "train_seconds": 12.345678901234567,
+        "output_manifest": b"\x00signed manifest\xff" * 40,
     }
     kwargs.update(changes)
     return store.complete_hop(run_id, index, **kwargs)  # type: ignore[arg-type]
@@ -299,6 +305,7 @@ class StoreContract:
         assert hop.metrics_before == {"accuracy": 0.5, "loss": 0.1 + 0.2}
         assert hop.metrics_after == {"accuracy": 0.875, "loss": 1e-300, "grad_norm": math.inf}
         assert (hop.num_examples, hop.train_seconds) == (1500, 12.345678901234567)
+        assert hop.output_manifest == b"\x00signed manifest\xff" * 40
         assert store.get_hop(run_with_hops, 0) == hop
         assert store.list_hops(run_with_hops)[0] == hop
 
