@@ -109,11 +109,14 @@ def load_state_file(path: Path) -> dict[str, torch.Tensor]:
         raise ModelError(f"{path}: {exc.message}") from None
 
 
-def load_into(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+def load_into(
+    model: nn.Module, state: Mapping[str, torch.Tensor], *, max_norm: float | None = None
+) -> None:
     """Copies ``state`` into ``model``, strictly.
 
     Constraints: the key set MUST equal the model's state dict keys; every tensor MUST have
-    the model's shape and dtype and hold only finite values. Nothing is copied unless all
+    the model's shape and dtype and hold only finite values; with ``max_norm``, the L2 norm
+    of all floating-point values together MUST NOT exceed it. Nothing is copied unless all
     tensors pass.
 
     Raises:
@@ -140,4 +143,19 @@ def load_into(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     unexpected = sorted(set(state) - set(expected))
     if unexpected:
         raise ModelError(f"tensor {unexpected[0]!r} is not part of the model")
+    if max_norm is not None:
+        norm = weight_norm(state)
+        if norm > max_norm:
+            raise ModelError(
+                f"weights have L2 norm {norm:.4g}, above the plan's bound {max_norm:.4g}"
+            )
     model.load_state_dict(dict(state), strict=True)
+
+
+def weight_norm(state: Mapping[str, torch.Tensor]) -> float:
+    """L2 norm of every floating-point value in ``state`` taken together."""
+    total = torch.zeros((), dtype=torch.float64)
+    for t in state.values():
+        if t.is_floating_point():
+            total += t.detach().double().pow(2).sum()
+    return float(total.sqrt())

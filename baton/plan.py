@@ -131,6 +131,20 @@ class TrainingSection:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class SecuritySection:
+    """What sites accept from each other."""
+
+    max_weight_norm: float = 1e6
+    """Largest L2 norm of all weights together that a site accepts from the previous hop;
+    a larger model is rejected before any training (a crude guard against blown-up or
+    maliciously scaled weights)."""
+
+    def __post_init__(self) -> None:
+        if not self.max_weight_norm > 0:
+            raise ValueError(f"'max_weight_norm' must be positive, not {self.max_weight_norm}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class RunPlan:
     """A whole run plan."""
 
@@ -144,6 +158,8 @@ class RunPlan:
     """How to order the sites."""
     training: TrainingSection = field(default_factory=TrainingSection)
     """Local training policy."""
+    security: SecuritySection = field(default_factory=SecuritySection)
+    """What sites accept from each other."""
 
     @property
     def total_hops(self) -> int:

@@ -235,7 +235,7 @@ class HopRunner:
                 sender_key=sender.signing_key,
                 replay=self._replay,
             )
-            load_into(model, load_state_file(plain_in))
+            load_into(model, load_state_file(plain_in), max_norm=plan.security.max_weight_norm)
             input_digest = manifest.digest
             logger.info("hop %d: opened the model sealed by %s", a.hop_index, a.previous_site_id)
         checked = _Verified(

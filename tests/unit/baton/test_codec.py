@@ -186,3 +186,20 @@ def test_load_into_is_strict_and_atomic(change: str, message: str) -> None:
         load_into(model, _mutated(change))
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key])
+
+
+def test_load_into_enforces_the_norm_bound() -> None:
+    import torch
+    from torch import nn
+
+    from baton.codec import load_into, weight_norm
+
+    model = nn.Linear(2, 1, bias=False)
+    state = {"weight": torch.tensor([[3.0, 4.0]])}
+    assert weight_norm(state) == pytest.approx(5.0)
+    load_into(model, state, max_norm=5.0)
+    assert torch.equal(model.weight.detach(), state["weight"])
+    with pytest.raises(ModelError, match=r"L2 norm 10, above the plan's bound 5"):
+        load_into(model, {"weight": torch.tensor([[6.0, 8.0]])}, max_norm=5.0)
+    # Nothing was copied.
+    assert torch.equal(model.weight.detach(), state["weight"])

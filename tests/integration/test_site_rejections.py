@@ -1,0 +1,145 @@
+"""A site facing a lying relay: tampered assignments are rejected before any training, the
+coordinator learns only the category, and nothing already verified is lost.
+
+Real coordinator (in process, real gRPC and mTLS), real site hop runners, real sealing; the
+test plays the malicious relay by editing the assignment a site receives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from baton.data import Partition, make_federation
+from baton.replay import MemoryReplayGuard
+from baton.v1 import admin_pb2, common_pb2, site_pb2
+from site_node.hop import HopRunner, LocalData
+from tests.conftest import LiveCoordinator
+from tests.integration.test_coordinator_grpc import create_request, next_assignment, register
+
+PLAN = """
+[run]
+name = "rejections"
+sites = ["site-a", "site-b"]
+
+[model]
+name = "logreg"
+
+[task]
+dataset = "breast_cancer"
+
+[ordering]
+strategy = "fixed"
+"""
+
+Tamper = Callable[[site_pb2.Assignment, LiveCoordinator], None]
+
+
+def _garbage_manifest(a: site_pb2.Assignment, c: LiveCoordinator) -> None:
+    a.input_manifest = b"\x0a\x03abc"
+
+
+def _other_sender(a: site_pb2.Assignment, c: LiveCoordinator) -> None:
+    keys = c.pki.keys("site-c")
+    a.previous_site_id = "site-c"
+    a.sender_signing_certificate_pem = keys.signing_cert_pem.decode()
+    a.sender_encryption_certificate_pem = keys.encryption_cert_pem.decode()
+
+
+def _edited_plan(a: site_pb2.Assignment, c: LiveCoordinator) -> None:
+    a.plan_toml = a.plan_toml.replace('strategy = "fixed"', 'strategy = "random"')
+
+
+def _unsigned_plan(a: site_pb2.Assignment, c: LiveCoordinator) -> None:
+    a.plan_signature = b""
+
+
+def _site_as_owner(a: site_pb2.Assignment, c: LiveCoordinator) -> None:
+    keys = c.pki.keys("site-c")
+    a.owner_signing_certificate_pem = keys.signing_cert_pem.decode()
+    a.owner_encryption_certificate_pem = keys.encryption_cert_pem.decode()
+
+
+def _mislabelled_sender(a: site_pb2.Assignment, c: LiveCoordinator) -> None:
+    a.previous_site_id = "site-c"  # certificates still site-a's
+
+
+def _chain_from_elsewhere(a: site_pb2.Assignment, c: LiveCoordinator) -> None:
+    a.previous_manifest = a.input_manifest  # hop 1 has no predecessor manifest but the plan
+
+
+@pytest.mark.parametrize(
+    ("tamper", "reason"),
+    [
+        (_garbage_manifest, "rejected_hop"),
+        (_other_sender, "rejected_hop"),
+        (_edited_plan, "untrusted_party"),
+        (_unsigned_plan, "untrusted_party"),
+        (_site_as_owner, "untrusted_party"),
+        (_mislabelled_sender, "untrusted_party"),
+        (_chain_from_elsewhere, "rejected_hop"),
+    ],
+    ids=lambda v: v.__name__.strip("_") if callable(v) else v,
+)
+def test_tampered_assignment_is_rejected_before_training(
+    coordinator: LiveCoordinator, tmp_path: Path, tamper: Tamper, reason: str
+) -> None:
+    stubs = register(coordinator, "site-a", "site-b")
+    fed = make_federation("breast_cancer", ["site-a", "site-b"], Partition(kind="iid"), seed=0)
+
+    def runner(site: str) -> HopRunner:
+        return HopRunner(
+            stubs[site],
+            tls=coordinator.pki.material(site),
+            keys=coordinator.pki.keys(site),
+            local=LocalData(schema=fed.schema, data=fed.sites[site]),
+            work_dir=tmp_path / site,
+            replay=MemoryReplayGuard(),
+        )
+
+    admin = coordinator.admin()
+    run = admin.CreateRun(create_request(coordinator.pki, PLAN)).run
+    assert runner("site-a").run(next_assignment(stubs["site-a"]))
+    honest = next_assignment(stubs["site-b"])
+    tampered = site_pb2.Assignment()
+    tampered.CopyFrom(honest)
+    tamper(tampered, coordinator)
+
+    assert not runner("site-b").run(tampered)
+
+    got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
+    assert got.state == common_pb2.RUN_STATE_FAILED
+    # The coordinator learns the category, not which check failed.
+    assert got.error == f"hop 1 at site-b failed: {reason}"
+    # Nothing verified is lost: hop 0's sealed model is still in the blob store.
+    assert coordinator.server.blobs.exists(got.hops[0].output.blob_id)
+    # No plaintext model was left behind, and nothing was trained.
+    assert not list((tmp_path / "site-b").rglob("*.safetensors"))
+    assert not got.hops[1].metrics_after
+    events = admin.WatchRun(admin_pb2.WatchRunRequest(run_id=run.run_id), timeout=10)
+    assert not [
+        e for e in events if e.hop_index == 1 and e.kind == admin_pb2.EVENT_KIND_HOP_PROGRESS
+    ]
+
+
+def test_honest_assignment_is_accepted(coordinator: LiveCoordinator, tmp_path: Path) -> None:
+    """The control case: the same set-up without tampering completes the run."""
+    stubs = register(coordinator, "site-a", "site-b")
+    fed = make_federation("breast_cancer", ["site-a", "site-b"], Partition(kind="iid"), seed=0)
+    admin = coordinator.admin()
+    run = admin.CreateRun(create_request(coordinator.pki, PLAN)).run
+    for site in ("site-a", "site-b"):
+        runner = HopRunner(
+            stubs[site],
+            tls=coordinator.pki.material(site),
+            keys=coordinator.pki.keys(site),
+            local=LocalData(schema=fed.schema, data=fed.sites[site]),
+            work_dir=tmp_path / site,
+            replay=MemoryReplayGuard(),
+        )
+        assert runner.run(next_assignment(stubs[site]))
+    got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
+    assert got.state == common_pb2.RUN_STATE_SUCCEEDED
+    assert got.hops[1].metrics_after["accuracy"] > 0.8
