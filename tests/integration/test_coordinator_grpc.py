@@ -148,8 +148,8 @@ def open_as(
     hop: int,
     previous: str,
     plan_digest: str,
-) -> bytes:
-    """What the next party does: verify and open the sealed bytes."""
+) -> Path:
+    """What the next party does: verify and open the sealed bytes; returns the plaintext."""
     pki = coord.pki
     out = sealed.with_suffix(".opened")
     open_file(
@@ -169,7 +169,7 @@ def open_as(
         sender_key=pki.keys(sender).signing_key.public_key(),
         replay=MemoryReplayGuard(),
     )
-    return out.read_bytes()
+    return out
 
 
 def test_site_identity_comes_from_the_certificate(coordinator: LiveCoordinator) -> None:
@@ -254,7 +254,7 @@ def test_two_site_run_relays_sealed_bytes_hop_to_hop(
                 previous=expected_previous(digest, a.previous_manifest),
                 plan_digest=digest,
             )
-            assert opened == plaintexts[-1]
+            assert opened.read_bytes() == plaintexts[-1]
         nxt = stubs[site].GetNextHop(site_pb2.GetNextHopRequest(run_id=run.run_id, hop_index=hop))
         recipient = "owner" if hop == 3 else other
         assert nxt.final == (hop == 3)
@@ -300,7 +300,7 @@ def test_two_site_run_relays_sealed_bytes_hop_to_hop(
         previous=manifest_digest(manifests[-2]),
         plan_digest=digest,
     )
-    assert opened == plaintexts[-1]
+    assert opened.read_bytes() == plaintexts[-1]
     kinds = [
         e.kind for e in admin.WatchRun(admin_pb2.WatchRunRequest(run_id=run.run_id), timeout=10)
     ]
@@ -448,23 +448,16 @@ def test_model_larger_than_message_limit_arrives_bit_identical(
     assert a.input.blob_id == ref.blob_id
     dest = tmp_path / "big.in"
     transfer.download(stubs["site-b"], run_id=run.run_id, hop_index=1, blob=ref, dest=dest)
-    opened = dest.with_suffix(".opened")
-    open_file(
+    opened = open_as(
+        coordinator,
+        "site-b",
         dest,
-        opened,
         a.input_manifest,
-        me=coordinator.pki.identity("site-b").spiffe_id,
-        my_key=coordinator.pki.keys("site-b").encryption_key,
-        expect=Expectation(
-            run_id=run.run_id,
-            hop_index=0,
-            sender=coordinator.pki.identity("site-a").spiffe_id,
-            previous_manifest_hash=digest,
-            plan_hash=digest,
-            max_plaintext_bytes=1 << 30,
-        ),
-        sender_key=coordinator.pki.keys("site-a").signing_key.public_key(),
-        replay=MemoryReplayGuard(),
+        sender="site-a",
+        run_id=run.run_id,
+        hop=0,
+        previous=digest,
+        plan_digest=digest,
     )
     assert _sha(opened) == _sha(src)
 
