@@ -138,6 +138,10 @@ class SecuritySection:
     """Largest L2 norm of all weights together that a site accepts from the previous hop;
     a larger model is rejected before any training (a crude guard against blown-up or
     maliciously scaled weights)."""
+    escrow_to_owner: bool = False
+    """Also wrap every hop's content key to the study owner, who can then open (and audit)
+    any intermediate model, not only the final one. Off by default: the fewer parties can
+    open a hop, the better."""
 
     def __post_init__(self) -> None:
         if not self.max_weight_norm > 0:

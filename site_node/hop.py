@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric import x25519
 from torch import nn
 
 from baton.codec import load_into, load_state_file, save_state_file, state_of
@@ -281,10 +282,21 @@ class HopRunner:
                 schema_hash=checked.schema_digest,
             ),
             sender_key=self._keys.signing_key,
-            recipients=[
-                RecipientKey(spiffe_id=recipient.spiffe_id, public_key=keys.encryption_key)
-            ],
+            recipients=self._recipients(checked, recipient, keys.encryption_key),
         )
+
+    @staticmethod
+    def _recipients(
+        checked: _Verified, recipient: Identity, key: x25519.X25519PublicKey
+    ) -> list[RecipientKey]:
+        """The next party, and the study owner too when the plan asks for escrow."""
+        out = [RecipientKey(spiffe_id=recipient.spiffe_id, public_key=key)]
+        owner = checked.owner
+        if checked.plan.security.escrow_to_owner and owner.identity != recipient:
+            out.append(
+                RecipientKey(spiffe_id=owner.identity.spiffe_id, public_key=owner.encryption_key)
+            )
+        return out
 
     def _report(self, a: site_pb2.Assignment, stage: str, metrics: dict[str, float]) -> None:
         self._stub.ReportMetrics(

@@ -12,12 +12,20 @@ from pathlib import Path
 
 import pytest
 
+from baton.codec import load_state_file
 from baton.data import Partition, make_federation
+from baton.hop_manifest import SealError
 from baton.replay import MemoryReplayGuard
+from baton.sealing import plan_hash
 from baton.v1 import admin_pb2, common_pb2, site_pb2
 from site_node.hop import HopRunner, LocalData
 from tests.conftest import LiveCoordinator
-from tests.integration.test_coordinator_grpc import create_request, next_assignment, register
+from tests.integration.test_coordinator_grpc import (
+    create_request,
+    next_assignment,
+    open_as,
+    register,
+)
 
 PLAN = """
 [run]
@@ -143,3 +151,55 @@ def test_honest_assignment_is_accepted(coordinator: LiveCoordinator, tmp_path: P
     got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
     assert got.state == common_pb2.RUN_STATE_SUCCEEDED
     assert got.hops[1].metrics_after["accuracy"] > 0.8
+
+
+@pytest.mark.parametrize("escrow", [True, False])
+def test_escrow_lets_the_owner_open_an_intermediate_hop(
+    coordinator: LiveCoordinator, tmp_path: Path, escrow: bool
+) -> None:
+    stubs = register(coordinator, "site-a", "site-b")
+    fed = make_federation("breast_cancer", ["site-a", "site-b"], Partition(kind="iid"), seed=0)
+    text = PLAN + f"\n[security]\nescrow_to_owner = {'true' if escrow else 'false'}\n"
+    request = create_request(coordinator.pki, text)
+    admin = coordinator.admin()
+    run = admin.CreateRun(request).run
+    runner = HopRunner(
+        stubs["site-a"],
+        tls=coordinator.pki.material("site-a"),
+        keys=coordinator.pki.keys("site-a"),
+        local=LocalData(schema=fed.schema, data=fed.sites["site-a"]),
+        work_dir=tmp_path / "site-a",
+        replay=MemoryReplayGuard(),
+    )
+    assert runner.run(next_assignment(stubs["site-a"]))
+    hop0 = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id)).hops[0]
+    sealed = tmp_path / "hop0.sealed"
+    sealed.write_bytes(b"".join(coordinator.server.blobs.read(hop0.output.blob_id)))
+    digest = plan_hash(text, request.plan_signature)
+
+    def owner_opens() -> Path:
+        return open_as(
+            coordinator,
+            "owner",
+            sealed,
+            hop0.output_manifest,
+            sender="site-a",
+            run_id=run.run_id,
+            hop=0,
+            previous=digest,
+            plan_digest=digest,
+        )
+
+    if escrow:
+        state = load_state_file(owner_opens())
+        assert set(state) == {
+            "input_norm.mean",
+            "input_norm.std",
+            "input_norm.fitted",
+            "linear.weight",
+            "linear.bias",
+        }
+    else:
+        with pytest.raises(SealError) as err:
+            owner_opens()
+        assert err.value.reason == "wrong_recipient"
