@@ -11,6 +11,7 @@ from rich.console import Console
 from baton import exit_codes
 from baton.cli_admin import register
 from baton.cli_pki import pki_app
+from baton.cli_verify import register as register_verify
 from baton.demo import DemoOptions, run_demo
 from baton.entry import configure_logging, exit_on_error, make_app
 from baton.errors import ConfigError, PkiError, TransportError
@@ -19,6 +20,7 @@ from baton.procs import ProcessExited
 app = make_app("Baton: sequential learning across hospitals.")
 app.add_typer(pki_app, name="pki", help="Create the federation CA and issue certificates.")
 register(app)
+register_verify(app)
 
 
 @app.command()

@@ -54,14 +54,14 @@ class AdminConfig:
     """Name expected in the coordinator's certificate when it differs from the host dialled."""
 
 
-def _config(path: Path) -> AdminConfig:
+def load_admin_config(path: Path) -> AdminConfig:
     cfg = build(AdminConfig, read_toml(path), source=str(path), section="")
     base = path.parent
     return dataclasses.replace(cfg, tls=cfg.tls.relative_to(base), keys_dir=base / cfg.keys_dir)
 
 
-def _client(path: Path) -> AdminClient:
-    cfg = _config(path)
+def admin_client(path: Path) -> AdminClient:
+    cfg = load_admin_config(path)
     return AdminClient(cfg.coordinator, cfg.tls.load(), server_name=cfg.server_name or None)
 
 
@@ -81,8 +81,10 @@ def register(app: typer.Typer) -> None:
         """Submit a run plan to the coordinator."""
         with exit_on_error(_CODES, exit_codes.CLI_ERROR):
             load_plan(plan)  # validate locally first: clearer errors, no round trip
-            with _client(admin) as client:
-                run = client.create_run(read_plan_text(plan), AppKeys.load(_config(admin).keys_dir))
+            with admin_client(admin) as client:
+                run = client.create_run(
+                    read_plan_text(plan), AppKeys.load(load_admin_config(admin).keys_dir)
+                )
                 console.print(f"run {run.run_id} created ({run.total_hops} hops)")
                 if watch:
                     _watch(client, run.run_id)
@@ -90,7 +92,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def runs(admin: AdminOpt) -> None:
         """List runs, newest first."""
-        with exit_on_error(_CODES, exit_codes.CLI_ERROR), _client(admin) as client:
+        with exit_on_error(_CODES, exit_codes.CLI_ERROR), admin_client(admin) as client:
             table = Table("run", "name", "state", "hops", "strategy")
             for r in client.list_runs():
                 table.add_row(r.run_id, r.name, _state(r.state), str(r.total_hops), r.strategy)
@@ -99,7 +101,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def status(run_id: str, admin: AdminOpt) -> None:
         """Show one run hop by hop."""
-        with exit_on_error(_CODES, exit_codes.CLI_ERROR), _client(admin) as client:
+        with exit_on_error(_CODES, exit_codes.CLI_ERROR), admin_client(admin) as client:
             r = client.get_run(run_id)
             console.print(f"run {r.run_id} '{r.name}': {_state(r.state)} {r.error}")
             table = Table("hop", "cycle", "site", "state", "val acc before", "val acc after")
@@ -117,21 +119,21 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def watch(run_id: str, admin: AdminOpt) -> None:
         """Follow a run's events until it ends."""
-        with exit_on_error(_CODES, exit_codes.CLI_ERROR), _client(admin) as client:
+        with exit_on_error(_CODES, exit_codes.CLI_ERROR), admin_client(admin) as client:
             _watch(client, run_id)
 
     @app.command()
     def cancel(run_id: str, admin: AdminOpt, reason: str = "") -> None:
         """Cancel a running run."""
-        with exit_on_error(_CODES, exit_codes.CLI_ERROR), _client(admin) as client:
+        with exit_on_error(_CODES, exit_codes.CLI_ERROR), admin_client(admin) as client:
             r = client.cancel_run(run_id, reason)
             console.print(f"run {r.run_id}: {_state(r.state)}")
 
     @app.command()
     def fetch(run_id: str, out: Path, admin: AdminOpt) -> None:
         """Download the final model of a succeeded run, open it and write it as safetensors."""
-        with exit_on_error(_CODES, exit_codes.CLI_ERROR), _client(admin) as client:
-            cfg = _config(admin)
+        with exit_on_error(_CODES, exit_codes.CLI_ERROR), admin_client(admin) as client:
+            cfg = load_admin_config(admin)
             manifest = fetch_result(
                 client, run_id, out, owner=AppKeys.load(cfg.keys_dir), ca_pem=cfg.tls.load().ca_pem
             )
@@ -143,7 +145,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def sites(admin: AdminOpt) -> None:
         """List registered sites and their leases."""
-        with exit_on_error(_CODES, exit_codes.CLI_ERROR), _client(admin) as client:
+        with exit_on_error(_CODES, exit_codes.CLI_ERROR), admin_client(admin) as client:
             table = Table("site", "online", "examples", "labels", "cpus")
             for s in client.list_sites():
                 table.add_row(

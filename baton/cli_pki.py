@@ -1,4 +1,4 @@
-"""``baton pki``: create a federation CA and issue certificates from it."""
+"""``baton pki``: create a federation CA, issue certificates from it, and revoke them."""
 
 from __future__ import annotations
 
@@ -27,11 +27,15 @@ from baton.pki import (
     create_ca,
     federation_of_ca,
     issue,
+    load_certificate,
     read_file,
 )
+from baton.revocation import DEFAULT_CRL_DAYS, REASONS, issue_crl, revoke
 from baton.sealing import ENCRYPTION_CERT_FILE, KEY_REQUEST_FILE, SIGNING_CERT_FILE
 
-pki_app = make_app("Create a federation CA and issue TLS certificates from it.", name="pki")
+pki_app = make_app(
+    "Create a federation CA, issue TLS certificates from it, and revoke them.", name="pki"
+)
 
 
 def _fail(exc: BatonError) -> typer.Exit:
@@ -148,6 +152,55 @@ def certify_command(
     console.print(
         f"  {escape(str(out / SIGNING_CERT_FILE))}, {escape(str(out / ENCRYPTION_CERT_FILE))}"
     )
+
+
+@pki_app.command("revoke")
+def revoke_command(
+    ca: Annotated[Path, typer.Option("--ca", help="Directory holding ca.pem and ca.key.")],
+    cert: Annotated[Path, typer.Option("--cert", help="The certificate to revoke (PEM).")],
+    crl: Annotated[Path, typer.Option("--crl", help="The CRL file to update (created if new).")],
+    reason: Annotated[
+        str,
+        typer.Option("--reason", click_type=click.Choice(REASONS), help="RFC 5280 reason."),
+    ] = "unspecified",
+    days: Annotated[
+        int, typer.Option("--days", help="Days until the new CRL goes stale.")
+    ] = DEFAULT_CRL_DAYS,
+) -> None:
+    """Revoke a certificate: add its serial to the CRL signed by the CA.
+
+    Copy the CRL to the coordinator (its config's crl); it is picked up without a restart.
+    """
+    try:
+        pem = read_file(cert, role="certificate")
+        serial = load_certificate(pem, source=f"certificate {cert}").serial_number
+        revoke(ca, crl, pem, reason=reason, days=days)
+    except BatonError as exc:
+        raise _fail(exc) from None
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(f"revoked serial [bold]{serial:x}[/bold] ({escape(reason)})")
+    console.print(f"  CRL  {escape(str(crl))}  (fresh for {days} days)")
+
+
+@pki_app.command("crl")
+def crl_command(
+    ca: Annotated[Path, typer.Option("--ca", help="Directory holding ca.pem and ca.key.")],
+    crl: Annotated[Path, typer.Option("--crl", help="The CRL file to create or refresh.")],
+    days: Annotated[
+        int, typer.Option("--days", help="Days until the new CRL goes stale.")
+    ] = DEFAULT_CRL_DAYS,
+) -> None:
+    """Issue the CRL afresh (an empty one if new) before the current one goes stale."""
+    try:
+        issued = issue_crl(ca, crl, days=days)
+    except BatonError as exc:
+        raise _fail(exc) from None
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(
+        f"issued CRL number [bold]{issued.number}[/bold] "
+        f"({len(issued.serials)} revoked, fresh until {issued.next_update:%Y-%m-%d %H:%M} UTC)"
+    )
+    console.print(f"  CRL  {escape(str(crl))}")
 
 
 def _federation(ca_dir: Path) -> str:

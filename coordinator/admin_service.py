@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 
-from baton.errors import ConflictError
-from baton.tls import require_peer
+from baton.errors import ConflictError, PkiError
+from baton.tls import peer_certificate_pem, require_peer
 from baton.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 from baton.wire import CHUNK_BYTES
 from coordinator.blobs import BlobStore
@@ -24,7 +24,17 @@ WATCH_POLL_SECONDS = 1.0
 
 
 class AdminService(admin_pb2_grpc.AdminServiceServicer):
-    """Implements ``baton.v1.AdminService`` for callers holding an admin certificate."""
+    """Implements ``baton.v1.AdminService`` for callers holding an admin certificate.
+
+    Args:
+        store: Coordinator state.
+        blobs: Model blob store.
+        scheduler: The run engine.
+        federation: Only certificates of this federation's admins are served.
+        lease_seconds: How long a site stays online after a heartbeat.
+        revoked: Whether a certificate (PEM) is revoked; callers presenting one are refused,
+            and so are plans whose owner certificates are.
+    """
 
     def __init__(
         self,
@@ -34,21 +44,32 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         scheduler: Scheduler,
         federation: str,
         lease_seconds: float,
+        revoked: Callable[[bytes], bool] = lambda cert_pem: False,
     ) -> None:
         self._store = store
         self._blobs = blobs
         self._scheduler = scheduler
         self._federation = federation
         self._lease_ms = int(lease_seconds * 1000)
+        self._revoked = revoked
 
     def _admin(self, context: grpc.ServicerContext) -> str:
-        return require_peer(context, federation=self._federation, kind="admin").name
+        name = require_peer(context, federation=self._federation, kind="admin").name
+        if self._revoked(peer_certificate_pem(context)):
+            raise PkiError(f"the TLS certificate of admin {name} is revoked")
+        return name
 
     @translate_errors
     def CreateRun(
         self, request: admin_pb2.CreateRunRequest, context: grpc.ServicerContext
     ) -> admin_pb2.CreateRunResponse:
         admin = self._admin(context)
+        for pem in (
+            request.owner_signing_certificate_pem,
+            request.owner_encryption_certificate_pem,
+        ):
+            if pem and self._revoked(pem.encode()):
+                raise PkiError(f"admin {admin} sent a plan with a revoked owner certificate")
         signed = SignedPlan(
             signature=request.plan_signature,
             owner_signing_pem=request.owner_signing_certificate_pem,
@@ -90,6 +111,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             if ended:
                 return
             version = self._scheduler.wait_for_change(version, WATCH_POLL_SECONDS)
+            self._admin(context)  # a certificate revoked meanwhile ends the stream
 
     @translate_errors
     def CancelRun(

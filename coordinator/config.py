@@ -23,6 +23,9 @@ class CoordinatorConfig:
         ca = "pki/ca.pem"
         cert = "pki/coordinator.pem"
         key = "pki/coordinator.key"
+
+    The TLS certificate and key files may be replaced while the coordinator runs (new
+    connections get the new pair); so may the CRL file.
     """
 
     tls: TlsFiles
@@ -37,12 +40,22 @@ class CoordinatorConfig:
     """Largest model blob a site may upload."""
     workers: int = 64
     """gRPC worker threads; each connected site holds one for its assignment stream."""
+    crl: Path | None = None
+    """The federation CA's revocation list (``baton pki revoke``). When set, the file MUST
+    exist and be fresh, and peers with a revoked certificate are refused; when unset,
+    nothing is revoked."""
+    crl_reload_seconds: float = 5.0
+    """How often the coordinator looks for a replaced CRL file at most."""
 
     def __post_init__(self) -> None:
         if self.lease_seconds <= 0:
             raise ValueError(f"'lease_seconds' must be positive, not {self.lease_seconds}")
         if self.workers < 4:
             raise ValueError(f"'workers' must be at least 4, not {self.workers}")
+        if self.crl_reload_seconds < 0:
+            raise ValueError(
+                f"'crl_reload_seconds' must not be negative, not {self.crl_reload_seconds}"
+            )
         if ":" not in self.listen:
             raise ValueError(f"'listen' must be host:port, not {self.listen!r}")
 
@@ -61,4 +74,9 @@ def load_coordinator_config(path: Path) -> CoordinatorConfig:
     """Loads a coordinator config, resolving relative paths against the file's directory."""
     cfg = build(CoordinatorConfig, read_toml(path), source=str(path), section="")
     base = path.parent
-    return dataclasses.replace(cfg, tls=cfg.tls.relative_to(base), state_dir=base / cfg.state_dir)
+    return dataclasses.replace(
+        cfg,
+        tls=cfg.tls.relative_to(base),
+        state_dir=base / cfg.state_dir,
+        crl=None if cfg.crl is None else base / cfg.crl,
+    )

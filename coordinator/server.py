@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from baton.errors import TransportError
-from baton.tls import TlsMaterial, server_credentials
+from baton.revocation import CrlWatcher
+from baton.tls import TlsMaterial
 from baton.v1 import admin_pb2_grpc, site_pb2_grpc
 from baton.wire import SERVER_OPTIONS
 from coordinator.admin_service import AdminService
@@ -20,6 +22,7 @@ from coordinator.scheduler import Scheduler
 from coordinator.site_service import SiteService
 from coordinator.store.base import Store
 from coordinator.store.sqlite import SqliteStore
+from coordinator.tls_reload import ReloadingServerCredentials
 
 logger = logging.getLogger(__name__)
 
@@ -29,16 +32,26 @@ SERVICE_NAMES = ("baton.v1.SiteService", "baton.v1.AdminService")
 class CoordinatorServer:
     """A running coordinator. Use ``start()`` then ``stop()`` (or as a context manager).
 
+    The TLS certificate and key files named by ``config.tls`` may be replaced while it
+    runs: new connections get the new pair. Peers whose certificate the CRL named by
+    ``config.crl`` revokes are refused on every RPC; the CRL file may be replaced too.
+
     Args:
         config: The coordinator's configuration.
-        tls: Loaded TLS material (the caller reports PKI errors before anything starts).
+        tls: TLS material loaded from ``config.tls`` (the caller reports PKI errors before
+            anything starts).
         store: State store; defaults to SQLite under ``config.state_dir``.
+
+    Raises:
+        PkiError: If ``config.crl`` is set and the CRL is missing, stale or not the CA's.
+        TransportError: If the listen address cannot be bound.
     """
 
     def __init__(
         self, config: CoordinatorConfig, tls: TlsMaterial, *, store: Store | None = None
     ) -> None:
         self.config = config
+        revoked = _revocation_check(config, tls.ca_pem)
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.store: Store = store if store is not None else SqliteStore(config.database)
         self.blobs = FileBlobStore(config.blob_dir)
@@ -57,6 +70,7 @@ class CoordinatorServer:
                 ca_pem=tls.ca_pem,
                 lease_seconds=config.lease_seconds,
                 max_blob_bytes=config.max_blob_bytes,
+                revoked=revoked,
             ),
             self._server,
         )
@@ -67,13 +81,15 @@ class CoordinatorServer:
                 scheduler=self.scheduler,
                 federation=federation,
                 lease_seconds=config.lease_seconds,
+                revoked=revoked,
             ),
             self._server,
         )
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        self.tls = ReloadingServerCredentials(config.tls, tls)
         try:
-            self.port = self._server.add_secure_port(config.listen, server_credentials(tls))
+            self.port = self._server.add_secure_port(config.listen, self.tls.credentials())
         except RuntimeError as exc:
             self.store.close()
             raise TransportError(f"cannot listen on {config.listen}: {exc}") from None
@@ -105,6 +121,20 @@ class CoordinatorServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _revocation_check(config: CoordinatorConfig, ca_pem: bytes) -> Callable[[bytes], bool]:
+    """Whether a certificate (PEM) is revoked: by the configured CRL, or never without one."""
+    if config.crl is None:
+        return lambda cert_pem: False
+    watcher = CrlWatcher(config.crl, ca_pem, interval=config.crl_reload_seconds)
+    logger.info(
+        "revocation list %s: number %d, %d revoked",
+        config.crl,
+        watcher.crl.number,
+        len(watcher.crl.serials),
+    )
+    return watcher.is_revoked
 
 
 def write_port_file(path: Path, port: int) -> None:

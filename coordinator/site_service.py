@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 
 from baton.domain import BlobRef
-from baton.errors import BlobError, ConflictError, NotFoundError
+from baton.errors import BlobError, ConflictError, NotFoundError, PkiError
 from baton.hop_manifest import SealError, verify_manifest
 from baton.pki import Identity
 from baton.sealing import check_party
@@ -45,6 +45,8 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         ca_pem: The federation CA, to check the sites' application-key certificates.
         lease_seconds: Lease granted per heartbeat.
         max_blob_bytes: Largest blob a site may upload.
+        revoked: Whether a certificate (PEM) is revoked; sites presenting one are refused,
+            and are never named as a hop's recipient.
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         ca_pem: bytes,
         lease_seconds: float,
         max_blob_bytes: int,
+        revoked: Callable[[bytes], bool] = lambda cert_pem: False,
     ) -> None:
         self._store = store
         self._ca_pem = ca_pem
@@ -65,11 +68,18 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         self._federation = federation
         self._lease_seconds = lease_seconds
         self._max_blob_bytes = max_blob_bytes
+        self._revoked = revoked
         self._finished: dict[str, common_pb2.BlobRef] = {}
         self._finished_lock = threading.Lock()
 
     def _site(self, context: grpc.ServicerContext) -> Identity:
-        return require_peer(context, federation=self._federation, kind="site")
+        identity = require_peer(context, federation=self._federation, kind="site")
+        if self._revoked(peer_certificate_pem(context)):
+            raise PkiError(f"the TLS certificate of site {identity.name} is revoked")
+        return identity
+
+    def _any_revoked(self, *pems: str) -> bool:
+        return any(pem and self._revoked(pem.encode()) for pem in pems)
 
     def _registered_site(self, context: grpc.ServicerContext) -> str:
         site_id = self._site(context).name
@@ -93,6 +103,8 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
             request.encryption_certificate_pem,
             identity,
         )
+        if self._any_revoked(request.signing_certificate_pem, request.encryption_certificate_pem):
+            raise PkiError(f"site {identity.name} registered a revoked application certificate")
         now = now_ms()
         self._store.upsert_site(
             SiteRecord(
@@ -135,6 +147,7 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         version = -1
         while context.is_active():
             version = self._scheduler.wait_for_change(version, WATCH_POLL_SECONDS)
+            self._site(context)  # a certificate revoked meanwhile ends the stream
             for hop in self._store.assigned_hops_for_site(site_id):
                 key = (hop.run_id, hop.hop_index)
                 if key in sent:
@@ -235,6 +248,13 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         nxt = self._scheduler.next_hop(site_id, request.run_id, request.hop_index)
         if nxt is None:
             run = self._store.get_run(request.run_id)
+            if self._any_revoked(
+                run.owner_signing_certificate_pem, run.owner_encryption_certificate_pem
+            ):
+                raise ConflictError(
+                    f"the study owner of run {run.run_id} has a revoked certificate",
+                    run_id=run.run_id,
+                )
             return site_pb2.GetNextHopResponse(
                 final=True,
                 hop_index=run.total_hops,
@@ -242,6 +262,14 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
                 encryption_certificate_pem=run.owner_encryption_certificate_pem,
             )
         recipient = self._store.get_site(nxt.site_id)
+        if self._any_revoked(
+            recipient.certificate_pem,
+            recipient.signing_certificate_pem,
+            recipient.encryption_certificate_pem,
+        ):
+            raise ConflictError(
+                f"the next site {nxt.site_id} has a revoked certificate", site_id=nxt.site_id
+            )
         return site_pb2.GetNextHopResponse(
             site_id=nxt.site_id,
             hop_index=nxt.hop_index,

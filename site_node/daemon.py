@@ -13,6 +13,7 @@ from baton import __version__
 from baton.data import profile_of, read_site_data
 from baton.domain import Capabilities
 from baton.errors import ConfigError, PkiError, TransportError
+from baton.audit import AuditLog
 from baton.replay import SqliteReplayGuard
 from baton.sealing import AppKeys, check_party
 from baton.serde import capabilities_to_proto, profile_to_proto
@@ -64,6 +65,11 @@ class SiteDaemon:
             self._replay = SqliteReplayGuard(config.work_dir / "replay.db")
         except OSError as exc:
             raise ConfigError(f"{config.work_dir / 'replay.db'}: cannot open ({exc})") from None
+        self._audit = AuditLog(
+            config.work_dir / "audit.jsonl",
+            party=self._tls.identity.spiffe_id,
+            signing_key=self._keys.signing_key,
+        )
         self._stop = threading.Event()
         self._stream: grpc.Call | None = None
         self._done: set[tuple[str, int]] = set()
@@ -148,6 +154,7 @@ class SiteDaemon:
             local=self._local,
             work_dir=self._cfg.work_dir,
             replay=self._replay,
+            audit=self._audit,
         )
         try:
             stream = stub.WatchAssignments(site_pb2.WatchAssignmentsRequest())

@@ -28,12 +28,14 @@ from baton.keys import PartyKeys
 from baton.models import build_model
 from baton.pki import Identity
 from baton.plan import RunPlan, parse_plan
+from baton.audit import AuditLog
 from baton.replay import ReplayGuard
 from baton.sealing import (
     AppKeys,
     check_owner,
     check_party,
     expected_previous,
+    manifest_digest,
     schema_hash,
     verify_plan,
 )
@@ -90,6 +92,7 @@ class HopRunner:
         local: The site's dataset.
         work_dir: Private directory for models in transit.
         replay: Remembers every hop this site accepted, across restarts.
+        audit: This site's signed, hash-chained audit log.
     """
 
     def __init__(
@@ -101,6 +104,7 @@ class HopRunner:
         local: LocalData,
         work_dir: Path,
         replay: ReplayGuard,
+        audit: AuditLog,
     ) -> None:
         self._stub = stub
         self._tls = tls
@@ -108,6 +112,7 @@ class HopRunner:
         self._local = local
         self._work_dir = work_dir
         self._replay = replay
+        self._audit = audit
         self._me = tls.identity
 
     def run(self, a: site_pb2.Assignment) -> bool:
@@ -121,6 +126,10 @@ class HopRunner:
         except BatonError as exc:
             reason = next((r for cls, r in _REASONS if isinstance(exc, cls)), "site_error")
             logger.error("run %s hop %d failed: %s", a.run_id, a.hop_index, exc.message)
+            detail = {"reason": reason}
+            if isinstance(exc, SealError):
+                detail["check"] = exc.reason
+            self._audit.append("hop_rejected", run_id=a.run_id, hop=a.hop_index, detail=detail)
             # The coordinator learns the category only; details stay in this site's log.
             self._fail(a, reason, "" if isinstance(exc, SealError | PkiError) else exc.message)
         except Exception:
@@ -162,6 +171,12 @@ class HopRunner:
             plain_in.unlink(missing_ok=True)
             plain_out.unlink(missing_ok=True)
         ref = transfer.upload(self._stub, run_id=a.run_id, hop_index=a.hop_index, source=sealed)
+        self._audit.append(
+            "hop_sent",
+            run_id=a.run_id,
+            hop=a.hop_index,
+            detail={"manifest": manifest_digest(manifest), "blob": ref.blob_id},
+        )
         self._stub.CompleteHop(
             site_pb2.CompleteHopRequest(
                 run_id=a.run_id,
@@ -184,6 +199,12 @@ class HopRunner:
         ca = self._tls.ca_pem
         owner = check_owner(ca, a.owner_signing_certificate_pem, a.owner_encryption_certificate_pem)
         plan_digest = verify_plan(a.plan_toml, a.plan_signature, owner)
+        self._audit.append(
+            "plan_accepted",
+            run_id=a.run_id,
+            hop=a.hop_index,
+            detail={"plan": plan_digest, "owner": owner.identity.spiffe_id},
+        )
         plan = parse_plan(a.plan_toml, source=f"plan of run {a.run_id}")
         schema = self._local.schema
         if plan.task.dataset != schema.task:
@@ -238,6 +259,12 @@ class HopRunner:
             )
             load_into(model, load_state_file(plain_in), max_norm=plan.security.max_weight_norm)
             input_digest = manifest.digest
+            self._audit.append(
+                "hop_received",
+                run_id=a.run_id,
+                hop=a.hop_index,
+                detail={"manifest": manifest.digest, "sender": manifest.sender},
+            )
             logger.info("hop %d: opened the model sealed by %s", a.hop_index, a.previous_site_id)
         checked = _Verified(
             plan=plan,

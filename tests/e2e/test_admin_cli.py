@@ -79,6 +79,10 @@ def test_submit_watch_status_fetch(tmp_path: Path) -> None:
         status = baton("status", run_id, "--admin", str(admin))
         assert status.stdout.count("completed") == 2
 
+        verified = baton("verify-run", run_id, "--admin", str(admin))
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        assert verified.stdout.count("ok") >= 2
+
         out = tmp_path / "model.safetensors"
         fetched = baton("fetch", run_id, str(out), "--admin", str(admin))
         assert fetched.returncode == 0, fetched.stderr

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from baton.admin_client import AdminClient
+from baton.audit import verify_log
 from baton.codec import load_state_file
 from baton.data import Partition
 from baton.localfed import provision, start, wait_until_online
@@ -100,9 +101,21 @@ def test_three_site_run_passes_the_model_through_every_site(tmp_path: Path) -> N
         data = path.read_bytes()
         for canary in canaries:
             assert canary not in data, f"plaintext weights found in {path}"
-    # Each site keeps no plaintext model once its hop is done.
+    # Each site keeps no plaintext model once its hop is done, and its signed audit log
+    # records the hops it received and sent (two per cycle) and verifies.
     for site in SITES:
-        assert not list((layout.site_dir(site) / "work").rglob("*.safetensors"))
+        work = layout.site_dir(site) / "work"
+        assert not list(work.rglob("*.safetensors"))
+        report = verify_log(
+            work / "audit.jsonl",
+            public_key=AppKeys.load(layout.site_dir(site) / "keys").signing_key.public_key(),
+        )
+        assert report.ok, report.first_break
+        events = [
+            json.loads(line)["event"] for line in (work / "audit.jsonl").read_text().splitlines()
+        ]
+        assert events.count("hop_sent") == 2
+        assert events.count("hop_received") == (2 if hops[0].site_id != site else 1)
     # The processes computed exactly what the in-process simulator computes for the same
     # plan, data and order: transport and relay changed nothing.
     orders = [[h.site_id for h in hops if h.cycle == c] for c in (0, 1)]

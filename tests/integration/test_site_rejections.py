@@ -7,11 +7,13 @@ test plays the malicious relay by editing the assignment a site receives.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from baton.audit import AuditLog, verify_log
 from baton.codec import load_state_file
 from baton.data import Partition, make_federation
 from baton.hop_manifest import SealError
@@ -43,6 +45,25 @@ strategy = "fixed"
 """
 
 Tamper = Callable[[site_pb2.Assignment, LiveCoordinator], None]
+
+
+@pytest.fixture
+def audits(coordinator: LiveCoordinator, tmp_path: Path) -> Iterator[Callable[[str], AuditLog]]:
+    """Opens (once) and closes each site's audit log."""
+    logs: dict[str, AuditLog] = {}
+
+    def audit(site: str) -> AuditLog:
+        if site not in logs:
+            logs[site] = AuditLog(
+                tmp_path / f"{site}.audit.jsonl",
+                party=coordinator.pki.identity(site).spiffe_id,
+                signing_key=coordinator.pki.keys(site).signing_key,
+            )
+        return logs[site]
+
+    yield audit
+    for log in logs.values():
+        log.close()
 
 
 def _garbage_manifest(a: site_pb2.Assignment, c: LiveCoordinator) -> None:
@@ -92,7 +113,11 @@ def _chain_from_elsewhere(a: site_pb2.Assignment, c: LiveCoordinator) -> None:
     ids=lambda v: v.__name__.strip("_") if callable(v) else v,
 )
 def test_tampered_assignment_is_rejected_before_training(
-    coordinator: LiveCoordinator, tmp_path: Path, tamper: Tamper, reason: str
+    coordinator: LiveCoordinator,
+    tmp_path: Path,
+    audits: Callable[[str], AuditLog],
+    tamper: Tamper,
+    reason: str,
 ) -> None:
     stubs = register(coordinator, "site-a", "site-b")
     fed = make_federation("breast_cancer", ["site-a", "site-b"], Partition(kind="iid"), seed=0)
@@ -105,6 +130,7 @@ def test_tampered_assignment_is_rejected_before_training(
             local=LocalData(schema=fed.schema, data=fed.sites[site]),
             work_dir=tmp_path / site,
             replay=MemoryReplayGuard(),
+            audit=audits(site),
         )
 
     admin = coordinator.admin()
@@ -126,13 +152,21 @@ def test_tampered_assignment_is_rejected_before_training(
     # No plaintext model was left behind, and nothing was trained.
     assert not list((tmp_path / "site-b").rglob("*.safetensors"))
     assert not got.hops[1].metrics_after
+    # The site's own signed log records the rejection, and the log verifies.
+    log = tmp_path / "site-b.audit.jsonl"
+    report = verify_log(log, public_key=coordinator.pki.keys("site-b").signing_key.public_key())
+    assert report.ok
+    last = json.loads(log.read_text().splitlines()[-1])
+    assert (last["event"], last["hop"], last["detail"]["reason"]) == ("hop_rejected", 1, reason)
     events = admin.WatchRun(admin_pb2.WatchRunRequest(run_id=run.run_id), timeout=10)
     assert not [
         e for e in events if e.hop_index == 1 and e.kind == admin_pb2.EVENT_KIND_HOP_PROGRESS
     ]
 
 
-def test_honest_assignment_is_accepted(coordinator: LiveCoordinator, tmp_path: Path) -> None:
+def test_honest_assignment_is_accepted(
+    coordinator: LiveCoordinator, tmp_path: Path, audits: Callable[[str], AuditLog]
+) -> None:
     """The control case: the same set-up without tampering completes the run."""
     stubs = register(coordinator, "site-a", "site-b")
     fed = make_federation("breast_cancer", ["site-a", "site-b"], Partition(kind="iid"), seed=0)
@@ -146,16 +180,22 @@ def test_honest_assignment_is_accepted(coordinator: LiveCoordinator, tmp_path: P
             local=LocalData(schema=fed.schema, data=fed.sites[site]),
             work_dir=tmp_path / site,
             replay=MemoryReplayGuard(),
+            audit=audits(site),
         )
         assert runner.run(next_assignment(stubs[site]))
     got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
     assert got.state == common_pb2.RUN_STATE_SUCCEEDED
     assert got.hops[1].metrics_after["accuracy"] > 0.8
+    events = [
+        json.loads(line)["event"]
+        for line in (tmp_path / "site-b.audit.jsonl").read_text().splitlines()
+    ]
+    assert events == ["plan_accepted", "hop_received", "hop_sent"]
 
 
 @pytest.mark.parametrize("escrow", [True, False])
 def test_escrow_lets_the_owner_open_an_intermediate_hop(
-    coordinator: LiveCoordinator, tmp_path: Path, escrow: bool
+    coordinator: LiveCoordinator, tmp_path: Path, audits: Callable[[str], AuditLog], escrow: bool
 ) -> None:
     stubs = register(coordinator, "site-a", "site-b")
     fed = make_federation("breast_cancer", ["site-a", "site-b"], Partition(kind="iid"), seed=0)
@@ -170,6 +210,7 @@ def test_escrow_lets_the_owner_open_an_intermediate_hop(
         local=LocalData(schema=fed.schema, data=fed.sites["site-a"]),
         work_dir=tmp_path / "site-a",
         replay=MemoryReplayGuard(),
+        audit=audits("site-a"),
     )
     assert runner.run(next_assignment(stubs["site-a"]))
     hop0 = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id)).hops[0]
