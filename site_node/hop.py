@@ -19,6 +19,7 @@ import grpc
 from cryptography.hazmat.primitives.asymmetric import x25519
 from torch import nn
 
+from baton.audit import AuditLog
 from baton.codec import load_into, load_state_file, save_state_file, state_of
 from baton.data import Schema, SiteData
 from baton.envelope import Expectation, HopContext, RecipientKey, open_file, seal_file
@@ -28,7 +29,6 @@ from baton.keys import PartyKeys
 from baton.models import build_model
 from baton.pki import Identity
 from baton.plan import RunPlan, parse_plan
-from baton.audit import AuditLog
 from baton.replay import ReplayGuard
 from baton.sealing import (
     AppKeys,
