@@ -111,11 +111,11 @@ def test_three_site_run_passes_the_model_through_every_site(tmp_path: Path) -> N
             public_key=AppKeys.load(layout.site_dir(site) / "keys").signing_key.public_key(),
         )
         assert report.ok, report.first_break
-        events = [
+        logged = [
             json.loads(line)["event"] for line in (work / "audit.jsonl").read_text().splitlines()
         ]
-        assert events.count("hop_sent") == 2
-        assert events.count("hop_received") == (2 if hops[0].site_id != site else 1)
+        assert logged.count("hop_sent") == 2
+        assert logged.count("hop_received") == (2 if hops[0].site_id != site else 1)
     # The processes computed exactly what the in-process simulator computes for the same
     # plan, data and order: transport and relay changed nothing.
     orders = [[h.site_id for h in hops if h.cycle == c] for c in (0, 1)]
