@@ -10,6 +10,7 @@ from rich.console import Console
 
 from baton import exit_codes
 from baton.cli_admin import register
+from baton.cli_lab import register as register_lab
 from baton.cli_pki import pki_app
 from baton.cli_verify import register as register_verify
 from baton.demo import DemoOptions, run_demo
@@ -21,6 +22,7 @@ app = make_app("Baton: sequential learning across hospitals.")
 app.add_typer(pki_app, name="pki", help="Create the federation CA and issue certificates.")
 register(app)
 register_verify(app)
+register_lab(app)
 
 
 @app.command()

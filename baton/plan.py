@@ -89,7 +89,8 @@ class OrderingSection:
     """How the coordinator chooses the order of sites."""
 
     strategy: str = "reshuffle"
-    """A strategy name from ``ordering`` (``fixed``, ``random``, ``reshuffle``)."""
+    """A strategy name from ``ordering.known_strategies()``: ``fixed``, ``random``,
+    ``reshuffle``, ``by_size``, ``typicality``, ``path``, ``greedy_loss``, ``learned``."""
     options: dict[str, Any] = field(default_factory=dict)
     """Strategy-specific options."""
 

@@ -397,3 +397,24 @@ def _write_atomically(path: Path, data: bytes) -> None:
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         raise PkiError(f"cannot write CRL {path}: {exc.strerror}") from None
+
+
+def revocation_check(
+    crl: Path | None, ca_pem: bytes, *, interval: float = 5.0
+) -> Callable[[bytes | str], bool]:
+    """Whether a certificate (PEM) is revoked: by the CRL at ``crl`` (watched for changes),
+    or never when no CRL is configured.
+
+    Raises:
+        PkiError: A CRL is configured but missing, stale, or not signed by the CA.
+    """
+    if crl is None:
+        return lambda cert_pem: False
+    watcher = CrlWatcher(crl, ca_pem, interval=interval)
+    logger.info(
+        "revocation list %s: number %d, %d revoked",
+        crl,
+        watcher.crl.number,
+        len(watcher.crl.serials),
+    )
+    return watcher.is_revoked

@@ -18,10 +18,11 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from baton.audit import AuditLog
 from baton.domain import BlobRef
 from baton.errors import ConfigError, ConflictError, NotFoundError
 from baton.plan import RunPlan, parse_plan
-from baton.sealing import check_owner, verify_plan
+from baton.sealing import check_owner, manifest_digest, verify_plan
 from coordinator.blobs import BlobStore
 from coordinator.rpc import Denied
 from coordinator.store.base import (
@@ -58,13 +59,21 @@ class Scheduler:
         store: Durable state.
         blobs: The blob store, to check that uploaded outputs exist.
         ca_pem: The federation CA, to check the study owner's certificates.
+        audit: The coordinator's signed audit log (None only in unit tests).
         clock: Source of Unix milliseconds (tests inject a fake).
     """
 
     def __init__(
-        self, store: Store, blobs: BlobStore, *, ca_pem: bytes, clock: Callable[[], int] = now_ms
+        self,
+        store: Store,
+        blobs: BlobStore,
+        *,
+        ca_pem: bytes,
+        audit: AuditLog | None = None,
+        clock: Callable[[], int] = now_ms,
     ) -> None:
         self._store = store
+        self._audit = audit
         self._blobs = blobs
         self._ca_pem = ca_pem
         self._clock = clock
@@ -103,7 +112,7 @@ class Scheduler:
         """
         plan = parse_plan(plan_toml, source="run plan")
         owner = check_owner(self._ca_pem, signed.owner_signing_pem, signed.owner_encryption_pem)
-        verify_plan(plan_toml, signed.signature, owner)
+        digest = verify_plan(plan_toml, signed.signature, owner)
         known = {s.site_id for s in self._store.list_sites()}
         missing = [s for s in plan.run.sites if s not in known]
         if missing:
@@ -124,6 +133,11 @@ class Scheduler:
         with self._changed:
             self._store.create_run(run)
             self._event(run.run_id, EventKind.RUN_CREATED, message=f"run {run.name!r} created")
+            self._record(
+                "run_created",
+                run.run_id,
+                detail={"plan": digest, "owner": owner.identity.spiffe_id},
+            )
             self._plan_cycle(run, plan, 0)
             self._advance(run.run_id)
             self._bump()
@@ -142,6 +156,7 @@ class Scheduler:
             message = reason or "cancelled by an administrator"
             run = self._store.update_run(run_id, state=RunState.CANCELLED, error=message)
             self._event(run_id, EventKind.RUN_CANCELLED, message=message)
+            self._record("run_cancelled", run_id)
             self._bump()
         return run
 
@@ -259,6 +274,16 @@ class Scheduler:
                     "train_seconds": train_seconds,
                 },
             )
+            self._record(
+                "hop_completed",
+                run_id,
+                hop=hop_index,
+                detail={
+                    "site": site_id,
+                    "manifest": manifest_digest(output_manifest),
+                    "blob": output.blob_id,
+                },
+            )
             self._advance(run_id)
             self._bump()
 
@@ -278,6 +303,9 @@ class Scheduler:
                 run_id,
                 state=RunState.FAILED,
                 error=f"hop {hop_index} at {site_id} failed: {detail}",
+            )
+            self._record(
+                "hop_failed", run_id, hop=hop_index, detail={"site": site_id, "reason": reason}
             )
             self._event(
                 run_id,
@@ -339,6 +367,9 @@ class Scheduler:
             result = done[-1].output
             self._store.update_run(run_id, state=RunState.SUCCEEDED, result=result)
             self._event(run_id, EventKind.RUN_SUCCEEDED, message="every hop completed")
+            self._record(
+                "run_succeeded", run_id, detail={"result": result.blob_id if result else ""}
+            )
             logger.info("run %s succeeded", run_id)
             return
         nxt = len(done)
@@ -354,6 +385,17 @@ class Scheduler:
             site_id=hop.site_id,
             message=f"cycle {hop.cycle}",
         )
+
+    def _record(
+        self,
+        event: str,
+        run_id: str,
+        *,
+        hop: int | None = None,
+        detail: dict[str, str] | None = None,
+    ) -> None:
+        if self._audit is not None:
+            self._audit.append(event, run_id=run_id, hop=hop, detail=detail)
 
     def _event(
         self,

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from baton.audit import AuditLog, key_fingerprint
 from baton.errors import TransportError
-from baton.revocation import CrlWatcher
+from baton.pki import load_private_key
+from baton.revocation import revocation_check
 from baton.tls import TlsMaterial
 from baton.v1 import admin_pb2_grpc, site_pb2_grpc
 from baton.wire import SERVER_OPTIONS
@@ -51,11 +52,12 @@ class CoordinatorServer:
         self, config: CoordinatorConfig, tls: TlsMaterial, *, store: Store | None = None
     ) -> None:
         self.config = config
-        revoked = _revocation_check(config, tls.ca_pem)
+        revoked = revocation_check(config.crl, tls.ca_pem, interval=config.crl_reload_seconds)
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.store: Store = store if store is not None else SqliteStore(config.database)
         self.blobs = FileBlobStore(config.blob_dir)
-        self.scheduler = Scheduler(self.store, self.blobs, ca_pem=tls.ca_pem)
+        self.audit = open_audit_log(config.state_dir, tls)
+        self.scheduler = Scheduler(self.store, self.blobs, ca_pem=tls.ca_pem, audit=self.audit)
         federation = tls.identity.federation
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),
@@ -71,6 +73,7 @@ class CoordinatorServer:
                 lease_seconds=config.lease_seconds,
                 max_blob_bytes=config.max_blob_bytes,
                 revoked=revoked,
+                audit=self.audit,
             ),
             self._server,
         )
@@ -92,9 +95,11 @@ class CoordinatorServer:
             self.port = self._server.add_secure_port(config.listen, self.tls.credentials())
         except RuntimeError as exc:
             self.store.close()
+            self.audit.close()
             raise TransportError(f"cannot listen on {config.listen}: {exc}") from None
         if self.port == 0:
             self.store.close()
+            self.audit.close()
             raise TransportError(f"cannot listen on {config.listen}")
 
     def start(self) -> None:
@@ -110,6 +115,7 @@ class CoordinatorServer:
         self._health.enter_graceful_shutdown()
         self._server.stop(grace).wait()
         self.store.close()
+        self.audit.close()
 
     def wait(self) -> None:
         """Blocks until the server stops."""
@@ -123,22 +129,19 @@ class CoordinatorServer:
         self.stop()
 
 
-def _revocation_check(config: CoordinatorConfig, ca_pem: bytes) -> Callable[[bytes], bool]:
-    """Whether a certificate (PEM) is revoked: by the configured CRL, or never without one."""
-    if config.crl is None:
-        return lambda cert_pem: False
-    watcher = CrlWatcher(config.crl, ca_pem, interval=config.crl_reload_seconds)
-    logger.info(
-        "revocation list %s: number %d, %d revoked",
-        config.crl,
-        watcher.crl.number,
-        len(watcher.crl.serials),
-    )
-    return watcher.is_revoked
-
-
 def write_port_file(path: Path, port: int) -> None:
     """Publishes the bound port atomically (for ``listen = "...:0"``)."""
     tmp = path.with_suffix(".tmp")
     tmp.write_text(f"{port}\n", encoding="ascii")
     tmp.replace(path)
+
+
+def open_audit_log(state_dir: Path, tls: TlsMaterial) -> AuditLog:
+    """The coordinator's audit log, signed with its TLS key (its only key).
+
+    One file per key (``audit-<fingerprint>.jsonl``): a rotated TLS key starts a new chain
+    instead of breaking the old one, which stays verifiable with the old certificate.
+    """
+    key = load_private_key(tls.key_pem, source="the coordinator's TLS key")
+    name = f"audit-{key_fingerprint(key.public_key())[:16]}.jsonl"
+    return AuditLog(state_dir / name, party=tls.identity.spiffe_id, signing_key=key)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
+from baton.audit import AuditLog
 from baton.domain import BlobRef
 from baton.errors import BlobError, ConflictError, NotFoundError, PkiError
 from baton.hop_manifest import SealError, verify_manifest
@@ -47,6 +48,7 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         max_blob_bytes: Largest blob a site may upload.
         revoked: Whether a certificate (PEM) is revoked; sites presenting one are refused,
             and are never named as a hop's recipient.
+        audit: The coordinator's signed audit log (None only in unit tests).
     """
 
     def __init__(
@@ -60,7 +62,9 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         lease_seconds: float,
         max_blob_bytes: int,
         revoked: Callable[[bytes], bool] = lambda cert_pem: False,
+        audit: AuditLog | None = None,
     ) -> None:
+        self._audit = audit
         self._store = store
         self._ca_pem = ca_pem
         self._blobs = blobs
@@ -122,6 +126,7 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         logger.info(
             "site %s registered (software %s)", identity.name, request.software_version or "?"
         )
+        self._record("site_registered", "", detail={"site": identity.name})
         return site_pb2.RegisterResponse(
             site_id=identity.name, federation=identity.federation, lease_seconds=self._lease_seconds
         )
@@ -296,7 +301,16 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         output = blob_ref_from_proto(request.output)
         if output is None:
             raise BlobError("a completed hop must name its output blob")
-        self._check_manifest(site_id, request, output)
+        try:
+            self._check_manifest(site_id, request, output)
+        except SealError as exc:
+            self._record(
+                "manifest_rejected",
+                request.run_id,
+                hop=request.hop_index,
+                detail={"site": site_id, "check": exc.reason},
+            )
+            raise
         self._scheduler.complete_hop(
             site_id,
             request.run_id,
@@ -347,6 +361,12 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
             message=request.message[:500],
         )
         return site_pb2.FailHopResponse()
+
+    def _record(
+        self, event: str, run_id: str, *, hop: int | None = None, detail: dict[str, str]
+    ) -> None:
+        if self._audit is not None:
+            self._audit.append(event, run_id=run_id, hop=hop, detail=detail)
 
     @staticmethod
     def _transfer_key(site_id: str, transfer_id: str) -> str:

@@ -5,20 +5,28 @@ It does no I/O and imports nothing from ``coordinator`` or ``site_node``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from baton.errors import ConfigError
-from ordering.base import HopOutcome, OrderingContext, OrderingStrategy, cycle_rng
+from ordering.adaptive import GreedyIncomingLoss
+from ordering.base import HopOutcome, OrderingContext, OrderingStrategy, ProbeOutcome, cycle_rng
+from ordering.learned import LearnedOrder
+from ordering.paths import DissimilarityPath
+from ordering.profile_based import BySize, ByTypicality
 from ordering.strategies import FixedOrder, RandomOrder, Reshuffle
 
-if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
-
 __all__ = [
+    "BySize",
+    "ByTypicality",
+    "DissimilarityPath",
     "FixedOrder",
+    "GreedyIncomingLoss",
     "HopOutcome",
+    "LearnedOrder",
     "OrderingContext",
     "OrderingStrategy",
+    "ProbeOutcome",
     "RandomOrder",
     "Reshuffle",
     "cycle_rng",
@@ -26,13 +34,28 @@ __all__ = [
     "make_strategy",
 ]
 
-_FACTORIES: dict[str, Callable[[], OrderingStrategy]] = {
-    FixedOrder.name: FixedOrder,
-    RandomOrder.name: RandomOrder,
-    Reshuffle.name: Reshuffle,
+_Factory = Callable[[Mapping[str, Any]], OrderingStrategy]
+_FACTORIES: dict[str, _Factory] = {
+    FixedOrder.name: lambda _: FixedOrder(),
+    RandomOrder.name: lambda _: RandomOrder(),
+    Reshuffle.name: lambda _: Reshuffle(),
+    BySize.name: BySize.from_options,
+    ByTypicality.name: ByTypicality.from_options,
+    DissimilarityPath.name: DissimilarityPath.from_options,
+    GreedyIncomingLoss.name: GreedyIncomingLoss.from_options,
+    LearnedOrder.name: LearnedOrder.from_options,
 }
 # Options each strategy accepts; a name not listed here is a configuration error.
-_OPTIONS: dict[str, frozenset[str]] = {name: frozenset() for name in _FACTORIES}
+_OPTIONS: dict[str, frozenset[str]] = {
+    FixedOrder.name: frozenset(),
+    RandomOrder.name: frozenset(),
+    Reshuffle.name: frozenset(),
+    BySize.name: BySize.OPTIONS,
+    ByTypicality.name: ByTypicality.OPTIONS,
+    DissimilarityPath.name: DissimilarityPath.OPTIONS,
+    GreedyIncomingLoss.name: GreedyIncomingLoss.OPTIONS,
+    LearnedOrder.name: LearnedOrder.OPTIONS,
+}
 
 
 def known_strategies() -> tuple[str, ...]:
@@ -51,7 +74,8 @@ def make_strategy(name: str, options: Mapping[str, Any]) -> OrderingStrategy:
         A new strategy.
 
     Raises:
-        ConfigError: The name is unknown, or an option is not one the strategy accepts.
+        ConfigError: The name is unknown, an option is not one the strategy accepts, or
+            an option's value is invalid.
     """
     factory = _FACTORIES.get(name)
     if factory is None:
@@ -65,4 +89,4 @@ def make_strategy(name: str, options: Mapping[str, Any]) -> OrderingStrategy:
             f"ordering strategy {name!r} does not accept option(s) {', '.join(unknown)}; "
             f"accepted: {accepted}"
         )
-    return factory()
+    return factory(options)

@@ -28,6 +28,21 @@ class HopOutcome:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class ProbeOutcome:
+    """A probe run: one order trained end to end, its final model measured at the sites.
+
+    Probes cost a whole extra training run each; no RPC produces them in a live
+    federation yet, the ordering lab does (``baton.lab``).
+    """
+
+    order: tuple[str, ...]
+    """The order of one cycle, repeated in every cycle of the probe run."""
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    """Validation metrics of the final model, averaged over the sites' validation splits
+    (weighted by their sizes)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class OrderingContext:
     """Everything a strategy may use to order one cycle; strategies MUST NOT mutate it."""
 
@@ -41,6 +56,8 @@ class OrderingContext:
     """The cycle to order (0-based)."""
     seed: int = 0
     """The run plan's seed."""
+    probes: tuple[ProbeOutcome, ...] = ()
+    """Probe runs made for this run so far (the learned strategy's richest data)."""
 
     def __post_init__(self) -> None:
         if len(set(self.sites)) != len(self.sites):

@@ -30,6 +30,9 @@ class SiteConfig:
     """Coordinator address, ``host:port``. The site only ever dials out to it."""
     tls: TlsFiles
     """The site's client certificate, its key, and the pinned federation CA."""
+    crl: Path | None = None
+    """The federation's certificate revocation list (signed by the CA, re-read when it
+    changes); a site never accepts a model from, nor seals one to, a revoked party."""
     keys_dir: Path = Path("keys")
     """The site's application keys: ``signing.key`` and ``encryption.key`` (private, 0600)
     with their certificates ``signing.pem`` and ``encryption.pem`` from the federation CA."""
@@ -67,6 +70,7 @@ def load_site_config(path: Path) -> SiteConfig:
         cfg,
         tls=cfg.tls.relative_to(base),
         keys_dir=base / cfg.keys_dir,
+        crl=None if cfg.crl is None else base / cfg.crl,
         data_dir=base / cfg.data_dir,
         work_dir=base / cfg.work_dir,
     )

@@ -10,11 +10,12 @@ import grpc
 import torch
 
 from baton import __version__
+from baton.audit import AuditLog
 from baton.data import profile_of, read_site_data
 from baton.domain import Capabilities
 from baton.errors import ConfigError, PkiError, TransportError
-from baton.audit import AuditLog
 from baton.replay import SqliteReplayGuard
+from baton.revocation import revocation_check
 from baton.sealing import AppKeys, check_party
 from baton.serde import capabilities_to_proto, profile_to_proto
 from baton.tls import channel_credentials
@@ -65,6 +66,7 @@ class SiteDaemon:
             self._replay = SqliteReplayGuard(config.work_dir / "replay.db")
         except OSError as exc:
             raise ConfigError(f"{config.work_dir / 'replay.db'}: cannot open ({exc})") from None
+        self._revoked = revocation_check(config.crl, self._tls.ca_pem)
         self._audit = AuditLog(
             config.work_dir / "audit.jsonl",
             party=self._tls.identity.spiffe_id,
@@ -155,6 +157,7 @@ class SiteDaemon:
             work_dir=self._cfg.work_dir,
             replay=self._replay,
             audit=self._audit,
+            revoked=self._revoked,
         )
         try:
             stream = stub.WatchAssignments(site_pb2.WatchAssignmentsRequest())

@@ -93,6 +93,7 @@ class HopRunner:
         work_dir: Private directory for models in transit.
         replay: Remembers every hop this site accepted, across restarts.
         audit: This site's signed, hash-chained audit log.
+        revoked: Whether a certificate (PEM) is on the federation's revocation list.
     """
 
     def __init__(
@@ -105,7 +106,9 @@ class HopRunner:
         work_dir: Path,
         replay: ReplayGuard,
         audit: AuditLog,
+        revoked: Callable[[bytes | str], bool] = lambda pem: False,
     ) -> None:
+        self._revoked = revoked
         self._stub = stub
         self._tls = tls
         self._keys = keys
@@ -198,6 +201,9 @@ class HopRunner:
     ) -> tuple[nn.Module, _Verified]:
         ca = self._tls.ca_pem
         owner = check_owner(ca, a.owner_signing_certificate_pem, a.owner_encryption_certificate_pem)
+        self._refuse_revoked(
+            "the study owner", a.owner_signing_certificate_pem, a.owner_encryption_certificate_pem
+        )
         plan_digest = verify_plan(a.plan_toml, a.plan_signature, owner)
         self._audit.append(
             "plan_accepted",
@@ -234,6 +240,11 @@ class HopRunner:
                 a.sender_signing_certificate_pem,
                 a.sender_encryption_certificate_pem,
                 Identity(federation=self._me.federation, kind="site", name=a.previous_site_id),
+            )
+            self._refuse_revoked(
+                f"site {a.previous_site_id}",
+                a.sender_signing_certificate_pem,
+                a.sender_encryption_certificate_pem,
             )
             sealed = run_dir / f"hop-{a.hop_index:05d}.in.sealed"
             transfer.download(
@@ -296,6 +307,9 @@ class HopRunner:
         keys = check_party(
             self._tls.ca_pem, nxt.signing_certificate_pem, nxt.encryption_certificate_pem, recipient
         )
+        self._refuse_revoked(
+            recipient.spiffe_id, nxt.signing_certificate_pem, nxt.encryption_certificate_pem
+        )
         return seal_file(
             plain,
             sealed,
@@ -324,6 +338,10 @@ class HopRunner:
                 RecipientKey(spiffe_id=owner.identity.spiffe_id, public_key=owner.encryption_key)
             )
         return out
+
+    def _refuse_revoked(self, who: str, *pems: str) -> None:
+        if any(self._revoked(pem) for pem in pems):
+            raise PkiError(f"a certificate of {who} is revoked")
 
     def _report(self, a: site_pb2.Assignment, stage: str, metrics: dict[str, float]) -> None:
         self._stub.ReportMetrics(

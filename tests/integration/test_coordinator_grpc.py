@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+from cryptography import x509
 
+from baton.audit import verify_log
 from baton.domain import BlobRef
 from baton.envelope import Expectation, HopContext, RecipientKey, open_file, seal_file
 from baton.pki import Identity, create_ca, issue
@@ -172,6 +176,15 @@ def open_as(
     return out
 
 
+def coordinator_audit(coord: LiveCoordinator) -> list[dict[str, Any]]:
+    """The coordinator's audit entries, after checking the log's chain and signatures."""
+    [log] = coord.server.config.state_dir.glob("audit-*.jsonl")
+    key = x509.load_pem_x509_certificate(coord.pki.files("coordinator").cert.read_bytes())
+    report = verify_log(log, public_key=key.public_key())  # type: ignore[arg-type]
+    assert report.ok, report.first_break
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
 def test_site_identity_comes_from_the_certificate(coordinator: LiveCoordinator) -> None:
     register(coordinator, "site-a")
     sites = coordinator.admin().ListSites(admin_pb2.ListSitesRequest()).sites
@@ -307,6 +320,20 @@ def test_two_site_run_relays_sealed_bytes_hop_to_hop(
     assert kinds[0] == admin_pb2.EVENT_KIND_RUN_CREATED
     assert kinds[-1] == admin_pb2.EVENT_KIND_RUN_SUCCEEDED
     assert kinds.count(admin_pb2.EVENT_KIND_HOP_COMPLETED) == 4
+    entries = coordinator_audit(coordinator)
+    assert [e["event"] for e in entries] == [
+        "site_registered",
+        "site_registered",
+        "run_created",
+        "hop_completed",
+        "hop_completed",
+        "hop_completed",
+        "hop_completed",
+        "run_succeeded",
+    ]
+    assert [e["detail"]["manifest"] for e in entries[3:7]] == [
+        manifest_digest(m) for m in manifests
+    ]
 
 
 def test_coordinator_refuses_a_manifest_that_does_not_match(
@@ -354,6 +381,8 @@ def test_coordinator_refuses_a_manifest_that_does_not_match(
             )
         assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert err.value.details() == "rejected"
+    rejected = [e for e in coordinator_audit(coordinator) if e["event"] == "manifest_rejected"]
+    assert [e["detail"]["check"] for e in rejected] == ["bad_signature", "malformed", "malformed"]
     # The run is unharmed: hop 0 is still assigned and can complete properly.
     got = coordinator.admin().GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
     assert got.state == common_pb2.RUN_STATE_RUNNING

@@ -18,6 +18,7 @@ from baton.codec import load_state_file
 from baton.data import Partition, make_federation
 from baton.hop_manifest import SealError
 from baton.replay import MemoryReplayGuard
+from baton.revocation import revocation_check, revoke
 from baton.sealing import plan_hash
 from baton.v1 import admin_pb2, common_pb2, site_pb2
 from site_node.hop import HopRunner, LocalData
@@ -244,3 +245,39 @@ def test_escrow_lets_the_owner_open_an_intermediate_hop(
         with pytest.raises(SealError) as err:
             owner_opens()
         assert err.value.reason == "wrong_recipient"
+
+
+def test_site_refuses_a_model_from_a_revoked_site(
+    coordinator: LiveCoordinator, tmp_path: Path, audits: Callable[[str], AuditLog]
+) -> None:
+    """The coordinator's CRL may lag (or the coordinator may lie): the site checks its own."""
+    stubs = register(coordinator, "site-a", "site-b")
+    fed = make_federation("breast_cancer", ["site-a", "site-b"], Partition(kind="iid"), seed=0)
+    admin = coordinator.admin()
+    run = admin.CreateRun(create_request(coordinator.pki, PLAN)).run
+    a_runner = HopRunner(
+        stubs["site-a"],
+        tls=coordinator.pki.material("site-a"),
+        keys=coordinator.pki.keys("site-a"),
+        local=LocalData(schema=fed.schema, data=fed.sites["site-a"]),
+        work_dir=tmp_path / "site-a",
+        replay=MemoryReplayGuard(),
+        audit=audits("site-a"),
+    )
+    assert a_runner.run(next_assignment(stubs["site-a"]))
+    crl = tmp_path / "crl.pem"
+    revoke(coordinator.pki.root / "ca", crl, coordinator.pki.keys("site-a").signing_cert_pem)
+    b_runner = HopRunner(
+        stubs["site-b"],
+        tls=coordinator.pki.material("site-b"),
+        keys=coordinator.pki.keys("site-b"),
+        local=LocalData(schema=fed.schema, data=fed.sites["site-b"]),
+        work_dir=tmp_path / "site-b",
+        replay=MemoryReplayGuard(),
+        audit=audits("site-b"),
+        revoked=revocation_check(crl, coordinator.pki.ca_pem),
+    )
+    assert not b_runner.run(next_assignment(stubs["site-b"]))
+    got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
+    assert got.error == "hop 1 at site-b failed: untrusted_party"
+    assert not list((tmp_path / "site-b").rglob("*.safetensors"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import random
 from collections import Counter
 
 import pytest
@@ -19,8 +20,9 @@ from ordering import (
     make_strategy,
 )
 
-DETERMINISTIC = frozenset({"fixed"})
-RANDOMIZED = frozenset({"random", "reshuffle"})
+DETERMINISTIC = frozenset({"fixed", "by_size", "typicality", "path", "greedy_loss"})
+RANDOMIZED = frozenset({"random", "reshuffle", "learned"})
+NAN = float("nan")
 SITES = ("st-anna", "general", "mercy", "county", "university")
 
 
@@ -50,7 +52,7 @@ def _full_cycle(order: tuple[str, ...], cycle: int) -> tuple[HopOutcome, ...]:
 def test_every_strategy_is_classified() -> None:
     # A new strategy must be added to one of the sets, so the contract covers it.
     assert set(known_strategies()) == DETERMINISTIC | RANDOMIZED
-    assert known_strategies() == ("fixed", "random", "reshuffle")
+    assert known_strategies()[:3] == ("fixed", "random", "reshuffle")
 
 
 class TestStrategyContract:
@@ -74,6 +76,41 @@ class TestStrategyContract:
                 assert isinstance(order, tuple)
                 assert sorted(order) == sorted(sites)
                 assert len(order) == n
+
+    @pytest.mark.parametrize("n", [1, 2, 3, 5, 9])
+    def test_returns_a_permutation_whatever_the_history_and_profiles(
+        self, strategy: OrderingStrategy, n: int
+    ) -> None:
+        # Ragged histories: partial cycles, unknown sites, missing or non-finite metrics,
+        # sites without profiles, histograms of different lengths.
+        sites = tuple(f"site-{i}" for i in range(n))
+        gen = random.Random(n)
+        for seed in range(20):
+            history = tuple(
+                HopOutcome(
+                    cycle=h // max(1, n),
+                    site_id=gen.choice([*sites, "stranger"]),
+                    metrics_before=gen.choice(
+                        [{}, {"loss": gen.random(), "accuracy": gen.random()}, {"loss": NAN}]
+                    ),
+                    metrics_after={"loss": gen.random()},
+                )
+                for h in range(gen.randrange(0, 4 * n + 1))
+            )
+            profiles = {
+                s: DataProfile(
+                    num_examples=gen.randrange(0, 100),
+                    label_histogram=tuple(gen.randrange(0, 5) for _ in range(gen.randrange(4))),
+                )
+                for s in sites
+                if gen.random() < 0.8
+            }
+            for cycle in range(4):
+                ctx = OrderingContext(
+                    sites=sites, profiles=profiles, history=history, cycle=cycle, seed=seed
+                )
+                order = strategy.cycle_order(ctx)
+                assert sorted(order) == sorted(sites)
 
     def test_empty_site_list_gives_empty_order(self, strategy: OrderingStrategy) -> None:
         assert strategy.cycle_order(_ctx(())) == ()
@@ -107,7 +144,7 @@ class TestStrategyContract:
             # 120 permutations of 5 sites; 200 uniform draws hit far more than 50 of them.
             assert len(orders) > 50
         else:
-            assert orders == {SITES}
+            assert len(orders) == 1
 
     def test_cycles_vary_the_order_only_for_random_strategies(
         self, strategy: OrderingStrategy
@@ -116,7 +153,7 @@ class TestStrategyContract:
         if strategy.name in RANDOMIZED:
             assert len(orders) > 50
         else:
-            assert orders == {SITES}
+            assert len(orders) == 1
 
 
 def test_make_strategy_rejects_unknown_names_listing_the_known() -> None:

@@ -1,0 +1,7 @@
+"""The ordering lab: measures in simulation how much site order matters and who picks it well.
+
+Modules: ``batched`` (many orders trained at once with the sites' SGD), ``oracle`` (every
+order's accuracy, percentiles, the order/noise ratio), ``baselines`` (FedAvg through
+Flower's aggregation, pooled training), ``runner`` (strategies driven as the coordinator
+drives them), ``grid`` (cells, trials, records) and ``report`` (JSON, markdown, SVG).
+"""

@@ -1,0 +1,186 @@
+"""The oracle: final accuracy of every order (or a uniform sample), and order statistics."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from baton.lab.batched import pooled_val, supports_batched, train_orders_batched
+from baton.models import build_model
+from baton.simulate import simulate_sequential
+from site_node.trainer import evaluate
+
+if TYPE_CHECKING:
+    from baton.data import Federation
+    from baton.plan import RunPlan
+
+EXHAUSTIVE_MAX_SITES = 6
+"""Up to this many sites every order is evaluated (6! = 720)."""
+SAMPLED_ORDERS = 720
+"""Orders drawn uniformly, without replacement, beyond ``EXHAUSTIVE_MAX_SITES``."""
+
+
+def candidate_orders(
+    sites: Sequence[str], *, seed: int = 0, sample_size: int = SAMPLED_ORDERS
+) -> tuple[tuple[str, ...], ...]:
+    """All orders of ``sites`` (in ``itertools.permutations`` order) for up to 6 sites;
+    beyond, ``sample_size`` distinct orders drawn uniformly with ``numpy`` seed ``seed``."""
+    k = len(sites)
+    if k <= EXHAUSTIVE_MAX_SITES or math.factorial(k) <= sample_size:
+        return tuple(itertools.permutations(sites))
+    rng = np.random.default_rng(seed)
+    if k <= 8:
+        every = list(itertools.permutations(sites))
+        pick = rng.choice(len(every), size=sample_size, replace=False)
+        return tuple(every[i] for i in sorted(pick))
+    drawn: dict[tuple[str, ...], None] = {}
+    while len(drawn) < sample_size:
+        drawn[tuple(sites[i] for i in rng.permutation(k))] = None
+    return tuple(drawn)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True, eq=False)
+class OrderScores:
+    """Final accuracies of many orders over repetitions that share initial weights."""
+
+    orders: tuple[tuple[str, ...], ...]
+    """The orders; each is repeated in every cycle."""
+    seeds: tuple[int, ...]
+    """Run seed of each repetition: initial weights and hop seeds, shared by all orders."""
+    test: np.ndarray[Any, np.dtype[np.float64]]
+    """Test accuracy, ``[order, repetition]``."""
+    val: np.ndarray[Any, np.dtype[np.float64]]
+    """Pooled validation accuracy of the sites, ``[order, repetition]``."""
+
+    def index(self, order: Sequence[str]) -> int | None:
+        """Row of ``order``, or None if it was not evaluated."""
+        try:
+            return self.orders.index(tuple(order))
+        except ValueError:
+            return None
+
+
+def evaluate_orders(
+    plan: RunPlan,
+    federation: Federation,
+    orders: Sequence[Sequence[str]],
+    seeds: Sequence[int],
+    *,
+    batched: bool = True,
+) -> OrderScores:
+    """Trains every order once per seed (``plan.run.seed`` replaced by each seed).
+
+    With ``batched`` (and a plan :func:`supports_batched` accepts) all orders of a seed
+    train together; otherwise one by one with :func:`simulate_sequential`.
+    """
+    rows = tuple(tuple(o) for o in orders)
+    test = np.zeros((len(rows), len(seeds)))
+    val = np.zeros_like(test)
+    pooled = pooled_val(federation)
+    for r, seed in enumerate(seeds):
+        rep = dataclasses.replace(plan, run=dataclasses.replace(plan.run, seed=seed))
+        if batched and supports_batched(rep):
+            acc = train_orders_batched(rep, federation, rows)
+            test[:, r], val[:, r] = acc.test, acc.val
+            continue
+        for i, order in enumerate(rows):
+            result = simulate_sequential(rep, federation, [order] * rep.run.cycles)
+            test[i, r] = result.test_metrics["accuracy"]
+            val[i, r] = _pooled_accuracy(rep, federation, result.state, pooled)
+    return OrderScores(orders=rows, seeds=tuple(seeds), test=test, val=val)
+
+
+def _pooled_accuracy(plan: RunPlan, federation: Federation, state: Any, pooled: Any) -> float:
+    model = build_model(
+        plan.model.name,
+        plan.model.args,
+        num_features=len(federation.schema.feature_names),
+        num_classes=federation.schema.num_classes,
+        seed=plan.run.seed,
+    )
+    model.load_state_dict(state)
+    return evaluate(model, pooled)["accuracy"]
+
+
+def percentile_of(value: float, population: Sequence[float] | np.ndarray[Any, Any]) -> float:
+    """Percentile rank of ``value`` in ``population``: ``100 * (below + equal / 2) / n``."""
+    pop = np.asarray(population, dtype=np.float64)
+    below = float(np.sum(pop < value - 1e-12))
+    equal = float(np.sum(np.abs(pop - value) <= 1e-12))
+    return 100.0 * (below + equal / 2) / len(pop)
+
+
+def expected_range(n: int) -> float:
+    """Expected ``max - min`` of ``n`` independent standard normal draws."""
+    if n < 2:
+        return 0.0
+    x = np.linspace(-9.0, 9.0, 20001)
+    cdf = np.array([0.5 * (1.0 + math.erf(v / math.sqrt(2.0))) for v in x])
+    return float(np.trapezoid(1.0 - cdf**n - (1.0 - cdf) ** n, x))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OrderEffect:
+    """How much order matters in one trial, against repetition noise."""
+
+    gap: float
+    """Best minus worst order, on accuracies averaged over repetitions."""
+    noise_sd: float
+    """Standard deviation of an order's repetition mean due to noise alone (pooled
+    within-order variance over repetitions, divided by their number); nan with one."""
+    noise_gap: float
+    """The best-worst gap expected from noise alone among this many orders."""
+    ratio: float
+    """Order/noise ratio: standard deviation of the orders' means over ``noise_sd``."""
+
+
+def order_effect(test: np.ndarray[Any, Any]) -> OrderEffect:
+    """The :class:`OrderEffect` of a ``[order, repetition]`` accuracy table."""
+    means = test.mean(axis=1)
+    n_orders, reps = test.shape
+    gap = float(means.max() - means.min())
+    if reps < 2 or n_orders < 2:
+        return OrderEffect(gap=gap, noise_sd=math.nan, noise_gap=math.nan, ratio=math.nan)
+    noise_sd = math.sqrt(float(test.var(axis=1, ddof=1).mean()) / reps)
+    order_sd = float(means.std(ddof=1))
+    ratio = order_sd / noise_sd if noise_sd > 0 else math.inf if order_sd > 0 else math.nan
+    return OrderEffect(
+        gap=gap, noise_sd=noise_sd, noise_gap=noise_sd * expected_range(n_orders), ratio=ratio
+    )
+
+
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def t_critical_975(dof: int) -> float:
+    """The 97.5% quantile of Student's t with ``dof`` degrees of freedom (3 decimals).
+
+    Tabulated up to 10; beyond, the Cornish-Fisher expansion around the normal quantile.
+    """
+    if dof < 1:
+        raise ValueError("dof must be at least 1")
+    if dof <= len(_T975):
+        return _T975[dof - 1]
+    z = 1.959964
+    return (
+        z
+        + (z**3 + z) / (4 * dof)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * dof**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * dof**3)
+    )
+
+
+def ci95(values: Sequence[float]) -> tuple[float, float]:
+    """Two-sided 95% Student-t confidence interval of the mean; nan bounds below 2 values."""
+    arr = np.asarray(values, dtype=np.float64)
+    if len(arr) < 2:
+        return math.nan, math.nan
+    mean = float(arr.mean())
+    half = t_critical_975(len(arr) - 1) * float(arr.std(ddof=1)) / math.sqrt(len(arr))
+    return mean - half, mean + half

@@ -1,0 +1,128 @@
+"""The lab's outputs: ``results.json``, a markdown table, and an SVG plot of percentiles."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from html import escape
+from pathlib import Path
+from typing import Any
+
+RESULTS_FILE = "results.json"
+TABLE_FILE = "results.md"
+PLOT_FILE = "percentiles.svg"
+REQUIRED_KEYS = (
+    "dataset",
+    "partition",
+    "k",
+    "strategy",
+    "percentile_mean",
+    "best_order_rate",
+    "pct_of_centralized",
+    "ci95",
+    "order_noise_ratio",
+)
+"""Keys every record carries."""
+
+
+def _clean(value: Any) -> Any:
+    """NaN and infinities become null (JSON has no such numbers)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    return value
+
+
+def _cell_key(r: Mapping[str, Any]) -> str:
+    return (
+        f"{r['dataset']} {r['partition']} K={r['k']} "
+        f"e={r.get('local_epochs', '?')} c={r.get('cycles', '?')}"
+    )
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def markdown_table(records: Sequence[Mapping[str, Any]]) -> str:
+    """One row per record; cells where order does not beat noise are marked."""
+    lines = [
+        "| cell | strategy | percentile (95% CI) | regret | best order | % centralized "
+        "| order/noise | gap vs noise gap | extra runs |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        lo, hi = r["ci95"]
+        sensitive = "" if r.get("order_sensitive") else " (order ~ noise)"
+        lines.append(
+            f"| {_cell_key(r)}{sensitive} | {r['strategy']} | {_fmt(r['percentile_mean'])} "
+            f"({_fmt(lo)}-{_fmt(hi)}) | {_fmt(100 * r['regret_mean'])} pts "
+            f"| {_fmt(100 * r['best_order_rate'], 0)}% | {_fmt(r['pct_of_centralized'])} "
+            f"| {_fmt(r['order_noise_ratio'], 2)} | {_fmt(100 * r['gap_best_worst'])} vs "
+            f"{_fmt(100 * r['noise_gap'] if r['noise_gap'] is not None else None)} pts "
+            f"| {r['extra_runs']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def svg_plot(records: Sequence[Mapping[str, Any]]) -> str:
+    """Mean percentile of each strategy, one row of bars per cell, as an SVG document."""
+    cells: dict[str, list[Mapping[str, Any]]] = {}
+    for r in records:
+        cells.setdefault(_cell_key(r), []).append(r)
+    strategies = list(dict.fromkeys(r["strategy"] for r in records))
+    bar, gap, left, top = 12, 18, 150, 30
+    row = len(strategies) * bar + gap
+    width, height = left + 420, top + row * len(cells) + 20
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        'font-family="sans-serif" font-size="10">',
+        f'<text x="{left}" y="16" font-size="12">Percentile of the chosen order among all '
+        "orders (dashed: 50th and 90th)</text>",
+    ]
+    for x in (50, 90):
+        px = left + 4 * x
+        parts.append(
+            f'<line x1="{px}" y1="{top}" x2="{px}" y2="{height - 20}" stroke="#888" '
+            'stroke-dasharray="3,3"/>'
+        )
+    for c, (key, rows) in enumerate(cells.items()):
+        y0 = top + c * row
+        parts.append(f'<text x="4" y="{y0 + 10}">{escape(key)}</text>')
+        for r in rows:
+            i = strategies.index(r["strategy"])
+            y = y0 + i * bar
+            value = r["percentile_mean"] if r["percentile_mean"] is not None else 0.0
+            hue = (i * 360) // max(1, len(strategies))
+            parts.append(
+                f'<rect x="{left}" y="{y}" width="{4 * value:.1f}" height="{bar - 2}" '
+                f'fill="hsl({hue},55%,55%)"/>'
+                f'<text x="{left + 4 * value + 3:.1f}" y="{y + bar - 3}">'
+                f"{escape(r['strategy'])} {value:.0f}</text>"
+            )
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def write_outputs(
+    out_dir: Path, records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]
+) -> list[Path]:
+    """Writes ``results.json``, ``results.md`` and ``percentiles.svg`` into ``out_dir``.
+
+    Returns:
+        The paths written.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clean = [_clean(dict(r)) for r in records]
+    payload = {"meta": _clean(dict(meta)), "records": clean}
+    paths = [out_dir / RESULTS_FILE, out_dir / TABLE_FILE, out_dir / PLOT_FILE]
+    paths[0].write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    paths[1].write_text(markdown_table(clean), encoding="utf-8")
+    paths[2].write_text(svg_plot(clean), encoding="utf-8")
+    return paths

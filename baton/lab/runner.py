@@ -1,0 +1,91 @@
+"""Drives ordering strategies through simulated runs, as the coordinator would."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from baton.data import profile_of
+from baton.simulate import simulate_sequential
+from ordering import HopOutcome, OrderingContext, OrderingStrategy, ProbeOutcome
+
+if TYPE_CHECKING:
+    from baton.data import Federation
+    from baton.domain import DataProfile
+    from baton.plan import RunPlan
+    from baton.simulate import HopRecord
+
+__all__ = ["context_for", "published_profiles", "strategy_schedule"]
+
+
+def published_profiles(federation: Federation) -> dict[str, DataProfile]:
+    """What each site publishes (``baton.data.profile_of``): sizes, histograms, schema hash."""
+    return {s: profile_of(federation.schema, d) for s, d in federation.sites.items()}
+
+
+def context_for(
+    sites: Sequence[str],
+    profiles: Mapping[str, DataProfile],
+    hops: Sequence[HopRecord],
+    *,
+    cycle: int,
+    seed: int,
+    probes: Sequence[ProbeOutcome] = (),
+) -> OrderingContext:
+    """The context a coordinator would give a strategy planning ``cycle``.
+
+    The coordinator plans cycle ``c`` when the last hop of cycle ``c - 1`` asks who is
+    next, so that hop's metrics are not in the history: only the first
+    ``cycle * K - 1`` hops are (all of them for cycle 0, which has none). Each hop
+    contributes its site and its validation metrics before and after training, nothing
+    else.
+    """
+    known = max(0, cycle * len(sites) - 1)
+    history = tuple(
+        HopOutcome(
+            cycle=h.cycle,
+            site_id=h.site,
+            metrics_before=dict(h.metrics_before),
+            metrics_after=dict(h.metrics_after),
+        )
+        for h in hops[:known]
+    )
+    return OrderingContext(
+        sites=tuple(sites),
+        profiles=dict(profiles),
+        history=history,
+        cycle=cycle,
+        seed=seed,
+        probes=tuple(probes),
+    )
+
+
+def strategy_schedule(
+    strategy: OrderingStrategy,
+    plan: RunPlan,
+    federation: Federation,
+    *,
+    probes: Sequence[ProbeOutcome] = (),
+) -> tuple[tuple[str, ...], ...]:
+    """The orders a strategy gives every cycle of a simulated run of ``plan``.
+
+    Cycle ``c`` is planned from :func:`context_for` over the hops of a simulation of the
+    cycles planned so far (:func:`simulate_sequential`, the sites' own trainer). The
+    strategy sees only that context.
+
+    Raises:
+        ValueError: The strategy returned something other than a permutation.
+    """
+    sites = tuple(federation.sites)
+    profiles = published_profiles(federation)
+    schedule: list[tuple[str, ...]] = []
+    hops: tuple[HopRecord, ...] = ()
+    for cycle in range(plan.run.cycles):
+        if cycle > 0:
+            hops = simulate_sequential(plan, federation, schedule).hops
+        ctx = context_for(sites, profiles, hops, cycle=cycle, seed=plan.run.seed, probes=probes)
+        order = tuple(strategy.cycle_order(ctx))
+        if sorted(order) != sorted(sites):
+            raise ValueError(f"strategy {strategy.name!r} returned {list(order)}")
+        schedule.append(order)
+    return tuple(schedule)

@@ -1,0 +1,210 @@
+"""Tests for the ordering lab: oracle, statistics, batched trainer, baselines, the grid."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import time
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from baton.cli_lab import register
+from baton.data import Federation, Partition, make_federation
+from baton.lab.baselines import fedavg_accuracy
+from baton.lab.batched import supports_batched, train_orders_batched
+from baton.lab.oracle import (
+    candidate_orders,
+    ci95,
+    evaluate_orders,
+    expected_range,
+    order_effect,
+    percentile_of,
+    t_critical_975,
+)
+from baton.lab.report import REQUIRED_KEYS
+from baton.lab.runner import context_for
+from baton.plan import ModelSection, RunPlan, RunSection, TaskSection, TrainingSection
+from baton.simulate import simulate_sequential
+
+SITES = ("site-0", "site-1", "site-2")
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _plan(cycles: int = 2, **training: object) -> RunPlan:
+    defaults: dict[str, object] = {"local_epochs": 2, "weight_decay": 1e-3}
+    defaults.update(training)
+    return RunPlan(
+        run=RunSection(name="t", sites=SITES, cycles=cycles, seed=5),
+        model=ModelSection(name="mlp", args={"hidden": [16]}),
+        task=TaskSection(dataset="digits"),
+        training=TrainingSection(**defaults),  # type: ignore[arg-type]
+    )
+
+
+def _federation(sites: tuple[str, ...] = SITES) -> Federation:
+    return make_federation("digits", sites, Partition(kind="dirichlet", alpha=0.5), seed=2)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+def test_oracle_enumerates_every_order_for_small_k(k: int) -> None:
+    sites = tuple(f"s{i}" for i in range(k))
+    orders = candidate_orders(sites)
+    assert len(orders) == math.factorial(k)
+    assert set(orders) == set(itertools.permutations(sites))
+
+
+def test_oracle_samples_720_distinct_orders_uniformly_for_seven_sites() -> None:
+    sites = tuple(f"s{i}" for i in range(7))
+    orders = candidate_orders(sites, seed=3)
+    assert len(orders) == len(set(orders)) == 720
+    assert all(sorted(o) == sorted(sites) for o in orders)
+    assert candidate_orders(sites, seed=3) == orders
+    assert candidate_orders(sites, seed=4) != orders
+    # Uniform: each site is last in ~1/7 of the orders (chi-square, 6 dof, 0.1% level).
+    last = Counter(o[-1] for o in orders)
+    expected = 720 / 7
+    assert sum((n - expected) ** 2 / expected for n in last.values()) < 22.46
+
+
+def test_percentile_counts_ties_as_half() -> None:
+    population = [0.1, 0.2, 0.2, 0.4]
+    assert percentile_of(0.2, population) == pytest.approx(50.0)
+    assert percentile_of(0.4, population) == pytest.approx(87.5)
+    assert percentile_of(0.5, population) == pytest.approx(100.0)
+    assert percentile_of(0.0, population) == pytest.approx(0.0)
+
+
+def test_statistics_match_hand_computations() -> None:
+    assert expected_range(2) == pytest.approx(2 / math.sqrt(math.pi), rel=1e-6)
+    assert expected_range(1) == 0.0
+    assert t_critical_975(1) == pytest.approx(12.706)
+    assert t_critical_975(40) == pytest.approx(2.021, abs=1e-3)
+    lo, hi = ci95([1.0, 2.0, 3.0])
+    assert (lo + hi) / 2 == pytest.approx(2.0)
+    assert (hi - lo) / 2 == pytest.approx(4.303 * 1.0 / math.sqrt(3))
+    assert all(math.isnan(v) for v in ci95([1.0]))
+    # Two orders 0.10 apart, repetitions +-0.01 around each: ratio = sd(means) / sd_noise.
+    table = np.array([[0.49, 0.51], [0.59, 0.61]])
+    effect = order_effect(table)
+    noise_sd = math.sqrt(0.0002 / 2)
+    assert effect.gap == pytest.approx(0.10)
+    assert effect.noise_sd == pytest.approx(noise_sd)
+    assert effect.ratio == pytest.approx(np.std([0.5, 0.6], ddof=1) / noise_sd)
+    assert effect.noise_gap == pytest.approx(noise_sd * 2 / math.sqrt(math.pi), rel=1e-6)
+    assert math.isnan(order_effect(table[:, :1]).ratio)
+
+
+@pytest.mark.parametrize("logit_adjustment", [False, True])
+def test_batched_training_matches_the_sequential_simulation(logit_adjustment: bool) -> None:
+    plan, fed = _plan(logit_adjustment=logit_adjustment), _federation()
+    orders = list(itertools.permutations(SITES))[:4]
+    batched = train_orders_batched(plan, fed, orders)
+    n_test = len(fed.test)
+    for i, order in enumerate(orders):
+        single = simulate_sequential(plan, fed, [order] * plan.run.cycles)
+        # Equal up to float rounding: at most one of ~360 test predictions may flip.
+        assert abs(batched.test[i] - single.test_metrics["accuracy"]) <= 1.0 / n_test + 1e-12
+    assert len(set(batched.test.tolist())) > 1  # the orders really differ
+
+
+def test_evaluate_orders_batched_equals_one_by_one() -> None:
+    plan, fed = _plan(cycles=1), _federation()
+    orders = list(itertools.permutations(SITES))
+    fast = evaluate_orders(plan, fed, orders, [0, 1])
+    slow = evaluate_orders(plan, fed, orders, [0, 1], batched=False)
+    np.testing.assert_allclose(fast.test, slow.test, atol=1.5 / len(fed.test))
+    np.testing.assert_allclose(fast.val, slow.val, atol=1.5 / 100)
+    assert not np.array_equal(fast.test[:, 0], fast.test[:, 1])  # repetitions differ
+
+
+def test_batched_training_refuses_what_it_cannot_reproduce() -> None:
+    adam = _plan(optimizer="adam")
+    assert not supports_batched(adam)
+    dropout = dataclasses.replace(
+        _plan(), model=ModelSection(name="mlp", args={"hidden": [8], "dropout": 0.2})
+    )
+    assert not supports_batched(dropout)
+    with pytest.raises(ValueError, match="SGD"):
+        train_orders_batched(adam, _federation(), [SITES])
+    with pytest.raises(ValueError, match="unknown site"):
+        train_orders_batched(_plan(), _federation(), [("site-0", "nowhere", "site-2")])
+
+
+def test_fedavg_of_one_site_is_that_sites_training() -> None:
+    # FedAvg through Flower's aggregation of a single reply returns that reply.
+    plan = dataclasses.replace(_plan(cycles=1), run=RunSection(name="t", sites=("only",), seed=5))
+    fed = make_federation("digits", ("only",), Partition(kind="iid"), seed=1)
+    single = simulate_sequential(plan, fed, [("only",)])
+    assert fedavg_accuracy(plan, fed) == pytest.approx(single.test_metrics["accuracy"])
+
+
+def test_context_leaves_out_the_hop_still_training() -> None:
+    plan, fed = _plan(), _federation()
+    hops = simulate_sequential(plan, fed, [SITES, SITES]).hops
+    ctx = context_for(SITES, {}, hops, cycle=1, seed=5)
+    assert [h.site_id for h in ctx.history] == list(SITES[:2])
+    assert ctx.history[0].metrics_before == hops[0].metrics_before
+    assert context_for(SITES, {}, hops, cycle=0, seed=5).history == ()
+
+
+def test_smoke_grid_end_to_end_through_the_command(tmp_path: Path) -> None:
+    app = typer.Typer()
+    register(app)
+
+    @app.command()
+    def other() -> None:  # a second command, so Typer keeps "lab" as a subcommand
+        """Unused."""
+
+    started = time.perf_counter()
+    result = CliRunner().invoke(app, ["lab", "--grid", "smoke", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert time.perf_counter() - started < 40
+    payload = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
+    records = payload["records"]
+    assert {r["strategy"] for r in records} >= {"fixed", "random", "learned", "fedavg"}
+    for record in records:
+        assert set(REQUIRED_KEYS) <= set(record)
+        assert (record["dataset"], record["partition"], record["k"]) == ("wine", "dirichlet-0.5", 3)
+        assert 0.0 <= record["percentile_mean"] <= 100.0
+        assert 0.0 <= record["best_order_rate"] <= 1.0
+        assert record["orders"] == 6
+        assert record["ci95"] == [None, None]  # one partition seed: no interval
+    fixed = next(r for r in records if r["strategy"] == "fixed")
+    assert fixed["regret_mean"] >= 0.0
+    table = (tmp_path / "results.md").read_text(encoding="utf-8")
+    assert table.count("\n") == len(records) + 2
+    svg = ET.parse(tmp_path / "percentiles.svg").getroot()
+    assert svg.tag.endswith("svg")
+    assert len([e for e in svg.iter() if e.tag.endswith("rect")]) == len(records)
+
+
+def test_unknown_grid_is_a_config_error(tmp_path: Path) -> None:
+    app = typer.Typer()
+    register(app)
+
+    @app.command()
+    def other() -> None:
+        """Unused."""
+
+    result = CliRunner().invoke(app, ["lab", "--grid", "huge", "--out", str(tmp_path)])
+    assert result.exit_code == 60
+    assert not (tmp_path / "results.json").exists()
