@@ -10,8 +10,8 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-import safetensors.torch
 import torch
+from safetensors import torch as st
 from torch import nn
 
 from baton.errors import ModelError
@@ -41,7 +41,7 @@ def encode_state(state: Mapping[str, torch.Tensor]) -> bytes:
         if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
             raise ModelError("a state dict maps tensor names (str) to tensors")
         plain[name] = tensor.detach().to("cpu", copy=True).contiguous()
-    return safetensors.torch.save(plain)
+    return st.save(plain)
 
 
 def decode_state(data: bytes) -> dict[str, torch.Tensor]:
@@ -55,7 +55,7 @@ def decode_state(data: bytes) -> dict[str, torch.Tensor]:
     data = bytes(data)
     _check_header(data)
     try:
-        state = safetensors.torch.load(data)
+        state = st.load(data)
     except Exception as exc:
         raise ModelError(f"{_NOT_SAFETENSORS}: {type(exc).__name__}") from None
     return dict(state)

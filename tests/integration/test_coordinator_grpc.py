@@ -3,186 +3,32 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
-from cryptography import x509
 
-from baton.audit import verify_log
 from baton.domain import BlobRef
-from baton.envelope import Expectation, HopContext, RecipientKey, open_file, seal_file
+from baton.envelope import HopContext, RecipientKey, seal_file
 from baton.pki import Identity, create_ca, issue
-from baton.replay import MemoryReplayGuard
 from baton.sealing import expected_previous, manifest_digest, plan_hash
 from baton.v1 import admin_pb2, common_pb2, site_pb2, site_pb2_grpc
 from baton.wire import MAX_MESSAGE_BYTES
 from site_node import transfer
-from tests.conftest import LiveCoordinator, Pki
-
-PLAN = """
-[run]
-name = "grpc-test"
-sites = [{sites}]
-cycles = {cycles}
-
-[model]
-name = "logreg"
-
-[task]
-dataset = "breast_cancer"
-
-[ordering]
-strategy = "fixed"
-"""
-
-
-def plan(sites: list[str], cycles: int = 1) -> str:
-    return PLAN.format(sites=", ".join(f'"{s}"' for s in sites), cycles=cycles)
-
-
-def register(coord: LiveCoordinator, *sites: str) -> dict[str, site_pb2_grpc.SiteServiceStub]:
-    stubs = {}
-    for s in sites:
-        stub = coord.site(s)
-        keys = coord.pki.keys(s)
-        resp = stub.Register(
-            site_pb2.RegisterRequest(
-                software_version="test",
-                signing_certificate_pem=keys.signing_cert_pem.decode(),
-                encryption_certificate_pem=keys.encryption_cert_pem.decode(),
-            )
-        )
-        assert resp.site_id == s
-        assert resp.federation == "testfed"
-        stubs[s] = stub
-    return stubs
-
-
-def next_assignment(stub: site_pb2_grpc.SiteServiceStub) -> site_pb2.Assignment:
-    stream = stub.WatchAssignments(site_pb2.WatchAssignmentsRequest(), timeout=10)
-    try:
-        return next(iter(stream))
-    finally:
-        stream.cancel()
-
-
-def upload_bytes(
-    stub: site_pb2_grpc.SiteServiceStub, run_id: str, hop: int, data: bytes, tmp: Path
-) -> BlobRef:
-    path = tmp / f"out-{hop}"
-    path.write_bytes(data)
-    return transfer.upload(stub, run_id=run_id, hop_index=hop, source=path)
-
-
-def create_request(pki: Pki, plan_toml: str) -> admin_pb2.CreateRunRequest:
-    signed = pki.signed_plan(plan_toml)
-    return admin_pb2.CreateRunRequest(
-        plan_toml=plan_toml,
-        plan_signature=signed.signature,
-        owner_signing_certificate_pem=signed.owner_signing_pem,
-        owner_encryption_certificate_pem=signed.owner_encryption_pem,
-    )
-
-
-def seal_and_complete(
-    coord: LiveCoordinator,
-    stub: site_pb2_grpc.SiteServiceStub,
-    *,
-    sender: str,
-    recipient: str,
-    run_id: str,
-    hop: int,
-    source: Path,
-    previous: str,
-    plan_digest: str,
-    acc: float = 0.5,
-) -> tuple[BlobRef, bytes]:
-    """What a site does after training: seal to the next party, upload, complete."""
-    pki = coord.pki
-    sealed = source.with_suffix(".sealed")
-    manifest = seal_file(
-        source,
-        sealed,
-        ctx=HopContext(
-            run_id=run_id,
-            hop_index=hop,
-            sender=pki.identity(sender).spiffe_id,
-            recipient=pki.identity(recipient).spiffe_id,
-            previous_manifest_hash=previous,
-            plan_hash=plan_digest,
-            schema_hash="0" * 64,
-        ),
-        sender_key=pki.keys(sender).signing_key,
-        recipients=[
-            RecipientKey(
-                spiffe_id=pki.identity(recipient).spiffe_id,
-                public_key=pki.keys(recipient).encryption_key.public_key(),
-            )
-        ],
-    )
-    ref = transfer.upload(stub, run_id=run_id, hop_index=hop, source=sealed)
-    stub.CompleteHop(
-        site_pb2.CompleteHopRequest(
-            run_id=run_id,
-            hop_index=hop,
-            output=common_pb2.BlobRef(blob_id=ref.blob_id, size=ref.size),
-            metrics_before={"accuracy": acc - 0.1},
-            metrics_after={"accuracy": acc},
-            num_examples=10,
-            output_manifest=manifest,
-        )
-    )
-    return ref, manifest
-
-
-def open_as(
-    coord: LiveCoordinator,
-    me: str,
-    sealed: Path,
-    manifest: bytes,
-    *,
-    sender: str,
-    run_id: str,
-    hop: int,
-    previous: str,
-    plan_digest: str,
-) -> Path:
-    """What the next party does: verify and open the sealed bytes; returns the plaintext."""
-    pki = coord.pki
-    out = sealed.with_suffix(".opened")
-    open_file(
-        sealed,
-        out,
-        manifest,
-        me=pki.identity(me).spiffe_id,
-        my_key=pki.keys(me).encryption_key,
-        expect=Expectation(
-            run_id=run_id,
-            hop_index=hop,
-            sender=pki.identity(sender).spiffe_id,
-            previous_manifest_hash=previous,
-            plan_hash=plan_digest,
-            max_plaintext_bytes=1 << 30,
-        ),
-        sender_key=pki.keys(sender).signing_key.public_key(),
-        replay=MemoryReplayGuard(),
-    )
-    return out
-
-
-def coordinator_audit(coord: LiveCoordinator) -> list[dict[str, Any]]:
-    """The coordinator's audit entries, after checking the log's chain and signatures."""
-    [log] = coord.server.config.state_dir.glob("audit-*.jsonl")
-    key = x509.load_pem_x509_certificate(coord.pki.files("coordinator").cert.read_bytes())
-    report = verify_log(log, public_key=key.public_key())  # type: ignore[arg-type]
-    assert report.ok, report.first_break
-    return [json.loads(line) for line in log.read_text().splitlines()]
+from tests.conftest import LiveCoordinator
+from tests.integration.sites import (
+    coordinator_audit,
+    create_request,
+    next_assignment,
+    open_as,
+    plan,
+    register,
+    seal_and_complete,
+    upload_bytes,
+)
 
 
 def test_site_identity_comes_from_the_certificate(coordinator: LiveCoordinator) -> None:

@@ -23,7 +23,7 @@ from baton.sealing import plan_hash
 from baton.v1 import admin_pb2, common_pb2, site_pb2
 from site_node.hop import HopRunner, LocalData
 from tests.conftest import LiveCoordinator
-from tests.integration.test_coordinator_grpc import (
+from tests.integration.sites import (
     create_request,
     next_assignment,
     open_as,
@@ -48,22 +48,49 @@ strategy = "fixed"
 Tamper = Callable[[site_pb2.Assignment, LiveCoordinator], None]
 
 
-@pytest.fixture
-def audits(coordinator: LiveCoordinator, tmp_path: Path) -> Iterator[Callable[[str], AuditLog]]:
-    """Opens (once) and closes each site's audit log."""
-    logs: dict[str, AuditLog] = {}
+class Sites:
+    """Sites "site-a" and "site-b", registered, with their data, audit logs and hop runners."""
 
-    def audit(site: str) -> AuditLog:
-        if site not in logs:
-            logs[site] = AuditLog(
-                tmp_path / f"{site}.audit.jsonl",
-                party=coordinator.pki.identity(site).spiffe_id,
-                signing_key=coordinator.pki.keys(site).signing_key,
+    def __init__(self, coordinator: LiveCoordinator, tmp_path: Path) -> None:
+        self.coordinator = coordinator
+        self.tmp_path = tmp_path
+        self.stubs = register(coordinator, "site-a", "site-b")
+        self.fed = make_federation(
+            "breast_cancer", ["site-a", "site-b"], Partition(kind="iid"), seed=0
+        )
+        self.logs: dict[str, AuditLog] = {}
+
+    def audit(self, site: str) -> AuditLog:
+        """The site's audit log, opened once."""
+        if site not in self.logs:
+            self.logs[site] = AuditLog(
+                self.tmp_path / f"{site}.audit.jsonl",
+                party=self.coordinator.pki.identity(site).spiffe_id,
+                signing_key=self.coordinator.pki.keys(site).signing_key,
             )
-        return logs[site]
+        return self.logs[site]
 
-    yield audit
-    for log in logs.values():
+    def runner(
+        self, site: str, *, revoked: Callable[[bytes | str], bool] | None = None
+    ) -> HopRunner:
+        """The site's hop runner, as its daemon builds it."""
+        return HopRunner(
+            self.stubs[site],
+            tls=self.coordinator.pki.material(site),
+            keys=self.coordinator.pki.keys(site),
+            local=LocalData(schema=self.fed.schema, data=self.fed.sites[site]),
+            work_dir=self.tmp_path / site,
+            replay=MemoryReplayGuard(),
+            audit=self.audit(site),
+            revoked=revoked or (lambda pem: False),
+        )
+
+
+@pytest.fixture
+def sites(coordinator: LiveCoordinator, tmp_path: Path) -> Iterator[Sites]:
+    both = Sites(coordinator, tmp_path)
+    yield both
+    for log in both.logs.values():
         log.close()
 
 
@@ -116,33 +143,21 @@ def _chain_from_elsewhere(a: site_pb2.Assignment, c: LiveCoordinator) -> None:
 def test_tampered_assignment_is_rejected_before_training(
     coordinator: LiveCoordinator,
     tmp_path: Path,
-    audits: Callable[[str], AuditLog],
+    sites: Sites,
     tamper: Tamper,
     reason: str,
 ) -> None:
-    stubs = register(coordinator, "site-a", "site-b")
-    fed = make_federation("breast_cancer", ["site-a", "site-b"], Partition(kind="iid"), seed=0)
-
-    def runner(site: str) -> HopRunner:
-        return HopRunner(
-            stubs[site],
-            tls=coordinator.pki.material(site),
-            keys=coordinator.pki.keys(site),
-            local=LocalData(schema=fed.schema, data=fed.sites[site]),
-            work_dir=tmp_path / site,
-            replay=MemoryReplayGuard(),
-            audit=audits(site),
-        )
+    stubs = sites.stubs
 
     admin = coordinator.admin()
     run = admin.CreateRun(create_request(coordinator.pki, PLAN)).run
-    assert runner("site-a").run(next_assignment(stubs["site-a"]))
+    assert sites.runner("site-a").run(next_assignment(stubs["site-a"]))
     honest = next_assignment(stubs["site-b"])
     tampered = site_pb2.Assignment()
     tampered.CopyFrom(honest)
     tamper(tampered, coordinator)
 
-    assert not runner("site-b").run(tampered)
+    assert not sites.runner("site-b").run(tampered)
 
     got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
     assert got.state == common_pb2.RUN_STATE_FAILED
@@ -166,24 +181,14 @@ def test_tampered_assignment_is_rejected_before_training(
 
 
 def test_honest_assignment_is_accepted(
-    coordinator: LiveCoordinator, tmp_path: Path, audits: Callable[[str], AuditLog]
+    coordinator: LiveCoordinator, tmp_path: Path, sites: Sites
 ) -> None:
     """The control case: the same set-up without tampering completes the run."""
-    stubs = register(coordinator, "site-a", "site-b")
-    fed = make_federation("breast_cancer", ["site-a", "site-b"], Partition(kind="iid"), seed=0)
+    stubs = sites.stubs
     admin = coordinator.admin()
     run = admin.CreateRun(create_request(coordinator.pki, PLAN)).run
     for site in ("site-a", "site-b"):
-        runner = HopRunner(
-            stubs[site],
-            tls=coordinator.pki.material(site),
-            keys=coordinator.pki.keys(site),
-            local=LocalData(schema=fed.schema, data=fed.sites[site]),
-            work_dir=tmp_path / site,
-            replay=MemoryReplayGuard(),
-            audit=audits(site),
-        )
-        assert runner.run(next_assignment(stubs[site]))
+        assert sites.runner(site).run(next_assignment(stubs[site]))
     got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
     assert got.state == common_pb2.RUN_STATE_SUCCEEDED
     assert got.hops[1].metrics_after["accuracy"] > 0.8
@@ -196,24 +201,14 @@ def test_honest_assignment_is_accepted(
 
 @pytest.mark.parametrize("escrow", [True, False])
 def test_escrow_lets_the_owner_open_an_intermediate_hop(
-    coordinator: LiveCoordinator, tmp_path: Path, audits: Callable[[str], AuditLog], escrow: bool
+    coordinator: LiveCoordinator, tmp_path: Path, sites: Sites, escrow: bool
 ) -> None:
-    stubs = register(coordinator, "site-a", "site-b")
-    fed = make_federation("breast_cancer", ["site-a", "site-b"], Partition(kind="iid"), seed=0)
+    stubs = sites.stubs
     text = PLAN + f"\n[security]\nescrow_to_owner = {'true' if escrow else 'false'}\n"
     request = create_request(coordinator.pki, text)
     admin = coordinator.admin()
     run = admin.CreateRun(request).run
-    runner = HopRunner(
-        stubs["site-a"],
-        tls=coordinator.pki.material("site-a"),
-        keys=coordinator.pki.keys("site-a"),
-        local=LocalData(schema=fed.schema, data=fed.sites["site-a"]),
-        work_dir=tmp_path / "site-a",
-        replay=MemoryReplayGuard(),
-        audit=audits("site-a"),
-    )
-    assert runner.run(next_assignment(stubs["site-a"]))
+    assert sites.runner("site-a").run(next_assignment(stubs["site-a"]))
     hop0 = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id)).hops[0]
     sealed = tmp_path / "hop0.sealed"
     sealed.write_bytes(b"".join(coordinator.server.blobs.read(hop0.output.blob_id)))
@@ -248,35 +243,16 @@ def test_escrow_lets_the_owner_open_an_intermediate_hop(
 
 
 def test_site_refuses_a_model_from_a_revoked_site(
-    coordinator: LiveCoordinator, tmp_path: Path, audits: Callable[[str], AuditLog]
+    coordinator: LiveCoordinator, tmp_path: Path, sites: Sites
 ) -> None:
     """The coordinator's CRL may lag (or the coordinator may lie): the site checks its own."""
-    stubs = register(coordinator, "site-a", "site-b")
-    fed = make_federation("breast_cancer", ["site-a", "site-b"], Partition(kind="iid"), seed=0)
+    stubs = sites.stubs
     admin = coordinator.admin()
     run = admin.CreateRun(create_request(coordinator.pki, PLAN)).run
-    a_runner = HopRunner(
-        stubs["site-a"],
-        tls=coordinator.pki.material("site-a"),
-        keys=coordinator.pki.keys("site-a"),
-        local=LocalData(schema=fed.schema, data=fed.sites["site-a"]),
-        work_dir=tmp_path / "site-a",
-        replay=MemoryReplayGuard(),
-        audit=audits("site-a"),
-    )
-    assert a_runner.run(next_assignment(stubs["site-a"]))
+    assert sites.runner("site-a").run(next_assignment(stubs["site-a"]))
     crl = tmp_path / "crl.pem"
     revoke(coordinator.pki.root / "ca", crl, coordinator.pki.keys("site-a").signing_cert_pem)
-    b_runner = HopRunner(
-        stubs["site-b"],
-        tls=coordinator.pki.material("site-b"),
-        keys=coordinator.pki.keys("site-b"),
-        local=LocalData(schema=fed.schema, data=fed.sites["site-b"]),
-        work_dir=tmp_path / "site-b",
-        replay=MemoryReplayGuard(),
-        audit=audits("site-b"),
-        revoked=revocation_check(crl, coordinator.pki.ca_pem),
-    )
+    b_runner = sites.runner("site-b", revoked=revocation_check(crl, coordinator.pki.ca_pem))
     assert not b_runner.run(next_assignment(stubs["site-b"]))
     got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
     assert got.error == "hop 1 at site-b failed: untrusted_party"
