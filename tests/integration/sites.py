@@ -93,6 +93,7 @@ def seal_and_complete(
     previous: str,
     plan_digest: str,
     acc: float = 0.5,
+    schema: str = "0" * 64,
 ) -> tuple[BlobRef, bytes]:
     """What a site does after training: seal to the next party, upload, complete."""
     pki = coord.pki
@@ -107,7 +108,7 @@ def seal_and_complete(
             recipient=pki.identity(recipient).spiffe_id,
             previous_manifest_hash=previous,
             plan_hash=plan_digest,
-            schema_hash="0" * 64,
+            schema_hash=schema,
         ),
         sender_key=pki.keys(sender).signing_key,
         recipients=[

@@ -12,14 +12,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from baton.audit import AuditLog, verify_log
-from baton.codec import load_state_file
+from baton.codec import load_state_file, save_state_file, state_of
 from baton.data import Partition, make_federation
 from baton.hop_manifest import SealError
+from baton.models import build_model
 from baton.replay import MemoryReplayGuard
 from baton.revocation import revocation_check, revoke
-from baton.sealing import plan_hash
+from baton.sealing import plan_hash, schema_hash
 from baton.v1 import admin_pb2, common_pb2, site_pb2
 from site_node.hop import HopRunner, LocalData
 from tests.conftest import LiveCoordinator
@@ -28,6 +30,7 @@ from tests.integration.sites import (
     next_assignment,
     open_as,
     register,
+    seal_and_complete,
 )
 
 PLAN = """
@@ -257,3 +260,80 @@ def test_site_refuses_a_model_from_a_revoked_site(
     got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
     assert got.error == "hop 1 at site-b failed: untrusted_party"
     assert not list((tmp_path / "site-b").rglob("*.safetensors"))
+
+
+def _honest_state() -> dict[str, torch.Tensor]:
+    model = build_model("logreg", {}, num_features=30, num_classes=2, seed=0)
+    return state_of(model)
+
+
+def _nan(state: dict[str, torch.Tensor]) -> None:
+    state["linear.weight"][0, 0] = float("nan")
+
+
+def _shape(state: dict[str, torch.Tensor]) -> None:
+    state["linear.weight"] = torch.zeros(2, 31)
+
+
+def _dtype(state: dict[str, torch.Tensor]) -> None:
+    state["linear.bias"] = state["linear.bias"].double()
+
+
+def _scaled(state: dict[str, torch.Tensor]) -> None:
+    state["linear.weight"] *= 1e9
+
+
+def _extra(state: dict[str, torch.Tensor]) -> None:
+    state["backdoor"] = torch.ones(3)
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "why"),
+    [
+        (_nan, "tensor 'linear.weight' holds non-finite values"),
+        (_shape, "tensor 'linear.weight' has shape [2, 31], the model expects [2, 30]"),
+        (_dtype, "tensor 'linear.bias' has dtype torch.float64, the model expects torch.float32"),
+        (_scaled, "above the plan's bound 1000"),
+        (_extra, "tensor 'backdoor' is not part of the model"),
+    ],
+    ids=["nan", "shape", "dtype", "scaled", "extra"],
+)
+def test_a_malicious_sender_cannot_make_a_site_train_bad_weights(
+    coordinator: LiveCoordinator,
+    tmp_path: Path,
+    sites: Sites,
+    corrupt: Callable[[dict[str, torch.Tensor]], None],
+    why: str,
+) -> None:
+    """The envelope proves who sent a model, not that it is sane: the receiver checks
+    names, shapes, dtypes, finiteness and the plan's norm bound after opening it."""
+    text = PLAN + "\n[security]\nmax_weight_norm = 1000.0\n"
+    request = create_request(coordinator.pki, text)
+    digest = plan_hash(text, request.plan_signature)
+    admin = coordinator.admin()
+    run = admin.CreateRun(request).run
+    next_assignment(sites.stubs["site-a"])  # site-a is assigned hop 0 ...
+    state = _honest_state()
+    corrupt(state)
+    source = tmp_path / "evil.safetensors"
+    save_state_file(source, state)
+    # ... and seals crafted weights, correctly signed and chained, to site-b.
+    seal_and_complete(
+        coordinator,
+        sites.stubs["site-a"],
+        sender="site-a",
+        recipient="site-b",
+        run_id=run.run_id,
+        hop=0,
+        source=source,
+        previous=digest,
+        plan_digest=digest,
+        schema=schema_hash(_honest_state()),
+    )
+    assert not sites.runner("site-b").run(next_assignment(sites.stubs["site-b"]))
+    got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
+    assert got.error.startswith("hop 1 at site-b failed: model_error: ")
+    assert why in got.error
+    assert not list((tmp_path / "site-b").rglob("*.safetensors"))
+    last = json.loads((tmp_path / "site-b.audit.jsonl").read_text().splitlines()[-1])
+    assert (last["event"], last["detail"]["reason"]) == ("hop_rejected", "model_error")
