@@ -1,0 +1,1 @@
+"""Parallel training inside one site: plan choice, worker processes and their launcher."""

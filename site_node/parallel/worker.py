@@ -1,0 +1,372 @@
+"""One training worker of a hop: joins the process group, applies the plan, trains, exports.
+
+Started by ``torchrun -m site_node.parallel.worker JOB`` (rank and world from the
+environment), by a fork of a process that has torch imported (CPU tests), or called in
+process for the single plan. Every rank follows the same steps:
+
+1. init the process group (gloo on CPU; NCCL and bf16 autocast on CUDA) with a timeout;
+2. build the model; load the weights (rank 0 then broadcast, or every rank);
+3. apply the plan: DDP, FSDP2 ``fully_shard``, tensor parallel, or FSDP2 x TP on a 2-D mesh;
+4. resume from the newest within-hop checkpoint, if any;
+5. train: a ``DistributedSampler`` (``drop_last``) over the data-parallel ranks, each taking
+   ``batch_size / dp`` examples, so the global batch is the same whatever the plan;
+6. gather the full state dict on every rank; rank 0 writes it atomically, then the result.
+
+A failing rank writes its reason to ``errors/rank-N.json`` for the launcher.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+import traceback
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    set_model_state_dict,
+)
+from torch.utils.data import DistributedSampler, TensorDataset
+
+from baton.codec import load_into, load_state_file, save_state_file, state_of
+from baton.errors import BatonError, DataError, ModelError
+from baton.models import fit_input_norm
+from site_node.parallel import checkpoint, families
+from site_node.parallel.errors import PlanError
+from site_node.parallel.job import Job
+from site_node.parallel.plans import PlanKind
+
+logger = logging.getLogger(__name__)
+
+MAX_REPORTS = 20
+"""Progress lines per hop at most (the last at the final step)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Placed:
+    """A model after its plan: what to call in the loop, and this rank's data share."""
+
+    module: nn.Module
+    dp_size: int
+    dp_rank: int
+
+
+def run_worker(job_path: Path, *, rank: int, world_size: int, init_method: str | None) -> None:
+    """Runs one rank of the job at ``job_path``; reports a failure to ``errors/`` and re-raises.
+
+    Args:
+        job_path: The job file.
+        rank: This worker's rank.
+        world_size: Workers in all; must equal the plan's ``world_size``.
+        init_method: Process-group rendezvous (``env://``, ``file://...``); None only for a
+            single worker, which then runs without a process group.
+    """
+    job = Job.read(job_path)
+    try:
+        # Forked: seeding here leaves the caller's RNG (a daemon's, in process) untouched.
+        with torch.random.fork_rng(devices=[]):
+            _run(job, rank=rank, world_size=world_size, init_method=init_method)
+    except BaseException as exc:
+        _report_failure(job, rank, exc)
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _report_failure(job: Job, rank: int, exc: BaseException) -> None:
+    reason = exc.message if isinstance(exc, BatonError) else str(exc).splitlines()[0:1]
+    text = reason if isinstance(reason, str) else (reason[0] if reason else "")
+    job.errors_dir.mkdir(parents=True, exist_ok=True)
+    record = {
+        "rank": rank,
+        "type": type(exc).__name__,
+        "message": text[:500],
+        "time": time.time(),
+        "baton": isinstance(exc, BatonError),
+    }
+    (job.errors_dir / f"rank-{rank}.json").write_text(json.dumps(record), encoding="utf-8")
+    logger.error("rank %d failed: %s", rank, "".join(traceback.format_exception(exc))[-4000:])
+
+
+def _run(job: Job, *, rank: int, world_size: int, init_method: str | None) -> None:
+    plan = job.plan
+    if world_size != plan.world_size:
+        raise PlanError(f"plan {plan.kind} needs {plan.world_size} workers, not {world_size}")
+    device = torch.device("cpu")
+    if job.device == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(device)
+    if world_size > 1:
+        if init_method is None:
+            raise PlanError("several workers need a rendezvous")
+        dist.init_process_group(
+            backend="nccl" if job.device == "cuda" else "gloo",
+            init_method=init_method,
+            rank=rank,
+            world_size=world_size,
+            timeout=timedelta(seconds=job.timeout_s),
+        )
+    data = load_state_file(job.data_path)
+    if set(data) != {"x", "y"} or len(data["x"]) != len(data["y"]) or len(data["y"]) == 0:
+        raise DataError("the training data must hold non-empty 'x' and 'y' of equal length")
+    x, y = data["x"], data["y"]
+    torch.manual_seed(job.training.seed)
+    model = families.build(job.model)
+    full: dict[str, torch.Tensor] = {}
+    if rank == 0 or not job.broadcast_from_rank0:
+        full = load_state_file(job.weights_path)
+        load_into(model, full)
+    model.to(device)
+    placed = _apply_plan(model, job, device)
+    if world_size > 1 and job.broadcast_from_rank0:
+        # The call empties the dict it is given; rank 0 passes the full state, others none.
+        set_model_state_dict(
+            model,
+            dict(full),
+            options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True),
+        )
+    del full
+    _fit_norm(model, x)
+    optimizer = _optimizer(model, job)
+    start = 0
+    found = checkpoint.latest(job.checkpoint_dir)
+    if found is not None:
+        start, path = found
+        checkpoint.load(placed.module, optimizer, path)
+        logger.info("resumed the hop from the checkpoint at step %d", start)
+    stats = _train(job, placed, optimizer, x, y, rank=rank, start=start, device=device)
+    full_state = _export(model, world_size)
+    if rank == 0:
+        save_state_file(job.output_path, full_state)
+        _write_json(job.result_path, {**stats, "resumed_from": start, "plan": str(plan.kind)})
+
+
+def _apply_plan(model: nn.Module, job: Job, device: torch.device) -> _Placed:
+    plan = job.plan
+    kind = plan.kind
+    if kind == PlanKind.SINGLE:
+        return _Placed(module=model, dp_size=1, dp_rank=0)
+    if kind == PlanKind.DDP:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        return _Placed(
+            module=DistributedDataParallel(model, device_ids=ids),
+            dp_size=plan.dp,
+            dp_rank=dist.get_rank(),
+        )
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    # FSDP2 warns when a model returns a view (a batched Linear does), because an in-place
+    # op on it would skip the all-gather; the training loop only uses out-of-place ops.
+    warnings.filterwarnings(
+        "ignore", message=r"FSDP2-wrapped module \(.*\) returned a view", category=UserWarning
+    )
+    from torch.distributed.tensor.parallel import parallelize_module
+
+    if kind == PlanKind.FSDP:
+        mesh = init_device_mesh(device.type, (plan.dp,), mesh_dim_names=("dp",))
+        for unit in families.shard_units(model):
+            fully_shard(unit, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        return _Placed(module=model, dp_size=plan.dp, dp_rank=mesh.get_local_rank("dp"))
+    tp_plan = families.tp_plan(model)
+    if tp_plan is None or plan.tp not in families.tp_degrees(model):
+        raise PlanError(f"the model has no tensor-parallel plan of degree {plan.tp}")
+    mesh2 = init_device_mesh(device.type, (plan.dp, plan.tp), mesh_dim_names=("dp", "tp"))
+    parallelize_module(model, mesh2["tp"], tp_plan)
+    if kind == PlanKind.FSDP_TP:
+        for unit in families.shard_units(model):
+            fully_shard(unit, mesh=mesh2["dp"])
+        fully_shard(model, mesh=mesh2["dp"])
+    return _Placed(module=model, dp_size=plan.dp, dp_rank=mesh2.get_local_rank("dp"))
+
+
+def _fit_norm(model: nn.Module, x: torch.Tensor) -> None:
+    try:
+        if fit_input_norm(model, x):
+            logger.info("fitted the model's input normalization on %d examples", len(x))
+    except ModelError:
+        pass  # a family without input normalization (a language model)
+
+
+def _optimizer(model: nn.Module, job: Job) -> torch.optim.Optimizer:
+    # One group per device mesh: foreach/fused kernels refuse plain tensors mixed with
+    # DTensors, or DTensors on different meshes.
+    groups: dict[str, list[nn.Parameter]] = {}
+    for p in model.parameters():
+        if p.requires_grad:
+            mesh = getattr(p, "device_mesh", None)
+            groups.setdefault(repr(mesh), []).append(p)
+    params: list[dict[str, Any]] = [{"params": g} for g in groups.values()]
+    t = job.training
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def _report_steps(total: int) -> set[int]:
+    calls = min(MAX_REPORTS, total)
+    return {-(-k * total // calls) for k in range(1, calls + 1)}
+
+
+def _train(
+    job: Job,
+    placed: _Placed,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    rank: int,
+    start: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    t = job.training
+    local_batch = t.batch_size // placed.dp_size
+    sampler: DistributedSampler[tuple[torch.Tensor, ...]] = DistributedSampler(
+        TensorDataset(y),
+        num_replicas=placed.dp_size,
+        rank=placed.dp_rank,
+        shuffle=True,
+        seed=t.seed,
+        drop_last=True,
+    )
+    per_epoch = len(sampler) // local_batch
+    if per_epoch == 0:
+        raise DataError(f"{len(y)} examples do not fill one global batch of {t.batch_size}")
+    offset = torch.zeros(())
+    if t.logit_adjustment:
+        classes = job.model.num_classes
+        counts = torch.bincount(y, minlength=classes).double()
+        offset = torch.log((counts + 1) / (len(y) + classes)).float()
+    offset = offset.to(device)
+    if device.type == "cuda":
+        x, y = x.pin_memory(), y.pin_memory()
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    )
+    losses = torch.full((t.steps,), math.nan, device=device)
+    reports = _report_steps(t.steps)
+    module = placed.module
+    module.train()
+    step = start
+    epoch, skip = divmod(start, per_epoch)
+    started = time.perf_counter()
+    _progress(job, rank, {"event": "start", "resumed_from": start, "total": t.steps})
+    while step < t.steps:
+        sampler.set_epoch(epoch)
+        order = torch.tensor(list(sampler), dtype=torch.int64)
+        for k in range(skip, per_epoch):
+            idx = order[k * local_batch : (k + 1) * local_batch]
+            xb = x[idx].to(device, non_blocking=True)
+            yb = y[idx].to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast:
+                logits = module(xb)
+            logits = logits.float() + offset
+            loss = F.cross_entropy(logits.flatten(0, -2), yb.flatten())
+            torch.autograd.backward(loss)
+            optimizer.step()
+            losses[step] = loss.detach()
+            step += 1
+            if step in reports:
+                mean = _global_mean(losses[step - 1 : step].clone())
+                rate = (step - start) * t.batch_size / (time.perf_counter() - started)
+                line = {
+                    "step": step,
+                    "total": t.steps,
+                    "loss": float(mean[0]),
+                    "samples_per_s": rate,
+                }
+                _progress(job, rank, line)
+            if job.checkpoint_every and step % job.checkpoint_every == 0 and step < t.steps:
+                checkpoint.save(
+                    module, optimizer, step=step, directory=job.checkpoint_dir, rank=rank
+                )
+            if step == t.steps:
+                break
+        epoch += 1
+        skip = 0
+    seconds = time.perf_counter() - started
+    curve = _global_mean(losses).cpu()
+    final = float(curve[-1])
+    if not math.isfinite(final):
+        raise ModelError("training diverged: the training loss is not finite")
+    return {
+        "steps": t.steps,
+        "losses": [float(v) for v in curve],
+        "final_loss": final,
+        "seconds": seconds,
+        "samples_per_s": (t.steps - start) * t.batch_size / max(seconds, 1e-9),
+    }
+
+
+def _global_mean(values: torch.Tensor) -> torch.Tensor:
+    """Mean over all ranks (tensor-parallel peers hold equal values, so this is the mean
+    over data-parallel groups: the loss of the global batch)."""
+    if dist.is_initialized():
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        values = values / dist.get_world_size()
+    return values
+
+
+def _export(model: nn.Module, world_size: int) -> dict[str, torch.Tensor]:
+    """The full state dict on rank 0 (``{}`` elsewhere); a collective on every rank."""
+    if world_size == 1:
+        return state_of(model)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state = get_model_state_dict(model, options=options)
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def _progress(job: Job, rank: int, line: dict[str, Any]) -> None:
+    if rank != 0:
+        return
+    with job.progress_path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(line) + "\n")
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``torchrun ... -m site_node.parallel.worker JOB``: one rank from torchrun's environment."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m site_node.parallel.worker JOB_FILE", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=os.environ.get("BATON_LOG_LEVEL", "WARNING").upper())
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    try:
+        run_worker(
+            Path(args[0]),
+            rank=int(os.environ.get("RANK", "0")),
+            world_size=world,
+            init_method="env://" if world > 1 else None,
+        )
+    except BatonError:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
