@@ -19,7 +19,9 @@ def register(app: typer.Typer) -> None:
 
 def lab(
     out: Annotated[Path, typer.Option(help="Directory for results.json, results.md, the plot.")],
-    grid: Annotated[str, typer.Option(help="smoke, reduced or full.")] = "smoke",
+    grid: Annotated[
+        str, typer.Option(help="smoke, reduced, full, or the same with -remedies.")
+    ] = "smoke",
 ) -> None:
     """Measure how much the order of sites matters and how well each strategy picks it."""
     import torch

@@ -27,6 +27,7 @@ A plan looks like this (every key is documented on its dataclass field)::
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,7 +98,25 @@ class OrderingSection:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TrainingSection:
-    """Local training at each hop."""
+    """Local training at each hop, and the remedies against catastrophic forgetting.
+
+    In sequential training the sites trained last dominate the final model. Four remedies
+    are available, each independent and all off by default (the defaults train exactly as
+    plain sequential SGD does):
+
+    - ``proportional_steps`` with ``reference_examples``: local steps proportional to the
+      site's size (Balachandar et al. 2020), so a small site cannot overwrite what larger
+      ones taught. Each site scales by its own size over the reference; no site ever
+      needs another site's data.
+    - ``lr_schedule = "cyclical"`` with ``lr_min_ratio``: the learning rate falls along
+      each cycle (cosine, from ``lr`` at the cycle's first hop to ``lr * lr_min_ratio`` at
+      its last), so the last sites of a cycle move the model less.
+    - ``proximal_mu``: a FedProx-style penalty ``mu / 2 * ||w - w_incoming||^2`` that ties
+      each hop to the weights it received (a light form of EWC).
+    - More frequent transfer: more ``run.cycles`` with fewer ``local_epochs`` or
+      ``local_steps`` keeps the total compute and hands the model on more often. Nothing
+      extra is needed: set those two keys.
+    """
 
     optimizer: str = "sgd"
     """``sgd`` or ``adam``."""
@@ -117,6 +136,27 @@ class TrainingSection:
     """Train on ``cross_entropy(logits + log(local label prior))`` (logit adjustment), so a
     site that holds mostly one class does not pull the travelling model toward predicting
     that class everywhere; predictions use the raw logits. False: plain cross-entropy."""
+    proportional_steps: bool = False
+    """Scale each hop's steps by the site's size: a site with ``n`` training examples
+    trains ``max(1, round(base * n / reference_examples))`` steps, where ``base`` is
+    ``local_steps`` or, with ``local_epochs``, the steps of those epochs over
+    ``reference_examples`` examples. Mostly useful with ``local_steps``: epochs already
+    give steps roughly proportional to size. Needs ``reference_examples``."""
+    reference_examples: int = 0
+    """The size a site is compared with under ``proportional_steps``, normally the
+    federation's mean training-set size: the study owner sets it from the sizes the sites
+    publish in their profiles. 0: not set (``proportional_steps`` is then refused)."""
+    lr_schedule: str = "constant"
+    """``constant``: every hop trains at ``lr``. ``cyclical``: hop ``h`` of a run over
+    ``K`` sites trains at ``lr * (r + (1 - r) * (1 + cos(pi * p / (K - 1))) / 2)`` with
+    ``p = h mod K`` its position in the cycle and ``r = lr_min_ratio``: ``lr`` at the
+    first hop of each cycle, ``lr * lr_min_ratio`` at the last."""
+    lr_min_ratio: float = 0.1
+    """The last hop's share of ``lr`` in a ``cyclical`` schedule, in (0, 1]."""
+    proximal_mu: float = 0.0
+    """Strength ``mu`` of the proximal penalty ``mu / 2 * ||w - w_incoming||^2`` added to
+    the training loss, where ``w_incoming`` are the weights the hop received (the
+    trainable parameters only). 0 disables it."""
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adam"):
@@ -129,6 +169,23 @@ class TrainingSection:
             raise ValueError("one of 'local_epochs' or 'local_steps' must be at least 1")
         if self.local_steps < 0:
             raise ValueError(f"'local_steps' must not be negative, not {self.local_steps}")
+        if self.reference_examples < 0:
+            raise ValueError(
+                f"'reference_examples' must not be negative, not {self.reference_examples}"
+            )
+        if self.proportional_steps and self.reference_examples < 1:
+            raise ValueError(
+                "'proportional_steps' needs 'reference_examples' (the federation's mean "
+                "training-set size, from the published profiles) to be at least 1"
+            )
+        if self.lr_schedule not in ("constant", "cyclical"):
+            raise ValueError(
+                f"'lr_schedule' must be 'constant' or 'cyclical', not {self.lr_schedule!r}"
+            )
+        if not 0 < self.lr_min_ratio <= 1:
+            raise ValueError(f"'lr_min_ratio' must be in (0, 1], not {self.lr_min_ratio}")
+        if not (self.proximal_mu >= 0 and math.isfinite(self.proximal_mu)):
+            raise ValueError(f"'proximal_mu' must be a finite number >= 0, not {self.proximal_mu}")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -71,8 +71,9 @@ def simulate_sequential(
 
     The model is built from the plan (name, arguments, ``plan.run.seed``); hop ``h``
     (counted from 0 across cycles) evaluates the incoming model on the site's validation
-    split, trains with :func:`site_node.trainer.train_local` and seed
-    ``hop_seed(plan.run.seed, h)``, and evaluates again. The plan's site list is not
+    split, trains with :func:`site_node.trainer.train_local` (seed
+    ``hop_seed(plan.run.seed, h)``, hop index ``h``, the cycle's length as the number of
+    sites, as the site daemon does), and evaluates again. The plan's site list is not
     consulted: ``orders`` decides who trains.
 
     Args:
@@ -101,6 +102,8 @@ def simulate_sequential(
                 data.train,
                 plan.training,
                 seed=hop_seed(plan.run.seed, hop),
+                hop_index=hop,
+                num_sites=len(order),
             )
             after = evaluate(model, data.val)
             records.append(
@@ -126,10 +129,15 @@ def train_centralized(plan: RunPlan, federation: Federation) -> dict[str, float]
     pooled data; with ``local_steps > 0`` it takes ``cycles * num_sites * local_steps``
     steps. Same initial weights, optimizer and batch size; seed
     ``hop_seed(plan.run.seed, 0)``; the same loss as the sites (``training.logit_adjustment``).
+    The forgetting remedies do not apply (pooled training has nothing to forget): it
+    trains at the constant ``lr``, without proximal penalty or proportional steps, so the
+    baseline is the same whichever remedies a plan turns on.
     """
     model = _initial_model(plan, federation)
     cycles = plan.run.cycles
-    training = plan.training
+    training = dataclasses.replace(
+        plan.training, proportional_steps=False, lr_schedule="constant", proximal_mu=0.0
+    )
     if training.local_steps > 0:
         training = dataclasses.replace(
             training, local_steps=cycles * len(federation.sites) * training.local_steps

@@ -10,6 +10,7 @@ import torch
 
 from baton.data import Partition, make_federation
 from baton.lab.batched import train_orders_batched
+from baton.lab.grid import REMEDIES
 from baton.plan import ModelSection, RunPlan, RunSection, TaskSection, TrainingSection
 from baton.simulate import simulate_sequential
 
@@ -20,9 +21,16 @@ def main() -> None:
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--sequential-orders", type=int, default=12)
+    parser.add_argument(
+        "--remedies", action="store_true", help="turn on the *-remedies grids' remedies"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print(f"{args.dataset}, MLP [32], SGD, {args.epochs} local epochs, 1 torch thread")
+    remedies = dict(REMEDIES) if args.remedies else {}
+    print(
+        f"{args.dataset}, MLP [32], SGD, {args.epochs} local epochs, 1 torch thread, "
+        f"remedies: {remedies or 'none'}"
+    )
     print("| K | cycles | orders | batched orders/s | one-by-one orders/s | speed-up |")
     print("|---|---|---|---|---|---|")
     for k, cycles in ((3, 1), (5, 1), (5, 3)):
@@ -32,7 +40,7 @@ def main() -> None:
             run=RunSection(name="bench", sites=sites, cycles=cycles, seed=0),
             model=ModelSection(name="mlp", args={"hidden": [32]}),
             task=TaskSection(dataset=args.dataset),
-            training=TrainingSection(local_epochs=args.epochs, logit_adjustment=False),
+            training=TrainingSection(local_epochs=args.epochs, logit_adjustment=False, **remedies),
         )
         orders = list(itertools.permutations(sites))
         started = time.perf_counter()

@@ -155,6 +155,8 @@ class HopRunner:
                 self._local.data.train,
                 checked.plan.training,
                 seed=hop_seed(checked.plan.run.seed, a.hop_index),
+                hop_index=a.hop_index,
+                num_sites=len(checked.plan.run.sites),
                 progress=self._progress_reporter(a),
             )
             after = evaluate(model, self._local.data.val)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -115,23 +115,67 @@ def evaluate(model: nn.Module, split: Split) -> dict[str, float]:
     }
 
 
-def _optimizer(model: nn.Module, training: TrainingSection) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+def _optimizer(
+    params: list[torch.Tensor], training: TrainingSection, lr: float
+) -> torch.optim.Optimizer:
     if training.optimizer == "sgd":
         return torch.optim.SGD(
-            params, lr=training.lr, momentum=training.momentum, weight_decay=training.weight_decay
+            params, lr=lr, momentum=training.momentum, weight_decay=training.weight_decay
         )
     if training.optimizer == "adam":
-        return torch.optim.Adam(params, lr=training.lr, weight_decay=training.weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=training.weight_decay)
     raise ModelError(f"unknown optimizer {training.optimizer!r}")
 
 
 def total_steps(num_examples: int, training: TrainingSection) -> int:
     """Optimizer steps of one hop: ``local_steps`` if positive, else
-    ``local_epochs * ceil(num_examples / batch_size)``."""
+    ``local_epochs * ceil(num_examples / batch_size)``.
+
+    With ``training.proportional_steps`` that count is taken for a site of
+    ``reference_examples`` examples and scaled by ``num_examples / reference_examples``
+    (rounded, at least 1 step).
+    """
+    if training.proportional_steps:
+        reference = training.reference_examples
+        base = training.local_steps
+        if base <= 0:
+            base = training.local_epochs * math.ceil(reference / training.batch_size)
+        return max(1, round(base * num_examples / reference))
     if training.local_steps > 0:
         return training.local_steps
     return training.local_epochs * math.ceil(num_examples / training.batch_size)
+
+
+def hop_lr(training: TrainingSection, hop_index: int, num_sites: int) -> float:
+    """The learning rate of hop ``hop_index`` in a run over ``num_sites`` sites.
+
+    ``training.lr`` under the ``constant`` schedule, for one site, and at the first hop of
+    every cycle; under ``cyclical`` it falls along the cycle by a half cosine to
+    ``lr * lr_min_ratio`` at the cycle's last hop (see ``TrainingSection.lr_schedule``).
+
+    Raises:
+        ValueError: ``hop_index`` is negative or ``num_sites`` is below 1.
+    """
+    if hop_index < 0 or num_sites < 1:
+        raise ValueError(f"need hop_index >= 0 and num_sites >= 1, not {hop_index}, {num_sites}")
+    position = hop_index % num_sites
+    if training.lr_schedule == "constant" or position == 0:
+        return training.lr
+    ratio = training.lr_min_ratio
+    if position == num_sites - 1:
+        return training.lr * ratio
+    weight = 0.5 * (1.0 + math.cos(math.pi * position / (num_sites - 1)))
+    return training.lr * (ratio + (1.0 - ratio) * weight)
+
+
+def proximal_penalty(
+    params: Sequence[torch.Tensor], anchor: Sequence[torch.Tensor], mu: float
+) -> torch.Tensor:
+    """``mu / 2 * sum ||p - a||^2`` over matching tensors: the pull toward ``anchor``."""
+    total = torch.zeros((), dtype=params[0].dtype)
+    for p, a in zip(params, anchor, strict=True):
+        total = total + (p - a).pow(2).sum()
+    return 0.5 * mu * total
 
 
 def _report_steps(total: int) -> set[int]:
@@ -145,6 +189,8 @@ def train_local(
     training: TrainingSection,
     *,
     seed: int,
+    hop_index: int = 0,
+    num_sites: int = 1,
     progress: ProgressFn | None = None,
 ) -> TrainResult:
     """Trains ``model`` in place on one site's training split.
@@ -163,11 +209,18 @@ def train_local(
     its state is unchanged. The result is deterministic given the incoming weights, the
     data, ``training`` and ``seed`` (on one thread count).
 
+    The forgetting remedies of ``training`` apply here: the step count of
+    :func:`total_steps` (proportional to the site's size if asked), the learning rate of
+    :func:`hop_lr` for this hop's place in its cycle, and the proximal penalty toward the
+    incoming weights (added to the loss that is minimized; the reported loss leaves it out).
+
     Args:
         model: The travelling model; trained in place, left in its previous mode.
         split: The site's training split.
         training: The plan's local training policy.
         seed: This hop's seed, from :func:`hop_seed`.
+        hop_index: This hop's 0-based index across the run (for a cyclical schedule).
+        num_sites: Sites per cycle, the cycle's length (for a cyclical schedule).
         progress: Called at most :data:`MAX_PROGRESS_CALLS` times as
             ``(step, total_steps, loss)`` with the loss of that step's minibatch.
 
@@ -183,7 +236,10 @@ def train_local(
     total = total_steps(n, training)
     reports = _report_steps(total) if progress is not None else set()
     steps_per_epoch = math.ceil(n / training.batch_size)
-    optimizer = _optimizer(model, training)
+    params: list[torch.Tensor] = [p for p in model.parameters() if p.requires_grad]
+    optimizer = _optimizer(params, training, hop_lr(training, hop_index, num_sites))
+    mu = training.proximal_mu
+    anchor = [p.detach().clone() for p in params] if mu > 0 else []
     offset = _log_prior(y, num_outputs) if training.logit_adjustment else torch.zeros(num_outputs)
     losses = torch.zeros(total)
     was_training = model.training
@@ -200,7 +256,10 @@ def train_local(
                     idx = order[start : start + training.batch_size]
                     optimizer.zero_grad(set_to_none=True)
                     loss = F.cross_entropy(model(x[idx]) + offset, y[idx])
-                    torch.autograd.backward(loss)
+                    if mu > 0:
+                        torch.autograd.backward(loss + proximal_penalty(params, anchor, mu))
+                    else:
+                        torch.autograd.backward(loss)
                     optimizer.step()
                     losses[step] = loss.detach()
                     step += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 import torch
@@ -30,8 +31,11 @@ def fedavg_accuracy(plan: RunPlan, federation: Federation) -> float:
     ``hop_seed(plan.run.seed, round * K + i)`` for the ``i``-th site), and the replies are
     averaged, weighted by training examples, by Flower's FedAvg aggregation
     (``aggregate_arrayrecords`` over ``ArrayRecord`` replies, as ``flwr.serverapp.strategy.
-    FedAvg`` does). Each site fits the input normalization on its own data in round one;
-    the average of those moments travels on. Same initial weights as the sequential run.
+    FedAvg`` does). Plain FedAvg whatever remedies the plan turns on: every site trains
+    at the constant ``lr`` without proximal penalty, for the steps a hop would take (so
+    ``proportional_steps`` keeps the local compute equal). Each site fits the input
+    normalization on its own data in round one; the average of those moments travels on.
+    Same initial weights as the sequential run.
     """
 
     def fresh() -> torch.nn.Module:
@@ -43,6 +47,7 @@ def fedavg_accuracy(plan: RunPlan, federation: Federation) -> float:
             seed=plan.run.seed,
         )
 
+    training = dataclasses.replace(plan.training, lr_schedule="constant", proximal_mu=0.0)
     model = fresh()
     sites = list(federation.sites.items())
     for rnd in range(plan.run.cycles):
@@ -51,7 +56,7 @@ def fedavg_accuracy(plan: RunPlan, federation: Federation) -> float:
             local = fresh()
             local.load_state_dict(model.state_dict())
             train_local(
-                local, data.train, plan.training, seed=hop_seed(plan.run.seed, rnd * len(sites) + i)
+                local, data.train, training, seed=hop_seed(plan.run.seed, rnd * len(sites) + i)
             )
             replies.append(
                 RecordDict(

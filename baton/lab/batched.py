@@ -15,7 +15,7 @@ from torch.func import functional_call, vmap
 
 from baton.data import Split
 from baton.models import build_model
-from site_node.trainer import hop_seed, total_steps
+from site_node.trainer import hop_lr, hop_seed, proximal_penalty, total_steps
 
 if TYPE_CHECKING:
     from baton.data import Federation
@@ -64,7 +64,9 @@ def train_orders_batched(
     site take the same minibatches and are trained together, their parameters stacked
     and the model applied with ``torch.func.vmap``. SGD with momentum and weight decay is
     the update ``torch.optim.SGD`` makes; logit adjustment and the first hop's fit of the
-    input normalization are as in ``train_local``. Results agree with the one-by-one
+    input normalization are as in ``train_local``, and so are the forgetting remedies
+    (proportional steps, the cyclical learning rate, the proximal penalty toward each
+    hop's incoming weights). Results agree with the one-by-one
     simulation to float rounding (vectorized matrix products round differently).
 
     Raises:
@@ -111,7 +113,8 @@ def train_orders_batched(
                 sub_b,
                 federation.sites[site].train,
                 plan,
-                hop_seed(plan.run.seed, hop),
+                seed=hop_seed(plan.run.seed, hop),
+                lr=hop_lr(plan.training, hop, k_sites),
             )
             for k in params:
                 params[k][idx] = sub_p[k]
@@ -149,7 +152,9 @@ def _train_group(
     buffers: dict[str, torch.Tensor],
     split: Split,
     plan: RunPlan,
+    *,
     seed: int,
+    lr: float,
 ) -> None:
     training = plan.training
     x, y = torch.from_numpy(split.x), torch.from_numpy(split.y)
@@ -164,6 +169,8 @@ def _train_group(
     names = list(params)
     tensors = [params[k].clone().requires_grad_(True) for k in names]
     momentum: list[torch.Tensor | None] = [None] * len(names)
+    mu = training.proximal_mu
+    anchor = [t.detach().clone() for t in tensors] if mu > 0 else []
     total = total_steps(n, training)
     generator = torch.Generator().manual_seed(seed)
     step = 0
@@ -177,6 +184,9 @@ def _train_group(
                 (logits + offset).reshape(-1, classes), y[batch].repeat(groups), reduction="none"
             )
             loss = losses.reshape(groups, rows).mean(dim=1).sum()
+            if mu > 0:
+                # Summed over the stacked runs, each run's gradient is its own pull.
+                loss = loss + proximal_penalty(tensors, anchor, mu)
             grads = torch.autograd.grad(loss, tensors)
             with torch.no_grad():
                 for i, (p, g) in enumerate(zip(tensors, grads, strict=True)):
@@ -189,7 +199,7 @@ def _train_group(
                         else:
                             buf.mul_(training.momentum).add_(d_p)
                         d_p = buf
-                    p.add_(d_p, alpha=-training.lr)
+                    p.add_(d_p, alpha=-lr)
             step += 1
             if step == total:
                 break

@@ -14,18 +14,12 @@ import numpy as np
 
 from baton.data import Federation, Partition, make_federation
 from baton.lab.baselines import centralized_accuracy, fedavg_accuracy
-from baton.lab.oracle import (
-    OrderScores,
-    candidate_orders,
-    ci95,
-    evaluate_orders,
-    order_effect,
-    percentile_of,
-)
-from baton.lab.runner import strategy_schedule
+from baton.lab.oracle import OrderScores, candidate_orders, evaluate_orders
+from baton.lab.runner import published_profiles, strategy_schedule
+from baton.lab.summary import summarize
 from baton.plan import ModelSection, RunPlan, RunSection, TaskSection, TrainingSection
 from baton.simulate import simulate_sequential
-from ordering import ProbeOutcome, make_strategy
+from ordering import OrderingContext, OrderingStrategy, ProbeOutcome, make_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +77,35 @@ class Grid:
     """Probe runs the learned strategy gets per site (capped at the number of orders)."""
     strategies: tuple[tuple[str, str, Mapping[str, Any]], ...] = field(default=STRATEGIES)
     """Strategies compared."""
+    remedies: Mapping[str, Any] = field(default_factory=dict)
+    """Forgetting remedies turned on in every cell: ``TrainingSection`` fields and their
+    values (``lr_schedule``, ``lr_min_ratio``, ``proximal_mu``, ``proportional_steps``).
+    With ``proportional_steps`` the reference size is the mean of the sites' published
+    training-set sizes. Empty: plain SGD."""
+
+    transfer_factor: int = 1
+    """More cycles with fewer local epochs at equal compute: a cell whose local epochs
+    this factor divides runs ``cycles * factor`` cycles of ``local_epochs / factor``
+    epochs (the records show the cycles and epochs actually run); others run as given."""
+
+    def __post_init__(self) -> None:
+        if self.transfer_factor < 1:
+            raise ValueError(f"'transfer_factor' must be at least 1, not {self.transfer_factor}")
+
+    @property
+    def remedies_label(self) -> str:
+        """``none``, or the remedies as ``key=value`` pairs joined by ``+``."""
+        items = sorted(self.remedies.items())
+        if self.transfer_factor > 1:
+            items.append(("transfer_factor", self.transfer_factor))
+        return "+".join(f"{k}={v}" for k, v in items) if items else "none"
+
+    def effective(self, cell: Cell) -> Cell:
+        """The cell as run, after :attr:`transfer_factor`."""
+        f = self.transfer_factor
+        if f == 1 or cell.local_epochs % f:
+            return cell
+        return replace(cell, cycles=cell.cycles * f, local_epochs=cell.local_epochs // f)
 
 
 def _cells(
@@ -139,8 +162,38 @@ GRIDS: dict[str, Grid] = {
 }
 
 
-def lab_plan(cell: Cell, grid: Grid, sites: tuple[str, ...]) -> RunPlan:
-    """The run plan of a cell: an MLP, plain SGD (no logit adjustment), the cell's epochs."""
+REMEDIES: Mapping[str, Any] = {
+    "lr_schedule": "cyclical",
+    "lr_min_ratio": 0.1,
+    "proximal_mu": 0.1,
+}
+"""The remedies of the ``*-remedies`` grids: a cyclical learning rate falling to a tenth
+along each cycle and a proximal pull toward each hop's incoming weights; those grids also
+hand the model on 5 times as often (``transfer_factor``). Proportional steps are left
+out: with local epochs the steps are already proportional to size."""
+
+for _name in ("smoke", "reduced", "full"):
+    GRIDS[f"{_name}-remedies"] = replace(
+        GRIDS[_name], name=f"{_name}-remedies", remedies=dict(REMEDIES), transfer_factor=5
+    )
+
+
+def lab_plan(
+    cell: Cell, grid: Grid, sites: tuple[str, ...], federation: Federation | None = None
+) -> RunPlan:
+    """The run plan of a cell: an MLP, plain SGD (no logit adjustment), the cell's epochs,
+    and the grid's remedies.
+
+    Raises:
+        ValueError: The grid asks for ``proportional_steps`` and no ``federation`` is
+            given to take the mean published size from.
+    """
+    remedies = dict(grid.remedies)
+    if remedies.get("proportional_steps") and "reference_examples" not in remedies:
+        if federation is None:
+            raise ValueError("proportional steps need the federation's published sizes")
+        sizes = [p.num_examples for p in published_profiles(federation).values()]
+        remedies["reference_examples"] = max(1, round(sum(sizes) / len(sizes)))
     return RunPlan(
         run=RunSection(name="lab", sites=sites, cycles=cell.cycles, seed=0),
         model=ModelSection(name="mlp", args={"hidden": list(grid.hidden)}),
@@ -152,6 +205,7 @@ def lab_plan(cell: Cell, grid: Grid, sites: tuple[str, ...]) -> RunPlan:
             batch_size=32,
             local_epochs=cell.local_epochs,
             logit_adjustment=False,
+            **remedies,
         ),
     )
 
@@ -170,28 +224,53 @@ class Trial:
     """Label to whether its schedule was the best order, one per repetition."""
     extra_runs: dict[str, int]
     """Label to probe runs it used per run."""
+    decide_seconds: dict[str, float] = field(default_factory=dict)
+    """Label to the wall-clock seconds its ``cycle_order`` calls took per run (mean)."""
+    run_seconds: float = math.nan
+    """Wall-clock seconds of one whole simulated run (one order, one by one): what each
+    probe run costs."""
+
+
+class _Timed:
+    """A strategy whose ``cycle_order`` calls are timed."""
+
+    def __init__(self, inner: OrderingStrategy) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.seconds = 0.0
+
+    def cycle_order(self, ctx: OrderingContext) -> tuple[str, ...]:
+        started = time.perf_counter()
+        try:
+            return tuple(self.inner.cycle_order(ctx))
+        finally:
+            self.seconds += time.perf_counter() - started
 
 
 def run_trial(cell: Cell, grid: Grid, seed: int) -> Trial:
     """Runs the oracle, the baselines and every strategy for one partition seed."""
     sites = tuple(f"site-{i}" for i in range(cell.k))
     federation = make_federation(cell.dataset, sites, cell.partition, seed=seed)
-    plan = lab_plan(cell, grid, sites)
+    plan = lab_plan(cell, grid, sites, federation)
     reps = tuple(range(grid.repetitions))
     scores = evaluate_orders(plan, federation, candidate_orders(sites, seed=seed), reps)
     best = int(np.argmax(scores.test.mean(axis=1)))
     chosen: dict[str, list[float]] = {}
     hits: dict[str, list[bool]] = {}
     extra: dict[str, int] = {}
+    decide: dict[str, list[float]] = {}
     central: list[float] = []
     fedavg: list[float] = []
+    started = time.perf_counter()
+    simulate_sequential(plan, federation, [sites] * plan.run.cycles)
+    run_seconds = time.perf_counter() - started
     for r in reps:
         rep_plan = replace(plan, run=replace(plan.run, seed=r))
         central.append(centralized_accuracy(rep_plan, federation))
         fedavg.append(fedavg_accuracy(rep_plan, federation))
         probes = _probes(scores, r, cell.k * grid.probe_budget_per_site, seed)
         for label, name, options in grid.strategies:
-            strategy = make_strategy(name, options)
+            strategy = _Timed(make_strategy(name, options))
             used = probes if name == "learned" else ()
             schedule = strategy_schedule(strategy, rep_plan, federation, probes=used)
             acc = _accuracy_of(schedule, scores, r, rep_plan, federation)
@@ -199,15 +278,19 @@ def run_trial(cell: Cell, grid: Grid, seed: int) -> Trial:
             repeated = all(o == schedule[0] for o in schedule)
             hits.setdefault(label, []).append(repeated and schedule[0] == scores.orders[best])
             extra[label] = len(used)
+            decide.setdefault(label, []).append(strategy.seconds)
     chosen["fedavg"] = fedavg
     hits["fedavg"] = [False] * len(reps)
     extra["fedavg"] = 0
+    decide["fedavg"] = [0.0]
     return Trial(
         scores=scores,
         centralized=float(np.mean(central)),
         chosen=chosen,
         best_hits=hits,
         extra_runs=extra,
+        decide_seconds={k: float(np.mean(v)) for k, v in decide.items()},
+        run_seconds=run_seconds,
     )
 
 
@@ -236,66 +319,17 @@ def _accuracy_of(
     return simulate_sequential(plan, federation, schedule).test_metrics["accuracy"]
 
 
-def summarize(cell: Cell, trials: Sequence[Trial]) -> list[dict[str, Any]]:
-    """One record per strategy (and FedAvg) of a cell, means over the trials."""
-    effects = [order_effect(t.scores.test) for t in trials]
-    ratio = _mean([e.ratio for e in effects])
-    records = []
-    for label in trials[0].chosen:
-        accs, pcts, regrets, pct_central, hit_rates = [], [], [], [], []
-        for t in trials:
-            means = t.scores.test.mean(axis=1)
-            acc = float(np.mean(t.chosen[label]))
-            accs.append(acc)
-            pcts.append(percentile_of(acc, means))
-            regrets.append(float(means.max()) - acc)
-            pct_central.append(100.0 * acc / t.centralized if t.centralized > 0 else math.nan)
-            hit_rates.append(float(np.mean(t.best_hits[label])))
-        # Percentiles live in [0, 100]; a bound beyond is clipped (nan stays nan).
-        pct_lo, pct_hi = (v if math.isnan(v) else min(100.0, max(0.0, v)) for v in ci95(pcts))
-        records.append(
-            {
-                "dataset": cell.dataset,
-                "partition": cell.partition_label,
-                "k": cell.k,
-                "local_epochs": cell.local_epochs,
-                "cycles": cell.cycles,
-                "strategy": label,
-                "trials": len(trials),
-                "orders": len(trials[0].scores.orders),
-                "repetitions": len(trials[0].scores.seeds),
-                "accuracy_mean": float(np.mean(accs)),
-                "percentile_mean": float(np.mean(pcts)),
-                "ci95": [pct_lo, pct_hi],
-                "regret_mean": float(np.mean(regrets)),
-                "best_order_rate": float(np.mean(hit_rates)),
-                "pct_of_centralized": float(np.mean(pct_central)),
-                "centralized_accuracy": float(np.mean([t.centralized for t in trials])),
-                "order_noise_ratio": ratio,
-                "gap_best_worst": _mean([e.gap for e in effects]),
-                "noise_gap": _mean([e.noise_gap for e in effects]),
-                "order_sensitive": bool(ratio >= 1.0) if math.isfinite(ratio) else False,
-                "extra_runs": trials[0].extra_runs[label],
-            }
-        )
-    return records
-
-
-def _mean(values: Sequence[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return float(np.mean(finite)) if finite else math.nan
-
-
 def run_grid(
     grid: Grid, progress: Callable[[str], None] | None = None
 ) -> tuple[list[dict[str, Any]], float]:
     """Runs every cell of ``grid``; returns the records and the wall-clock seconds."""
     started = time.perf_counter()
     records: list[dict[str, Any]] = []
-    for n, cell in enumerate(grid.cells, start=1):
+    for n, nominal in enumerate(grid.cells, start=1):
+        cell = grid.effective(nominal)
         cell_started = time.perf_counter()
         trials = [run_trial(cell, grid, seed) for seed in grid.seeds]
-        records.extend(summarize(cell, trials))
+        records.extend(summarize(cell, trials, remedies=grid.remedies_label))
         if progress is not None:
             progress(
                 f"cell {n}/{len(grid.cells)} {cell.dataset} {cell.partition_label} "

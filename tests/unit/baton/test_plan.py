@@ -72,6 +72,21 @@ def test_defaults_fill_optional_sections() -> None:
         ('optimizer = "adam"', 'optimizer = "lbfgs"', "'optimizer' must be 'sgd' or 'adam'"),
         ('[task]\ndataset = "wine"\n', "", "missing required key 'task'"),
         ("lr = 1", "lr = true", "'training.lr' must be a number, not a boolean"),
+        (
+            "lr = 1",
+            "lr = 1\nproportional_steps = true",
+            "'proportional_steps' needs 'reference_examples'",
+        ),
+        ("lr = 1", "lr = 1\nreference_examples = -1", "'reference_examples' must not be negative"),
+        (
+            "lr = 1",
+            'lr = 1\nlr_schedule = "cosine"',
+            "'lr_schedule' must be 'constant' or 'cyclical', not 'cosine'",
+        ),
+        ("lr = 1", "lr = 1\nlr_min_ratio = 0", "'lr_min_ratio' must be in (0, 1], not 0"),
+        ("lr = 1", "lr = 1\nlr_min_ratio = 1.5", "'lr_min_ratio' must be in (0, 1], not 1.5"),
+        ("lr = 1", "lr = 1\nproximal_mu = -0.1", "'proximal_mu' must be a finite number >= 0"),
+        ("lr = 1", "lr = 1\nproximal_mu = inf", "'proximal_mu' must be a finite number >= 0"),
         ('name = "p"', "name = ", "malformed TOML"),
     ],
 )
@@ -80,6 +95,21 @@ def test_bad_plans_are_refused_with_a_precise_message(old: str, new: str, messag
     with pytest.raises(ConfigError) as err:
         parse_plan(PLAN.replace(old, new, 1))
     assert message in err.value.message
+
+
+def test_forgetting_remedies_are_off_by_default_and_load_from_toml() -> None:
+    default = parse_plan(PLAN).training
+    assert (default.proportional_steps, default.reference_examples) == (False, 0)
+    assert (default.lr_schedule, default.proximal_mu) == ("constant", 0.0)
+    remedies = (
+        "lr = 1\nproportional_steps = true\nreference_examples = 120\n"
+        'lr_schedule = "cyclical"\nlr_min_ratio = 0.2\nproximal_mu = 0.5'
+    )
+    training = parse_plan(PLAN.replace("lr = 1", remedies, 1)).training
+    assert training.proportional_steps
+    assert training.reference_examples == 120
+    assert (training.lr_schedule, training.lr_min_ratio) == ("cyclical", 0.2)
+    assert training.proximal_mu == 0.5
 
 
 def test_load_plan_names_the_file(tmp_path: Path) -> None:

@@ -86,6 +86,33 @@ def test_simulation_equals_the_site_trainer_run_by_hand() -> None:
     assert result.test_metrics == evaluate(model, fed.test)
 
 
+def test_simulation_gives_the_trainer_each_hops_place_in_its_cycle() -> None:
+    cyclical = dataclasses.replace(DEMO_TRAINING, lr_schedule="cyclical", lr_min_ratio=0.1)
+    fed, plan, orders = _federation(1), _plan(1, cyclical, cycles=2), _random_orders(1, cycles=2)
+    result = simulate_sequential(plan, fed, orders)
+    model = build_model("mlp", {"hidden": [32]}, num_features=30, num_classes=2, seed=1)
+    for hop, site in enumerate(s for order in orders for s in order):
+        train_local(
+            model,
+            fed.sites[site].train,
+            plan.training,
+            seed=hop_seed(1, hop),
+            hop_index=hop,
+            num_sites=len(SITES),
+        )
+    assert all(torch.equal(result.state[k], v) for k, v in state_of(model).items())
+    plain = simulate_sequential(_plan(1, cycles=2), fed, orders)
+    assert not all(torch.equal(result.state[k], v) for k, v in plain.state.items())
+
+
+def test_centralized_baseline_ignores_the_forgetting_remedies(one_thread: None) -> None:
+    remedied = dataclasses.replace(
+        DEMO_TRAINING, lr_schedule="cyclical", proximal_mu=1.0, reference_examples=50
+    )
+    fed = _federation(0)
+    assert train_centralized(_plan(0, remedied), fed) == train_centralized(_plan(0), fed)
+
+
 def test_final_state_reproduces_test_metrics() -> None:
     fed = _federation(2)
     result = simulate_sequential(_plan(2), fed, _random_orders(2))
