@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -346,26 +347,32 @@ def test_interrupted_upload_resumes_from_committed_offset(coordinator: LiveCoord
         transfer_id="t-1", run_id=run.run_id, hop_index=0, total_size=len(data), sha256=sha
     )
 
-    def broken() -> Iterator[site_pb2.UploadBlobRequest]:
+    sent = threading.Event()
+    cut = threading.Event()
+
+    def partial() -> Iterator[site_pb2.UploadBlobRequest]:
         yield site_pb2.UploadBlobRequest(header=header)
         for off in range(0, 3 << 20, 1 << 20):
             yield site_pb2.UploadBlobRequest(
                 chunk=common_pb2.BlobChunk(offset=off, data=data[off : off + (1 << 20)])
             )
-        # Cut the link only once the coordinator has stored what was sent, so the
-        # resume point is known exactly (otherwise the cut races the server's reads).
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            status = stubs["site-a"].GetUploadStatus(
-                site_pb2.GetUploadStatusRequest(transfer_id="t-1")
-            )
-            if status.committed_offset == 3 << 20:
-                break
-            time.sleep(0.01)
-        raise ConnectionError("link cut")
+        sent.set()
+        cut.wait(30)  # the stream stays open until the test cuts the link
 
-    with pytest.raises(grpc.RpcError):
-        stubs["site-a"].UploadBlob(broken())
+    call = stubs["site-a"].UploadBlob.future(partial())
+    assert sent.wait(30)
+    # Cut the link only once the coordinator has stored what was sent, so the resume point
+    # is known exactly; polling from here never blocks the stream's own sender thread.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = stubs["site-a"].GetUploadStatus(site_pb2.GetUploadStatusRequest(transfer_id="t-1"))
+        if status.committed_offset == 3 << 20:
+            break
+        time.sleep(0.01)
+    call.cancel()
+    cut.set()
+    with pytest.raises(grpc.FutureCancelledError):
+        call.result()
     status = stubs["site-a"].GetUploadStatus(site_pb2.GetUploadStatusRequest(transfer_id="t-1"))
     assert not status.complete
     offset = status.committed_offset
