@@ -9,6 +9,53 @@ from pathlib import Path
 from baton.tls import TlsFiles
 from baton.tomlcfg import build, read_toml
 
+PARALLEL_PLANS = ("auto", "single", "ddp", "fsdp", "tp", "fsdp_tp")
+"""Values of ``[training] parallel_plan``."""
+LAUNCHERS = ("torchrun", "fork")
+"""Values of ``[training] launcher``."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SiteTraining:
+    """How this site trains a hop: in this process, or with several local workers.
+
+    Example::
+
+        [training]
+        parallel_plan = "ddp"
+        workers = 2
+        launcher = "torchrun"
+
+    The run plan cannot override these settings yet.
+    """
+
+    parallel_plan: str = "single"
+    """``single`` trains in the daemon's process (the simulator's exact arithmetic);
+    ``ddp``, ``fsdp``, ``tp`` or ``fsdp_tp`` spread the hop over ``workers`` CPU processes
+    (gloo); ``auto`` picks a plan from ``workers`` and the model's size."""
+    workers: int = 1
+    """Local worker processes for a plan other than ``single``."""
+    launcher: str = "torchrun"
+    """``torchrun`` starts the workers as ``torchrun --standalone``; ``fork`` forks them
+    from the daemon (CPU only, starts faster)."""
+
+    def __post_init__(self) -> None:
+        if self.parallel_plan not in PARALLEL_PLANS:
+            raise ValueError(
+                f"'parallel_plan' must be one of {', '.join(PARALLEL_PLANS)}, "
+                f"not {self.parallel_plan!r}"
+            )
+        if self.workers < 1:
+            raise ValueError(f"'workers' must be at least 1, not {self.workers}")
+        if self.launcher not in LAUNCHERS:
+            raise ValueError(
+                f"'launcher' must be one of {', '.join(LAUNCHERS)}, not {self.launcher!r}"
+            )
+        if self.parallel_plan not in ("auto", "single") and self.workers < 2:
+            raise ValueError(
+                f"'parallel_plan' {self.parallel_plan!r} needs 'workers' of at least 2"
+            )
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SiteConfig:
@@ -50,6 +97,8 @@ class SiteConfig:
     """First back-off delay when the coordinator is unreachable; doubles each time."""
     retry_max_seconds: float = 30.0
     """Largest back-off delay."""
+    training: SiteTraining = SiteTraining()
+    """How hops train here (``[training]``); the default trains in this process."""
 
     def __post_init__(self) -> None:
         if ":" not in self.coordinator:

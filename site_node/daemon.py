@@ -158,6 +158,7 @@ class SiteDaemon:
             replay=self._replay,
             audit=self._audit,
             revoked=self._revoked,
+            training=self._cfg.training,
         )
         try:
             stream = stub.WatchAssignments(site_pb2.WatchAssignmentsRequest())

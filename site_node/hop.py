@@ -10,10 +10,12 @@ this site's private work directory, and only while the hop runs.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric import x25519
@@ -43,6 +45,10 @@ from baton.serde import blob_ref_from_proto, blob_ref_to_proto
 from baton.tls import TlsMaterial
 from baton.v1 import site_pb2, site_pb2_grpc
 from site_node import transfer
+from site_node.config import SiteTraining
+from site_node.local_training import site_plan, train_parallel
+from site_node.parallel.errors import ParallelError
+from site_node.parallel.plans import PlanKind
 from site_node.trainer import evaluate, hop_seed, train_local
 
 logger = logging.getLogger(__name__)
@@ -59,7 +65,14 @@ _REASONS: tuple[tuple[type[BatonError], str], ...] = (
     (ModelError, "model_error"),
     (BlobError, "transfer_error"),
     (PkiError, "untrusted_party"),
+    (ParallelError, "training_error"),
 )
+
+
+class _Reporter(Protocol):
+    def __call__(
+        self, step: int, total: int, loss: float, extra: dict[str, float] | None = None
+    ) -> None: ...
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -94,6 +107,7 @@ class HopRunner:
         replay: Remembers every hop this site accepted, across restarts.
         audit: This site's signed, hash-chained audit log.
         revoked: Whether a certificate (PEM) is on the federation's revocation list.
+        training: How this site trains (in process, or with a parallel plan).
     """
 
     def __init__(
@@ -107,7 +121,9 @@ class HopRunner:
         replay: ReplayGuard,
         audit: AuditLog,
         revoked: Callable[[bytes | str], bool] = lambda pem: False,
+        training: SiteTraining | None = None,
     ) -> None:
+        self._training = training or SiteTraining()
         self._revoked = revoked
         self._stub = stub
         self._tls = tls
@@ -146,19 +162,44 @@ class HopRunner:
         run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         plain_in = run_dir / f"hop-{a.hop_index:05d}.in.safetensors"
         plain_out = run_dir / f"hop-{a.hop_index:05d}.out.safetensors"
+        job_dir = run_dir / f"hop-{a.hop_index:05d}.job"
         try:
             model, checked = self._receive(a, run_dir, plain_in)
+            parallel = None
+            if self._training.parallel_plan != "single":
+                parallel = site_plan(
+                    self._training,
+                    model,
+                    checked.plan,
+                    num_examples=len(self._local.data.train),
+                )
             before = evaluate(model, self._local.data.val)
             self._report(a, "before", before)
-            result = train_local(
-                model,
-                self._local.data.train,
-                checked.plan.training,
-                seed=hop_seed(checked.plan.run.seed, a.hop_index),
-                hop_index=a.hop_index,
-                num_sites=len(checked.plan.run.sites),
-                progress=self._progress_reporter(a),
-            )
+            seed = hop_seed(checked.plan.run.seed, a.hop_index)
+            num_sites = len(checked.plan.run.sites)
+            if parallel is None or parallel.kind == PlanKind.SINGLE:
+                result = train_local(
+                    model,
+                    self._local.data.train,
+                    checked.plan.training,
+                    seed=seed,
+                    hop_index=a.hop_index,
+                    num_sites=num_sites,
+                    progress=self._progress_reporter(a),
+                )
+            else:
+                result = train_parallel(
+                    model,
+                    self._local.data.train,
+                    checked.plan,
+                    parallel,
+                    launcher=self._training.launcher,
+                    job_dir=job_dir,
+                    seed=seed,
+                    hop_index=a.hop_index,
+                    num_sites=num_sites,
+                    progress=self._progress_reporter(a),
+                )
             after = evaluate(model, self._local.data.val)
             logger.info(
                 "hop %d: val accuracy %.4f -> %.4f after %d steps (%.2fs)",
@@ -175,6 +216,7 @@ class HopRunner:
             # The model leaves this site only sealed; plaintext copies go as soon as possible.
             plain_in.unlink(missing_ok=True)
             plain_out.unlink(missing_ok=True)
+            shutil.rmtree(job_dir, ignore_errors=True)
         ref = transfer.upload(self._stub, run_id=a.run_id, hop_index=a.hop_index, source=sealed)
         self._audit.append(
             "hop_sent",
@@ -352,17 +394,18 @@ class HopRunner:
             )
         )
 
-    def _progress_reporter(self, a: site_pb2.Assignment) -> Callable[[int, int, float], None]:
+    def _progress_reporter(self, a: site_pb2.Assignment) -> _Reporter:
         last = [0.0]
 
-        def report(step: int, total: int, loss: float) -> None:
+        def report(
+            step: int, total: int, loss: float, extra: dict[str, float] | None = None
+        ) -> None:
             now = time.monotonic()
             if step < total and now - last[0] < PROGRESS_INTERVAL_SECONDS:
                 return
             last[0] = now
-            self._report(
-                a, "progress", {"step": float(step), "total_steps": float(total), "loss": loss}
-            )
+            metrics = {"step": float(step), "total_steps": float(total), "loss": loss}
+            self._report(a, "progress", {**metrics, **(extra or {})})
 
         return report
 

@@ -1,0 +1,238 @@
+"""A hop's training with several local workers: the site's parallel plan, applied to the
+travelling model through ``site_node.parallel``.
+
+The daemon writes the verified, decrypted weights and the site's training split into a
+private job directory, starts the workers (``torchrun`` or forked), forwards rank 0's
+progress, and loads the full trained state back into the model it evaluates and seals. The
+job directory holds plaintext and is removed whatever happens.
+
+Only plain SGD or Adam, without the proximal penalty, can be spread: the other training
+settings of the run plan map one to one onto the workers' job (the learning rate of
+:func:`~site_node.trainer.hop_lr`, the steps of :func:`~site_node.trainer.total_steps`,
+logit adjustment). The workers drop incomplete batches and draw their own example order,
+so a parallel hop is not bit-for-bit the in-process hop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from baton.codec import load_into, load_state_file, state_of
+from baton.data import Split
+from baton.errors import DataError
+from baton.plan import RunPlan
+from site_node.config import SiteTraining
+from site_node.parallel import families
+from site_node.parallel.errors import PlanError
+from site_node.parallel.job import Job, ModelSpec, TrainSpec
+from site_node.parallel.launch import Starter, launch, prepare, read_result
+from site_node.parallel.plans import ParallelPlan, PlanKind, choose_plan
+from site_node.trainer import TrainResult, hop_lr, total_steps
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int, float, dict[str, float]], None]
+"""``progress(step, total_steps, loss, extra)``: rank 0's progress; ``extra`` holds
+``samples_per_s``."""
+
+PARALLEL_MODELS: dict[PlanKind, frozenset[str]] = {
+    PlanKind.DDP: frozenset({"logreg", "mlp"}),
+    PlanKind.FSDP: frozenset({"logreg", "mlp"}),
+    PlanKind.TP: frozenset({"mlp"}),
+    PlanKind.FSDP_TP: frozenset({"mlp"}),
+}
+"""Registered models each plan can train (tensor parallelism needs a family's TP plan)."""
+
+
+def site_plan(
+    settings: SiteTraining, model: nn.Module, run_plan: RunPlan, *, num_examples: int
+) -> ParallelPlan:
+    """The parallel plan of this site's hop for ``model``.
+
+    Raises:
+        PlanError: The configured plan cannot run this model on ``settings.workers``
+            workers, or the model family cannot be spread at all.
+    """
+    footprint = families.footprint(
+        model,
+        optimizer=_optimizer(run_plan),
+        batch=run_plan.training.batch_size,
+        example_shape=(),
+    )
+    workers = settings.workers
+    kind = settings.parallel_plan
+    if kind == "auto":
+        plan = choose_plan(devices=workers, free_bytes=_memory_bytes(), model=footprint)
+    elif kind == "single":
+        plan = ParallelPlan(kind=PlanKind.SINGLE)
+    else:
+        plan = choose_plan(
+            devices=workers,
+            free_bytes=_memory_bytes(),
+            model=footprint,
+            override=_override(PlanKind(kind), workers, footprint.tp_degrees),
+        )
+    name = run_plan.model.name
+    if plan.kind != PlanKind.SINGLE and name not in PARALLEL_MODELS[plan.kind]:
+        supported = ", ".join(sorted(PARALLEL_MODELS[plan.kind]))
+        raise PlanError(f"plan {plan.kind} cannot train model {name!r}; it trains: {supported}")
+    if plan.kind != PlanKind.SINGLE and num_examples < run_plan.training.batch_size:
+        raise PlanError(
+            f"{num_examples} training examples do not fill one global batch of "
+            f"{run_plan.training.batch_size}"
+        )
+    return plan
+
+
+def _override(kind: PlanKind, workers: int, tp_degrees: tuple[int, ...]) -> ParallelPlan:
+    if kind in (PlanKind.DDP, PlanKind.FSDP):
+        return ParallelPlan(kind=kind, dp=workers)
+    if kind == PlanKind.TP:
+        return ParallelPlan(kind=kind, tp=workers)
+    for tp in sorted(tp_degrees):
+        if workers % tp == 0 and workers // tp >= 2:
+            return ParallelPlan(kind=kind, dp=workers // tp, tp=tp)
+    raise PlanError(
+        f"plan fsdp_tp cannot split {workers} workers into data-parallel groups of a "
+        f"tensor-parallel degree the model supports ({', '.join(map(str, tp_degrees)) or 'none'})"
+    )
+
+
+def _optimizer(run_plan: RunPlan) -> str:
+    t = run_plan.training
+    if t.proximal_mu > 0:
+        raise PlanError("parallel training does not implement the proximal penalty")
+    if t.optimizer == "sgd":
+        return "sgd"
+    # Adam and AdamW are the same algorithm without weight decay.
+    if t.weight_decay != 0:
+        raise PlanError("parallel training runs Adam only without weight decay")
+    return "adamw"
+
+
+def train_parallel(
+    model: nn.Module,
+    split: Split,
+    run_plan: RunPlan,
+    plan: ParallelPlan,
+    *,
+    launcher: str,
+    job_dir: Path,
+    seed: int,
+    hop_index: int,
+    num_sites: int,
+    progress: ProgressFn | None = None,
+) -> TrainResult:
+    """Trains ``model`` in place under ``plan`` with worker processes.
+
+    Args:
+        model: The travelling model, already checked; replaced by the trained state.
+        split: The site's training split.
+        run_plan: The signed run plan (its training policy).
+        plan: This site's parallel plan, from :func:`site_plan`.
+        launcher: ``torchrun`` or ``fork``.
+        job_dir: Private directory for the job; created, and removed before returning.
+        seed: This hop's seed.
+        hop_index: This hop's 0-based index across the run.
+        num_sites: Sites per cycle.
+        progress: Receives rank 0's progress.
+
+    Raises:
+        DataError: The split is empty or has labels the model cannot output.
+        PlanError: The global batch does not divide among the workers.
+        WorkerError: A worker failed; nothing of its output is kept.
+        ModelError: The workers' result does not fit the model.
+    """
+    if len(split) == 0:
+        raise DataError("the split holds no examples")
+    x, y = torch.from_numpy(split.x), torch.from_numpy(split.y)
+    num_classes = _num_outputs(model, x)
+    if int(y.min()) < 0 or int(y.max()) >= num_classes:
+        raise DataError(f"labels fall outside the model's {num_classes} classes")
+    t = run_plan.training
+    try:
+        job = Job(
+            model=ModelSpec(
+                name=run_plan.model.name,
+                args=dict(run_plan.model.args),
+                num_features=x.shape[1],
+                num_classes=num_classes,
+            ),
+            training=TrainSpec(
+                optimizer=_optimizer(run_plan),
+                lr=hop_lr(t, hop_index, num_sites),
+                momentum=t.momentum if t.optimizer == "sgd" else 0.0,
+                weight_decay=t.weight_decay,
+                batch_size=t.batch_size,
+                steps=total_steps(len(y), t),
+                seed=seed,
+                logit_adjustment=t.logit_adjustment,
+            ),
+            plan=plan,
+            workdir=str(job_dir),
+        )
+    except ValueError as exc:
+        raise PlanError(f"plan {plan.kind} on {plan.world_size} workers: {exc}") from None
+
+    def forward(line: dict[str, Any]) -> None:
+        if progress is not None and "step" in line:
+            extra = {"samples_per_s": float(line.get("samples_per_s", 0.0))}
+            progress(int(line["step"]), int(line["total"]), float(line["loss"]), extra)
+
+    started = time.perf_counter()
+    try:
+        job_path = prepare(job, weights=state_of(model), x=x, y=y)
+        logger.info(
+            "training hop %d with plan %s on %d workers (%s)",
+            hop_index,
+            plan.kind,
+            plan.world_size,
+            launcher,
+        )
+        starter: Starter = "fork" if launcher == "fork" else "torchrun"
+        output = launch(job_path, starter=starter, progress=forward)
+        trained = load_state_file(output)
+        done = read_result(job)
+    finally:
+        shutil.rmtree(job_dir, ignore_errors=True)
+    load_into(model, trained)
+    seconds = time.perf_counter() - started
+    logger.info(
+        "hop %d: %d steps on %d workers, %.1f samples/s",
+        hop_index,
+        done["steps"],
+        plan.world_size,
+        done["samples_per_s"],
+    )
+    return TrainResult(
+        num_examples=len(y),
+        steps=int(done["steps"]),
+        train_seconds=seconds,
+        final_loss=float(done["final_loss"]),
+    )
+
+
+def _num_outputs(model: nn.Module, x: torch.Tensor) -> int:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return int(model(x[:1]).shape[1])
+    finally:
+        model.train(was_training)
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError):
+        return 0

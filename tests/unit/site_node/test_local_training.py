@@ -1,0 +1,150 @@
+"""The site's ``[training]`` settings and the parallel plan they give a hop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from baton.errors import ConfigError
+from baton.models import build_model
+from baton.plan import parse_plan
+from site_node.config import SiteTraining, load_site_config
+from site_node.local_training import site_plan
+from site_node.parallel.errors import PlanError
+from site_node.parallel.plans import ParallelPlan, PlanKind
+
+SITE = """
+coordinator = "localhost:7443"
+
+[tls]
+ca = "ca.pem"
+cert = "site.pem"
+key = "site.key"
+"""
+
+PLAN = """
+[run]
+name = "plan"
+sites = ["a", "b"]
+
+[model]
+name = "{model}"
+{args}
+
+[task]
+dataset = "breast_cancer"
+
+[training]
+{training}
+"""
+
+
+def test_defaults_train_in_process(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(SITE)
+    assert load_site_config(path).training == SiteTraining(
+        parallel_plan="single", workers=1, launcher="torchrun"
+    )
+
+
+def test_training_section_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(SITE + '\n[training]\nparallel_plan = "ddp"\nworkers = 2\nlauncher = "fork"\n')
+    assert load_site_config(path).training == SiteTraining(
+        parallel_plan="ddp", workers=2, launcher="fork"
+    )
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ('parallel_plan = "pipeline"', "'parallel_plan' must be one of auto, single, ddp,"),
+        ("workers = 0", "'workers' must be at least 1, not 0"),
+        ('launcher = "mpirun"', "'launcher' must be one of torchrun, fork, not 'mpirun'"),
+        ('parallel_plan = "fsdp"', "'parallel_plan' 'fsdp' needs 'workers' of at least 2"),
+        ("threads = 2", "unknown key 'training.threads'"),
+        ('workers = "2"', "training.workers"),
+    ],
+)
+def test_bad_training_section_is_refused(tmp_path: Path, section: str, message: str) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(SITE + f"\n[training]\n{section}\n")
+    with pytest.raises(ConfigError) as err:
+        load_site_config(path)
+    assert message in err.value.message
+    assert str(path) in err.value.message
+
+
+def _plan(
+    settings: SiteTraining,
+    *,
+    model: str = "mlp",
+    args: str = "args = { hidden = [16, 8] }",
+    training: str = "",
+    examples: int = 100,
+) -> ParallelPlan:
+    run_plan = parse_plan(
+        PLAN.format(model=model, args=args, training=training), source="plan.toml"
+    )
+    net = build_model(
+        run_plan.model.name, run_plan.model.args, num_features=30, num_classes=2, seed=0
+    )
+    return site_plan(settings, net, run_plan, num_examples=examples)
+
+
+def test_configured_plans_use_every_worker() -> None:
+    assert _plan(SiteTraining()) == ParallelPlan(kind=PlanKind.SINGLE)
+    assert _plan(SiteTraining(parallel_plan="ddp", workers=2)) == ParallelPlan(
+        kind=PlanKind.DDP, dp=2
+    )
+    assert _plan(SiteTraining(parallel_plan="tp", workers=2)) == ParallelPlan(
+        kind=PlanKind.TP, tp=2
+    )
+    assert _plan(SiteTraining(parallel_plan="fsdp_tp", workers=4)) == ParallelPlan(
+        kind=PlanKind.FSDP_TP, dp=2, tp=2
+    )
+    assert _plan(SiteTraining(parallel_plan="auto", workers=1)) == ParallelPlan(
+        kind=PlanKind.SINGLE
+    )
+    assert _plan(SiteTraining(parallel_plan="auto", workers=2)) == ParallelPlan(
+        kind=PlanKind.DDP, dp=2
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "kwargs", "message"),
+    [
+        (
+            SiteTraining(parallel_plan="tp", workers=2),
+            {"model": "logreg", "args": ""},
+            "plan tp splits layers 2 ways; the model supports: none",
+        ),
+        (
+            SiteTraining(parallel_plan="fsdp_tp", workers=2),
+            {},
+            "plan fsdp_tp cannot split 2 workers",
+        ),
+        (
+            SiteTraining(parallel_plan="ddp", workers=2),
+            {"training": "proximal_mu = 0.1"},
+            "does not implement the proximal penalty",
+        ),
+        (
+            SiteTraining(parallel_plan="ddp", workers=2),
+            {"training": 'optimizer = "adam"\nweight_decay = 0.01'},
+            "Adam only without weight decay",
+        ),
+        (
+            SiteTraining(parallel_plan="ddp", workers=2),
+            {"examples": 31},
+            "31 training examples do not fill one global batch of 32",
+        ),
+    ],
+)
+def test_plans_that_cannot_run_are_refused(
+    settings: SiteTraining, kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(PlanError) as err:
+        _plan(settings, **kwargs)  # type: ignore[arg-type]
+    assert message in err.value.message
