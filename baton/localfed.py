@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,8 +128,12 @@ def start(
     *,
     env: dict[str, str] | None = None,
     startup_timeout: float = 60.0,
+    site_config_extra: Mapping[str, str] | None = None,
 ) -> int:
-    """Starts the coordinator, then one daemon per site; returns the coordinator's port."""
+    """Starts the coordinator, then one daemon per site; returns the coordinator's port.
+
+    ``site_config_extra`` appends TOML to a site's config (e.g. a ``[training]`` table).
+    """
     layout.port_file.unlink(missing_ok=True)
     group.start(
         "coordinator",
@@ -147,6 +151,9 @@ def start(
     port = int(wait_for_file(layout.port_file, timeout=startup_timeout, group=group))
     for site_id in site_ids:
         config = write_site_config(layout, site_id, port)
+        extra = (site_config_extra or {}).get(site_id)
+        if extra:
+            config.write_text(config.read_text(encoding="utf-8") + extra, encoding="utf-8")
         group.start(
             site_id,
             "site_node.cli",

@@ -11,17 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from baton.admin_client import AdminClient
 from baton.audit import verify_log
-from baton.codec import load_state_file
 from baton.data import Partition
-from baton.localfed import provision, start, wait_until_online
-from baton.owner import fetch_result
+from baton.localfed import provision
 from baton.plan import parse_plan
-from baton.procs import ProcessGroup
 from baton.sealing import AppKeys
 from baton.simulate import simulate_sequential
-from baton.v1 import admin_pb2, common_pb2
+from baton.v1 import admin_pb2
+from tests.e2e.runs import run_to_the_end
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -57,22 +54,10 @@ def test_three_site_run_passes_the_model_through_every_site(tmp_path: Path) -> N
         partition=Partition(kind="dirichlet", alpha=0.5),
         seed=3,
     )
-    with ProcessGroup() as group:
-        port = start(layout, SITES, group)
-        with AdminClient(f"127.0.0.1:{port}", layout.admin_tls.load()) as client:
-            wait_until_online(client, SITES, group)
-            owner = AppKeys.load(layout.owner_keys)
-            run = client.create_run(PLAN, owner)
-            events = list(client.watch(run.run_id))
-            final = client.get_run(run.run_id)
-            assert final.state == common_pb2.RUN_STATE_SUCCEEDED, final.error
-            result = tmp_path / "result.safetensors"
-            fetch_result(
-                client, run.run_id, result, owner=owner, ca_pem=layout.admin_tls.load().ca_pem
-            )
-        codes = [p.stop() for p in group.procs]
+    outcome = run_to_the_end(layout, SITES, PLAN)
+    final, events, state = outcome.run, outcome.events, outcome.state
     # Every process shut down cleanly on SIGTERM.
-    assert codes == [0, 0, 0, 0]
+    assert outcome.exit_codes == [0, 0, 0, 0]
 
     hops = list(final.hops)
     assert [h.hop_index for h in hops] == list(range(6))
@@ -88,7 +73,6 @@ def test_three_site_run_passes_the_model_through_every_site(tmp_path: Path) -> N
     assert all(h.metrics_after["num_examples"] > 0 for h in hops)
     completed = [e for e in events if e.kind == admin_pb2.EVENT_KIND_HOP_COMPLETED]
     assert [e.site_id for e in completed] == [h.site_id for h in hops]
-    state = load_state_file(result)
     # Canary: the input normalization set at hop 0 rides unchanged in every hop's weights,
     # and the final weights end the run. Neither appears anywhere the coordinator writes.
     canaries = [

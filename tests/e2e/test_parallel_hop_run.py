@@ -8,14 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from baton.admin_client import AdminClient
-from baton.codec import load_state_file
 from baton.data import Partition
-from baton.localfed import provision, wait_until_online, write_site_config
-from baton.owner import fetch_result
-from baton.procs import ProcessGroup, wait_for_file
-from baton.sealing import AppKeys
-from baton.v1 import admin_pb2, common_pb2
+from baton.localfed import provision
+from baton.v1 import admin_pb2
+from tests.e2e.runs import run_to_the_end
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -48,38 +44,9 @@ def test_a_daemon_trains_its_hop_with_torchrun_and_seals_it_on(tmp_path: Path) -
     layout, _ = provision(
         tmp_path, SITES, dataset="breast_cancer", partition=Partition(kind="iid"), seed=3
     )
-    serve = ["serve", "--config", str(layout.coordinator_dir / "coordinator.toml")]
-    with ProcessGroup() as group:
-        group.start(
-            "coordinator",
-            "coordinator.cli",
-            [*serve, "--port-file", str(layout.port_file)],
-            log_path=layout.coordinator_dir / "coordinator.log",
-        )
-        port = int(wait_for_file(layout.port_file, timeout=60.0, group=group))
-        for site in SITES:
-            config = write_site_config(layout, site, port)
-            if site == "north":
-                config.write_text(config.read_text() + PARALLEL)
-            group.start(
-                site,
-                "site_node.cli",
-                ["run", "--config", str(config)],
-                log_path=layout.site_dir(site) / "site.log",
-            )
-        with AdminClient(f"127.0.0.1:{port}", layout.admin_tls.load()) as client:
-            wait_until_online(client, SITES, group)
-            owner = AppKeys.load(layout.owner_keys)
-            run = client.create_run(PLAN, owner)
-            events = list(client.watch(run.run_id))
-            final = client.get_run(run.run_id)
-            assert final.state == common_pb2.RUN_STATE_SUCCEEDED, final.error
-            result = tmp_path / "result.safetensors"
-            fetch_result(
-                client, run.run_id, result, owner=owner, ca_pem=layout.admin_tls.load().ca_pem
-            )
-        codes = [p.stop() for p in group.procs]
-    assert codes == [0, 0, 0]
+    outcome = run_to_the_end(layout, SITES, PLAN, site_config_extra={"north": PARALLEL})
+    final, events, state = outcome.run, outcome.events, outcome.state
+    assert outcome.exit_codes == [0, 0, 0]
 
     hops = list(final.hops)
     assert [(h.hop_index, h.site_id) for h in hops] == [(0, "north"), (1, "south")]
@@ -96,7 +63,6 @@ def test_a_daemon_trains_its_hop_with_torchrun_and_seals_it_on(tmp_path: Path) -
     assert any("samples_per_s" not in p for p in progress)  # south trained in process
     log = (layout.site_dir("north") / "site.log").read_text()
     assert "training hop 0 with plan ddp on 2 workers (torchrun)" in log
-    state = load_state_file(result)
     assert all(torch.isfinite(t).all() for t in state.values())
     assert hops[1].metrics_after["accuracy"] > 0.8
     for site in SITES:

@@ -1,0 +1,50 @@
+"""Drive a whole local federation through one sealed run, as the study owner would."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from baton.admin_client import AdminClient
+from baton.codec import load_state_file
+from baton.localfed import LocalFederationLayout, start, wait_until_online
+from baton.owner import fetch_result
+from baton.procs import ProcessGroup
+from baton.sealing import AppKeys
+from baton.v1 import admin_pb2, common_pb2
+
+
+@dataclass
+class RunOutcome:
+    """What a finished run left: the run, its events, the opened model, exit codes."""
+
+    run: admin_pb2.Run
+    events: list[admin_pb2.RunEvent]
+    state: dict[str, torch.Tensor]
+    exit_codes: list[int | None]
+
+
+def run_to_the_end(
+    layout: LocalFederationLayout,
+    sites: Sequence[str],
+    plan_toml: str,
+    *,
+    site_config_extra: Mapping[str, str] | None = None,
+) -> RunOutcome:
+    """Starts every process, runs the plan, opens the result, stops every process."""
+    with ProcessGroup() as group:
+        port = start(layout, sites, group, site_config_extra=site_config_extra)
+        tls = layout.admin_tls.load()
+        with AdminClient(f"127.0.0.1:{port}", tls) as client:
+            wait_until_online(client, sites, group)
+            owner = AppKeys.load(layout.owner_keys)
+            run = client.create_run(plan_toml, owner)
+            events = list(client.watch(run.run_id))
+            final = client.get_run(run.run_id)
+            assert final.state == common_pb2.RUN_STATE_SUCCEEDED, final.error
+            result = layout.owner_dir / "result.safetensors"
+            fetch_result(client, run.run_id, result, owner=owner, ca_pem=tls.ca_pem)
+        codes = [p.stop() for p in group.procs]
+    return RunOutcome(run=final, events=events, state=load_state_file(result), exit_codes=codes)
