@@ -31,7 +31,7 @@ from baton.keys import PartyKeys
 from baton.models import build_model
 from baton.pki import Identity
 from baton.plan import RunPlan, parse_plan
-from baton.replay import ReplayGuard
+from baton.replay import MemoryReplayGuard, ReplayGuard
 from baton.sealing import (
     AppKeys,
     check_owner,
@@ -294,6 +294,15 @@ class HopRunner:
             transfer.download(
                 self._stub, run_id=a.run_id, hop_index=a.hop_index, blob=incoming, dest=sealed
             )
+            # Retrying this very hop (after a lost connection or a restart) presents the
+            # input this site already accepted for it: open it again. Any other manifest
+            # for that hop (equivocation) or an older hop (rollback) is still refused.
+            retry = (
+                self._replay.check(a.run_id, a.hop_index - 1, manifest_digest(a.input_manifest))
+                == "replay"
+            )
+            if retry:
+                logger.info("hop %d: resuming; its input was accepted before", a.hop_index)
             manifest = open_file(
                 sealed,
                 plain_in,
@@ -310,12 +319,12 @@ class HopRunner:
                     max_plaintext_bytes=MAX_MODEL_BYTES,
                 ),
                 sender_key=sender.signing_key,
-                replay=self._replay,
+                replay=MemoryReplayGuard() if retry else self._replay,
             )
             load_into(model, load_state_file(plain_in), max_norm=plan.security.max_weight_norm)
             input_digest = manifest.digest
             self._audit.append(
-                "hop_received",
+                "hop_resumed" if retry else "hop_received",
                 run_id=a.run_id,
                 hop=a.hop_index,
                 detail={"manifest": manifest.digest, "sender": manifest.sender},

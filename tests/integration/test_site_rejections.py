@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 import torch
 
@@ -23,6 +24,7 @@ from baton.replay import MemoryReplayGuard
 from baton.revocation import revocation_check, revoke
 from baton.sealing import plan_hash, schema_hash
 from baton.v1 import admin_pb2, common_pb2, site_pb2
+from site_node import transfer
 from site_node.hop import HopRunner, LocalData
 from tests.conftest import LiveCoordinator
 from tests.integration.sites import (
@@ -62,6 +64,7 @@ class Sites:
             "breast_cancer", ["site-a", "site-b"], Partition(kind="iid"), seed=0
         )
         self.logs: dict[str, AuditLog] = {}
+        self.guards: dict[str, MemoryReplayGuard] = {}
 
     def audit(self, site: str) -> AuditLog:
         """The site's audit log, opened once."""
@@ -83,7 +86,7 @@ class Sites:
             keys=self.coordinator.pki.keys(site),
             local=LocalData(schema=self.fed.schema, data=self.fed.sites[site]),
             work_dir=self.tmp_path / site,
-            replay=MemoryReplayGuard(),
+            replay=self.guards.setdefault(site, MemoryReplayGuard()),
             audit=self.audit(site),
             revoked=revoked or (lambda pem: False),
         )
@@ -337,3 +340,35 @@ def test_a_malicious_sender_cannot_make_a_site_train_bad_weights(
     assert not list((tmp_path / "site-b").rglob("*.safetensors"))
     last = json.loads((tmp_path / "site-b.audit.jsonl").read_text().splitlines()[-1])
     assert (last["event"], last["detail"]["reason"]) == ("hop_rejected", "model_error")
+
+
+class _Unavailable(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_site_resumes_a_hop_interrupted_after_accepting_its_input(
+    coordinator: LiveCoordinator, sites: Sites, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection drops during the upload; the coordinator re-delivers the hop and the
+    site, which had already accepted that input, opens it again and finishes the hop."""
+    admin = coordinator.admin()
+    run = admin.CreateRun(create_request(coordinator.pki, PLAN)).run
+    assert sites.runner("site-a").run(next_assignment(sites.stubs["site-a"]))
+    real_upload = transfer.upload
+
+    def dropped(*args: object, **kwargs: object) -> object:
+        raise _Unavailable()
+
+    monkeypatch.setattr(transfer, "upload", dropped)
+    with pytest.raises(grpc.RpcError):
+        sites.runner("site-b").run(next_assignment(sites.stubs["site-b"]))
+    monkeypatch.setattr(transfer, "upload", real_upload)
+    assert sites.runner("site-b").run(next_assignment(sites.stubs["site-b"]))
+    got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
+    assert got.state == common_pb2.RUN_STATE_SUCCEEDED
+    events = [
+        json.loads(line)["event"]
+        for line in (tmp_path / "site-b.audit.jsonl").read_text().splitlines()
+    ]
+    assert events == ["plan_accepted", "hop_received", "plan_accepted", "hop_resumed", "hop_sent"]
