@@ -40,6 +40,9 @@ class BlobStore(Protocol):
       Both check eagerly, when called, not on the first chunk.
     - ``read`` yields chunks of at most ``chunk_size`` bytes that concatenate to the blob
       from ``offset``.
+    - After a successful ``finish``, ``finished`` MUST return the stored blob for that
+      transfer id, also after a restart (file store); before it, or after a failed
+      ``finish``, it returns None.
     - Every method is thread-safe; appends to one transfer are serialized.
     """
 
@@ -57,6 +60,10 @@ class BlobStore(Protocol):
 
     def abort(self, transfer_id: str) -> None:
         """Discards an open upload; a no-op if there is none."""
+        ...
+
+    def finished(self, transfer_id: str) -> BlobRef | None:
+        """The blob a finished upload stored, or None (still open, failed, or unknown)."""
         ...
 
     def exists(self, blob_id: str) -> bool:
@@ -91,10 +98,12 @@ class FileBlobStore:
     def __init__(self, root: Path) -> None:
         self._root = root
         self._partial = root / "partial"
+        self._done = root / "done"
         self._blobs = root / "sha256"
         self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
         _make_private_dir(root, parents=True)
         _make_private_dir(self._partial)
+        _make_private_dir(self._done)
         _make_private_dir(self._blobs)
 
     @property
@@ -175,9 +184,24 @@ class FileBlobStore:
                     os.replace(path, target)
                     _fsync_dir(target.parent)
                 _fsync_dir(self._partial)
+                # Remember the outcome, so a site asking after a restart learns it is done.
+                record = self._done / _check_transfer_id(transfer_id)
+                tmp = record.with_name(record.name + ".tmp")
+                tmp.write_text(f"{digest} {size}\n", encoding="ascii")
+                os.chmod(tmp, 0o600)
+                os.replace(tmp, record)
             except OSError as exc:
                 raise BlobError(f"{target}: cannot store blob ({exc.strerror})") from exc
             return BlobRef(blob_id=digest, size=size)
+
+    def finished(self, transfer_id: str) -> BlobRef | None:
+        """The blob a finished upload stored, from its record on disk, or None."""
+        record = self._done / _check_transfer_id(transfer_id)
+        try:
+            blob_id, size = record.read_text(encoding="ascii").split()
+        except (FileNotFoundError, ValueError):
+            return None
+        return BlobRef(blob_id=blob_id, size=int(size))
 
     def abort(self, transfer_id: str) -> None:
         """Deletes the partial upload, if any."""
@@ -224,6 +248,7 @@ class MemoryBlobStore:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._partial: dict[str, bytearray] = {}
+        self._done: dict[str, BlobRef] = {}
         self._blobs: dict[str, bytes] = {}
 
     def committed(self, transfer_id: str) -> int:
@@ -260,7 +285,15 @@ class MemoryBlobStore:
                 )
                 raise BlobError(f"transfer {transfer_id!r}: upload discarded: {what}")
             self._blobs.setdefault(digest, data)
-            return BlobRef(blob_id=digest, size=len(data))
+            ref = BlobRef(blob_id=digest, size=len(data))
+            self._done[transfer_id] = ref
+            return ref
+
+    def finished(self, transfer_id: str) -> BlobRef | None:
+        """The blob a finished upload stored, or None."""
+        _check_transfer_id(transfer_id)
+        with self._lock:
+            return self._done.get(transfer_id)
 
     def abort(self, transfer_id: str) -> None:
         """Drops the open upload, if any."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -73,8 +72,6 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         self._lease_seconds = lease_seconds
         self._max_blob_bytes = max_blob_bytes
         self._revoked = revoked
-        self._finished: dict[str, common_pb2.BlobRef] = {}
-        self._finished_lock = threading.Lock()
 
     def _site(self, context: grpc.ServicerContext) -> Identity:
         identity = require_peer(context, federation=self._federation, kind="site")
@@ -227,21 +224,17 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         ref = self._blobs.finish(
             key, expected_sha256=header.sha256, expected_size=header.total_size
         )
-        msg = blob_ref_to_proto(ref)
-        with self._finished_lock:
-            self._finished[key] = msg
-        return site_pb2.UploadBlobResponse(blob=msg)
+        return site_pb2.UploadBlobResponse(blob=blob_ref_to_proto(ref))
 
     @translate_errors
     def GetUploadStatus(
         self, request: site_pb2.GetUploadStatusRequest, context: grpc.ServicerContext
     ) -> site_pb2.GetUploadStatusResponse:
         key = self._transfer_key(self._site(context).name, request.transfer_id)
-        with self._finished_lock:
-            done = self._finished.get(key)
+        done = self._blobs.finished(key)
         if done is not None:
             return site_pb2.GetUploadStatusResponse(
-                committed_offset=done.size, complete=True, blob=done
+                committed_offset=done.size, complete=True, blob=blob_ref_to_proto(done)
             )
         return site_pb2.GetUploadStatusResponse(committed_offset=self._blobs.committed(key))
 

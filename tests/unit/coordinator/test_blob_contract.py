@@ -58,6 +58,19 @@ class BlobContract:
         assert b"".join(blobs.read(SHA)) == DATA
         assert blobs.committed("t-1") == 0  # the upload is closed; its id may be reused
 
+    def test_finished_reports_only_successful_uploads(self, blobs: BlobStore) -> None:
+        assert blobs.finished("t-ok") is None
+        _upload(blobs, "t-ok", DATA)
+        assert blobs.finished("t-ok") is None  # still open
+        ref = blobs.finish("t-ok", expected_sha256=SHA, expected_size=len(DATA))
+        assert blobs.finished("t-ok") == ref
+        _upload(blobs, "t-bad", DATA)
+        with pytest.raises(BlobError):
+            blobs.finish("t-bad", expected_sha256=EMPTY_SHA, expected_size=len(DATA))
+        assert blobs.finished("t-bad") is None
+        with pytest.raises(BlobError):
+            blobs.finished("../up")
+
     def test_empty_appends_and_empty_blobs(self, blobs: BlobStore) -> None:
         assert blobs.append("t", 0, b"") == 0
         assert blobs.finish("t", expected_sha256=EMPTY_SHA, expected_size=0) == BlobRef(
@@ -236,6 +249,8 @@ class TestFileBlobStore(BlobContract):
         assert after.append("open", 1500, DATA[1500:]) == len(DATA)
         assert b"".join(after.read(SHA)) == DATA
         assert after.finish("open", expected_sha256=SHA, expected_size=len(DATA)).blob_id == SHA
+        # A restarted store still knows which uploads finished, and into what.
+        assert after.finished("done") == BlobRef(blob_id=SHA, size=len(DATA))
 
     def test_layout_and_permissions(self, tmp_path: Path) -> None:
         root = tmp_path / "deep" / "blobs"
@@ -246,7 +261,8 @@ class TestFileBlobStore(BlobContract):
         blob_file = root / "sha256" / SHA[:2] / SHA
         assert blob_file.read_bytes() == DATA
         assert sorted(p.name for p in (root / "partial").iterdir()) == ["open"]
-        for directory in (root, root / "partial", root / "sha256", blob_file.parent):
+        assert stat.S_IMODE((root / "done" / "t").stat().st_mode) == 0o600
+        for directory in (root, root / "partial", root / "done", root / "sha256", blob_file.parent):
             assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
         for path in (blob_file, root / "partial" / "open"):
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
