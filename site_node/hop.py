@@ -236,6 +236,9 @@ class HopRunner:
                 output_manifest=manifest,
             )
         )
+        # Handed on: the coordinator holds the sealed copy now.
+        sealed.unlink(missing_ok=True)
+        (run_dir / f"hop-{a.hop_index:05d}.in.sealed").unlink(missing_ok=True)
         logger.info(
             "hop %d done in %.2fs; sealed model handed on", a.hop_index, time.monotonic() - started
         )

@@ -90,6 +90,7 @@ def test_three_site_run_passes_the_model_through_every_site(tmp_path: Path) -> N
     for site in SITES:
         work = layout.site_dir(site) / "work"
         assert not list(work.rglob("*.safetensors"))
+        assert not list(work.rglob("*.sealed"))  # handed on: nothing accumulates per hop
         report = verify_log(
             work / "audit.jsonl",
             public_key=AppKeys.load(layout.site_dir(site) / "keys").signing_key.public_key(),
