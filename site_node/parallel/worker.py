@@ -111,7 +111,10 @@ def _run(job: Job, *, rank: int, world_size: int, init_method: str | None) -> No
     if job.device == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
         torch.cuda.set_device(device)
-    if world_size > 1:
+    if world_size == 1 and plan.kind != PlanKind.SINGLE and init_method is None:
+        # A one-worker DDP (a smoke test of the wrapping) still needs a process group.
+        init_method = f"file://{job.dir / 'rendezvous'}"
+    if world_size > 1 or plan.kind != PlanKind.SINGLE:
         if init_method is None:
             raise PlanError("several workers need a rendezvous")
         dist.init_process_group(

@@ -103,7 +103,7 @@ def test_override_with_unsupported_tp_degree_fails() -> None:
 
 @pytest.mark.parametrize(
     ("kind", "dp", "tp"),
-    [(PlanKind.SINGLE, 2, 1), (PlanKind.DDP, 1, 1), (PlanKind.TP, 2, 2), (PlanKind.FSDP_TP, 1, 2)],
+    [(PlanKind.SINGLE, 2, 1), (PlanKind.DDP, 1, 2), (PlanKind.TP, 2, 2), (PlanKind.FSDP_TP, 1, 2)],
 )
 def test_plan_shape_must_match_kind(kind: PlanKind, dp: int, tp: int) -> None:
     with pytest.raises(ValueError, match="cannot have"):
