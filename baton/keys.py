@@ -40,13 +40,11 @@ from cryptography.x509.oid import NameOID
 from baton.errors import PkiError
 from baton.pki import (
     CA_CERT_FILE,
-    CA_KEY_FILE,
     Identity,
     federation_of_ca,
+    load_ca,
     load_certificate,
-    load_private_key,
     read_file,
-    same_public_key,
 )
 
 if TYPE_CHECKING:
@@ -222,7 +220,8 @@ def certify(
     """
     if days < 1:
         raise PkiError(f"the validity period must be at least one day, not {days}")
-    ca_cert, ca_key = _load_ca(ca_dir)
+    _, ca_cert, ca_key = load_ca(ca_dir)
+    _check_validity(ca_cert, f"CA certificate {ca_dir / CA_CERT_FILE}", dt.datetime.now(dt.UTC))
     federation = federation_of_ca(ca_cert.public_bytes(serialization.Encoding.PEM))
     if identity.federation != federation:
         raise PkiError(
@@ -376,21 +375,6 @@ def _leaf(
         return cert.public_bytes(serialization.Encoding.PEM)
 
     return sign
-
-
-def _load_ca(ca_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """Reads the CA certificate and its matching private key from ``ca_dir``."""
-    cert_path, key_path = ca_dir / CA_CERT_FILE, ca_dir / CA_KEY_FILE
-    ca_cert = load_certificate(
-        read_file(cert_path, role="CA certificate"), source=f"CA certificate {cert_path}"
-    )
-    ca_key = load_private_key(
-        read_file(key_path, role="CA private key"), source=f"CA private key {key_path}"
-    )
-    if not same_public_key(ca_key, ca_cert):
-        raise PkiError(f"{key_path} is not the key of {cert_path}")
-    _check_validity(ca_cert, f"CA certificate {cert_path}", dt.datetime.now(dt.UTC))
-    return ca_cert, ca_key
 
 
 def _pem(key: ed25519.Ed25519PrivateKey | x25519.X25519PrivateKey) -> bytes:

@@ -283,7 +283,7 @@ def issue(
         ips = [ipaddress.ip_address(ip) for ip in ip_addresses]
     except ValueError as exc:
         raise PkiError(f"invalid IP address: {exc}") from None
-    ca_pem, ca_cert, ca_key = _load_ca(ca_dir)
+    ca_pem, ca_cert, ca_key = load_ca(ca_dir)
     federation = _federation_of(ca_cert)
     if identity.federation != federation:
         raise PkiError(
@@ -312,7 +312,7 @@ def issue(
     return IssuedFiles(cert=cert_path, key=key_path, ca=ca_copy)
 
 
-def _load_ca(ca_dir: Path) -> tuple[bytes, x509.Certificate, ec.EllipticCurvePrivateKey]:
+def load_ca(ca_dir: Path) -> tuple[bytes, x509.Certificate, ec.EllipticCurvePrivateKey]:
     """Reads the CA in ``ca_dir``: its certificate PEM, certificate, and matching key."""
     cert_path, key_path = ca_dir / CA_CERT_FILE, ca_dir / CA_KEY_FILE
     ca_pem = read_file(cert_path, role="CA certificate")

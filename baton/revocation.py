@@ -31,12 +31,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from baton.errors import PkiError
 from baton.pki import (
-    CA_CERT_FILE,
-    CA_KEY_FILE,
+    load_ca,
     load_certificate,
-    load_private_key,
     read_file,
-    same_public_key,
 )
 
 logger = logging.getLogger(__name__)
@@ -152,7 +149,7 @@ def revoke(
     """
     if reason not in REASONS:
         raise PkiError(f"unknown revocation reason {reason!r}; choose one of {', '.join(REASONS)}")
-    ca_cert, ca_key = _load_ca(ca_dir)
+    _, ca_cert, ca_key = load_ca(ca_dir)
     cert = load_certificate(cert_pem, source="the certificate to revoke")
     try:
         cert.verify_directly_issued_by(ca_cert)
@@ -179,7 +176,7 @@ def issue_crl(ca_dir: Path, crl_path: Path, *, days: int = DEFAULT_CRL_DAYS) -> 
     Raises:
         PkiError: As :func:`revoke` does.
     """
-    ca_cert, ca_key = _load_ca(ca_dir)
+    _, ca_cert, ca_key = load_ca(ca_dir)
     return _issue(ca_cert, ca_key, crl_path, days=days, new=None)
 
 
@@ -282,20 +279,6 @@ def _stamp(path: Path) -> tuple[int, ...]:
     except OSError:
         return ()
     return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
-
-
-def _load_ca(ca_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """Reads the CA certificate and its key from ``ca_dir``, checking they belong together."""
-    cert_path, key_path = ca_dir / CA_CERT_FILE, ca_dir / CA_KEY_FILE
-    ca_cert = load_certificate(
-        read_file(cert_path, role="CA certificate"), source=f"CA certificate {cert_path}"
-    )
-    ca_key = load_private_key(
-        read_file(key_path, role="CA private key"), source=f"CA private key {key_path}"
-    )
-    if not same_public_key(ca_key, ca_cert):
-        raise PkiError(f"{key_path} is not the key of {cert_path}")
-    return ca_cert, ca_key
 
 
 def _read_crl(path: Path) -> x509.CertificateRevocationList:

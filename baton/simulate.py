@@ -52,7 +52,8 @@ class SimulationResult:
     """The final model on the federation's held-out test set."""
 
 
-def _initial_model(plan: RunPlan, federation: Federation) -> nn.Module:
+def initial_model(plan: RunPlan, federation: Federation) -> nn.Module:
+    """The model the plan names, sized for the federation's schema, drawn from the plan's seed."""
     return build_model(
         plan.model.name,
         plan.model.args,
@@ -90,7 +91,7 @@ def simulate_sequential(
         for site in order:
             if site not in federation.sites:
                 raise ValueError(f"order names unknown site {site!r}")
-    model = _initial_model(plan, federation)
+    model = initial_model(plan, federation)
     records: list[HopRecord] = []
     for cycle, order in enumerate(orders):
         for site in order:
@@ -133,7 +134,7 @@ def train_centralized(plan: RunPlan, federation: Federation) -> dict[str, float]
     trains at the constant ``lr``, without proximal penalty or proportional steps, so the
     baseline is the same whichever remedies a plan turns on.
     """
-    model = _initial_model(plan, federation)
+    model = initial_model(plan, federation)
     cycles = plan.run.cycles
     training = dataclasses.replace(
         plan.training, proportional_steps=False, lr_schedule="constant", proximal_mu=0.0

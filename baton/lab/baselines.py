@@ -10,8 +10,7 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from baton.codec import state_of
-from baton.models import build_model
-from baton.simulate import train_centralized
+from baton.simulate import initial_model, train_centralized
 from site_node.trainer import evaluate, hop_seed, train_local
 
 if TYPE_CHECKING:
@@ -39,13 +38,7 @@ def fedavg_accuracy(plan: RunPlan, federation: Federation) -> float:
     """
 
     def fresh() -> torch.nn.Module:
-        return build_model(
-            plan.model.name,
-            plan.model.args,
-            num_features=len(federation.schema.feature_names),
-            num_classes=federation.schema.num_classes,
-            seed=plan.run.seed,
-        )
+        return initial_model(plan, federation)
 
     training = dataclasses.replace(plan.training, lr_schedule="constant", proximal_mu=0.0)
     model = fresh()

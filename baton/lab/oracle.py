@@ -12,8 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from baton.lab.batched import pooled_val, supports_batched, train_orders_batched
-from baton.models import build_model
-from baton.simulate import simulate_sequential
+from baton.simulate import initial_model, simulate_sequential
 from site_node.trainer import evaluate
 
 if TYPE_CHECKING:
@@ -97,13 +96,7 @@ def evaluate_orders(
 
 
 def _pooled_accuracy(plan: RunPlan, federation: Federation, state: Any, pooled: Any) -> float:
-    model = build_model(
-        plan.model.name,
-        plan.model.args,
-        num_features=len(federation.schema.feature_names),
-        num_classes=federation.schema.num_classes,
-        seed=plan.run.seed,
-    )
+    model = initial_model(plan, federation)
     model.load_state_dict(state)
     return evaluate(model, pooled)["accuracy"]
 
