@@ -35,6 +35,7 @@ from baton.pki import (
     load_certificate,
     read_file,
 )
+from baton.wire import file_stamp
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +216,7 @@ class CrlWatcher:
         self._interval = interval
         self._clock = clock
         self._lock = threading.Lock()
-        self._stamp = _stamp(path)
+        self._stamp = file_stamp(path)
         self._crl = load_crl(path, ca_pem)
         self._checked = clock()
         self._failed_stamp: tuple[int, ...] | None = None
@@ -251,7 +252,7 @@ class CrlWatcher:
         return self.crl.is_revoked(cert_pem_or_serial)
 
     def _maybe_reload(self) -> None:
-        stamp = _stamp(self._path)
+        stamp = file_stamp(self._path)
         if stamp == self._stamp:
             return
         try:
@@ -270,15 +271,6 @@ class CrlWatcher:
         logger.info(
             "loaded CRL number %d from %s: %d revoked", crl.number, self._path, len(crl.serials)
         )
-
-
-def _stamp(path: Path) -> tuple[int, ...]:
-    """What changes when a file is rewritten or replaced; empty if it is missing."""
-    try:
-        st = path.stat()
-    except OSError:
-        return ()
-    return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
 
 
 def _read_crl(path: Path) -> x509.CertificateRevocationList:

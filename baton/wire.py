@@ -57,3 +57,13 @@ def sha256_file(path: Path) -> str:
     for chunk in file_chunks(path):
         h.update(chunk)
     return h.hexdigest()
+
+
+def file_stamp(path: Path) -> tuple[int, ...]:
+    """What changes when a file is replaced or rewritten (empty if it is missing): a cheap
+    test for reloading it."""
+    try:
+        st = path.stat()
+    except OSError:
+        return ()
+    return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from pathlib import Path
 
 import grpc
 from cryptography import x509
 
 from baton.errors import PkiError
 from baton.tls import TlsFiles, TlsMaterial
+from baton.wire import file_stamp
 
 logger = logging.getLogger(__name__)
 
@@ -95,22 +95,13 @@ class ReloadingServerCredentials:
             )
 
     def _stamps(self) -> tuple[tuple[int, ...], ...]:
-        return (_stamp(self._files.cert), _stamp(self._files.key))
+        return (file_stamp(self._files.cert), file_stamp(self._files.key))
 
 
 def _configuration(material: TlsMaterial) -> grpc.ServerCertificateConfiguration:
     return grpc.ssl_server_certificate_configuration(
         [(material.key_pem, material.cert_pem)], root_certificates=material.ca_pem
     )
-
-
-def _stamp(path: Path) -> tuple[int, ...]:
-    """What changes when a file is rewritten or replaced; empty if it is missing."""
-    try:
-        st = path.stat()
-    except OSError:
-        return ()
-    return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
 
 
 def _serial(material: TlsMaterial) -> int:
