@@ -7,7 +7,8 @@ codes, peer ids; never keys, weights or data), ``prev`` (hex SHA-256 of the prev
 line's bytes, 64 zeros for the first), ``key`` (fingerprint of the signer's public key)
 and ``sig`` (hex signature over ``"baton/v1 audit" 0x00 || canonical JSON of the entry
 without sig``). Events Baton records: ``plan_accepted``, ``hop_received``, ``hop_sent``,
-``hop_rejected``, ``key_event``, ``site_registered``, ``run_created``; any name matching
+``hop_resumed``, ``training_resumed``, ``hop_rejected``, ``key_event``, ``site_registered``,
+``run_created``; any name matching
 :data:`EVENT_PATTERN` is accepted. Sites and the study owner sign with their Ed25519
 key; the coordinator, which holds only its TLS key, with ECDSA P-256 (SHA-256, DER, low-S).
 

@@ -96,6 +96,10 @@ class OrderingSection:
     """Strategy-specific options."""
 
 
+PARALLEL_PLANS = ("site", "single", "auto", "ddp", "fsdp", "tp", "fsdp_tp")
+"""Values of ``[training] parallel_plan`` in a run plan."""
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TrainingSection:
     """Local training at each hop, and the remedies against catastrophic forgetting.
@@ -157,8 +161,19 @@ class TrainingSection:
     """Strength ``mu`` of the proximal penalty ``mu / 2 * ||w - w_incoming||^2`` added to
     the training loss, where ``w_incoming`` are the weights the hop received (the
     trainable parameters only). 0 disables it."""
+    parallel_plan: str = "site"
+    """How each site spreads its hop over its local workers: ``site`` (default) leaves it
+    to each site's own ``[training] parallel_plan``; ``single`` trains in each daemon's
+    process, with exactly the simulator's arithmetic; ``auto``, ``ddp``, ``fsdp``, ``tp``
+    or ``fsdp_tp`` ask every site for that plan over the workers it has (a site with one
+    worker fails the hop for a plan that needs several)."""
 
     def __post_init__(self) -> None:
+        if self.parallel_plan not in PARALLEL_PLANS:
+            raise ValueError(
+                f"'parallel_plan' must be one of {', '.join(PARALLEL_PLANS)}, "
+                f"not {self.parallel_plan!r}"
+            )
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"'optimizer' must be 'sgd' or 'adam', not {self.optimizer!r}")
         if not self.lr > 0:

@@ -25,8 +25,11 @@ class SiteTraining:
         parallel_plan = "ddp"
         workers = 2
         launcher = "torchrun"
+        checkpoint_every = 100
+        restarts = 1
 
-    The run plan cannot override these settings yet.
+    A run plan's ``[training] parallel_plan`` other than ``"site"`` replaces
+    ``parallel_plan`` for that run; ``workers`` and ``launcher`` stay the site's.
     """
 
     parallel_plan: str = "single"
@@ -38,6 +41,14 @@ class SiteTraining:
     launcher: str = "torchrun"
     """``torchrun`` starts the workers as ``torchrun --standalone``; ``fork`` forks them
     from the daemon (CPU only, starts faster)."""
+    checkpoint_every: int = 100
+    """Optimizer steps between within-hop checkpoints of the workers (model and optimizer
+    state, sharded as trained); a hop interrupted by a crashed worker, or by the daemon
+    stopping, resumes from the newest one. 0: no checkpoints."""
+    restarts: int = 1
+    """Times a hop's workers are started again, from the newest checkpoint, after a
+    worker crashed (killed, or lost a peer); a Baton error (bad data, a diverged loss)
+    is never retried."""
 
     def __post_init__(self) -> None:
         if self.parallel_plan not in PARALLEL_PLANS:
@@ -51,6 +62,12 @@ class SiteTraining:
             raise ValueError(
                 f"'launcher' must be one of {', '.join(LAUNCHERS)}, not {self.launcher!r}"
             )
+        if self.checkpoint_every < 0:
+            raise ValueError(
+                f"'checkpoint_every' must not be negative, not {self.checkpoint_every}"
+            )
+        if self.restarts < 0:
+            raise ValueError(f"'restarts' must not be negative, not {self.restarts}")
         if self.parallel_plan not in ("auto", "single") and self.workers < 2:
             raise ValueError(
                 f"'parallel_plan' {self.parallel_plan!r} needs 'workers' of at least 2"

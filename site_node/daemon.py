@@ -159,6 +159,7 @@ class SiteDaemon:
             audit=self._audit,
             revoked=self._revoked,
             training=self._cfg.training,
+            stopping=self._stop.is_set,
         )
         try:
             stream = stub.WatchAssignments(site_pb2.WatchAssignmentsRequest())

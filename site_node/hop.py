@@ -47,7 +47,7 @@ from baton.v1 import site_pb2, site_pb2_grpc
 from site_node import transfer
 from site_node.config import SiteTraining
 from site_node.local_training import site_plan, train_parallel
-from site_node.parallel.errors import ParallelError
+from site_node.parallel.errors import ParallelError, TrainingInterrupted
 from site_node.parallel.plans import PlanKind
 from site_node.trainer import evaluate, hop_seed, train_local
 
@@ -108,6 +108,8 @@ class HopRunner:
         audit: This site's signed, hash-chained audit log.
         revoked: Whether a certificate (PEM) is on the federation's revocation list.
         training: How this site trains (in process, or with a parallel plan).
+        stopping: Whether the site is stopping: a parallel hop then stops its workers and
+            keeps its checkpoints, without failing the hop.
     """
 
     def __init__(
@@ -122,8 +124,10 @@ class HopRunner:
         audit: AuditLog,
         revoked: Callable[[bytes | str], bool] = lambda pem: False,
         training: SiteTraining | None = None,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self._training = training or SiteTraining()
+        self._stopping = stopping
         self._revoked = revoked
         self._stub = stub
         self._tls = tls
@@ -142,6 +146,13 @@ class HopRunner:
             return True
         except grpc.RpcError:
             raise
+        except TrainingInterrupted:
+            logger.warning(
+                "run %s hop %d: stopped mid-training; the hop resumes from its newest "
+                "checkpoint when it is delivered again",
+                a.run_id,
+                a.hop_index,
+            )
         except BatonError as exc:
             reason = next((r for cls, r in _REASONS if isinstance(exc, cls)), "site_error")
             logger.error("run %s hop %d failed: %s", a.run_id, a.hop_index, exc.message)
@@ -165,19 +176,17 @@ class HopRunner:
         job_dir = run_dir / f"hop-{a.hop_index:05d}.job"
         try:
             model, checked = self._receive(a, run_dir, plain_in)
-            parallel = None
-            if self._training.parallel_plan != "single":
-                parallel = site_plan(
-                    self._training,
-                    model,
-                    checked.plan,
-                    num_examples=len(self._local.data.train),
-                )
+            parallel = site_plan(
+                self._training,
+                model,
+                checked.plan,
+                num_examples=len(self._local.data.train),
+            )
             before = evaluate(model, self._local.data.val)
             self._report(a, "before", before)
             seed = hop_seed(checked.plan.run.seed, a.hop_index)
             num_sites = len(checked.plan.run.sites)
-            if parallel is None or parallel.kind == PlanKind.SINGLE:
+            if parallel.kind == PlanKind.SINGLE:
                 result = train_local(
                     model,
                     self._local.data.train,
@@ -199,7 +208,17 @@ class HopRunner:
                     hop_index=a.hop_index,
                     num_sites=num_sites,
                     progress=self._progress_reporter(a),
+                    checkpoint_every=self._training.checkpoint_every,
+                    restarts=self._training.restarts,
+                    should_stop=self._stopping,
                 )
+                if result.resumed_from_step:
+                    self._audit.append(
+                        "training_resumed",
+                        run_id=a.run_id,
+                        hop=a.hop_index,
+                        detail={"step": result.resumed_from_step, "steps": result.steps},
+                    )
             after = evaluate(model, self._local.data.val)
             logger.info(
                 "hop %d: val accuracy %.4f -> %.4f after %d steps (%.2fs)",
@@ -212,11 +231,18 @@ class HopRunner:
             save_state_file(plain_out, state_of(model))
             sealed = run_dir / f"hop-{a.hop_index:05d}.out.sealed"
             manifest = self._seal(a, checked, plain_out, sealed)
+        except TrainingInterrupted:
+            raise
+        except Exception:
+            # Failed for good: no checkpoint of this hop will be resumed.
+            shutil.rmtree(job_dir, ignore_errors=True)
+            raise
         finally:
             # The model leaves this site only sealed; plaintext copies go as soon as possible.
+            # The job directory of a hop the daemon was stopped in the middle of stays
+            # (private, 0700) for the hop's next delivery to resume from.
             plain_in.unlink(missing_ok=True)
             plain_out.unlink(missing_ok=True)
-            shutil.rmtree(job_dir, ignore_errors=True)
         ref = transfer.upload(self._stub, run_id=a.run_id, hop_index=a.hop_index, source=sealed)
         self._audit.append(
             "hop_sent",

@@ -15,6 +15,7 @@ so a parallel hop is not bit-for-bit the in-process hop.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
@@ -32,7 +33,7 @@ from baton.errors import DataError
 from baton.plan import RunPlan
 from site_node.config import SiteTraining
 from site_node.parallel import families
-from site_node.parallel.errors import PlanError
+from site_node.parallel.errors import PlanError, TrainingInterrupted, WorkerError
 from site_node.parallel.job import Job, ModelSpec, TrainSpec
 from site_node.parallel.launch import Starter, launch, prepare, read_result
 from site_node.parallel.plans import ParallelPlan, PlanKind, choose_plan
@@ -56,24 +57,31 @@ PARALLEL_MODELS: dict[PlanKind, frozenset[str]] = {
 def site_plan(
     settings: SiteTraining, model: nn.Module, run_plan: RunPlan, *, num_examples: int
 ) -> ParallelPlan:
-    """The parallel plan of this site's hop for ``model``.
+    """The parallel plan of this site's hop for ``model``: the run plan's
+    ``[training] parallel_plan`` unless it is ``site``, else the site's own setting.
 
     Raises:
-        PlanError: The configured plan cannot run this model on ``settings.workers``
+        PlanError: The requested plan cannot run this model on ``settings.workers``
             workers, or the model family cannot be spread at all.
     """
+    workers = settings.workers
+    requested = run_plan.training.parallel_plan
+    kind = settings.parallel_plan if requested == "site" else requested
+    if kind == "single":
+        return ParallelPlan(kind=PlanKind.SINGLE)
+    if kind != "auto" and workers < 2:
+        raise PlanError(
+            f"the run plan asks for plan {kind}, but this site trains with 1 worker "
+            "(set [training] workers in its site config)"
+        )
     footprint = families.footprint(
         model,
         optimizer=_optimizer(run_plan),
         batch=run_plan.training.batch_size,
         example_shape=(),
     )
-    workers = settings.workers
-    kind = settings.parallel_plan
     if kind == "auto":
         plan = choose_plan(devices=workers, free_bytes=_memory_bytes(), model=footprint)
-    elif kind == "single":
-        plan = ParallelPlan(kind=PlanKind.SINGLE)
     else:
         plan = choose_plan(
             devices=workers,
@@ -131,8 +139,15 @@ def train_parallel(
     hop_index: int,
     num_sites: int,
     progress: ProgressFn | None = None,
+    checkpoint_every: int = 0,
+    restarts: int = 0,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Trains ``model`` in place under ``plan`` with worker processes.
+
+    The job directory is removed when the hop's training ends, trained or failed for
+    good. An interrupted hop (the daemon stopped or killed) leaves it, checkpoints
+    included, so the same hop started again resumes from its newest checkpoint.
 
     Args:
         model: The travelling model, already checked; replaced by the trained state.
@@ -140,17 +155,22 @@ def train_parallel(
         run_plan: The signed run plan (its training policy).
         plan: This site's parallel plan, from :func:`site_plan`.
         launcher: ``torchrun`` or ``fork``.
-        job_dir: Private directory for the job; created, and removed before returning.
+        job_dir: Private directory for the job (see above).
         seed: This hop's seed.
         hop_index: This hop's 0-based index across the run.
         num_sites: Sites per cycle.
         progress: Receives rank 0's progress.
+        checkpoint_every: Steps between the workers' checkpoints; 0: none.
+        restarts: Times the workers are started again, from the newest checkpoint, after
+            they crashed.
+        should_stop: Asked while the workers run; True stops them (the site is stopping).
 
     Raises:
         DataError: The split is empty or has labels the model cannot output.
         PlanError: The global batch does not divide among the workers.
         WorkerError: A worker failed; nothing of its output is kept.
         ModelError: The workers' result does not fit the model.
+        TrainingInterrupted: ``should_stop`` said so; the job directory stays.
     """
     if len(split) == 0:
         raise DataError("the split holds no examples")
@@ -179,6 +199,7 @@ def train_parallel(
             ),
             plan=plan,
             workdir=str(job_dir),
+            checkpoint_every=checkpoint_every,
         )
     except ValueError as exc:
         raise PlanError(f"plan {plan.kind} on {plan.world_size} workers: {exc}") from None
@@ -189,6 +210,7 @@ def train_parallel(
             progress(int(line["step"]), int(line["total"]), float(line["loss"]), extra)
 
     started = time.perf_counter()
+    starter: Starter = "fork" if launcher == "fork" else "torchrun"
     try:
         job_path = prepare(job, weights=state_of(model), x=x, y=y)
         logger.info(
@@ -198,26 +220,49 @@ def train_parallel(
             plan.world_size,
             launcher,
         )
-        starter: Starter = "fork" if launcher == "fork" else "torchrun"
-        output = launch(job_path, starter=starter, progress=forward)
+        for attempt in itertools.count():
+            try:
+                output = launch(
+                    job_path, starter=starter, progress=forward, should_stop=should_stop
+                )
+                break
+            except WorkerError as exc:
+                if not exc.retryable or attempt >= restarts:
+                    raise
+                logger.warning(
+                    "hop %d: %s; starting the workers again (%d of %d)",
+                    hop_index,
+                    exc.message,
+                    attempt + 1,
+                    restarts,
+                )
         trained = load_state_file(output)
         done = read_result(job)
-    finally:
+    except TrainingInterrupted:
+        raise
+    except Exception:
         shutil.rmtree(job_dir, ignore_errors=True)
+        raise
+    # Not when interrupted: the site stopping mid-hop keeps the checkpoints for the hop's
+    # next delivery.
+    shutil.rmtree(job_dir, ignore_errors=True)
     load_into(model, trained)
     seconds = time.perf_counter() - started
+    resumed = int(done.get("resumed_from", 0))
     logger.info(
-        "hop %d: %d steps on %d workers, %.1f samples/s",
+        "hop %d: %d steps on %d workers, %.1f samples/s%s",
         hop_index,
         done["steps"],
         plan.world_size,
         done["samples_per_s"],
+        f", resumed at step {resumed}" if resumed else "",
     )
     return TrainResult(
         num_examples=len(y),
         steps=int(done["steps"]),
         train_seconds=seconds,
         final_loss=float(done["final_loss"]),
+        resumed_from_step=resumed,
     )
 
 

@@ -54,6 +54,9 @@ class TrainResult:
     final_loss: float
     """Mean training loss (logit-adjusted, if enabled) over the last epoch's steps, or
     over all steps if fewer."""
+    resumed_from_step: int = 0
+    """Steps the hop had already taken when this pass resumed it from a within-hop
+    checkpoint; 0 when it started from the incoming model."""
 
 
 def _tensors(split: Split) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,10 +11,12 @@ the failing worker's reason.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,7 +31,9 @@ from typing import Any, Literal, Protocol
 import torch
 
 from baton.codec import save_state_file
-from site_node.parallel.errors import WorkerError
+from baton.wire import sha256_file
+from site_node.parallel import checkpoint
+from site_node.parallel.errors import TrainingInterrupted, WorkerError
 from site_node.parallel.job import JOB_FILE, Job
 from site_node.parallel.worker import run_worker
 
@@ -41,12 +45,18 @@ ProgressFn = Callable[[dict[str, Any]], None]
 or ``{"event": "start", "resumed_from", "total"}`` when the workers start."""
 
 _STOP_GRACE_S = 3.0
+INPUTS_FILE = "inputs.sha256"
+"""Digest of the job file, weights and data that the directory's checkpoints belong to."""
 
 
 def prepare(
     job: Job, *, weights: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
 ) -> Path:
     """Writes the job, weights and data into ``job.workdir`` (created private, 0700).
+
+    A directory prepared before for the very same job (same description, weights and
+    data: a hop interrupted and started again) keeps its within-hop checkpoints, so the
+    workers resume from the newest; checkpoints of any other job are removed.
 
     Returns:
         The job file.
@@ -57,7 +67,26 @@ def prepare(
     save_state_file(job.data_path, {"x": x, "y": y})
     path = job.dir / JOB_FILE
     path.write_text(job.to_json(), encoding="utf-8")
+    inputs = _fingerprint(path, job.weights_path, job.data_path)
+    stamp = job.dir / INPUTS_FILE
+    try:
+        previous = stamp.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        previous = ""
+    if previous != inputs:
+        shutil.rmtree(job.checkpoint_dir, ignore_errors=True)
+        stamp.write_text(inputs, encoding="utf-8")
+    found = checkpoint.latest(job.checkpoint_dir)
+    if found is not None:
+        logger.info("the job's checkpoint at step %d will be resumed", found[0])
     return path
+
+
+def _fingerprint(*paths: Path) -> str:
+    digest = hashlib.sha256()
+    for p in paths:
+        digest.update(sha256_file(p).encode("ascii"))
+    return digest.hexdigest()
 
 
 class _Running(Protocol):
@@ -200,6 +229,7 @@ def launch(
     starter: Starter = "auto",
     progress: ProgressFn | None = None,
     poll_s: float = 0.05,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Path:
     """Runs the job at ``job_path`` to the end and returns the trained weights' path.
 
@@ -210,9 +240,11 @@ def launch(
             seconds of start-up per process). One worker always runs in a thread here.
         progress: Receives rank 0's progress lines as they appear.
         poll_s: How often to look at the workers and the progress file.
+        should_stop: Asked at every poll; True stops the workers.
 
     Raises:
         WorkerError: A worker failed; the message is the failing rank's reason.
+        TrainingInterrupted: ``should_stop`` said so; the checkpoints stay.
     """
     job = Job.read(job_path)
     for stale in (job.output_path, job.result_path):
@@ -222,16 +254,22 @@ def launch(
     job.progress_path.unlink(missing_ok=True)
     running = start_workers(job, job_path, starter)
     tail = _Tail(job.progress_path, progress)
+    stopped = False
     try:
         while True:
             tail.poll()
             failure = running.failed()
             if failure is not None or running.done():
                 break
+            if should_stop is not None and should_stop():
+                stopped = True
+                break
             time.sleep(poll_s)
     finally:
         running.stop()
     tail.poll()
+    if stopped:
+        raise TrainingInterrupted("the site is stopping; the hop resumes from its checkpoint")
     if failure is None and not (job.output_path.exists() and job.result_path.exists()):
         failure = "the workers exited without writing a result"
     if failure is not None:
@@ -240,7 +278,7 @@ def launch(
         cause, from_baton = reason(job)
         if cause is None or (not from_baton and "killed by" in failure):
             cause = failure
-        raise WorkerError(f"training failed: {cause}")
+        raise WorkerError(f"training failed: {cause}", retryable=not from_baton)
     return job.output_path
 
 

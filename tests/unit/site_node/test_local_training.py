@@ -44,15 +44,18 @@ def test_defaults_train_in_process(tmp_path: Path) -> None:
     path = tmp_path / "site.toml"
     path.write_text(SITE)
     assert load_site_config(path).training == SiteTraining(
-        parallel_plan="single", workers=1, launcher="torchrun"
+        parallel_plan="single", workers=1, launcher="torchrun", checkpoint_every=100, restarts=1
     )
 
 
 def test_training_section_is_read(tmp_path: Path) -> None:
     path = tmp_path / "site.toml"
-    path.write_text(SITE + '\n[training]\nparallel_plan = "ddp"\nworkers = 2\nlauncher = "fork"\n')
+    path.write_text(
+        SITE + '\n[training]\nparallel_plan = "ddp"\nworkers = 2\nlauncher = "fork"\n'
+        "checkpoint_every = 5\nrestarts = 0\n"
+    )
     assert load_site_config(path).training == SiteTraining(
-        parallel_plan="ddp", workers=2, launcher="fork"
+        parallel_plan="ddp", workers=2, launcher="fork", checkpoint_every=5, restarts=0
     )
 
 
@@ -64,6 +67,8 @@ def test_training_section_is_read(tmp_path: Path) -> None:
         ('launcher = "mpirun"', "'launcher' must be one of torchrun, fork, not 'mpirun'"),
         ('parallel_plan = "fsdp"', "'parallel_plan' 'fsdp' needs 'workers' of at least 2"),
         ("threads = 2", "unknown key 'training.threads'"),
+        ("checkpoint_every = -1", "'checkpoint_every' must not be negative, not -1"),
+        ("restarts = -2", "'restarts' must not be negative, not -2"),
         ('workers = "2"', "training.workers"),
     ],
 )
@@ -109,6 +114,41 @@ def test_configured_plans_use_every_worker() -> None:
     )
     assert _plan(SiteTraining(parallel_plan="auto", workers=2)) == ParallelPlan(
         kind=PlanKind.DDP, dp=2
+    )
+
+
+def test_the_run_plan_overrides_the_sites_plan() -> None:
+    two = SiteTraining(parallel_plan="ddp", workers=2)
+    # "site" (the default) leaves the choice to the site.
+    assert _plan(two, training='parallel_plan = "site"') == ParallelPlan(kind=PlanKind.DDP, dp=2)
+    assert _plan(two, training='parallel_plan = "single"') == ParallelPlan(kind=PlanKind.SINGLE)
+    assert _plan(two, training='parallel_plan = "tp"') == ParallelPlan(kind=PlanKind.TP, tp=2)
+    assert _plan(SiteTraining(workers=2), training='parallel_plan = "fsdp"') == ParallelPlan(
+        kind=PlanKind.FSDP, dp=2
+    )
+    # "auto" on a one-worker site trains in process rather than failing.
+    assert _plan(SiteTraining(), training='parallel_plan = "auto"') == ParallelPlan(
+        kind=PlanKind.SINGLE
+    )
+
+
+def test_a_plan_a_site_cannot_run_fails_with_what_to_change() -> None:
+    with pytest.raises(PlanError) as err:
+        _plan(SiteTraining(), training='parallel_plan = "ddp"')
+    assert err.value.message == (
+        "the run plan asks for plan ddp, but this site trains with 1 worker "
+        "(set [training] workers in its site config)"
+    )
+
+
+def test_an_unknown_plan_in_the_run_plan_is_refused() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_plan(
+            PLAN.format(model="mlp", args="", training='parallel_plan = "zero3"'),
+            source="plan.toml",
+        )
+    assert "'parallel_plan' must be one of site, single, auto, ddp, fsdp, tp, fsdp_tp" in (
+        err.value.message
     )
 
 

@@ -83,6 +83,7 @@ def test_crashed_worker_fails_the_hop_without_output(tmp_path: Path) -> None:
         launch(path, starter="fork", progress=crash_one)
     assert killed
     assert info.value.message.startswith("training failed:")
+    assert info.value.retryable  # a crash, not a refusal: starting again may succeed
     assert not job.output_path.exists()
     assert not job.result_path.exists()
     assert not multiprocessing.active_children()
@@ -93,7 +94,10 @@ def test_worker_reason_reaches_the_launcher(tmp_path: Path) -> None:
         tmp_path / "hop", case(MLP), plan=ParallelPlan(kind=PlanKind.DDP, dp=2), training=LONG
     )
     job.data_path.write_bytes(b"\x00" * 16)
-    with pytest.raises(WorkerError, match=r"rank \d: ModelError: .*not a valid safetensors blob"):
+    with pytest.raises(
+        WorkerError, match=r"rank \d: ModelError: .*not a valid safetensors blob"
+    ) as info:
         launch(path, starter="fork")
+    assert not info.value.retryable  # the same input would fail the same way
     assert not job.output_path.exists()
     assert sorted(p.name for p in job.errors_dir.iterdir()) == ["rank-0.json", "rank-1.json"]
