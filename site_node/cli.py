@@ -14,6 +14,7 @@ from baton.entry import configure_logging, exit_on_error, make_app, on_terminate
 from baton.errors import ConfigError, DataError, PkiError, TransportError
 from site_node.config import load_site_config
 from site_node.daemon import SiteDaemon
+from site_node.parallel.nodes import serve_node
 
 logger = logging.getLogger("site_node")
 
@@ -55,6 +56,29 @@ def run(
         if errors:
             raise errors[0]
         logger.info("site %s stopped", daemon.site_id)
+
+
+@app.command("worker-node")
+def worker_node(
+    shared_dir: Annotated[
+        Path,
+        typer.Option(
+            help="The directory shared with the site's primary node ([training] shared_dir)."
+        ),
+    ],
+    address: Annotated[
+        str, typer.Option(help="This machine's address for the other nodes' workers.")
+    ] = "",
+) -> None:
+    """Train with the site's primary node: join every hop it spreads over several machines."""
+    configure_logging()
+    with exit_on_error(_CODES, exit_codes.SITE_CONFIG):
+        if not shared_dir.is_dir():
+            raise ConfigError(f"the shared directory {shared_dir} does not exist")
+        stop = threading.Event()
+        on_terminate(stop.set)
+        joined = serve_node(shared_dir, stop=stop, local_addr=address)
+        logger.info("worker node stopped after %d hops", joined)
 
 
 def _serve(daemon: SiteDaemon, errors: list[BaseException]) -> None:

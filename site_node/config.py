@@ -8,6 +8,7 @@ from pathlib import Path
 
 from baton.tls import TlsFiles
 from baton.tomlcfg import build, read_toml
+from site_node.parallel.nodes import NodeGroup, Rendezvous
 
 PARALLEL_PLANS = ("auto", "single", "ddp", "fsdp", "tp", "fsdp_tp")
 """Values of ``[training] parallel_plan``."""
@@ -49,6 +50,21 @@ class SiteTraining:
     """Times a hop's workers are started again, from the newest checkpoint, after a
     worker crashed (killed, or lost a peer); a Baton error (bad data, a diverged loss)
     is never retried."""
+    nodes: int = 1
+    """Machines of this site that train each hop together, this one included, each with
+    ``workers`` workers. The others run ``site-node worker-node --shared-dir ...``; see
+    ``site_node.parallel.nodes``."""
+    rendezvous: str = ""
+    """With ``nodes`` > 1: ``host:port`` of the rendezvous store this machine hosts for
+    the others (torchrun's c10d rendezvous); internal network only."""
+    shared_dir: Path | None = None
+    """With ``nodes`` > 1: a directory every node mounts at the same path; hops' jobs
+    (plaintext weights, private 0700) live there while they train."""
+    node_address: str = ""
+    """With ``nodes`` > 1: this machine's address for the other nodes' workers (empty:
+    its host name)."""
+    join_timeout_seconds: float = 300.0
+    """With ``nodes`` > 1: how long a hop waits for every node to join."""
 
     def __post_init__(self) -> None:
         if self.parallel_plan not in PARALLEL_PLANS:
@@ -68,10 +84,37 @@ class SiteTraining:
             )
         if self.restarts < 0:
             raise ValueError(f"'restarts' must not be negative, not {self.restarts}")
-        if self.parallel_plan not in ("auto", "single") and self.workers < 2:
+        if self.nodes < 1:
+            raise ValueError(f"'nodes' must be at least 1, not {self.nodes}")
+        if self.nodes > 1 and (not self.rendezvous or self.shared_dir is None):
+            raise ValueError("'nodes' > 1 needs 'rendezvous' (host:port) and 'shared_dir'")
+        if self.nodes > 1:
+            Rendezvous(endpoint=self.rendezvous, nodes=self.nodes, id="-")  # checks the address
+        if self.nodes > 1 and self.launcher != "torchrun":
+            raise ValueError("'nodes' > 1 needs the torchrun launcher")
+        if not self.join_timeout_seconds > 0:
+            raise ValueError("'join_timeout_seconds' must be positive")
+        if self.parallel_plan not in ("auto", "single") and self.workers * self.nodes < 2:
             raise ValueError(
                 f"'parallel_plan' {self.parallel_plan!r} needs 'workers' of at least 2"
             )
+
+    @property
+    def total_workers(self) -> int:
+        """Workers over all of this site's nodes."""
+        return self.workers * self.nodes
+
+    def node_group(self) -> NodeGroup | None:
+        """The site's machines, when it has several."""
+        if self.nodes < 2 or self.shared_dir is None:
+            return None
+        return NodeGroup(
+            nodes=self.nodes,
+            endpoint=self.rendezvous,
+            shared_dir=self.shared_dir,
+            local_addr=self.node_address,
+            join_timeout_s=self.join_timeout_seconds,
+        )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -139,4 +182,8 @@ def load_site_config(path: Path) -> SiteConfig:
         crl=None if cfg.crl is None else base / cfg.crl,
         data_dir=base / cfg.data_dir,
         work_dir=base / cfg.work_dir,
+        training=dataclasses.replace(
+            cfg.training,
+            shared_dir=None if cfg.training.shared_dir is None else base / cfg.training.shared_dir,
+        ),
     )

@@ -173,7 +173,10 @@ class HopRunner:
         run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         plain_in = run_dir / f"hop-{a.hop_index:05d}.in.safetensors"
         plain_out = run_dir / f"hop-{a.hop_index:05d}.out.safetensors"
-        job_dir = run_dir / f"hop-{a.hop_index:05d}.job"
+        nodes = self._training.node_group()
+        # Several machines train from a directory they all see.
+        job_root = run_dir if nodes is None else nodes.shared_dir / a.run_id
+        job_dir = job_root / f"hop-{a.hop_index:05d}.job"
         try:
             model, checked = self._receive(a, run_dir, plain_in)
             parallel = site_plan(
@@ -211,6 +214,7 @@ class HopRunner:
                     checkpoint_every=self._training.checkpoint_every,
                     restarts=self._training.restarts,
                     should_stop=self._stopping,
+                    nodes=nodes,
                 )
                 if result.resumed_from_step:
                     self._audit.append(

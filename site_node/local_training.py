@@ -36,6 +36,7 @@ from site_node.parallel import families
 from site_node.parallel.errors import PlanError, TrainingInterrupted, WorkerError
 from site_node.parallel.job import Job, ModelSpec, TrainSpec
 from site_node.parallel.launch import Starter, launch, prepare, read_result
+from site_node.parallel.nodes import NodeGroup, announce, withdraw
 from site_node.parallel.plans import ParallelPlan, PlanKind, choose_plan
 from site_node.trainer import TrainResult, hop_lr, total_steps
 
@@ -64,7 +65,7 @@ def site_plan(
         PlanError: The requested plan cannot run this model on ``settings.workers``
             workers, or the model family cannot be spread at all.
     """
-    workers = settings.workers
+    workers = settings.total_workers
     requested = run_plan.training.parallel_plan
     kind = settings.parallel_plan if requested == "site" else requested
     if kind == "single":
@@ -142,6 +143,7 @@ def train_parallel(
     checkpoint_every: int = 0,
     restarts: int = 0,
     should_stop: Callable[[], bool] | None = None,
+    nodes: NodeGroup | None = None,
 ) -> TrainResult:
     """Trains ``model`` in place under ``plan`` with worker processes.
 
@@ -164,6 +166,8 @@ def train_parallel(
         restarts: Times the workers are started again, from the newest checkpoint, after
             they crashed.
         should_stop: Asked while the workers run; True stops them (the site is stopping).
+        nodes: The site's machines, when the workers span several; ``job_dir`` must then
+            lie in their shared directory.
 
     Raises:
         DataError: The split is empty or has labels the model cannot output.
@@ -222,9 +226,7 @@ def train_parallel(
         )
         for attempt in itertools.count():
             try:
-                output = launch(
-                    job_path, starter=starter, progress=forward, should_stop=should_stop
-                )
+                output = _launch(job_path, starter, forward, should_stop, nodes)
                 break
             except WorkerError as exc:
                 if not exc.retryable or attempt >= restarts:
@@ -264,6 +266,31 @@ def train_parallel(
         final_loss=float(done["final_loss"]),
         resumed_from_step=resumed,
     )
+
+
+def _launch(
+    job_path: Path,
+    starter: Starter,
+    progress: Callable[[dict[str, Any]], None],
+    should_stop: Callable[[], bool] | None,
+    nodes: NodeGroup | None,
+) -> Path:
+    if nodes is None:
+        return launch(job_path, starter=starter, progress=progress, should_stop=should_stop)
+    rendezvous = nodes.rendezvous()
+    nproc = Job.read(job_path).plan.world_size // nodes.nodes
+    announce(nodes.shared_dir, job_path, rendezvous, nproc=nproc)
+    try:
+        return launch(
+            job_path,
+            starter="torchrun",
+            progress=progress,
+            should_stop=should_stop,
+            rendezvous=rendezvous,
+            local_addr=nodes.local_addr,
+        )
+    finally:
+        withdraw(nodes.shared_dir, rendezvous.id)
 
 
 def _num_outputs(model: nn.Module, x: torch.Tensor) -> int:

@@ -2,7 +2,8 @@
 
 :func:`prepare` writes the job, the incoming weights and the training data into a private
 directory (mode 0700); :func:`launch` starts the workers (``torchrun --standalone`` for
-several, a thread of this process for one, or forked processes on CPU in tests), passes
+several, ``torchrun`` with a c10d rendezvous for several machines (:mod:`.nodes`), a thread
+of this process for one, or forked processes on CPU in tests), passes
 rank 0's progress lines (step, loss, samples/s) to a callback while they run, and returns
 the path of the trained weights. If any worker fails, the others are stopped, the result
 files are removed (nothing half-made is ever sent on), and :class:`WorkerError` carries
@@ -19,7 +20,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -35,6 +35,7 @@ from baton.wire import sha256_file
 from site_node.parallel import checkpoint
 from site_node.parallel.errors import TrainingInterrupted, WorkerError
 from site_node.parallel.job import JOB_FILE, Job
+from site_node.parallel.nodes import Rendezvous, torchrun_command
 from site_node.parallel.worker import run_worker
 
 logger = logging.getLogger(__name__)
@@ -168,9 +169,30 @@ class _Processes:
                     p.join()
 
 
-def start_workers(job: Job, job_path: Path, starter: Starter = "auto") -> _Running:
-    """Starts the workers of ``job`` without waiting for them."""
+def start_workers(
+    job: Job,
+    job_path: Path,
+    starter: Starter = "auto",
+    *,
+    rendezvous: Rendezvous | None = None,
+    local_addr: str = "",
+) -> _Running:
+    """Starts the workers of ``job`` without waiting for them: this node's share of them
+    when ``rendezvous`` spreads the job over several nodes."""
     world = job.plan.world_size
+    if rendezvous is not None:
+        if starter == "fork" or world % rendezvous.nodes != 0:
+            raise ValueError(
+                f"{world} workers cannot be spread by torchrun over {rendezvous.nodes} nodes"
+            )
+        command = torchrun_command(
+            job_path,
+            nproc=world // rendezvous.nodes,
+            rendezvous=rendezvous,
+            host=True,
+            local_addr=local_addr,
+        )
+        return _Processes(procs=[_popen(command, job)])
     if world == 1:
         errors: list[BaseException] = []
 
@@ -187,28 +209,21 @@ def start_workers(job: Job, job_path: Path, starter: Starter = "auto") -> _Runni
         if job.device != "cpu":
             raise ValueError("forked workers are for CPU only; use torchrun with CUDA")
         ctx = multiprocessing.get_context("fork")
-        rendezvous = f"file://{job.dir / f'rendezvous-{uuid.uuid4().hex}'}"
+        init = f"file://{job.dir / f'rendezvous-{uuid.uuid4().hex}'}"
         procs = [
-            ctx.Process(target=_forked, args=(job_path,), kwargs=_fork_args(r, world, rendezvous))
+            ctx.Process(target=_forked, args=(job_path,), kwargs=_fork_args(r, world, init))
             for r in range(world)
         ]
         for p in procs:
             p.start()
         return _Processes(procs=procs)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        str(world),
-        "-m",
-        "site_node.parallel.worker",
-        str(job_path),
-    ]
+    command = torchrun_command(job_path, nproc=world, rendezvous=None)
+    return _Processes(procs=[_popen(command, job)])
+
+
+def _popen(command: list[str], job: Job) -> subprocess.Popen[bytes]:
     with (job.dir / "workers.log").open("ab") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    return _Processes(procs=[proc])
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
 
 
 def _forked(job_path: Path, *, rank: int, world_size: int, init_method: str) -> None:
@@ -230,6 +245,8 @@ def launch(
     progress: ProgressFn | None = None,
     poll_s: float = 0.05,
     should_stop: Callable[[], bool] | None = None,
+    rendezvous: Rendezvous | None = None,
+    local_addr: str = "",
 ) -> Path:
     """Runs the job at ``job_path`` to the end and returns the trained weights' path.
 
@@ -241,6 +258,10 @@ def launch(
         progress: Receives rank 0's progress lines as they appear.
         poll_s: How often to look at the workers and the progress file.
         should_stop: Asked at every poll; True stops the workers.
+        rendezvous: Spreads the workers over several nodes (see
+            :mod:`site_node.parallel.nodes`); this node starts its share and hosts the
+            rendezvous. The job directory must be one every node sees.
+        local_addr: This node's address for the other nodes (with ``rendezvous``).
 
     Raises:
         WorkerError: A worker failed; the message is the failing rank's reason.
@@ -252,7 +273,7 @@ def launch(
     for old in job.errors_dir.glob("rank-*.json"):
         old.unlink()
     job.progress_path.unlink(missing_ok=True)
-    running = start_workers(job, job_path, starter)
+    running = start_workers(job, job_path, starter, rendezvous=rendezvous, local_addr=local_addr)
     tail = _Tail(job.progress_path, progress)
     stopped = False
     try:

@@ -69,6 +69,16 @@ def test_training_section_is_read(tmp_path: Path) -> None:
         ("threads = 2", "unknown key 'training.threads'"),
         ("checkpoint_every = -1", "'checkpoint_every' must not be negative, not -1"),
         ("restarts = -2", "'restarts' must not be negative, not -2"),
+        ("nodes = 0", "'nodes' must be at least 1, not 0"),
+        ("nodes = 2", "'nodes' > 1 needs 'rendezvous' (host:port) and 'shared_dir'"),
+        (
+            'nodes = 2\nrendezvous = "primary"\nshared_dir = "s"',
+            "the rendezvous must be host:port, not 'primary'",
+        ),
+        (
+            'nodes = 2\nrendezvous = "primary:29400"\nshared_dir = "s"\nlauncher = "fork"',
+            "'nodes' > 1 needs the torchrun launcher",
+        ),
         ('workers = "2"', "training.workers"),
     ],
 )
@@ -115,6 +125,30 @@ def test_configured_plans_use_every_worker() -> None:
     assert _plan(SiteTraining(parallel_plan="auto", workers=2)) == ParallelPlan(
         kind=PlanKind.DDP, dp=2
     )
+
+
+def test_a_site_of_several_nodes_counts_all_their_workers(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(
+        SITE + '\n[training]\nparallel_plan = "ddp"\nworkers = 2\nnodes = 2\n'
+        'rendezvous = "10.0.0.5:29400"\nshared_dir = "/mnt/baton"\nnode_address = "10.0.0.5"\n'
+    )
+    training = load_site_config(path).training
+    group = training.node_group()
+    assert group is not None
+    assert (group.nodes, group.endpoint, group.shared_dir, group.local_addr) == (
+        2,
+        "10.0.0.5:29400",
+        Path("/mnt/baton"),
+        "10.0.0.5",
+    )
+    assert _plan(training) == ParallelPlan(kind=PlanKind.DDP, dp=4)
+    relative = tmp_path / "rel.toml"
+    relative.write_text(
+        SITE + '\n[training]\nnodes = 2\nrendezvous = "h:1"\nshared_dir = "shared"\n'
+    )
+    assert load_site_config(relative).training.shared_dir == tmp_path / "shared"
+    assert SiteTraining().node_group() is None
 
 
 def test_the_run_plan_overrides_the_sites_plan() -> None:
