@@ -96,7 +96,7 @@ class OrderingSection:
     """Strategy-specific options."""
 
 
-PARALLEL_PLANS = ("site", "single", "auto", "ddp", "fsdp", "tp", "fsdp_tp")
+PARALLEL_PLANS = ("site", "single", "auto", "ddp", "fsdp", "tp", "fsdp_tp", "pp")
 """Values of ``[training] parallel_plan`` in a run plan."""
 
 
@@ -164,9 +164,9 @@ class TrainingSection:
     parallel_plan: str = "site"
     """How each site spreads its hop over its local workers: ``site`` (default) leaves it
     to each site's own ``[training] parallel_plan``; ``single`` trains in each daemon's
-    process, with exactly the simulator's arithmetic; ``auto``, ``ddp``, ``fsdp``, ``tp``
-    or ``fsdp_tp`` ask every site for that plan over the workers it has (a site with one
-    worker fails the hop for a plan that needs several)."""
+    process, with exactly the simulator's arithmetic; ``auto``, ``ddp``, ``fsdp``, ``tp``,
+    ``fsdp_tp`` or ``pp`` (pipeline) ask every site for that plan over the workers it has
+    (a site with one worker fails the hop for a plan that needs several)."""
 
     def __post_init__(self) -> None:
         if self.parallel_plan not in PARALLEL_PLANS:

@@ -10,7 +10,7 @@ from baton.tls import TlsFiles
 from baton.tomlcfg import build, read_toml
 from site_node.parallel.nodes import NodeGroup, Rendezvous
 
-PARALLEL_PLANS = ("auto", "single", "ddp", "fsdp", "tp", "fsdp_tp")
+PARALLEL_PLANS = ("auto", "single", "ddp", "fsdp", "tp", "fsdp_tp", "pp")
 """Values of ``[training] parallel_plan``."""
 LAUNCHERS = ("torchrun", "fork")
 """Values of ``[training] launcher``."""
@@ -35,8 +35,9 @@ class SiteTraining:
 
     parallel_plan: str = "single"
     """``single`` trains in the daemon's process (the simulator's exact arithmetic);
-    ``ddp``, ``fsdp``, ``tp`` or ``fsdp_tp`` spread the hop over ``workers`` CPU processes
-    (gloo); ``auto`` picks a plan from ``workers`` and the model's size."""
+    ``ddp``, ``fsdp``, ``tp``, ``fsdp_tp`` or ``pp`` (pipeline: the model's layers cut into
+    one stage per worker) spread the hop over ``workers`` CPU processes (gloo); ``auto``
+    picks a plan from ``workers`` and the model's size (never ``pp``)."""
     workers: int = 1
     """Local worker processes for a plan other than ``single``."""
     launcher: str = "torchrun"

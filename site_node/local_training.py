@@ -51,6 +51,7 @@ PARALLEL_MODELS: dict[PlanKind, frozenset[str]] = {
     PlanKind.FSDP: frozenset({"logreg", "mlp"}),
     PlanKind.TP: frozenset({"mlp"}),
     PlanKind.FSDP_TP: frozenset({"mlp"}),
+    PlanKind.PP: frozenset({"mlp"}),
 }
 """Registered models each plan can train (tensor parallelism needs a family's TP plan)."""
 
@@ -107,6 +108,8 @@ def _override(kind: PlanKind, workers: int, tp_degrees: tuple[int, ...]) -> Para
         return ParallelPlan(kind=kind, dp=workers)
     if kind == PlanKind.TP:
         return ParallelPlan(kind=kind, tp=workers)
+    if kind == PlanKind.PP:
+        return ParallelPlan(kind=kind, pp=workers)
     for tp in sorted(tp_degrees):
         if workers % tp == 0 and workers // tp >= 2:
             return ParallelPlan(kind=kind, dp=workers // tp, tp=tp)

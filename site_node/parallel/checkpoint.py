@@ -15,13 +15,21 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_state_dict,
+    set_state_dict,
+)
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
 logger = logging.getLogger(__name__)
 
 LATEST = "latest.json"
+
+_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
+"""Optimizer state keyed by parameter name: the stages of a pipeline each have their own
+optimizer, whose positional parameter groups would otherwise collide in one checkpoint."""
 
 
 def latest(directory: Path) -> tuple[int, Path] | None:
@@ -38,7 +46,7 @@ def save(
 ) -> None:
     """Saves a checkpoint after ``step`` optimizer steps (a collective: every rank calls it)."""
     name = f"step-{step:08d}"
-    model_state, optim_state = get_state_dict(model, optimizer)
+    model_state, optim_state = get_state_dict(model, optimizer, options=_OPTIONS)
     dcp_save({"model": model_state, "optim": optim_state}, checkpoint_id=str(directory / name))
     if rank != 0:
         return
@@ -54,7 +62,13 @@ def save(
 
 def load(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:
     """Loads the checkpoint at ``path`` into the (already parallelized) model and optimizer."""
-    model_state, optim_state = get_state_dict(model, optimizer)
+    model_state, optim_state = get_state_dict(model, optimizer, options=_OPTIONS)
     # Loads in place into the tensors of the two dicts.
     dcp_load({"model": model_state, "optim": optim_state}, checkpoint_id=str(path))
-    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
+    set_state_dict(
+        model,
+        optimizer,
+        model_state_dict=model_state,
+        optim_state_dict=optim_state,
+        options=_OPTIONS,
+    )

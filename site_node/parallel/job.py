@@ -3,6 +3,7 @@
 The private directory holds everything of one hop's training::
 
     job.json            this description
+    inputs.sha256       digest of job, weights and data the checkpoints belong to
     model.safetensors   the incoming weights
     data.safetensors    the training split: ``x`` (inputs) and ``y`` (targets)
     progress.jsonl      rank 0's progress lines (one JSON object each)
@@ -156,7 +157,12 @@ class Job:
         return Job(
             model=ModelSpec(**raw.pop("model")),
             training=TrainSpec(**raw.pop("training")),
-            plan=ParallelPlan(kind=PlanKind(plan["kind"]), dp=plan["dp"], tp=plan["tp"]),
+            plan=ParallelPlan(
+                kind=PlanKind(plan["kind"]),
+                dp=plan["dp"],
+                tp=plan["tp"],
+                pp=plan.get("pp", 1),  # absent from jobs written before pipeline plans
+            ),
             **raw,
         )
 

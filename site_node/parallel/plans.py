@@ -11,7 +11,9 @@ of what training the model needs (parameters, gradients, optimizer state, activa
   with the smallest ``tp`` that fits, since tensor parallelism communicates every layer.
 
 An override (from the run plan or the site config) replaces the choice after checking it
-can run on the devices and the model.
+can run on the devices and the model. Pipeline parallelism (``pp``: the model's layers cut
+into ``pp`` consecutive stages, one per worker, the global batch run through them in
+microbatches) is only ever used when asked for: the automatic choice never picks it.
 """
 
 from __future__ import annotations
@@ -36,11 +38,12 @@ class PlanKind(StrEnum):
     FSDP = "fsdp"
     TP = "tp"
     FSDP_TP = "fsdp_tp"
+    PP = "pp"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ParallelPlan:
-    """A plan: its kind and the shape of its device mesh (``dp`` x ``tp`` workers)."""
+    """A plan: its kind and the shape of its device mesh (``dp`` x ``tp`` x ``pp`` workers)."""
 
     kind: PlanKind
     """How the model is spread."""
@@ -48,9 +51,11 @@ class ParallelPlan:
     """Data-parallel degree: groups that see different examples."""
     tp: int = 1
     """Tensor-parallel degree: workers inside a group that split each layer."""
+    pp: int = 1
+    """Pipeline-parallel degree: consecutive stages of layers, one worker each."""
 
     def __post_init__(self) -> None:
-        if self.dp < 1 or self.tp < 1:
+        if self.dp < 1 or self.tp < 1 or self.pp < 1:
             raise ValueError("a plan needs at least one worker in each mesh dimension")
         expected = {
             PlanKind.SINGLE: self.dp == 1 and self.tp == 1,
@@ -58,14 +63,19 @@ class ParallelPlan:
             PlanKind.FSDP: self.dp >= 2 and self.tp == 1,
             PlanKind.TP: self.dp == 1 and self.tp >= 2,
             PlanKind.FSDP_TP: self.dp >= 2 and self.tp >= 2,
+            PlanKind.PP: self.dp == 1 and self.tp == 1 and self.pp >= 2,
         }[self.kind]
+        if self.kind != PlanKind.PP and self.pp != 1:
+            expected = False
         if not expected:
-            raise ValueError(f"plan {self.kind} cannot have dp={self.dp}, tp={self.tp}")
+            raise ValueError(
+                f"plan {self.kind} cannot have dp={self.dp}, tp={self.tp}, pp={self.pp}"
+            )
 
     @property
     def world_size(self) -> int:
         """Worker processes the plan needs."""
-        return self.dp * self.tp
+        return self.dp * self.tp * self.pp
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -87,6 +97,9 @@ class ModelFootprint:
     tp_degrees: tuple[int, ...] = ()
     """Tensor-parallel degrees the model family supports (its heads and hidden widths
     divide by them); empty if the family has no tensor-parallel plan."""
+    pp_degrees: tuple[int, ...] = ()
+    """Pipeline-parallel degrees (numbers of stages) the model family can be cut into;
+    empty if the family has no pipeline plan."""
 
     def __post_init__(self) -> None:
         sizes = (self.activation_bytes, self.unit_bytes)
@@ -111,7 +124,9 @@ def _fits(plan: ParallelPlan, model: ModelFootprint, budget: float) -> bool:
 
     DDP holds the whole state; FSDP shards it over every worker but gathers one unit at a
     time; data parallelism splits the activations by examples (so its degree must divide
-    the global batch), tensor parallelism splits each layer's activations by columns.
+    the global batch), tensor parallelism splits each layer's activations by columns, and
+    pipeline parallelism holds the state and activations of its own layers only (roughly
+    an equal share, as the stages hold equal numbers of layers).
     """
     world = plan.world_size
     if model.global_batch % plan.dp != 0:
@@ -146,8 +161,9 @@ def choose_plan(
         The plan; ``single`` whenever ``devices`` is 1.
 
     Raises:
-        PlanError: The override needs more devices than there are, or tensor parallelism
-            at a degree the model does not support; or, without an override, no plan fits.
+        PlanError: The override needs more devices than there are, or tensor or pipeline
+            parallelism at a degree the model does not support; or, without an override,
+            no plan fits.
     """
     if devices < 1:
         raise PlanError("a hop needs at least one device")
@@ -182,6 +198,12 @@ def _checked(plan: ParallelPlan, *, devices: int, model: ModelFootprint) -> Para
         supported = ", ".join(map(str, model.tp_degrees)) or "none"
         raise PlanError(
             f"plan {plan.kind} splits layers {plan.tp} ways; the model supports: {supported}"
+        )
+    if plan.pp > 1 and plan.pp not in model.pp_degrees:
+        supported = ", ".join(map(str, model.pp_degrees)) or "none"
+        raise PlanError(
+            f"plan {plan.kind} cuts the model into {plan.pp} stages; "
+            f"the model supports: {supported}"
         )
     return plan
 

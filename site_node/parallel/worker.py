@@ -6,10 +6,13 @@ process for the single plan. Every rank follows the same steps:
 
 1. init the process group (gloo on CPU; NCCL and bf16 autocast on CUDA) with a timeout;
 2. build the model; load the weights (rank 0 then broadcast, or every rank);
-3. apply the plan: DDP, FSDP2 ``fully_shard``, tensor parallel, or FSDP2 x TP on a 2-D mesh;
+3. apply the plan: DDP, FSDP2 ``fully_shard``, tensor parallel, FSDP2 x TP on a 2-D mesh,
+   or a pipeline (rank ``i`` holds stage ``i`` of the model's layers on its device);
 4. resume from the newest within-hop checkpoint, if any;
 5. train: a ``DistributedSampler`` (``drop_last``) over the data-parallel ranks, each taking
-   ``batch_size / dp`` examples, so the global batch is the same whatever the plan;
+   ``batch_size / dp`` examples, so the global batch is the same whatever the plan; a
+   pipeline runs each global batch as equal microbatches (1F1B schedule) and scales the
+   summed gradients by their number, so it takes the same step as one process;
 6. gather the full state dict on every rank; rank 0 writes it atomically, then the result.
 
 A failing rank writes its reason to ``errors/rank-N.json`` for the launcher.
@@ -46,6 +49,7 @@ from baton.codec import load_into, load_state_file, save_state_file, state_of
 from baton.errors import BatonError, DataError, ModelError
 from baton.models import fit_input_norm
 from site_node.parallel import checkpoint, families
+from site_node.parallel import pipeline as pipeline_mod
 from site_node.parallel.errors import PlanError
 from site_node.parallel.job import Job
 from site_node.parallel.plans import PlanKind
@@ -63,6 +67,7 @@ class _Placed:
     module: nn.Module
     dp_size: int
     dp_rank: int
+    pipeline: pipeline_mod.Pipeline | None = None
 
 
 def run_worker(job_path: Path, *, rank: int, world_size: int, init_method: str | None) -> None:
@@ -134,9 +139,14 @@ def _run(job: Job, *, rank: int, world_size: int, init_method: str | None) -> No
     if rank == 0 or not job.broadcast_from_rank0:
         full = load_state_file(job.weights_path)
         load_into(model, full)
-    model.to(device)
-    placed = _apply_plan(model, job, device)
-    if world_size > 1 and job.broadcast_from_rank0:
+    if plan.kind != PlanKind.PP:
+        model.to(device)  # a pipeline moves only its own stage
+    offset = _logit_offset(job, y, device)
+    placed = _apply_plan(model, job, device, offset)
+    if placed.pipeline is not None:
+        if job.broadcast_from_rank0:
+            pipeline_mod.scatter_stages(placed.pipeline, device)
+    elif world_size > 1 and job.broadcast_from_rank0:
         # The call empties the dict it is given; rank 0 passes the full state, others none.
         set_model_state_dict(
             model,
@@ -145,21 +155,28 @@ def _run(job: Job, *, rank: int, world_size: int, init_method: str | None) -> No
         )
     del full
     _fit_norm(model, x)
-    optimizer = _optimizer(model, job)
+    # A pipeline rank optimizes its own stage only (DDP's wrapper yields the model's).
+    optimizer = _optimizer(placed.module, job)
     start = 0
     found = checkpoint.latest(job.checkpoint_dir)
     if found is not None:
         start, path = found
         checkpoint.load(placed.module, optimizer, path)
         logger.info("resumed the hop from the checkpoint at step %d", start)
-    stats = _train(job, placed, optimizer, x, y, rank=rank, start=start, device=device)
-    full_state = _export(model, world_size)
+    stats = _train(
+        job, placed, optimizer, x, y, offset=offset, rank=rank, start=start, device=device
+    )
+    if placed.pipeline is not None:
+        full_state = pipeline_mod.gather_stages(placed.pipeline, device)
+        stats["microbatches"] = placed.pipeline.microbatches
+    else:
+        full_state = _export(model, world_size)
     if rank == 0:
         save_state_file(job.output_path, full_state)
         _write_json(job.result_path, {**stats, "resumed_from": start, "plan": str(plan.kind)})
 
 
-def _apply_plan(model: nn.Module, job: Job, device: torch.device) -> _Placed:
+def _apply_plan(model: nn.Module, job: Job, device: torch.device, offset: torch.Tensor) -> _Placed:
     plan = job.plan
     kind = plan.kind
     if kind == PlanKind.SINGLE:
@@ -173,6 +190,11 @@ def _apply_plan(model: nn.Module, job: Job, device: torch.device) -> _Placed:
             dp_size=plan.dp,
             dp_rank=dist.get_rank(),
         )
+    if kind == PlanKind.PP:
+        stage, pipe = pipeline_mod.build(
+            model, pp=plan.pp, batch_size=job.training.batch_size, device=device, offset=offset
+        )
+        return _Placed(module=stage, dp_size=1, dp_rank=0, pipeline=pipe)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -236,6 +258,7 @@ def _train(
     x: torch.Tensor,
     y: torch.Tensor,
     *,
+    offset: torch.Tensor,
     rank: int,
     start: int,
     device: torch.device,
@@ -253,12 +276,6 @@ def _train(
     per_epoch = len(sampler) // local_batch
     if per_epoch == 0:
         raise DataError(f"{len(y)} examples do not fill one global batch of {t.batch_size}")
-    offset = torch.zeros(())
-    if t.logit_adjustment:
-        classes = job.model.num_classes
-        counts = torch.bincount(y, minlength=classes).double()
-        offset = torch.log((counts + 1) / (len(y) + classes)).float()
-    offset = offset.to(device)
     if device.type == "cuda":
         x, y = x.pin_memory(), y.pin_memory()
     autocast = (
@@ -280,16 +297,20 @@ def _train(
             xb = x[idx].to(device, non_blocking=True)
             yb = y[idx].to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
-            with autocast:
-                logits = module(xb)
-            logits = logits.float() + offset
-            loss = F.cross_entropy(logits.flatten(0, -2), yb.flatten())
-            torch.autograd.backward(loss)
+            if placed.pipeline is not None:
+                with autocast:
+                    loss = pipeline_mod.step(placed.pipeline, xb, yb)
+            else:
+                with autocast:
+                    logits = module(xb)
+                logits = logits.float() + offset
+                loss = F.cross_entropy(logits.flatten(0, -2), yb.flatten())
+                torch.autograd.backward(loss)
             optimizer.step()
             losses[step] = loss.detach()
             step += 1
             if step in reports:
-                mean = _global_mean(losses[step - 1 : step].clone())
+                mean = _global_loss(losses[step - 1 : step].clone(), placed)
                 rate = (step - start) * t.batch_size / (time.perf_counter() - started)
                 line = {
                     "step": step,
@@ -307,7 +328,7 @@ def _train(
         epoch += 1
         skip = 0
     seconds = time.perf_counter() - started
-    curve = _global_mean(losses).cpu()
+    curve = _global_loss(losses, placed).cpu()
     final = float(curve[-1])
     if not math.isfinite(final):
         raise ModelError("training diverged: the training loss is not finite")
@@ -320,9 +341,24 @@ def _train(
     }
 
 
-def _global_mean(values: torch.Tensor) -> torch.Tensor:
-    """Mean over all ranks (tensor-parallel peers hold equal values, so this is the mean
-    over data-parallel groups: the loss of the global batch)."""
+def _logit_offset(job: Job, y: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """What the training loss adds to the logits: the log label prior of ``y`` with logit
+    adjustment, else zero."""
+    offset = torch.zeros(())
+    if job.training.logit_adjustment:
+        classes = job.model.num_classes
+        counts = torch.bincount(y, minlength=classes).double()
+        offset = torch.log((counts + 1) / (len(y) + classes)).float()
+    return offset.to(device)
+
+
+def _global_loss(values: torch.Tensor, placed: _Placed) -> torch.Tensor:
+    """The loss of the global batch on every rank: a pipeline's last stage holds it;
+    otherwise the mean over all ranks (tensor-parallel peers hold equal values, so this is
+    the mean over data-parallel groups)."""
+    if placed.pipeline is not None:
+        dist.broadcast(values, src=len(placed.pipeline.stages) - 1)
+        return values
     if dist.is_initialized():
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
         values = values / dist.get_world_size()

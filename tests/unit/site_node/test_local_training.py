@@ -119,6 +119,9 @@ def test_configured_plans_use_every_worker() -> None:
     assert _plan(SiteTraining(parallel_plan="fsdp_tp", workers=4)) == ParallelPlan(
         kind=PlanKind.FSDP_TP, dp=2, tp=2
     )
+    assert _plan(SiteTraining(parallel_plan="pp", workers=2)) == ParallelPlan(
+        kind=PlanKind.PP, pp=2
+    )
     assert _plan(SiteTraining(parallel_plan="auto", workers=1)) == ParallelPlan(
         kind=PlanKind.SINGLE
     )
@@ -198,6 +201,11 @@ def test_an_unknown_plan_in_the_run_plan_is_refused() -> None:
             SiteTraining(parallel_plan="fsdp_tp", workers=2),
             {},
             "plan fsdp_tp cannot split 2 workers",
+        ),
+        (
+            SiteTraining(parallel_plan="pp", workers=4),
+            {},
+            "plan pp cuts the model into 4 stages; the model supports: 2, 3",
         ),
         (
             SiteTraining(parallel_plan="ddp", workers=2),
