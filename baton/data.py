@@ -1,4 +1,5 @@
-"""Dataset tasks on scikit-learn's bundled datasets, split non-IID across simulated sites."""
+"""Dataset tasks on scikit-learn's bundled datasets (and one generated token language), split
+non-IID across simulated sites."""
 
 from __future__ import annotations
 
@@ -26,10 +27,38 @@ TRAIN_FILE = "train.csv"
 VAL_FILE = "val.csv"
 SCHEMA_FILE = "schema.json"
 
+TOKENS_CONTEXT = 12
+"""Tokens per window of the ``tokens`` task (its features)."""
+TOKENS_VOCAB = 16
+"""Vocabulary of the ``tokens`` task (its classes)."""
+
+
+def _load_tokens() -> Any:
+    """The ``tokens`` task: 1,800 windows of a synthetic token language, generated here.
+
+    Each sequence follows ``x[t+1] = (3 * x[t] + step) mod 16`` with a per-sequence
+    ``step``, one token in ten replaced by noise (:func:`baton.models_lm.synthetic_tokens`);
+    features are the first 12 tokens as numbers, the label is the 13th. A causal language
+    model (``causal_lm``) learns it; the next token follows from the last two.
+    """
+    from types import SimpleNamespace
+
+    from baton.models_lm import synthetic_tokens
+
+    tokens = synthetic_tokens(n=1800, seq_len=TOKENS_CONTEXT, vocab=TOKENS_VOCAB, seed=0)
+    return SimpleNamespace(
+        data=tokens[:, :-1].numpy(),
+        target=tokens[:, -1].numpy(),
+        feature_names=[f"t{i}" for i in range(TOKENS_CONTEXT)],
+        target_names=[f"token-{v}" for v in range(TOKENS_VOCAB)],
+    )
+
+
 _LOADERS: dict[str, Callable[[], Any]] = {
     "breast_cancer": _sk.load_breast_cancer,
     "digits": _sk.load_digits,
     "wine": _sk.load_wine,
+    "tokens": _load_tokens,
 }
 _PARTITION_KINDS = ("dirichlet", "quantity", "iid")
 _MAX_PARTITION_ATTEMPTS = 1000

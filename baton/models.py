@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from baton import models_lm
 from baton.errors import DataError, ModelError
 
 logger = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ _Builder = Callable[[Mapping[str, Any], int, int], nn.Module]
 _REGISTRY: dict[str, tuple[tuple[str, ...], _Builder]] = {
     "mlp": (("hidden", "dropout"), _build_mlp),
     "logreg": ((), _build_logreg),
+    models_lm.FAMILY: (models_lm.ARGS, models_lm.build_causal_lm),
 }
 
 
@@ -134,9 +136,11 @@ def build_model(
     Args:
         name: A name from :func:`known_models`.
         args: The model's keyword arguments: for ``mlp``, ``hidden`` (list of layer
-            widths, default ``[64]``) and ``dropout`` (default 0.0); ``logreg`` takes none.
-        num_features: Input width.
-        num_classes: Output width (at least 2).
+            widths, default ``[64]``) and ``dropout`` (default 0.0); ``logreg`` takes none;
+            ``causal_lm`` takes ``dim``, ``layers``, ``heads`` and ``hidden``
+            (:func:`baton.models_lm.build_causal_lm`).
+        num_features: Input width (the context length of ``causal_lm``).
+        num_classes: Output width (at least 2; the vocabulary of ``causal_lm``).
         seed: Seed of the initial weights.
 
     Raises:
@@ -158,6 +162,22 @@ def build_model(
         model = builder(args, num_features, num_classes)
     logger.debug("built model %s with %d features, %d classes", name, num_features, num_classes)
     return model
+
+
+def has_input_norm(model: nn.Module) -> bool:
+    """Whether the model standardizes its inputs (a language model reads token ids raw)."""
+    return any(isinstance(m, InputNorm) for m in model.modules())
+
+
+def is_sequence_model(model: nn.Module) -> bool:
+    """Whether the model predicts the next token at every position of a window of tokens
+    (logits ``[B, T, vocab]``) rather than one class per example (``[B, classes]``).
+
+    Its examples are windows ``x`` ``[B, T]`` with ``y`` the token that follows; it trains
+    on every position's next token (:func:`baton.models_lm.sequence_targets`) and is
+    scored on ``y``.
+    """
+    return isinstance(model, models_lm.CausalLM)
 
 
 def input_norm_of(model: nn.Module) -> InputNorm:

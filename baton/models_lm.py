@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baton.errors import ModelError
+from baton.errors import DataError, ModelError
 
 if TYPE_CHECKING:
     from torch.distributed.tensor.parallel import ParallelStyle
@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 FAMILY = "causal_lm"
 """The registry name of this family."""
 
-_ARGS = ("dim", "layers", "heads", "hidden")
+ARGS = ("dim", "layers", "heads", "hidden")
+"""The arguments of :func:`build_causal_lm`."""
 
 
 class Attention(nn.Module):
@@ -101,7 +102,11 @@ class CausalLM(nn.Module):
         self.head = nn.Linear(dim, vocab)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Returns next-token logits ``[B, T, vocab]`` for token ids ``[B, T]``."""
+        """Returns next-token logits ``[B, T, vocab]`` for token ids ``[B, T]`` (integers,
+        or floats holding integers, as a site's feature columns do)."""
+        if tokens.is_floating_point():
+            # A site's feature columns; integer ids come from code that checked them.
+            tokens = as_tokens(tokens, self.tok_emb.num_embeddings)
         positions = torch.arange(tokens.shape[1], device=tokens.device)
         x = self.tok_emb(tokens) + self.pos_emb(positions)
         for layer in self.layers:
@@ -128,7 +133,7 @@ def build_causal_lm(args: Mapping[str, Any], num_features: int, num_classes: int
     Raises:
         ModelError: An unknown or invalid argument.
     """
-    unknown = sorted(set(args) - set(_ARGS))
+    unknown = sorted(set(args) - set(ARGS))
     if unknown:
         raise ModelError(f"unknown argument {unknown[0]!r} for model {FAMILY!r}")
     dim = _positive(args, "dim", 32)
@@ -170,6 +175,29 @@ def activation_bytes(model: CausalLM, *, batch: int, seq_len: int, bytes_per: in
     vocab = model.head.out_features
     per_layer = batch * seq_len * (10 * dim + 2 * model.hidden) + batch * model.heads * seq_len**2
     return bytes_per * (len(model.layers) * per_layer + batch * seq_len * vocab)
+
+
+def as_tokens(x: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Token ids ``x`` (integers, or floats holding integers) as int64.
+
+    Raises:
+        DataError: A value is not an integer in ``[0, vocab)``.
+    """
+    valid = (x >= 0) & (x < vocab)
+    if x.is_floating_point():
+        valid &= x == x.round()
+    if not bool(valid.all()):
+        raise DataError(
+            f"a language model reads token ids, integers in [0, {vocab}); these "
+            "features are not (is the dataset a token task?)"
+        )
+    return x.long()
+
+
+def sequence_targets(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The next token at every position ``[B, T]`` of windows ``x`` ``[B, T]`` whose next
+    token is ``y`` ``[B]``: ``x`` shifted left by one, then ``y``."""
+    return torch.cat([x[:, 1:].long(), y.long()[:, None]], dim=1)
 
 
 def synthetic_tokens(*, n: int, seq_len: int, vocab: int, seed: int) -> torch.Tensor:

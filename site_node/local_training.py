@@ -30,6 +30,8 @@ from torch import nn
 from baton.codec import load_into, load_state_file, state_of
 from baton.data import Split
 from baton.errors import DataError
+from baton.models import is_sequence_model
+from baton.models_lm import as_tokens, sequence_targets
 from baton.plan import RunPlan
 from site_node.config import SiteTraining
 from site_node.parallel import families
@@ -47,11 +49,11 @@ ProgressFn = Callable[[int, int, float, dict[str, float]], None]
 ``samples_per_s``."""
 
 PARALLEL_MODELS: dict[PlanKind, frozenset[str]] = {
-    PlanKind.DDP: frozenset({"logreg", "mlp"}),
-    PlanKind.FSDP: frozenset({"logreg", "mlp"}),
-    PlanKind.TP: frozenset({"mlp"}),
-    PlanKind.FSDP_TP: frozenset({"mlp"}),
-    PlanKind.PP: frozenset({"mlp"}),
+    PlanKind.DDP: frozenset({"logreg", "mlp", "causal_lm"}),
+    PlanKind.FSDP: frozenset({"logreg", "mlp", "causal_lm"}),
+    PlanKind.TP: frozenset({"mlp", "causal_lm"}),
+    PlanKind.FSDP_TP: frozenset({"mlp", "causal_lm"}),
+    PlanKind.PP: frozenset({"mlp", "causal_lm"}),
 }
 """Registered models each plan can train (tensor parallelism needs a family's TP plan)."""
 
@@ -185,6 +187,9 @@ def train_parallel(
     num_classes = _num_outputs(model, x)
     if int(y.min()) < 0 or int(y.max()) >= num_classes:
         raise DataError(f"labels fall outside the model's {num_classes} classes")
+    if is_sequence_model(model):
+        # The workers train a language model on token ids and every position's next token.
+        x, y = as_tokens(x, num_classes), sequence_targets(x, y)
     t = run_plan.training
     try:
         job = Job(
@@ -301,7 +306,7 @@ def _num_outputs(model: nn.Module, x: torch.Tensor) -> int:
     model.eval()
     try:
         with torch.no_grad():
-            return int(model(x[:1]).shape[1])
+            return int(model(x[:1]).shape[-1])
     finally:
         model.train(was_training)
 

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from baton.errors import DataError, ModelError
-from baton.models import fit_input_norm
+from baton.models import fit_input_norm, has_input_norm, is_sequence_model
+from baton.models_lm import sequence_targets
 
 if TYPE_CHECKING:
     from baton.data import Split
@@ -71,7 +72,7 @@ def _check_labels(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
     model.eval()
     try:
         with torch.no_grad():
-            num_outputs = int(model(x[:1]).shape[1])
+            num_outputs = int(model(x[:1]).shape[-1])
     finally:
         model.train(was_training)
     if int(y.min()) < 0 or int(y.max()) >= num_outputs:
@@ -106,6 +107,8 @@ def evaluate(model: nn.Module, split: Split) -> dict[str, float]:
             for start in range(0, len(y), _EVAL_BATCH):
                 xb, yb = x[start : start + _EVAL_BATCH], y[start : start + _EVAL_BATCH]
                 logits = model(xb)
+                if logits.ndim == 3:
+                    logits = logits[:, -1]  # a sequence model is scored on the next token
                 loss_sum += F.cross_entropy(logits, yb, reduction="sum").double()
                 correct += (logits.argmax(dim=1) == yb).sum()
     finally:
@@ -234,8 +237,10 @@ def train_local(
     x, y = _tensors(split)
     n = len(y)
     num_outputs = _check_labels(model, x, y)
-    if fit_input_norm(model, x):
+    if has_input_norm(model) and fit_input_norm(model, x):
         logger.info("fitted the model's input normalization on %d local examples", n)
+    # A sequence model learns the next token at every position of each window.
+    targets = sequence_targets(x, y) if is_sequence_model(model) else y
     total = total_steps(n, training)
     reports = _report_steps(total) if progress is not None else set()
     steps_per_epoch = math.ceil(n / training.batch_size)
@@ -243,7 +248,11 @@ def train_local(
     optimizer = _optimizer(params, training, hop_lr(training, hop_index, num_sites))
     mu = training.proximal_mu
     anchor = [p.detach().clone() for p in params] if mu > 0 else []
-    offset = _log_prior(y, num_outputs) if training.logit_adjustment else torch.zeros(num_outputs)
+    offset = (
+        _log_prior(targets.flatten(), num_outputs)
+        if training.logit_adjustment
+        else torch.zeros(num_outputs)
+    )
     losses = torch.zeros(total)
     was_training = model.training
     started = time.perf_counter()
@@ -258,7 +267,8 @@ def train_local(
                 for start in range(0, n, training.batch_size):
                     idx = order[start : start + training.batch_size]
                     optimizer.zero_grad(set_to_none=True)
-                    loss = F.cross_entropy(model(x[idx]) + offset, y[idx])
+                    logits = model(x[idx]) + offset
+                    loss = F.cross_entropy(logits.flatten(0, -2), targets[idx].flatten())
                     if mu > 0:
                         torch.autograd.backward(loss + proximal_penalty(params, anchor, mu))
                     else:

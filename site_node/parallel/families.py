@@ -184,7 +184,7 @@ def footprint(
     """A rough estimate of what training ``model`` on global batches of ``batch`` needs."""
     num_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if isinstance(model, models_lm.CausalLM):
-        seq_len = example_shape[0] if example_shape else 1
+        seq_len = example_shape[0] if example_shape else model.pos_emb.num_embeddings
         activations = models_lm.activation_bytes(model, batch=batch, seq_len=seq_len)
     else:
         widths = [p.shape[0] for p in model.parameters() if p.ndim == 2]

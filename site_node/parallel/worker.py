@@ -47,7 +47,7 @@ from torch.utils.data import DistributedSampler, TensorDataset
 
 from baton.codec import load_into, load_state_file, save_state_file, state_of
 from baton.errors import BatonError, DataError, ModelError
-from baton.models import fit_input_norm
+from baton.models import fit_input_norm, has_input_norm
 from site_node.parallel import checkpoint, families
 from site_node.parallel import pipeline as pipeline_mod
 from site_node.parallel.errors import PlanError
@@ -224,11 +224,9 @@ def _apply_plan(model: nn.Module, job: Job, device: torch.device, offset: torch.
 
 
 def _fit_norm(model: nn.Module, x: torch.Tensor) -> None:
-    try:
-        if fit_input_norm(model, x):
-            logger.info("fitted the model's input normalization on %d examples", len(x))
-    except ModelError:
-        pass  # a family without input normalization (a language model)
+    # A language model reads token ids raw: it has no input normalization.
+    if has_input_norm(model) and fit_input_norm(model, x):
+        logger.info("fitted the model's input normalization on %d examples", len(x))
 
 
 def _optimizer(model: nn.Module, job: Job) -> torch.optim.Optimizer:
@@ -347,8 +345,8 @@ def _logit_offset(job: Job, y: torch.Tensor, device: torch.device) -> torch.Tens
     offset = torch.zeros(())
     if job.training.logit_adjustment:
         classes = job.model.num_classes
-        counts = torch.bincount(y, minlength=classes).double()
-        offset = torch.log((counts + 1) / (len(y) + classes)).float()
+        counts = torch.bincount(y.flatten(), minlength=classes).double()
+        offset = torch.log((counts + 1) / (y.numel() + classes)).float()
     return offset.to(device)
 
 

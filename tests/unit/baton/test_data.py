@@ -45,7 +45,7 @@ def _rows(split: Split) -> set[bytes]:
 
 
 def test_known_datasets() -> None:
-    assert known_datasets() == ("breast_cancer", "digits", "wine")
+    assert known_datasets() == ("breast_cancer", "digits", "wine", "tokens")
 
 
 def test_load_task_breast_cancer() -> None:
@@ -333,3 +333,20 @@ def test_profile_of() -> None:
     assert profile.label_histogram == (1, 1, 1)
     assert profile.schema_hash == schema.schema_hash()
     assert profile.task == "toy"
+
+
+def test_the_token_task_is_generated_the_same_every_time() -> None:
+    schema, full = load_task("tokens")
+    assert schema.feature_names == tuple(f"t{i}" for i in range(12))
+    assert schema.num_classes == 16
+    assert full.x.shape == (1800, 12)
+    assert set(np.unique(full.x)) <= set(range(16))
+    assert set(np.unique(full.y)) == set(range(16))
+    _, again = load_task("tokens")
+    assert np.array_equal(full.x, again.x)
+    assert np.array_equal(full.y, again.y)
+    # The language: most next tokens follow from the last two (3 * x[t] + step mod 16).
+    step = (full.x[:, -1] - 3 * full.x[:, -2]) % 16
+    previous = (full.x[:, -2] - 3 * full.x[:, -3]) % 16
+    follows = (3 * full.x[:, -1] + step) % 16 == full.y
+    assert follows[step == previous].mean() > 0.8

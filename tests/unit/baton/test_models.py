@@ -17,7 +17,7 @@ def _mlp(seed: int = 0, **args: Any) -> nn.Module:
 
 
 def test_known_models() -> None:
-    assert known_models() == ("mlp", "logreg")
+    assert known_models() == ("mlp", "logreg", "causal_lm")
 
 
 def test_mlp_default_shape() -> None:
@@ -124,3 +124,32 @@ def test_fit_input_norm_errors() -> None:
         fit_input_norm(_mlp(), torch.zeros(0, 5))
     with pytest.raises(DataError, match="non-empty"):
         fit_input_norm(_mlp(), torch.zeros(3, 4))
+
+
+def test_causal_lm_is_registered_and_reads_token_features() -> None:
+    model = build_model(
+        "causal_lm", {"dim": 16, "layers": 1, "heads": 2}, num_features=6, num_classes=10, seed=1
+    )
+    tokens = torch.tensor([[1, 2, 3, 4, 5, 9], [0, 0, 7, 7, 8, 8]])
+    logits = model(tokens.float())
+    assert logits.shape == (2, 6, 10)
+    assert torch.equal(logits, model(tokens))
+    again = build_model(
+        "causal_lm", {"dim": 16, "layers": 1, "heads": 2}, num_features=6, num_classes=10, seed=1
+    )
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True)
+    )
+
+
+@pytest.mark.parametrize("bad", [[0.5, 1, 2], [-1, 1, 2], [10, 1, 2]])
+def test_causal_lm_refuses_features_that_are_not_token_ids(bad: list[float]) -> None:
+    model = build_model("causal_lm", {}, num_features=3, num_classes=10, seed=1)
+    with pytest.raises(DataError, match=r"reads token ids, integers in \[0, 10\)"):
+        model(torch.tensor([bad], dtype=torch.float32))
+
+
+def test_causal_lm_rejects_unknown_arguments() -> None:
+    with pytest.raises(ModelError, match="unknown argument 'width'"):
+        build_model("causal_lm", {"width": 3}, num_features=3, num_classes=10, seed=1)

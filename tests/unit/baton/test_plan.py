@@ -66,7 +66,11 @@ def test_defaults_fill_optional_sections() -> None:
         ("cycles = 2", "cycles = 0", "'cycles' must be between 1 and 1000, not 0"),
         ('sites = ["a", "b"]', 'sites = ["a", "a"]', "'sites' names a site twice"),
         ('sites = ["a", "b"]', 'sites = ["A b"]', "site id 'A b' is invalid"),
-        ('name = "mlp"', 'name = "gpt"', "unknown model 'gpt' in 'model.name'; known: logreg, mlp"),
+        (
+            'name = "mlp"',
+            'name = "gpt"',
+            "unknown model 'gpt' in 'model.name'; known: causal_lm, logreg, mlp",
+        ),
         ('dataset = "wine"', 'dataset = "imagenet"', "unknown dataset 'imagenet'"),
         ('strategy = "random"', 'strategy = "best"', "unknown ordering strategy 'best'"),
         ('optimizer = "adam"', 'optimizer = "lbfgs"', "'optimizer' must be 'sgd' or 'adam'"),

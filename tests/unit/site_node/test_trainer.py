@@ -181,3 +181,24 @@ def test_logit_adjustment_limits_forgetting_on_a_one_class_site() -> None:
         results[adjust] = evaluate(model, val)["accuracy"]
     assert results[True] >= 0.98
     assert results[False] < 0.9
+
+
+def test_a_language_model_trains_on_every_next_token_and_is_scored_on_the_last() -> None:
+    rng = np.random.default_rng(0)
+    # The next token is always the previous one plus one (mod 8).
+    start = rng.integers(0, 8, 256)
+    seq = (start[:, None] + np.arange(7)[None, :]) % 8
+    split = Split(x=seq[:, :6].astype(np.float32), y=seq[:, 6].astype(np.int64))
+    model = build_model(
+        "causal_lm", {"dim": 16, "layers": 1, "heads": 2}, num_features=6, num_classes=8, seed=0
+    )
+    before = evaluate(model, split)
+    training = TrainingSection(optimizer="adam", lr=0.01, batch_size=32, local_epochs=4)
+    train_local(model, split, training, seed=1)
+    after = evaluate(model, split)
+    assert before["accuracy"] < 0.3
+    assert after["accuracy"] == 1.0
+    # Every position learned, not just the scored one: the first token's successor too.
+    with torch.no_grad():
+        first = model(torch.from_numpy(split.x))[:, 0].argmax(dim=1).numpy()
+    assert (first == (start + 1) % 8).mean() > 0.95

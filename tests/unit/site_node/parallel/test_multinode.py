@@ -4,6 +4,7 @@ daemon's node and a ``site-node worker-node`` process, both on loopback (slow: ~
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -83,11 +84,18 @@ def test_two_nodes_train_one_hop_like_one_node(tmp_path: Path) -> None:
         log_path=tmp_path / "node-2.log",
         env={"BATON_LOG_LEVEL": "INFO"},
     )
+    log_path = tmp_path / "node-2.log"
     try:
         spread, steps = _hop(shared / "run" / "hop-00000.job", launcher="torchrun", nodes=nodes)
+        # The other node's torchrun notices the end of its workers on its next look.
+        deadline = time.monotonic() + 30
+        while "this node's workers" not in log_path.read_text():
+            assert time.monotonic() < deadline, log_path.read_text()
+            other.check_alive()
+            time.sleep(0.1)
     finally:
         code = other.stop()
-    log = (tmp_path / "node-2.log").read_text()
+    log = log_path.read_text()
     assert code == 0, log
     assert "joining rendezvous" in log
     assert "this node's workers finished" in log
