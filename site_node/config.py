@@ -14,6 +14,8 @@ PARALLEL_PLANS = ("auto", "single", "ddp", "fsdp", "tp", "fsdp_tp", "pp")
 """Values of ``[training] parallel_plan``."""
 LAUNCHERS = ("torchrun", "fork")
 """Values of ``[training] launcher``."""
+DEVICES = ("auto", "cpu", "cuda")
+"""Values of ``[training] device``."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -39,7 +41,13 @@ class SiteTraining:
     one stage per worker) spread the hop over ``workers`` CPU processes (gloo); ``auto``
     picks a plan from ``workers`` and the model's size (never ``pp``)."""
     workers: int = 1
-    """Local worker processes for a plan other than ``single``."""
+    """Local worker processes for a plan other than ``single``; on CUDA, one per GPU (at
+    most the GPUs of the machine)."""
+    device: str = "auto"
+    """``cuda`` trains the workers on GPUs (NCCL, bf16 autocast), even a ``single`` plan
+    (then one worker in the daemon's process); ``cpu`` on CPUs (gloo; a ``single`` plan
+    runs the simulator's exact in-process trainer); ``auto`` is ``cuda`` where torch sees
+    a GPU, else ``cpu``."""
     launcher: str = "torchrun"
     """``torchrun`` starts the workers as ``torchrun --standalone``; ``fork`` forks them
     from the daemon (CPU only, starts faster)."""
@@ -79,6 +87,8 @@ class SiteTraining:
             raise ValueError(
                 f"'launcher' must be one of {', '.join(LAUNCHERS)}, not {self.launcher!r}"
             )
+        if self.device not in DEVICES:
+            raise ValueError(f"'device' must be one of {', '.join(DEVICES)}, not {self.device!r}")
         if self.checkpoint_every < 0:
             raise ValueError(
                 f"'checkpoint_every' must not be negative, not {self.checkpoint_every}"

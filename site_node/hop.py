@@ -46,7 +46,7 @@ from baton.tls import TlsMaterial
 from baton.v1 import site_pb2, site_pb2_grpc
 from site_node import transfer
 from site_node.config import SiteTraining
-from site_node.local_training import site_plan, train_parallel
+from site_node.local_training import site_device, site_plan, train_parallel
 from site_node.parallel.errors import ParallelError, TrainingInterrupted
 from site_node.parallel.plans import PlanKind
 from site_node.trainer import evaluate, hop_seed, train_local
@@ -179,17 +179,19 @@ class HopRunner:
         job_dir = job_root / f"hop-{a.hop_index:05d}.job"
         try:
             model, checked = self._receive(a, run_dir, plain_in)
+            device = site_device(self._training)
             parallel = site_plan(
                 self._training,
                 model,
                 checked.plan,
                 num_examples=len(self._local.data.train),
+                device=device,
             )
             before = evaluate(model, self._local.data.val)
             self._report(a, "before", before)
             seed = hop_seed(checked.plan.run.seed, a.hop_index)
             num_sites = len(checked.plan.run.sites)
-            if parallel.kind == PlanKind.SINGLE:
+            if parallel.kind == PlanKind.SINGLE and device == "cpu":
                 result = train_local(
                     model,
                     self._local.data.train,
@@ -215,6 +217,7 @@ class HopRunner:
                     restarts=self._training.restarts,
                     should_stop=self._stopping,
                     nodes=nodes,
+                    device=device,
                 )
                 if result.resumed_from_step:
                     self._audit.append(

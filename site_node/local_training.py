@@ -58,8 +58,33 @@ PARALLEL_MODELS: dict[PlanKind, frozenset[str]] = {
 """Registered models each plan can train (tensor parallelism needs a family's TP plan)."""
 
 
+def site_device(settings: SiteTraining) -> str:
+    """``cuda`` or ``cpu``: where this site's workers train (``[training] device``).
+
+    Raises:
+        PlanError: The site asks for CUDA, or for more GPU workers than there are GPUs.
+    """
+    available = torch.cuda.is_available()
+    if settings.device == "cpu" or (settings.device == "auto" and not available):
+        return "cpu"
+    if not available:
+        raise PlanError("the site config asks for device cuda, but torch sees no CUDA device")
+    gpus = torch.cuda.device_count()
+    if settings.workers > gpus:
+        raise PlanError(
+            f"the site config asks for {settings.workers} GPU workers per machine, "
+            f"but this machine has {gpus} GPU(s)"
+        )
+    return "cuda"
+
+
 def site_plan(
-    settings: SiteTraining, model: nn.Module, run_plan: RunPlan, *, num_examples: int
+    settings: SiteTraining,
+    model: nn.Module,
+    run_plan: RunPlan,
+    *,
+    num_examples: int,
+    device: str = "cpu",
 ) -> ParallelPlan:
     """The parallel plan of this site's hop for ``model``: the run plan's
     ``[training] parallel_plan`` unless it is ``site``, else the site's own setting.
@@ -69,6 +94,7 @@ def site_plan(
             workers, or the model family cannot be spread at all.
     """
     workers = settings.total_workers
+    free = _cuda_free_bytes() if device == "cuda" else _memory_bytes()
     requested = run_plan.training.parallel_plan
     kind = settings.parallel_plan if requested == "site" else requested
     if kind == "single":
@@ -85,11 +111,11 @@ def site_plan(
         example_shape=(),
     )
     if kind == "auto":
-        plan = choose_plan(devices=workers, free_bytes=_memory_bytes(), model=footprint)
+        plan = choose_plan(devices=workers, free_bytes=free, model=footprint)
     else:
         plan = choose_plan(
             devices=workers,
-            free_bytes=_memory_bytes(),
+            free_bytes=free,
             model=footprint,
             override=_override(PlanKind(kind), workers, footprint.tp_degrees),
         )
@@ -149,6 +175,7 @@ def train_parallel(
     restarts: int = 0,
     should_stop: Callable[[], bool] | None = None,
     nodes: NodeGroup | None = None,
+    device: str = "cpu",
 ) -> TrainResult:
     """Trains ``model`` in place under ``plan`` with worker processes.
 
@@ -173,6 +200,7 @@ def train_parallel(
         should_stop: Asked while the workers run; True stops them (the site is stopping).
         nodes: The site's machines, when the workers span several; ``job_dir`` must then
             lie in their shared directory.
+        device: ``cpu`` (gloo) or ``cuda`` (NCCL, bf16 autocast), from :func:`site_device`.
 
     Raises:
         DataError: The split is empty or has labels the model cannot output.
@@ -212,6 +240,7 @@ def train_parallel(
             plan=plan,
             workdir=str(job_dir),
             checkpoint_every=checkpoint_every,
+            device=device,
         )
     except ValueError as exc:
         raise PlanError(f"plan {plan.kind} on {plan.world_size} workers: {exc}") from None
@@ -309,6 +338,11 @@ def _num_outputs(model: nn.Module, x: torch.Tensor) -> int:
             return int(model(x[:1]).shape[-1])
     finally:
         model.train(was_training)
+
+
+def _cuda_free_bytes() -> int:
+    free, _ = torch.cuda.mem_get_info(0)
+    return int(free)
 
 
 def _memory_bytes() -> int:

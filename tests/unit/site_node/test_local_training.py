@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from baton.errors import ConfigError
 from baton.models import build_model
 from baton.plan import parse_plan
 from site_node.config import SiteTraining, load_site_config
-from site_node.local_training import site_plan
+from site_node.local_training import site_device, site_plan
 from site_node.parallel.errors import PlanError
 from site_node.parallel.plans import ParallelPlan, PlanKind
 
@@ -69,6 +70,7 @@ def test_training_section_is_read(tmp_path: Path) -> None:
         ("threads = 2", "unknown key 'training.threads'"),
         ("checkpoint_every = -1", "'checkpoint_every' must not be negative, not -1"),
         ("restarts = -2", "'restarts' must not be negative, not -2"),
+        ('device = "tpu"', "'device' must be one of auto, cpu, cuda, not 'tpu'"),
         ("nodes = 0", "'nodes' must be at least 1, not 0"),
         ("nodes = 2", "'nodes' > 1 needs 'rendezvous' (host:port) and 'shared_dir'"),
         (
@@ -230,3 +232,28 @@ def test_plans_that_cannot_run_are_refused(
     with pytest.raises(PlanError) as err:
         _plan(settings, **kwargs)  # type: ignore[arg-type]
     assert message in err.value.message
+
+
+def test_a_site_trains_on_the_cpu_where_torch_sees_no_gpu() -> None:
+    assert not torch.cuda.is_available()  # the CPU machines these tests run on
+    assert site_device(SiteTraining()) == "cpu"
+    assert site_device(SiteTraining(device="cpu", workers=4)) == "cpu"
+    with pytest.raises(PlanError) as err:
+        site_device(SiteTraining(device="cuda"))
+    assert err.value.message == (
+        "the site config asks for device cuda, but torch sees no CUDA device"
+    )
+
+
+def test_gpu_workers_are_at_most_the_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The device count as torch would report it on a 2-GPU machine (the GPU check script,
+    # benchmarks/gpu_check.sh, runs the CUDA path itself).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert site_device(SiteTraining()) == "cuda"
+    assert site_device(SiteTraining(parallel_plan="ddp", workers=2)) == "cuda"
+    with pytest.raises(PlanError) as err:
+        site_device(SiteTraining(parallel_plan="ddp", workers=4))
+    assert err.value.message == (
+        "the site config asks for 4 GPU workers per machine, but this machine has 2 GPU(s)"
+    )
