@@ -221,6 +221,13 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
                 self._blobs.abort(key)
                 raise BlobError("upload is longer than its declared size")
             committed = self._blobs.append(key, req.chunk.offset, req.chunk.data)
+        if committed < header.total_size:
+            # The stream ended early (a cut link, a cancelled call): keep what arrived, so
+            # the upload resumes from here; finishing would discard it as a size mismatch.
+            raise ConflictError(
+                f"upload ended after {committed} of {header.total_size} bytes; "
+                f"resume at offset {committed}"
+            )
         ref = self._blobs.finish(
             key, expected_sha256=header.sha256, expected_size=header.total_size
         )

@@ -338,6 +338,34 @@ def test_model_larger_than_message_limit_arrives_bit_identical(
     assert _sha(opened) == _sha(src)
 
 
+def test_an_upload_stream_that_ends_early_keeps_what_arrived(
+    coordinator: LiveCoordinator,
+) -> None:
+    stubs = register(coordinator, "site-a")
+    run = coordinator.admin().CreateRun(create_request(coordinator.pki, plan(["site-a"]))).run
+    data = os.urandom(3 << 20)
+    header = site_pb2.UploadHeader(
+        transfer_id="t-2",
+        run_id=run.run_id,
+        hop_index=0,
+        total_size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+    # The client's stream closes normally after two of three chunks.
+    requests = [site_pb2.UploadBlobRequest(header=header)] + [
+        site_pb2.UploadBlobRequest(
+            chunk=common_pb2.BlobChunk(offset=off, data=data[off : off + (1 << 20)])
+        )
+        for off in (0, 1 << 20)
+    ]
+    with pytest.raises(grpc.RpcError) as err:
+        stubs["site-a"].UploadBlob(iter(requests))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "upload ended after 2097152 of 3145728 bytes" in (err.value.details() or "")
+    status = stubs["site-a"].GetUploadStatus(site_pb2.GetUploadStatusRequest(transfer_id="t-2"))
+    assert (status.committed_offset, status.complete) == (2 << 20, False)
+
+
 def test_interrupted_upload_resumes_from_committed_offset(coordinator: LiveCoordinator) -> None:
     stubs = register(coordinator, "site-a")
     run = coordinator.admin().CreateRun(create_request(coordinator.pki, plan(["site-a"]))).run
