@@ -10,7 +10,14 @@ from typing import Any
 
 from baton.errors import ConfigError
 from ordering.adaptive import GreedyIncomingLoss
-from ordering.base import HopOutcome, OrderingContext, OrderingStrategy, ProbeOutcome, cycle_rng
+from ordering.base import (
+    HopOutcome,
+    OrderingContext,
+    OrderingStrategy,
+    ProbeOutcome,
+    ProbePlanner,
+    cycle_rng,
+)
 from ordering.learned import LearnedOrder
 from ordering.paths import DissimilarityPath
 from ordering.profile_based import BySize, ByTypicality
@@ -27,6 +34,7 @@ __all__ = [
     "OrderingContext",
     "OrderingStrategy",
     "ProbeOutcome",
+    "ProbePlanner",
     "RandomOrder",
     "Reshuffle",
     "cycle_rng",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -82,6 +82,33 @@ class OrderingStrategy(Protocol):
 
     def cycle_order(self, ctx: OrderingContext) -> tuple[str, ...]:
         """Returns the order of ``ctx.sites`` for cycle ``ctx.cycle``."""
+        ...
+
+
+@runtime_checkable
+class ProbePlanner(Protocol):
+    """A strategy that chooses its own probe runs, one at a time.
+
+    Whoever runs probes (the ordering lab; no RPC does yet) asks :meth:`next_probe`
+    with the probes made so far in ``ctx.probes``, trains the order it returns end to
+    end, measures the final model on the sites' validation splits, appends the
+    outcome, and asks again until the budget is spent or it returns None.
+
+    Constraints:
+    - ``next_probe`` MUST return a permutation of ``ctx.sites`` or None.
+    - It MUST be a pure function of ``ctx`` and ``budget``, with randomness only from
+      ``cycle_rng(ctx.seed, ctx.cycle)``, and MUST NOT mutate ``ctx`` or do I/O.
+    - The same order may be asked for again: the runner then trains it with a run seed
+      it has not used for that order (a repetition).
+    """
+
+    def next_probe(self, ctx: OrderingContext, budget: int) -> tuple[str, ...] | None:
+        """Returns the next order to probe, or None when more probes would not help.
+
+        Args:
+            ctx: The run's context; ``ctx.probes`` holds the probes made so far.
+            budget: Probe runs the runner allows in all (made ones included).
+        """
         ...
 
 

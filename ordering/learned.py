@@ -20,12 +20,16 @@ if TYPE_CHECKING:
 
 _EXHAUSTIVE_MAX = 8
 _SAMPLED = 4096
+_LAST_SCALE = 2.0
+"""Value of the last-site indicator: under the shared ridge prior the last site's
+weights get 4 times the prior variance of the others, since which site trains last
+explains most of the order effect (30-75% in the ordering lab's order-sensitive cells)."""
 
 
 def order_features(order: Sequence[int], dissim: Sequence[Sequence[float]]) -> list[float]:
     """Features of one order of sites ``0..k-1``.
 
-    One-hot of the last site (k), pairwise precedence ``+1`` if ``i`` trains before
+    Indicator of the last site, valued 2 (k), pairwise precedence ``+1`` if ``i`` trains before
     ``j`` else ``-1`` for every ``i < j`` (k(k-1)/2), and the mean label dissimilarity
     of neighbours (1).
     """
@@ -33,7 +37,7 @@ def order_features(order: Sequence[int], dissim: Sequence[Sequence[float]]) -> l
     pos = [0] * k
     for p, site in enumerate(order):
         pos[site] = p
-    last = [1.0 if order[-1] == i else 0.0 for i in range(k)]
+    last = [_LAST_SCALE if order[-1] == i else 0.0 for i in range(k)]
     prec = [1.0 if pos[i] < pos[j] else -1.0 for i in range(k) for j in range(i + 1, k)]
     neighbours = [dissim[a][b] for a, b in itertools.pairwise(order)]
     return [*last, *prec, sum(neighbours) / max(1, len(neighbours))]
@@ -151,6 +155,15 @@ class LearnedOrder:
     the posterior mean (``greedy``), searched over all orders up to 8 sites, else over
     4096 drawn orders improved by pairwise swaps.
 
+    Probes (:meth:`next_probe`): the first ``k`` are the ``k`` rotations of one seeded
+    random order, so every site trains last once and every pair of sites appears in
+    both precedences; each later one is the unprobed order with the best posterior-mean
+    prediction, refitted after every probe (once every order was probed, the best
+    predicted among the least repeated is probed again). Measured in the ordering lab
+    (digits, Dirichlet skew, K = 5, probes on run seeds the final run never uses), 2k
+    probes chosen this way put the chosen order at about the 83rd percentile, about as
+    high as probing all 120 orders once; 2k uniformly drawn probes reached about the 61st.
+
     When it helps: k sites give ``k + k(k-1)/2 + 1`` features (16 for k = 5). With
     probes it needs roughly that many to rank orders well; a live run alone gives one
     noisy observation per cycle (the next cycle's first site), so without probes it is
@@ -230,7 +243,36 @@ class LearnedOrder:
             if self.thompson
             else model.mean
         )
-        best = _search(k, dissim, lambda rows: model.predict(rows, weights), rng)
+        best = _search(k, dissim, lambda rows, _: model.predict(rows, weights), rng)
+        return tuple(ctx.sites[i] for i in best)
+
+    def next_probe(self, ctx: OrderingContext, budget: int) -> tuple[str, ...] | None:
+        """The next probe run's order (see the class docstring), or None once
+        ``len(ctx.probes) >= budget`` or with fewer than two sites."""
+        k = len(ctx.sites)
+        made = len(ctx.probes)
+        if k < 2 or made >= budget:
+            return None
+        if made < k:
+            base = list(range(k))
+            cycle_rng(ctx.seed, ctx.cycle).shuffle(base)
+            return tuple(ctx.sites[base[(made + 1 + p) % k]] for p in range(k))
+        obs = [o for o in observations(ctx, self.metric) if o.source == 0]
+        dissim = dissimilarity_matrix(ctx.sites, label_distributions(ctx), "tv")
+        x = np.array([order_features(o.order, dissim) for o in obs], dtype=np.float64)
+        y = np.array([o.value for o in obs], dtype=np.float64)
+        model = RidgeSurrogate.fit(x, np.zeros(len(obs), dtype=np.int64), y, ridge=self.ridge)
+        times: dict[tuple[int, ...], int] = {}
+        for o in obs:
+            times[o.order] = times.get(o.order, 0) + 1
+        fewest = min(times.values()) if len(times) == math.factorial(k) else 0
+
+        def score(rows: np.ndarray[Any, Any], orders: Sequence[tuple[int, ...]]) -> Any:
+            values = model.predict(rows)
+            repeated = np.array([times.get(tuple(o), 0) > fewest for o in orders])
+            return np.where(repeated, -np.inf, values)
+
+        best = _search(k, dissim, score, cycle_rng(ctx.seed, ctx.cycle))
         return tuple(ctx.sites[i] for i in best)
 
 
@@ -243,17 +285,25 @@ def _unseen_order(k: int, seen: set[tuple[int, ...]], rng: Any) -> list[int]:
     return order
 
 
-def _search(k: int, dissim: Sequence[Sequence[float]], score: Any, rng: Any) -> tuple[int, ...]:
+def _search(
+    k: int,
+    dissim: Sequence[Sequence[float]],
+    score: Any,
+    rng: Any,
+) -> tuple[int, ...]:
+    """The order of ``0..k-1`` with the highest ``score(feature_rows, orders)``:
+    exhaustive up to 8 sites, else the best of 4096 drawn orders improved by pairwise
+    swaps."""
     if k <= _EXHAUSTIVE_MAX:
         candidates = list(itertools.permutations(range(k)))
-        values = score(np.array([order_features(c, dissim) for c in candidates]))
+        values = score(np.array([order_features(c, dissim) for c in candidates]), candidates)
         return candidates[int(np.argmax(values))]
     pool = []
     for _ in range(_SAMPLED):
         order = list(range(k))
         rng.shuffle(order)
         pool.append(tuple(order))
-    values = score(np.array([order_features(c, dissim) for c in pool]))
+    values = score(np.array([order_features(c, dissim) for c in pool]), pool)
     best = list(pool[int(np.argmax(values))])
     best_value = float(np.max(values))
     improved = True
@@ -262,7 +312,7 @@ def _search(k: int, dissim: Sequence[Sequence[float]], score: Any, rng: Any) -> 
         for i, j in itertools.combinations(range(k), 2):
             cand = best.copy()
             cand[i], cand[j] = cand[j], cand[i]
-            value = float(score(np.array([order_features(cand, dissim)]))[0])
+            value = float(score(np.array([order_features(cand, dissim)]), [tuple(cand)])[0])
             if value > best_value + 1e-12:
                 best, best_value, improved = cand, value, True
     return tuple(best)

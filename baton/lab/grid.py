@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -14,12 +13,19 @@ import numpy as np
 
 from baton.data import Federation, Partition, make_federation
 from baton.lab.baselines import centralized_accuracy, fedavg_accuracy
-from baton.lab.oracle import OrderScores, candidate_orders, evaluate_orders
-from baton.lab.runner import published_profiles, strategy_schedule
+from baton.lab.batched import pooled_val
+from baton.lab.oracle import OrderScores, candidate_orders, evaluate_orders, pooled_accuracy
+from baton.lab.runner import gather_probes, published_profiles, strategy_schedule
 from baton.lab.summary import summarize
 from baton.plan import ModelSection, RunPlan, RunSection, TaskSection, TrainingSection
 from baton.simulate import simulate_sequential
-from ordering import OrderingContext, OrderingStrategy, ProbeOutcome, make_strategy
+from ordering import (
+    OrderingContext,
+    OrderingStrategy,
+    ProbeOutcome,
+    ProbePlanner,
+    make_strategy,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +80,11 @@ class Grid:
     hidden: tuple[int, ...] = (32,)
     """Hidden layer widths of the MLP."""
     probe_budget_per_site: int = 2
-    """Probe runs the learned strategy gets per site (capped at the number of orders)."""
+    """Probe runs a strategy that plans probes (``ordering.ProbePlanner``) gets per
+    site. A probe never uses the run seed of the run it informs: repetition ``j`` of a
+    probe for repetition ``r`` reads the oracle's run with seed ``(r + 1 + j) % R``
+    while ``j < R - 1`` (``R`` repetitions), and beyond that, or for an order the oracle
+    did not train, is simulated with a seed no final run uses."""
     strategies: tuple[tuple[str, str, Mapping[str, Any]], ...] = field(default=STRATEGIES)
     """Strategies compared."""
     remedies: Mapping[str, Any] = field(default_factory=dict)
@@ -268,10 +278,19 @@ def run_trial(cell: Cell, grid: Grid, seed: int) -> Trial:
         rep_plan = replace(plan, run=replace(plan.run, seed=r))
         central.append(centralized_accuracy(rep_plan, federation))
         fedavg.append(fedavg_accuracy(rep_plan, federation))
-        probes = _probes(scores, r, cell.k * grid.probe_budget_per_site, seed)
         for label, name, options in grid.strategies:
-            strategy = _Timed(make_strategy(name, options))
-            used = probes if name == "learned" else ()
+            inner = make_strategy(name, options)
+            strategy = _Timed(inner)
+            used: tuple[ProbeOutcome, ...] = ()
+            if isinstance(inner, ProbePlanner):
+                used = gather_probes(
+                    inner,
+                    sites,
+                    published_profiles(federation),
+                    seed=r,
+                    budget=cell.k * grid.probe_budget_per_site,
+                    measure=OracleProber(scores, r, plan, federation),
+                )
             schedule = strategy_schedule(strategy, rep_plan, federation, probes=used)
             acc = _accuracy_of(schedule, scores, r, rep_plan, federation)
             chosen.setdefault(label, []).append(acc)
@@ -294,15 +313,30 @@ def run_trial(cell: Cell, grid: Grid, seed: int) -> Trial:
     )
 
 
-def _probes(scores: OrderScores, rep: int, budget: int, seed: int) -> tuple[ProbeOutcome, ...]:
-    """Probe runs: ``budget`` orders drawn uniformly, their pooled validation accuracy."""
-    rows = random.Random(seed * 7919 + rep).sample(
-        range(len(scores.orders)), min(budget, len(scores.orders))
-    )
-    return tuple(
-        ProbeOutcome(order=scores.orders[i], metrics={"accuracy": float(scores.val[i, rep])})
-        for i in rows
-    )
+class OracleProber:
+    """Answers probe runs for repetition ``rep`` of a trial, never with its own run seed."""
+
+    def __init__(
+        self, scores: OrderScores, rep: int, plan: RunPlan, federation: Federation
+    ) -> None:
+        self.scores = scores
+        self.rep = rep
+        self.plan = plan
+        self.federation = federation
+
+    def __call__(self, order: tuple[str, ...], repetition: int) -> float:
+        reps = len(self.scores.seeds)
+        row = self.scores.index(order)
+        if repetition < reps - 1:
+            column = (self.rep + 1 + repetition) % reps
+            if row is not None:
+                return float(self.scores.val[row, column])
+            seed = self.scores.seeds[column]
+        else:
+            seed = max(self.scores.seeds) + 1 + repetition
+        plan = replace(self.plan, run=replace(self.plan.run, seed=seed))
+        result = simulate_sequential(plan, self.federation, [order] * plan.run.cycles)
+        return pooled_accuracy(plan, self.federation, result.state, pooled_val(self.federation))
 
 
 def _accuracy_of(

@@ -91,11 +91,12 @@ def evaluate_orders(
         for i, order in enumerate(rows):
             result = simulate_sequential(rep, federation, [order] * rep.run.cycles)
             test[i, r] = result.test_metrics["accuracy"]
-            val[i, r] = _pooled_accuracy(rep, federation, result.state, pooled)
+            val[i, r] = pooled_accuracy(rep, federation, result.state, pooled)
     return OrderScores(orders=rows, seeds=tuple(seeds), test=test, val=val)
 
 
-def _pooled_accuracy(plan: RunPlan, federation: Federation, state: Any, pooled: Any) -> float:
+def pooled_accuracy(plan: RunPlan, federation: Federation, state: Any, pooled: Any) -> float:
+    """Accuracy of the model ``state`` (built as ``plan`` says) on the split ``pooled``."""
     model = initial_model(plan, federation)
     model.load_state_dict(state)
     return evaluate(model, pooled)["accuracy"]

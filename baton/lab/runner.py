@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from baton.data import profile_of
 from baton.simulate import simulate_sequential
-from ordering import HopOutcome, OrderingContext, OrderingStrategy, ProbeOutcome
+from ordering import HopOutcome, OrderingContext, OrderingStrategy, ProbeOutcome, ProbePlanner
 
 if TYPE_CHECKING:
     from baton.data import Federation
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from baton.plan import RunPlan
     from baton.simulate import HopRecord
 
-__all__ = ["context_for", "published_profiles", "strategy_schedule"]
+__all__ = ["context_for", "gather_probes", "published_profiles", "strategy_schedule"]
 
 
 def published_profiles(federation: Federation) -> dict[str, DataProfile]:
@@ -89,3 +89,38 @@ def strategy_schedule(
             raise ValueError(f"strategy {strategy.name!r} returned {list(order)}")
         schedule.append(order)
     return tuple(schedule)
+
+
+def gather_probes(
+    planner: ProbePlanner,
+    sites: Sequence[str],
+    profiles: Mapping[str, DataProfile],
+    *,
+    seed: int,
+    budget: int,
+    measure: Callable[[tuple[str, ...], int], float],
+) -> tuple[ProbeOutcome, ...]:
+    """Asks ``planner`` for probe runs until ``budget`` are made or it stops.
+
+    Each probe is planned from a cycle-0 context holding the profiles and the probes so
+    far; ``measure(order, repetition)`` trains the order end to end and returns the
+    final model's pooled validation accuracy, ``repetition`` counting earlier probes of
+    the same order (the runner gives each repetition its own run seed).
+
+    Raises:
+        ValueError: The planner returned something other than a permutation.
+    """
+    probes: list[ProbeOutcome] = []
+    made: dict[tuple[str, ...], int] = {}
+    while len(probes) < budget:
+        ctx = context_for(sites, profiles, (), cycle=0, seed=seed, probes=probes)
+        order = planner.next_probe(ctx, budget)
+        if order is None:
+            break
+        order = tuple(order)
+        if sorted(order) != sorted(sites):
+            raise ValueError(f"probe planner returned {list(order)}")
+        value = measure(order, made.get(order, 0))
+        made[order] = made.get(order, 0) + 1
+        probes.append(ProbeOutcome(order=order, metrics={"accuracy": value}))
+    return tuple(probes)

@@ -21,7 +21,8 @@ from typer.testing import CliRunner
 from baton.cli_lab import register
 from baton.data import Federation, Partition, make_federation
 from baton.lab.baselines import fedavg_accuracy
-from baton.lab.batched import supports_batched, train_orders_batched
+from baton.lab.batched import pooled_val, supports_batched, train_orders_batched
+from baton.lab.grid import OracleProber
 from baton.lab.oracle import (
     candidate_orders,
     ci95,
@@ -29,12 +30,14 @@ from baton.lab.oracle import (
     expected_range,
     order_effect,
     percentile_of,
+    pooled_accuracy,
     t_critical_975,
 )
 from baton.lab.report import REQUIRED_KEYS
-from baton.lab.runner import context_for
+from baton.lab.runner import context_for, gather_probes
 from baton.plan import ModelSection, RunPlan, RunSection, TaskSection, TrainingSection
 from baton.simulate import simulate_sequential
+from ordering import LearnedOrder
 
 SITES = ("site-0", "site-1", "site-2")
 
@@ -208,3 +211,38 @@ def test_unknown_grid_is_a_config_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["lab", "--grid", "huge", "--out", str(tmp_path)])
     assert result.exit_code == 60
     assert not (tmp_path / "results.json").exists()
+
+
+def test_probes_never_use_the_seed_of_the_run_they_inform() -> None:
+    plan, fed = _plan(cycles=1), _federation()
+    orders = list(itertools.permutations(SITES))
+    scores = evaluate_orders(plan, fed, orders, [0, 1, 2])
+    prober = OracleProber(scores, 1, plan, fed)
+    order = orders[3]
+    # Repetitions 0 and 1 of a probe for repetition 1 are the oracle's runs with seeds 2, 0.
+    assert prober(order, 0) == scores.val[3, 2]
+    assert prober(order, 1) == scores.val[3, 0]
+    # Beyond, a fresh run with a seed no final run uses.
+    fresh = dataclasses.replace(plan, run=dataclasses.replace(plan.run, seed=3 + 2))
+    state = simulate_sequential(fresh, fed, [order]).state
+    assert prober(order, 2) == pytest.approx(pooled_accuracy(fresh, fed, state, pooled_val(fed)))
+
+
+def test_gather_probes_runs_what_the_planner_asks_within_the_budget() -> None:
+    asked: list[tuple[tuple[str, ...], int]] = []
+
+    def value(order: tuple[str, ...]) -> float:
+        return 0.5 + 0.1 * SITES.index(order[-1])
+
+    def measure(order: tuple[str, ...], repetition: int) -> float:
+        asked.append((order, repetition))
+        return value(order)
+
+    probes = gather_probes(LearnedOrder(), SITES, {}, seed=4, budget=8, measure=measure)
+    assert len(probes) == len(asked) == 8
+    assert [p.order for p in probes] == [o for o, _ in asked]
+    assert [p.metrics["accuracy"] for p in probes] == [value(o) for o, _ in asked]
+    repeats = Counter(o for o, _ in asked)
+    assert len(repeats) == 6
+    assert sorted(repeats.values()) == [1, 1, 1, 1, 2, 2]
+    assert sorted(r for _, r in asked).count(1) == 2  # a repeated order counts its repetition

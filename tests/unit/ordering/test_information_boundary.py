@@ -6,6 +6,7 @@ import ast
 import builtins
 import dataclasses
 import io
+import itertools
 import socket
 import sys
 from collections.abc import Iterator, Mapping
@@ -19,14 +20,16 @@ import torch
 import ordering
 from baton.data import Federation, Partition, Split, make_federation, profile_of
 from baton.domain import DataProfile
+from baton.lab.grid import OracleProber
 from baton.lab.oracle import evaluate_orders
-from baton.lab.runner import strategy_schedule
+from baton.lab.runner import gather_probes, published_profiles, strategy_schedule
 from baton.plan import ModelSection, RunPlan, RunSection, TaskSection, TrainingSection
 from ordering import (
     HopOutcome,
     OrderingContext,
     OrderingStrategy,
     ProbeOutcome,
+    ProbePlanner,
     known_strategies,
     make_strategy,
 )
@@ -175,3 +178,44 @@ def test_orders_do_not_depend_on_anything_outside_the_context(
         m.setitem(sys.modules, "site_node.trainer", None)
         fresh = make_strategy(name, {})
         assert tuple(fresh.cycle_order(c) for c in recorder.contexts) == schedule
+
+
+class _PlannerRecorder:
+    """Wraps a probe planner and keeps every context it is called with."""
+
+    def __init__(self, inner: ProbePlanner) -> None:
+        self.inner = inner
+        self.contexts: list[OrderingContext] = []
+
+    def next_probe(self, ctx: OrderingContext, budget: int) -> tuple[str, ...] | None:
+        self.contexts.append(ctx)
+        return self.inner.next_probe(ctx, budget)
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in known_strategies() if isinstance(make_strategy(n, {}), ProbePlanner)]
+)
+def test_probe_plans_see_only_profiles_and_validation_metrics(name: str) -> None:
+    plan, fed = _plan(), _federation()
+    plan = dataclasses.replace(plan, run=dataclasses.replace(plan.run, cycles=1))
+    planned = []
+    for federation in (fed, _without_test_signal(fed)):
+        scores = evaluate_orders(plan, federation, list(itertools.permutations(SITES)), [0, 1])
+        strategy = make_strategy(name, {})
+        assert isinstance(strategy, ProbePlanner)
+        recorder = _PlannerRecorder(strategy)
+        probes = gather_probes(
+            recorder,
+            SITES,
+            published_profiles(federation),
+            seed=0,
+            budget=8,
+            measure=OracleProber(scores, 0, plan, federation),
+        )
+        for ctx in recorder.contexts:
+            assert _plain(ctx)
+            assert ctx.history == ()
+            assert all(set(p.metrics) == {"accuracy"} for p in ctx.probes)
+        planned.append(probes)
+    # A held-out test set without signal changes nothing the planner sees or plans.
+    assert planned[0] == planned[1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from baton.domain import DataProfile
 from baton.errors import ConfigError
 from ordering import HopOutcome, OrderingContext, ProbeOutcome, make_strategy
-from ordering.learned import RidgeSurrogate, observations, order_features
+from ordering.learned import LearnedOrder, RidgeSurrogate, observations, order_features
 
 SITES = ("a", "b", "c", "d", "e")
 
@@ -19,8 +20,9 @@ SITES = ("a", "b", "c", "d", "e")
 def test_order_features_encode_last_site_precedence_and_neighbours() -> None:
     d = [[0.0, 1.0, 0.5], [1.0, 0.0, 0.25], [0.5, 0.25, 0.0]]
     feats = order_features((2, 0, 1), d)
-    # last = site 1; precedence (0<1: 0 before 1 -> +1), (0<2: -1), (1<2: -1); neighbours.
-    assert feats == [0.0, 1.0, 0.0, 1.0, -1.0, -1.0, (0.5 + 1.0) / 2]
+    # last = site 1 (valued 2); precedence (0<1: 0 before 1 -> +1), (0<2: -1), (1<2: -1);
+    # neighbours.
+    assert feats == [0.0, 2.0, 0.0, 1.0, -1.0, -1.0, (0.5 + 1.0) / 2]
 
 
 def test_ridge_surrogate_recovers_noiseless_linear_weights() -> None:
@@ -121,3 +123,61 @@ def test_rejects_bad_options(options: dict[str, object]) -> None:
     with pytest.raises(ConfigError) as info:
         make_strategy("learned", options)
     assert repr(next(iter(options))) in str(info.value)
+
+
+def _plan_probes(
+    sites: tuple[str, ...], budget: int, quality: Callable[[tuple[str, ...]], float], seed: int
+) -> list[tuple[str, ...]]:
+    strategy = LearnedOrder()
+    probes: list[ProbeOutcome] = []
+    while True:
+        ctx = OrderingContext(sites=sites, probes=tuple(probes), seed=seed)
+        order = strategy.next_probe(ctx, budget)
+        if order is None:
+            return [p.order for p in probes]
+        assert sorted(order) == sorted(sites)
+        probes.append(ProbeOutcome(order=order, metrics={"accuracy": quality(order)}))
+
+
+def test_first_probes_put_every_site_last_once_and_every_pair_both_ways() -> None:
+    for seed in range(5):
+        first = _plan_probes(SITES, len(SITES), _true_quality, seed)
+        assert len(first) == len(SITES)
+        assert sorted(o[-1] for o in first) == sorted(SITES)
+        for a, b in itertools.permutations(SITES, 2):
+            assert any(o.index(a) < o.index(b) for o in first)
+
+
+def test_later_probes_go_where_the_surrogate_expects_the_best_order() -> None:
+    perms = list(itertools.permutations(SITES))
+    best = max(_true_quality(p) for p in perms)
+    for seed in range(5):
+        probed = _plan_probes(SITES, 2 * len(SITES), _true_quality, seed)
+        assert len(probed) == 2 * len(SITES)
+        assert len(set(probed)) == len(probed)  # nothing probed twice while orders are left
+        # Every guided probe puts "e" last: the surrogate learned what matters.
+        assert all(o[-1] == "e" for o in probed[len(SITES) :])
+        ctx = OrderingContext(sites=SITES, probes=_probes(probed), seed=seed)
+        chosen = make_strategy("learned", {"explore": "greedy"}).cycle_order(ctx)
+        assert _true_quality(chosen) == pytest.approx(best)
+
+
+def test_probes_repeat_the_best_orders_once_every_order_was_probed() -> None:
+    sites = ("a", "b", "c")
+
+    def quality(order: tuple[str, ...]) -> float:
+        return {"a": 0.9, "b": 0.5, "c": 0.1}[order[-1]] + 0.01 * (order[0] == "c")
+
+    probed = _plan_probes(sites, 8, quality, 3)
+    assert sorted(probed[:6]) == sorted(itertools.permutations(sites))
+    # The two repetitions are the two orders the surrogate ranks highest.
+    assert sorted(probed[6:]) == [("b", "c", "a"), ("c", "b", "a")]
+
+
+def test_next_probe_is_pure_and_stops_at_the_budget() -> None:
+    probes = _probes([("a", "b", "c", "d", "e")])
+    ctx = OrderingContext(sites=SITES, probes=probes, seed=7)
+    strategy = LearnedOrder()
+    assert strategy.next_probe(ctx, 4) == strategy.next_probe(ctx, 4)
+    assert strategy.next_probe(ctx, 1) is None
+    assert strategy.next_probe(OrderingContext(sites=("a",)), 3) is None
