@@ -74,6 +74,10 @@ class SiteTraining:
     its host name)."""
     join_timeout_seconds: float = 300.0
     """With ``nodes`` > 1: how long a hop waits for every node to join."""
+    stale_job_hours: float = 72.0
+    """At start-up the daemon removes the job directories of interrupted hops unchanged
+    for this long (their plaintext weights and checkpoints): hops whose run ended before
+    they were delivered again."""
 
     def __post_init__(self) -> None:
         if self.parallel_plan not in PARALLEL_PLANS:
@@ -105,6 +109,8 @@ class SiteTraining:
             raise ValueError("'nodes' > 1 needs the torchrun launcher")
         if not self.join_timeout_seconds > 0:
             raise ValueError("'join_timeout_seconds' must be positive")
+        if not self.stale_job_hours > 0:
+            raise ValueError("'stale_job_hours' must be positive")
         if self.parallel_plan not in ("auto", "single") and self.workers * self.nodes < 2:
             raise ValueError(
                 f"'parallel_plan' {self.parallel_plan!r} needs 'workers' of at least 2"

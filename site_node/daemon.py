@@ -23,6 +23,7 @@ from baton.v1 import site_pb2, site_pb2_grpc
 from baton.wire import secure_channel
 from site_node.config import SiteConfig
 from site_node.hop import HopRunner, LocalData
+from site_node.local_training import remove_stale_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,10 @@ class SiteDaemon:
         self._done: set[tuple[str, int]] = set()
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
+        training = config.training
+        for root in (config.work_dir, training.shared_dir):
+            if root is not None:
+                remove_stale_jobs(root, older_than_s=training.stale_job_hours * 3600)
 
     def stop(self) -> None:
         """Asks the daemon to finish: the current hop is abandoned, the stream closed."""

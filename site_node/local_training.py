@@ -330,6 +330,33 @@ def _launch(
         withdraw(nodes.shared_dir, rendezvous.id)
 
 
+def remove_stale_jobs(root: Path, *, older_than_s: float, now: float | None = None) -> list[Path]:
+    """Removes the job directories under ``root`` (``<run>/hop-NNNNN.job``) in which
+    nothing changed for ``older_than_s`` seconds: hops interrupted and never delivered
+    again (their run ended meanwhile), whose plaintext weights and checkpoints would
+    otherwise stay on disk for good.
+
+    Returns:
+        The directories removed.
+    """
+    current = time.time() if now is None else now
+    removed = []
+    for job in sorted(root.glob("*/hop-*.job")):
+        try:
+            newest = max(p.stat().st_mtime for p in (job, *job.rglob("*")))
+        except (FileNotFoundError, ValueError):
+            continue
+        if newest < current - older_than_s:
+            shutil.rmtree(job, ignore_errors=True)
+            removed.append(job)
+            logger.warning(
+                "removed %s: an interrupted hop's job, unchanged for %.0f hours",
+                job,
+                (current - newest) / 3600,
+            )
+    return removed
+
+
 def _num_outputs(model: nn.Module, x: torch.Tensor) -> int:
     was_training = model.training
     model.eval()

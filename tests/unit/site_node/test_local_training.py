@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from baton.errors import ConfigError
 from baton.models import build_model
 from baton.plan import parse_plan
 from site_node.config import SiteTraining, load_site_config
-from site_node.local_training import site_device, site_plan
+from site_node.local_training import remove_stale_jobs, site_device, site_plan
 from site_node.parallel.errors import PlanError
 from site_node.parallel.plans import ParallelPlan, PlanKind
 
@@ -257,3 +258,27 @@ def test_gpu_workers_are_at_most_the_gpus(monkeypatch: pytest.MonkeyPatch) -> No
     assert err.value.message == (
         "the site config asks for 4 GPU workers per machine, but this machine has 2 GPU(s)"
     )
+
+
+def test_stale_jobs_of_interrupted_hops_are_removed(tmp_path: Path) -> None:
+    now = 1_000_000.0
+    old = tmp_path / "run-a" / "hop-00003.job"
+    fresh = tmp_path / "run-b" / "hop-00001.job"
+    busy = tmp_path / "run-c" / "hop-00000.job"
+    for job in (old, fresh, busy):
+        (job / "checkpoints").mkdir(parents=True)
+        (job / "model.safetensors").write_bytes(b"weights")
+    other = tmp_path / "run-a" / "hop-00003.in.sealed"
+    other.write_bytes(b"sealed")
+    for path in (old, old / "checkpoints", old / "model.safetensors", other):
+        os.utime(path, (now - 80 * 3600, now - 80 * 3600))
+    for path in (busy, busy / "model.safetensors"):
+        os.utime(path, (now - 80 * 3600, now - 80 * 3600))
+    # A checkpoint written an hour ago keeps its hop's directory.
+    os.utime(busy / "checkpoints", (now - 3600, now - 3600))
+
+    assert remove_stale_jobs(tmp_path, older_than_s=72 * 3600, now=now) == [old]
+    assert not old.exists()
+    assert fresh.exists()
+    assert busy.exists()
+    assert other.exists()  # not a job directory
