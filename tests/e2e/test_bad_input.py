@@ -153,3 +153,9 @@ def test_site_without_its_keys(fed_dir: Path, tmp_path: Path) -> None:
 def test_demo_rejects_bad_option() -> None:
     proc = run_cli("baton.cli", "demo", "--sites", "0")
     assert_clean_error(proc, exit_codes.CLI_CONFIG, "--sites must be between 1 and 16")
+
+
+def test_worker_node_without_its_shared_directory(tmp_path: Path) -> None:
+    missing = tmp_path / "not-mounted"
+    proc = run_cli("site_node.cli", "worker-node", "--shared-dir", str(missing))
+    assert_clean_error(proc, exit_codes.SITE_CONFIG, f"the shared directory {missing}")
