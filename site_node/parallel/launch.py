@@ -297,10 +297,24 @@ def launch(
         job.output_path.unlink(missing_ok=True)
         job.result_path.unlink(missing_ok=True)
         cause, from_baton = reason(job)
+        if cause is None and rendezvous is not None and _rendezvous_timed_out(job):
+            cause = (
+                f"not all {rendezvous.nodes} nodes joined the rendezvous at "
+                f"{rendezvous.endpoint} within {rendezvous.join_timeout_s:.0f}s "
+                "(is 'site-node worker-node' running on the others?)"
+            )
         if cause is None or (not from_baton and "killed by" in failure):
             cause = failure
         raise WorkerError(f"training failed: {cause}", retryable=not from_baton)
     return job.output_path
+
+
+def _rendezvous_timed_out(job: Job) -> bool:
+    try:
+        log = (job.dir / "workers.log").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return "RendezvousTimeoutError" in log
 
 
 def reason(job: Job) -> tuple[str | None, bool]:

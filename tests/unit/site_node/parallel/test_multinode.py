@@ -17,6 +17,7 @@ from baton.models import build_model
 from baton.plan import parse_plan
 from baton.procs import ManagedProcess
 from site_node.local_training import train_parallel
+from site_node.parallel.errors import WorkerError
 from site_node.parallel.nodes import ANNOUNCE_FILE, NodeGroup
 from site_node.parallel.plans import ParallelPlan, PlanKind
 from tests.unit.site_node.parallel.helpers import SGD_TOLERANCE
@@ -110,3 +111,21 @@ def test_two_nodes_train_one_hop_like_one_node(tmp_path: Path) -> None:
     # Training moved the weights far more than the tolerance: the comparison means something.
     start = state_of(build_model("mlp", {"hidden": [16]}, num_features=30, num_classes=2, seed=3))
     assert max(float((spread[k] - start[k]).abs().max()) for k in spread) > 100 * SGD_TOLERANCE
+
+
+@pytest.mark.slow
+def test_a_node_that_never_joins_fails_the_hop_with_the_reason(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    endpoint = f"127.0.0.1:{_free_port()}"
+    nodes = NodeGroup(
+        nodes=2, endpoint=endpoint, shared_dir=shared, local_addr="127.0.0.1", join_timeout_s=3
+    )
+    with pytest.raises(WorkerError) as err:
+        _hop(shared / "run" / "hop-00000.job", launcher="torchrun", nodes=nodes, restarts=0)
+    assert err.value.message == (
+        f"training failed: not all 2 nodes joined the rendezvous at {endpoint} within 3s "
+        "(is 'site-node worker-node' running on the others?)"
+    )
+    assert not (shared / ANNOUNCE_FILE).exists()
+    assert not (shared / "run" / "hop-00000.job").exists()
