@@ -115,6 +115,21 @@ def register(app: typer.Typer) -> None:
                     _fmt(h.metrics_after.get("accuracy")),
                 )
             console.print(table)
+            if r.state == common_pb2.RUN_STATE_RUNNING:
+                return
+            evaluated = [
+                e for e in client.watch(run_id) if e.kind == admin_pb2.EVENT_KIND_SITE_EVALUATED
+            ]
+            if evaluated:
+                scores = Table("site", "val accuracy", "val loss", "examples", title="final model")
+                for e in evaluated:
+                    scores.add_row(
+                        e.site_id,
+                        _fmt(e.metrics.get("accuracy")),
+                        _fmt(e.metrics.get("loss")),
+                        f"{e.metrics.get('num_examples', 0):.0f}",
+                    )
+                console.print(scores)
 
     @app.command()
     def watch(run_id: str, admin: AdminOpt) -> None:

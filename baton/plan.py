@@ -52,6 +52,12 @@ class RunSection:
     """Passes over all sites."""
     seed: int = 0
     """Seed for model initialization, ordering and data shuffling."""
+    evaluate_at_sites: bool = False
+    """After the last hop, every site evaluates the final model on its validation split
+    and the study owner sees each site's metrics (events ``SITE_EVALUATED``). The last
+    hop is then sealed to every site of the plan as well as to the study owner, so every
+    site can read the final model. Such a run can also serve as a probe run of a later
+    run's ordering (``[ordering] probe_runs``)."""
 
     def __post_init__(self) -> None:
         if not self.sites:
@@ -94,6 +100,11 @@ class OrderingSection:
     ``reshuffle``, ``by_size``, ``typicality``, ``path``, ``greedy_loss``, ``learned``."""
     options: dict[str, Any] = field(default_factory=dict)
     """Strategy-specific options."""
+    probe_runs: tuple[str, ...] = ()
+    """Ids of earlier runs over the same sites, made with ``evaluate_at_sites``: each
+    gives the strategy one probe, its first cycle's order and the final model's
+    validation metrics averaged over the sites (weighted by their validation examples).
+    The ``learned`` strategy fits its surrogate to them."""
 
 
 PARALLEL_PLANS = ("site", "single", "auto", "ddp", "fsdp", "tp", "fsdp_tp", "pp")

@@ -11,6 +11,8 @@ import grpc
 
 CHUNK_BYTES: Final = 1 << 20
 """Blob bytes per streamed message (1 MiB: the sweet spot measured for Python gRPC)."""
+EVALUATION_STAGE: Final = "evaluation"
+"""``ReportMetrics`` stage of a site's evaluation of a finished run's final model."""
 
 MAX_MESSAGE_BYTES: Final = 4 * CHUNK_BYTES
 """Largest gRPC message either side accepts or sends; a blob chunk plus room for headers."""

@@ -33,7 +33,7 @@ from coordinator.store.base import (
     RunState,
     Store,
 )
-from ordering import HopOutcome, OrderingContext, make_strategy
+from ordering import HopOutcome, OrderingContext, ProbeOutcome, make_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +117,7 @@ class Scheduler:
         missing = [s for s in plan.run.sites if s not in known]
         if missing:
             raise ConfigError(f"run plan names sites that never registered: {', '.join(missing)}")
+        self._check_probe_runs(plan)
         run = RunRecord(
             run_id=uuid.uuid4().hex,
             name=plan.run.name,
@@ -335,8 +336,14 @@ class Scheduler:
             for h in hops
             if h.state is HopState.COMPLETED
         )
+        probes = self.probe_outcomes(plan)
         ctx = OrderingContext(
-            sites=run.sites, profiles=profiles, history=history, cycle=cycle, seed=plan.run.seed
+            sites=run.sites,
+            profiles=profiles,
+            history=history,
+            cycle=cycle,
+            seed=plan.run.seed,
+            probes=probes,
         )
         order = strategy.cycle_order(ctx)
         if sorted(order) != sorted(run.sites):
@@ -352,7 +359,88 @@ class Scheduler:
                 for i, s in enumerate(order)
             ],
         )
-        logger.info("run %s cycle %d order: %s", run.run_id, cycle, " -> ".join(order))
+        informed = f" ({len(probes)} probe run{'s' if len(probes) > 1 else ''})" if probes else ""
+        logger.info("run %s cycle %d order%s: %s", run.run_id, cycle, informed, " -> ".join(order))
+
+    def _check_probe_runs(self, plan: RunPlan) -> None:
+        for probe_id in plan.ordering.probe_runs:
+            try:
+                probe = self._store.get_run(probe_id)
+            except NotFoundError:
+                raise ConfigError(f"probe run {probe_id!r} does not exist") from None
+            if sorted(probe.sites) != sorted(plan.run.sites):
+                raise ConfigError(f"probe run {probe_id!r} trained other sites than this plan")
+            if not parse_plan(probe.plan_toml, source="probe run plan").run.evaluate_at_sites:
+                raise ConfigError(
+                    f"probe run {probe_id!r} was not evaluated at the sites "
+                    "([run] evaluate_at_sites)"
+                )
+
+    def probe_outcomes(self, plan: RunPlan) -> tuple[ProbeOutcome, ...]:
+        """The probe runs' first-cycle orders and final validation metrics, averaged over
+        the sites that evaluated them (weighted by validation examples); a probe run no
+        site has evaluated yet is left out."""
+        out = []
+        for probe_id in plan.ordering.probe_runs:
+            evaluations = [
+                e.metrics
+                for e in self._store.list_events(probe_id)
+                if e.kind is EventKind.SITE_EVALUATED
+            ]
+            weights = [m.get("num_examples", 1.0) for m in evaluations]
+            names = set.intersection(*(set(m) for m in evaluations)) if evaluations else set()
+            names.discard("num_examples")
+            if not names or sum(weights) <= 0:
+                continue
+            order = tuple(h.site_id for h in self._store.list_hops(probe_id) if h.cycle == 0)
+            mean = {
+                k: sum(w * m[k] for w, m in zip(weights, evaluations, strict=True)) / sum(weights)
+                for k in sorted(names)
+            }
+            out.append(ProbeOutcome(order=order, metrics=mean))
+        return tuple(out)
+
+    def pending_evaluations(self, site_id: str) -> list[RunRecord]:
+        """Finished runs whose plan asks every site to evaluate the final model and that
+        ``site_id`` has not evaluated yet."""
+        out = []
+        for run in self._store.list_runs():
+            if (
+                run.state is not RunState.SUCCEEDED
+                or site_id not in run.sites
+                or "evaluate_at_sites" not in run.plan_toml
+                or not parse_plan(run.plan_toml, source="run plan").run.evaluate_at_sites
+            ):
+                continue
+            if not any(
+                e.kind is EventKind.SITE_EVALUATED and e.site_id == site_id
+                for e in self._store.list_events(run.run_id)
+            ):
+                out.append(run)
+        return out
+
+    def evaluated(self, site_id: str, run_id: str, metrics: dict[str, float]) -> None:
+        """Records a site's evaluation of a finished run's final model.
+
+        Raises:
+            ConflictError: The run did not ask ``site_id`` for an evaluation, or it has
+                one from that site already.
+        """
+        with self._changed:
+            if run_id not in {r.run_id for r in self.pending_evaluations(site_id)}:
+                raise ConflictError(
+                    f"run {run_id} expects no evaluation from site {site_id}", run_id=run_id
+                )
+            self._event(
+                run_id,
+                EventKind.SITE_EVALUATED,
+                hop_index=self._store.get_run(run_id).total_hops,
+                site_id=site_id,
+                message="evaluation",
+                metrics=metrics,
+            )
+            self._record("site_evaluated", run_id, detail={"site": site_id})
+            self._bump()
 
     def _advance(self, run_id: str) -> None:
         """Assigns the next hop, or finishes the run; a no-op while a hop is in flight."""

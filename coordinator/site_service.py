@@ -13,6 +13,7 @@ from baton.domain import BlobRef
 from baton.errors import BlobError, ConflictError, NotFoundError, PkiError
 from baton.hop_manifest import SealError, verify_manifest
 from baton.pki import Identity
+from baton.plan import parse_plan
 from baton.sealing import check_party
 from baton.serde import (
     blob_ref_from_proto,
@@ -22,11 +23,11 @@ from baton.serde import (
 )
 from baton.tls import peer_certificate_pem, require_peer
 from baton.v1 import common_pb2, site_pb2, site_pb2_grpc
-from baton.wire import CHUNK_BYTES
+from baton.wire import CHUNK_BYTES, EVALUATION_STAGE
 from coordinator.blobs import BlobStore
 from coordinator.rpc import translate_errors
 from coordinator.scheduler import Scheduler, now_ms
-from coordinator.store.base import HopRecord, SiteRecord, Store
+from coordinator.store.base import HopRecord, RunRecord, SiteRecord, Store
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +157,12 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
                     continue
                 sent.add(key)
                 yield self._assignment(hop)
+            for run in self._scheduler.pending_evaluations(site_id):
+                key = (run.run_id, run.total_hops)
+                if key in sent:
+                    continue
+                sent.add(key)
+                yield self._evaluation(run)
 
     def _assignment(self, hop: HopRecord) -> site_pb2.Assignment:
         run = self._store.get_run(hop.run_id)
@@ -183,18 +190,54 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
             ).output_manifest
         return msg
 
+    def _evaluation(self, run: RunRecord) -> site_pb2.Assignment:
+        """The assignment to evaluate ``run``'s final model: the owner's hop, as it were."""
+        last = self._store.get_hop(run.run_id, run.total_hops - 1)
+        sender = self._store.get_site(last.site_id)
+        msg = site_pb2.Assignment(
+            run_id=run.run_id,
+            hop_index=run.total_hops,
+            cycle=last.cycle,
+            total_hops=run.total_hops,
+            plan_toml=run.plan_toml,
+            input=blob_ref_to_proto(run.result),
+            plan_signature=run.plan_signature,
+            owner_signing_certificate_pem=run.owner_signing_certificate_pem,
+            owner_encryption_certificate_pem=run.owner_encryption_certificate_pem,
+            previous_site_id=last.site_id,
+            input_manifest=last.output_manifest,
+            sender_signing_certificate_pem=sender.signing_certificate_pem,
+            sender_encryption_certificate_pem=sender.encryption_certificate_pem,
+            evaluate_only=True,
+        )
+        if run.total_hops >= 2:
+            msg.previous_manifest = self._store.get_hop(
+                run.run_id, run.total_hops - 2
+            ).output_manifest
+        return msg
+
     @translate_errors
     def DownloadBlob(
         self, request: site_pb2.DownloadBlobRequest, context: grpc.ServicerContext
     ) -> Iterator[common_pb2.BlobChunk]:
         site_id = self._site(context).name
-        hop = self._scheduler.hop_for_site(site_id, request.run_id, request.hop_index)
-        if hop.input is None:
-            raise NotFoundError(f"hop {hop.hop_index} has no input model (it is the first hop)")
+        blob = self._evaluated_blob(site_id, request.run_id, request.hop_index)
+        if blob is None:
+            hop = self._scheduler.hop_for_site(site_id, request.run_id, request.hop_index)
+            if hop.input is None:
+                raise NotFoundError(f"hop {hop.hop_index} has no input model (it is the first hop)")
+            blob = hop.input
         offset = request.offset
-        for data in self._blobs.read(hop.input.blob_id, offset=offset, chunk_size=CHUNK_BYTES):
+        for data in self._blobs.read(blob.blob_id, offset=offset, chunk_size=CHUNK_BYTES):
             yield common_pb2.BlobChunk(offset=offset, data=data)
             offset += len(data)
+
+    def _evaluated_blob(self, site_id: str, run_id: str, hop_index: int) -> BlobRef | None:
+        """The final model, when ``site_id`` asks for it to evaluate it; else None."""
+        for run in self._scheduler.pending_evaluations(site_id):
+            if run.run_id == run_id and hop_index == run.total_hops:
+                return run.result
+        return None
 
     @translate_errors
     def UploadBlob(
@@ -265,6 +308,7 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
                 hop_index=run.total_hops,
                 signing_certificate_pem=run.owner_signing_certificate_pem,
                 encryption_certificate_pem=run.owner_encryption_certificate_pem,
+                evaluators=self._evaluators(run),
             )
         recipient = self._store.get_site(nxt.site_id)
         if self._any_revoked(
@@ -283,14 +327,37 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
             encryption_certificate_pem=recipient.encryption_certificate_pem,
         )
 
+    def _evaluators(self, run: RunRecord) -> list[site_pb2.Evaluator]:
+        """Every site of the plan, when it asks them to evaluate the final model."""
+        if not parse_plan(run.plan_toml, source="run plan").run.evaluate_at_sites:
+            return []
+        out = []
+        for site_id in run.sites:
+            site = self._store.get_site(site_id)
+            if self._any_revoked(
+                site.certificate_pem, site.signing_certificate_pem, site.encryption_certificate_pem
+            ):
+                continue  # a revoked site gets no copy of the final model
+            out.append(
+                site_pb2.Evaluator(
+                    site_id=site_id,
+                    signing_certificate_pem=site.signing_certificate_pem,
+                    encryption_certificate_pem=site.encryption_certificate_pem,
+                )
+            )
+        return out
+
     @translate_errors
     def ReportMetrics(
         self, request: site_pb2.ReportMetricsRequest, context: grpc.ServicerContext
     ) -> site_pb2.ReportMetricsResponse:
         site_id = self._site(context).name
-        self._scheduler.progress(
-            site_id, request.run_id, request.hop_index, request.stage, dict(request.metrics)
-        )
+        if request.stage == EVALUATION_STAGE:
+            self._scheduler.evaluated(site_id, request.run_id, dict(request.metrics))
+        else:
+            self._scheduler.progress(
+                site_id, request.run_id, request.hop_index, request.stage, dict(request.metrics)
+            )
         return site_pb2.ReportMetricsResponse()
 
     @translate_errors

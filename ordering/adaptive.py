@@ -40,8 +40,9 @@ class GreedyIncomingLoss:
     that will start this cycle, and it cannot be updated between the hops of a cycle.
 
     What it cannot do: the greedy rule proper (ask every remaining site, before each hop,
-    how the current model fares, and send it to the worst) needs a probe RPC that
-    evaluates a model at a site and returns a scalar; Baton has none yet. In cycle 0 no
+    how the current model fares, and send it to the worst) needs every remaining site
+    to evaluate the model between hops; Baton has sites evaluate only a finished run's
+    final model (``[run] evaluate_at_sites``). In cycle 0 no
     metrics exist and the plan's order is used; a site never measured (the last site of
     the previous cycle is still training when the next cycle is planned) keeps its
     newest older value, or, if it has none, counts as hardest.

@@ -31,8 +31,10 @@ class HopOutcome:
 class ProbeOutcome:
     """A probe run: one order trained end to end, its final model measured at the sites.
 
-    Probes cost a whole extra training run each; no RPC produces them in a live
-    federation yet, the ordering lab does (``baton.lab``).
+    Probes cost a whole extra training run each. In a live federation they are earlier
+    runs whose plan had every site evaluate the final model (``[run] evaluate_at_sites``),
+    named in a later plan's ``[ordering] probe_runs``; the ordering lab simulates them
+    (``baton.lab``).
     """
 
     order: tuple[str, ...]
@@ -89,7 +91,8 @@ class OrderingStrategy(Protocol):
 class ProbePlanner(Protocol):
     """A strategy that chooses its own probe runs, one at a time.
 
-    Whoever runs probes (the ordering lab; no RPC does yet) asks :meth:`next_probe`
+    Whoever runs probes (the ordering lab; in a live federation, the study owner who
+    submits probe runs) asks :meth:`next_probe`
     with the probes made so far in ``ctx.probes``, trains the order it returns end to
     end, measures the final model on the sites' validation splits, appends the
     outcome, and asks again until the budget is spent or it returns None.

@@ -168,8 +168,9 @@ class LearnedOrder:
     probes it needs roughly that many to rank orders well; a live run alone gives one
     noisy observation per cycle (the next cycle's first site), so without probes it is
     no better than ``random`` for the first ~10 cycles, and in a 1- or 3-cycle run it
-    IS random order. There is no probe RPC in a live federation yet; the lab supplies
-    probes from simulated runs and reports their cost.
+    IS random order. In a live federation the probes are earlier runs evaluated at
+    every site (``[ordering] probe_runs``); the lab simulates them and reports their
+    cost.
 
     Options:
         metric: ``accuracy`` (default) or ``loss``.

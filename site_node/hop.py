@@ -44,6 +44,7 @@ from baton.sealing import (
 from baton.serde import blob_ref_from_proto, blob_ref_to_proto
 from baton.tls import TlsMaterial
 from baton.v1 import site_pb2, site_pb2_grpc
+from baton.wire import EVALUATION_STAGE
 from site_node import transfer
 from site_node.config import SiteTraining
 from site_node.local_training import site_device, site_plan, train_parallel
@@ -141,6 +142,8 @@ class HopRunner:
     def run(self, a: site_pb2.Assignment) -> bool:
         """Runs one assignment; returns whether it completed. A Baton error fails the hop
         at the coordinator with a sanitized reason; connection errors propagate."""
+        if a.evaluate_only:
+            return self._evaluate(a)
         try:
             self._run(a)
             return True
@@ -275,6 +278,46 @@ class HopRunner:
         logger.info(
             "hop %d done in %.2fs; sealed model handed on", a.hop_index, time.monotonic() - started
         )
+
+    def _evaluate(self, a: site_pb2.Assignment) -> bool:
+        """Opens a finished run's final model (sealed to this site too, as the signed plan
+        asked), evaluates it on the validation split and reports the metrics. A refused
+        model is logged and audited; the coordinator then never hears from this site."""
+        run_dir = self._work_dir / a.run_id
+        run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        plain = run_dir / "final.in.safetensors"
+        try:
+            model, checked = self._receive(a, run_dir, plain)
+            if not checked.plan.run.evaluate_at_sites:
+                raise PkiError(f"the signed plan of run {a.run_id} asks for no evaluation")
+            metrics = evaluate(model, self._local.data.val)
+        except BatonError as exc:
+            logger.error("run %s: the final model was not evaluated: %s", a.run_id, exc.message)
+            self._audit.append(
+                "evaluation_refused",
+                run_id=a.run_id,
+                hop=a.hop_index,
+                detail={"reason": exc.reason if isinstance(exc, SealError) else type(exc).__name__},
+            )
+            return False
+        finally:
+            plain.unlink(missing_ok=True)
+            (run_dir / f"hop-{a.hop_index:05d}.in.sealed").unlink(missing_ok=True)
+        self._stub.ReportMetrics(
+            site_pb2.ReportMetricsRequest(
+                run_id=a.run_id, hop_index=a.hop_index, stage=EVALUATION_STAGE, metrics=metrics
+            )
+        )
+        self._audit.append(
+            "model_evaluated",
+            run_id=a.run_id,
+            hop=a.hop_index,
+            detail={"accuracy": metrics["accuracy"], "loss": metrics["loss"]},
+        )
+        logger.info(
+            "run %s: the final model scores val accuracy %.4f here", a.run_id, metrics["accuracy"]
+        )
+        return True
 
     def _receive(
         self, a: site_pb2.Assignment, run_dir: Path, plain_in: Path
@@ -412,7 +455,10 @@ class HopRunner:
                 schema_hash=checked.schema_digest,
             ),
             sender_key=self._keys.signing_key,
-            recipients=self._recipients(checked, recipient, keys.encryption_key),
+            recipients=[
+                *self._recipients(checked, recipient, keys.encryption_key),
+                *self._evaluators(checked, nxt),
+            ],
         )
 
     @staticmethod
@@ -426,6 +472,32 @@ class HopRunner:
             out.append(
                 RecipientKey(spiffe_id=owner.identity.spiffe_id, public_key=owner.encryption_key)
             )
+        return out
+
+    def _evaluators(
+        self, checked: _Verified, nxt: site_pb2.GetNextHopResponse
+    ) -> list[RecipientKey]:
+        """The sites the final model is sealed to as well, so that they evaluate it: only
+        when the signed plan asks for it, only sites it lists, each certified by this
+        site's own pinned CA and not revoked."""
+        if not nxt.evaluators:
+            return []
+        plan = checked.plan
+        if not (nxt.final and plan.run.evaluate_at_sites):
+            raise PkiError("the coordinator named evaluators, but the signed plan asks for none")
+        names = [e.site_id for e in nxt.evaluators]
+        if len(set(names)) != len(names) or not set(names) <= set(plan.run.sites):
+            raise PkiError("the coordinator named evaluators the signed plan does not list")
+        out = []
+        for e in nxt.evaluators:
+            who = Identity(federation=self._me.federation, kind="site", name=e.site_id)
+            keys = check_party(
+                self._tls.ca_pem, e.signing_certificate_pem, e.encryption_certificate_pem, who
+            )
+            self._refuse_revoked(
+                who.spiffe_id, e.signing_certificate_pem, e.encryption_certificate_pem
+            )
+            out.append(RecipientKey(spiffe_id=who.spiffe_id, public_key=keys.encryption_key))
         return out
 
     def _refuse_revoked(self, who: str, *pems: str) -> None:

@@ -46,6 +46,10 @@ class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.V
     """The run failed."""
     EVENT_KIND_RUN_CANCELLED: _EventKind.ValueType  # 8
     """The run was cancelled."""
+    EVENT_KIND_SITE_EVALUATED: _EventKind.ValueType  # 9
+    """A site evaluated the run's final model on its validation split (`site_id`,
+    `metrics`); only for plans that ask for it.
+    """
 
 class EventKind(_EventKind, metaclass=_EventKindEnumTypeWrapper):
     """Kinds of run events."""
@@ -68,6 +72,10 @@ EVENT_KIND_RUN_FAILED: EventKind.ValueType  # 7
 """The run failed."""
 EVENT_KIND_RUN_CANCELLED: EventKind.ValueType  # 8
 """The run was cancelled."""
+EVENT_KIND_SITE_EVALUATED: EventKind.ValueType  # 9
+"""A site evaluated the run's final model on its validation split (`site_id`,
+`metrics`); only for plans that ask for it.
+"""
 Global___EventKind: _TypeAlias = EventKind  # noqa: Y015
 
 @_typing.final

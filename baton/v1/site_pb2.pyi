@@ -172,6 +172,7 @@ class Assignment(_message.Message):
     PREVIOUS_MANIFEST_FIELD_NUMBER: _builtins.int
     SENDER_SIGNING_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
     SENDER_ENCRYPTION_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    EVALUATE_ONLY_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Run the hop belongs to."""
     hop_index: _builtins.int
@@ -200,6 +201,13 @@ class Assignment(_message.Message):
     """PEM certificate of the previous site's signing key, which signed `input_manifest`."""
     sender_encryption_certificate_pem: _builtins.str
     """PEM certificate of the previous site's encryption key (certified together with it)."""
+    evaluate_only: _builtins.bool
+    """True for an evaluation, not a hop: the run has ended and its plan asks every site to
+    evaluate the final model. `hop_index` is then `total_hops`, `input` the final model
+    (sealed to the study owner and to every site), `previous_site_id` the last hop's
+    site; the site opens it, evaluates it on its validation split and reports the
+    metrics with ReportMetrics (stage "evaluation"), without training.
+    """
     @_builtins.property
     def input(self) -> _common_pb2.BlobRef:
         """The model to start from; unset for the first hop (the site builds it from the plan)."""
@@ -221,10 +229,11 @@ class Assignment(_message.Message):
         previous_manifest: _builtins.bytes = ...,
         sender_signing_certificate_pem: _builtins.str = ...,
         sender_encryption_certificate_pem: _builtins.str = ...,
+        evaluate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cycle", b"cycle", "hop_index", b"hop_index", "input", b"input", "input_manifest", b"input_manifest", "owner_encryption_certificate_pem", b"owner_encryption_certificate_pem", "owner_signing_certificate_pem", b"owner_signing_certificate_pem", "plan_signature", b"plan_signature", "plan_toml", b"plan_toml", "previous_manifest", b"previous_manifest", "previous_site_id", b"previous_site_id", "run_id", b"run_id", "sender_encryption_certificate_pem", b"sender_encryption_certificate_pem", "sender_signing_certificate_pem", b"sender_signing_certificate_pem", "total_hops", b"total_hops"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cycle", b"cycle", "evaluate_only", b"evaluate_only", "hop_index", b"hop_index", "input", b"input", "input_manifest", b"input_manifest", "owner_encryption_certificate_pem", b"owner_encryption_certificate_pem", "owner_signing_certificate_pem", b"owner_signing_certificate_pem", "plan_signature", b"plan_signature", "plan_toml", b"plan_toml", "previous_manifest", b"previous_manifest", "previous_site_id", b"previous_site_id", "run_id", b"run_id", "sender_encryption_certificate_pem", b"sender_encryption_certificate_pem", "sender_signing_certificate_pem", b"sender_signing_certificate_pem", "total_hops", b"total_hops"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -240,7 +249,9 @@ class DownloadBlobRequest(_message.Message):
     run_id: _builtins.str
     """Run whose hop input is wanted."""
     hop_index: _builtins.int
-    """Hop whose input blob is wanted; the caller must be that hop's site."""
+    """Hop whose input blob is wanted; the caller must be that hop's site. The run's
+    total hop count asks for the final model, for an evaluation assignment.
+    """
     offset: _builtins.int
     """First byte to send (0 for a fresh download, larger to resume)."""
     def __init__(
@@ -436,6 +447,7 @@ class GetNextHopResponse(_message.Message):
     CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
     SIGNING_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
     ENCRYPTION_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    EVALUATORS_FIELD_NUMBER: _builtins.int
     final: _builtins.bool
     """True when the caller's hop is the last: its output goes to the study owner."""
     site_id: _builtins.str
@@ -450,6 +462,12 @@ class GetNextHopResponse(_message.Message):
     """PEM certificate of the recipient's encryption key: the sender verifies it against
     its own pinned CA, then seals the model to it.
     """
+    @_builtins.property
+    def evaluators(self) -> _containers.RepeatedCompositeFieldContainer[Global___Evaluator]:
+        """When `final` and the plan asks every site to evaluate the final model: every site of
+        the plan, whose encryption keys the model is sealed to as well.
+        """
+
     def __init__(
         self,
         *,
@@ -459,14 +477,47 @@ class GetNextHopResponse(_message.Message):
         certificate_pem: _builtins.str = ...,
         signing_certificate_pem: _builtins.str = ...,
         encryption_certificate_pem: _builtins.str = ...,
+        evaluators: _abc.Iterable[Global___Evaluator] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_pem", b"certificate_pem", "encryption_certificate_pem", b"encryption_certificate_pem", "final", b"final", "hop_index", b"hop_index", "signing_certificate_pem", b"signing_certificate_pem", "site_id", b"site_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_pem", b"certificate_pem", "encryption_certificate_pem", b"encryption_certificate_pem", "evaluators", b"evaluators", "final", b"final", "hop_index", b"hop_index", "signing_certificate_pem", b"signing_certificate_pem", "site_id", b"site_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetNextHopResponse: _TypeAlias = GetNextHopResponse  # noqa: Y015
+
+@_typing.final
+class Evaluator(_message.Message):
+    """A site the final model is also sealed to, so that it can evaluate it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SITE_ID_FIELD_NUMBER: _builtins.int
+    SIGNING_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    ENCRYPTION_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    site_id: _builtins.str
+    """The site."""
+    signing_certificate_pem: _builtins.str
+    """PEM certificate of the site's signing key."""
+    encryption_certificate_pem: _builtins.str
+    """PEM certificate of the site's encryption key; the sender verifies it against its
+    own pinned CA.
+    """
+    def __init__(
+        self,
+        *,
+        site_id: _builtins.str = ...,
+        signing_certificate_pem: _builtins.str = ...,
+        encryption_certificate_pem: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encryption_certificate_pem", b"encryption_certificate_pem", "signing_certificate_pem", b"signing_certificate_pem", "site_id", b"site_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Evaluator: _TypeAlias = Evaluator  # noqa: Y015
 
 @_typing.final
 class ReportMetricsRequest(_message.Message):
@@ -501,7 +552,9 @@ class ReportMetricsRequest(_message.Message):
     hop_index: _builtins.int
     """Hop the caller is training."""
     stage: _builtins.str
-    """What the metrics describe, e.g. "progress", "before", "after"."""
+    """What the metrics describe, e.g. "progress", "before", "after"; "evaluation" (with
+    `hop_index` the run's total hop count) for an evaluation assignment's result.
+    """
     @_builtins.property
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Metric name to value."""

@@ -43,6 +43,7 @@ class EventKind(StrEnum):
     RUN_SUCCEEDED = "run_succeeded"
     RUN_FAILED = "run_failed"
     RUN_CANCELLED = "run_cancelled"
+    SITE_EVALUATED = "site_evaluated"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -23,7 +24,7 @@ from baton.models import build_model
 from baton.replay import MemoryReplayGuard
 from baton.revocation import revocation_check, revoke
 from baton.sealing import plan_hash, schema_hash
-from baton.v1 import admin_pb2, common_pb2, site_pb2
+from baton.v1 import admin_pb2, common_pb2, site_pb2, site_pb2_grpc
 from site_node import transfer
 from site_node.hop import HopRunner, LocalData
 from tests.conftest import LiveCoordinator
@@ -372,3 +373,62 @@ def test_a_site_resumes_a_hop_interrupted_after_accepting_its_input(
         for line in (tmp_path / "site-b.audit.jsonl").read_text().splitlines()
     ]
     assert events == ["plan_accepted", "hop_received", "plan_accepted", "hop_resumed", "hop_sent"]
+
+
+class _AddsEvaluators:
+    """A coordinator that asks the last site to seal the final model to more parties."""
+
+    def __init__(self, stub: site_pb2_grpc.SiteServiceStub, *extra: site_pb2.Evaluator) -> None:
+        self._stub = stub
+        self._extra = extra
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stub, name)
+
+    def GetNextHop(
+        self, request: site_pb2.GetNextHopRequest, **kw: Any
+    ) -> site_pb2.GetNextHopResponse:
+        response: site_pb2.GetNextHopResponse = self._stub.GetNextHop(request, **kw)
+        response.evaluators.extend(self._extra)
+        return response
+
+
+def _evaluator(c: LiveCoordinator, site: str) -> site_pb2.Evaluator:
+    keys = c.pki.keys(site)
+    return site_pb2.Evaluator(
+        site_id=site,
+        signing_certificate_pem=keys.signing_cert_pem.decode(),
+        encryption_certificate_pem=keys.encryption_cert_pem.decode(),
+    )
+
+
+@pytest.mark.parametrize(
+    ("plan_toml", "extra"),
+    [
+        (PLAN, "site-a"),  # the signed plan asks for no evaluation
+        (
+            PLAN.replace(
+                'sites = ["site-a", "site-b"]\n',
+                'sites = ["site-a", "site-b"]\nevaluate_at_sites = true\n',
+            ),
+            "site-c",
+        ),
+    ],
+    ids=["plan-asks-none", "site-outside-the-plan"],
+)
+def test_the_final_model_is_sealed_to_no_party_the_signed_plan_does_not_name(
+    coordinator: LiveCoordinator, tmp_path: Path, sites: Sites, plan_toml: str, extra: str
+) -> None:
+    admin = coordinator.admin()
+    run = admin.CreateRun(create_request(coordinator.pki, plan_toml)).run
+    assert sites.runner("site-a").run(next_assignment(sites.stubs["site-a"]))
+    last = sites.runner("site-b")
+    last._stub = _AddsEvaluators(sites.stubs["site-b"], _evaluator(coordinator, extra))  # type: ignore[assignment]
+
+    assert not last.run(next_assignment(sites.stubs["site-b"]))
+
+    got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
+    assert got.state == common_pb2.RUN_STATE_FAILED
+    assert got.error == "hop 1 at site-b failed: untrusted_party"
+    assert not list((tmp_path / "site-b").rglob("*.safetensors"))
+    assert not list((tmp_path / "site-b").rglob("*.out.sealed"))  # nothing was sealed

@@ -8,6 +8,7 @@ import pytest
 
 from baton.domain import BlobRef
 from baton.errors import ConfigError, ConflictError, NotFoundError, PkiError
+from baton.plan import parse_plan
 from baton.sealing import sign_plan
 from coordinator.blobs import MemoryBlobStore
 from coordinator.rpc import Denied
@@ -257,3 +258,84 @@ def test_unsigned_or_tampered_plan_is_refused(
     with pytest.raises(PkiError, match="not a study owner"):
         sched.create_run(plan, as_site)
     assert store.list_runs() == []
+
+
+EVALUATED = PLAN.replace("cycles = 2\n", "cycles = 1\nevaluate_at_sites = true\n")
+
+
+def _finished(pki: Pki, parts: tuple[MemoryStore, MemoryBlobStore, Scheduler], plan: str) -> str:
+    store, blobs, sched = parts
+    run = sched.create_run(*signed(pki, plan))
+    for i in range(run.total_hops):
+        (hop,) = [h for h in store.list_hops(run.run_id) if h.hop_index == i]
+        sched.next_hop(hop.site_id, run.run_id, i)  # plans the next cycle when one is due
+        finish_hop(sched, blobs, run.run_id, i, hop.site_id)
+    assert store.get_run(run.run_id).state is RunState.SUCCEEDED
+    return run.run_id
+
+
+def test_every_site_evaluates_a_finished_run_once_when_its_plan_asks(
+    pki: Pki, parts: tuple[MemoryStore, MemoryBlobStore, Scheduler]
+) -> None:
+    store, _, sched = parts
+    plain = _finished(pki, parts, PLAN.format(seed=0, strategy="fixed"))
+    evaluated = _finished(pki, parts, EVALUATED.format(seed=0, strategy="fixed"))
+    assert [r.run_id for r in sched.pending_evaluations("a")] == [evaluated]
+
+    sched.evaluated("a", evaluated, {"accuracy": 0.9, "num_examples": 10.0})
+
+    assert sched.pending_evaluations("a") == []
+    assert [r.run_id for r in sched.pending_evaluations("b")] == [evaluated]
+    events = [e for e in store.list_events(evaluated) if e.kind is EventKind.SITE_EVALUATED]
+    assert [(e.site_id, e.hop_index, e.metrics) for e in events] == [
+        ("a", 3, {"accuracy": 0.9, "num_examples": 10.0})
+    ]
+    for site, run_id in (("a", evaluated), ("b", plain), ("z", evaluated)):
+        with pytest.raises(ConflictError, match="expects no evaluation from site"):
+            sched.evaluated(site, run_id, {"accuracy": 0.5})
+
+
+def test_probe_runs_give_the_strategy_their_order_and_mean_validation_metrics(
+    pki: Pki, parts: tuple[MemoryStore, MemoryBlobStore, Scheduler]
+) -> None:
+    store, _, sched = parts
+    probe = _finished(pki, parts, EVALUATED.format(seed=0, strategy="fixed"))
+    sched.evaluated("a", probe, {"accuracy": 0.5, "loss": 1.0, "num_examples": 10.0})
+    sched.evaluated("b", probe, {"accuracy": 1.0, "loss": 0.0, "num_examples": 30.0})
+    unevaluated = _finished(pki, parts, EVALUATED.format(seed=1, strategy="fixed"))
+    plan = parse_plan(
+        PLAN.format(seed=0, strategy="learned") + f'probe_runs = ["{probe}", "{unevaluated}"]\n'
+    )
+
+    (outcome,) = sched.probe_outcomes(plan)  # the run that no site evaluated yet gives nothing
+
+    assert outcome.order == ("a", "b", "c")
+    assert outcome.metrics == {"accuracy": pytest.approx(0.875), "loss": pytest.approx(0.25)}
+    run = sched.create_run(
+        *signed(pki, PLAN.format(seed=0, strategy="learned") + f'probe_runs = ["{probe}"]\n')
+    )
+    assert store.get_run(run.run_id).state is RunState.RUNNING
+
+
+@pytest.mark.parametrize(
+    ("probe_plan", "message"),
+    [
+        (None, "probe run 'nope' does not exist"),
+        (PLAN.format(seed=0, strategy="fixed"), "was not evaluated at the sites"),
+        (
+            EVALUATED.format(seed=0, strategy="fixed").replace('["a", "b", "c"]', '["a", "b"]'),
+            "trained other sites than this plan",
+        ),
+    ],
+)
+def test_a_probe_run_that_cannot_inform_the_order_is_refused(
+    pki: Pki,
+    parts: tuple[MemoryStore, MemoryBlobStore, Scheduler],
+    probe_plan: str | None,
+    message: str,
+) -> None:
+    _, _, sched = parts
+    probe = "nope" if probe_plan is None else _finished(pki, parts, probe_plan)
+    plan = PLAN.format(seed=0, strategy="learned") + f'probe_runs = ["{probe}"]\n'
+    with pytest.raises(ConfigError, match=message):
+        sched.create_run(*signed(pki, plan))
