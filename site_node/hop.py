@@ -18,19 +18,17 @@ from pathlib import Path
 from typing import Protocol
 
 import grpc
-from cryptography.hazmat.primitives.asymmetric import x25519
 from torch import nn
 
 from baton.audit import AuditLog
 from baton.codec import load_into, load_state_file, save_state_file, state_of
 from baton.data import Schema, SiteData
-from baton.envelope import Expectation, HopContext, RecipientKey, open_file, seal_file
+from baton.envelope import Expectation, open_file
 from baton.errors import BatonError, BlobError, ConfigError, DataError, ModelError, PkiError
 from baton.hop_manifest import SealError
-from baton.keys import PartyKeys
 from baton.models import build_model
 from baton.pki import Identity
-from baton.plan import RunPlan, parse_plan
+from baton.plan import parse_plan
 from baton.replay import MemoryReplayGuard, ReplayGuard
 from baton.sealing import (
     AppKeys,
@@ -47,6 +45,7 @@ from baton.v1 import site_pb2, site_pb2_grpc
 from baton.wire import EVALUATION_STAGE
 from site_node import transfer
 from site_node.config import SiteTraining
+from site_node.handover import Verified, refuse_revoked, seal_for_next
 from site_node.local_training import site_device, site_plan, train_parallel
 from site_node.parallel.errors import ParallelError, TrainingInterrupted
 from site_node.parallel.plans import PlanKind
@@ -82,18 +81,6 @@ class LocalData:
 
     schema: Schema
     data: SiteData
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class _Verified:
-    """What the checks before training established."""
-
-    plan: RunPlan
-    owner: PartyKeys
-    plan_digest: str
-    schema_digest: str
-    input_digest: str
-    """Digest of the manifest that sealed the incoming model (the plan's for hop 0)."""
 
 
 class HopRunner:
@@ -321,7 +308,7 @@ class HopRunner:
 
     def _receive(
         self, a: site_pb2.Assignment, run_dir: Path, plain_in: Path
-    ) -> tuple[nn.Module, _Verified]:
+    ) -> tuple[nn.Module, Verified]:
         ca = self._tls.ca_pem
         owner = check_owner(ca, a.owner_signing_certificate_pem, a.owner_encryption_certificate_pem)
         self._refuse_revoked(
@@ -409,7 +396,7 @@ class HopRunner:
                 detail={"manifest": manifest.digest, "sender": manifest.sender},
             )
             logger.info("hop %d: opened the model sealed by %s", a.hop_index, a.previous_site_id)
-        checked = _Verified(
+        checked = Verified(
             plan=plan,
             owner=owner,
             plan_digest=plan_digest,
@@ -418,91 +405,20 @@ class HopRunner:
         )
         return model, checked
 
-    def _seal(self, a: site_pb2.Assignment, checked: _Verified, plain: Path, sealed: Path) -> bytes:
-        """Seals the trained model to whoever the coordinator names next, after checking
-        that party against this site's own pinned CA and the signed plan."""
-        nxt = self._stub.GetNextHop(
-            site_pb2.GetNextHopRequest(run_id=a.run_id, hop_index=a.hop_index)
-        )
-        if nxt.final:
-            recipient = checked.owner.identity
-            if nxt.signing_certificate_pem != a.owner_signing_certificate_pem:
-                raise PkiError(
-                    "the coordinator named a final recipient other than the plan's signer"
-                )
-        else:
-            if nxt.site_id not in checked.plan.run.sites:
-                raise PkiError(
-                    f"coordinator named {nxt.site_id!r} as next, but the plan does not list it"
-                )
-            recipient = Identity(federation=self._me.federation, kind="site", name=nxt.site_id)
-        keys = check_party(
-            self._tls.ca_pem, nxt.signing_certificate_pem, nxt.encryption_certificate_pem, recipient
-        )
-        self._refuse_revoked(
-            recipient.spiffe_id, nxt.signing_certificate_pem, nxt.encryption_certificate_pem
-        )
-        return seal_file(
+    def _seal(self, a: site_pb2.Assignment, checked: Verified, plain: Path, sealed: Path) -> bytes:
+        return seal_for_next(
+            self._stub,
+            a,
+            checked,
             plain,
             sealed,
-            ctx=HopContext(
-                run_id=a.run_id,
-                hop_index=a.hop_index,
-                sender=self._me.spiffe_id,
-                recipient=recipient.spiffe_id,
-                previous_manifest_hash=checked.input_digest,
-                plan_hash=checked.plan_digest,
-                schema_hash=checked.schema_digest,
-            ),
-            sender_key=self._keys.signing_key,
-            recipients=[
-                *self._recipients(checked, recipient, keys.encryption_key),
-                *self._evaluators(checked, nxt),
-            ],
+            tls=self._tls,
+            keys=self._keys,
+            revoked=self._revoked,
         )
 
-    @staticmethod
-    def _recipients(
-        checked: _Verified, recipient: Identity, key: x25519.X25519PublicKey
-    ) -> list[RecipientKey]:
-        """The next party, and the study owner too when the plan asks for escrow."""
-        out = [RecipientKey(spiffe_id=recipient.spiffe_id, public_key=key)]
-        owner = checked.owner
-        if checked.plan.security.escrow_to_owner and owner.identity != recipient:
-            out.append(
-                RecipientKey(spiffe_id=owner.identity.spiffe_id, public_key=owner.encryption_key)
-            )
-        return out
-
-    def _evaluators(
-        self, checked: _Verified, nxt: site_pb2.GetNextHopResponse
-    ) -> list[RecipientKey]:
-        """The sites the final model is sealed to as well, so that they evaluate it: only
-        when the signed plan asks for it, only sites it lists, each certified by this
-        site's own pinned CA and not revoked."""
-        if not nxt.evaluators:
-            return []
-        plan = checked.plan
-        if not (nxt.final and plan.run.evaluate_at_sites):
-            raise PkiError("the coordinator named evaluators, but the signed plan asks for none")
-        names = [e.site_id for e in nxt.evaluators]
-        if len(set(names)) != len(names) or not set(names) <= set(plan.run.sites):
-            raise PkiError("the coordinator named evaluators the signed plan does not list")
-        out = []
-        for e in nxt.evaluators:
-            who = Identity(federation=self._me.federation, kind="site", name=e.site_id)
-            keys = check_party(
-                self._tls.ca_pem, e.signing_certificate_pem, e.encryption_certificate_pem, who
-            )
-            self._refuse_revoked(
-                who.spiffe_id, e.signing_certificate_pem, e.encryption_certificate_pem
-            )
-            out.append(RecipientKey(spiffe_id=who.spiffe_id, public_key=keys.encryption_key))
-        return out
-
     def _refuse_revoked(self, who: str, *pems: str) -> None:
-        if any(self._revoked(pem) for pem in pems):
-            raise PkiError(f"a certificate of {who} is revoked")
+        refuse_revoked(self._revoked, who, *pems)
 
     def _report(self, a: site_pb2.Assignment, stage: str, metrics: dict[str, float]) -> None:
         self._stub.ReportMetrics(

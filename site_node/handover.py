@@ -1,0 +1,141 @@
+"""Handing a trained model on: seal it to whoever the coordinator names next, after checking
+that party against the site's own pinned CA and the signed plan.
+
+The next party is a site the plan lists, or the study owner who signed the plan after the
+last hop; the owner too when the plan asks for escrow; and, after the last hop, every
+site the plan lists when it asks them to evaluate the final model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import x25519
+
+from baton.envelope import HopContext, RecipientKey, seal_file
+from baton.errors import PkiError
+from baton.keys import PartyKeys
+from baton.pki import Identity
+from baton.plan import RunPlan
+from baton.sealing import AppKeys, check_party
+from baton.tls import TlsMaterial
+from baton.v1 import site_pb2, site_pb2_grpc
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Verified:
+    """What the checks before training established."""
+
+    plan: RunPlan
+    owner: PartyKeys
+    plan_digest: str
+    schema_digest: str
+    input_digest: str
+    """Digest of the manifest that sealed the incoming model (the plan's for hop 0)."""
+
+
+def refuse_revoked(revoked: Callable[[bytes | str], bool], who: str, *pems: str) -> None:
+    """Raises PkiError if any of ``who``'s certificates is on the revocation list."""
+    if any(revoked(pem) for pem in pems):
+        raise PkiError(f"a certificate of {who} is revoked")
+
+
+def seal_for_next(
+    stub: site_pb2_grpc.SiteServiceStub,
+    a: site_pb2.Assignment,
+    checked: Verified,
+    plain: Path,
+    sealed: Path,
+    *,
+    tls: TlsMaterial,
+    keys: AppKeys,
+    revoked: Callable[[bytes | str], bool],
+) -> bytes:
+    """Seals ``plain`` into ``sealed`` for the next party; returns the signed manifest.
+
+    Raises:
+        PkiError: The coordinator named a party the signed plan does not allow, or one
+            whose certificates do not verify or are revoked.
+    """
+    me = tls.identity
+    nxt = stub.GetNextHop(site_pb2.GetNextHopRequest(run_id=a.run_id, hop_index=a.hop_index))
+    if nxt.final:
+        recipient = checked.owner.identity
+        if nxt.signing_certificate_pem != a.owner_signing_certificate_pem:
+            raise PkiError("the coordinator named a final recipient other than the plan's signer")
+    else:
+        if nxt.site_id not in checked.plan.run.sites:
+            raise PkiError(
+                f"coordinator named {nxt.site_id!r} as next, but the plan does not list it"
+            )
+        recipient = Identity(federation=me.federation, kind="site", name=nxt.site_id)
+    party = check_party(
+        tls.ca_pem, nxt.signing_certificate_pem, nxt.encryption_certificate_pem, recipient
+    )
+    refuse_revoked(
+        revoked, recipient.spiffe_id, nxt.signing_certificate_pem, nxt.encryption_certificate_pem
+    )
+    return seal_file(
+        plain,
+        sealed,
+        ctx=HopContext(
+            run_id=a.run_id,
+            hop_index=a.hop_index,
+            sender=me.spiffe_id,
+            recipient=recipient.spiffe_id,
+            previous_manifest_hash=checked.input_digest,
+            plan_hash=checked.plan_digest,
+            schema_hash=checked.schema_digest,
+        ),
+        sender_key=keys.signing_key,
+        recipients=[
+            *_recipients(checked, recipient, party.encryption_key),
+            *_evaluators(checked, nxt, tls=tls, revoked=revoked),
+        ],
+    )
+
+
+def _recipients(
+    checked: Verified, recipient: Identity, key: x25519.X25519PublicKey
+) -> list[RecipientKey]:
+    """The next party, and the study owner too when the plan asks for escrow."""
+    out = [RecipientKey(spiffe_id=recipient.spiffe_id, public_key=key)]
+    owner = checked.owner
+    if checked.plan.security.escrow_to_owner and owner.identity != recipient:
+        out.append(
+            RecipientKey(spiffe_id=owner.identity.spiffe_id, public_key=owner.encryption_key)
+        )
+    return out
+
+
+def _evaluators(
+    checked: Verified,
+    nxt: site_pb2.GetNextHopResponse,
+    *,
+    tls: TlsMaterial,
+    revoked: Callable[[bytes | str], bool],
+) -> list[RecipientKey]:
+    """The sites the final model is sealed to as well, so that they evaluate it: only when
+    the signed plan asks for it, only sites it lists, each certified by this site's own
+    pinned CA and not revoked."""
+    if not nxt.evaluators:
+        return []
+    plan = checked.plan
+    if not (nxt.final and plan.run.evaluate_at_sites):
+        raise PkiError("the coordinator named evaluators, but the signed plan asks for none")
+    names = [e.site_id for e in nxt.evaluators]
+    if len(set(names)) != len(names) or not set(names) <= set(plan.run.sites):
+        raise PkiError("the coordinator named evaluators the signed plan does not list")
+    out = []
+    for e in nxt.evaluators:
+        who = Identity(federation=tls.identity.federation, kind="site", name=e.site_id)
+        party = check_party(
+            tls.ca_pem, e.signing_certificate_pem, e.encryption_certificate_pem, who
+        )
+        refuse_revoked(
+            revoked, who.spiffe_id, e.signing_certificate_pem, e.encryption_certificate_pem
+        )
+        out.append(RecipientKey(spiffe_id=who.spiffe_id, public_key=party.encryption_key))
+    return out
