@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ PLAN = """
 [run]
 name = "cli"
 sites = ["alpha", "beta"]
+evaluate_at_sites = true
 
 [model]
 name = "logreg"
@@ -78,6 +80,17 @@ def test_submit_watch_status_fetch(tmp_path: Path) -> None:
 
         status = baton("status", run_id, "--admin", str(admin))
         assert status.stdout.count("completed") == 2
+
+        # Each site evaluates the final model after the run; status then shows the scores.
+        def scores(out: str) -> str:
+            return out.split("final model", 1)[1] if "final model" in out else ""
+
+        for _ in range(60):
+            if all(f"│ {s} " in scores(status.stdout) for s in SITES):
+                break
+            time.sleep(0.5)
+            status = baton("status", run_id, "--admin", str(admin))
+        assert all(f"│ {s} " in scores(status.stdout) for s in SITES), status.stdout
 
         verified = baton("verify-run", run_id, "--admin", str(admin))
         assert verified.returncode == 0, verified.stdout + verified.stderr
