@@ -18,10 +18,13 @@ def register(app: typer.Typer) -> None:
 
 
 def lab(
-    out: Annotated[Path, typer.Option(help="Directory for results.json, results.md, the plot.")],
+    out: Annotated[Path, typer.Option(help="Directory for results.json, results.md, the plots.")],
     grid: Annotated[
-        str, typer.Option(help="smoke, reduced, full, or the same with -remedies.")
+        str, typer.Option(help="smoke, reduced, acceptance, full, or the same with -remedies.")
     ] = "smoke",
+    jobs: Annotated[
+        int, typer.Option(min=1, help="Worker processes running trials (one torch thread each).")
+    ] = 1,
 ) -> None:
     """Measure how much the order of sites matters and how well each strategy picks it."""
     import torch
@@ -34,14 +37,15 @@ def lab(
     console = Console(highlight=False, stderr=True)
     torch.set_num_threads(1)
     chosen = GRIDS[grid]
-    records, seconds = run_grid(chosen, console.print)
+    records, seconds = run_grid(chosen, console.print, jobs=jobs)
     meta = {
         "grid": chosen.name,
         "seconds": seconds,
         "seeds": list(chosen.seeds),
         "repetitions": chosen.repetitions,
         "torch_threads": 1,
-        "plot": "SVG (matplotlib is not installed)",
+        "jobs": jobs,
+        "plot": "percentiles.png (matplotlib, Agg) and percentiles.svg",
     }
     for path in write_outputs(out, records, meta):
         console.print(f"wrote {path}")

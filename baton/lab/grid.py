@@ -15,6 +15,7 @@ from baton.data import Federation, Partition, make_federation
 from baton.lab.baselines import centralized_accuracy, fedavg_accuracy
 from baton.lab.batched import pooled_val
 from baton.lab.oracle import OrderScores, candidate_orders, evaluate_orders, pooled_accuracy
+from baton.lab.parallel import trials_by_cell
 from baton.lab.runner import gather_probes, published_profiles, strategy_schedule
 from baton.lab.summary import summarize
 from baton.plan import ModelSection, RunPlan, RunSection, TaskSection, TrainingSection
@@ -70,7 +71,7 @@ class Grid:
     """A set of cells, each run over the same partition seeds and repetitions."""
 
     name: str
-    """``smoke``, ``reduced`` or ``full``."""
+    """``smoke``, ``reduced``, ``acceptance`` or ``full`` (each also ``*-remedies``)."""
     cells: tuple[Cell, ...]
     """The settings."""
     seeds: tuple[int, ...]
@@ -152,6 +153,13 @@ GRIDS: dict[str, Grid] = {
         seeds=(0, 1, 2),
         repetitions=2,
     ),
+    # The issue's order-sensitive acceptance cells: digits, label skew, 5 local epochs.
+    "acceptance": Grid(
+        name="acceptance",
+        cells=_cells(["digits"], [_dirichlet(0.1), _dirichlet(0.5)], [3, 5, 7], [5], [1, 3]),
+        seeds=tuple(range(10)),
+        repetitions=4,
+    ),
     "full": Grid(
         name="full",
         cells=_cells(
@@ -182,7 +190,7 @@ along each cycle and a proximal pull toward each hop's incoming weights; those g
 hand the model on 5 times as often (``transfer_factor``). Proportional steps are left
 out: with local epochs the steps are already proportional to size."""
 
-for _name in ("smoke", "reduced", "full"):
+for _name in ("smoke", "reduced", "acceptance", "full"):
     GRIDS[f"{_name}-remedies"] = replace(
         GRIDS[_name], name=f"{_name}-remedies", remedies=dict(REMEDIES), transfer_factor=5
     )
@@ -354,20 +362,29 @@ def _accuracy_of(
 
 
 def run_grid(
-    grid: Grid, progress: Callable[[str], None] | None = None
+    grid: Grid, progress: Callable[[str], None] | None = None, *, jobs: int = 1
 ) -> tuple[list[dict[str, Any]], float]:
-    """Runs every cell of ``grid``; returns the records and the wall-clock seconds."""
+    """Runs every cell of ``grid``; returns the records and the wall-clock seconds.
+
+    ``jobs`` worker processes run the trials (``baton.lab.parallel``); the records are
+    the same for any ``jobs`` (but for measured seconds) and come in the grid's order.
+
+    Raises:
+        ValueError: ``jobs`` is below 1.
+    """
     started = time.perf_counter()
-    records: list[dict[str, Any]] = []
-    for n, nominal in enumerate(grid.cells, start=1):
-        cell = grid.effective(nominal)
-        cell_started = time.perf_counter()
-        trials = [run_trial(cell, grid, seed) for seed in grid.seeds]
-        records.extend(summarize(cell, trials, remedies=grid.remedies_label))
+    cells = [grid.effective(nominal) for nominal in grid.cells]
+    per_cell: dict[int, list[dict[str, Any]]] = {}
+    for finished, (i, trials) in enumerate(
+        trials_by_cell(cells, grid, run_trial, jobs=jobs), start=1
+    ):
+        cell = cells[i]
+        per_cell[i] = summarize(cell, trials, remedies=grid.remedies_label)
         if progress is not None:
             progress(
-                f"cell {n}/{len(grid.cells)} {cell.dataset} {cell.partition_label} "
-                f"K={cell.k} epochs={cell.local_epochs} cycles={cell.cycles}: "
-                f"{time.perf_counter() - cell_started:.1f} s"
+                f"cell {i + 1}/{len(cells)} ({finished} done) {cell.dataset} "
+                f"{cell.partition_label} K={cell.k} epochs={cell.local_epochs} "
+                f"cycles={cell.cycles}: {time.perf_counter() - started:.1f} s elapsed"
             )
+    records = [r for i in range(len(cells)) for r in per_cell[i]]
     return records, time.perf_counter() - started

@@ -1,4 +1,4 @@
-"""The lab's outputs: ``results.json``, a markdown table, and an SVG plot of percentiles."""
+"""The lab's outputs: ``results.json``, a markdown table, and plots of percentiles (PNG, SVG)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 RESULTS_FILE = "results.json"
 TABLE_FILE = "results.md"
 PLOT_FILE = "percentiles.svg"
+PNG_FILE = "percentiles.png"
 REQUIRED_KEYS = (
     "dataset",
     "partition",
@@ -132,10 +133,58 @@ def svg_plot(records: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(parts) + "\n"
 
 
+def png_plot(records: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """Writes a heat map of mean percentiles, one row per cell and one column per strategy,
+    as a PNG (matplotlib's Agg backend, no display needed).
+
+    Each square carries its percentile; cells where order does not beat noise are marked
+    ``(order ~ noise)`` in their row label.
+    """
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cells: dict[str, dict[str, Any]] = {}
+    sensitive: dict[str, bool] = {}
+    for r in records:
+        key = _cell_key(r)
+        cells.setdefault(key, {})[r["strategy"]] = r["percentile_mean"]
+        sensitive[key] = bool(r.get("order_sensitive"))
+    strategies = list(dict.fromkeys(r["strategy"] for r in records))
+    values = np.full((len(cells), len(strategies)), np.nan)
+    for i, row in enumerate(cells.values()):
+        for j, name in enumerate(strategies):
+            if row.get(name) is not None:
+                values[i, j] = row[name]
+    labels = [k + ("" if sensitive[k] else " (order ~ noise)") for k in cells]
+    label_width = 0.065 * max((len(label) for label in labels), default=0)
+    # A figure on its own Agg canvas: no pyplot, no global backend, nothing to close.
+    fig = Figure(
+        figsize=(
+            max(7.0, 2.0 + label_width + 0.6 * len(strategies)),
+            max(3.0, 1.8 + 0.3 * len(cells)),
+        ),
+        layout="constrained",
+    )
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+    ax.set_xticks(range(len(strategies)), strategies, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            text = "n/a" if np.isnan(values[i, j]) else f"{values[i, j]:.0f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7)
+    ax.set_title("Mean percentile of the chosen order among all orders", fontsize=10)
+    fig.colorbar(image, ax=ax, label="percentile", shrink=0.8)
+    fig.savefig(path, format="png", dpi=100)
+
+
 def write_outputs(
     out_dir: Path, records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]
 ) -> list[Path]:
-    """Writes ``results.json``, ``results.md`` and ``percentiles.svg`` into ``out_dir``.
+    """Writes ``results.json``, ``results.md``, ``percentiles.png`` and ``percentiles.svg``
+    into ``out_dir``.
 
     Returns:
         The paths written.
@@ -143,8 +192,9 @@ def write_outputs(
     out_dir.mkdir(parents=True, exist_ok=True)
     clean = [_clean(dict(r)) for r in records]
     payload = {"meta": _clean(dict(meta)), "records": clean}
-    paths = [out_dir / RESULTS_FILE, out_dir / TABLE_FILE, out_dir / PLOT_FILE]
+    paths = [out_dir / RESULTS_FILE, out_dir / TABLE_FILE, out_dir / PNG_FILE, out_dir / PLOT_FILE]
     paths[0].write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     paths[1].write_text(markdown_table(clean), encoding="utf-8")
-    paths[2].write_text(svg_plot(clean), encoding="utf-8")
+    png_plot(clean, paths[2])
+    paths[3].write_text(svg_plot(clean), encoding="utf-8")
     return paths

@@ -195,6 +195,10 @@ def test_smoke_grid_end_to_end_through_the_command(tmp_path: Path) -> None:
     assert fixed["regret_mean"] >= 0.0
     table = (tmp_path / "results.md").read_text(encoding="utf-8")
     assert table.count("\n") == len(records) + 2
+    png = (tmp_path / "percentiles.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert len(png) > 1000
+    assert payload["meta"]["jobs"] == 1
     svg = ET.parse(tmp_path / "percentiles.svg").getroot()
     assert svg.tag.endswith("svg")
     assert len([e for e in svg.iter() if e.tag.endswith("rect")]) == len(records)

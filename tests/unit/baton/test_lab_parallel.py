@@ -1,0 +1,64 @@
+"""Tests for the lab's worker processes and the acceptance grid."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import pytest
+
+from baton.lab.grid import GRIDS, run_grid, run_trial
+from baton.lab.parallel import trials_by_cell
+
+TIMED = ("decide_seconds", "extra_train_seconds")
+"""Record fields that hold measured wall-clock time, so differ between runs."""
+
+
+def _untimed(records: list[dict[str, Any]]) -> str:
+    """The records without timings, as JSON text (so that NaN equals NaN)."""
+    return json.dumps([{k: v for k, v in r.items() if k not in TIMED} for r in records])
+
+
+def test_worker_processes_give_the_serial_records_in_grid_order() -> None:
+    smoke = GRIDS["smoke"]
+    grid = dataclasses.replace(
+        smoke,
+        cells=(smoke.cells[0], dataclasses.replace(smoke.cells[0], k=2)),
+        seeds=(0, 1),
+        strategies=tuple(s for s in smoke.strategies if s[0] in {"fixed", "random", "path:max"}),
+    )
+    serial, _ = run_grid(grid, jobs=1)
+    lines: list[str] = []
+    parallel, _ = run_grid(grid, lines.append, jobs=2)
+    assert _untimed(parallel) == _untimed(serial)
+    assert [r["k"] for r in parallel][:4] == [3, 3, 3, 3]
+    assert {r["strategy"] for r in serial} == {"fixed", "random", "path:max", "fedavg"}
+    assert len(lines) == 2
+
+
+def test_jobs_below_one_is_refused() -> None:
+    smoke = GRIDS["smoke"]
+    with pytest.raises(ValueError, match="'jobs' must be at least 1"):
+        next(trials_by_cell(smoke.cells, smoke, run_trial, jobs=0))
+
+
+def test_acceptance_grid_holds_the_order_sensitive_cells() -> None:
+    grid = GRIDS["acceptance"]
+    cells = {
+        (c.dataset, c.partition.kind, c.partition.alpha, c.local_epochs, c.cycles, c.k)
+        for c in grid.cells
+    }
+    assert cells == {
+        ("digits", "dirichlet", alpha, 5, cycles, k)
+        for alpha in (0.1, 0.5)
+        for cycles in (1, 3)
+        for k in (3, 5, 7)
+    }
+    assert len(grid.cells) == len(cells)
+    assert len(grid.seeds) >= 10
+    assert grid.repetitions >= 4
+    remedies = GRIDS["acceptance-remedies"]
+    assert remedies.cells == grid.cells
+    assert remedies.remedies
+    assert remedies.transfer_factor > 1
