@@ -240,7 +240,8 @@ def train_local(
     if has_input_norm(model) and fit_input_norm(model, x):
         logger.info("fitted the model's input normalization on %d local examples", n)
     # A sequence model learns the next token at every position of each window.
-    targets = sequence_targets(x, y) if is_sequence_model(model) else y
+    sequence = is_sequence_model(model)
+    targets = sequence_targets(x, y) if sequence else y
     total = total_steps(n, training)
     reports = _report_steps(total) if progress is not None else set()
     steps_per_epoch = math.ceil(n / training.batch_size)
@@ -248,12 +249,8 @@ def train_local(
     optimizer = _optimizer(params, training, hop_lr(training, hop_index, num_sites))
     mu = training.proximal_mu
     anchor = [p.detach().clone() for p in params] if mu > 0 else []
-    offset = (
-        _log_prior(targets.flatten(), num_outputs)
-        if training.logit_adjustment
-        else torch.zeros(num_outputs)
-    )
-    losses = torch.zeros(total)
+    offset = _log_prior(targets.flatten(), num_outputs) if training.logit_adjustment else None
+    losses: list[torch.Tensor] = []
     was_training = model.training
     started = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
@@ -267,23 +264,28 @@ def train_local(
                 for start in range(0, n, training.batch_size):
                     idx = order[start : start + training.batch_size]
                     optimizer.zero_grad(set_to_none=True)
-                    logits = model(x[idx]) + offset
-                    loss = F.cross_entropy(logits.flatten(0, -2), targets[idx].flatten())
+                    logits = model(x[idx])
+                    if offset is not None:
+                        logits = logits + offset
+                    if sequence:
+                        loss = F.cross_entropy(logits.flatten(0, 1), targets[idx].flatten())
+                    else:
+                        loss = F.cross_entropy(logits, targets[idx])
                     if mu > 0:
                         torch.autograd.backward(loss + proximal_penalty(params, anchor, mu))
                     else:
                         torch.autograd.backward(loss)
                     optimizer.step()
-                    losses[step] = loss.detach()
+                    losses.append(loss.detach())
                     step += 1
                     if progress is not None and step in reports:
-                        progress(step, total, float(losses[step - 1]))
+                        progress(step, total, float(losses[-1]))
                     if step == total:
                         break
         finally:
             model.train(was_training)
     seconds = time.perf_counter() - started
-    final_loss = float(losses[max(0, total - steps_per_epoch) :].mean())
+    final_loss = float(torch.stack(losses[max(0, total - steps_per_epoch) :]).mean())
     if not math.isfinite(final_loss):
         raise ModelError("local training diverged: the training loss is not finite")
     logger.debug("trained %d steps on %d examples in %.3f s", total, n, seconds)
