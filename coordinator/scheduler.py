@@ -79,6 +79,9 @@ class Scheduler:
         self._clock = clock
         self._changed = threading.Condition(threading.RLock())
         self._version = 0
+        # Runs whose evaluations need no more looking at: their plan asks for none, or
+        # every site has reported. Plans never change, and neither do reports.
+        self._evaluations_settled: set[str] = set()
 
     # -- change notification ----------------------------------------------------------
 
@@ -405,17 +408,19 @@ class Scheduler:
         ``site_id`` has not evaluated yet."""
         out = []
         for run in self._store.list_runs():
-            if (
-                run.state is not RunState.SUCCEEDED
-                or site_id not in run.sites
-                or "evaluate_at_sites" not in run.plan_toml
-                or not parse_plan(run.plan_toml, source="run plan").run.evaluate_at_sites
-            ):
+            if run.state is not RunState.SUCCEEDED or run.run_id in self._evaluations_settled:
                 continue
-            if not any(
-                e.kind is EventKind.SITE_EVALUATED and e.site_id == site_id
+            if not parse_plan(run.plan_toml, source="run plan").run.evaluate_at_sites:
+                self._evaluations_settled.add(run.run_id)
+                continue
+            reported = {
+                e.site_id
                 for e in self._store.list_events(run.run_id)
-            ):
+                if e.kind is EventKind.SITE_EVALUATED
+            }
+            if reported >= set(run.sites):
+                self._evaluations_settled.add(run.run_id)
+            elif site_id in run.sites and site_id not in reported:
                 out.append(run)
         return out
 
