@@ -27,11 +27,12 @@ from baton.codec import load_into, load_state_file
 from baton.data import Federation, Partition
 from baton.errors import BatonError
 from baton.localfed import provision, start, wait_until_online
+from baton.models import plan_model
 from baton.owner import fetch_result
 from baton.plan import RunPlan, parse_plan
 from baton.procs import ProcessGroup
 from baton.sealing import AppKeys
-from baton.simulate import initial_model, train_centralized
+from baton.simulate import train_centralized
 from baton.v1 import admin_pb2, common_pb2
 from site_node.trainer import evaluate
 
@@ -189,7 +190,7 @@ def _follow(
 
 
 def _evaluate_result(plan: RunPlan, fed: Federation, path: Path) -> dict[str, float]:
-    model = initial_model(plan, fed)
+    model = plan_model(plan, fed.schema)
     load_into(model, load_state_file(path))
     with torch.no_grad():
         return evaluate(model, fed.test)

@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from baton import models_lm
 from baton.errors import DataError, ModelError
+
+if TYPE_CHECKING:
+    from baton.data import Schema
+    from baton.plan import RunPlan
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +166,18 @@ def build_model(
         model = builder(args, num_features, num_classes)
     logger.debug("built model %s with %d features, %d classes", name, num_features, num_classes)
     return model
+
+
+def plan_model(plan: RunPlan, schema: Schema) -> nn.Module:
+    """The model a run plan names, sized for the task's schema, drawn from the plan's seed:
+    every site builds hop 0's model (and checks incoming weights) against it."""
+    return build_model(
+        plan.model.name,
+        plan.model.args,
+        num_features=len(schema.feature_names),
+        num_classes=schema.num_classes,
+        seed=plan.run.seed,
+    )
 
 
 def has_input_norm(model: nn.Module) -> bool:

@@ -9,12 +9,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from baton.codec import state_of
-from baton.models import build_model
+from baton.models import plan_model
 from site_node.trainer import TrainResult, evaluate, hop_seed, train_local
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
 
     from baton.data import Federation
     from baton.plan import RunPlan
@@ -52,17 +51,6 @@ class SimulationResult:
     """The final model on the federation's held-out test set."""
 
 
-def initial_model(plan: RunPlan, federation: Federation) -> nn.Module:
-    """The model the plan names, sized for the federation's schema, drawn from the plan's seed."""
-    return build_model(
-        plan.model.name,
-        plan.model.args,
-        num_features=len(federation.schema.feature_names),
-        num_classes=federation.schema.num_classes,
-        seed=plan.run.seed,
-    )
-
-
 def simulate_sequential(
     plan: RunPlan,
     federation: Federation,
@@ -91,7 +79,7 @@ def simulate_sequential(
         for site in order:
             if site not in federation.sites:
                 raise ValueError(f"order names unknown site {site!r}")
-    model = initial_model(plan, federation)
+    model = plan_model(plan, federation.schema)
     records: list[HopRecord] = []
     for cycle, order in enumerate(orders):
         for site in order:
@@ -134,7 +122,7 @@ def train_centralized(plan: RunPlan, federation: Federation) -> dict[str, float]
     trains at the constant ``lr``, without proximal penalty or proportional steps, so the
     baseline is the same whichever remedies a plan turns on.
     """
-    model = initial_model(plan, federation)
+    model = plan_model(plan, federation.schema)
     cycles = plan.run.cycles
     training = dataclasses.replace(
         plan.training, proportional_steps=False, lr_schedule="constant", proximal_mu=0.0

@@ -406,40 +406,46 @@ class Scheduler:
     def pending_evaluations(self, site_id: str) -> list[RunRecord]:
         """Finished runs whose plan asks every site to evaluate the final model and that
         ``site_id`` has not evaluated yet."""
-        out = []
-        for run in self._store.list_runs():
-            if run.state is not RunState.SUCCEEDED or run.run_id in self._evaluations_settled:
-                continue
-            if not parse_plan(run.plan_toml, source="run plan").run.evaluate_at_sites:
-                self._evaluations_settled.add(run.run_id)
-                continue
-            reported = {
-                e.site_id
-                for e in self._store.list_events(run.run_id)
-                if e.kind is EventKind.SITE_EVALUATED
-            }
-            if reported >= set(run.sites):
-                self._evaluations_settled.add(run.run_id)
-            elif site_id in run.sites and site_id not in reported:
-                out.append(run)
-        return out
+        return [
+            run
+            for run in self._store.list_runs()
+            if run.run_id not in self._evaluations_settled and self.expects_evaluation(site_id, run)
+        ]
+
+    def expects_evaluation(self, site_id: str, run: RunRecord) -> bool:
+        """Whether ``run`` has ended and awaits ``site_id``'s evaluation of its final model."""
+        if run.state is not RunState.SUCCEEDED or run.run_id in self._evaluations_settled:
+            return False
+        if not parse_plan(run.plan_toml, source="run plan").run.evaluate_at_sites:
+            self._evaluations_settled.add(run.run_id)
+            return False
+        reported = {
+            e.site_id
+            for e in self._store.list_events(run.run_id)
+            if e.kind is EventKind.SITE_EVALUATED
+        }
+        if reported >= set(run.sites):
+            self._evaluations_settled.add(run.run_id)
+        return site_id in run.sites and site_id not in reported
 
     def evaluated(self, site_id: str, run_id: str, metrics: dict[str, float]) -> None:
         """Records a site's evaluation of a finished run's final model.
 
         Raises:
+            NotFoundError: The run does not exist.
             ConflictError: The run did not ask ``site_id`` for an evaluation, or it has
                 one from that site already.
         """
         with self._changed:
-            if run_id not in {r.run_id for r in self.pending_evaluations(site_id)}:
+            run = self._store.get_run(run_id)
+            if not self.expects_evaluation(site_id, run):
                 raise ConflictError(
                     f"run {run_id} expects no evaluation from site {site_id}", run_id=run_id
                 )
             self._event(
                 run_id,
                 EventKind.SITE_EVALUATED,
-                hop_index=self._store.get_run(run_id).total_hops,
+                hop_index=run.total_hops,
                 site_id=site_id,
                 message="evaluation",
                 metrics=metrics,

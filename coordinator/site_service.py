@@ -166,54 +166,40 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
 
     def _assignment(self, hop: HopRecord) -> site_pb2.Assignment:
         run = self._store.get_run(hop.run_id)
+        return self._offer(run, hop_index=hop.hop_index, cycle=hop.cycle, model=hop.input)
+
+    def _evaluation(self, run: RunRecord) -> site_pb2.Assignment:
+        """The assignment to evaluate ``run``'s final model: the owner's hop, as it were."""
+        last = self._store.get_hop(run.run_id, run.total_hops - 1)
+        msg = self._offer(run, hop_index=run.total_hops, cycle=last.cycle, model=run.result)
+        msg.evaluate_only = True
+        return msg
+
+    def _offer(
+        self, run: RunRecord, *, hop_index: int, cycle: int, model: BlobRef | None
+    ) -> site_pb2.Assignment:
+        """An assignment for ``hop_index`` of ``run``, whose input ``model`` the hop before
+        sealed (with that hop's sender and the manifest before it, to check the chain)."""
         msg = site_pb2.Assignment(
-            run_id=hop.run_id,
-            hop_index=hop.hop_index,
-            cycle=hop.cycle,
+            run_id=run.run_id,
+            hop_index=hop_index,
+            cycle=cycle,
             total_hops=run.total_hops,
             plan_toml=run.plan_toml,
-            input=blob_ref_to_proto(hop.input),
+            input=blob_ref_to_proto(model),
             plan_signature=run.plan_signature,
             owner_signing_certificate_pem=run.owner_signing_certificate_pem,
             owner_encryption_certificate_pem=run.owner_encryption_certificate_pem,
         )
-        if hop.hop_index:
-            prev = self._store.get_hop(hop.run_id, hop.hop_index - 1)
+        if hop_index:
+            prev = self._store.get_hop(run.run_id, hop_index - 1)
             sender = self._store.get_site(prev.site_id)
             msg.previous_site_id = prev.site_id
             msg.input_manifest = prev.output_manifest
             msg.sender_signing_certificate_pem = sender.signing_certificate_pem
             msg.sender_encryption_certificate_pem = sender.encryption_certificate_pem
-        if hop.hop_index >= 2:
-            msg.previous_manifest = self._store.get_hop(
-                hop.run_id, hop.hop_index - 2
-            ).output_manifest
-        return msg
-
-    def _evaluation(self, run: RunRecord) -> site_pb2.Assignment:
-        """The assignment to evaluate ``run``'s final model: the owner's hop, as it were."""
-        last = self._store.get_hop(run.run_id, run.total_hops - 1)
-        sender = self._store.get_site(last.site_id)
-        msg = site_pb2.Assignment(
-            run_id=run.run_id,
-            hop_index=run.total_hops,
-            cycle=last.cycle,
-            total_hops=run.total_hops,
-            plan_toml=run.plan_toml,
-            input=blob_ref_to_proto(run.result),
-            plan_signature=run.plan_signature,
-            owner_signing_certificate_pem=run.owner_signing_certificate_pem,
-            owner_encryption_certificate_pem=run.owner_encryption_certificate_pem,
-            previous_site_id=last.site_id,
-            input_manifest=last.output_manifest,
-            sender_signing_certificate_pem=sender.signing_certificate_pem,
-            sender_encryption_certificate_pem=sender.encryption_certificate_pem,
-            evaluate_only=True,
-        )
-        if run.total_hops >= 2:
-            msg.previous_manifest = self._store.get_hop(
-                run.run_id, run.total_hops - 2
-            ).output_manifest
+        if hop_index >= 2:
+            msg.previous_manifest = self._store.get_hop(run.run_id, hop_index - 2).output_manifest
         return msg
 
     @translate_errors
@@ -221,23 +207,20 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         self, request: site_pb2.DownloadBlobRequest, context: grpc.ServicerContext
     ) -> Iterator[common_pb2.BlobChunk]:
         site_id = self._site(context).name
-        blob = self._evaluated_blob(site_id, request.run_id, request.hop_index)
-        if blob is None:
+        run = self._store.get_run(request.run_id)
+        if request.hop_index == run.total_hops and self._scheduler.expects_evaluation(site_id, run):
+            blob = run.result  # the final model, for the site to evaluate
+        else:
             hop = self._scheduler.hop_for_site(site_id, request.run_id, request.hop_index)
             if hop.input is None:
                 raise NotFoundError(f"hop {hop.hop_index} has no input model (it is the first hop)")
             blob = hop.input
+        if blob is None:
+            raise NotFoundError(f"run {run.run_id} has no final model")
         offset = request.offset
         for data in self._blobs.read(blob.blob_id, offset=offset, chunk_size=CHUNK_BYTES):
             yield common_pb2.BlobChunk(offset=offset, data=data)
             offset += len(data)
-
-    def _evaluated_blob(self, site_id: str, run_id: str, hop_index: int) -> BlobRef | None:
-        """The final model, when ``site_id`` asks for it to evaluate it; else None."""
-        for run in self._scheduler.pending_evaluations(site_id):
-            if run.run_id == run_id and hop_index == run.total_hops:
-                return run.result
-        return None
 
     @translate_errors
     def UploadBlob(

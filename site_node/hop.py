@@ -26,7 +26,7 @@ from baton.data import Schema, SiteData
 from baton.envelope import Expectation, open_file
 from baton.errors import BatonError, BlobError, ConfigError, DataError, ModelError, PkiError
 from baton.hop_manifest import SealError
-from baton.models import build_model
+from baton.models import plan_model
 from baton.pki import Identity
 from baton.plan import parse_plan
 from baton.replay import MemoryReplayGuard, ReplayGuard
@@ -330,13 +330,7 @@ class HopRunner:
             )
         if self._me.name not in plan.run.sites:
             raise PkiError(f"the signed plan of run {a.run_id} does not list this site")
-        model = build_model(
-            plan.model.name,
-            plan.model.args,
-            num_features=len(schema.feature_names),
-            num_classes=schema.num_classes,
-            seed=plan.run.seed,
-        )
+        model = plan_model(plan, schema)
         schema_digest = schema_hash(state_of(model))
         incoming = blob_ref_from_proto(a.input)
         input_digest = plan_digest

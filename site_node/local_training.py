@@ -263,7 +263,7 @@ def train_parallel(
         )
         for attempt in itertools.count():
             try:
-                output = _launch(job_path, starter, forward, should_stop, nodes)
+                output = _launch(job_path, plan, starter, forward, should_stop, nodes)
                 break
             except WorkerError as exc:
                 if not exc.retryable or attempt >= restarts:
@@ -307,6 +307,7 @@ def train_parallel(
 
 def _launch(
     job_path: Path,
+    plan: ParallelPlan,
     starter: Starter,
     progress: Callable[[dict[str, Any]], None],
     should_stop: Callable[[], bool] | None,
@@ -315,8 +316,7 @@ def _launch(
     if nodes is None:
         return launch(job_path, starter=starter, progress=progress, should_stop=should_stop)
     rendezvous = nodes.rendezvous()
-    nproc = Job.read(job_path).plan.world_size // nodes.nodes
-    announce(nodes.shared_dir, job_path, rendezvous, nproc=nproc)
+    announce(nodes.shared_dir, job_path, rendezvous, nproc=plan.world_size // nodes.nodes)
     try:
         return launch(
             job_path,

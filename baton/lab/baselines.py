@@ -10,7 +10,8 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from baton.codec import state_of
-from baton.simulate import initial_model, train_centralized
+from baton.models import plan_model
+from baton.simulate import train_centralized
 from site_node.trainer import evaluate, hop_seed, train_local
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ def fedavg_accuracy(plan: RunPlan, federation: Federation) -> float:
     """
 
     def fresh() -> torch.nn.Module:
-        return initial_model(plan, federation)
+        return plan_model(plan, federation.schema)
 
     training = dataclasses.replace(plan.training, lr_schedule="constant", proximal_mu=0.0)
     model = fresh()

@@ -14,7 +14,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from baton.data import Split
-from baton.simulate import initial_model
+from baton.models import plan_model
 from site_node.trainer import hop_lr, hop_seed, proximal_penalty, total_steps
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ def train_orders_batched(
     for order in orders:
         if any(s not in federation.sites for s in order):
             raise ValueError(f"order {list(order)} names an unknown site")
-    model = initial_model(plan, federation)
+    model = plan_model(plan, federation.schema)
     model.train()
     n = len(orders)
     params = {

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from baton.lab.batched import pooled_val, supports_batched, train_orders_batched
-from baton.simulate import initial_model, simulate_sequential
+from baton.models import plan_model
+from baton.simulate import simulate_sequential
 from site_node.trainer import evaluate
 
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ def evaluate_orders(
 
 def pooled_accuracy(plan: RunPlan, federation: Federation, state: Any, pooled: Any) -> float:
     """Accuracy of the model ``state`` (built as ``plan`` says) on the split ``pooled``."""
-    model = initial_model(plan, federation)
+    model = plan_model(plan, federation.schema)
     model.load_state_dict(state)
     return evaluate(model, pooled)["accuracy"]
 

@@ -15,7 +15,7 @@ from baton.codec import load_into, load_state_file
 from baton.data import Partition, read_site_data
 from baton.hop_manifest import HopManifest
 from baton.localfed import provision, start, wait_until_online
-from baton.models import build_model
+from baton.models import plan_model
 from baton.owner import fetch_result
 from baton.plan import parse_plan
 from baton.procs import ProcessGroup
@@ -112,13 +112,7 @@ def test_every_site_evaluates_the_final_model_and_a_later_run_uses_it(tmp_path: 
     assert sorted(e.site_id for e in evaluations) == sorted(SITES)
     for event in evaluations:
         schema, data = read_site_data(layout.site_dir(event.site_id) / "data")
-        model = build_model(
-            plan.model.name,
-            plan.model.args,
-            num_features=len(schema.feature_names),
-            num_classes=schema.num_classes,
-            seed=0,
-        )
+        model = plan_model(plan, schema)
         load_into(model, load_state_file(result))
         assert dict(event.metrics) == evaluate(model, data.val)
         assert event.hop_index == len(SITES)

@@ -17,7 +17,7 @@ from baton.admin_client import AdminClient
 from baton.codec import load_state_file, state_of
 from baton.data import Partition, read_site_data
 from baton.localfed import provision, start, wait_until_online
-from baton.models import build_model
+from baton.models import plan_model
 from baton.owner import fetch_result
 from baton.plan import parse_plan
 from baton.procs import ProcessGroup
@@ -61,13 +61,7 @@ def _uninterrupted(site_dir: Path, tmp_path: Path) -> dict[str, torch.Tensor]:
     """North's hop trained in this process's workers, never interrupted."""
     plan = parse_plan(PLAN)
     schema, data = read_site_data(site_dir / "data")
-    model = build_model(
-        plan.model.name,
-        plan.model.args,
-        num_features=len(schema.feature_names),
-        num_classes=schema.num_classes,
-        seed=plan.run.seed,
-    )
+    model = plan_model(plan, schema)
     train_parallel(
         model,
         data.train,
