@@ -1,4 +1,11 @@
-"""Many orders trained at once: the site trainer's SGD, vectorized over stacked models."""
+"""Many schedules trained at once: the site trainer's SGD on stacked MLPs, by hand.
+
+Runs whose schedules share a prefix share the model it trains: they are one *slot*
+until their schedules part, so a tree of prefixes is trained, not every run from
+scratch. At each hop the slots that visit the same site train together, their weights
+stacked on a leading dimension and updated with batched matrix products (forward and
+backward written out for the MLP: no autograd, no per-run Python).
+"""
 
 from __future__ import annotations
 
@@ -11,11 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, vmap
 
 from baton.data import Split
-from baton.models import plan_model
-from site_node.trainer import hop_lr, hop_seed, proximal_penalty, total_steps
+from baton.models import MLP, plan_model
+from site_node.trainer import hop_lr, hop_seed, total_steps
 
 if TYPE_CHECKING:
     from baton.data import Federation
@@ -23,23 +29,34 @@ if TYPE_CHECKING:
 
 _MIN_STD = 1e-6  # as baton.models.fit_input_norm
 
+HOP_METRICS = ("accuracy", "loss")
+"""What :attr:`OrderAccuracies.before` and ``after`` hold on their last axis."""
+
+Schedule = Sequence[Sequence[str]]
+"""One order of site ids per cycle."""
+
 
 @dataclass(frozen=True, kw_only=True, slots=True, eq=False)
 class OrderAccuracies:
-    """Final accuracies of a set of runs, one per order."""
+    """Final accuracies of a set of runs, and what their hops measured."""
 
     test: np.ndarray[Any, np.dtype[np.float64]]
-    """Accuracy on the federation's held-out test set, one per order."""
+    """Accuracy on the federation's held-out test set, one per run."""
     val: np.ndarray[Any, np.dtype[np.float64]]
     """Accuracy on all sites' validation splits pooled (what the sites can measure)."""
+    before: np.ndarray[Any, np.dtype[np.float64]]
+    """``[run, hop, metric]``: the incoming model on the hop's site's validation split,
+    metrics as :data:`HOP_METRICS` (``site_node.trainer.evaluate``'s)."""
+    after: np.ndarray[Any, np.dtype[np.float64]]
+    """``[run, hop, metric]``: the outgoing model, likewise."""
 
 
 def supports_batched(plan: RunPlan) -> bool:
-    """Whether :func:`train_orders_batched` reproduces ``train_local`` for this plan.
+    """Whether :func:`train_schedules_batched` reproduces ``train_local`` for this plan.
 
-    It does for SGD (any momentum and weight decay) on models without dropout.
+    It does for SGD (any momentum and weight decay) on the MLP without dropout.
     """
-    if plan.training.optimizer != "sgd":
+    if plan.training.optimizer != "sgd" or plan.model.name != "mlp":
         return False
     dropout = plan.model.args.get("dropout", 0.0)
     return not (isinstance(dropout, int | float) and dropout > 0)
@@ -56,161 +73,214 @@ def pooled_val(federation: Federation) -> Split:
 def train_orders_batched(
     plan: RunPlan, federation: Federation, orders: Sequence[Sequence[str]]
 ) -> OrderAccuracies:
-    """Trains one run per order, each repeating its order for ``plan.run.cycles`` cycles.
+    """One run per order, each repeating its order for ``plan.run.cycles`` cycles
+    (:func:`train_schedules_batched`)."""
+    return train_schedules_batched(plan, federation, [[o] * plan.run.cycles for o in orders])
+
+
+def train_schedules_batched(
+    plan: RunPlan, federation: Federation, schedules: Sequence[Schedule]
+) -> OrderAccuracies:
+    """Trains one run per schedule, as :func:`baton.simulate.simulate_sequential` would.
 
     Every run starts from the plan's initial model (``plan.run.seed``) and hop ``h``
-    trains with seed ``hop_seed(plan.run.seed, h)``, exactly as
-    :func:`baton.simulate.simulate_sequential`; the runs whose hop ``h`` visits the same
-    site take the same minibatches and are trained together, their parameters stacked
-    and the model applied with ``torch.func.vmap``. SGD with momentum and weight decay is
-    the update ``torch.optim.SGD`` makes; logit adjustment and the first hop's fit of the
-    input normalization are as in ``train_local``, and so are the forgetting remedies
-    (proportional steps, the cyclical learning rate, the proximal penalty toward each
-    hop's incoming weights). Results agree with the one-by-one
-    simulation to float rounding (vectorized matrix products round differently).
+    trains with seed ``hop_seed(plan.run.seed, h)``; the runs whose hop ``h`` visits the
+    same site take the same minibatches. SGD with momentum and weight decay is the update
+    ``torch.optim.SGD`` makes; logit adjustment and the first hop's fit of the input
+    normalization are as in ``train_local``, and so are the forgetting remedies
+    (proportional steps, the learning rate of ``hop_lr``, the proximal penalty toward
+    each hop's incoming weights). Results agree with the one-by-one simulation to float
+    rounding (batched matrix products round differently).
 
     Raises:
         ValueError: The plan is not supported (see :func:`supports_batched`), or the
-            orders are empty, ragged or name unknown sites.
+            schedules are empty, ragged or name unknown sites.
     """
     if not supports_batched(plan):
-        raise ValueError("batched training supports SGD without dropout only")
-    if not orders or len({len(o) for o in orders}) != 1 or not orders[0]:
-        raise ValueError("orders must be non-empty and of equal length")
-    for order in orders:
-        if any(s not in federation.sites for s in order):
-            raise ValueError(f"order {list(order)} names an unknown site")
+        raise ValueError("batched training supports SGD on the MLP without dropout only")
+    flat = [tuple(site for order in schedule for site in order) for schedule in schedules]
+    shapes = {tuple(len(o) for o in s) for s in schedules}
+    if not flat or len(shapes) != 1 or not flat[0] or len(set(next(iter(shapes)))) != 1:
+        raise ValueError("schedules must be non-empty, of equal cycles and equal length")
+    for schedule in schedules:
+        for order in schedule:
+            if any(s not in federation.sites for s in order):
+                raise ValueError(f"order {list(order)} names an unknown site")
     model = plan_model(plan, federation.schema)
-    model.train()
-    n = len(orders)
-    params = {
-        k: v.detach().unsqueeze(0).repeat(n, *[1] * v.ndim) for k, v in model.named_parameters()
-    }
-    buffers = {
-        k: v.detach().unsqueeze(0).repeat(n, *[1] * v.ndim) for k, v in model.named_buffers()
-    }
-    k_sites = len(orders[0])
-    for hop in range(plan.run.cycles * k_sites):
-        position = hop % k_sites
-        groups: dict[str, list[int]] = {}
-        for i, order in enumerate(orders):
-            groups.setdefault(order[position], []).append(i)
-        for site, members in groups.items():
-            idx = torch.tensor(members)
-            sub_p = {k: v[idx] for k, v in params.items()}
-            sub_b = {k: v[idx] for k, v in buffers.items()}
+    stack = _Stack.of(model)
+    k_sites = len(schedules[0][0])
+    n_hops = len(flat[0])
+    before = np.zeros((len(flat), n_hops, len(HOP_METRICS)))
+    after = np.zeros_like(before)
+    slot_of = [0] * len(flat)
+    for hop in range(n_hops):
+        # Runs in one slot that visit the same site stay together; others split off.
+        keys: dict[tuple[int, str], int] = {}
+        slot_of = [keys.setdefault((slot_of[i], run[hop]), len(keys)) for i, run in enumerate(flat)]
+        stack = stack.take([parent for parent, _ in keys])
+        slot_before = np.zeros((len(keys), len(HOP_METRICS)))
+        slot_after = np.zeros_like(slot_before)
+        by_site: dict[str, list[int]] = {}
+        for slot, (_, site) in enumerate(keys):
+            by_site.setdefault(site, []).append(slot)
+        for site, members in by_site.items():
+            data = federation.sites[site]
+            group = stack.take(members)
+            slot_before[members] = group.metrics(data.val)
             if hop == 0:
-                _fit_norm(sub_b, federation.sites[site].train.x)
-            _train_group(
-                model,
-                sub_p,
-                sub_b,
-                federation.sites[site].train,
+                group.fit_norm(data.train.x)
+            group.train(
+                data.train,
                 plan,
                 seed=hop_seed(plan.run.seed, hop),
                 lr=hop_lr(plan.training, hop, k_sites),
             )
-            for k in params:
-                params[k][idx] = sub_p[k]
-            for k in buffers:
-                buffers[k][idx] = sub_b[k]
+            slot_after[members] = group.metrics(data.val)
+            stack.put(members, group)
+        before[:, hop] = slot_before[slot_of]
+        after[:, hop] = slot_after[slot_of]
+    runs = stack.take(slot_of)
     return OrderAccuracies(
-        test=_accuracy(model, params, buffers, federation.test),
-        val=_accuracy(model, params, buffers, pooled_val(federation)),
+        test=runs.metrics(federation.test)[:, 0],
+        val=runs.metrics(pooled_val(federation))[:, 0],
+        before=before,
+        after=after,
     )
 
 
-def _fit_norm(buffers: dict[str, torch.Tensor], x_np: np.ndarray[Any, Any]) -> None:
-    x = torch.from_numpy(x_np)
-    mean = x.mean(dim=0)
-    std = x.std(dim=0, correction=0) if len(x) > 1 else torch.ones_like(mean)
-    std = torch.where(std < _MIN_STD, torch.ones_like(std), std)
-    buffers["input_norm.mean"] = mean.expand_as(buffers["input_norm.mean"]).clone()
-    buffers["input_norm.std"] = std.expand_as(buffers["input_norm.std"]).clone()
-    buffers["input_norm.fitted"] = torch.ones_like(buffers["input_norm.fitted"])
+@dataclass(kw_only=True, slots=True, eq=False)
+class _Stack:
+    """Stacked MLPs: per layer ``[S, out, in]`` weights and ``[S, out]`` biases, and
+    ``[S, F]`` input normalization."""
 
+    weights: list[torch.Tensor]
+    biases: list[torch.Tensor]
+    mean: torch.Tensor
+    std: torch.Tensor
 
-def _forward(model: nn.Module) -> Any:
-    def one(
-        p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], x: torch.Tensor
-    ) -> torch.Tensor:
-        out: torch.Tensor = functional_call(model, (p, b), (x,))
-        return out
+    @classmethod
+    def of(cls, model: nn.Module) -> _Stack:
+        if not isinstance(model, MLP):
+            raise ValueError("batched training needs the MLP")
+        linears = [m for m in model.body if isinstance(m, nn.Linear)]
+        kinds = [type(m) for m in model.body]
+        if kinds != [nn.Linear, nn.ReLU] * (len(linears) - 1) + [nn.Linear]:
+            raise ValueError("batched training needs Linear -> ReLU blocks and a linear head")
+        return cls(
+            weights=[m.weight.detach().unsqueeze(0).clone() for m in linears],
+            biases=[m.bias.detach().unsqueeze(0).clone() for m in linears],
+            mean=model.input_norm.mean.detach().unsqueeze(0).clone(),
+            std=model.input_norm.std.detach().unsqueeze(0).clone(),
+        )
 
-    return vmap(one, in_dims=(0, 0, None))
+    def take(self, slots: Sequence[int]) -> _Stack:
+        idx = torch.tensor(list(slots), dtype=torch.long)
+        return _Stack(
+            weights=[w[idx] for w in self.weights],
+            biases=[b[idx] for b in self.biases],
+            mean=self.mean[idx],
+            std=self.std[idx],
+        )
 
+    def put(self, slots: Sequence[int], other: _Stack) -> None:
+        idx = torch.tensor(list(slots), dtype=torch.long)
+        for mine, theirs in zip(
+            self.weights + self.biases, other.weights + other.biases, strict=True
+        ):
+            mine[idx] = theirs
+        self.mean[idx] = other.mean
+        self.std[idx] = other.std
 
-def _train_group(
-    model: nn.Module,
-    params: dict[str, torch.Tensor],
-    buffers: dict[str, torch.Tensor],
-    split: Split,
-    plan: RunPlan,
-    *,
-    seed: int,
-    lr: float,
-) -> None:
-    training = plan.training
-    x, y = torch.from_numpy(split.x), torch.from_numpy(split.y)
-    n = len(y)
-    num_classes = next(reversed(params.values())).shape[-1]
-    if training.logit_adjustment:
-        counts = torch.bincount(y, minlength=num_classes).double()
-        offset = torch.log((counts + 1) / (n + num_classes)).float()
-    else:
-        offset = torch.zeros(num_classes)
-    forward = _forward(model)
-    names = list(params)
-    tensors = [params[k].clone().requires_grad_(True) for k in names]
-    momentum: list[torch.Tensor | None] = [None] * len(names)
-    mu = training.proximal_mu
-    anchor = [t.detach().clone() for t in tensors] if mu > 0 else []
-    total = total_steps(n, training)
-    generator = torch.Generator().manual_seed(seed)
-    step = 0
-    while step < total:
-        perm = torch.randperm(n, generator=generator)
-        for start in range(0, n, training.batch_size):
-            batch = perm[start : start + training.batch_size]
-            logits = forward(dict(zip(names, tensors, strict=True)), buffers, x[batch])
-            groups, rows, classes = logits.shape
-            losses = F.cross_entropy(
-                (logits + offset).reshape(-1, classes), y[batch].repeat(groups), reduction="none"
-            )
-            loss = losses.reshape(groups, rows).mean(dim=1).sum()
-            if mu > 0:
-                # Summed over the stacked runs, each run's gradient is its own pull.
-                loss = loss + proximal_penalty(tensors, anchor, mu)
-            grads = torch.autograd.grad(loss, tensors)
-            with torch.no_grad():
-                for i, (p, g) in enumerate(zip(tensors, grads, strict=True)):
-                    d_p = g.add(p, alpha=training.weight_decay) if training.weight_decay else g
-                    if training.momentum != 0:
-                        buf = momentum[i]
-                        if buf is None:
-                            buf = torch.clone(d_p).detach()
-                            momentum[i] = buf
-                        else:
-                            buf.mul_(training.momentum).add_(d_p)
-                        d_p = buf
-                    p.add_(d_p, alpha=-lr)
-            step += 1
-            if step == total:
-                break
-    for k, t in zip(names, tensors, strict=True):
-        params[k] = t.detach()
-    if not all(math.isfinite(float(params[k].sum())) for k in names):
-        raise ValueError("local training diverged: non-finite weights")
+    def fit_norm(self, x_np: np.ndarray[Any, Any]) -> None:
+        x = torch.from_numpy(x_np)
+        mean = x.mean(dim=0)
+        std = x.std(dim=0, correction=0) if len(x) > 1 else torch.ones_like(mean)
+        std = torch.where(std < _MIN_STD, torch.ones_like(std), std)
+        self.mean = mean.expand_as(self.mean).clone()
+        self.std = std.expand_as(self.std).clone()
 
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits ``[S, B, C]`` for inputs ``[B, F]``, and each layer's input."""
+        h = (x.unsqueeze(0) - self.mean.unsqueeze(1)) / self.std.unsqueeze(1)
+        inputs = [h]
+        last = len(self.weights) - 1
+        for j, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            z = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            if j == last:
+                return z, inputs
+            h = torch.relu(z)
+            inputs.append(h)
+        raise AssertionError("unreachable: the MLP has a head")
 
-def _accuracy(
-    model: nn.Module,
-    params: dict[str, torch.Tensor],
-    buffers: dict[str, torch.Tensor],
-    split: Split,
-) -> np.ndarray[Any, np.dtype[np.float64]]:
-    x, y = torch.from_numpy(split.x), torch.from_numpy(split.y)
-    with torch.no_grad():
-        logits = _forward(model)(params, buffers, x)
-    correct = (logits.argmax(dim=2) == y[None, :]).double().mean(dim=1)
-    return np.asarray(correct.numpy(), dtype=np.float64)
+    def metrics(self, split: Split) -> np.ndarray[Any, np.dtype[np.float64]]:
+        """``[S, 2]``: accuracy and mean cross-entropy of every slot on ``split``."""
+        x, y = torch.from_numpy(split.x), torch.from_numpy(split.y)
+        with torch.no_grad():
+            logits, _ = self.forward(x)
+        slots, rows, classes = logits.shape
+        loss = F.cross_entropy(logits.reshape(-1, classes), y.repeat(slots), reduction="none")
+        correct = (logits.argmax(dim=2) == y.unsqueeze(0)).double().mean(dim=1)
+        mean_loss = loss.reshape(slots, rows).double().mean(dim=1)
+        return np.stack([correct.numpy(), mean_loss.numpy()], axis=1).astype(np.float64)
+
+    def train(self, split: Split, plan: RunPlan, *, seed: int, lr: float) -> None:
+        """``train_local``'s SGD for every slot on ``split``, the same minibatches for all."""
+        training = plan.training
+        x, y = torch.from_numpy(split.x), torch.from_numpy(split.y)
+        n = len(y)
+        num_classes = self.weights[-1].shape[1]
+        if training.logit_adjustment:
+            counts = torch.bincount(y, minlength=num_classes).double()
+            offset = torch.log((counts + 1) / (n + num_classes)).float()
+        else:
+            offset = torch.zeros(num_classes)
+        eye = torch.eye(num_classes)
+        tensors = self.weights + self.biases
+        momentum: list[torch.Tensor] = []
+        mu = training.proximal_mu
+        anchor = [t.clone() for t in tensors] if mu > 0 else []
+        total = total_steps(n, training)
+        generator = torch.Generator().manual_seed(seed)
+        step = 0
+        while step < total:
+            perm = torch.randperm(n, generator=generator)
+            for start in range(0, n, training.batch_size):
+                batch = perm[start : start + training.batch_size]
+                grads = self._gradients(x[batch], eye[y[batch]], offset)
+                # torch.optim.SGD's update, over all tensors at once.
+                if mu > 0:
+                    torch._foreach_add_(grads, torch._foreach_sub(tensors, anchor), alpha=mu)
+                if training.weight_decay:
+                    torch._foreach_add_(grads, tensors, alpha=training.weight_decay)
+                if training.momentum != 0:
+                    if momentum:
+                        torch._foreach_mul_(momentum, training.momentum)
+                        torch._foreach_add_(momentum, grads)
+                    else:
+                        momentum = [g.clone() for g in grads]
+                    grads = momentum
+                torch._foreach_add_(tensors, grads, alpha=-lr)
+                step += 1
+                if step == total:
+                    break
+        if not all(math.isfinite(float(t.sum())) for t in tensors):
+            raise ValueError("local training diverged: non-finite weights")
+
+    def _gradients(
+        self, x: torch.Tensor, onehot: torch.Tensor, offset: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """Gradients of every slot's mean cross-entropy of ``logits + offset``, weights
+        first and then biases, as :attr:`weights` + :attr:`biases`."""
+        logits, inputs = self.forward(x)
+        # Softmax by hand: torch.softmax over a small last axis is several times slower.
+        z = logits + offset
+        e = (z - z.amax(dim=2, keepdim=True)).exp_()
+        g = (e / e.sum(dim=2, keepdim=True) - onehot) / x.shape[0]
+        dw: list[torch.Tensor] = []
+        db: list[torch.Tensor] = []
+        for j in range(len(self.weights) - 1, -1, -1):
+            dw.append(torch.bmm(g.transpose(1, 2), inputs[j]))
+            db.append(g.sum(dim=1))
+            if j > 0:
+                g = torch.bmm(g, self.weights[j]) * (inputs[j] > 0)
+        return dw[::-1] + db[::-1]

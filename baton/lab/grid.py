@@ -13,14 +13,20 @@ import numpy as np
 
 from baton.data import Federation, Partition, make_federation
 from baton.lab.baselines import centralized_accuracy, fedavg_accuracy
-from baton.lab.batched import pooled_val
-from baton.lab.oracle import OrderScores, candidate_orders, evaluate_orders, pooled_accuracy
+from baton.lab.batched import (
+    HOP_METRICS,
+    OrderAccuracies,
+    supports_batched,
+    train_schedules_batched,
+)
+from baton.lab.oracle import OrderScores, candidate_orders, evaluate_orders
 from baton.lab.parallel import trials_by_cell
 from baton.lab.runner import gather_probes, published_profiles, strategy_schedule
 from baton.lab.summary import summarize
 from baton.plan import ModelSection, RunPlan, RunSection, TaskSection, TrainingSection
 from baton.simulate import simulate_sequential
 from ordering import (
+    HopOutcome,
     OrderingContext,
     OrderingStrategy,
     ProbeOutcome,
@@ -283,9 +289,11 @@ def run_trial(cell: Cell, grid: Grid, seed: int) -> Trial:
     simulate_sequential(plan, federation, [sites] * plan.run.cycles)
     run_seconds = time.perf_counter() - started
     for r in reps:
-        rep_plan = replace(plan, run=replace(plan.run, seed=r))
+        rep_plan = _with_seed(plan, r)
         central.append(centralized_accuracy(rep_plan, federation))
         fedavg.append(fedavg_accuracy(rep_plan, federation))
+        runs = TrialRuns(scores, r, plan, federation)
+        schedules: dict[str, tuple[tuple[str, ...], ...]] = {}
         for label, name, options in grid.strategies:
             inner = make_strategy(name, options)
             strategy = _Timed(inner)
@@ -299,13 +307,16 @@ def run_trial(cell: Cell, grid: Grid, seed: int) -> Trial:
                     budget=cell.k * grid.probe_budget_per_site,
                     measure=OracleProber(scores, r, plan, federation),
                 )
-            schedule = strategy_schedule(strategy, rep_plan, federation, probes=used)
-            acc = _accuracy_of(schedule, scores, r, rep_plan, federation)
-            chosen.setdefault(label, []).append(acc)
-            repeated = all(o == schedule[0] for o in schedule)
-            hits.setdefault(label, []).append(repeated and schedule[0] == scores.orders[best])
+            schedules[label] = strategy_schedule(
+                strategy, rep_plan, federation, probes=used, history=runs.history
+            )
             extra[label] = len(used)
             decide.setdefault(label, []).append(strategy.seconds)
+        runs.train(list(schedules.values()))
+        for label, schedule in schedules.items():
+            chosen.setdefault(label, []).append(runs.test_accuracy(schedule))
+            repeated = all(o == schedule[0] for o in schedule)
+            hits.setdefault(label, []).append(repeated and schedule[0] == scores.orders[best])
     chosen["fedavg"] = fedavg
     hits["fedavg"] = [False] * len(reps)
     extra["fedavg"] = 0
@@ -319,6 +330,10 @@ def run_trial(cell: Cell, grid: Grid, seed: int) -> Trial:
         decide_seconds={k: float(np.mean(v)) for k, v in decide.items()},
         run_seconds=run_seconds,
     )
+
+
+def _with_seed(plan: RunPlan, seed: int) -> RunPlan:
+    return replace(plan, run=replace(plan.run, seed=seed))
 
 
 class OracleProber:
@@ -342,23 +357,88 @@ class OracleProber:
             seed = self.scores.seeds[column]
         else:
             seed = max(self.scores.seeds) + 1 + repetition
-        plan = replace(self.plan, run=replace(self.plan.run, seed=seed))
-        result = simulate_sequential(plan, self.federation, [order] * plan.run.cycles)
-        return pooled_accuracy(plan, self.federation, result.state, pooled_val(self.federation))
+        plan = _with_seed(self.plan, seed)
+        return float(_train(plan, self.federation, [[order] * plan.run.cycles]).val[0])
 
 
-def _accuracy_of(
-    schedule: tuple[tuple[str, ...], ...],
-    scores: OrderScores,
-    rep: int,
-    plan: RunPlan,
-    federation: Federation,
-) -> float:
-    if all(o == schedule[0] for o in schedule):
-        row = scores.index(schedule[0])
+Schedule = tuple[tuple[str, ...], ...]
+
+
+class TrialRuns:
+    """Runs of repetition ``rep`` of a trial: read from the oracle where it trained them
+    (an order repeated every cycle), else trained once and kept."""
+
+    def __init__(
+        self, scores: OrderScores, rep: int, plan: RunPlan, federation: Federation
+    ) -> None:
+        self.scores = scores
+        self.rep = rep
+        self.plan = _with_seed(plan, scores.seeds[rep])
+        self.federation = federation
+        self._trained: dict[Schedule, OrderAccuracies] = {}
+
+    def _oracle_row(self, schedule: Schedule) -> int | None:
+        if len(schedule) > self.plan.run.cycles or any(o != schedule[0] for o in schedule):
+            return None
+        return self.scores.index(schedule[0])
+
+    def train(self, schedules: Sequence[Schedule]) -> None:
+        """Trains, together, the schedules that neither the oracle nor this object holds."""
+        by_cycles: dict[int, list[Schedule]] = {}
+        for s in dict.fromkeys(schedules):
+            if s not in self._trained and self._oracle_row(s) is None:
+                by_cycles.setdefault(len(s), []).append(s)
+        for group in by_cycles.values():
+            acc = _train(self.plan, self.federation, group)
+            for i, s in enumerate(group):
+                self._trained[s] = OrderAccuracies(
+                    test=acc.test[i : i + 1],
+                    val=acc.val[i : i + 1],
+                    before=acc.before[i : i + 1],
+                    after=acc.after[i : i + 1],
+                )
+
+    def test_accuracy(self, schedule: Schedule) -> float:
+        """The final model's test accuracy (``schedule`` spans the whole run)."""
+        row = self._oracle_row(schedule)
         if row is not None:
-            return float(scores.test[row, rep])
-    return simulate_sequential(plan, federation, schedule).test_metrics["accuracy"]
+            return float(self.scores.test[row, self.rep])
+        self.train([schedule])
+        return float(self._trained[schedule].test[0])
+
+    def history(self, schedule: Schedule) -> tuple[HopOutcome, ...]:
+        """:data:`baton.lab.runner.History` of a run of ``schedule``."""
+        n_hops = sum(len(o) for o in schedule)
+        row = self._oracle_row(schedule)
+        if row is not None:
+            before = self.scores.before[row, self.rep, :n_hops]
+            after = self.scores.after[row, self.rep, :n_hops]
+        else:
+            self.train([schedule])
+            before, after = self._trained[schedule].before[0], self._trained[schedule].after[0]
+        hops = [(c, s) for c, order in enumerate(schedule) for s in order]
+        return tuple(
+            HopOutcome(
+                cycle=c,
+                site_id=s,
+                metrics_before=self._metrics(s, before[h]),
+                metrics_after=self._metrics(s, after[h]),
+            )
+            for h, (c, s) in enumerate(hops)
+        )
+
+    def _metrics(self, site: str, values: np.ndarray[Any, Any]) -> dict[str, float]:
+        metrics = {m: float(v) for m, v in zip(HOP_METRICS, values, strict=True)}
+        metrics["num_examples"] = float(len(self.federation.sites[site].val.y))
+        return metrics
+
+
+def _train(
+    plan: RunPlan, federation: Federation, schedules: Sequence[Sequence[Sequence[str]]]
+) -> OrderAccuracies:
+    if not supports_batched(plan):
+        raise ValueError(f"the lab trains only what batched training supports, not {plan.model}")
+    return train_schedules_batched(plan, federation, schedules)
 
 
 def run_grid(

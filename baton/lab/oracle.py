@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from baton.lab.batched import pooled_val, supports_batched, train_orders_batched
+from baton.lab.batched import HOP_METRICS, pooled_val, supports_batched, train_orders_batched
 from baton.models import plan_model
 from baton.simulate import simulate_sequential
 from site_node.trainer import evaluate
@@ -57,6 +57,11 @@ class OrderScores:
     """Test accuracy, ``[order, repetition]``."""
     val: np.ndarray[Any, np.dtype[np.float64]]
     """Pooled validation accuracy of the sites, ``[order, repetition]``."""
+    before: np.ndarray[Any, np.dtype[np.float64]]
+    """``[order, repetition, hop, metric]``: each hop's incoming model on its site's
+    validation split, metrics as ``baton.lab.batched.HOP_METRICS``."""
+    after: np.ndarray[Any, np.dtype[np.float64]]
+    """``[order, repetition, hop, metric]``: each hop's outgoing model, likewise."""
 
     def index(self, order: Sequence[str]) -> int | None:
         """Row of ``order``, or None if it was not evaluated."""
@@ -80,20 +85,29 @@ def evaluate_orders(
     train together; otherwise one by one with :func:`simulate_sequential`.
     """
     rows = tuple(tuple(o) for o in orders)
+    hops = len(rows[0]) * plan.run.cycles if rows else 0
     test = np.zeros((len(rows), len(seeds)))
     val = np.zeros_like(test)
+    before = np.zeros((len(rows), len(seeds), hops, len(HOP_METRICS)))
+    after = np.zeros_like(before)
     pooled = pooled_val(federation)
     for r, seed in enumerate(seeds):
         rep = dataclasses.replace(plan, run=dataclasses.replace(plan.run, seed=seed))
         if batched and supports_batched(rep):
             acc = train_orders_batched(rep, federation, rows)
             test[:, r], val[:, r] = acc.test, acc.val
+            before[:, r], after[:, r] = acc.before, acc.after
             continue
         for i, order in enumerate(rows):
             result = simulate_sequential(rep, federation, [order] * rep.run.cycles)
             test[i, r] = result.test_metrics["accuracy"]
             val[i, r] = pooled_accuracy(rep, federation, result.state, pooled)
-    return OrderScores(orders=rows, seeds=tuple(seeds), test=test, val=val)
+            for h, hop in enumerate(result.hops):
+                before[i, r, h] = [hop.metrics_before[m] for m in HOP_METRICS]
+                after[i, r, h] = [hop.metrics_after[m] for m in HOP_METRICS]
+    return OrderScores(
+        orders=rows, seeds=tuple(seeds), test=test, val=val, before=before, after=after
+    )
 
 
 def pooled_accuracy(plan: RunPlan, federation: Federation, state: Any, pooled: Any) -> float:

@@ -15,7 +15,15 @@ if TYPE_CHECKING:
     from baton.plan import RunPlan
     from baton.simulate import HopRecord
 
-__all__ = ["context_for", "gather_probes", "published_profiles", "strategy_schedule"]
+__all__ = [
+    "History",
+    "context_for",
+    "gather_probes",
+    "outcomes_of",
+    "published_profiles",
+    "simulated_history",
+    "strategy_schedule",
+]
 
 
 def published_profiles(federation: Federation) -> dict[str, DataProfile]:
@@ -23,10 +31,37 @@ def published_profiles(federation: Federation) -> dict[str, DataProfile]:
     return {s: profile_of(federation.schema, d) for s, d in federation.sites.items()}
 
 
+History = Callable[[tuple[tuple[str, ...], ...]], Sequence[HopOutcome]]
+"""The hops of a run of a schedule (one order per cycle) as a coordinator records them:
+each hop's site and its validation metrics before and after training."""
+
+
+def outcomes_of(records: Sequence[HopRecord]) -> tuple[HopOutcome, ...]:
+    """Simulated hops as a coordinator sees them: site, cycle and metrics, nothing else."""
+    return tuple(
+        HopOutcome(
+            cycle=h.cycle,
+            site_id=h.site,
+            metrics_before=dict(h.metrics_before),
+            metrics_after=dict(h.metrics_after),
+        )
+        for h in records
+    )
+
+
+def simulated_history(plan: RunPlan, federation: Federation) -> History:
+    """:data:`History` from :func:`simulate_sequential`, the sites' own trainer."""
+
+    def hops(schedule: tuple[tuple[str, ...], ...]) -> tuple[HopOutcome, ...]:
+        return outcomes_of(simulate_sequential(plan, federation, schedule).hops)
+
+    return hops
+
+
 def context_for(
     sites: Sequence[str],
     profiles: Mapping[str, DataProfile],
-    hops: Sequence[HopRecord],
+    hops: Sequence[HopOutcome],
     *,
     cycle: int,
     seed: int,
@@ -36,24 +71,13 @@ def context_for(
 
     The coordinator plans cycle ``c`` when the last hop of cycle ``c - 1`` asks who is
     next, so that hop's metrics are not in the history: only the first
-    ``cycle * K - 1`` hops are (all of them for cycle 0, which has none). Each hop
-    contributes its site and its validation metrics before and after training, nothing
-    else.
+    ``cycle * K - 1`` hops are (all of them for cycle 0, which has none).
     """
     known = max(0, cycle * len(sites) - 1)
-    history = tuple(
-        HopOutcome(
-            cycle=h.cycle,
-            site_id=h.site,
-            metrics_before=dict(h.metrics_before),
-            metrics_after=dict(h.metrics_after),
-        )
-        for h in hops[:known]
-    )
     return OrderingContext(
         sites=tuple(sites),
         profiles=dict(profiles),
-        history=history,
+        history=tuple(hops[:known]),
         cycle=cycle,
         seed=seed,
         probes=tuple(probes),
@@ -66,12 +90,13 @@ def strategy_schedule(
     federation: Federation,
     *,
     probes: Sequence[ProbeOutcome] = (),
+    history: History | None = None,
 ) -> tuple[tuple[str, ...], ...]:
     """The orders a strategy gives every cycle of a simulated run of ``plan``.
 
-    Cycle ``c`` is planned from :func:`context_for` over the hops of a simulation of the
-    cycles planned so far (:func:`simulate_sequential`, the sites' own trainer). The
-    strategy sees only that context.
+    Cycle ``c`` is planned from :func:`context_for` over the hops of a run of the cycles
+    planned so far, from ``history`` (default: :func:`simulated_history`, the sites' own
+    trainer). The strategy sees only that context.
 
     Raises:
         ValueError: The strategy returned something other than a permutation.
@@ -79,10 +104,11 @@ def strategy_schedule(
     sites = tuple(federation.sites)
     profiles = published_profiles(federation)
     schedule: list[tuple[str, ...]] = []
-    hops: tuple[HopRecord, ...] = ()
+    hops_of = history or simulated_history(plan, federation)
+    hops: Sequence[HopOutcome] = ()
     for cycle in range(plan.run.cycles):
         if cycle > 0:
-            hops = simulate_sequential(plan, federation, schedule).hops
+            hops = hops_of(tuple(schedule))
         ctx = context_for(sites, profiles, hops, cycle=cycle, seed=plan.run.seed, probes=probes)
         order = tuple(strategy.cycle_order(ctx))
         if sorted(order) != sorted(sites):

@@ -114,7 +114,10 @@ def test_remedies_grids_turn_the_remedies_on() -> None:
 
 def _trial(offset: float, strategy: float, fedavg: float) -> Trial:
     test = np.array([[0.70, 0.72], [0.80, 0.82]]) + offset  # two orders, two repetitions
-    scores = OrderScores(orders=(("a", "b"), ("b", "a")), seeds=(0, 1), test=test, val=test)
+    hops = np.zeros((2, 2, 2, 2))
+    scores = OrderScores(
+        orders=(("a", "b"), ("b", "a")), seeds=(0, 1), test=test, val=test, before=hops, after=hops
+    )
     return Trial(
         scores=scores,
         centralized=0.9,
