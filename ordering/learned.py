@@ -33,14 +33,24 @@ def order_features(order: Sequence[int], dissim: Sequence[Sequence[float]]) -> l
     ``j`` else ``-1`` for every ``i < j`` (k(k-1)/2), and the mean label dissimilarity
     of neighbours (1).
     """
-    k = len(order)
-    pos = [0] * k
-    for p, site in enumerate(order):
-        pos[site] = p
-    last = [_LAST_SCALE if order[-1] == i else 0.0 for i in range(k)]
-    prec = [1.0 if pos[i] < pos[j] else -1.0 for i in range(k) for j in range(i + 1, k)]
-    neighbours = [dissim[a][b] for a, b in itertools.pairwise(order)]
-    return [*last, *prec, sum(neighbours) / max(1, len(neighbours))]
+    row: list[float] = feature_matrix([order], dissim)[0].tolist()
+    return row
+
+
+def feature_matrix(
+    orders: Sequence[Sequence[int]], dissim: Sequence[Sequence[float]]
+) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """:func:`order_features` of many orders at once, one row each."""
+    perms = np.asarray(orders, dtype=np.int64)
+    n, k = perms.shape
+    pos = np.argsort(perms, axis=1)
+    last = np.zeros((n, k))
+    last[np.arange(n), perms[:, -1]] = _LAST_SCALE
+    i, j = np.triu_indices(k, 1)
+    prec = np.where(pos[:, i] < pos[:, j], 1.0, -1.0)
+    d = np.asarray(dissim, dtype=np.float64).reshape(k, k)
+    neighbours = d[perms[:, :-1], perms[:, 1:]].sum(axis=1) / max(1, k - 1)
+    return np.hstack([last, prec, neighbours[:, None]])
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -235,7 +245,7 @@ class LearnedOrder:
         if len(obs) < self.min_observations:
             return tuple(ctx.sites[i] for i in _unseen_order(k, {o.order for o in obs}, rng))
         dissim = dissimilarity_matrix(ctx.sites, label_distributions(ctx), "tv")
-        x = np.array([order_features(o.order, dissim) for o in obs], dtype=np.float64)
+        x = feature_matrix([o.order for o in obs], dissim)
         y = np.array([o.value for o in obs], dtype=np.float64)
         src = np.array([o.source for o in obs])
         model = RidgeSurrogate.fit(x, src, y, ridge=self.ridge)
@@ -260,7 +270,7 @@ class LearnedOrder:
             return tuple(ctx.sites[base[(made + 1 + p) % k]] for p in range(k))
         obs = [o for o in observations(ctx, self.metric) if o.source == 0]
         dissim = dissimilarity_matrix(ctx.sites, label_distributions(ctx), "tv")
-        x = np.array([order_features(o.order, dissim) for o in obs], dtype=np.float64)
+        x = feature_matrix([o.order for o in obs], dissim)
         y = np.array([o.value for o in obs], dtype=np.float64)
         model = RidgeSurrogate.fit(x, np.zeros(len(obs), dtype=np.int64), y, ridge=self.ridge)
         times: dict[tuple[int, ...], int] = {}
@@ -297,14 +307,14 @@ def _search(
     swaps."""
     if k <= _EXHAUSTIVE_MAX:
         candidates = list(itertools.permutations(range(k)))
-        values = score(np.array([order_features(c, dissim) for c in candidates]), candidates)
+        values = score(feature_matrix(candidates, dissim), candidates)
         return candidates[int(np.argmax(values))]
     pool = []
     for _ in range(_SAMPLED):
         order = list(range(k))
         rng.shuffle(order)
         pool.append(tuple(order))
-    values = score(np.array([order_features(c, dissim) for c in pool]), pool)
+    values = score(feature_matrix(pool, dissim), pool)
     best = list(pool[int(np.argmax(values))])
     best_value = float(np.max(values))
     improved = True
@@ -313,7 +323,7 @@ def _search(
         for i, j in itertools.combinations(range(k), 2):
             cand = best.copy()
             cand[i], cand[j] = cand[j], cand[i]
-            value = float(score(np.array([order_features(cand, dissim)]), [tuple(cand)])[0])
+            value = float(score(feature_matrix([cand], dissim), [tuple(cand)])[0])
             if value > best_value + 1e-12:
                 best, best_value, improved = cand, value, True
     return tuple(best)

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from baton.data import Split
@@ -44,6 +43,8 @@ class OrderAccuracies:
     """Accuracy on the federation's held-out test set, one per run."""
     val: np.ndarray[Any, np.dtype[np.float64]]
     """Accuracy on all sites' validation splits pooled (what the sites can measure)."""
+    val_loss: np.ndarray[Any, np.dtype[np.float64]]
+    """Mean cross-entropy on the pooled validation splits."""
     before: np.ndarray[Any, np.dtype[np.float64]]
     """``[run, hop, metric]``: the incoming model on the hop's site's validation split,
     metrics as :data:`HOP_METRICS` (``site_node.trainer.evaluate``'s)."""
@@ -140,9 +141,11 @@ def train_schedules_batched(
         before[:, hop] = slot_before[slot_of]
         after[:, hop] = slot_after[slot_of]
     runs = stack.take(slot_of)
+    val = runs.metrics(pooled_val(federation))
     return OrderAccuracies(
         test=runs.metrics(federation.test)[:, 0],
-        val=runs.metrics(pooled_val(federation))[:, 0],
+        val=val[:, 0],
+        val_loss=val[:, 1],
         before=before,
         after=after,
     )
@@ -217,10 +220,12 @@ class _Stack:
         x, y = torch.from_numpy(split.x), torch.from_numpy(split.y)
         with torch.no_grad():
             logits, _ = self.forward(x)
-        slots, rows, classes = logits.shape
-        loss = F.cross_entropy(logits.reshape(-1, classes), y.repeat(slots), reduction="none")
+        # Cross-entropy by hand: F.cross_entropy over [S * rows, C] is several times slower.
+        top = logits.amax(dim=2, keepdim=True)
+        log_norm = (logits - top).exp_().sum(dim=2).log_() + top.squeeze(2)
+        picked = logits.gather(2, y.view(1, -1, 1).expand(len(logits), -1, 1)).squeeze(2)
+        mean_loss = (log_norm - picked).double().mean(dim=1)
         correct = (logits.argmax(dim=2) == y.unsqueeze(0)).double().mean(dim=1)
-        mean_loss = loss.reshape(slots, rows).double().mean(dim=1)
         return np.stack([correct.numpy(), mean_loss.numpy()], axis=1).astype(np.float64)
 
     def train(self, split: Split, plan: RunPlan, *, seed: int, lr: float) -> None:

@@ -347,18 +347,22 @@ class OracleProber:
         self.plan = plan
         self.federation = federation
 
-    def __call__(self, order: tuple[str, ...], repetition: int) -> float:
+    def __call__(self, order: tuple[str, ...], repetition: int) -> dict[str, float]:
         reps = len(self.scores.seeds)
         row = self.scores.index(order)
         if repetition < reps - 1:
             column = (self.rep + 1 + repetition) % reps
             if row is not None:
-                return float(self.scores.val[row, column])
+                return {
+                    "accuracy": float(self.scores.val[row, column]),
+                    "loss": float(self.scores.val_loss[row, column]),
+                }
             seed = self.scores.seeds[column]
         else:
             seed = max(self.scores.seeds) + 1 + repetition
         plan = _with_seed(self.plan, seed)
-        return float(_train(plan, self.federation, [[order] * plan.run.cycles]).val[0])
+        run = _train(plan, self.federation, [[order] * plan.run.cycles])
+        return {"accuracy": float(run.val[0]), "loss": float(run.val_loss[0])}
 
 
 Schedule = tuple[tuple[str, ...], ...]
@@ -394,6 +398,7 @@ class TrialRuns:
                 self._trained[s] = OrderAccuracies(
                     test=acc.test[i : i + 1],
                     val=acc.val[i : i + 1],
+                    val_loss=acc.val_loss[i : i + 1],
                     before=acc.before[i : i + 1],
                     after=acc.after[i : i + 1],
                 )

@@ -57,6 +57,8 @@ class OrderScores:
     """Test accuracy, ``[order, repetition]``."""
     val: np.ndarray[Any, np.dtype[np.float64]]
     """Pooled validation accuracy of the sites, ``[order, repetition]``."""
+    val_loss: np.ndarray[Any, np.dtype[np.float64]]
+    """Pooled validation loss (mean cross-entropy), ``[order, repetition]``."""
     before: np.ndarray[Any, np.dtype[np.float64]]
     """``[order, repetition, hop, metric]``: each hop's incoming model on its site's
     validation split, metrics as ``baton.lab.batched.HOP_METRICS``."""
@@ -88,6 +90,7 @@ def evaluate_orders(
     hops = len(rows[0]) * plan.run.cycles if rows else 0
     test = np.zeros((len(rows), len(seeds)))
     val = np.zeros_like(test)
+    val_loss = np.zeros_like(test)
     before = np.zeros((len(rows), len(seeds), hops, len(HOP_METRICS)))
     after = np.zeros_like(before)
     pooled = pooled_val(federation)
@@ -95,26 +98,35 @@ def evaluate_orders(
         rep = dataclasses.replace(plan, run=dataclasses.replace(plan.run, seed=seed))
         if batched and supports_batched(rep):
             acc = train_orders_batched(rep, federation, rows)
-            test[:, r], val[:, r] = acc.test, acc.val
+            test[:, r], val[:, r], val_loss[:, r] = acc.test, acc.val, acc.val_loss
             before[:, r], after[:, r] = acc.before, acc.after
             continue
         for i, order in enumerate(rows):
             result = simulate_sequential(rep, federation, [order] * rep.run.cycles)
             test[i, r] = result.test_metrics["accuracy"]
-            val[i, r] = pooled_accuracy(rep, federation, result.state, pooled)
+            val[i, r], val_loss[i, r] = pooled_metrics(rep, federation, result.state, pooled)
             for h, hop in enumerate(result.hops):
                 before[i, r, h] = [hop.metrics_before[m] for m in HOP_METRICS]
                 after[i, r, h] = [hop.metrics_after[m] for m in HOP_METRICS]
     return OrderScores(
-        orders=rows, seeds=tuple(seeds), test=test, val=val, before=before, after=after
+        orders=rows,
+        seeds=tuple(seeds),
+        test=test,
+        val=val,
+        val_loss=val_loss,
+        before=before,
+        after=after,
     )
 
 
-def pooled_accuracy(plan: RunPlan, federation: Federation, state: Any, pooled: Any) -> float:
-    """Accuracy of the model ``state`` (built as ``plan`` says) on the split ``pooled``."""
+def pooled_metrics(
+    plan: RunPlan, federation: Federation, state: Any, pooled: Any
+) -> tuple[float, float]:
+    """Accuracy and loss of the model ``state`` (built as ``plan`` says) on ``pooled``."""
     model = plan_model(plan, federation.schema)
     model.load_state_dict(state)
-    return evaluate(model, pooled)["accuracy"]
+    metrics = evaluate(model, pooled)
+    return metrics["accuracy"], metrics["loss"]
 
 
 def percentile_of(value: float, population: Sequence[float] | np.ndarray[Any, Any]) -> float:

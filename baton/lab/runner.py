@@ -124,14 +124,15 @@ def gather_probes(
     *,
     seed: int,
     budget: int,
-    measure: Callable[[tuple[str, ...], int], float],
+    measure: Callable[[tuple[str, ...], int], Mapping[str, float]],
 ) -> tuple[ProbeOutcome, ...]:
     """Asks ``planner`` for probe runs until ``budget`` are made or it stops.
 
     Each probe is planned from a cycle-0 context holding the profiles and the probes so
     far; ``measure(order, repetition)`` trains the order end to end and returns the
-    final model's pooled validation accuracy, ``repetition`` counting earlier probes of
-    the same order (the runner gives each repetition its own run seed).
+    final model's metrics on the sites' validation splits pooled (``accuracy`` and
+    ``loss``, as sites report them), ``repetition`` counting earlier probes of the same
+    order (the runner gives each repetition its own run seed).
 
     Raises:
         ValueError: The planner returned something other than a permutation.
@@ -146,7 +147,7 @@ def gather_probes(
         order = tuple(order)
         if sorted(order) != sorted(sites):
             raise ValueError(f"probe planner returned {list(order)}")
-        value = measure(order, made.get(order, 0))
+        metrics = dict(measure(order, made.get(order, 0)))
         made[order] = made.get(order, 0) + 1
-        probes.append(ProbeOutcome(order=order, metrics={"accuracy": value}))
+        probes.append(ProbeOutcome(order=order, metrics=metrics))
     return tuple(probes)

@@ -37,7 +37,7 @@ from baton.lab.oracle import (
     expected_range,
     order_effect,
     percentile_of,
-    pooled_accuracy,
+    pooled_metrics,
     t_critical_975,
 )
 from baton.lab.report import REQUIRED_KEYS
@@ -290,13 +290,15 @@ def test_probes_never_use_the_seed_of_the_run_they_inform() -> None:
     prober = OracleProber(scores, 1, plan, fed)
     order = orders[3]
     # Repetitions 0 and 1 of a probe for repetition 1 are the oracle's runs with seeds 2, 0.
-    assert prober(order, 0) == scores.val[3, 2]
-    assert prober(order, 1) == scores.val[3, 0]
+    assert prober(order, 0) == {"accuracy": scores.val[3, 2], "loss": scores.val_loss[3, 2]}
+    assert prober(order, 1) == {"accuracy": scores.val[3, 0], "loss": scores.val_loss[3, 0]}
     # Beyond, a fresh run with a seed no final run uses.
     fresh = dataclasses.replace(plan, run=dataclasses.replace(plan.run, seed=3 + 2))
     state = simulate_sequential(fresh, fed, [order]).state
-    expected = pooled_accuracy(fresh, fed, state, pooled_val(fed))
-    assert prober(order, 2) == pytest.approx(expected, abs=1.5 / len(pooled_val(fed).y))
+    accuracy, loss = pooled_metrics(fresh, fed, state, pooled_val(fed))
+    probe = prober(order, 2)
+    assert probe["accuracy"] == pytest.approx(accuracy, abs=1.5 / len(pooled_val(fed).y))
+    assert probe["loss"] == pytest.approx(loss, abs=1e-4)
 
 
 def test_gather_probes_runs_what_the_planner_asks_within_the_budget() -> None:
@@ -305,9 +307,9 @@ def test_gather_probes_runs_what_the_planner_asks_within_the_budget() -> None:
     def value(order: tuple[str, ...]) -> float:
         return 0.5 + 0.1 * SITES.index(order[-1])
 
-    def measure(order: tuple[str, ...], repetition: int) -> float:
+    def measure(order: tuple[str, ...], repetition: int) -> dict[str, float]:
         asked.append((order, repetition))
-        return value(order)
+        return {"accuracy": value(order), "loss": 1.0 - value(order)}
 
     probes = gather_probes(LearnedOrder(), SITES, {}, seed=4, budget=8, measure=measure)
     assert len(probes) == len(asked) == 8

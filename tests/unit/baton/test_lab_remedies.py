@@ -116,7 +116,13 @@ def _trial(offset: float, strategy: float, fedavg: float) -> Trial:
     test = np.array([[0.70, 0.72], [0.80, 0.82]]) + offset  # two orders, two repetitions
     hops = np.zeros((2, 2, 2, 2))
     scores = OrderScores(
-        orders=(("a", "b"), ("b", "a")), seeds=(0, 1), test=test, val=test, before=hops, after=hops
+        orders=(("a", "b"), ("b", "a")),
+        seeds=(0, 1),
+        test=test,
+        val=test,
+        val_loss=1 - test,
+        before=hops,
+        after=hops,
     )
     return Trial(
         scores=scores,

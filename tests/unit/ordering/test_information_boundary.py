@@ -215,7 +215,7 @@ def test_probe_plans_see_only_profiles_and_validation_metrics(name: str) -> None
         for ctx in recorder.contexts:
             assert _plain(ctx)
             assert ctx.history == ()
-            assert all(set(p.metrics) == {"accuracy"} for p in ctx.probes)
+            assert all(set(p.metrics) == {"accuracy", "loss"} for p in ctx.probes)
         planned.append(probes)
     # A held-out test set without signal changes nothing the planner sees or plans.
     assert planned[0] == planned[1]

@@ -12,7 +12,13 @@ import pytest
 from baton.domain import DataProfile
 from baton.errors import ConfigError
 from ordering import HopOutcome, OrderingContext, ProbeOutcome, make_strategy
-from ordering.learned import LearnedOrder, RidgeSurrogate, observations, order_features
+from ordering.learned import (
+    LearnedOrder,
+    RidgeSurrogate,
+    feature_matrix,
+    observations,
+    order_features,
+)
 
 SITES = ("a", "b", "c", "d", "e")
 
@@ -23,6 +29,21 @@ def test_order_features_encode_last_site_precedence_and_neighbours() -> None:
     # last = site 1 (valued 2); precedence (0<1: 0 before 1 -> +1), (0<2: -1), (1<2: -1);
     # neighbours.
     assert feats == [0.0, 2.0, 0.0, 1.0, -1.0, -1.0, (0.5 + 1.0) / 2]
+
+
+def test_feature_matrix_is_the_features_of_each_order() -> None:
+    gen = np.random.default_rng(3)
+    d = gen.uniform(size=(4, 4))
+    d = (d + d.T) / 2
+    orders = list(itertools.permutations(range(4)))
+    rows = feature_matrix(orders, d.tolist())
+    assert rows.shape == (24, 4 + 6 + 1)
+    for order, row in zip(orders, rows, strict=True):
+        pos = {s: p for p, s in enumerate(order)}
+        last = [2.0 if order[-1] == i else 0.0 for i in range(4)]
+        prec = [1.0 if pos[i] < pos[j] else -1.0 for i in range(4) for j in range(i + 1, 4)]
+        near = sum(d[a, b] for a, b in itertools.pairwise(order)) / 3
+        np.testing.assert_allclose(row, [*last, *prec, near])
 
 
 def test_ridge_surrogate_recovers_noiseless_linear_weights() -> None:
