@@ -32,7 +32,7 @@ def demo(
     dataset: Annotated[str, typer.Option(help="breast_cancer, digits or wine.")] = "breast_cancer",
     alpha: Annotated[float, typer.Option(help="Dirichlet label-skew concentration.")] = 0.5,
     seed: Annotated[int, typer.Option(help="Seed for data split, model and order.")] = 0,
-    strategy: Annotated[str, typer.Option(help="Ordering strategy.")] = "reshuffle",
+    strategy: Annotated[str, typer.Option(help="Ordering strategy.")] = "learned",
     workdir: Annotated[
         Path | None, typer.Option(help="Keep PKI, state, data and logs here.")
     ] = None,

@@ -53,7 +53,7 @@ class DemoOptions:
     """Dirichlet label-skew concentration (smaller is more skewed)."""
     seed: int = 0
     """Seed for the partition, the model and the order."""
-    strategy: str = "reshuffle"
+    strategy: str = "learned"
     """Ordering strategy."""
     workdir: Path | None = None
     """Keep everything here (PKI, state, site directories, logs); a temp dir otherwise."""

@@ -95,9 +95,11 @@ class TaskSection:
 class OrderingSection:
     """How the coordinator chooses the order of sites."""
 
-    strategy: str = "reshuffle"
+    strategy: str = "learned"
     """A strategy name from ``ordering.known_strategies()``: ``fixed``, ``random``,
-    ``reshuffle``, ``by_size``, ``typicality``, ``path``, ``greedy_loss``, ``learned``."""
+    ``reshuffle``, ``by_size``, ``typicality``, ``path``, ``greedy_loss``, ``learned``.
+    The default, ``learned``, is ``reshuffle`` until it has observations (probe runs,
+    or a few cycles of this run), then the order its surrogate ranks best."""
     options: dict[str, Any] = field(default_factory=dict)
     """Strategy-specific options."""
     probe_runs: tuple[str, ...] = ()
@@ -115,7 +117,7 @@ PARALLEL_PLANS = ("site", "single", "auto", "ddp", "fsdp", "tp", "fsdp_tp", "pp"
 class TrainingSection:
     """Local training at each hop, and the remedies against catastrophic forgetting.
 
-    In sequential training the sites trained last dominate the final model. Four remedies
+    In sequential training the sites trained last dominate the final model. Five remedies
     are available, each independent and all off by default (the defaults train exactly as
     plain sequential SGD does):
 
@@ -126,6 +128,9 @@ class TrainingSection:
     - ``lr_schedule = "cyclical"`` with ``lr_min_ratio``: the learning rate falls along
       each cycle (cosine, from ``lr`` at the cycle's first hop to ``lr * lr_min_ratio`` at
       its last), so the last sites of a cycle move the model less.
+    - ``cycle_decay``: the learning rate also falls from cycle to cycle (every hop of
+      cycle ``c`` trains at ``cycle_decay ** c`` times its rate), so later cycles refine
+      the model rather than rewrite it. Composes with either ``lr_schedule``.
     - ``proximal_mu``: a FedProx-style penalty ``mu / 2 * ||w - w_incoming||^2`` that ties
       each hop to the weights it received (a light form of EWC).
     - More frequent transfer: more ``run.cycles`` with fewer ``local_epochs`` or
@@ -168,6 +173,10 @@ class TrainingSection:
     first hop of each cycle, ``lr * lr_min_ratio`` at the last."""
     lr_min_ratio: float = 0.1
     """The last hop's share of ``lr`` in a ``cyclical`` schedule, in (0, 1]."""
+    cycle_decay: float = 1.0
+    """Decay of the learning rate across cycles, in (0, 1]: every hop of cycle ``c``
+    (0-based, ``c = h // K`` for hop ``h`` of a run over ``K`` sites) trains at
+    ``cycle_decay ** c`` times the rate ``lr_schedule`` gives it. 1: no decay."""
     proximal_mu: float = 0.0
     """Strength ``mu`` of the proximal penalty ``mu / 2 * ||w - w_incoming||^2`` added to
     the training loss, where ``w_incoming`` are the weights the hop received (the
@@ -210,6 +219,8 @@ class TrainingSection:
             )
         if not 0 < self.lr_min_ratio <= 1:
             raise ValueError(f"'lr_min_ratio' must be in (0, 1], not {self.lr_min_ratio}")
+        if not 0 < self.cycle_decay <= 1:
+            raise ValueError(f"'cycle_decay' must be in (0, 1], not {self.cycle_decay}")
         if not (self.proximal_mu >= 0 and math.isfinite(self.proximal_mu)):
             raise ValueError(f"'proximal_mu' must be a finite number >= 0, not {self.proximal_mu}")
 

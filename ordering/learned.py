@@ -12,6 +12,7 @@ import numpy as np
 from baton.errors import ConfigError
 from ordering.base import cycle_rng
 from ordering.profile_based import choice, dissimilarity_matrix, label_distributions
+from ordering.strategies import Reshuffle
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -159,10 +160,11 @@ class LearnedOrder:
 
     The surrogate (:class:`RidgeSurrogate`) predicts an order's quality from its
     :func:`order_features` (last site, pairwise precedence, neighbour dissimilarity),
-    fitted to :func:`observations`. With fewer than ``min_observations`` it explores: a
-    uniformly drawn order not observed yet (or any, if all were). Otherwise it returns
-    the order with the best predicted quality under a posterior draw (``thompson``) or
-    the posterior mean (``greedy``), searched over all orders up to 8 sites, else over
+    fitted to :func:`observations`. With fewer than ``min_observations`` it explores as
+    ``reshuffle`` does (a fresh permutation each cycle, never starting with the site that
+    ended the previous cycle), redrawn if it was observed already. Otherwise it returns
+    the order with the best predicted quality under the posterior mean (``greedy``) or a
+    posterior draw (``thompson``), searched over all orders up to 8 sites, else over
     4096 drawn orders improved by pairwise swaps.
 
     Probes (:meth:`next_probe`): the first ``k`` are the ``k`` rotations of one seeded
@@ -177,14 +179,17 @@ class LearnedOrder:
     When it helps: k sites give ``k + k(k-1)/2 + 1`` features (16 for k = 5). With
     probes it needs roughly that many to rank orders well; a live run alone gives one
     noisy observation per cycle (the next cycle's first site), so without probes it is
-    no better than ``random`` for the first ~10 cycles, and in a 1- or 3-cycle run it
-    IS random order. In a live federation the probes are earlier runs evaluated at
-    every site (``[ordering] probe_runs``); the lab simulates them and reports their
-    cost.
+    no better than ``reshuffle`` for the first ~10 cycles, and in a 1- or 3-cycle run it
+    IS ``reshuffle``: that is why it is the run plan's default, which costs nothing
+    without probes and uses them when a plan names some. In a live federation the
+    probes are earlier runs evaluated at every site (``[ordering] probe_runs``); the lab
+    simulates them and reports their cost.
 
     Options:
         metric: ``accuracy`` (default) or ``loss``.
-        explore: ``thompson`` (default) or ``greedy``.
+        explore: ``greedy`` (default) or ``thompson``. Greedy exploits the surrogate's
+            mean, the better choice with probes and few cycles; Thompson sampling keeps
+            exploring, for long runs without probes.
         ridge: Prior precision of the weights, a positive number (default 1.0).
         min_observations: Observations needed before the surrogate is used (default 3).
 
@@ -198,7 +203,7 @@ class LearnedOrder:
         self,
         *,
         metric: str = "accuracy",
-        thompson: bool = True,
+        thompson: bool = False,
         ridge: float = 1.0,
         min_observations: int = 3,
     ) -> None:
@@ -211,7 +216,7 @@ class LearnedOrder:
     def from_options(cls, options: Mapping[str, Any]) -> LearnedOrder:
         """Builds the strategy from plan options (see the class docstring)."""
         metric = choice(cls.name, options, "metric", ("accuracy", "loss"))
-        explore = choice(cls.name, options, "explore", ("thompson", "greedy"))
+        explore = choice(cls.name, options, "explore", ("greedy", "thompson"))
         ridge = options.get("ridge", 1.0)
         if (
             isinstance(ridge, bool)
@@ -243,7 +248,11 @@ class LearnedOrder:
         rng = cycle_rng(ctx.seed, ctx.cycle)
         obs = observations(ctx, self.metric)
         if len(obs) < self.min_observations:
-            return tuple(ctx.sites[i] for i in _unseen_order(k, {o.order for o in obs}, rng))
+            seen = {o.order for o in obs}
+            order = Reshuffle().cycle_order(ctx)
+            if tuple(ctx.sites.index(s) for s in order) not in seen:
+                return order
+            return tuple(ctx.sites[i] for i in _unseen_order(k, seen, rng))
         dissim = dissimilarity_matrix(ctx.sites, label_distributions(ctx), "tv")
         x = feature_matrix([o.order for o in obs], dissim)
         y = np.array([o.value for o in obs], dtype=np.float64)

@@ -46,7 +46,7 @@ STRATEGIES: tuple[tuple[str, str, Mapping[str, Any]], ...] = (
     ("path:max", "path", {}),
     ("path:min", "path", {"objective": "min"}),
     ("greedy_loss", "greedy_loss", {}),
-    ("learned", "learned", {"explore": "greedy"}),
+    ("learned", "learned", {}),
 )
 """(label, strategy name, options) of every strategy the lab compares."""
 

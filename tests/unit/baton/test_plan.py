@@ -49,7 +49,7 @@ def test_defaults_fill_optional_sections() -> None:
     plan = parse_plan(
         '[run]\nname="p"\nsites=["a"]\n[model]\nname="logreg"\n[task]\ndataset="digits"\n'
     )
-    assert plan.ordering.strategy == "reshuffle"
+    assert plan.ordering.strategy == "learned"
     assert plan.training.optimizer == "sgd"
     assert plan.run.cycles == 1
 
@@ -89,6 +89,8 @@ def test_defaults_fill_optional_sections() -> None:
         ),
         ("lr = 1", "lr = 1\nlr_min_ratio = 0", "'lr_min_ratio' must be in (0, 1], not 0"),
         ("lr = 1", "lr = 1\nlr_min_ratio = 1.5", "'lr_min_ratio' must be in (0, 1], not 1.5"),
+        ("lr = 1", "lr = 1\ncycle_decay = 0", "'cycle_decay' must be in (0, 1], not 0"),
+        ("lr = 1", "lr = 1\ncycle_decay = 1.5", "'cycle_decay' must be in (0, 1], not 1.5"),
         ("lr = 1", "lr = 1\nproximal_mu = -0.1", "'proximal_mu' must be a finite number >= 0"),
         ("lr = 1", "lr = 1\nproximal_mu = inf", "'proximal_mu' must be a finite number >= 0"),
         ('name = "p"', "name = ", "malformed TOML"),
@@ -105,15 +107,18 @@ def test_forgetting_remedies_are_off_by_default_and_load_from_toml() -> None:
     default = parse_plan(PLAN).training
     assert (default.proportional_steps, default.reference_examples) == (False, 0)
     assert (default.lr_schedule, default.proximal_mu) == ("constant", 0.0)
+    assert default.cycle_decay == 1.0
     remedies = (
         "lr = 1\nproportional_steps = true\nreference_examples = 120\n"
-        'lr_schedule = "cyclical"\nlr_min_ratio = 0.2\nproximal_mu = 0.5'
+        'lr_schedule = "cyclical"\nlr_min_ratio = 0.2\nproximal_mu = 0.5\n'
+        "cycle_decay = 0.8"
     )
     training = parse_plan(PLAN.replace("lr = 1", remedies, 1)).training
     assert training.proportional_steps
     assert training.reference_examples == 120
     assert (training.lr_schedule, training.lr_min_ratio) == ("cyclical", 0.2)
     assert training.proximal_mu == 0.5
+    assert training.cycle_decay == 0.8
 
 
 def test_load_plan_names_the_file(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from baton.domain import DataProfile
 from baton.errors import ConfigError
-from ordering import HopOutcome, OrderingContext, ProbeOutcome, make_strategy
+from ordering import HopOutcome, OrderingContext, ProbeOutcome, Reshuffle, make_strategy
 from ordering.learned import (
     LearnedOrder,
     RidgeSurrogate,
@@ -80,9 +80,20 @@ def test_with_enough_probes_it_finds_the_best_order() -> None:
     # Thompson sampling explores near the optimum: "e" last every time, "a" early.
     for seed in range(10):
         ctx = OrderingContext(sites=SITES, probes=_probes(probed[:25]), seed=seed)
-        order = make_strategy("learned", {}).cycle_order(ctx)
+        order = make_strategy("learned", {"explore": "thompson"}).cycle_order(ctx)
         assert order[-1] == "e"
         assert _true_quality(order) >= best - 0.025
+
+
+def test_without_observations_it_is_reshuffle() -> None:
+    history = tuple(
+        HopOutcome(cycle=c, site_id=s, metrics_before={"accuracy": 0.5})
+        for c, order in enumerate([("c", "a", "e", "b", "d"), ("d", "b", "a", "e", "c")])
+        for s in order
+    )
+    for cycle in range(4):
+        ctx = OrderingContext(sites=SITES, history=history[: cycle * 5], cycle=cycle, seed=7)
+        assert make_strategy("learned", {}).cycle_order(ctx) == Reshuffle().cycle_order(ctx)
 
 
 def test_few_observations_explore_an_unseen_order() -> None:
