@@ -158,20 +158,23 @@ def hop_lr(training: TrainingSection, hop_index: int, num_sites: int) -> float:
     ``training.lr`` under the ``constant`` schedule, for one site, and at the first hop of
     every cycle; under ``cyclical`` it falls along the cycle by a half cosine to
     ``lr * lr_min_ratio`` at the cycle's last hop (see ``TrainingSection.lr_schedule``).
+    Either rate is then multiplied by ``cycle_decay ** c`` for the hop's 0-based cycle
+    ``c = hop_index // num_sites`` (see ``TrainingSection.cycle_decay``).
 
     Raises:
         ValueError: ``hop_index`` is negative or ``num_sites`` is below 1.
     """
     if hop_index < 0 or num_sites < 1:
         raise ValueError(f"need hop_index >= 0 and num_sites >= 1, not {hop_index}, {num_sites}")
-    position = hop_index % num_sites
+    cycle, position = divmod(hop_index, num_sites)
+    lr = training.lr * training.cycle_decay**cycle
     if training.lr_schedule == "constant" or position == 0:
-        return training.lr
+        return lr
     ratio = training.lr_min_ratio
     if position == num_sites - 1:
-        return training.lr * ratio
+        return lr * ratio
     weight = 0.5 * (1.0 + math.cos(math.pi * position / (num_sites - 1)))
-    return training.lr * (ratio + (1.0 - ratio) * weight)
+    return lr * (ratio + (1.0 - ratio) * weight)
 
 
 def proximal_penalty(

@@ -81,6 +81,21 @@ def test_cyclical_lr_falls_along_each_cycle() -> None:
         hop_lr(cyc, 0, 0)
 
 
+def test_cycle_decay_scales_every_hop_of_a_cycle() -> None:
+    constant = TrainingSection(lr=0.2, cycle_decay=0.5)
+    assert [hop_lr(constant, h, 3) for h in range(9)] == [0.2] * 3 + [0.1] * 3 + [0.05] * 3
+    assert [hop_lr(constant, h, 1) for h in range(4)] == [0.2, 0.1, 0.05, 0.025]
+    cyc = TrainingSection(lr=0.2, lr_schedule="cyclical", lr_min_ratio=0.1, cycle_decay=0.5)
+    plain = dataclasses.replace(cyc, cycle_decay=1.0)
+    assert hop_lr(cyc, 0, 5) == 0.2
+    assert hop_lr(cyc, 10, 5) == 0.05  # cycle 2, position 0: lr * 0.5**2
+    assert hop_lr(cyc, 14, 5) == pytest.approx(0.2 * 0.1 * 0.25)  # cycle 2, last hop
+    for h in range(15):
+        assert hop_lr(cyc, h, 5) == pytest.approx(hop_lr(plain, h, 5) * 0.5 ** (h // 5))
+    assert [hop_lr(plain, h, 5) for h in range(5, 10)] == [hop_lr(plain, h, 5) for h in range(5)]
+    assert {hop_lr(TrainingSection(lr=0.2), h, 5) for h in range(15)} == {0.2}
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_cyclical_lr_is_the_rate_the_hop_trains_at(optimizer: str) -> None:
     cyc = TrainingSection(
