@@ -37,7 +37,7 @@ def lab(
     console = Console(highlight=False, stderr=True)
     torch.set_num_threads(1)
     chosen = GRIDS[grid]
-    records, seconds = run_grid(chosen, console.print, jobs=jobs)
+    records, seconds, left_out = run_grid(chosen, console.print, jobs=jobs)
     meta = {
         "grid": chosen.name,
         "seconds": seconds,
@@ -46,7 +46,13 @@ def lab(
         "torch_threads": 1,
         "jobs": jobs,
         "plot": "percentiles.png (matplotlib, Agg) and percentiles.svg",
+        "cells_left_out": left_out,
     }
+    for cell in left_out:
+        console.print(
+            f"left out {cell['dataset']} {cell['partition']} K={cell['k']} "
+            f"epochs={cell['local_epochs']} cycles={cell['cycles']}: {cell['reason']}"
+        )
     for path in write_outputs(out, records, meta):
         console.print(f"wrote {path}")
     console.print(f"grid {chosen.name!r}: {len(chosen.cells)} cells in {seconds:.1f} s")

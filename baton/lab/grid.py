@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from baton.data import Federation, Partition, make_federation
+from baton.errors import DataError
 from baton.lab.baselines import centralized_accuracy, fedavg_accuracy
 from baton.lab.batched import (
     HOP_METRICS,
@@ -274,10 +275,25 @@ class _Timed:
             self.seconds += time.perf_counter() - started
 
 
-def run_trial(cell: Cell, grid: Grid, seed: int) -> Trial:
-    """Runs the oracle, the baselines and every strategy for one partition seed."""
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Skipped:
+    """A partition seed whose federation cannot be drawn (too few examples per site)."""
+
+    reason: str
+    """Why, as ``baton.data.make_federation`` said."""
+
+
+def run_trial(cell: Cell, grid: Grid, seed: int) -> Trial | Skipped:
+    """Runs the oracle, the baselines and every strategy for one partition seed.
+
+    A seed whose partition cannot give every site its minimum of training examples (a
+    small dataset split over many sites with strong skew) is :class:`Skipped`.
+    """
     sites = tuple(f"site-{i}" for i in range(cell.k))
-    federation = make_federation(cell.dataset, sites, cell.partition, seed=seed)
+    try:
+        federation = make_federation(cell.dataset, sites, cell.partition, seed=seed)
+    except DataError as exc:
+        return Skipped(reason=str(exc))
     plan = lab_plan(cell, grid, sites, federation)
     reps = tuple(range(grid.repetitions))
     scores = evaluate_orders(plan, federation, candidate_orders(sites, seed=seed), reps)
@@ -451,11 +467,15 @@ def _train(
 
 def run_grid(
     grid: Grid, progress: Callable[[str], None] | None = None, *, jobs: int = 1
-) -> tuple[list[dict[str, Any]], float]:
-    """Runs every cell of ``grid``; returns the records and the wall-clock seconds.
+) -> tuple[list[dict[str, Any]], float, list[dict[str, Any]]]:
+    """Runs every cell of ``grid``; returns the records, the wall-clock seconds and the
+    cells left out.
 
     ``jobs`` worker processes run the trials (``baton.lab.parallel``); the records are
     the same for any ``jobs`` (but for measured seconds) and come in the grid's order.
+    A cell's records summarize the seeds that could be partitioned (``trials``, and
+    ``skipped_seeds`` for the others); a cell none of whose seeds could be is left out
+    and listed with the reason.
 
     Raises:
         ValueError: ``jobs`` is below 1.
@@ -463,11 +483,25 @@ def run_grid(
     started = time.perf_counter()
     cells = [grid.effective(nominal) for nominal in grid.cells]
     per_cell: dict[int, list[dict[str, Any]]] = {}
-    for finished, (i, trials) in enumerate(
+    left_out: dict[int, dict[str, Any]] = {}
+    for finished, (i, outcomes) in enumerate(
         trials_by_cell(cells, grid, run_trial, jobs=jobs), start=1
     ):
         cell = cells[i]
-        per_cell[i] = summarize(cell, trials, remedies=grid.remedies_label)
+        trials = [t for t in outcomes if isinstance(t, Trial)]
+        skipped = [t.reason for t in outcomes if isinstance(t, Skipped)]
+        per_cell[i] = summarize(cell, trials, remedies=grid.remedies_label) if trials else []
+        for record in per_cell[i]:
+            record["skipped_seeds"] = len(skipped)
+        if not trials:
+            left_out[i] = {
+                "dataset": cell.dataset,
+                "partition": cell.partition_label,
+                "k": cell.k,
+                "local_epochs": cell.local_epochs,
+                "cycles": cell.cycles,
+                "reason": skipped[0],
+            }
         if progress is not None:
             progress(
                 f"cell {i + 1}/{len(cells)} ({finished} done) {cell.dataset} "
@@ -475,4 +509,4 @@ def run_grid(
                 f"cycles={cell.cycles}: {time.perf_counter() - started:.1f} s elapsed"
             )
     records = [r for i in range(len(cells)) for r in per_cell[i]]
-    return records, time.perf_counter() - started
+    return records, time.perf_counter() - started, [left_out[i] for i in sorted(left_out)]

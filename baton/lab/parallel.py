@@ -9,11 +9,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from baton.lab.grid import Cell, Grid, Trial
+    from baton.lab.grid import Cell, Grid, Skipped, Trial
 
 __all__ = ["trials_by_cell"]
 
-TrialFn = Callable[["Cell", "Grid", int], "Trial"]
+TrialFn = Callable[["Cell", "Grid", int], "Trial | Skipped"]
 
 
 def _one_thread() -> None:
@@ -30,7 +30,7 @@ def _cost(cell: Cell) -> int:
 
 def trials_by_cell(
     cells: Sequence[Cell], grid: Grid, run: TrialFn, *, jobs: int = 1
-) -> Iterator[tuple[int, list[Trial]]]:
+) -> Iterator[tuple[int, list[Trial | Skipped]]]:
     """Yields ``(index, trials)`` for each cell once all its seeds have run.
 
     With ``jobs == 1`` the cells run in order in this process. With more, every
@@ -53,10 +53,10 @@ def trials_by_cell(
         ((i, s) for i in range(len(cells)) for s in range(len(grid.seeds))),
         key=lambda t: -_cost(cells[t[0]]),
     )
-    done: dict[int, dict[int, Trial]] = {}
+    done: dict[int, dict[int, Trial | Skipped]] = {}
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_one_thread) as pool:
-        pending: dict[Future[Trial], tuple[int, int]] = {
+        pending: dict[Future[Trial | Skipped], tuple[int, int]] = {
             pool.submit(run, cells[i], grid, grid.seeds[s]): (i, s) for i, s in tasks
         }
         try:

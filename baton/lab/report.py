@@ -194,7 +194,15 @@ def write_outputs(
     payload = {"meta": _clean(dict(meta)), "records": clean}
     paths = [out_dir / RESULTS_FILE, out_dir / TABLE_FILE, out_dir / PNG_FILE, out_dir / PLOT_FILE]
     paths[0].write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    paths[1].write_text(markdown_table(clean), encoding="utf-8")
+    table = markdown_table(clean)
+    left_out = meta.get("cells_left_out") or []
+    if left_out:
+        table += "\nCells left out (no partition seed could be drawn):\n\n" + "".join(
+            f"- {c['dataset']} {c['partition']} K={c['k']} epochs={c['local_epochs']} "
+            f"cycles={c['cycles']}: {c['reason']}\n"
+            for c in left_out
+        )
+    paths[1].write_text(table, encoding="utf-8")
     png_plot(clean, paths[2])
     paths[3].write_text(svg_plot(clean), encoding="utf-8")
     return paths

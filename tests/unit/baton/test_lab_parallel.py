@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from baton.lab.grid import GRIDS, run_grid, run_trial
 from baton.lab.parallel import trials_by_cell
+from baton.lab.report import write_outputs
 
 TIMED = ("decide_seconds", "extra_train_seconds")
 """Record fields that hold measured wall-clock time, so differ between runs."""
@@ -28,13 +30,38 @@ def test_worker_processes_give_the_serial_records_in_grid_order() -> None:
         seeds=(0, 1),
         strategies=tuple(s for s in smoke.strategies if s[0] in {"fixed", "random", "path:max"}),
     )
-    serial, _ = run_grid(grid, jobs=1)
+    serial, _, _ = run_grid(grid, jobs=1)
     lines: list[str] = []
-    parallel, _ = run_grid(grid, lines.append, jobs=2)
+    parallel, _, _ = run_grid(grid, lines.append, jobs=2)
     assert _untimed(parallel) == _untimed(serial)
     assert [r["k"] for r in parallel][:4] == [3, 3, 3, 3]
     assert {r["strategy"] for r in serial} == {"fixed", "random", "path:max", "fedavg"}
     assert len(lines) == 2
+
+
+def test_a_cell_that_cannot_be_partitioned_is_left_out_not_fatal(tmp_path: Path) -> None:
+    smoke = GRIDS["smoke"]
+    cell = smoke.cells[0]
+    greedy = dataclasses.replace(
+        cell, partition=dataclasses.replace(cell.partition, min_train_examples=100)
+    )
+    grid = dataclasses.replace(
+        smoke,
+        cells=(greedy, cell),
+        strategies=tuple(s for s in smoke.strategies if s[0] == "fixed"),
+    )
+    records, _, left_out = run_grid(grid)
+    assert {(r["k"], r["strategy"], r["skipped_seeds"]) for r in records} == {
+        (3, "fixed", 0),
+        (3, "fedavg", 0),
+    }
+    assert len(left_out) == 1
+    assert left_out[0]["dataset"] == "wine"
+    assert "cannot give each of 3 sites 100 training examples" in left_out[0]["reason"]
+    write_outputs(tmp_path, records, {"cells_left_out": left_out})
+    table = (tmp_path / "results.md").read_text(encoding="utf-8")
+    assert "Cells left out" in table
+    assert "cannot give each of 3 sites 100 training examples" in table
 
 
 def test_jobs_below_one_is_refused() -> None:
