@@ -153,26 +153,43 @@ class OrderEffect:
     gap: float
     """Best minus worst order, on accuracies averaged over repetitions."""
     noise_sd: float
-    """Standard deviation of an order's repetition mean due to noise alone (pooled
-    within-order variance over repetitions, divided by their number); nan with one."""
+    """Seed noise of one run: the pooled standard deviation of an order's accuracy over
+    repetitions; nan with one repetition."""
     noise_gap: float
-    """The best-worst gap expected from noise alone among this many orders."""
+    """The best-worst gap expected from noise alone among this many orders' means."""
+    order_sd: float
+    """Standard deviation of the orders' true means: the variance of the observed means
+    less what noise alone puts there (two-way residual variance over repetitions),
+    floored at 0."""
     ratio: float
-    """Order/noise ratio: standard deviation of the orders' means over ``noise_sd``."""
+    """Order/noise ratio, ``order_sd / noise_sd``: about 0 where order does not matter,
+    at least 1 where order moves accuracy by as much as a change of seed does."""
 
 
 def order_effect(test: np.ndarray[Any, Any]) -> OrderEffect:
-    """The :class:`OrderEffect` of a ``[order, repetition]`` accuracy table."""
+    """The :class:`OrderEffect` of a ``[order, repetition]`` accuracy table.
+
+    Repetitions share their seed across orders, so each repetition's shift of every order
+    alike is taken out before the noise in the orders' means is estimated (the residual
+    of a two-way layout); it stays in ``noise_sd``, the noise of a single run.
+    """
     means = test.mean(axis=1)
     n_orders, reps = test.shape
     gap = float(means.max() - means.min())
     if reps < 2 or n_orders < 2:
-        return OrderEffect(gap=gap, noise_sd=math.nan, noise_gap=math.nan, ratio=math.nan)
-    noise_sd = math.sqrt(float(test.var(axis=1, ddof=1).mean()) / reps)
-    order_sd = float(means.std(ddof=1))
+        nan = math.nan
+        return OrderEffect(gap=gap, noise_sd=nan, noise_gap=nan, order_sd=nan, ratio=nan)
+    resid = test - means[:, None] - test.mean(axis=0)[None, :] + test.mean()
+    mean_noise_var = float((resid**2).sum()) / ((n_orders - 1) * (reps - 1)) / reps
+    noise_sd = math.sqrt(float(test.var(axis=1, ddof=1).mean()))
+    order_sd = math.sqrt(max(0.0, float(means.var(ddof=1)) - mean_noise_var))
     ratio = order_sd / noise_sd if noise_sd > 0 else math.inf if order_sd > 0 else math.nan
     return OrderEffect(
-        gap=gap, noise_sd=noise_sd, noise_gap=noise_sd * expected_range(n_orders), ratio=ratio
+        gap=gap,
+        noise_sd=noise_sd,
+        noise_gap=math.sqrt(mean_noise_var) * expected_range(n_orders),
+        order_sd=order_sd,
+        ratio=ratio,
     )
 
 

@@ -112,15 +112,23 @@ def test_statistics_match_hand_computations() -> None:
     assert (lo + hi) / 2 == pytest.approx(2.0)
     assert (hi - lo) / 2 == pytest.approx(4.303 * 1.0 / math.sqrt(3))
     assert all(math.isnan(v) for v in ci95([1.0]))
-    # Two orders 0.10 apart, repetitions +-0.01 around each: ratio = sd(means) / sd_noise.
-    table = np.array([[0.49, 0.51], [0.59, 0.61]])
+    # Two orders 0.10 apart, repetitions +-0.01 around each in opposite directions.
+    table = np.array([[0.49, 0.51], [0.61, 0.59]])
     effect = order_effect(table)
-    noise_sd = math.sqrt(0.0002 / 2)
+    # Residuals +-0.01 on 1 degree of freedom: 0.0004, so 0.0002 in a 2-repetition mean.
+    assert effect.order_sd == pytest.approx(math.sqrt(0.005 - 0.0002))
+    noise_sd = math.sqrt(0.0002)
     assert effect.gap == pytest.approx(0.10)
     assert effect.noise_sd == pytest.approx(noise_sd)
-    assert effect.ratio == pytest.approx(np.std([0.5, 0.6], ddof=1) / noise_sd)
-    assert effect.noise_gap == pytest.approx(noise_sd * 2 / math.sqrt(math.pi), rel=1e-6)
+    assert effect.ratio == pytest.approx(math.sqrt(0.0048) / noise_sd)
+    assert effect.noise_gap == pytest.approx(math.sqrt(0.0002) * 2 / math.sqrt(math.pi), rel=1e-6)
     assert math.isnan(order_effect(table[:, :1]).ratio)
+    # A shift shared by every order in a repetition (its seed) is not noise in the means.
+    shifted = np.array([[0.49, 0.51], [0.59, 0.61]])
+    assert order_effect(shifted).order_sd == pytest.approx(math.sqrt(0.005))
+    # Where order does nothing the ratio is near 0, not 1: no cell counts as a win.
+    flat = np.random.default_rng(0).normal(0.8, 0.02, size=(120, 4))
+    assert order_effect(flat).ratio < 0.3
 
 
 @pytest.mark.parametrize("logit_adjustment", [False, True])
