@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -231,7 +232,19 @@ def _forked(job_path: Path, *, rank: int, world_size: int, init_method: str) -> 
     # OpenMP pool inherited through fork from a parent that used it never answers (the
     # child's first parallel kernel would wait for it forever).
     torch.set_num_threads(1)
-    run_worker(job_path, rank=rank, world_size=world_size, init_method=init_method)
+    code = 1
+    try:
+        run_worker(job_path, rank=rank, world_size=world_size, init_method=init_method)
+        code = 0
+    finally:
+        # End the forked child here, not through multiprocessing's exit path: that waits
+        # for the child's threads, and a thread inherited in a locked state through fork
+        # (or left behind by the collective library) can hold a failed rank alive forever,
+        # so the launcher never sees it fail and its peers wait in a collective. The
+        # failure itself is already in the job's errors/ directory (run_worker).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def _fork_args(rank: int, world: int, rendezvous: str) -> dict[str, Any]:
