@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import math
 import multiprocessing
+import os
+import signal
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import TYPE_CHECKING
@@ -17,10 +21,19 @@ TrialFn = Callable[["Cell", "Grid", int], "Trial | Skipped"]
 
 
 def _one_thread() -> None:
-    """Worker initializer: one torch thread per process, as the serial lab runs."""
+    """Worker initializer: one torch thread per process, as the serial lab runs, and (on
+    Linux) a SIGTERM when the parent dies, so a killed ``baton lab`` leaves no workers."""
     import torch
 
     torch.set_num_threads(1)
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() == 1:  # the parent died before the request took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _cost(cell: Cell) -> int:

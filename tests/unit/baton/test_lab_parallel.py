@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +65,45 @@ def test_a_cell_that_cannot_be_partitioned_is_left_out_not_fatal(tmp_path: Path)
     table = (tmp_path / "results.md").read_text(encoding="utf-8")
     assert "Cells left out" in table
     assert "cannot give each of 3 sites 100 training examples" in table
+
+
+_POOL = """
+import multiprocessing, os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from baton.lab.parallel import _one_thread
+ctx = multiprocessing.get_context("spawn")
+pool = ProcessPoolExecutor(max_workers=2, mp_context=ctx, initializer=_one_thread)
+pids = {pool.submit(os.getpid).result() for _ in range(8)}
+print(" ".join(map(str, sorted(pids))), flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal is Linux only")
+def test_workers_end_when_the_lab_is_killed() -> None:
+    with subprocess.Popen(
+        [sys.executable, "-c", _POOL], stdout=subprocess.PIPE, text=True
+    ) as parent:
+        assert parent.stdout is not None
+        workers = [int(p) for p in parent.stdout.readline().split()]
+        assert len(workers) >= 1
+        parent.kill()
+        parent.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    alive = set(workers)
+    while alive and time.monotonic() < deadline:
+        alive = {pid for pid in alive if _running(pid)}
+        time.sleep(0.1)
+    assert not alive, f"workers {sorted(alive)} outlived the killed parent"
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie awaiting its reaper is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def test_jobs_below_one_is_refused() -> None:
