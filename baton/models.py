@@ -227,10 +227,16 @@ def fit_input_norm(model: nn.Module, x: torch.Tensor) -> bool:
     if x.ndim != 2 or len(x) == 0 or x.shape[1] != norm.mean.shape[0]:
         raise DataError("input normalization needs a non-empty [n, num_features] tensor")
     with torch.no_grad():
-        x = x.to(dtype=norm.mean.dtype, device=norm.mean.device)
-        mean = x.mean(dim=0)
-        std = x.std(dim=0, correction=0) if len(x) > 1 else torch.ones_like(mean)
+        mean, std = input_statistics(x.to(dtype=norm.mean.dtype, device=norm.mean.device))
         norm.mean.copy_(mean)
-        norm.std.copy_(torch.where(std < _MIN_STD, torch.ones_like(std), std))
+        norm.std.copy_(std)
         norm.fitted.fill_(1.0)
     return True
+
+
+def input_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature mean and population standard deviation of ``[n, num_features]`` inputs,
+    as :func:`fit_input_norm` fits them (a deviation under 1e-6, or a single row, gives 1)."""
+    mean = x.mean(dim=0)
+    std = x.std(dim=0, correction=0) if len(x) > 1 else torch.ones_like(mean)
+    return mean, torch.where(std < _MIN_STD, torch.ones_like(std), std)

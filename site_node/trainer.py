@@ -80,7 +80,7 @@ def _check_labels(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
     return num_outputs
 
 
-def _log_prior(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+def log_prior(y: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Log of the add-one smoothed local label distribution, ``log((n_c + 1) / (n + C))``."""
     counts = torch.bincount(y, minlength=num_classes).double()
     return torch.log((counts + 1) / (len(y) + num_classes)).float()
@@ -252,7 +252,7 @@ def train_local(
     optimizer = _optimizer(params, training, hop_lr(training, hop_index, num_sites))
     mu = training.proximal_mu
     anchor = [p.detach().clone() for p in params] if mu > 0 else []
-    offset = _log_prior(targets.flatten(), num_outputs) if training.logit_adjustment else None
+    offset = log_prior(targets.flatten(), num_outputs) if training.logit_adjustment else None
     losses: list[torch.Tensor] = []
     was_training = model.training
     started = time.perf_counter()

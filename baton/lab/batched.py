@@ -19,14 +19,12 @@ import torch
 from torch import nn
 
 from baton.data import Split
-from baton.models import MLP, plan_model
-from site_node.trainer import hop_lr, hop_seed, total_steps
+from baton.models import MLP, input_statistics, plan_model
+from site_node.trainer import hop_lr, hop_seed, log_prior, total_steps
 
 if TYPE_CHECKING:
     from baton.data import Federation
     from baton.plan import RunPlan
-
-_MIN_STD = 1e-6  # as baton.models.fit_input_norm
 
 HOP_METRICS = ("accuracy", "loss")
 """What :attr:`OrderAccuracies.before` and ``after`` hold on their last axis."""
@@ -195,10 +193,7 @@ class _Stack:
         self.std[idx] = other.std
 
     def fit_norm(self, x_np: np.ndarray[Any, Any]) -> None:
-        x = torch.from_numpy(x_np)
-        mean = x.mean(dim=0)
-        std = x.std(dim=0, correction=0) if len(x) > 1 else torch.ones_like(mean)
-        std = torch.where(std < _MIN_STD, torch.ones_like(std), std)
+        mean, std = input_statistics(torch.from_numpy(x_np))
         self.mean = mean.expand_as(self.mean).clone()
         self.std = std.expand_as(self.std).clone()
 
@@ -234,11 +229,9 @@ class _Stack:
         x, y = torch.from_numpy(split.x), torch.from_numpy(split.y)
         n = len(y)
         num_classes = self.weights[-1].shape[1]
-        if training.logit_adjustment:
-            counts = torch.bincount(y, minlength=num_classes).double()
-            offset = torch.log((counts + 1) / (n + num_classes)).float()
-        else:
-            offset = torch.zeros(num_classes)
+        offset = (
+            log_prior(y, num_classes) if training.logit_adjustment else torch.zeros(num_classes)
+        )
         eye = torch.eye(num_classes)
         tensors = self.weights + self.biases
         momentum: list[torch.Tensor] = []

@@ -14,12 +14,7 @@ import numpy as np
 from baton.data import Federation, Partition, make_federation
 from baton.errors import DataError
 from baton.lab.baselines import centralized_accuracy, fedavg_accuracy
-from baton.lab.batched import (
-    HOP_METRICS,
-    OrderAccuracies,
-    supports_batched,
-    train_schedules_batched,
-)
+from baton.lab.batched import HOP_METRICS, OrderAccuracies, train_schedules_batched
 from baton.lab.oracle import OrderScores, candidate_orders, evaluate_orders
 from baton.lab.parallel import trials_by_cell
 from baton.lab.runner import gather_probes, published_profiles, strategy_schedule
@@ -380,7 +375,7 @@ class OracleProber:
         else:
             seed = max(self.scores.seeds) + 1 + repetition
         plan = _with_seed(self.plan, seed)
-        run = _train(plan, self.federation, [[order] * plan.run.cycles])
+        run = train_schedules_batched(plan, self.federation, [[order] * plan.run.cycles])
         return {"accuracy": float(run.val[0]), "loss": float(run.val_loss[0])}
 
 
@@ -398,7 +393,8 @@ class TrialRuns:
         self.rep = rep
         self.plan = _with_seed(plan, scores.seeds[rep])
         self.federation = federation
-        self._trained: dict[Schedule, OrderAccuracies] = {}
+        self._trained: dict[Schedule, tuple[OrderAccuracies, int]] = {}
+        """Schedules trained here: the batch that trained each, and its row there."""
 
     def _oracle_row(self, schedule: Schedule) -> int | None:
         if len(schedule) > self.plan.run.cycles or any(o != schedule[0] for o in schedule):
@@ -412,15 +408,9 @@ class TrialRuns:
             if s not in self._trained and self._oracle_row(s) is None:
                 by_cycles.setdefault(len(s), []).append(s)
         for group in by_cycles.values():
-            acc = _train(self.plan, self.federation, group)
+            acc = train_schedules_batched(self.plan, self.federation, group)
             for i, s in enumerate(group):
-                self._trained[s] = OrderAccuracies(
-                    test=acc.test[i : i + 1],
-                    val=acc.val[i : i + 1],
-                    val_loss=acc.val_loss[i : i + 1],
-                    before=acc.before[i : i + 1],
-                    after=acc.after[i : i + 1],
-                )
+                self._trained[s] = (acc, i)
 
     def test_accuracy(self, schedule: Schedule) -> float:
         """The final model's test accuracy (``schedule`` spans the whole run)."""
@@ -428,7 +418,8 @@ class TrialRuns:
         if row is not None:
             return float(self.scores.test[row, self.rep])
         self.train([schedule])
-        return float(self._trained[schedule].test[0])
+        acc, i = self._trained[schedule]
+        return float(acc.test[i])
 
     def history(self, schedule: Schedule) -> tuple[HopOutcome, ...]:
         """:data:`baton.lab.runner.History` of a run of ``schedule``."""
@@ -439,7 +430,8 @@ class TrialRuns:
             after = self.scores.after[row, self.rep, :n_hops]
         else:
             self.train([schedule])
-            before, after = self._trained[schedule].before[0], self._trained[schedule].after[0]
+            acc, i = self._trained[schedule]
+            before, after = acc.before[i], acc.after[i]
         hops = [(c, s) for c, order in enumerate(schedule) for s in order]
         return tuple(
             HopOutcome(
@@ -455,14 +447,6 @@ class TrialRuns:
         metrics = {m: float(v) for m, v in zip(HOP_METRICS, values, strict=True)}
         metrics["num_examples"] = float(len(self.federation.sites[site].val.y))
         return metrics
-
-
-def _train(
-    plan: RunPlan, federation: Federation, schedules: Sequence[Sequence[Sequence[str]]]
-) -> OrderAccuracies:
-    if not supports_batched(plan):
-        raise ValueError(f"the lab trains only what batched training supports, not {plan.model}")
-    return train_schedules_batched(plan, federation, schedules)
 
 
 def run_grid(

@@ -19,6 +19,8 @@ __all__ = ["trials_by_cell"]
 
 TrialFn = Callable[["Cell", "Grid", int], "Trial | Skipped"]
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
 
 def _one_thread() -> None:
     """Worker initializer: one torch thread per process, as the serial lab runs, and (on
@@ -31,9 +33,6 @@ def _one_thread() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
         if os.getppid() == 1:  # the parent died before the request took effect
             os.kill(os.getpid(), signal.SIGTERM)
-
-
-_PR_SET_PDEATHSIG = 1
 
 
 def _cost(cell: Cell) -> int:
