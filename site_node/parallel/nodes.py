@@ -121,6 +121,10 @@ def torchrun_command(
         ]
         if local_addr:
             command += ["--local-addr", local_addr]
+    # torchrun keeps its per-run log directory under the job directory, which the hop
+    # removes; left to itself it makes one in the system temp directory on every run
+    # and never removes it.
+    command += ["--log-dir", str(job_path.parent / "torchrun")]
     worker = ["-m", "site_node.parallel.worker", str(job_path)]
     return [*command, "--nproc-per-node", str(nproc), *worker]
 

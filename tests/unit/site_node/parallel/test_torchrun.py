@@ -22,7 +22,10 @@ from tests.unit.site_node.parallel.helpers import (
 
 
 @pytest.mark.slow
-def test_ddp_hop_through_torchrun(tmp_path: Path) -> None:
+def test_ddp_hop_through_torchrun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    system_tmp = tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(system_tmp))
     c = case(MLP)
     training = TrainSpec(lr=0.1, batch_size=16, steps=4, seed=2)
     job, path = write_job(
@@ -37,3 +40,6 @@ def test_ddp_hop_through_torchrun(tmp_path: Path) -> None:
     assert read_result(job)["plan"] == "ddp"
     _, want = reference(c, training)
     assert max_diff(load_state_file(out), want) <= SGD_TOLERANCE
+    # torchrun's own log directory stays inside the job directory, not the system's.
+    assert list(system_tmp.iterdir()) == []
+    assert (job.dir / "torchrun").is_dir()
