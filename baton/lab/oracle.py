@@ -193,6 +193,28 @@ def order_effect(test: np.ndarray[Any, Any]) -> OrderEffect:
     )
 
 
+def leave_one_out_ceiling(test: np.ndarray[Any, Any]) -> tuple[float, float]:
+    """What picking orders by the test accuracy of the other repetitions reaches.
+
+    For each repetition ``r`` of a ``[order, repetition]`` table the order with the best
+    mean over the other repetitions is picked and scored by its accuracy in ``r``, as a
+    strategy's pick is scored. Returns the percentile (:func:`percentile_of`) of the
+    picks' mean accuracy among the orders' means, and how often the pick is the best
+    order. It is the reproducibility of the oracle's own ranking: a strategy whose probes
+    measured every order's test accuracy on the other repetitions would reach it, one
+    that measures validation accuracy on fewer runs is not expected to. nan with fewer
+    than 2 repetitions.
+    """
+    n_orders, reps = test.shape
+    if reps < 2:
+        return math.nan, math.nan
+    means = test.mean(axis=1)
+    others = (test.sum(axis=1, keepdims=True) - test) / (reps - 1)
+    picks = others.argmax(axis=0)
+    score = float(test[picks, np.arange(reps)].mean())
+    return percentile_of(score, means), float(np.mean(picks == int(means.argmax())))
+
+
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
 
 
