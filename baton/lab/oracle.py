@@ -205,7 +205,7 @@ def leave_one_out_ceiling(test: np.ndarray[Any, Any]) -> tuple[float, float]:
     that measures validation accuracy on fewer runs is not expected to. nan with fewer
     than 2 repetitions.
     """
-    n_orders, reps = test.shape
+    reps = test.shape[1]
     if reps < 2:
         return math.nan, math.nan
     means = test.mean(axis=1)
