@@ -67,6 +67,25 @@ def test_a_cell_that_cannot_be_partitioned_is_left_out_not_fatal(tmp_path: Path)
     assert "cannot give each of 3 sites 100 training examples" in table
 
 
+def test_budget_rows_add_learned_with_more_probes_where_the_cell_is_small_enough() -> None:
+    smoke = GRIDS["smoke"]
+    grid = dataclasses.replace(
+        smoke,
+        cells=(smoke.cells[0], dataclasses.replace(smoke.cells[0], k=2)),
+        strategies=tuple(s for s in smoke.strategies if s[0] == "learned"),
+        budget_rows=(("learned:4/site", 4, 2),),
+    )
+    records, _, _ = run_grid(grid)
+    runs = {(r["k"], r["strategy"]): r["extra_runs"] for r in records}
+    assert runs == {
+        (3, "learned"): 6,
+        (3, "fedavg"): 0,
+        (2, "learned"): 4,
+        (2, "learned:4/site"): 8,
+        (2, "fedavg"): 0,
+    }
+
+
 _POOL = """
 import multiprocessing, os, sys, time
 from concurrent.futures import ProcessPoolExecutor
