@@ -6,7 +6,7 @@ order with the best 4-repetition mean "the best". This benchmark trains every or
 fresh seeds beyond them, by test accuracy (no strategy may see it: a ceiling) and by the
 sites' pooled validation accuracy (what probes measure), on 1, 4 and all fresh seeds per
 order (disjoint windows, averaged). It prints, per cell, the best-order rate and the
-mean percentile of such picks, next to the lab's leave-one-out ceiling.
+mean percentile of such picks, next to the lab's leave-one-out oracle.
 
 With ``--budgets`` it also replays the ``learned`` strategy with that many probe runs per
 site, answered from the fresh seeds (4 draws of them per partition seed), with its
@@ -28,7 +28,7 @@ from baton.lab.oracle import (
     OrderScores,
     candidate_orders,
     evaluate_orders,
-    leave_one_out_ceiling,
+    leave_one_out_oracle,
     percentile_of,
 )
 from baton.lab.runner import context_for, gather_probes, published_profiles
@@ -147,7 +147,7 @@ def main() -> None:
             orders = candidate_orders(sites, seed=seed)
             scores = evaluate_orders(plan, fed, orders, tuple(range(args.reps)))
             score = scores.test[:, :SCORING_REPS]
-            pct, rate = leave_one_out_ceiling(score)
+            pct, rate = leave_one_out_oracle(score)
             row = [(rate, pct)]
             for table in (scores.test, scores.val):
                 fresh = table[:, SCORING_REPS:]

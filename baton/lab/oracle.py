@@ -193,17 +193,17 @@ def order_effect(test: np.ndarray[Any, Any]) -> OrderEffect:
     )
 
 
-def leave_one_out_ceiling(test: np.ndarray[Any, Any]) -> tuple[float, float]:
+def leave_one_out_oracle(test: np.ndarray[Any, Any]) -> tuple[float, float]:
     """What picking orders by the test accuracy of the other repetitions reaches.
 
     For each repetition ``r`` of a ``[order, repetition]`` table the order with the best
     mean over the other repetitions is picked and scored by its accuracy in ``r``, as a
     strategy's pick is scored. Returns the percentile (:func:`percentile_of`) of the
     picks' mean accuracy among the orders' means, and how often the pick is the best
-    order. It is the reproducibility of the oracle's own ranking: a strategy whose probes
-    measured every order's test accuracy on the other repetitions would reach it, one
-    that measures validation accuracy on fewer runs is not expected to. nan with fewer
-    than 2 repetitions.
+    order. It is the reproducibility of the oracle's own ranking: what a strategy whose
+    probes measured every order's test accuracy on the other repetitions would reach. A
+    strategy that sees validation accuracy on fewer runs is not expected to reach it;
+    one with more runs of every order can pass it. nan with fewer than 2 repetitions.
     """
     reps = test.shape[1]
     if reps < 2:

@@ -73,15 +73,16 @@ def markdown_table(records: Sequence[Mapping[str, Any]]) -> str:
     """One row per record; cells where order does not beat noise are marked.
 
     Gains and their p-values (paired across partition seeds) are against the expected
-    accuracy of a random order and against FedAvg; the ceiling is what picking orders by
-    their test accuracy in the other repetitions reaches (the cell's limit on finding the
-    best order reproducibly); the cost is the strategy's probe runs and their training
+    accuracy of a random order and against FedAvg; the leave-one-out oracle is what
+    picking orders by their test accuracy in the other repetitions reaches (how
+    reproducibly the cell's best order can be found from that many runs of every order);
+    the cost is the strategy's probe runs and their training
     time.
     """
     lines = [
         "| cell | strategy | percentile (95% CI) | regret | best order | % centralized "
         "| vs random (p) | vs FedAvg (p) | order/noise | gap vs noise gap "
-        "| ceiling: percentile, best order | extra runs (s) |",
+        "| leave-one-out oracle: percentile, best order | extra runs (s) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
@@ -95,8 +96,8 @@ def markdown_table(records: Sequence[Mapping[str, Any]]) -> str:
             f"| {_signed(r.get('vs_fedavg_pts'))} ({_p(r.get('p_vs_fedavg'))}) "
             f"| {_fmt(r['order_noise_ratio'], 2)} | {_fmt(100 * r['gap_best_worst'])} vs "
             f"{_fmt(100 * r['noise_gap'] if r['noise_gap'] is not None else None)} pts "
-            f"| {_fmt(r.get('ceiling_percentile'))}, "
-            f"{_fmt(_times(100, r.get('ceiling_best_order_rate')), 0)}% "
+            f"| {_fmt(r.get('loo_oracle_percentile'))}, "
+            f"{_fmt(_times(100, r.get('loo_oracle_best_order_rate')), 0)}% "
             f"| {r['extra_runs']} ({_fmt(r.get('extra_train_seconds'), 1)}) |"
         )
     return "\n".join(lines) + "\n"

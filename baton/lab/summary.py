@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from baton.lab.oracle import ci95, leave_one_out_ceiling, order_effect, percentile_of
+from baton.lab.oracle import ci95, leave_one_out_oracle, order_effect, percentile_of
 from baton.lab.stats import paired_t_test, wilcoxon_signed_rank
 
 if TYPE_CHECKING:
@@ -31,16 +31,16 @@ def summarize(
       strategy's accuracy against that expectation (``p_vs_random_wilcoxon``: the exact
       signed-rank test of the same pairs; with few seeds it cannot go below ``2 / 2**n``);
     - ``vs_fedavg_pts`` and ``p_vs_fedavg``: the same against FedAvg at equal compute;
-    - ``ceiling_percentile`` and ``ceiling_best_order_rate``: what picking each order by
-      its test accuracy in the other repetitions reaches
-      (:func:`baton.lab.oracle.leave_one_out_ceiling`), the cell's own limit on how
-      reproducibly any strategy can find the best order;
+    - ``loo_oracle_percentile`` and ``loo_oracle_best_order_rate``: what picking the
+      order with the best test accuracy in the other repetitions reaches
+      (:func:`baton.lab.oracle.leave_one_out_oracle`): how reproducibly the cell's best
+      order can be found from that many runs of every order;
     - the cost next to the gain: ``extra_runs`` (probe runs per run),
       ``extra_train_seconds`` (what those runs take, at the measured wall time of one
       simulated run) and ``decide_seconds`` (the strategy's own planning time per run).
     """
     effects = [order_effect(t.scores.test) for t in trials]
-    ceilings = np.array([leave_one_out_ceiling(t.scores.test) for t in trials])
+    oracles = np.array([leave_one_out_oracle(t.scores.test) for t in trials])
     ratio = _mean([e.ratio for e in effects])
     random_order = [float(t.scores.test.mean()) for t in trials]
     fedavg = [float(np.mean(t.chosen["fedavg"])) for t in trials]
@@ -87,8 +87,8 @@ def summarize(
                 "order_noise_ratio": ratio,
                 "gap_best_worst": _mean([e.gap for e in effects]),
                 "noise_gap": _mean([e.noise_gap for e in effects]),
-                "ceiling_percentile": _mean(ceilings[:, 0].tolist()),
-                "ceiling_best_order_rate": _mean(ceilings[:, 1].tolist()),
+                "loo_oracle_percentile": _mean(oracles[:, 0].tolist()),
+                "loo_oracle_best_order_rate": _mean(oracles[:, 1].tolist()),
                 "order_sensitive": bool(ratio >= 1.0) if math.isfinite(ratio) else False,
                 "extra_runs": extra_runs,
                 "extra_train_seconds": extra_runs * run_seconds,

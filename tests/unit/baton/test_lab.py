@@ -35,7 +35,7 @@ from baton.lab.oracle import (
     ci95,
     evaluate_orders,
     expected_range,
-    leave_one_out_ceiling,
+    leave_one_out_oracle,
     order_effect,
     percentile_of,
     pooled_metrics,
@@ -132,7 +132,7 @@ def test_statistics_match_hand_computations() -> None:
     assert order_effect(flat).ratio < 0.3
 
 
-def test_leave_one_out_ceiling_picks_by_the_other_repetitions() -> None:
+def test_leave_one_out_oracle_picks_by_the_other_repetitions() -> None:
     # Order 1 is best on average, but repetition 2 alone favours order 0.
     table = np.array(
         [
@@ -144,14 +144,14 @@ def test_leave_one_out_ceiling_picks_by_the_other_repetitions() -> None:
     # Repetitions 0 and 1 see the others' means (0.895, 0.875, 0.70) and pick order 0,
     # which scores 0.80 there; repetition 2 sees (0.80, 0.90, 0.70) and picks order 1,
     # which scores 0.85 there.
-    pct, best_rate = leave_one_out_ceiling(table)
+    pct, best_rate = leave_one_out_oracle(table)
     assert best_rate == pytest.approx(1 / 3)
     means = table.mean(axis=1)
     assert pct == pytest.approx(percentile_of((0.80 + 0.80 + 0.85) / 3, means))
     # A clear order effect over little noise is reproducible: always the best order.
     clear = np.array([[0.70, 0.71, 0.69], [0.90, 0.91, 0.89], [0.80, 0.79, 0.81]])
-    assert leave_one_out_ceiling(clear) == (pytest.approx(100 * 2.5 / 3), 1.0)
-    assert all(math.isnan(v) for v in leave_one_out_ceiling(table[:, :1]))
+    assert leave_one_out_oracle(clear) == (pytest.approx(100 * 2.5 / 3), 1.0)
+    assert all(math.isnan(v) for v in leave_one_out_oracle(table[:, :1]))
 
 
 @pytest.mark.parametrize("logit_adjustment", [False, True])
@@ -288,8 +288,8 @@ def test_smoke_grid_end_to_end_through_the_command(tmp_path: Path) -> None:
         assert 0.0 <= record["best_order_rate"] <= 1.0
         assert record["orders"] == 6
         assert record["ci95"] == [None, None]  # one partition seed: no interval
-        assert 0.0 <= record["ceiling_percentile"] <= 100.0
-        assert record["ceiling_best_order_rate"] in (0.0, 0.5, 1.0)  # 2 repetitions
+        assert 0.0 <= record["loo_oracle_percentile"] <= 100.0
+        assert record["loo_oracle_best_order_rate"] in (0.0, 0.5, 1.0)  # 2 repetitions
     fixed = next(r for r in records if r["strategy"] == "fixed")
     assert fixed["regret_mean"] >= 0.0
     table = (tmp_path / "results.md").read_text(encoding="utf-8")
