@@ -150,7 +150,7 @@ def test_leave_one_out_oracle_picks_by_the_other_repetitions() -> None:
     assert pct == pytest.approx(percentile_of((0.80 + 0.80 + 0.85) / 3, means))
     # A clear order effect over little noise is reproducible: always the best order.
     clear = np.array([[0.70, 0.71, 0.69], [0.90, 0.91, 0.89], [0.80, 0.79, 0.81]])
-    assert leave_one_out_oracle(clear) == (pytest.approx(100 * 2.5 / 3), 1.0)
+    assert leave_one_out_oracle(clear) == pytest.approx((100 * 2.5 / 3, 1.0))
     assert all(math.isnan(v) for v in leave_one_out_oracle(table[:, :1]))
 
 
