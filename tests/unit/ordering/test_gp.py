@@ -8,8 +8,9 @@ import random
 import numpy as np
 import pytest
 
+from baton.domain import DataProfile
 from baton.errors import ConfigError
-from ordering import OrderingContext, ProbeOutcome, make_strategy
+from ordering import HopOutcome, OrderingContext, ProbeOutcome, make_strategy
 from ordering.gp import OrderGP, discordant_pairs
 from ordering.learned import GP_AFTER_PER_SITE, LearnedOrder, feature_matrix
 
@@ -122,3 +123,26 @@ def test_gp_with_thompson_sampling_is_refused() -> None:
         make_strategy("learned", {"surrogate": "gp", "explore": "thompson"})
     with pytest.raises(ConfigError, match="'surrogate'"):
         make_strategy("learned", {"surrogate": "kriging"})
+
+
+def test_gp_takes_cycles_of_the_run_beside_probes_and_searches_large_runs() -> None:
+    sites = tuple(f"s{i}" for i in range(10))
+    gen = random.Random(2)
+    orders = [tuple(gen.sample(sites, len(sites))) for _ in range(40)]
+    probes = tuple(
+        ProbeOutcome(order=o, metrics={"accuracy": 0.5 + 0.3 * (o[-1] == "s3")}) for o in orders
+    )
+    # Two finished cycles of the run, on another scale: the second's first hop measured
+    # the first cycle's model.
+    history = tuple(
+        HopOutcome(cycle=c, site_id=s, metrics_before={"accuracy": 0.9 + 0.01 * c})
+        for c, order in enumerate([sites, sites[::-1]])
+        for s in order
+    )
+    profiles = {s: DataProfile(num_examples=5, label_histogram=(1, 2)) for s in sites}
+    ctx = OrderingContext(
+        sites=sites, probes=probes, history=history, cycle=2, profiles=profiles, seed=1
+    )
+    order = make_strategy("learned", {"surrogate": "gp"}).cycle_order(ctx)
+    assert sorted(order) == sorted(sites)
+    assert order[-1] == "s3"
