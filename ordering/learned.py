@@ -179,7 +179,7 @@ class LearnedOrder:
     against 87-90th). ``surrogate = "auto"`` (default) uses the ridge up to ``2k``
     probe observations and the GP beyond. Replayed on oracle tables of the ordering lab
     (digits, Dirichlet skew, K = 5, 10 partition seeds, probes on fresh run seeds), the
-    chosen order sat at the 85.0th, 88.1th, 89.4th and 89.4th percentile with 20, 40, 80
+    chosen order sat at percentiles 85.0, 88.1, 89.4 and 89.4 with 20, 40, 80
     and 120 probes, against 85.0, 85.2, 86.5 and 83.7 with the ridge alone (82.6 with
     10 probes, both); with ``2k`` probes a GP alone was 2-4 points worse.
 
