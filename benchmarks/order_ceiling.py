@@ -42,7 +42,7 @@ REPLAY_DRAWS = (0, 5, 10, 15)
 def picks_on_fresh_seeds(
     score: np.ndarray[Any, Any], signal: np.ndarray[Any, Any], window: int
 ) -> tuple[float, float]:
-    """Best-order rate and mean percentile of picking by ``signal`` averaged over each
+    """Mean percentile and best-order rate of picking by ``signal`` averaged over each
     disjoint window of ``window`` fresh seeds; ``score`` is the ``[order, rep]`` test
     table the picks are scored on."""
     means = score.mean(axis=1)
@@ -52,7 +52,7 @@ def picks_on_fresh_seeds(
         pick = int(signal[:, start : start + window].mean(axis=1).argmax())
         hits.append(pick == best)
         pcts.append(percentile_of(float(means[pick]), means))
-    return float(np.mean(hits)), float(np.mean(pcts))
+    return float(np.mean(pcts)), float(np.mean(hits))
 
 
 def replay_learned(
@@ -134,6 +134,7 @@ def main() -> None:
         if cell.k not in args.ks:
             continue
         started = time.perf_counter()
+        label = f"K={cell.k} {cell.partition_label} c={cell.cycles}"
         sites = tuple(f"site-{i}" for i in range(cell.k))
         rows: list[list[tuple[float, float]]] = []
         budgets = [b * cell.k for b in args.budgets]
@@ -147,8 +148,7 @@ def main() -> None:
             orders = candidate_orders(sites, seed=seed)
             scores = evaluate_orders(plan, fed, orders, tuple(range(args.reps)))
             score = scores.test[:, :SCORING_REPS]
-            pct, rate = leave_one_out_oracle(score)
-            row = [(rate, pct)]
+            row = [leave_one_out_oracle(score)]
             for table in (scores.test, scores.val):
                 fresh = table[:, SCORING_REPS:]
                 row += [picks_on_fresh_seeds(score, fresh, w) for w in windows]
@@ -160,19 +160,17 @@ def main() -> None:
                 replayed[name].append(
                     [replay_learned(strategy, scores, sites, profiles, b, seed) for b in budgets]
                 )
-        arr = np.array(rows)  # [seed, column, (rate, pct)]
+        arr = np.array(rows)  # [seed, column, (pct, rate)]
         cols = [
-            f"{100 * arr[:, c, 0].mean():.0f}% / {arr[:, c, 1].mean():.1f}"
+            f"{100 * arr[:, c, 1].mean():.0f}% / {arr[:, c, 0].mean():.1f}"
             for c in range(arr.shape[1])
         ]
         print(
-            f"| K={cell.k} {cell.partition_label} c={cell.cycles} | "
-            + " | ".join(cols)
-            + f" | {time.perf_counter() - started:.0f} |",
+            f"| {label} | " + " | ".join(cols) + f" | {time.perf_counter() - started:.0f} |",
             flush=True,
         )
         if budgets:
-            replays.append((f"K={cell.k} {cell.partition_label} c={cell.cycles}", replayed))
+            replays.append((label, replayed))
     if replays:
         print(
             "\nlearned, replayed: mean percentile (best-order rate) with this many probe "

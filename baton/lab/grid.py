@@ -297,6 +297,7 @@ def run_trial(cell: Cell, grid: Grid, seed: int) -> Trial | Skipped:
     except DataError as exc:
         return Skipped(reason=str(exc))
     plan = lab_plan(cell, grid, sites, federation)
+    profiles = published_profiles(federation)
     reps = tuple(range(grid.repetitions))
     scores = evaluate_orders(plan, federation, candidate_orders(sites, seed=seed), reps)
     best = int(np.argmax(scores.test.mean(axis=1)))
@@ -332,7 +333,7 @@ def run_trial(cell: Cell, grid: Grid, seed: int) -> Trial | Skipped:
                 used = gather_probes(
                     inner,
                     sites,
-                    published_profiles(federation),
+                    profiles,
                     seed=r,
                     budget=cell.k * per_site,
                     measure=OracleProber(scores, r, plan, federation),

@@ -76,8 +76,7 @@ def markdown_table(records: Sequence[Mapping[str, Any]]) -> str:
     accuracy of a random order and against FedAvg; the leave-one-out oracle is what
     picking orders by their test accuracy in the other repetitions reaches (how
     reproducibly the cell's best order can be found from that many runs of every order);
-    the cost is the strategy's probe runs and their training
-    time.
+    the cost is the strategy's probe runs and their training time.
     """
     lines = [
         "| cell | strategy | percentile (95% CI) | regret | best order | % centralized "
