@@ -406,11 +406,7 @@ class Scheduler:
     def pending_evaluations(self, site_id: str) -> list[RunRecord]:
         """Finished runs whose plan asks every site to evaluate the final model and that
         ``site_id`` has not evaluated yet."""
-        return [
-            run
-            for run in self._store.list_runs()
-            if run.run_id not in self._evaluations_settled and self.expects_evaluation(site_id, run)
-        ]
+        return [run for run in self._store.list_runs() if self.expects_evaluation(site_id, run)]
 
     def expects_evaluation(self, site_id: str, run: RunRecord) -> bool:
         """Whether ``run`` has ended and awaits ``site_id``'s evaluation of its final model."""

@@ -210,13 +210,13 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         run = self._store.get_run(request.run_id)
         if request.hop_index == run.total_hops and self._scheduler.expects_evaluation(site_id, run):
             blob = run.result  # the final model, for the site to evaluate
+            if blob is None:
+                raise NotFoundError(f"run {run.run_id} has no final model")
         else:
             hop = self._scheduler.hop_for_site(site_id, request.run_id, request.hop_index)
             if hop.input is None:
                 raise NotFoundError(f"hop {hop.hop_index} has no input model (it is the first hop)")
             blob = hop.input
-        if blob is None:
-            raise NotFoundError(f"run {run.run_id} has no final model")
         offset = request.offset
         for data in self._blobs.read(blob.blob_id, offset=offset, chunk_size=CHUNK_BYTES):
             yield common_pb2.BlobChunk(offset=offset, data=data)
