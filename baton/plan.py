@@ -29,12 +29,13 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from baton.config import build, parse_toml
 from baton.errors import ConfigError
-from baton.tomlcfg import build, parse_toml
 
 SITE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 """Site ids: lower-case letters, digits and dashes, as they appear in SPIFFE ids."""
@@ -78,7 +79,7 @@ class ModelSection:
     """Which registered model to train."""
 
     name: str
-    """A name from the model registry (``baton.models``)."""
+    """A name from the model registry (``baton.ml.models``)."""
     args: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for the model's builder."""
 
@@ -88,7 +89,7 @@ class TaskSection:
     """Which dataset task the sites' data belongs to."""
 
     dataset: str
-    """A task name from ``baton.data`` (``breast_cancer``, ``digits``, ``wine``)."""
+    """A task name from ``baton.ml.data`` (``breast_cancer``, ``digits``, ``wine``)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -283,32 +284,36 @@ def read_plan_text(path: Path) -> str:
 
 def parse_plan(text: str, *, source: str = "<plan>") -> RunPlan:
     """Parses and validates run plan text (as sent over the wire)."""
-    plan = build(RunPlan, parse_toml(text, source=source), source=source, section="")
-    _check_known_names(plan, source)
-    return plan
+    return build(RunPlan, parse_toml(text, source=source), source=source, section="")
 
 
-def _check_known_names(plan: RunPlan, source: str) -> None:
-    # Imported here: the registries import torch and scikit-learn, which plan parsing
-    # for the CLI should not pay for when a plan is malformed anyway.
-    from baton import data, models
-    from ordering import known_strategies
+def check_names(
+    plan: RunPlan,
+    *,
+    source: str,
+    models: Collection[str] | None = None,
+    datasets: Collection[str] | None = None,
+    strategies: Collection[str] | None = None,
+) -> None:
+    """Checks the plan's registered names against the registries its caller owns.
 
-    if plan.model.name not in models.known_models():
-        raise ConfigError(
-            f"{source}: unknown model {plan.model.name!r} in 'model.name'; "
-            f"known: {', '.join(sorted(models.known_models()))}"
-        )
-    if plan.task.dataset not in data.known_datasets():
-        raise ConfigError(
-            f"{source}: unknown dataset {plan.task.dataset!r} in 'task.dataset'; "
-            f"known: {', '.join(sorted(data.known_datasets()))}"
-        )
-    if plan.ordering.strategy not in known_strategies():
-        raise ConfigError(
-            f"{source}: unknown ordering strategy {plan.ordering.strategy!r} in "
-            f"'ordering.strategy'; known: {', '.join(sorted(known_strategies()))}"
-        )
+    The plan itself knows no registry: the coordinator passes the ordering strategies it
+    can run, a site and the study owner's CLI pass the models and tasks installed with
+    them. A registry left ``None`` is not checked.
+
+    Raises:
+        ConfigError: A name is not in the registry given for it; the message lists the
+            known names.
+    """
+    for value, known, what, key in (
+        (plan.model.name, models, "model", "model.name"),
+        (plan.task.dataset, datasets, "dataset", "task.dataset"),
+        (plan.ordering.strategy, strategies, "ordering strategy", "ordering.strategy"),
+    ):
+        if known is not None and value not in known:
+            raise ConfigError(
+                f"{source}: unknown {what} {value!r} in {key!r}; known: {', '.join(sorted(known))}"
+            )
 
 
 def plan_digest(text: str) -> str:

@@ -12,11 +12,11 @@ import time
 
 import torch
 
-from baton.data import Partition, make_federation
-from baton.demo import DemoOptions, demo_plan_toml
 from baton.plan import parse_plan
-from baton.simulate import simulate_sequential, train_centralized
 from ordering import OrderingContext, make_strategy
+from sim.demo import DemoOptions, demo_plan_toml
+from sim.simulate import simulate_sequential, train_centralized
+from sim.tasks import Partition, make_federation
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """GPU check of the site trainer: the single-device plan and a 1-GPU DDP run under torchrun.
 
-Trains a causal-LM from ``baton.models_lm`` with bf16 autocast (NCCL on CUDA) and prints
+Trains a causal-LM from ``baton.ml.models_lm`` with bf16 autocast (NCCL on CUDA) and prints
 samples/s, tokens/s and model FLOPs utilization (MFU, from 6 x parameters x tokens/s
 against the device's dense bf16 peak). Not part of CI. On a machine without a GPU,
 ``--device cpu`` runs the same two jobs on gloo as a dry run of the script itself.
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from baton import models_lm
-from baton.codec import state_of
+from baton.ml import models_lm
+from baton.ml.codec import state_of
 from site_node.parallel import families
 from site_node.parallel.job import Job, ModelSpec, TrainSpec
 from site_node.parallel.launch import launch, prepare

@@ -8,11 +8,11 @@ import time
 
 import torch
 
-from baton.data import Partition, make_federation
-from baton.lab.batched import train_orders_batched
-from baton.lab.grid import REMEDIES
 from baton.plan import ModelSection, RunPlan, RunSection, TaskSection, TrainingSection
-from baton.simulate import simulate_sequential
+from sim.lab.batched import train_orders_batched
+from sim.lab.grid import REMEDIES
+from sim.simulate import simulate_sequential
+from sim.tasks import Partition, make_federation
 
 
 def main() -> None:

@@ -20,8 +20,8 @@ from collections import defaultdict
 
 import torch
 
-from baton.lab.grid import GRIDS, Cell, Grid, run_trial
-from baton.lab.parallel import trials_by_cell
+from sim.lab.grid import GRIDS, Cell, Grid, run_trial
+from sim.lab.parallel import trials_by_cell
 
 
 def _sample(grid: Grid, partition: str) -> list[Cell]:

@@ -22,17 +22,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from baton.data import make_federation
-from baton.lab.grid import GRIDS, lab_plan
-from baton.lab.oracle import (
+from ordering import LearnedOrder
+from sim.lab.grid import GRIDS, lab_plan
+from sim.lab.oracle import (
     OrderScores,
     candidate_orders,
     evaluate_orders,
     leave_one_out_oracle,
     percentile_of,
 )
-from baton.lab.runner import context_for, gather_probes, published_profiles
-from ordering import LearnedOrder
+from sim.lab.runner import context_for, gather_probes, published_profiles
+from sim.tasks import make_federation
 
 SCORING_REPS = 4
 REPLAY_DRAWS = (0, 5, 10, 15)

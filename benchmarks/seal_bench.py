@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
-from baton.envelope import Expectation, HopContext, RecipientKey, open_file, seal_file
-from baton.replay import MemoryReplayGuard
+from baton.security.envelope import Expectation, HopContext, RecipientKey, open_file, seal_file
+from baton.security.replay import MemoryReplayGuard
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baton.codec import state_of
-from baton.data import Split
-from baton.models import build_model, fit_input_norm
+from baton.ml.codec import state_of
+from baton.ml.data import Split
+from baton.ml.models import build_model, fit_input_norm
+from baton.ml.trainer import train_local
 from baton.plan import TrainingSection
-from site_node.trainer import train_local
 
 
 def _bare(model: nn.Module, x: torch.Tensor, y: torch.Tensor, t: TrainingSection, seed: int) -> int:

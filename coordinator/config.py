@@ -6,8 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from baton.tls import TlsFiles
-from baton.tomlcfg import build, read_toml
+from baton.config import build, read_toml
+from baton.security.tls import TlsFiles
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

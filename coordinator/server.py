@@ -9,18 +9,18 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from baton.audit import AuditLog, key_fingerprint
 from baton.errors import TransportError
-from baton.pki import load_private_key
-from baton.revocation import revocation_check
-from baton.tls import TlsMaterial
+from baton.security.audit import AuditLog, key_fingerprint
+from baton.security.pki import load_private_key
+from baton.security.revocation import revocation_check
+from baton.security.tls import TlsMaterial
 from baton.v1 import admin_pb2_grpc, site_pb2_grpc
-from baton.wire import SERVER_OPTIONS
-from coordinator.admin_service import AdminService
+from baton.wire.channel import SERVER_OPTIONS
+from coordinator.api.admin import AdminService
+from coordinator.api.site import SiteService
 from coordinator.blobs import FileBlobStore
 from coordinator.config import CoordinatorConfig
-from coordinator.scheduler import Scheduler
-from coordinator.site_service import SiteService
+from coordinator.engine.scheduler import Scheduler
 from coordinator.store.base import Store
 from coordinator.store.sqlite import SqliteStore
 from coordinator.tls_reload import ReloadingServerCredentials

@@ -9,8 +9,8 @@ import grpc
 from cryptography import x509
 
 from baton.errors import PkiError
-from baton.tls import TlsFiles, TlsMaterial
-from baton.wire import file_stamp
+from baton.security.tls import TlsFiles, TlsMaterial
+from baton.wire.channel import file_stamp
 
 logger = logging.getLogger(__name__)
 

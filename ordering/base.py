@@ -34,7 +34,7 @@ class ProbeOutcome:
     Probes cost a whole extra training run each. In a live federation they are earlier
     runs whose plan had every site evaluate the final model (``[run] evaluate_at_sites``),
     named in a later plan's ``[ordering] probe_runs``; the ordering lab simulates them
-    (``baton.lab``).
+    (``sim.lab``).
     """
 
     order: tuple[str, ...]

@@ -6,8 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from baton.tls import TlsFiles
-from baton.tomlcfg import build, read_toml
+from baton.config import build, read_toml
+from baton.security.tls import TlsFiles
 from site_node.parallel.nodes import NodeGroup, Rendezvous
 
 PARALLEL_PLANS = ("auto", "single", "ddp", "fsdp", "tp", "fsdp_tp", "pp")

@@ -10,17 +10,17 @@ import grpc
 import torch
 
 from baton import __version__
-from baton.audit import AuditLog
-from baton.data import profile_of, read_site_data
 from baton.domain import Capabilities
 from baton.errors import ConfigError, PkiError, TransportError
-from baton.replay import SqliteReplayGuard
-from baton.revocation import revocation_check
-from baton.sealing import AppKeys, check_party
-from baton.serde import capabilities_to_proto, profile_to_proto
-from baton.tls import channel_credentials
+from baton.ml.data import profile_of, read_site_data
+from baton.security.audit import AuditLog
+from baton.security.replay import SqliteReplayGuard
+from baton.security.revocation import revocation_check
+from baton.security.sealing import AppKeys, check_party
+from baton.security.tls import channel_credentials
 from baton.v1 import site_pb2, site_pb2_grpc
-from baton.wire import secure_channel
+from baton.wire.channel import secure_channel
+from baton.wire.serde import capabilities_to_proto, profile_to_proto
 from site_node.config import SiteConfig
 from site_node.hop import HopRunner, LocalData
 from site_node.local_training import remove_stale_jobs

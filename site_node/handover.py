@@ -14,13 +14,13 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import x25519
 
-from baton.envelope import HopContext, RecipientKey, seal_file
 from baton.errors import PkiError
-from baton.keys import PartyKeys
-from baton.pki import Identity
 from baton.plan import RunPlan
-from baton.sealing import AppKeys, check_party
-from baton.tls import TlsMaterial
+from baton.security.envelope import HopContext, RecipientKey, seal_file
+from baton.security.keys import PartyKeys
+from baton.security.pki import Identity
+from baton.security.sealing import AppKeys, check_party
+from baton.security.tls import TlsMaterial
 from baton.v1 import site_pb2, site_pb2_grpc
 
 
@@ -112,7 +112,7 @@ def _recipients(
 
 def _evaluators(
     checked: Verified,
-    nxt: site_pb2.GetNextHopResponse,
+    nxt: site_pb2.NextHop,
     *,
     tls: TlsMaterial,
     revoked: Callable[[bytes | str], bool],

@@ -20,36 +20,43 @@ from typing import Protocol
 import grpc
 from torch import nn
 
-from baton.audit import AuditLog
-from baton.codec import load_into, load_state_file, save_state_file, state_of
-from baton.data import Schema, SiteData
-from baton.envelope import Expectation, open_file
-from baton.errors import BatonError, BlobError, ConfigError, DataError, ModelError, PkiError
-from baton.hop_manifest import SealError
-from baton.models import plan_model
-from baton.pki import Identity
+from baton.errors import (
+    BatonError,
+    BlobError,
+    ConfigError,
+    DataError,
+    ModelError,
+    ParallelError,
+    PkiError,
+    SealError,
+    TrainingInterrupted,
+)
+from baton.ml.codec import load_into, load_state_file, save_state_file, schema_hash, state_of
+from baton.ml.data import Schema, SiteData
+from baton.ml.models import plan_model
+from baton.ml.trainer import evaluate, hop_seed, train_local
 from baton.plan import parse_plan
-from baton.replay import MemoryReplayGuard, ReplayGuard
-from baton.sealing import (
+from baton.security.audit import AuditLog
+from baton.security.envelope import Expectation, open_file
+from baton.security.pki import Identity
+from baton.security.replay import MemoryReplayGuard, ReplayGuard
+from baton.security.sealing import (
     AppKeys,
     check_owner,
     check_party,
     expected_previous,
     manifest_digest,
-    schema_hash,
     verify_plan,
 )
-from baton.serde import blob_ref_from_proto, blob_ref_to_proto
-from baton.tls import TlsMaterial
+from baton.security.tls import TlsMaterial
 from baton.v1 import site_pb2, site_pb2_grpc
-from baton.wire import EVALUATION_STAGE
+from baton.wire.channel import EVALUATION_STAGE
+from baton.wire.serde import blob_ref_from_proto, blob_ref_to_proto
 from site_node import transfer
 from site_node.config import SiteTraining
 from site_node.handover import Verified, refuse_revoked, seal_for_next
 from site_node.local_training import site_device, site_plan, train_parallel
-from site_node.parallel.errors import ParallelError, TrainingInterrupted
 from site_node.parallel.plans import PlanKind
-from site_node.trainer import evaluate, hop_seed, train_local
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ job directory holds plaintext and is removed whatever happens.
 
 Only plain SGD or Adam, without the proximal penalty, can be spread: the other training
 settings of the run plan map one to one onto the workers' job (the learning rate of
-:func:`~site_node.trainer.hop_lr`, the steps of :func:`~site_node.trainer.total_steps`,
+:func:`~baton.ml.trainer.hop_lr`, the steps of :func:`~baton.ml.trainer.total_steps`,
 logit adjustment). The workers drop incomplete batches and draw their own example order,
 so a parallel hop is not bit-for-bit the in-process hop.
 """
@@ -27,20 +27,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from baton.codec import load_into, load_state_file, state_of
-from baton.data import Split
-from baton.errors import DataError
-from baton.models import is_sequence_model
-from baton.models_lm import as_tokens, sequence_targets
+from baton.errors import DataError, PlanError, TrainingInterrupted, WorkerError
+from baton.ml.codec import load_into, load_state_file, state_of
+from baton.ml.data import Split
+from baton.ml.models import is_sequence_model
+from baton.ml.models_lm import as_tokens, sequence_targets
+from baton.ml.trainer import TrainResult, hop_lr, total_steps
 from baton.plan import RunPlan
 from site_node.config import SiteTraining
 from site_node.parallel import families
-from site_node.parallel.errors import PlanError, TrainingInterrupted, WorkerError
 from site_node.parallel.job import Job, ModelSpec, TrainSpec
 from site_node.parallel.launch import Starter, launch, prepare, read_result
 from site_node.parallel.nodes import NodeGroup, announce, withdraw
 from site_node.parallel.plans import ParallelPlan, PlanKind, choose_plan
-from site_node.trainer import TrainResult, hop_lr, total_steps
 
 logger = logging.getLogger(__name__)
 

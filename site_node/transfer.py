@@ -12,9 +12,9 @@ import grpc
 
 from baton.domain import BlobRef
 from baton.errors import BlobError
-from baton.serde import blob_ref_from_proto
 from baton.v1 import common_pb2, site_pb2, site_pb2_grpc
-from baton.wire import CHUNK_BYTES, file_chunks, sha256_file
+from baton.wire.channel import CHUNK_BYTES, file_chunks, sha256_file
+from baton.wire.serde import blob_ref_from_proto
 
 logger = logging.getLogger(__name__)
 

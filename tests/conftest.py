@@ -9,13 +9,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from baton.pki import Identity, create_ca, issue
-from baton.sealing import AppKeys, provision_app_keys, sign_plan
-from baton.tls import TlsFiles, TlsMaterial, channel_credentials
+from baton.security.pki import Identity, create_ca, issue
+from baton.security.sealing import AppKeys, provision_app_keys, sign_plan
+from baton.security.tls import TlsFiles, TlsMaterial, channel_credentials
 from baton.v1 import admin_pb2_grpc, site_pb2_grpc
-from baton.wire import secure_channel
+from baton.wire.channel import secure_channel
 from coordinator.config import CoordinatorConfig
-from coordinator.scheduler import SignedPlan
+from coordinator.engine.scheduler import SignedPlan
 from coordinator.server import CoordinatorServer
 
 FEDERATION = "testfed"

@@ -173,6 +173,7 @@ class Assignment(_message.Message):
     SENDER_SIGNING_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
     SENDER_ENCRYPTION_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
     EVALUATE_ONLY_FIELD_NUMBER: _builtins.int
+    NEXT_HOP_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Run the hop belongs to."""
     hop_index: _builtins.int
@@ -212,6 +213,13 @@ class Assignment(_message.Message):
     def input(self) -> _common_pb2.BlobRef:
         """The model to start from; unset for the first hop (the site builds it from the plan)."""
 
+    @_builtins.property
+    def next_hop(self) -> Global___NextHop:
+        """Who receives this hop's output: the next hop's site, or the study owner after the last
+        hop. The coordinator plans a cycle when it assigns the previous cycle's last hop, so
+        every hop knows its recipient before it trains. Unset for an evaluation.
+        """
+
     def __init__(
         self,
         *,
@@ -230,10 +238,11 @@ class Assignment(_message.Message):
         sender_signing_certificate_pem: _builtins.str = ...,
         sender_encryption_certificate_pem: _builtins.str = ...,
         evaluate_only: _builtins.bool = ...,
+        next_hop: Global___NextHop | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "next_hop", b"next_hop"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cycle", b"cycle", "evaluate_only", b"evaluate_only", "hop_index", b"hop_index", "input", b"input", "input_manifest", b"input_manifest", "owner_encryption_certificate_pem", b"owner_encryption_certificate_pem", "owner_signing_certificate_pem", b"owner_signing_certificate_pem", "plan_signature", b"plan_signature", "plan_toml", b"plan_toml", "previous_manifest", b"previous_manifest", "previous_site_id", b"previous_site_id", "run_id", b"run_id", "sender_encryption_certificate_pem", b"sender_encryption_certificate_pem", "sender_signing_certificate_pem", b"sender_signing_certificate_pem", "total_hops", b"total_hops"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cycle", b"cycle", "evaluate_only", b"evaluate_only", "hop_index", b"hop_index", "input", b"input", "input_manifest", b"input_manifest", "next_hop", b"next_hop", "owner_encryption_certificate_pem", b"owner_encryption_certificate_pem", "owner_signing_certificate_pem", b"owner_signing_certificate_pem", "plan_signature", b"plan_signature", "plan_toml", b"plan_toml", "previous_manifest", b"previous_manifest", "previous_site_id", b"previous_site_id", "run_id", b"run_id", "sender_encryption_certificate_pem", b"sender_encryption_certificate_pem", "sender_signing_certificate_pem", b"sender_signing_certificate_pem", "total_hops", b"total_hops"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -438,7 +447,9 @@ class GetNextHopRequest(_message.Message):
 Global___GetNextHopRequest: _TypeAlias = GetNextHopRequest  # noqa: Y015
 
 @_typing.final
-class GetNextHopResponse(_message.Message):
+class NextHop(_message.Message):
+    """Who receives a hop's output."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FINAL_FIELD_NUMBER: _builtins.int
@@ -485,7 +496,7 @@ class GetNextHopResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetNextHopResponse: _TypeAlias = GetNextHopResponse  # noqa: Y015
+Global___NextHop: _TypeAlias = NextHop  # noqa: Y015
 
 @_typing.final
 class Evaluator(_message.Message):

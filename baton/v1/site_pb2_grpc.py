@@ -68,7 +68,7 @@ class SiteServiceStub:
         self.GetNextHop = channel.unary_unary(
                 '/baton.v1.SiteService/GetNextHop',
                 request_serializer=baton_dot_v1_dot_site__pb2.GetNextHopRequest.SerializeToString,
-                response_deserializer=baton_dot_v1_dot_site__pb2.GetNextHopResponse.FromString,
+                response_deserializer=baton_dot_v1_dot_site__pb2.NextHop.FromString,
                 _registered_method=True)
         self.ReportMetrics = channel.unary_unary(
                 '/baton.v1.SiteService/ReportMetrics',
@@ -201,7 +201,7 @@ def add_SiteServiceServicer_to_server(servicer, server):
             'GetNextHop': grpc.unary_unary_rpc_method_handler(
                     servicer.GetNextHop,
                     request_deserializer=baton_dot_v1_dot_site__pb2.GetNextHopRequest.FromString,
-                    response_serializer=baton_dot_v1_dot_site__pb2.GetNextHopResponse.SerializeToString,
+                    response_serializer=baton_dot_v1_dot_site__pb2.NextHop.SerializeToString,
             ),
             'ReportMetrics': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportMetrics,
@@ -407,7 +407,7 @@ class SiteService:
             target,
             '/baton.v1.SiteService/GetNextHop',
             baton_dot_v1_dot_site__pb2.GetNextHopRequest.SerializeToString,
-            baton_dot_v1_dot_site__pb2.GetNextHopResponse.FromString,
+            baton_dot_v1_dot_site__pb2.NextHop.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,7 +56,7 @@ class SiteServiceStub:
     """
     GetUploadStatus: _grpc.UnaryUnaryMultiCallable[_site_pb2.GetUploadStatusRequest, _site_pb2.GetUploadStatusResponse]
     """Reports how much of an upload the coordinator has durably stored."""
-    GetNextHop: _grpc.UnaryUnaryMultiCallable[_site_pb2.GetNextHopRequest, _site_pb2.GetNextHopResponse]
+    GetNextHop: _grpc.UnaryUnaryMultiCallable[_site_pb2.GetNextHopRequest, _site_pb2.NextHop]
     """Names the party that receives the model after the given hop, with its certificate,
     so that the sender can check it (and, once hops are sealed, encrypt to it).
     """
@@ -90,7 +90,7 @@ class SiteServiceAsyncStub(SiteServiceStub):
     """
     GetUploadStatus: _aio.UnaryUnaryMultiCallable[_site_pb2.GetUploadStatusRequest, _site_pb2.GetUploadStatusResponse]  # type: ignore[assignment]
     """Reports how much of an upload the coordinator has durably stored."""
-    GetNextHop: _aio.UnaryUnaryMultiCallable[_site_pb2.GetNextHopRequest, _site_pb2.GetNextHopResponse]  # type: ignore[assignment]
+    GetNextHop: _aio.UnaryUnaryMultiCallable[_site_pb2.GetNextHopRequest, _site_pb2.NextHop]  # type: ignore[assignment]
     """Names the party that receives the model after the given hop, with its certificate,
     so that the sender can check it (and, once hops are sealed, encrypt to it).
     """
@@ -163,7 +163,7 @@ class SiteServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _site_pb2.GetNextHopRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_site_pb2.GetNextHopResponse, _abc.Awaitable[_site_pb2.GetNextHopResponse]]:
+    ) -> _typing.Union[_site_pb2.NextHop, _abc.Awaitable[_site_pb2.NextHop]]:
         """Names the party that receives the model after the given hop, with its certificate,
         so that the sender can check it (and, once hops are sealed, encrypt to it).
         """

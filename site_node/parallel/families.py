@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from baton import models_lm
-from baton.models import MLP, InputNorm, build_model
-from site_node.parallel.errors import PlanError
+from baton.errors import PlanError
+from baton.ml import models_lm
+from baton.ml.models import MLP, InputNorm, build_model
 from site_node.parallel.plans import ModelFootprint
 
 if TYPE_CHECKING:

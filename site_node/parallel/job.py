@@ -60,7 +60,7 @@ class TrainSpec:
     """Seed of the example order (``DistributedSampler``) and of dropout."""
     logit_adjustment: bool = False
     """Classification only: train on ``logits + log(local label prior)`` as
-    ``site_node.trainer.train_local`` does."""
+    ``baton.ml.trainer.train_local`` does."""
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):

@@ -31,10 +31,10 @@ from typing import Any, Literal, Protocol
 
 import torch
 
-from baton.codec import save_state_file
-from baton.wire import sha256_file
+from baton.errors import TrainingInterrupted, WorkerError
+from baton.ml.codec import save_state_file
+from baton.wire.channel import sha256_file
 from site_node.parallel import checkpoint
-from site_node.parallel.errors import TrainingInterrupted, WorkerError
 from site_node.parallel.job import JOB_FILE, Job
 from site_node.parallel.nodes import Rendezvous, torchrun_command
 from site_node.parallel.worker import run_worker

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from site_node.parallel.errors import PlanError
+from baton.errors import PlanError
 
 MEMORY_HEADROOM = 0.8
 """Fraction of a device's free memory a plan may count on (allocator slack, buffers)."""

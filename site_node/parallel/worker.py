@@ -45,12 +45,11 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.utils.data import DistributedSampler, TensorDataset
 
-from baton.codec import load_into, load_state_file, save_state_file, state_of
-from baton.errors import BatonError, DataError, ModelError
-from baton.models import fit_input_norm, has_input_norm
+from baton.errors import BatonError, DataError, ModelError, PlanError
+from baton.ml.codec import load_into, load_state_file, save_state_file, state_of
+from baton.ml.models import fit_input_norm, has_input_norm
 from site_node.parallel import checkpoint, families
 from site_node.parallel import pipeline as pipeline_mod
-from site_node.parallel.errors import PlanError
 from site_node.parallel.job import Job
 from site_node.parallel.plans import PlanKind
 

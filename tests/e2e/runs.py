@@ -7,13 +7,13 @@ from dataclasses import dataclass
 
 import torch
 
-from baton.admin_client import AdminClient
-from baton.codec import load_state_file
-from baton.localfed import LocalFederationLayout, start, wait_until_online
-from baton.owner import fetch_result
-from baton.procs import ProcessGroup
-from baton.sealing import AppKeys
+from baton.ml.codec import load_state_file
+from baton.security.sealing import AppKeys
 from baton.v1 import admin_pb2, common_pb2
+from owner.client import AdminClient
+from owner.fetch import fetch_result
+from sim.localfed import LocalFederationLayout, start, wait_until_online
+from sim.procs import ProcessGroup
 
 
 @dataclass

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from baton import exit_codes
-from baton.codec import load_state_file
-from baton.data import Partition
-from baton.localfed import provision, start
-from baton.procs import ProcessGroup
+from baton.ml.codec import load_state_file
+from sim.localfed import provision, start
+from sim.procs import ProcessGroup
+from sim.tasks import Partition
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -37,7 +37,7 @@ strategy = "fixed"
 
 def baton(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "baton.cli", *args],
+        [sys.executable, "-m", "owner.cli", *args],
         capture_output=True,
         text=True,
         timeout=120,

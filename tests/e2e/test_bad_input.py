@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from baton import exit_codes
-from baton.data import Partition
-from baton.localfed import LocalFederationLayout, provision, write_site_config
+from sim.localfed import LocalFederationLayout, provision, write_site_config
+from sim.tasks import Partition
 
 pytestmark = pytest.mark.e2e
 
@@ -78,7 +78,7 @@ def test_bad_plan_is_refused_before_submission(
 ) -> None:
     plan = tmp_path / "plan.toml"
     plan.write_text(GOOD_PLAN.replace(*edit))
-    proc = run_cli("baton.cli", "submit", str(plan), "--admin", str(fed_dir / "admin.toml"))
+    proc = run_cli("owner.cli", "submit", str(plan), "--admin", str(fed_dir / "admin.toml"))
     assert_clean_error(proc, exit_codes.CLI_CONFIG, fragment)
     assert str(plan) in proc.stderr
 
@@ -86,7 +86,7 @@ def test_bad_plan_is_refused_before_submission(
 def test_submit_to_unreachable_coordinator(fed_dir: Path, tmp_path: Path) -> None:
     plan = tmp_path / "plan.toml"
     plan.write_text(GOOD_PLAN)
-    proc = run_cli("baton.cli", "submit", str(plan), "--admin", str(fed_dir / "admin.toml"))
+    proc = run_cli("owner.cli", "submit", str(plan), "--admin", str(fed_dir / "admin.toml"))
     assert_clean_error(proc, exit_codes.CLI_UNREACHABLE, "coordinator at 127.0.0.1:1 unreachable")
 
 
@@ -151,7 +151,7 @@ def test_site_without_its_keys(fed_dir: Path, tmp_path: Path) -> None:
 
 
 def test_demo_rejects_bad_option() -> None:
-    proc = run_cli("baton.cli", "demo", "--sites", "0")
+    proc = run_cli("owner.cli", "demo", "--sites", "0")
     assert_clean_error(proc, exit_codes.CLI_CONFIG, "--sites must be between 1 and 16")
 
 

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from baton.admin_client import AdminClient
-from baton.data import Partition
-from baton.localfed import provision, wait_until_online, write_site_config
-from baton.owner import fetch_result
-from baton.procs import ProcessGroup, wait_for_file
-from baton.sealing import AppKeys
+from baton.security.sealing import AppKeys
 from baton.v1 import admin_pb2, common_pb2
+from owner.client import AdminClient
+from owner.fetch import fetch_result
+from sim.localfed import provision, wait_until_online, write_site_config
+from sim.procs import ProcessGroup, wait_for_file
+from sim.tasks import Partition
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from baton.audit import verify_log
-from baton.data import Partition
-from baton.localfed import provision
 from baton.plan import parse_plan
-from baton.sealing import AppKeys
-from baton.simulate import simulate_sequential
+from baton.security.audit import verify_log
+from baton.security.sealing import AppKeys
 from baton.v1 import admin_pb2
+from sim.localfed import provision
+from sim.simulate import simulate_sequential
+from sim.tasks import Partition
 from tests.e2e.runs import run_to_the_end
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -122,7 +122,7 @@ def test_demo_command_writes_report(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "baton.cli",
+            "owner.cli",
             "demo",
             "--sites",
             "3",

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from baton.data import Partition
-from baton.localfed import provision
 from baton.v1 import admin_pb2
+from sim.localfed import provision
+from sim.tasks import Partition
 from tests.e2e.runs import run_to_the_end
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -10,18 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from baton.admin_client import AdminClient
-from baton.codec import load_into, load_state_file
-from baton.data import Partition, read_site_data
-from baton.hop_manifest import HopManifest
-from baton.localfed import provision, start, wait_until_online
-from baton.models import plan_model
-from baton.owner import fetch_result
+from baton.ml.codec import load_into, load_state_file
+from baton.ml.data import read_site_data
+from baton.ml.models import plan_model
+from baton.ml.trainer import evaluate
 from baton.plan import parse_plan
-from baton.procs import ProcessGroup
-from baton.sealing import AppKeys
+from baton.security.manifest import HopManifest
+from baton.security.sealing import AppKeys
 from baton.v1 import admin_pb2, common_pb2
-from site_node.trainer import evaluate
+from owner.client import AdminClient
+from owner.fetch import fetch_result
+from sim.localfed import provision, start, wait_until_online
+from sim.procs import ProcessGroup
+from sim.tasks import Partition
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -13,20 +13,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from baton.admin_client import AdminClient
-from baton.codec import load_state_file, state_of
-from baton.data import Partition, read_site_data
-from baton.localfed import provision, start, wait_until_online
-from baton.models import plan_model
-from baton.owner import fetch_result
+from baton.ml.codec import load_state_file, state_of
+from baton.ml.data import read_site_data
+from baton.ml.models import plan_model
+from baton.ml.trainer import hop_seed
 from baton.plan import parse_plan
-from baton.procs import ProcessGroup
-from baton.sealing import AppKeys
+from baton.security.sealing import AppKeys
 from baton.v1 import common_pb2
+from owner.client import AdminClient
+from owner.fetch import fetch_result
+from sim.localfed import provision, start, wait_until_online
+from sim.procs import ProcessGroup
+from sim.tasks import Partition
 from site_node.local_training import train_parallel
 from site_node.parallel import checkpoint
 from site_node.parallel.plans import ParallelPlan, PlanKind
-from site_node.trainer import hop_seed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

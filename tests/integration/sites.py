@@ -8,10 +8,10 @@ from typing import Any
 
 from cryptography import x509
 
-from baton.audit import verify_log
 from baton.domain import BlobRef
-from baton.envelope import Expectation, HopContext, RecipientKey, open_file, seal_file
-from baton.replay import MemoryReplayGuard
+from baton.security.audit import verify_log
+from baton.security.envelope import Expectation, HopContext, RecipientKey, open_file, seal_file
+from baton.security.replay import MemoryReplayGuard
 from baton.v1 import admin_pb2, common_pb2, site_pb2, site_pb2_grpc
 from site_node import transfer
 from tests.conftest import LiveCoordinator, Pki

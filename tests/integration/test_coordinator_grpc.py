@@ -13,11 +13,11 @@ import grpc
 import pytest
 
 from baton.domain import BlobRef
-from baton.envelope import HopContext, RecipientKey, seal_file
-from baton.pki import Identity, create_ca, issue
-from baton.sealing import expected_previous, manifest_digest, plan_hash
+from baton.security.envelope import HopContext, RecipientKey, seal_file
+from baton.security.pki import Identity, create_ca, issue
+from baton.security.sealing import expected_previous, manifest_digest, plan_hash
 from baton.v1 import admin_pb2, common_pb2, site_pb2, site_pb2_grpc
-from baton.wire import MAX_MESSAGE_BYTES
+from baton.wire.channel import MAX_MESSAGE_BYTES
 from site_node import transfer
 from tests.conftest import LiveCoordinator
 from tests.integration.sites import (
@@ -61,13 +61,13 @@ def test_run_plan_naming_unregistered_site_is_refused(coordinator: LiveCoordinat
     assert "never registered: site-b" in (err.value.details() or "")
 
 
-def test_unknown_model_in_plan_is_refused(coordinator: LiveCoordinator) -> None:
+def test_unknown_strategy_in_plan_is_refused(coordinator: LiveCoordinator) -> None:
     register(coordinator, "site-a")
-    bad = plan(["site-a"]).replace('"logreg"', '"resnet9000"')
+    bad = plan(["site-a"]).replace('strategy = "', 'strategy = "nonsense-')
     with pytest.raises(grpc.RpcError) as err:
         coordinator.admin().CreateRun(create_request(coordinator.pki, bad))
     assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert "unknown model 'resnet9000'" in (err.value.details() or "")
+    assert "unknown ordering strategy 'nonsense-" in (err.value.details() or "")
 
 
 def test_two_site_run_relays_sealed_bytes_hop_to_hop(

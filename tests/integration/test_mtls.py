@@ -1,4 +1,4 @@
-"""Mutual TLS through a real gRPC server on loopback, with certificates from ``baton.pki``."""
+"""Mutual TLS through a real gRPC server on loopback, certificates from ``baton.security.pki``."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from baton.errors import PkiError
-from baton.pki import Identity, IssuedFiles, create_ca, issue
-from baton.tls import TlsFiles, channel_credentials, require_peer, server_credentials
+from baton.security.pki import Identity, IssuedFiles, create_ca, issue
+from baton.security.tls import TlsFiles, channel_credentials, require_peer, server_credentials
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from baton.tls import TlsFiles
+from baton.security.tls import TlsFiles
 from tests.conftest import LiveCoordinator
 
 OPENSSL = shutil.which("openssl")

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 import torch
 
-from baton.audit import AuditLog
-from baton.codec import load_state_file
-from baton.data import Partition, make_federation
-from baton.replay import MemoryReplayGuard
-from baton.sealing import manifest_digest, plan_hash
+from baton.ml.codec import load_state_file
+from baton.security.audit import AuditLog
+from baton.security.replay import MemoryReplayGuard
+from baton.security.sealing import manifest_digest, plan_hash
 from baton.v1 import admin_pb2, common_pb2
+from sim.tasks import Partition, make_federation
 from site_node.config import SiteTraining
 from site_node.hop import HopRunner, LocalData
 from site_node.parallel import worker

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from baton.errors import PkiError
-from baton.revocation import issue_crl, revoke
+from baton.security.revocation import issue_crl, revoke
 from baton.v1 import admin_pb2, admin_pb2_grpc, site_pb2, site_pb2_grpc
 from coordinator.config import CoordinatorConfig, load_coordinator_config
 from coordinator.server import CoordinatorServer

@@ -16,15 +16,15 @@ import grpc
 import pytest
 import torch
 
-from baton.audit import AuditLog, verify_log
-from baton.codec import load_state_file, save_state_file, state_of
-from baton.data import Partition, make_federation
-from baton.hop_manifest import SealError
-from baton.models import build_model
-from baton.replay import MemoryReplayGuard
-from baton.revocation import revocation_check, revoke
-from baton.sealing import plan_hash, schema_hash
+from baton.errors import SealError
+from baton.ml.codec import load_state_file, save_state_file, schema_hash, state_of
+from baton.ml.models import build_model
+from baton.security.audit import AuditLog, verify_log
+from baton.security.replay import MemoryReplayGuard
+from baton.security.revocation import revocation_check, revoke
+from baton.security.sealing import plan_hash
 from baton.v1 import admin_pb2, common_pb2, site_pb2, site_pb2_grpc
+from sim.tasks import Partition, make_federation
 from site_node import transfer
 from site_node.hop import HopRunner, LocalData
 from tests.conftest import LiveCoordinator
@@ -385,10 +385,8 @@ class _AddsEvaluators:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stub, name)
 
-    def GetNextHop(
-        self, request: site_pb2.GetNextHopRequest, **kw: Any
-    ) -> site_pb2.GetNextHopResponse:
-        response: site_pb2.GetNextHopResponse = self._stub.GetNextHop(request, **kw)
+    def GetNextHop(self, request: site_pb2.GetNextHopRequest, **kw: Any) -> site_pb2.NextHop:
+        response: site_pb2.NextHop = self._stub.GetNextHop(request, **kw)
         response.evaluators.extend(self._extra)
         return response
 

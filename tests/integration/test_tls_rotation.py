@@ -15,10 +15,10 @@ import grpc
 import pytest
 from cryptography import x509
 
-from baton.pki import Identity, IssuedFiles, issue
-from baton.tls import TlsFiles, channel_credentials
+from baton.security.pki import Identity, IssuedFiles, issue
+from baton.security.tls import TlsFiles, channel_credentials
 from baton.v1 import site_pb2, site_pb2_grpc
-from baton.wire import secure_channel
+from baton.wire.channel import secure_channel
 from coordinator.config import CoordinatorConfig
 from coordinator.server import CoordinatorServer
 from tests.conftest import FEDERATION, Pki

@@ -20,20 +20,19 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 from typer.testing import CliRunner
 
 from baton import exit_codes
-from baton.audit import (
+from baton.entry import make_app
+from baton.errors import AuditError, PkiError
+from baton.security.audit import (
     GENESIS,
     AuditEntry,
-    AuditError,
     AuditLog,
     AuditSigningKey,
     key_fingerprint,
     load_public_key,
     verify_log,
 )
-from baton.cli_verify import register
-from baton.entry import make_app
-from baton.errors import PkiError
-from baton.pki import load_private_key
+from baton.security.pki import load_private_key
+from owner.cli_verify import register
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -10,15 +10,16 @@ from typing import TYPE_CHECKING
 import pytest
 from typer.testing import CliRunner
 
-from baton import cli_verify, exit_codes
-from baton.chain import ChainReport, HopEvidence, verify_run_chain
+from baton import exit_codes
 from baton.entry import make_app
-from baton.envelope import HopContext, RecipientKey, seal_file
-from baton.hop_manifest import MIN_CHUNK_SIZE, SIGNATURE_DOMAIN
-from baton.keys import fingerprint
-from baton.pki import Identity, create_ca
-from baton.sealing import AppKeys, manifest_digest, plan_hash, provision_app_keys
+from baton.security.chain import ChainReport, HopEvidence, verify_run_chain
+from baton.security.envelope import HopContext, RecipientKey, seal_file
+from baton.security.keys import fingerprint
+from baton.security.manifest import MIN_CHUNK_SIZE, SIGNATURE_DOMAIN
+from baton.security.pki import Identity, create_ca
+from baton.security.sealing import AppKeys, manifest_digest, plan_hash, provision_app_keys
 from baton.v1 import admin_pb2, common_pb2, envelope_pb2
+from owner import cli_verify
 from tests.conftest import FEDERATION
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""Tests for baton.codec: safetensors encoding, fuzzed decoding and strict loading."""
+"""Tests for baton.ml.codec: safetensors encoding, fuzzed decoding and strict loading."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from baton.codec import (
+from baton.errors import ModelError
+from baton.ml.codec import (
     decode_state,
     encode_state,
     load_into,
@@ -17,8 +18,7 @@ from baton.codec import (
     save_state_file,
     state_of,
 )
-from baton.errors import ModelError
-from baton.models import build_model
+from baton.ml.models import build_model
 
 NOT_SAFETENSORS = "not a valid safetensors blob"
 
@@ -192,7 +192,7 @@ def test_load_into_enforces_the_norm_bound() -> None:
     import torch
     from torch import nn
 
-    from baton.codec import load_into, weight_norm
+    from baton.ml.codec import load_into, weight_norm
 
     model = nn.Linear(2, 1, bias=False)
     state = {"weight": torch.tensor([[3.0, 4.0]])}

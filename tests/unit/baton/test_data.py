@@ -1,4 +1,4 @@
-"""Tests for baton.data: schemas, partitions, federations and the site CSV format."""
+"""Tests for baton.ml.data: schemas, partitions, federations and the site CSV format."""
 
 from __future__ import annotations
 
@@ -9,20 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from baton.data import (
-    Federation,
-    Partition,
-    Schema,
-    SiteData,
-    Split,
-    known_datasets,
-    load_task,
-    make_federation,
-    profile_of,
-    read_site_data,
-    write_site_data,
-)
 from baton.errors import DataError
+from baton.ml.data import Schema, SiteData, Split, profile_of, read_site_data, write_site_data
+from sim.tasks import Federation, Partition, known_datasets, load_task, make_federation
 
 SITES = ("hospital-1", "hospital-2", "hospital-3", "hospital-4")
 

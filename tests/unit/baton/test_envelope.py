@@ -14,25 +14,17 @@ from typing import TYPE_CHECKING
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
-from baton.envelope import (
-    Expectation,
-    HopContext,
-    RecipientKey,
-    open_file,
-    seal_file,
-)
-from baton.errors import BatonError
-from baton.hop_manifest import (
+from baton.errors import REASONS, BatonError, SealError
+from baton.security.envelope import Expectation, HopContext, RecipientKey, open_file, seal_file
+from baton.security.keys import fingerprint
+from baton.security.manifest import (
     MAX_CHUNK_SIZE,
     MIN_CHUNK_SIZE,
-    REASONS,
     TAG_BYTES,
     HopManifest,
-    SealError,
     verify_manifest,
 )
-from baton.keys import fingerprint
-from baton.replay import MemoryReplayGuard, ReplayGuard, SqliteReplayGuard, Verdict
+from baton.security.replay import MemoryReplayGuard, ReplayGuard, SqliteReplayGuard, Verdict
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence

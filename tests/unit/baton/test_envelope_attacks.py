@@ -16,16 +16,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from baton.envelope import Expectation
-from baton.errors import PkiError
-from baton.hop_manifest import (
-    MAX_CHUNK_SIZE,
-    MAX_MANIFEST_BYTES,
-    SIGNATURE_DOMAIN,
-    TAG_BYTES,
-    SealError,
-)
-from baton.keys import (
+from baton.errors import PkiError, SealError
+from baton.security.envelope import Expectation
+from baton.security.keys import (
     certify,
     generate_keys,
     load_encryption_key,
@@ -33,8 +26,9 @@ from baton.keys import (
     make_key_request,
     verify_party_keys,
 )
-from baton.pki import Identity, create_ca
-from baton.replay import MemoryReplayGuard
+from baton.security.manifest import MAX_CHUNK_SIZE, MAX_MANIFEST_BYTES, SIGNATURE_DOMAIN, TAG_BYTES
+from baton.security.pki import Identity, create_ca
+from baton.security.replay import MemoryReplayGuard
 from baton.v1 import envelope_pb2
 from tests.unit.baton.test_envelope import (
     CHUNK,

@@ -11,9 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from baton.envelope import open_file
-from baton.hop_manifest import REASONS, SIGNATURE_DOMAIN, SealError, verify_manifest
-from baton.replay import MemoryReplayGuard
+from baton.errors import REASONS, SealError
+from baton.security.envelope import open_file
+from baton.security.manifest import SIGNATURE_DOMAIN, verify_manifest
+from baton.security.replay import MemoryReplayGuard
 from baton.v1 import envelope_pb2
 from tests.unit.baton.test_envelope import CHUNK, NOW, Party, Sealed, expect, new_party, seal
 

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from baton.errors import PkiError
-from baton.keys import (
+from baton.security.keys import (
     ENCRYPTION_EKU_OID,
     SIGNING_EKU_OID,
     X25519_REQUEST_OID,
@@ -30,7 +30,7 @@ from baton.keys import (
     make_key_request,
     verify_party_keys,
 )
-from baton.pki import Identity, create_ca, issue
+from baton.security.pki import Identity, create_ca, issue
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -18,10 +18,11 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from baton.cli_lab import register
-from baton.data import Federation, Partition, make_federation
-from baton.lab.baselines import fedavg_accuracy
-from baton.lab.batched import (
+from baton.plan import ModelSection, RunPlan, RunSection, TaskSection, TrainingSection
+from ordering import HopOutcome, LearnedOrder
+from sim.cli import register
+from sim.lab.baselines import fedavg_accuracy
+from sim.lab.batched import (
     HOP_METRICS,
     OrderAccuracies,
     pooled_val,
@@ -29,8 +30,8 @@ from baton.lab.batched import (
     train_orders_batched,
     train_schedules_batched,
 )
-from baton.lab.grid import OracleProber, TrialRuns
-from baton.lab.oracle import (
+from sim.lab.grid import OracleProber, TrialRuns
+from sim.lab.oracle import (
     candidate_orders,
     ci95,
     evaluate_orders,
@@ -41,11 +42,10 @@ from baton.lab.oracle import (
     pooled_metrics,
     t_critical_975,
 )
-from baton.lab.report import REQUIRED_KEYS
-from baton.lab.runner import context_for, gather_probes, outcomes_of, simulated_history
-from baton.plan import ModelSection, RunPlan, RunSection, TaskSection, TrainingSection
-from baton.simulate import simulate_sequential
-from ordering import HopOutcome, LearnedOrder
+from sim.lab.report import REQUIRED_KEYS
+from sim.lab.runner import context_for, gather_probes, outcomes_of, simulated_history
+from sim.simulate import simulate_sequential
+from sim.tasks import Federation, Partition, make_federation
 
 SITES = ("site-0", "site-1", "site-2")
 

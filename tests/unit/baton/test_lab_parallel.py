@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from baton.lab.grid import GRIDS, run_grid, run_trial
-from baton.lab.parallel import trials_by_cell
-from baton.lab.report import write_outputs
+from sim.lab.grid import GRIDS, run_grid, run_trial
+from sim.lab.parallel import trials_by_cell
+from sim.lab.report import write_outputs
 
 TIMED = ("decide_seconds", "extra_train_seconds")
 """Record fields that hold measured wall-clock time, so differ between runs."""
@@ -89,7 +89,7 @@ def test_budget_rows_add_learned_with_more_probes_where_the_cell_is_small_enough
 _POOL = """
 import multiprocessing, os, sys, time
 from concurrent.futures import ProcessPoolExecutor
-from baton.lab.parallel import _one_thread
+from sim.lab.parallel import _one_thread
 ctx = multiprocessing.get_context("spawn")
 pool = ProcessPoolExecutor(max_workers=2, mp_context=ctx, initializer=_one_thread)
 pids = {pool.submit(os.getpid).result() for _ in range(8)}

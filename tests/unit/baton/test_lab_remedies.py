@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from baton.data import Federation, Partition, make_federation
-from baton.lab.baselines import fedavg_accuracy
-from baton.lab.batched import train_orders_batched
-from baton.lab.grid import GRIDS, REMEDIES, Cell, Grid, Trial, lab_plan
-from baton.lab.oracle import OrderScores
-from baton.lab.report import markdown_table
-from baton.lab.stats import paired_t_test
-from baton.lab.summary import summarize
 from baton.plan import ModelSection, RunPlan, RunSection, TaskSection, TrainingSection
-from baton.simulate import simulate_sequential
+from sim.lab.baselines import fedavg_accuracy
+from sim.lab.batched import train_orders_batched
+from sim.lab.grid import GRIDS, REMEDIES, Cell, Grid, Trial, lab_plan
+from sim.lab.oracle import OrderScores
+from sim.lab.report import markdown_table
+from sim.lab.stats import paired_t_test
+from sim.lab.summary import summarize
+from sim.simulate import simulate_sequential
+from sim.tasks import Federation, Partition, make_federation
 
 SITES = ("site-0", "site-1", "site-2")
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from baton.lab.stats import betainc, paired_t_test, t_two_sided_p, wilcoxon_signed_rank
+from sim.lab.stats import betainc, paired_t_test, t_two_sided_p, wilcoxon_signed_rank
 
 A = [0.91, 0.88, 0.95, 0.90, 0.86, 0.93]
 B = [0.85, 0.87, 0.90, 0.91, 0.80, 0.88]

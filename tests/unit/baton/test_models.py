@@ -1,4 +1,4 @@
-"""Tests for baton.models: the registry, seeded building and the travelling input norm."""
+"""Tests for baton.ml.models: the registry, seeded building and the travelling input norm."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from baton.errors import DataError, ModelError
-from baton.models import InputNorm, build_model, fit_input_norm, known_models
+from baton.ml.models import InputNorm, build_model, fit_input_norm, known_models
 
 
 def _mlp(seed: int = 0, **args: Any) -> nn.Module:

@@ -16,7 +16,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from baton import exit_codes
 from baton.errors import PkiError
-from baton.pki import (
+from baton.security.pki import (
     Identity,
     IssuedFiles,
     create_ca,
@@ -24,14 +24,14 @@ from baton.pki import (
     identity_from_certificate,
     issue,
 )
-from baton.tls import TlsFiles, peer_identity, require_peer
+from baton.security.tls import TlsFiles, peer_identity, require_peer
 
 with warnings.catch_warnings():
     # typer 0.20 re-exports click helpers that click 8.5 deprecates, warning at import.
     warnings.simplefilter("ignore", DeprecationWarning)
     from typer.testing import CliRunner
 
-    from baton.cli_pki import pki_app
+    from owner.cli_pki import pki_app
 
 if TYPE_CHECKING:
     from pathlib import Path

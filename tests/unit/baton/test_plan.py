@@ -7,7 +7,11 @@ from pathlib import Path
 import pytest
 
 from baton.errors import ConfigError
-from baton.plan import load_plan, parse_plan
+from baton.ml.models import known_models
+from baton.ml.tasks import known_tasks
+from baton.plan import check_names, load_plan, parse_plan
+from ordering import known_strategies
+from sim.tasks import known_datasets
 
 PLAN = """
 [run]
@@ -66,13 +70,6 @@ def test_defaults_fill_optional_sections() -> None:
         ("cycles = 2", "cycles = 0", "'cycles' must be between 1 and 1000, not 0"),
         ('sites = ["a", "b"]', 'sites = ["a", "a"]', "'sites' names a site twice"),
         ('sites = ["a", "b"]', 'sites = ["A b"]', "site id 'A b' is invalid"),
-        (
-            'name = "mlp"',
-            'name = "gpt"',
-            "unknown model 'gpt' in 'model.name'; known: causal_lm, logreg, mlp",
-        ),
-        ('dataset = "wine"', 'dataset = "imagenet"', "unknown dataset 'imagenet'"),
-        ('strategy = "random"', 'strategy = "best"', "unknown ordering strategy 'best'"),
         ('optimizer = "adam"', 'optimizer = "lbfgs"', "'optimizer' must be 'sgd' or 'adam'"),
         ('[task]\ndataset = "wine"\n', "", "missing required key 'task'"),
         ("lr = 1", "lr = true", "'training.lr' must be a number, not a boolean"),
@@ -101,6 +98,41 @@ def test_bad_plans_are_refused_with_a_precise_message(old: str, new: str, messag
     with pytest.raises(ConfigError) as err:
         parse_plan(PLAN.replace(old, new, 1))
     assert message in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            'name = "mlp"',
+            'name = "gpt"',
+            "<plan>: unknown model 'gpt' in 'model.name'; known: causal_lm, logreg, mlp",
+        ),
+        (
+            'dataset = "wine"',
+            'dataset = "imagenet"',
+            "unknown dataset 'imagenet' in 'task.dataset'",
+        ),
+        ('strategy = "random"', 'strategy = "best"', "unknown ordering strategy 'best'"),
+    ],
+)
+def test_names_are_checked_against_the_registries_the_caller_owns(
+    old: str, new: str, message: str
+) -> None:
+    plan = parse_plan(PLAN.replace(old, new, 1))  # the plan alone knows no registry
+    registries = {
+        "models": known_models(),
+        "datasets": known_tasks(),
+        "strategies": known_strategies(),
+    }
+    with pytest.raises(ConfigError) as err:
+        check_names(plan, source="<plan>", **registries)
+    assert message in err.value.message
+    check_names(plan, source="<plan>")  # a registry not given is not checked
+
+
+def test_installed_tasks_are_the_simulations_toy_tasks() -> None:
+    assert known_tasks() == tuple(sorted(known_datasets()))
 
 
 def test_forgetting_remedies_are_off_by_default_and_load_from_toml() -> None:

@@ -16,15 +16,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from baton import exit_codes
 from baton.errors import PkiError
-from baton.pki import Identity, create_ca, issue
-from baton.revocation import CrlWatcher, issue_crl, load_crl, revoke
+from baton.security.pki import Identity, create_ca, issue
+from baton.security.revocation import CrlWatcher, issue_crl, load_crl, revoke
 
 with warnings.catch_warnings():
     # typer 0.20 re-exports click helpers that click 8.5 deprecates, warning at import.
     warnings.simplefilter("ignore", DeprecationWarning)
     from typer.testing import CliRunner
 
-    from baton.cli_pki import pki_app
+    from owner.cli_pki import pki_app
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -214,7 +214,7 @@ def test_the_watcher_reloads_a_replaced_crl(fed: Fed, caplog: pytest.LogCaptureF
     newer = fed.crl.read_bytes()
     # A bad replacement is reported once and the last good CRL stays in force.
     fed.crl.write_bytes(b"garbage")
-    caplog.set_level(logging.WARNING, logger="baton.revocation")
+    caplog.set_level(logging.WARNING, logger="baton.security.revocation")
     for step in (20.0, 30.0):
         clock.now = step
         assert watcher.is_revoked(fed.a)

@@ -8,20 +8,20 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from baton.cli_pki import pki_app
 from baton.errors import PkiError
-from baton.pki import Identity
-from baton.sealing import (
+from baton.ml.codec import schema_hash
+from baton.security.pki import Identity
+from baton.security.sealing import (
     AppKeys,
     check_owner,
     check_party,
     expected_previous,
     manifest_digest,
     plan_hash,
-    schema_hash,
     sign_plan,
     verify_plan,
 )
+from owner.cli_pki import pki_app
 from tests.conftest import FEDERATION, Pki
 
 PLAN = '[run]\nname = "p"\nsites = ["site-a"]\n'

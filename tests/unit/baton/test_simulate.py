@@ -1,4 +1,4 @@
-"""Tests for baton.simulate: sequential simulation and the centralized baseline."""
+"""Tests for sim.simulate: sequential simulation and the centralized baseline."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 import torch
 
-from baton.codec import load_into, state_of
-from baton.data import Federation, Partition, make_federation
-from baton.models import build_model
+from baton.ml.codec import load_into, state_of
+from baton.ml.models import build_model
+from baton.ml.trainer import evaluate, hop_seed, train_local
 from baton.plan import ModelSection, RunPlan, RunSection, TaskSection, TrainingSection
-from baton.simulate import simulate_sequential, train_centralized
-from site_node.trainer import evaluate, hop_seed, train_local
+from sim.simulate import simulate_sequential, train_centralized
+from sim.tasks import Federation, Partition, make_federation
 
 SITES = ("hospital-1", "hospital-2", "hospital-3", "hospital-4")
 
@@ -159,7 +159,7 @@ def test_centralized_uses_equal_compute(
         seen.append({"n": len(split), **dataclasses.asdict(section), **kwargs})
         return real(model, split, dataclasses.replace(section, local_steps=1), **kwargs)
 
-    monkeypatch.setattr("baton.simulate.train_local", spy)
+    monkeypatch.setattr("sim.simulate.train_local", spy)
     fed = _federation(0)
     metrics = train_centralized(_plan(0, training), fed)
     assert len(seen) == 1

@@ -7,12 +7,11 @@ import hashlib
 import pytest
 
 from baton.domain import BlobRef
-from baton.errors import ConfigError, ConflictError, NotFoundError, PkiError
+from baton.errors import ConfigError, ConflictError, Denied, NotFoundError, PkiError
 from baton.plan import parse_plan
-from baton.sealing import sign_plan
+from baton.security.sealing import sign_plan
 from coordinator.blobs import MemoryBlobStore
-from coordinator.rpc import Denied
-from coordinator.scheduler import Scheduler, SignedPlan
+from coordinator.engine.scheduler import Scheduler, SignedPlan
 from coordinator.store.base import EventKind, HopState, RunState, SiteRecord
 from coordinator.store.memory import MemoryStore
 from tests.conftest import Pki

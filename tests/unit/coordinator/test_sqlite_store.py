@@ -10,10 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from baton.errors import StoreError
-from coordinator.store.base import (
-    EventKind,
-    RunState,
-)
+from coordinator.store.base import EventKind, RunState
 from coordinator.store.sqlite import SqliteStore
 from tests.unit.coordinator.test_store_contract import (
     BLOB_A,

@@ -18,11 +18,8 @@ import pytest
 import torch
 
 import ordering
-from baton.data import Federation, Partition, Split, make_federation, profile_of
 from baton.domain import DataProfile
-from baton.lab.grid import OracleProber
-from baton.lab.oracle import evaluate_orders
-from baton.lab.runner import gather_probes, published_profiles, strategy_schedule
+from baton.ml.data import Split, profile_of
 from baton.plan import ModelSection, RunPlan, RunSection, TaskSection, TrainingSection
 from ordering import (
     HopOutcome,
@@ -33,6 +30,10 @@ from ordering import (
     known_strategies,
     make_strategy,
 )
+from sim.lab.grid import OracleProber
+from sim.lab.oracle import evaluate_orders
+from sim.lab.runner import gather_probes, published_profiles, strategy_schedule
+from sim.tasks import Federation, Partition, make_federation
 
 SITES = ("site-0", "site-1", "site-2")
 ALLOWED_IMPORTS = {"__future__", "collections", "dataclasses", "hashlib", "itertools", "math"}
@@ -174,8 +175,8 @@ def test_orders_do_not_depend_on_anything_outside_the_context(
         m.setattr(socket, "socket", _refuse)
         m.setattr(Federation, "pooled_train", _refuse)
         m.setattr(np, "load", _refuse)
-        m.setitem(sys.modules, "baton.simulate", None)
-        m.setitem(sys.modules, "site_node.trainer", None)
+        m.setitem(sys.modules, "sim.simulate", None)
+        m.setitem(sys.modules, "baton.ml.trainer", None)
         fresh = make_strategy(name, {})
         assert tuple(fresh.cycle_order(c) for c in recorder.contexts) == schedule
 

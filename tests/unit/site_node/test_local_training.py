@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from baton.errors import ConfigError
-from baton.models import build_model
+from baton.errors import ConfigError, PlanError
+from baton.ml.models import build_model
 from baton.plan import parse_plan
 from site_node.config import SiteTraining, load_site_config
 from site_node.local_training import remove_stale_jobs, site_device, site_plan
-from site_node.parallel.errors import PlanError
 from site_node.parallel.plans import ParallelPlan, PlanKind
 
 SITE = """

@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from baton.codec import state_of
-from baton.data import Split
-from baton.models import build_model
+from baton.ml.codec import state_of
+from baton.ml.data import Split
+from baton.ml.models import build_model
+from baton.ml.trainer import hop_lr, proximal_penalty, total_steps, train_local
 from baton.plan import TrainingSection
-from site_node.trainer import hop_lr, proximal_penalty, total_steps, train_local
 
 
 def _blobs(n: int, seed: int, *, only: int | None = None) -> Split:

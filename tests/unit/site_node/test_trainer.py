@@ -1,4 +1,4 @@
-"""Tests for site_node.trainer: seeded local training, progress, evaluation."""
+"""Tests for baton.ml.trainer: seeded local training, progress, evaluation."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from baton.codec import state_of
-from baton.data import Split
 from baton.errors import DataError, ModelError
-from baton.models import build_model
+from baton.ml.codec import state_of
+from baton.ml.data import Split
+from baton.ml.models import build_model
+from baton.ml.trainer import MAX_PROGRESS_CALLS, evaluate, hop_seed, total_steps, train_local
 from baton.plan import TrainingSection
-from site_node.trainer import MAX_PROGRESS_CALLS, evaluate, hop_seed, total_steps, train_local
 
 
 def _blobs(n: int, seed: int, *, only: int | None = None) -> Split:

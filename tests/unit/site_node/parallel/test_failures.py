@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from baton.codec import load_state_file
+from baton.errors import WorkerError
+from baton.ml.codec import load_state_file
 from site_node.parallel import checkpoint
-from site_node.parallel.errors import WorkerError
 from site_node.parallel.job import TrainSpec
 from site_node.parallel.launch import launch, read_result, start_workers
 from site_node.parallel.plans import ParallelPlan, PlanKind

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from baton import models_lm
 from baton.errors import ModelError
+from baton.ml import models_lm
 from site_node.parallel import families
 from tests.unit.site_node.parallel.helpers import LM, MLP
 

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from baton.codec import state_of
-from baton.data import Split
-from baton.models import build_model
+from baton.errors import WorkerError
+from baton.ml.codec import state_of
+from baton.ml.data import Split
+from baton.ml.models import build_model
 from baton.plan import parse_plan
-from baton.procs import ManagedProcess
+from sim.procs import ManagedProcess
 from site_node.local_training import train_parallel
-from site_node.parallel.errors import WorkerError
 from site_node.parallel.nodes import ANNOUNCE_FILE, NodeGroup
 from site_node.parallel.plans import ParallelPlan, PlanKind
 from tests.unit.site_node.parallel.helpers import SGD_TOLERANCE

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from baton.codec import load_into, load_state_file
+from baton.ml.codec import load_into, load_state_file
 from site_node.parallel import families
 from site_node.parallel.job import ModelSpec, TrainSpec
 from site_node.parallel.launch import launch, read_result

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from baton.codec import load_into, load_state_file
+from baton.errors import PlanError, WorkerError
+from baton.ml.codec import load_into, load_state_file
 from site_node.parallel import checkpoint, families
-from site_node.parallel.errors import PlanError, WorkerError
 from site_node.parallel.job import Job, ModelSpec, TrainSpec
 from site_node.parallel.launch import launch, read_result, start_workers
 from site_node.parallel.plans import ModelFootprint, ParallelPlan, PlanKind, choose_plan

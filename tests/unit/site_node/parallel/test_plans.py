@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from site_node.parallel.errors import PlanError
+from baton.errors import PlanError
 from site_node.parallel.plans import ModelFootprint, ParallelPlan, PlanKind, choose_plan
 
 GIB = 2**30

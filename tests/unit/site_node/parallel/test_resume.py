@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from baton.codec import state_of
-from baton.data import Split
-from baton.models import build_model
+from baton.errors import TrainingInterrupted, WorkerError
+from baton.ml.codec import state_of
+from baton.ml.data import Split
+from baton.ml.models import build_model
+from baton.ml.trainer import TrainResult
 from baton.plan import RunPlan, parse_plan
 from site_node.local_training import train_parallel
 from site_node.parallel import checkpoint
-from site_node.parallel.errors import TrainingInterrupted, WorkerError
 from site_node.parallel.plans import ParallelPlan, PlanKind
-from site_node.trainer import TrainResult
 
 PLAN = """
 [run]

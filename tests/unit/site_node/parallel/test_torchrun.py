@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from baton.codec import load_state_file
+from baton.ml.codec import load_state_file
 from site_node.parallel.job import TrainSpec
 from site_node.parallel.launch import launch, read_result
 from site_node.parallel.plans import ParallelPlan, PlanKind

@@ -1,0 +1,2 @@
+"""Who may do what, and proof of it: the PKI, TLS, application keys, the sealed hop envelope
+and its signed manifest, replay and chain checks, revocation and the signed audit log."""

@@ -1,0 +1,457 @@
+"""A party's append-only audit log: JSON lines, hash-chained and signed entry by entry.
+
+Each line is one entry, the canonical JSON (sorted keys, no spaces, ASCII) of ``seq``
+(from 1, no gaps), ``time_ms``, ``party`` (SPIFFE id), ``event``, ``run_id``, ``hop``
+(int or null), ``detail`` (a small flat dict of strings and numbers: digests, reason
+codes, peer ids; never keys, weights or data), ``prev`` (hex SHA-256 of the previous
+line's bytes, 64 zeros for the first), ``key`` (fingerprint of the signer's public key)
+and ``sig`` (hex signature over ``"baton/v1 audit" 0x00 || canonical JSON of the entry
+without sig``). Events Baton records: ``plan_accepted``, ``hop_received``, ``hop_sent``,
+``hop_resumed``, ``training_resumed``, ``hop_rejected``, ``key_event``, ``site_registered``,
+``run_created``; any name matching
+:data:`EVENT_PATTERN` is accepted. Sites and the study owner sign with their Ed25519
+key; the coordinator, which holds only its TLS key, with ECDSA P-256 (SHA-256, DER, low-S).
+
+Key fingerprints: for Ed25519, :func:`baton.security.keys.fingerprint` (SHA-256 of the raw key, as
+in hop manifests); for ECDSA, SHA-256 of the DER SubjectPublicKeyInfo.
+
+What the chain proves: nobody without the signing key can edit, insert, delete or
+reorder entries undetected. Cutting entries off the end is detectable only against a
+head digest (:attr:`VerifyReport.head`) that someone kept elsewhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import math
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
+
+from baton.errors import AuditError, PkiError
+from baton.security.keys import fingerprint
+from baton.security.pki import Identity
+
+AUDIT_DOMAIN: Final = b"baton/v1 audit\x00"
+"""Prefix of everything an audit signature covers."""
+GENESIS: Final = "0" * 64
+"""The ``prev`` of the first entry."""
+MAX_DETAIL_ITEMS: Final = 16
+MAX_DETAIL_TEXT: Final = 512
+"""Longest string in ``detail``, key or value: room for ids and digests, not for data."""
+EVENT_PATTERN: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
+"""What an event name looks like (see the module docstring for the ones Baton records)."""
+_HEX64: Final = re.compile(r"[0-9a-f]{64}")
+_HEX: Final = re.compile(r"(?:[0-9a-f]{2}){1,128}")
+_P256_ORDER: Final = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+DetailValue = str | int | float
+"""What ``detail`` may hold."""
+AuditSigningKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+"""A key that signs an audit log (ECDSA keys MUST be P-256)."""
+AuditPublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
+"""A key that verifies an audit log."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AuditEntry:
+    """One line of an audit log."""
+
+    seq: int
+    """Position in the log, from 1."""
+    time_ms: int
+    """When it was appended, Unix milliseconds."""
+    party: str
+    """SPIFFE id of the party whose log this is."""
+    event: str
+    """What happened, e.g. ``"hop_sent"``."""
+    run_id: str
+    """The run concerned, or ``""``."""
+    hop: int | None
+    """The hop concerned, or None."""
+    detail: Mapping[str, DetailValue]
+    """Digests, reason codes and peer ids; never key material, weights or data."""
+    prev: str
+    """Hex SHA-256 of the previous line (:data:`GENESIS` for the first)."""
+    key: str
+    """Fingerprint of the key that signed it (see :func:`key_fingerprint`)."""
+    sig: str
+    """Hex signature over :meth:`signed_bytes`."""
+
+    def fields(self, *, with_sig: bool = True) -> dict[str, object]:
+        """The entry as a JSON object."""
+        out = {name: getattr(self, name) for name in _FIELDS if with_sig or name != "sig"}
+        return {**out, "detail": dict(self.detail)}
+
+    def canonical(self) -> bytes:
+        """The entry's line in the log, without its newline."""
+        return _canonical(self.fields())
+
+    def signed_bytes(self) -> bytes:
+        """What the signature covers."""
+        return AUDIT_DOMAIN + _canonical(self.fields(with_sig=False))
+
+    @property
+    def digest(self) -> str:
+        """Hex SHA-256 of the line: the next entry's ``prev``."""
+        return hashlib.sha256(self.canonical()).hexdigest()
+
+
+_FIELDS: Final = tuple(f.name for f in dataclasses.fields(AuditEntry))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class VerifyReport:
+    """What :func:`verify_log` found."""
+
+    entries: int
+    """Entries that verified: all of them if the log is intact, else those before the break."""
+    first_break: str | None
+    """The first problem, e.g. ``"line 7: prev does not match line 6"``; None if intact."""
+    line: int | None
+    """The line of the first problem, or None."""
+    head: str
+    """Digest of the last entry that verified (:data:`GENESIS` if none)."""
+    last: AuditEntry | None
+    """The last entry that verified, or None."""
+
+    @property
+    def ok(self) -> bool:
+        """Whether every line verified."""
+        return self.first_break is None
+
+
+def key_fingerprint(key: AuditPublicKey) -> str:
+    """Hex fingerprint of an audit key (see the module docstring)."""
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return fingerprint(key)
+    der = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()
+
+
+def load_public_key(pem: bytes) -> AuditPublicKey:
+    """Reads the key that verifies a log from a PEM public key or certificate.
+
+    Raises:
+        PkiError: Neither PEM form, or not an Ed25519 or ECDSA P-256 key.
+    """
+    key: object
+    try:
+        key = x509.load_pem_x509_certificate(pem).public_key()
+    except ValueError:
+        try:
+            key = serialization.load_pem_public_key(pem)
+        except (ValueError, UnsupportedAlgorithm):
+            raise PkiError("not a PEM public key or certificate") from None
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return key
+    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
+        return key
+    raise PkiError("an audit log is verified with an Ed25519 or ECDSA P-256 key")
+
+
+class AuditLog:
+    """Appends signed, chained entries to one party's log file.
+
+    Constraints: one writer per file; a second ``AuditLog`` on the same file, in this
+    process or another, MUST fail while the first is open (an exclusive ``flock``).
+    Opening an existing file MUST verify it with ``signing_key``'s public key and refuse
+    (``AuditError``) if it is broken, written by another key, or by another party; an
+    intact file is continued where it ends. The file has mode 0600; every entry is
+    written with one ``O_APPEND`` write and fsynced before :meth:`append` returns.
+
+    Args:
+        path: The log file; created if missing.
+        party: The SPIFFE id of the party that keeps the log.
+        signing_key: Its Ed25519 key, or (the coordinator) its ECDSA P-256 TLS key.
+        clock: Current time in Unix milliseconds (for tests).
+
+    Raises:
+        AuditError: The file cannot be opened or locked, or its chain does not verify,
+            or the key or party is not acceptable.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        party: str,
+        signing_key: AuditSigningKey,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
+        try:
+            Identity.parse(party)
+        except PkiError as exc:
+            raise AuditError(f"audit log party: {exc.message}") from None
+        if isinstance(signing_key, ec.EllipticCurvePrivateKey) and not isinstance(
+            signing_key.curve, ec.SECP256R1
+        ):
+            raise AuditError("an ECDSA audit key must be on curve P-256")
+        self.path = path
+        self.party = party
+        self._key = signing_key
+        self._fingerprint = key_fingerprint(signing_key.public_key())
+        self._clock = clock or (lambda: time.time_ns() // 1_000_000)
+        self._lock = threading.Lock()
+        self._fd = self._open()
+        try:
+            report = verify_log(path, public_key=signing_key.public_key(), party=party)
+            if not report.ok:
+                raise AuditError(f"refusing to append to {path}: {report.first_break}")
+        except BaseException:
+            self.close()
+            raise
+        self._seq, self._prev = report.entries, report.head
+
+    def _open(self) -> int:
+        created = not self.path.exists()
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise AuditError(f"cannot open audit log {self.path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise AuditError(f"audit log {self.path} is open in another writer") from None
+        try:
+            os.fchmod(fd, 0o600)
+            if created:
+                _fsync_dir(self.path.parent)
+        except OSError as exc:
+            os.close(fd)
+            raise AuditError(f"cannot secure audit log {self.path}: {exc.strerror}") from None
+        return fd
+
+    def append(
+        self,
+        event: str,
+        *,
+        run_id: str = "",
+        hop: int | None = None,
+        detail: Mapping[str, DetailValue] | None = None,
+    ) -> AuditEntry:
+        """Signs, writes and fsyncs one entry; returns it.
+
+        Raises:
+            ValueError: ``event``, ``hop`` or ``detail`` is not acceptable (see the module
+                docstring).
+            AuditError: The log is closed, or the write failed (the log is then closed:
+                a partial line would break the chain, and is left for someone to inspect).
+        """
+        if not EVENT_PATTERN.fullmatch(event):
+            raise ValueError(f"event {event!r} must match {EVENT_PATTERN.pattern}")
+        if hop is not None and (isinstance(hop, bool) or not 0 <= hop < 1 << 32):
+            raise ValueError(f"hop {hop!r} is not a hop index")
+        items = dict(detail or {})
+        problem = _detail_problem(items)
+        if problem is not None:
+            raise ValueError(f"detail: {problem}")
+        with self._lock:
+            if self._fd < 0:
+                raise AuditError(f"audit log {self.path} is closed")
+            unsigned = AuditEntry(
+                seq=self._seq + 1,
+                time_ms=self._clock(),
+                party=self.party,
+                event=event,
+                run_id=run_id,
+                hop=hop,
+                detail=items,
+                prev=self._prev,
+                key=self._fingerprint,
+                sig="",
+            )
+            entry = dataclasses.replace(unsigned, sig=self._sign(unsigned))
+            line = entry.canonical() + b"\n"
+            try:
+                written = os.write(self._fd, line)
+                if written != len(line):
+                    raise OSError(0, f"short write ({written} of {len(line)} bytes)")
+                os.fsync(self._fd)
+            except OSError as exc:
+                self._close_locked()
+                raise AuditError(
+                    f"cannot append to audit log {self.path}: {exc.strerror or exc}"
+                ) from None
+            self._seq, self._prev = entry.seq, entry.digest
+            return entry
+
+    def _sign(self, entry: AuditEntry) -> str:
+        data = entry.signed_bytes()
+        if isinstance(self._key, ed25519.Ed25519PrivateKey):
+            return self._key.sign(data).hex()
+        r, s = decode_dss_signature(self._key.sign(data, ec.ECDSA(hashes.SHA256())))
+        return encode_dss_signature(r, min(s, _P256_ORDER - s)).hex()
+
+    def close(self) -> None:
+        """Releases the file and its lock; later appends raise AuditError."""
+        with self._lock:
+            self._close_locked()
+
+    def _close_locked(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def verify_log(path: Path, *, public_key: AuditPublicKey, party: str | None = None) -> VerifyReport:
+    """Checks a whole log and reports the first line that breaks it.
+
+    Per line, in order: it ends with a newline, is JSON, is canonical, has exactly the
+    entry fields with the right types, names the same party as line 1 (or ``party``),
+    has the next seq, chains to the line before, names ``public_key``'s fingerprint,
+    and carries a valid signature by it.
+
+    Args:
+        path: The log file.
+        public_key: The signer's Ed25519 or ECDSA P-256 public key.
+        party: The party the log must belong to; by default, whoever line 1 names.
+
+    Returns:
+        The report; a broken log is a report, not an exception.
+
+    Raises:
+        AuditError: Only if the file cannot be read.
+    """
+    expected_key = key_fingerprint(public_key)
+    count, head, last = 0, GENESIS, None
+
+    def broken(number: int, why: str) -> VerifyReport:
+        return VerifyReport(
+            entries=count, first_break=f"line {number}: {why}", line=number, head=head, last=last
+        )
+
+    try:
+        with path.open("rb") as file:
+            for number, raw in enumerate(file, start=1):
+                if not raw.endswith(b"\n"):
+                    return broken(number, "truncated (no newline)")
+                line = raw[:-1]
+                try:
+                    obj = json.loads(line)
+                except (ValueError, RecursionError):
+                    return broken(number, "not JSON")
+                try:
+                    canonical = _canonical(obj) == line
+                except (ValueError, TypeError):
+                    canonical = False
+                if not canonical:
+                    return broken(number, "not canonical JSON")
+                entry, problem = _parse(obj)
+                if entry is None:
+                    return broken(number, f"malformed entry: {problem}")
+                if party is not None and entry.party != party:
+                    return broken(number, f"party {entry.party} is not {party}")
+                if last is not None and entry.party != last.party:
+                    return broken(number, f"party {entry.party} differs from line 1")
+                if entry.seq != count + 1:
+                    if count == 0:
+                        return broken(number, f"seq {entry.seq}, but the first entry is seq 1")
+                    return broken(number, f"seq {entry.seq} follows {count}")
+                if entry.prev != head:
+                    if count == 0:
+                        return broken(number, "prev of the first entry is not 64 zeros")
+                    return broken(number, f"prev does not match line {number - 1}")
+                if entry.key != expected_key:
+                    return broken(number, f"signed by another key ({entry.key[:16]}...)")
+                if not _signature_ok(public_key, bytes.fromhex(entry.sig), entry.signed_bytes()):
+                    return broken(number, "bad signature")
+                count, head, last = count + 1, hashlib.sha256(line).hexdigest(), entry
+    except OSError as exc:
+        raise AuditError(f"cannot read audit log {path}: {exc.strerror}") from None
+    return VerifyReport(entries=count, first_break=None, line=None, head=head, last=last)
+
+
+def _canonical(obj: object) -> bytes:
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    ).encode("ascii")
+
+
+def _parse(obj: object) -> tuple[AuditEntry | None, str]:
+    """The entry a parsed line holds, or None and what is wrong with it."""
+    if not isinstance(obj, dict):
+        return None, "not a JSON object"
+    if set(obj) != set(_FIELDS):
+        missing, extra = sorted(set(_FIELDS) - set(obj)), sorted(set(obj) - set(_FIELDS))
+        return None, f"missing {missing}, unexpected {extra}"
+    for name in ("seq", "time_ms"):
+        if type(obj[name]) is not int or obj[name] < 0:
+            return None, f"{name} is not a non-negative integer"
+    for name in ("party", "event", "run_id"):
+        if not isinstance(obj[name], str):
+            return None, f"{name} is not a string"
+    hop = obj["hop"]
+    if hop is not None and (type(hop) is not int or hop < 0):
+        return None, "hop is neither null nor a non-negative integer"
+    if not isinstance(obj["detail"], dict) or _detail_problem(obj["detail"]) is not None:
+        return None, "detail is not a small flat object of strings and numbers"
+    for name, pattern in (("prev", _HEX64), ("key", _HEX64), ("sig", _HEX)):
+        if not isinstance(obj[name], str) or not pattern.fullmatch(obj[name]):
+            return None, f"{name} is not lower-case hex of the right length"
+    return AuditEntry(**obj), ""
+
+
+def _detail_problem(detail: Mapping[Any, object]) -> str | None:
+    """Says what makes ``detail`` unacceptable, or None."""
+    if len(detail) > MAX_DETAIL_ITEMS:
+        return f"more than {MAX_DETAIL_ITEMS} items"
+    for name, value in detail.items():
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_DETAIL_TEXT:
+            return f"key {name!r} is not a short string"
+        if isinstance(value, str):
+            if len(value) > MAX_DETAIL_TEXT:
+                return f"{name} is longer than {MAX_DETAIL_TEXT} characters"
+        elif isinstance(value, bool) or not isinstance(value, int | float):
+            return f"{name} is not a string or a number"
+        elif isinstance(value, float) and not math.isfinite(value):
+            return f"{name} is not finite"
+    return None
+
+
+def _signature_ok(key: AuditPublicKey, sig: bytes, data: bytes) -> bool:
+    try:
+        if isinstance(key, ed25519.Ed25519PublicKey):
+            key.verify(sig, data)
+            return True
+        r, s = decode_dss_signature(sig)
+        if encode_dss_signature(r, s) != sig or s > _P256_ORDER // 2:
+            return False  # only the canonical low-S DER form: one signature per entry
+        key.verify(sig, data, ec.ECDSA(hashes.SHA256()))
+        return True
+    except (InvalidSignature, ValueError):
+        return False
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,453 @@
+"""The federation PKI: SPIFFE identities, the federation CA, and the certificates it issues.
+
+A federation has one root CA (ECDSA P-256, kept offline by the consortium). Every party
+gets a leaf certificate naming it by exactly one SAN URI, its SPIFFE id
+``spiffe://<federation>/<kind>/<name>``. The CA certificate carries the trust domain itself
+(``spiffe://<federation>``) as its only URI SAN, and a critical name constraint that lets it
+sign URI SANs under that trust domain only, which grpc's TLS (BoringSSL) and OpenSSL both
+enforce at verification time. cryptography's ``x509.verification.PolicyBuilder`` verifiers
+reject that constraint ("unsupported name constraint", cryptography 50): check leaves in
+Python with ``verify_directly_issued_by`` plus explicit checks, as :mod:`baton.security.tls` does.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from baton.errors import PkiError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+KINDS: Final = ("site", "admin", "coordinator")
+"""The kinds of party a SPIFFE id may name."""
+
+CA_CERT_FILE: Final = "ca.pem"
+CA_KEY_FILE: Final = "ca.key"
+
+_LABEL_PATTERN: Final = r"^[a-z0-9][a-z0-9.-]{0,62}$"
+_LABEL: Final = re.compile(_LABEL_PATTERN)
+_DNS_NAME: Final = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+_SCHEME: Final = "spiffe://"
+_CLOCK_SKEW: Final = dt.timedelta(minutes=5)
+"""How far back ``not_valid_before`` is set, so that slightly slow clocks accept new certs."""
+
+
+def _shown(text: str, limit: int = 120) -> str:
+    """Quotes untrusted text for an error message, cut to ``limit`` characters."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
+
+
+def _problem(federation: str, kind: str, name: str) -> str | None:
+    """Says what is wrong with the parts of an identity, or None if they are valid."""
+    if not _LABEL.fullmatch(federation):
+        return f"federation {_shown(federation)} must match {_LABEL_PATTERN}"
+    if kind not in KINDS:
+        return f"kind {_shown(kind)} is not one of {', '.join(KINDS)}"
+    if not _LABEL.fullmatch(name):
+        return f"name {_shown(name)} must match {_LABEL_PATTERN}"
+    return None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Identity:
+    """A party of a federation, named by its SPIFFE id.
+
+    Constraints: constructing an Identity with an invalid part MUST raise PkiError.
+    """
+
+    federation: str
+    """The federation (SPIFFE trust domain), e.g. ``"acme-health"``."""
+    kind: str
+    """One of ``"site"``, ``"admin"``, ``"coordinator"``."""
+    name: str
+    """The party's name within its kind, e.g. ``"st-mary"``."""
+
+    def __post_init__(self) -> None:
+        problem = _problem(self.federation, self.kind, self.name)
+        if problem is not None:
+            raise PkiError(f"invalid identity: {problem}")
+
+    @property
+    def spiffe_id(self) -> str:
+        """The SPIFFE id ``spiffe://<federation>/<kind>/<name>``."""
+        return f"{_SCHEME}{self.federation}/{self.kind}/{self.name}"
+
+    @classmethod
+    def parse(cls, uri: str) -> Identity:
+        """Parses ``spiffe://<federation>/<kind>/<name>``.
+
+        Args:
+            uri: The SPIFFE id, e.g. taken from a certificate's URI SAN.
+
+        Returns:
+            The identity it names.
+
+        Raises:
+            PkiError: If ``uri`` is not exactly of that form with valid parts.
+        """
+        if not uri.startswith(_SCHEME):
+            raise PkiError(f"invalid SPIFFE id {_shown(uri)}: the scheme must be spiffe://")
+        parts = uri[len(_SCHEME) :].split("/")
+        if len(parts) != 3 or not all(parts):
+            raise PkiError(
+                f"invalid SPIFFE id {_shown(uri)}: expected spiffe://<federation>/<kind>/<name>"
+            )
+        federation, kind, name = parts
+        problem = _problem(federation, kind, name)
+        if problem is not None:
+            raise PkiError(f"invalid SPIFFE id {_shown(uri)}: {problem}")
+        return cls(federation=federation, kind=kind, name=name)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class IssuedFiles:
+    """The files :func:`issue` wrote."""
+
+    cert: Path
+    """The leaf certificate (PEM)."""
+    key: Path
+    """The leaf's private key (PEM, PKCS#8, mode 0600)."""
+    ca: Path
+    """A copy of the federation CA certificate (PEM)."""
+
+
+def load_certificate(pem: bytes, *, source: str) -> x509.Certificate:
+    """Parses one PEM certificate; ``source`` names it in the error.
+
+    Raises:
+        PkiError: If ``pem`` holds no valid PEM certificate.
+    """
+    try:
+        return x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        raise PkiError(f"{source} is not a valid PEM certificate") from None
+
+
+def load_private_key(pem: bytes, *, source: str) -> ec.EllipticCurvePrivateKey:
+    """Parses an unencrypted PEM ECDSA private key; ``source`` names it in the error.
+
+    Raises:
+        PkiError: If ``pem`` is not an unencrypted PEM ECDSA private key.
+    """
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError):
+        raise PkiError(f"{source} is not an unencrypted PEM private key") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise PkiError(f"{source} is not an ECDSA key (TLS in Baton needs ECDSA P-256)")
+    return key
+
+
+def same_public_key(key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> bool:
+    """Whether ``cert`` certifies the public half of ``key``."""
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    return key.public_key().public_bytes(der, spki) == cert.public_key().public_bytes(der, spki)
+
+
+def identity_from_certificate(cert_pem: bytes) -> Identity:
+    """Returns the identity a leaf certificate names by its SPIFFE URI SAN.
+
+    Constraints: the certificate MUST carry exactly one URI SAN, and it MUST be a valid
+    Baton SPIFFE id (as the SPIFFE X509-SVID specification requires of leaves).
+
+    Raises:
+        PkiError: If the certificate is malformed or does not name exactly one identity.
+    """
+    cert = load_certificate(cert_pem, source="the certificate")
+    uris = _uri_sans(cert)
+    if len(uris) != 1:
+        raise PkiError(
+            f"the certificate has {len(uris)} URI SANs; exactly one spiffe:// URI is required"
+        )
+    return Identity.parse(uris[0])
+
+
+def federation_of_ca(ca_pem: bytes) -> str:
+    """Returns the federation a CA certificate is the root of.
+
+    The federation is read from the CA's only URI SAN, ``spiffe://<federation>``.
+
+    Raises:
+        PkiError: If the certificate is not a Baton federation CA.
+    """
+    return _federation_of(load_certificate(ca_pem, source="the CA certificate"))
+
+
+def create_ca(out_dir: Path, federation: str, *, days: int = 3650) -> Path:
+    """Creates a federation's root CA: ``ca.pem`` and ``ca.key`` (mode 0600) in ``out_dir``.
+
+    Args:
+        out_dir: Where to write; created with mode 0700 if missing.
+        federation: The federation (trust domain) name.
+        days: How long the CA certificate stays valid.
+
+    Returns:
+        The path of ``ca.pem``.
+
+    Raises:
+        PkiError: If the name or lifetime is invalid, a CA already exists in ``out_dir``,
+            or the files cannot be written.
+    """
+    if not _LABEL.fullmatch(federation):
+        raise PkiError(f"invalid federation {_shown(federation)}: must match {_LABEL_PATTERN}")
+    _check_days(days)
+    cert_path, key_path = out_dir / CA_CERT_FILE, out_dir / CA_KEY_FILE
+    for path in (cert_path, key_path):
+        if path.exists():
+            raise PkiError(f"{path} already exists; refusing to overwrite an existing CA")
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{federation} federation CA")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _CLOCK_SKEW)
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
+        .add_extension(
+            x509.NameConstraints(
+                permitted_subtrees=[x509.UniformResourceIdentifier(federation)],
+                excluded_subtrees=None,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(_SCHEME + federation)]),
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    _make_dir(out_dir)
+    _write_new(key_path, _key_pem(key), role="CA private key", mode=0o600)
+    _write_new(cert_path, cert.public_bytes(serialization.Encoding.PEM), role="CA certificate")
+    return cert_path
+
+
+def issue(
+    ca_dir: Path,
+    out_dir: Path,
+    identity: Identity,
+    *,
+    dns_names: Sequence[str] = (),
+    ip_addresses: Sequence[str] = (),
+    days: int = 365,
+) -> IssuedFiles:
+    """Issues a TLS certificate for ``identity`` from the CA in ``ca_dir``.
+
+    A fresh ECDSA P-256 key is generated. The certificate names the identity by its SPIFFE
+    id (URI SAN) and common name, plus the given DNS and IP SANs, for both server and
+    client authentication.
+
+    Args:
+        ca_dir: Directory holding ``ca.pem`` and ``ca.key``.
+        out_dir: Where to write ``<name>.pem``, ``<name>.key`` (0600) and a copy of
+            ``ca.pem``; created with mode 0700 if missing.
+        identity: Who the certificate is for; its federation MUST be the CA's.
+        dns_names: Extra DNS SANs (a server dialled by name, e.g. ``"localhost"``).
+        ip_addresses: Extra IP SANs (a server dialled by address, e.g. ``"127.0.0.1"``).
+        days: How long the certificate stays valid.
+
+    Returns:
+        The paths written.
+
+    Raises:
+        PkiError: If the CA is missing or unusable, belongs to another federation, a SAN
+            is invalid, a file to write already exists, or writing fails.
+    """
+    _check_days(days)
+    for dns_name in dns_names:
+        if not _DNS_NAME.fullmatch(dns_name):
+            raise PkiError(f"invalid DNS name {_shown(dns_name)}")
+    try:
+        ips = [ipaddress.ip_address(ip) for ip in ip_addresses]
+    except ValueError as exc:
+        raise PkiError(f"invalid IP address: {exc}") from None
+    ca_pem, ca_cert, ca_key = load_ca(ca_dir)
+    federation = _federation_of(ca_cert)
+    if identity.federation != federation:
+        raise PkiError(
+            f"cannot issue {identity.spiffe_id}: the CA in {ca_dir} is for federation "
+            f"{federation!r}, not {identity.federation!r}"
+        )
+    cert_path = out_dir / f"{identity.name}.pem"
+    key_path = out_dir / f"{identity.name}.key"
+    ca_copy = out_dir / CA_CERT_FILE
+    for path in (cert_path, key_path):
+        if path.exists():
+            raise PkiError(f"{path} already exists; remove it first to re-issue")
+    if ca_copy.exists() and read_file(ca_copy, role="CA certificate") != ca_pem:
+        raise PkiError(f"{ca_copy} exists and is a different CA certificate")
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(identity.spiffe_id)]
+    sans += [x509.DNSName(name) for name in dns_names]
+    sans += [x509.IPAddress(ip) for ip in ips]
+    cert = _sign_leaf(ca_cert, ca_key, key.public_key(), identity, sans, days)
+    _make_dir(out_dir)
+    _write_new(key_path, _key_pem(key), role="private key", mode=0o600)
+    _write_new(cert_path, cert.public_bytes(serialization.Encoding.PEM), role="certificate")
+    if not ca_copy.exists():
+        _write_new(ca_copy, ca_pem, role="CA certificate")
+    return IssuedFiles(cert=cert_path, key=key_path, ca=ca_copy)
+
+
+def load_ca(ca_dir: Path) -> tuple[bytes, x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """Reads the CA in ``ca_dir``: its certificate PEM, certificate, and matching key."""
+    cert_path, key_path = ca_dir / CA_CERT_FILE, ca_dir / CA_KEY_FILE
+    ca_pem = read_file(cert_path, role="CA certificate")
+    ca_cert = load_certificate(ca_pem, source=f"CA certificate {cert_path}")
+    key_pem = read_file(key_path, role="CA private key")
+    ca_key = load_private_key(key_pem, source=f"CA private key {key_path}")
+    if not same_public_key(ca_key, ca_cert):
+        raise PkiError(f"{key_path} is not the key of {cert_path}")
+    return ca_pem, ca_cert, ca_key
+
+
+def _sign_leaf(
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    public_key: ec.EllipticCurvePublicKey,
+    identity: Identity,
+    sans: list[x509.GeneralName],
+    days: int,
+) -> x509.Certificate:
+    """Signs a TLS leaf (server and client auth) for ``public_key`` naming ``identity``."""
+    now = dt.datetime.now(dt.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity.name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _CLOCK_SKEW)
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(digital_signature=True), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+
+
+def _uri_sans(cert: x509.Certificate) -> list[str]:
+    """The certificate's URI SANs, or none if it has no SAN extension."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    except ValueError:
+        raise PkiError("the certificate has a malformed extension") from None
+    return san.get_values_for_type(x509.UniformResourceIdentifier)
+
+
+def _federation_of(ca_cert: x509.Certificate) -> str:
+    """The federation of a parsed CA certificate (see :func:`federation_of_ca`)."""
+    try:
+        constraints = ca_cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    except ValueError:
+        raise PkiError("the CA certificate has a malformed extension") from None
+    if constraints is None or not constraints.ca:
+        raise PkiError("the CA certificate is not a CA (basicConstraints CA is not set)")
+    uris = _uri_sans(ca_cert)
+    if len(uris) != 1 or not uris[0].startswith(_SCHEME):
+        raise PkiError("the CA certificate does not name its federation (one spiffe:// URI SAN)")
+    federation = uris[0][len(_SCHEME) :]
+    if not _LABEL.fullmatch(federation):
+        raise PkiError(f"the CA certificate names an invalid federation {_shown(federation)}")
+    return federation
+
+
+def _key_usage(
+    *, digital_signature: bool = False, key_cert_sign: bool = False, crl_sign: bool = False
+) -> x509.KeyUsage:
+    """A keyUsage extension with only the given bits set."""
+    return x509.KeyUsage(
+        digital_signature=digital_signature,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=key_cert_sign,
+        crl_sign=crl_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """The key as unencrypted PKCS#8 PEM (protected by its file mode)."""
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _check_days(days: int) -> None:
+    if days < 1:
+        raise PkiError(f"the validity period must be at least one day, not {days}")
+
+
+def _make_dir(path: Path) -> None:
+    """Creates ``path`` (mode 0700) if it is missing; an existing directory keeps its mode."""
+    if path.is_dir():
+        return
+    try:
+        path.mkdir(parents=True, mode=0o700)
+        path.chmod(0o700)
+    except OSError as exc:
+        raise PkiError(f"cannot create directory {path}: {exc.strerror}") from None
+
+
+def read_file(path: Path, *, role: str) -> bytes:
+    """Reads a file, naming its role (e.g. ``"CA certificate"``) if that fails."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise PkiError(f"cannot read {role} {path}: {exc.strerror}") from None
+
+
+def _write_new(path: Path, data: bytes, *, role: str, mode: int = 0o644) -> None:
+    """Writes a file that MUST NOT exist yet, created with ``mode`` (umask aside)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "wb") as file:
+            os.fchmod(file.fileno(), mode)
+            file.write(data)
+    except FileExistsError:
+        raise PkiError(f"{path} already exists; refusing to overwrite the {role}") from None
+    except OSError as exc:
+        raise PkiError(f"cannot write {role} {path}: {exc.strerror}") from None

@@ -1,0 +1,170 @@
+"""gRPC mutual-TLS credentials from federation certificates, and the peer's identity.
+
+Both ends authenticate: the server requires a client certificate from the federation CA,
+and the client verifies the server's certificate against the same CA and the dialled host.
+grpc checks the host against the server certificate's SANs, IP SANs included: a client
+dialling ``127.0.0.1:<port>`` needs an IP SAN ``127.0.0.1`` (``issue(...,
+ip_addresses=["127.0.0.1"])``), one dialling ``localhost:<port>`` a DNS SAN ``localhost``.
+No ``grpc.ssl_target_name_override`` is needed. Message-size options belong to the
+transport modules, not here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from cryptography import exceptions as crypto_exceptions
+from cryptography import x509
+
+from baton.errors import PkiError
+from baton.security.pki import (
+    Identity,
+    federation_of_ca,
+    identity_from_certificate,
+    load_certificate,
+    load_private_key,
+    read_file,
+    same_public_key,
+)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TlsMaterial:
+    """Checked TLS material, in memory, ready to build gRPC credentials."""
+
+    ca_pem: bytes
+    """The federation CA certificate (PEM)."""
+    cert_pem: bytes
+    """This party's certificate (PEM), issued directly by the CA."""
+    key_pem: bytes = field(repr=False)
+    """This party's private key (PEM); never printed."""
+    identity: Identity
+    """The identity the certificate names."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TlsFiles:
+    """Where a party's TLS files are."""
+
+    ca: Path
+    """The federation CA certificate (PEM)."""
+    cert: Path
+    """This party's certificate (PEM)."""
+    key: Path
+    """This party's private key (PEM, mode 0600)."""
+
+    def relative_to(self, base: Path) -> TlsFiles:
+        """The same files with relative paths taken relative to ``base`` (a config file's
+        directory); absolute paths stay as they are."""
+        return TlsFiles(ca=base / self.ca, cert=base / self.cert, key=base / self.key)
+
+    def load(self) -> TlsMaterial:
+        """Reads and checks the three files.
+
+        Constraints: the key MUST match the certificate; the certificate MUST be issued
+        directly by the CA, name exactly one identity of the CA's federation, and be within
+        its validity period, as MUST the CA certificate.
+
+        Returns:
+            The checked material.
+
+        Raises:
+            PkiError: Naming the file and its role, if a file is missing, unreadable,
+                malformed, or fails a check.
+        """
+        ca_pem = read_file(self.ca, role="CA certificate")
+        cert_pem = read_file(self.cert, role="certificate")
+        key_pem = read_file(self.key, role="private key")
+        ca_cert = load_certificate(ca_pem, source=f"CA certificate {self.ca}")
+        cert = load_certificate(cert_pem, source=f"certificate {self.cert}")
+        key = load_private_key(key_pem, source=f"private key {self.key}")
+        if not same_public_key(key, cert):
+            raise PkiError(f"private key {self.key} does not match certificate {self.cert}")
+        try:
+            cert.verify_directly_issued_by(ca_cert)
+        except (ValueError, TypeError, crypto_exceptions.InvalidSignature):
+            raise PkiError(
+                f"certificate {self.cert} was not issued by the CA in {self.ca}"
+            ) from None
+        now = dt.datetime.now(dt.UTC)
+        _check_validity(ca_cert, f"CA certificate {self.ca}", now)
+        _check_validity(cert, f"certificate {self.cert}", now)
+        try:
+            federation = federation_of_ca(ca_pem)
+        except PkiError as exc:
+            raise PkiError(f"CA certificate {self.ca} is not acceptable: {exc.message}") from None
+        try:
+            identity = identity_from_certificate(cert_pem)
+        except PkiError as exc:
+            raise PkiError(f"certificate {self.cert} is not acceptable: {exc.message}") from None
+        if identity.federation != federation:
+            raise PkiError(
+                f"certificate {self.cert} names {identity.spiffe_id}, outside federation "
+                f"{federation!r} of the CA in {self.ca}"
+            )
+        return TlsMaterial(ca_pem=ca_pem, cert_pem=cert_pem, key_pem=key_pem, identity=identity)
+
+
+def server_credentials(m: TlsMaterial) -> grpc.ServerCredentials:
+    """Server credentials that require a client certificate from the federation CA."""
+    return grpc.ssl_server_credentials(
+        [(m.key_pem, m.cert_pem)], root_certificates=m.ca_pem, require_client_auth=True
+    )
+
+
+def channel_credentials(m: TlsMaterial) -> grpc.ChannelCredentials:
+    """Channel credentials that present this party's certificate and trust only the CA."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=m.ca_pem, private_key=m.key_pem, certificate_chain=m.cert_pem
+    )
+
+
+def peer_identity(context: grpc.ServicerContext) -> Identity:
+    """Returns the identity named by the certificate the peer presented.
+
+    The handshake already verified the certificate against the federation CA (see
+    :func:`server_credentials`); this reads who it names.
+
+    Raises:
+        PkiError: If the peer presented no certificate or it names no valid identity.
+    """
+    return identity_from_certificate(peer_certificate_pem(context))
+
+
+def peer_certificate_pem(context: grpc.ServicerContext) -> bytes:
+    """Returns the PEM certificate the peer presented in the handshake.
+
+    Raises:
+        PkiError: If the peer presented no certificate.
+    """
+    # At run time grpc maps each property to a list of bytes (its type stubs say bytes).
+    value: object = context.auth_context().get("x509_pem_cert")
+    if isinstance(value, list | tuple):
+        value = value[0] if value else None
+    if not isinstance(value, bytes) or not value:
+        raise PkiError("the peer presented no certificate")
+    return value
+
+
+def require_peer(context: grpc.ServicerContext, *, federation: str, kind: str) -> Identity:
+    """Returns the peer's identity if it is a ``kind`` of ``federation``.
+
+    Raises:
+        PkiError: If the peer has no valid identity, or another federation or kind.
+    """
+    identity = peer_identity(context)
+    if identity.federation != federation or identity.kind != kind:
+        raise PkiError(f"peer {identity.spiffe_id} is not a {kind} of federation {federation!r}")
+    return identity
+
+
+def _check_validity(cert: x509.Certificate, source: str, now: dt.datetime) -> None:
+    if now < cert.not_valid_before_utc:
+        raise PkiError(
+            f"{source} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
+        )
+    if now > cert.not_valid_after_utc:
+        raise PkiError(f"{source} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")

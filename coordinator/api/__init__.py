@@ -1,0 +1,2 @@
+"""The coordinator's gRPC edge: thin servicers that authenticate, convert and delegate to
+the engine."""

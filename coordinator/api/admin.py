@@ -1,0 +1,150 @@
+"""The admin gRPC service: what the study owner's and operator's CLI call."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+import grpc
+
+from baton.errors import ConflictError, PkiError
+from baton.security.tls import peer_certificate_pem, require_peer
+from baton.v1 import admin_pb2, admin_pb2_grpc, common_pb2
+from baton.wire.channel import CHUNK_BYTES
+from coordinator.api.errors import translate_errors
+from coordinator.api.serde import event_to_proto, run_to_proto, site_to_proto
+from coordinator.blobs import BlobStore
+from coordinator.engine.scheduler import Scheduler, SignedPlan, now_ms
+from coordinator.store.base import RunState, Store
+
+logger = logging.getLogger(__name__)
+
+WATCH_POLL_SECONDS = 1.0
+"""How often an idle event stream re-checks that its client is still there."""
+
+
+class AdminService(admin_pb2_grpc.AdminServiceServicer):
+    """Implements ``baton.v1.AdminService`` for callers holding an admin certificate.
+
+    Args:
+        store: Coordinator state.
+        blobs: Model blob store.
+        scheduler: The run engine.
+        federation: Only certificates of this federation's admins are served.
+        lease_seconds: How long a site stays online after a heartbeat.
+        revoked: Whether a certificate (PEM) is revoked; callers presenting one are refused,
+            and so are plans whose owner certificates are.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        blobs: BlobStore,
+        scheduler: Scheduler,
+        federation: str,
+        lease_seconds: float,
+        revoked: Callable[[bytes], bool] = lambda cert_pem: False,
+    ) -> None:
+        self._store = store
+        self._blobs = blobs
+        self._scheduler = scheduler
+        self._federation = federation
+        self._lease_ms = int(lease_seconds * 1000)
+        self._revoked = revoked
+
+    def _admin(self, context: grpc.ServicerContext) -> str:
+        name = require_peer(context, federation=self._federation, kind="admin").name
+        if self._revoked(peer_certificate_pem(context)):
+            raise PkiError(f"the TLS certificate of admin {name} is revoked")
+        return name
+
+    @translate_errors
+    def CreateRun(
+        self, request: admin_pb2.CreateRunRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.CreateRunResponse:
+        admin = self._admin(context)
+        for pem in (
+            request.owner_signing_certificate_pem,
+            request.owner_encryption_certificate_pem,
+        ):
+            if pem and self._revoked(pem.encode()):
+                raise PkiError(f"admin {admin} sent a plan with a revoked owner certificate")
+        signed = SignedPlan(
+            signature=request.plan_signature,
+            owner_signing_pem=request.owner_signing_certificate_pem,
+            owner_encryption_pem=request.owner_encryption_certificate_pem,
+        )
+        run = self._scheduler.create_run(request.plan_toml, signed)
+        logger.info("admin %s created run %s", admin, run.run_id)
+        return admin_pb2.CreateRunResponse(run=run_to_proto(run, self._store.list_hops(run.run_id)))
+
+    @translate_errors
+    def GetRun(
+        self, request: admin_pb2.GetRunRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.Run:
+        self._admin(context)
+        run = self._store.get_run(request.run_id)
+        return run_to_proto(run, self._store.list_hops(run.run_id))
+
+    @translate_errors
+    def ListRuns(
+        self, request: admin_pb2.ListRunsRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ListRunsResponse:
+        self._admin(context)
+        return admin_pb2.ListRunsResponse(runs=[run_to_proto(r) for r in self._store.list_runs()])
+
+    @translate_errors
+    def WatchRun(
+        self, request: admin_pb2.WatchRunRequest, context: grpc.ServicerContext
+    ) -> Iterator[admin_pb2.RunEvent]:
+        self._admin(context)
+        self._store.get_run(request.run_id)
+        after = request.after_seq
+        version = -1
+        while context.is_active():
+            # Read the state before the events: a run seen ended has all its events stored.
+            ended = self._store.get_run(request.run_id).state is not RunState.RUNNING
+            for event in self._store.list_events(request.run_id, after_seq=after):
+                yield event_to_proto(event)
+                after = event.seq
+            if ended:
+                return
+            version = self._scheduler.wait_for_change(version, WATCH_POLL_SECONDS)
+            self._admin(context)  # a certificate revoked meanwhile ends the stream
+
+    @translate_errors
+    def CancelRun(
+        self, request: admin_pb2.CancelRunRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.Run:
+        admin = self._admin(context)
+        run = self._scheduler.cancel_run(request.run_id, request.reason or f"cancelled by {admin}")
+        return run_to_proto(run, self._store.list_hops(run.run_id))
+
+    @translate_errors
+    def FetchResult(
+        self, request: admin_pb2.FetchResultRequest, context: grpc.ServicerContext
+    ) -> Iterator[common_pb2.BlobChunk]:
+        self._admin(context)
+        run = self._store.get_run(request.run_id)
+        if run.state is not RunState.SUCCEEDED or run.result is None:
+            raise ConflictError(
+                f"run {run.run_id} has no result: it is {run.state.value}", run_id=run.run_id
+            )
+        offset = request.offset
+        for data in self._blobs.read(run.result.blob_id, offset=offset, chunk_size=CHUNK_BYTES):
+            yield common_pb2.BlobChunk(offset=offset, data=data)
+            offset += len(data)
+
+    @translate_errors
+    def ListSites(
+        self, request: admin_pb2.ListSitesRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ListSitesResponse:
+        self._admin(context)
+        now = now_ms()
+        return admin_pb2.ListSitesResponse(
+            sites=[
+                site_to_proto(s, online=now - s.last_seen_ms <= self._lease_ms)
+                for s in self._store.list_sites()
+            ]
+        )

@@ -1,0 +1,2 @@
+"""The coordinator's engine: the run and hop state machine, cycle planning with ``ordering``,
+evaluations and assignments. It speaks domain types, never protobuf."""

@@ -1,0 +1,37 @@
+"""The ``baton`` command: the PKI tools and the study owner's run commands.
+
+Other installed packages add commands through the ``baton.commands`` entry-point group
+(each entry point is a ``register(app)`` function); Baton's own simulations (``baton demo``,
+``baton lab``) arrive that way, so the owner's tools never import them.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import entry_points
+
+from baton.entry import make_app
+from owner.cli_pki import pki_app
+from owner.cli_runs import register
+from owner.cli_verify import register as register_verify
+
+COMMANDS_GROUP = "baton.commands"
+"""Entry-point group of functions that add commands to ``baton``."""
+
+logger = logging.getLogger(__name__)
+
+app = make_app("Baton: sequential learning across hospitals.")
+app.add_typer(pki_app, name="pki", help="Create the federation CA and issue certificates.")
+register(app)
+register_verify(app)
+for _ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda ep: ep.name):
+    _ep.load()(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

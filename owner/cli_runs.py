@@ -1,0 +1,206 @@
+"""``baton`` commands for the study owner and operator: submit, watch, list, cancel, fetch."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from baton import exit_codes
+from baton.config import build, read_toml
+from baton.entry import exit_on_error
+from baton.errors import ConfigError, PkiError, TransportError
+from baton.plan import check_names, load_plan, read_plan_text
+from baton.security.sealing import AppKeys
+from baton.security.tls import TlsFiles
+from baton.v1 import admin_pb2, common_pb2
+from owner.client import AdminClient
+from owner.fetch import fetch_result
+
+console = Console(highlight=False)
+_CODES = {
+    ConfigError: exit_codes.CLI_CONFIG,
+    PkiError: exit_codes.CLI_PKI,
+    TransportError: exit_codes.CLI_UNREACHABLE,
+}
+
+AdminOpt = Annotated[
+    Path,
+    typer.Option(
+        "--admin",
+        envvar="BATON_ADMIN_CONFIG",
+        help="Admin config (TOML): coordinator address and TLS files.",
+    ),
+]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AdminConfig:
+    """Where the coordinator is and which admin certificate to present."""
+
+    coordinator: str
+    """Coordinator address, ``host:port``."""
+    tls: TlsFiles
+    """The admin's certificate, key and the federation CA."""
+    keys_dir: Path = Path("keys")
+    """The study owner's signing and encryption keys with their certificates: plans are
+    signed with the first, final models are sealed to the second."""
+    server_name: str = ""
+    """Name expected in the coordinator's certificate when it differs from the host dialled."""
+
+
+def load_admin_config(path: Path) -> AdminConfig:
+    cfg = build(AdminConfig, read_toml(path), source=str(path), section="")
+    base = path.parent
+    return dataclasses.replace(cfg, tls=cfg.tls.relative_to(base), keys_dir=base / cfg.keys_dir)
+
+
+def admin_client(path: Path) -> AdminClient:
+    cfg = load_admin_config(path)
+    return AdminClient(cfg.coordinator, cfg.tls.load(), server_name=cfg.server_name or None)
+
+
+def _state(value: common_pb2.RunState.ValueType) -> str:
+    return common_pb2.RunState.Name(value).removeprefix("RUN_STATE_").lower()
+
+
+def register(app: typer.Typer) -> None:
+    """Adds the admin commands to the ``baton`` app."""
+
+    @app.command()
+    def submit(
+        plan: Annotated[Path, typer.Argument(help="Run plan (TOML).")],
+        admin: AdminOpt,
+        watch: Annotated[bool, typer.Option(help="Follow the run until it ends.")] = False,
+    ) -> None:
+        """Submit a run plan to the coordinator."""
+        with exit_on_error(_CODES, exit_codes.CLI_ERROR):
+            _check_plan(plan)  # locally first: clearer errors, no round trip
+            with admin_client(admin) as client:
+                run = client.create_run(
+                    read_plan_text(plan), AppKeys.load(load_admin_config(admin).keys_dir)
+                )
+                console.print(f"run {run.run_id} created ({run.total_hops} hops)")
+                if watch:
+                    _watch(client, run.run_id)
+
+    @app.command()
+    def runs(admin: AdminOpt) -> None:
+        """List runs, newest first."""
+        with exit_on_error(_CODES, exit_codes.CLI_ERROR), admin_client(admin) as client:
+            table = Table("run", "name", "state", "hops", "strategy")
+            for r in client.list_runs():
+                table.add_row(r.run_id, r.name, _state(r.state), str(r.total_hops), r.strategy)
+            console.print(table)
+
+    @app.command()
+    def status(run_id: str, admin: AdminOpt) -> None:
+        """Show one run hop by hop."""
+        with exit_on_error(_CODES, exit_codes.CLI_ERROR), admin_client(admin) as client:
+            r = client.get_run(run_id)
+            console.print(f"run {r.run_id} '{r.name}': {_state(r.state)} {r.error}")
+            table = Table("hop", "cycle", "site", "state", "val acc before", "val acc after")
+            for h in r.hops:
+                table.add_row(
+                    str(h.hop_index),
+                    str(h.cycle),
+                    h.site_id,
+                    common_pb2.HopState.Name(h.state).removeprefix("HOP_STATE_").lower(),
+                    _fmt(h.metrics_before.get("accuracy")),
+                    _fmt(h.metrics_after.get("accuracy")),
+                )
+            console.print(table)
+            if r.state == common_pb2.RUN_STATE_RUNNING:
+                return
+            evaluated = [
+                e for e in client.watch(run_id) if e.kind == admin_pb2.EVENT_KIND_SITE_EVALUATED
+            ]
+            if evaluated:
+                scores = Table("site", "val accuracy", "val loss", "examples", title="final model")
+                for e in evaluated:
+                    scores.add_row(
+                        e.site_id,
+                        _fmt(e.metrics.get("accuracy")),
+                        _fmt(e.metrics.get("loss")),
+                        f"{e.metrics.get('num_examples', 0):.0f}",
+                    )
+                console.print(scores)
+
+    @app.command()
+    def watch(run_id: str, admin: AdminOpt) -> None:
+        """Follow a run's events until it ends."""
+        with exit_on_error(_CODES, exit_codes.CLI_ERROR), admin_client(admin) as client:
+            _watch(client, run_id)
+
+    @app.command()
+    def cancel(run_id: str, admin: AdminOpt, reason: str = "") -> None:
+        """Cancel a running run."""
+        with exit_on_error(_CODES, exit_codes.CLI_ERROR), admin_client(admin) as client:
+            r = client.cancel_run(run_id, reason)
+            console.print(f"run {r.run_id}: {_state(r.state)}")
+
+    @app.command()
+    def fetch(run_id: str, out: Path, admin: AdminOpt) -> None:
+        """Download the final model of a succeeded run, open it and write it as safetensors."""
+        with exit_on_error(_CODES, exit_codes.CLI_ERROR), admin_client(admin) as client:
+            cfg = load_admin_config(admin)
+            manifest = fetch_result(
+                client, run_id, out, owner=AppKeys.load(cfg.keys_dir), ca_pem=cfg.tls.load().ca_pem
+            )
+            console.print(
+                f"wrote {manifest.plaintext_length} bytes to {out} "
+                f"(sealed by {manifest.sender}, verified)"
+            )
+
+    @app.command()
+    def sites(admin: AdminOpt) -> None:
+        """List registered sites and their leases."""
+        with exit_on_error(_CODES, exit_codes.CLI_ERROR), admin_client(admin) as client:
+            table = Table("site", "online", "examples", "labels", "cpus")
+            for s in client.list_sites():
+                table.add_row(
+                    s.site_id,
+                    "yes" if s.online else "no",
+                    str(s.profile.num_examples),
+                    str(list(s.profile.label_histogram)),
+                    str(s.capabilities.cpu_count),
+                )
+            console.print(table)
+
+
+def _watch(client: AdminClient, run_id: str) -> None:
+    for ev in client.watch(run_id):
+        kind = admin_pb2.EventKind.Name(ev.kind).removeprefix("EVENT_KIND_").lower()
+        if ev.kind == admin_pb2.EVENT_KIND_HOP_PROGRESS:
+            continue
+        extra = " ".join(f"{k}={v:.4g}" for k, v in sorted(ev.metrics.items()))
+        console.print(
+            f"{ev.seq:>4} {kind:<14} hop {ev.hop_index:<3} {ev.site_id:<14} {ev.message} {extra}"
+        )
+    final = client.get_run(run_id)
+    if final.state != common_pb2.RUN_STATE_SUCCEEDED:
+        raise TransportError(f"run {run_id} ended {_state(final.state)}: {final.error}")
+
+
+def _fmt(v: float | None) -> str:
+    return "" if v is None else f"{v:.3f}"
+
+
+def _check_plan(path: Path) -> None:
+    """Validates a plan file, and the names it uses against what is installed here."""
+    from baton.ml.models import known_models
+    from baton.ml.tasks import known_tasks
+    from ordering import known_strategies
+
+    check_names(
+        load_plan(path),
+        source=str(path),
+        models=known_models(),
+        datasets=known_tasks(),
+        strategies=known_strategies(),
+    )

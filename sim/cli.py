@@ -1,0 +1,102 @@
+"""``baton demo`` and ``baton lab``: the simulations, added to the ``baton`` command through
+the ``baton.commands`` entry point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from baton import exit_codes
+from baton.entry import fail
+
+
+def register(app: typer.Typer) -> None:
+    """Adds the ``demo`` and ``lab`` commands to ``app``."""
+    app.command(name="demo")(demo)
+    app.command(name="lab")(lab)
+
+
+def demo(
+    sites: Annotated[int, typer.Option(help="Number of hospitals.")] = 4,
+    cycles: Annotated[int, typer.Option(help="Passes over all hospitals.")] = 3,
+    dataset: Annotated[str, typer.Option(help="breast_cancer, digits or wine.")] = "breast_cancer",
+    alpha: Annotated[float, typer.Option(help="Dirichlet label-skew concentration.")] = 0.5,
+    seed: Annotated[int, typer.Option(help="Seed for data split, model and order.")] = 0,
+    strategy: Annotated[str, typer.Option(help="Ordering strategy.")] = "learned",
+    workdir: Annotated[
+        Path | None, typer.Option(help="Keep PKI, state, data and logs here.")
+    ] = None,
+    report: Annotated[Path | None, typer.Option(help="Write a JSON report here.")] = None,
+) -> None:
+    """Run a real multi-site training on this machine: coordinator and sites as processes."""
+    from baton.entry import configure_logging, exit_on_error
+    from baton.errors import ConfigError, PkiError, ProcessExited, TransportError
+    from sim.demo import DemoOptions, run_demo
+
+    configure_logging("WARNING")
+    console = Console(highlight=False)
+    codes = {
+        ConfigError: exit_codes.CLI_CONFIG,
+        PkiError: exit_codes.CLI_PKI,
+        TransportError: exit_codes.CLI_UNREACHABLE,
+        ProcessExited: exit_codes.CLI_DEMO_PROCESS,
+    }
+    with exit_on_error(codes, exit_codes.CLI_RUN_FAILED):
+        try:
+            opts = DemoOptions(
+                sites=sites,
+                cycles=cycles,
+                dataset=dataset,
+                alpha=alpha,
+                seed=seed,
+                strategy=strategy,
+                workdir=workdir,
+                report=report,
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        run_demo(opts, console)
+
+
+def lab(
+    out: Annotated[Path, typer.Option(help="Directory for results.json, results.md, the plots.")],
+    grid: Annotated[
+        str, typer.Option(help="smoke, reduced, acceptance, full, or the same with -remedies.")
+    ] = "smoke",
+    jobs: Annotated[
+        int, typer.Option(min=1, help="Worker processes running trials (one torch thread each).")
+    ] = 1,
+) -> None:
+    """Measure how much the order of sites matters and how well each strategy picks it."""
+    import torch
+
+    from sim.lab.grid import GRIDS, run_grid
+    from sim.lab.report import write_outputs
+
+    if grid not in GRIDS:
+        fail(f"unknown grid {grid!r}; known: {', '.join(GRIDS)}", exit_codes.CLI_CONFIG)
+    console = Console(highlight=False, stderr=True)
+    torch.set_num_threads(1)
+    chosen = GRIDS[grid]
+    records, seconds, left_out = run_grid(chosen, console.print, jobs=jobs)
+    meta = {
+        "grid": chosen.name,
+        "seconds": seconds,
+        "seeds": list(chosen.seeds),
+        "repetitions": chosen.repetitions,
+        "torch_threads": 1,
+        "jobs": jobs,
+        "plot": "percentiles.png (matplotlib, Agg) and percentiles.svg",
+        "cells_left_out": left_out,
+    }
+    for cell in left_out:
+        console.print(
+            f"left out {cell['dataset']} {cell['partition']} K={cell['k']} "
+            f"epochs={cell['local_epochs']} cycles={cell['cycles']}: {cell['reason']}"
+        )
+    for path in write_outputs(out, records, meta):
+        console.print(f"wrote {path}")
+    console.print(f"grid {chosen.name!r}: {len(chosen.cells)} cells in {seconds:.1f} s")

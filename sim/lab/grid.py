@@ -1,0 +1,513 @@
+"""The benchmark grid: cells, trials over partition seeds, and one record per strategy."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from baton.errors import DataError
+from baton.plan import ModelSection, RunPlan, RunSection, TaskSection, TrainingSection
+from ordering import (
+    HopOutcome,
+    OrderingContext,
+    OrderingStrategy,
+    ProbeOutcome,
+    ProbePlanner,
+    make_strategy,
+)
+from sim.lab.baselines import centralized_accuracy, fedavg_accuracy
+from sim.lab.batched import HOP_METRICS, OrderAccuracies, train_schedules_batched
+from sim.lab.oracle import OrderScores, candidate_orders, evaluate_orders
+from sim.lab.parallel import trials_by_cell
+from sim.lab.runner import gather_probes, published_profiles, strategy_schedule
+from sim.lab.summary import summarize
+from sim.simulate import simulate_sequential
+from sim.tasks import Federation, Partition, make_federation
+
+logger = logging.getLogger(__name__)
+
+STRATEGIES: tuple[tuple[str, str, Mapping[str, Any]], ...] = (
+    ("fixed", "fixed", {}),
+    ("random", "random", {}),
+    ("reshuffle", "reshuffle", {}),
+    ("by_size:ascending", "by_size", {}),
+    ("by_size:descending", "by_size", {"direction": "descending"}),
+    ("typicality", "typicality", {}),
+    ("path:max", "path", {}),
+    ("path:min", "path", {"objective": "min"}),
+    ("greedy_loss", "greedy_loss", {}),
+    ("learned", "learned", {}),
+)
+"""(label, strategy name, options) of every strategy the lab compares."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Cell:
+    """One setting of the grid."""
+
+    dataset: str
+    """``breast_cancer``, ``digits`` or ``wine``."""
+    partition: Partition
+    """How the data is split across sites."""
+    k: int
+    """Number of sites."""
+    local_epochs: int
+    """Local epochs per hop."""
+    cycles: int
+    """Cycles per run."""
+
+    @property
+    def partition_label(self) -> str:
+        """``dirichlet-0.1``, ``quantity-0.5``, ...: the partition as the records name it."""
+        return f"{self.partition.kind}-{self.partition.alpha:g}"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Grid:
+    """A set of cells, each run over the same partition seeds and repetitions."""
+
+    name: str
+    """``smoke``, ``reduced``, ``acceptance`` or ``full`` (each also ``*-remedies``)."""
+    cells: tuple[Cell, ...]
+    """The settings."""
+    seeds: tuple[int, ...]
+    """Partition seeds (trials) per cell."""
+    repetitions: int
+    """Repetitions per order; repetition ``r`` uses run seed ``r`` for every order."""
+    hidden: tuple[int, ...] = (32,)
+    """Hidden layer widths of the MLP."""
+    probe_budget_per_site: int = 2
+    """Probe runs a strategy that plans probes (``ordering.ProbePlanner``) gets per
+    site. A probe never uses the run seed of the run it informs: repetition ``j`` of a
+    probe for repetition ``r`` reads the oracle's run with seed ``(r + 1 + j) % R``
+    while ``j < R - 1`` (``R`` repetitions), and beyond that, or for an order the oracle
+    did not train, is simulated with a seed no final run uses."""
+    strategies: tuple[tuple[str, str, Mapping[str, Any]], ...] = field(default=STRATEGIES)
+    """Strategies compared."""
+    budget_rows: tuple[tuple[str, int, int], ...] = ()
+    """``(label, probe runs per site, largest K)``: extra rows of the default ``learned``
+    strategy with a larger probe budget, for its cost against its gain. They run in
+    cells of at most that many sites: beyond the orders the oracle trained, each probe
+    is trained alone, which at K = 7 (720 of 5040 orders sampled) would dominate the
+    grid's time."""
+    remedies: Mapping[str, Any] = field(default_factory=dict)
+    """Forgetting remedies turned on in every cell: ``TrainingSection`` fields and their
+    values (``lr_schedule``, ``lr_min_ratio``, ``proximal_mu``, ``proportional_steps``).
+    With ``proportional_steps`` the reference size is the mean of the sites' published
+    training-set sizes. Empty: plain SGD."""
+
+    transfer_factor: int = 1
+    """More cycles with fewer local epochs at equal compute: a cell whose local epochs
+    this factor divides runs ``cycles * factor`` cycles of ``local_epochs / factor``
+    epochs (the records show the cycles and epochs actually run); others run as given."""
+
+    def __post_init__(self) -> None:
+        if self.transfer_factor < 1:
+            raise ValueError(f"'transfer_factor' must be at least 1, not {self.transfer_factor}")
+
+    @property
+    def remedies_label(self) -> str:
+        """``none``, or the remedies as ``key=value`` pairs joined by ``+``."""
+        items = sorted(self.remedies.items())
+        if self.transfer_factor > 1:
+            items.append(("transfer_factor", self.transfer_factor))
+        return "+".join(f"{k}={v}" for k, v in items) if items else "none"
+
+    def effective(self, cell: Cell) -> Cell:
+        """The cell as run, after :attr:`transfer_factor`."""
+        f = self.transfer_factor
+        if f == 1 or cell.local_epochs % f:
+            return cell
+        return replace(cell, cycles=cell.cycles * f, local_epochs=cell.local_epochs // f)
+
+
+def _cells(
+    datasets: Sequence[str],
+    partitions: Sequence[Partition],
+    ks: Sequence[int],
+    epochs: Sequence[int],
+    cycles: Sequence[int],
+) -> tuple[Cell, ...]:
+    return tuple(
+        Cell(dataset=d, partition=p, k=k, local_epochs=e, cycles=c)
+        for d in datasets
+        for p in partitions
+        for k in ks
+        for e in epochs
+        for c in cycles
+    )
+
+
+def _dirichlet(alpha: float) -> Partition:
+    return Partition(kind="dirichlet", alpha=alpha, min_train_examples=8)
+
+
+GRIDS: dict[str, Grid] = {
+    "smoke": Grid(
+        name="smoke",
+        cells=_cells(["wine"], [_dirichlet(0.5)], [3], [1], [1]),
+        seeds=(0,),
+        repetitions=2,
+    ),
+    "reduced": Grid(
+        name="reduced",
+        cells=_cells(["digits"], [_dirichlet(0.1), _dirichlet(0.5)], [3, 5], [5], [1, 3]),
+        seeds=(0, 1, 2),
+        repetitions=2,
+    ),
+    # The issue's order-sensitive acceptance cells: digits, label skew, 5 local epochs.
+    "acceptance": Grid(
+        name="acceptance",
+        cells=_cells(["digits"], [_dirichlet(0.1), _dirichlet(0.5)], [3, 5, 7], [5], [1, 3]),
+        seeds=tuple(range(10)),
+        repetitions=4,
+        budget_rows=(("learned:8/site", 8, 5),),
+    ),
+    "full": Grid(
+        name="full",
+        cells=_cells(
+            ["breast_cancer", "digits", "wine"],
+            [
+                _dirichlet(0.1),
+                _dirichlet(0.5),
+                _dirichlet(1.0),
+                Partition(kind="quantity", alpha=0.5, min_train_examples=8),
+            ],
+            [3, 5, 7],
+            [1, 5],
+            [1, 3],
+        ),
+        seeds=tuple(range(10)),
+        repetitions=4,
+    ),
+}
+
+
+REMEDIES: Mapping[str, Any] = {
+    "lr_schedule": "cyclical",
+    "lr_min_ratio": 0.5,
+    "proximal_mu": 0.1,
+}
+"""The remedies of the ``*-remedies`` grids: a cyclical learning rate falling to half
+along each cycle and a proximal pull toward each hop's incoming weights; those grids also
+hand the model on 5 times as often (``transfer_factor``). Proportional steps are left
+out: with local epochs the steps are already proportional to size. Chosen on the reduced
+grid (15 cycles of 1 epoch, 10 partition seeds): a fall to a tenth, or any decay across
+cycles (``cycle_decay``), left the model undertrained (98.8-99.0% of centralized against
+99.7% with half)."""
+
+for _name in ("smoke", "reduced", "acceptance", "full"):
+    GRIDS[f"{_name}-remedies"] = replace(
+        GRIDS[_name], name=f"{_name}-remedies", remedies=dict(REMEDIES), transfer_factor=5
+    )
+
+
+def lab_plan(
+    cell: Cell, grid: Grid, sites: tuple[str, ...], federation: Federation | None = None
+) -> RunPlan:
+    """The run plan of a cell: an MLP, plain SGD (no logit adjustment), the cell's epochs,
+    and the grid's remedies.
+
+    Raises:
+        ValueError: The grid asks for ``proportional_steps`` and no ``federation`` is
+            given to take the mean published size from.
+    """
+    remedies = dict(grid.remedies)
+    if remedies.get("proportional_steps") and "reference_examples" not in remedies:
+        if federation is None:
+            raise ValueError("proportional steps need the federation's published sizes")
+        sizes = [p.num_examples for p in published_profiles(federation).values()]
+        remedies["reference_examples"] = max(1, round(sum(sizes) / len(sizes)))
+    return RunPlan(
+        run=RunSection(name="lab", sites=sites, cycles=cell.cycles, seed=0),
+        model=ModelSection(name="mlp", args={"hidden": list(grid.hidden)}),
+        task=TaskSection(dataset=cell.dataset),
+        training=TrainingSection(
+            optimizer="sgd",
+            lr=0.05,
+            momentum=0.9,
+            batch_size=32,
+            local_epochs=cell.local_epochs,
+            logit_adjustment=False,
+            **remedies,
+        ),
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True, eq=False)
+class Trial:
+    """One partition seed of one cell."""
+
+    scores: OrderScores
+    """Every candidate order over the repetitions."""
+    centralized: float
+    """Pooled training, mean test accuracy over the repetitions."""
+    chosen: dict[str, list[float]]
+    """Label to the test accuracy its schedule reached, one per repetition."""
+    best_hits: dict[str, list[bool]]
+    """Label to whether its schedule was the best order, one per repetition."""
+    extra_runs: dict[str, int]
+    """Label to probe runs it used per run."""
+    decide_seconds: dict[str, float] = field(default_factory=dict)
+    """Label to the wall-clock seconds its ``cycle_order`` calls took per run (mean)."""
+    run_seconds: float = math.nan
+    """Wall-clock seconds of one whole simulated run (one order, one by one): what each
+    probe run costs."""
+
+
+class _Timed:
+    """A strategy whose ``cycle_order`` calls are timed."""
+
+    def __init__(self, inner: OrderingStrategy) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.seconds = 0.0
+
+    def cycle_order(self, ctx: OrderingContext) -> tuple[str, ...]:
+        started = time.perf_counter()
+        try:
+            return tuple(self.inner.cycle_order(ctx))
+        finally:
+            self.seconds += time.perf_counter() - started
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Skipped:
+    """A partition seed whose federation cannot be drawn (too few examples per site)."""
+
+    reason: str
+    """Why, as ``baton.ml.data.make_federation`` said."""
+
+
+def run_trial(cell: Cell, grid: Grid, seed: int) -> Trial | Skipped:
+    """Runs the oracle, the baselines and every strategy for one partition seed.
+
+    A seed whose partition cannot give every site its minimum of training examples (a
+    small dataset split over many sites with strong skew) is :class:`Skipped`.
+    """
+    sites = tuple(f"site-{i}" for i in range(cell.k))
+    try:
+        federation = make_federation(cell.dataset, sites, cell.partition, seed=seed)
+    except DataError as exc:
+        return Skipped(reason=str(exc))
+    plan = lab_plan(cell, grid, sites, federation)
+    profiles = published_profiles(federation)
+    reps = tuple(range(grid.repetitions))
+    scores = evaluate_orders(plan, federation, candidate_orders(sites, seed=seed), reps)
+    best = int(np.argmax(scores.test.mean(axis=1)))
+    chosen: dict[str, list[float]] = {}
+    hits: dict[str, list[bool]] = {}
+    extra: dict[str, int] = {}
+    decide: dict[str, list[float]] = {}
+    central: list[float] = []
+    fedavg: list[float] = []
+    started = time.perf_counter()
+    simulate_sequential(plan, federation, [sites] * plan.run.cycles)
+    run_seconds = time.perf_counter() - started
+    for r in reps:
+        rep_plan = _with_seed(plan, r)
+        central.append(centralized_accuracy(rep_plan, federation))
+        fedavg.append(fedavg_accuracy(rep_plan, federation))
+        runs = TrialRuns(scores, r, plan, federation)
+        schedules: dict[str, tuple[tuple[str, ...], ...]] = {}
+        rows = [
+            (label, name, options, grid.probe_budget_per_site)
+            for label, name, options in grid.strategies
+        ]
+        rows += [
+            (label, "learned", {}, per_site)
+            for label, per_site, largest in grid.budget_rows
+            if cell.k <= largest
+        ]
+        for label, name, options, per_site in rows:
+            inner = make_strategy(name, options)
+            strategy = _Timed(inner)
+            used: tuple[ProbeOutcome, ...] = ()
+            if isinstance(inner, ProbePlanner):
+                used = gather_probes(
+                    inner,
+                    sites,
+                    profiles,
+                    seed=r,
+                    budget=cell.k * per_site,
+                    measure=OracleProber(scores, r, plan, federation),
+                )
+            schedules[label] = strategy_schedule(
+                strategy, rep_plan, federation, probes=used, history=runs.history
+            )
+            extra[label] = len(used)
+            decide.setdefault(label, []).append(strategy.seconds)
+        runs.train(list(schedules.values()))
+        for label, schedule in schedules.items():
+            chosen.setdefault(label, []).append(runs.test_accuracy(schedule))
+            repeated = all(o == schedule[0] for o in schedule)
+            hits.setdefault(label, []).append(repeated and schedule[0] == scores.orders[best])
+    chosen["fedavg"] = fedavg
+    hits["fedavg"] = [False] * len(reps)
+    extra["fedavg"] = 0
+    decide["fedavg"] = [0.0]
+    return Trial(
+        scores=scores,
+        centralized=float(np.mean(central)),
+        chosen=chosen,
+        best_hits=hits,
+        extra_runs=extra,
+        decide_seconds={k: float(np.mean(v)) for k, v in decide.items()},
+        run_seconds=run_seconds,
+    )
+
+
+def _with_seed(plan: RunPlan, seed: int) -> RunPlan:
+    return replace(plan, run=replace(plan.run, seed=seed))
+
+
+class OracleProber:
+    """Answers probe runs for repetition ``rep`` of a trial, never with its own run seed."""
+
+    def __init__(
+        self, scores: OrderScores, rep: int, plan: RunPlan, federation: Federation
+    ) -> None:
+        self.scores = scores
+        self.rep = rep
+        self.plan = plan
+        self.federation = federation
+
+    def __call__(self, order: tuple[str, ...], repetition: int) -> dict[str, float]:
+        reps = len(self.scores.seeds)
+        row = self.scores.index(order)
+        if repetition < reps - 1:
+            column = (self.rep + 1 + repetition) % reps
+            if row is not None:
+                return {
+                    "accuracy": float(self.scores.val[row, column]),
+                    "loss": float(self.scores.val_loss[row, column]),
+                }
+            seed = self.scores.seeds[column]
+        else:
+            seed = max(self.scores.seeds) + 1 + repetition
+        plan = _with_seed(self.plan, seed)
+        run = train_schedules_batched(plan, self.federation, [[order] * plan.run.cycles])
+        return {"accuracy": float(run.val[0]), "loss": float(run.val_loss[0])}
+
+
+Schedule = tuple[tuple[str, ...], ...]
+
+
+class TrialRuns:
+    """Runs of repetition ``rep`` of a trial: read from the oracle where it trained them
+    (an order repeated every cycle), else trained once and kept."""
+
+    def __init__(
+        self, scores: OrderScores, rep: int, plan: RunPlan, federation: Federation
+    ) -> None:
+        self.scores = scores
+        self.rep = rep
+        self.plan = _with_seed(plan, scores.seeds[rep])
+        self.federation = federation
+        self._trained: dict[Schedule, tuple[OrderAccuracies, int]] = {}
+        """Schedules trained here: the batch that trained each, and its row there."""
+
+    def _oracle_row(self, schedule: Schedule) -> int | None:
+        if len(schedule) > self.plan.run.cycles or any(o != schedule[0] for o in schedule):
+            return None
+        return self.scores.index(schedule[0])
+
+    def train(self, schedules: Sequence[Schedule]) -> None:
+        """Trains, together, the schedules that neither the oracle nor this object holds."""
+        by_cycles: dict[int, list[Schedule]] = {}
+        for s in dict.fromkeys(schedules):
+            if s not in self._trained and self._oracle_row(s) is None:
+                by_cycles.setdefault(len(s), []).append(s)
+        for group in by_cycles.values():
+            acc = train_schedules_batched(self.plan, self.federation, group)
+            for i, s in enumerate(group):
+                self._trained[s] = (acc, i)
+
+    def test_accuracy(self, schedule: Schedule) -> float:
+        """The final model's test accuracy (``schedule`` spans the whole run)."""
+        row = self._oracle_row(schedule)
+        if row is not None:
+            return float(self.scores.test[row, self.rep])
+        self.train([schedule])
+        acc, i = self._trained[schedule]
+        return float(acc.test[i])
+
+    def history(self, schedule: Schedule) -> tuple[HopOutcome, ...]:
+        """:data:`sim.lab.runner.History` of a run of ``schedule``."""
+        n_hops = sum(len(o) for o in schedule)
+        row = self._oracle_row(schedule)
+        if row is not None:
+            before = self.scores.before[row, self.rep, :n_hops]
+            after = self.scores.after[row, self.rep, :n_hops]
+        else:
+            self.train([schedule])
+            acc, i = self._trained[schedule]
+            before, after = acc.before[i], acc.after[i]
+        hops = [(c, s) for c, order in enumerate(schedule) for s in order]
+        return tuple(
+            HopOutcome(
+                cycle=c,
+                site_id=s,
+                metrics_before=self._metrics(s, before[h]),
+                metrics_after=self._metrics(s, after[h]),
+            )
+            for h, (c, s) in enumerate(hops)
+        )
+
+    def _metrics(self, site: str, values: np.ndarray[Any, Any]) -> dict[str, float]:
+        metrics = {m: float(v) for m, v in zip(HOP_METRICS, values, strict=True)}
+        metrics["num_examples"] = float(len(self.federation.sites[site].val.y))
+        return metrics
+
+
+def run_grid(
+    grid: Grid, progress: Callable[[str], None] | None = None, *, jobs: int = 1
+) -> tuple[list[dict[str, Any]], float, list[dict[str, Any]]]:
+    """Runs every cell of ``grid``; returns the records, the wall-clock seconds and the
+    cells left out.
+
+    ``jobs`` worker processes run the trials (``sim.lab.parallel``); the records are
+    the same for any ``jobs`` (but for measured seconds) and come in the grid's order.
+    A cell's records summarize the seeds that could be partitioned (``trials``, and
+    ``skipped_seeds`` for the others); a cell none of whose seeds could be is left out
+    and listed with the reason.
+
+    Raises:
+        ValueError: ``jobs`` is below 1.
+    """
+    started = time.perf_counter()
+    cells = [grid.effective(nominal) for nominal in grid.cells]
+    per_cell: dict[int, list[dict[str, Any]]] = {}
+    left_out: dict[int, dict[str, Any]] = {}
+    for finished, (i, outcomes) in enumerate(
+        trials_by_cell(cells, grid, run_trial, jobs=jobs), start=1
+    ):
+        cell = cells[i]
+        trials = [t for t in outcomes if isinstance(t, Trial)]
+        skipped = [t.reason for t in outcomes if isinstance(t, Skipped)]
+        per_cell[i] = summarize(cell, trials, remedies=grid.remedies_label) if trials else []
+        for record in per_cell[i]:
+            record["skipped_seeds"] = len(skipped)
+        if not trials:
+            left_out[i] = {
+                "dataset": cell.dataset,
+                "partition": cell.partition_label,
+                "k": cell.k,
+                "local_epochs": cell.local_epochs,
+                "cycles": cell.cycles,
+                "reason": skipped[0],
+            }
+        if progress is not None:
+            progress(
+                f"cell {i + 1}/{len(cells)} ({finished} done) {cell.dataset} "
+                f"{cell.partition_label} K={cell.k} epochs={cell.local_epochs} "
+                f"cycles={cell.cycles}: {time.perf_counter() - started:.1f} s elapsed"
+            )
+    records = [r for i in range(len(cells)) for r in per_cell[i]]
+    return records, time.perf_counter() - started, [left_out[i] for i in sorted(left_out)]
