@@ -20,7 +20,7 @@ from coordinator.api.admin import AdminService
 from coordinator.api.site import SiteService
 from coordinator.blobs import FileBlobStore
 from coordinator.config import CoordinatorConfig
-from coordinator.engine.scheduler import Scheduler
+from coordinator.engine.runs import Scheduler
 from coordinator.store.base import Store
 from coordinator.store.sqlite import SqliteStore
 from coordinator.tls_reload import ReloadingServerCredentials
@@ -57,7 +57,9 @@ class CoordinatorServer:
         self.store: Store = store if store is not None else SqliteStore(config.database)
         self.blobs = FileBlobStore(config.blob_dir)
         self.audit = open_audit_log(config.state_dir, tls)
-        self.scheduler = Scheduler(self.store, self.blobs, ca_pem=tls.ca_pem, audit=self.audit)
+        self.scheduler = Scheduler(
+            self.store, self.blobs, ca_pem=tls.ca_pem, revoked=revoked, audit=self.audit
+        )
         federation = tls.identity.federation
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),

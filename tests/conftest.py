@@ -15,7 +15,7 @@ from baton.security.tls import TlsFiles, TlsMaterial, channel_credentials
 from baton.v1 import admin_pb2_grpc, site_pb2_grpc
 from baton.wire.channel import secure_channel
 from coordinator.config import CoordinatorConfig
-from coordinator.engine.scheduler import SignedPlan
+from coordinator.engine.runs import SignedPlan
 from coordinator.server import CoordinatorServer
 
 FEDERATION = "testfed"

@@ -14,7 +14,8 @@ from baton.wire.channel import CHUNK_BYTES
 from coordinator.api.errors import translate_errors
 from coordinator.api.serde import event_to_proto, run_to_proto, site_to_proto
 from coordinator.blobs import BlobStore
-from coordinator.engine.scheduler import Scheduler, SignedPlan, now_ms
+from coordinator.engine.journal import now_ms
+from coordinator.engine.runs import Scheduler, SignedPlan
 from coordinator.store.base import RunState, Store
 
 logger = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                 after = event.seq
             if ended:
                 return
-            version = self._scheduler.wait_for_change(version, WATCH_POLL_SECONDS)
+            version = self._scheduler.journal.wait_for_change(version, WATCH_POLL_SECONDS)
             self._admin(context)  # a certificate revoked meanwhile ends the stream
 
     @translate_errors

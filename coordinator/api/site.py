@@ -10,7 +10,6 @@ import grpc
 
 from baton.domain import BlobRef
 from baton.errors import BlobError, ConflictError, NotFoundError, PkiError, SealError
-from baton.plan import parse_plan
 from baton.security.audit import AuditLog
 from baton.security.manifest import verify_manifest
 from baton.security.pki import Identity
@@ -19,15 +18,18 @@ from baton.security.tls import peer_certificate_pem, require_peer
 from baton.v1 import common_pb2, site_pb2, site_pb2_grpc
 from baton.wire.channel import CHUNK_BYTES, EVALUATION_STAGE
 from baton.wire.serde import (
+    assignment_to_proto,
     blob_ref_from_proto,
     blob_ref_to_proto,
     capabilities_from_proto,
+    next_hop_to_proto,
     profile_from_proto,
 )
 from coordinator.api.errors import translate_errors
 from coordinator.blobs import BlobStore
-from coordinator.engine.scheduler import Scheduler, now_ms
-from coordinator.store.base import HopRecord, RunRecord, SiteRecord, Store
+from coordinator.engine.journal import now_ms
+from coordinator.engine.runs import Scheduler
+from coordinator.store.base import SiteRecord, Store
 
 logger = logging.getLogger(__name__)
 
@@ -149,58 +151,11 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         sent: set[tuple[str, int]] = set()
         version = -1
         while context.is_active():
-            version = self._scheduler.wait_for_change(version, WATCH_POLL_SECONDS)
+            version = self._scheduler.journal.wait_for_change(version, WATCH_POLL_SECONDS)
             self._site(context)  # a certificate revoked meanwhile ends the stream
-            for hop in self._store.assigned_hops_for_site(site_id):
-                key = (hop.run_id, hop.hop_index)
-                if key in sent:
-                    continue
-                sent.add(key)
-                yield self._assignment(hop)
-            for run in self._scheduler.pending_evaluations(site_id):
-                key = (run.run_id, run.total_hops)
-                if key in sent:
-                    continue
-                sent.add(key)
-                yield self._evaluation(run)
-
-    def _assignment(self, hop: HopRecord) -> site_pb2.Assignment:
-        run = self._store.get_run(hop.run_id)
-        return self._offer(run, hop_index=hop.hop_index, cycle=hop.cycle, model=hop.input)
-
-    def _evaluation(self, run: RunRecord) -> site_pb2.Assignment:
-        """The assignment to evaluate ``run``'s final model: the owner's hop, as it were."""
-        last = self._store.get_hop(run.run_id, run.total_hops - 1)
-        msg = self._offer(run, hop_index=run.total_hops, cycle=last.cycle, model=run.result)
-        msg.evaluate_only = True
-        return msg
-
-    def _offer(
-        self, run: RunRecord, *, hop_index: int, cycle: int, model: BlobRef | None
-    ) -> site_pb2.Assignment:
-        """An assignment for ``hop_index`` of ``run``, whose input ``model`` the hop before
-        sealed (with that hop's sender and the manifest before it, to check the chain)."""
-        msg = site_pb2.Assignment(
-            run_id=run.run_id,
-            hop_index=hop_index,
-            cycle=cycle,
-            total_hops=run.total_hops,
-            plan_toml=run.plan_toml,
-            input=blob_ref_to_proto(model),
-            plan_signature=run.plan_signature,
-            owner_signing_certificate_pem=run.owner_signing_certificate_pem,
-            owner_encryption_certificate_pem=run.owner_encryption_certificate_pem,
-        )
-        if hop_index:
-            prev = self._store.get_hop(run.run_id, hop_index - 1)
-            sender = self._store.get_site(prev.site_id)
-            msg.previous_site_id = prev.site_id
-            msg.input_manifest = prev.output_manifest
-            msg.sender_signing_certificate_pem = sender.signing_certificate_pem
-            msg.sender_encryption_certificate_pem = sender.encryption_certificate_pem
-        if hop_index >= 2:
-            msg.previous_manifest = self._store.get_hop(run.run_id, hop_index - 2).output_manifest
-        return msg
+            for assignment in self._scheduler.assignments.for_site(site_id, sent):
+                sent.add((assignment.run_id, assignment.hop_index))
+                yield assignment_to_proto(assignment)
 
     @translate_errors
     def DownloadBlob(
@@ -208,7 +163,9 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
     ) -> Iterator[common_pb2.BlobChunk]:
         site_id = self._site(context).name
         run = self._store.get_run(request.run_id)
-        if request.hop_index == run.total_hops and self._scheduler.expects_evaluation(site_id, run):
+        if request.hop_index == run.total_hops and self._scheduler.evaluations.expects(
+            site_id, run
+        ):
             blob = run.result  # the final model, for the site to evaluate
             if blob is None:
                 raise NotFoundError(f"run {run.run_id} has no final model")
@@ -276,59 +233,9 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         self, request: site_pb2.GetNextHopRequest, context: grpc.ServicerContext
     ) -> site_pb2.NextHop:
         site_id = self._site(context).name
-        nxt = self._scheduler.next_hop(site_id, request.run_id, request.hop_index)
-        if nxt is None:
-            run = self._store.get_run(request.run_id)
-            if self._any_revoked(
-                run.owner_signing_certificate_pem, run.owner_encryption_certificate_pem
-            ):
-                raise ConflictError(
-                    f"the study owner of run {run.run_id} has a revoked certificate",
-                    run_id=run.run_id,
-                )
-            return site_pb2.NextHop(
-                final=True,
-                hop_index=run.total_hops,
-                signing_certificate_pem=run.owner_signing_certificate_pem,
-                encryption_certificate_pem=run.owner_encryption_certificate_pem,
-                evaluators=self._evaluators(run),
-            )
-        recipient = self._store.get_site(nxt.site_id)
-        if self._any_revoked(
-            recipient.certificate_pem,
-            recipient.signing_certificate_pem,
-            recipient.encryption_certificate_pem,
-        ):
-            raise ConflictError(
-                f"the next site {nxt.site_id} has a revoked certificate", site_id=nxt.site_id
-            )
-        return site_pb2.NextHop(
-            site_id=nxt.site_id,
-            hop_index=nxt.hop_index,
-            certificate_pem=recipient.certificate_pem,
-            signing_certificate_pem=recipient.signing_certificate_pem,
-            encryption_certificate_pem=recipient.encryption_certificate_pem,
+        return next_hop_to_proto(
+            self._scheduler.next_hop(site_id, request.run_id, request.hop_index)
         )
-
-    def _evaluators(self, run: RunRecord) -> list[site_pb2.Evaluator]:
-        """Every site of the plan, when it asks them to evaluate the final model."""
-        if not parse_plan(run.plan_toml, source="run plan").run.evaluate_at_sites:
-            return []
-        out = []
-        for site_id in run.sites:
-            site = self._store.get_site(site_id)
-            if self._any_revoked(
-                site.certificate_pem, site.signing_certificate_pem, site.encryption_certificate_pem
-            ):
-                continue  # a revoked site gets no copy of the final model
-            out.append(
-                site_pb2.Evaluator(
-                    site_id=site_id,
-                    signing_certificate_pem=site.signing_certificate_pem,
-                    encryption_certificate_pem=site.encryption_certificate_pem,
-                )
-            )
-        return out
 
     @translate_errors
     def ReportMetrics(
@@ -336,7 +243,7 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
     ) -> site_pb2.ReportMetricsResponse:
         site_id = self._site(context).name
         if request.stage == EVALUATION_STAGE:
-            self._scheduler.evaluated(site_id, request.run_id, dict(request.metrics))
+            self._scheduler.evaluations.record(site_id, request.run_id, dict(request.metrics))
         else:
             self._scheduler.progress(
                 site_id, request.run_id, request.hop_index, request.stage, dict(request.metrics)

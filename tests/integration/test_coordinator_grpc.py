@@ -116,6 +116,7 @@ def test_two_site_run_relays_sealed_bytes_hop_to_hop(
             )
             assert opened.read_bytes() == plaintexts[-1]
         nxt = stubs[site].GetNextHop(site_pb2.GetNextHopRequest(run_id=run.run_id, hop_index=hop))
+        assert a.next_hop == nxt  # the assignment names the same recipient
         recipient = "owner" if hop == 3 else other
         assert nxt.final == (hop == 3)
         if hop < 3:

@@ -184,19 +184,19 @@ def test_a_site_with_a_revoked_application_certificate_cannot_register(
         assert list(sites.sites) == []
 
 
-def _first_assignment(channel: grpc.Channel) -> site_pb2.Assignment:
+def _assignments(channel: grpc.Channel, count: int) -> list[site_pb2.Assignment]:
+    """The first ``count`` assignments of a fresh stream."""
     stream = site_pb2_grpc.SiteServiceStub(channel).WatchAssignments(
         site_pb2.WatchAssignmentsRequest(), timeout=TIMEOUT_S
     )
     try:
-        assignment: site_pb2.Assignment = next(iter(stream))
-        return assignment
+        return [next(stream) for _ in range(count)]
     finally:
         stream.cancel()
 
 
 @pytest.mark.parametrize("which", ["tls", "signing", "encryption"])
-def test_get_next_hop_refuses_a_revoked_next_site(fed: Federation, which: str) -> None:
+def test_an_assignment_never_names_a_revoked_next_site(fed: Federation, which: str) -> None:
     pki = fed.coord.pki
     with (
         fed.coord.channel("site-a") as a,
@@ -206,33 +206,39 @@ def test_get_next_hop_refuses_a_revoked_next_site(fed: Federation, which: str) -
         _register(pki, a, "site-a")
         _register(pki, b, "site-b")
         run_id = _create_run(pki, owner, "site-a", "site-b")
-        assert _first_assignment(a).hop_index == 0
-        stub = site_pb2_grpc.SiteServiceStub(a)
-        request = site_pb2.GetNextHopRequest(run_id=run_id, hop_index=0)
-        assert stub.GetNextHop(request, timeout=TIMEOUT_S).site_id == "site-b"
+        (first,) = _assignments(a, 1)
+        assert (first.run_id, first.hop_index) == (run_id, 0)
+        assert (first.next_hop.site_id, first.next_hop.hop_index) == ("site-b", 1)
+        assert first.next_hop.encryption_certificate_pem == (
+            fed.app_cert("site-b", "encryption").read_text()
+        )
         cert = fed.tls_cert("site-b") if which == "tls" else fed.app_cert("site-b", which)
         fed.revoke(cert)
-        details = _refused(
-            lambda: stub.GetNextHop(request, timeout=TIMEOUT_S),
-            grpc.StatusCode.FAILED_PRECONDITION,
+        # Another run of the same site still reaches it; then the stream is refused.
+        other = _create_run(pki, owner, "site-a")
+        stream = site_pb2_grpc.SiteServiceStub(a).WatchAssignments(
+            site_pb2.WatchAssignmentsRequest(), timeout=TIMEOUT_S
         )
+        try:
+            assert next(stream).run_id == other
+            details = _refused(lambda: next(stream), grpc.StatusCode.FAILED_PRECONDITION)
+        finally:
+            stream.cancel()
         assert details == "the next site site-b has a revoked certificate"
 
 
-def test_get_next_hop_refuses_a_revoked_study_owner(fed: Federation) -> None:
+def test_an_assignment_never_names_a_revoked_study_owner(fed: Federation) -> None:
     pki = fed.coord.pki
     with fed.coord.channel("site-a") as a, fed.coord.channel("owner") as owner:
         _register(pki, a, "site-a")
         run_id = _create_run(pki, owner, "site-a")
-        assert _first_assignment(a).hop_index == 0
-        stub = site_pb2_grpc.SiteServiceStub(a)
-        request = site_pb2.GetNextHopRequest(run_id=run_id, hop_index=0)
-        assert stub.GetNextHop(request, timeout=TIMEOUT_S).final
-        fed.revoke(fed.app_cert("owner", "encryption"))
-        details = _refused(
-            lambda: stub.GetNextHop(request, timeout=TIMEOUT_S),
-            grpc.StatusCode.FAILED_PRECONDITION,
+        (first,) = _assignments(a, 1)
+        assert first.next_hop.final
+        assert first.next_hop.encryption_certificate_pem == (
+            fed.app_cert("owner", "encryption").read_text()
         )
+        fed.revoke(fed.app_cert("owner", "encryption"))
+        details = _refused(lambda: _assignments(a, 1), grpc.StatusCode.FAILED_PRECONDITION)
         assert details == f"the study owner of run {run_id} has a revoked certificate"
 
 

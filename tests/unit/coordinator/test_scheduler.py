@@ -11,7 +11,8 @@ from baton.errors import ConfigError, ConflictError, Denied, NotFoundError, PkiE
 from baton.plan import parse_plan
 from baton.security.sealing import sign_plan
 from coordinator.blobs import MemoryBlobStore
-from coordinator.engine.scheduler import Scheduler, SignedPlan
+from coordinator.engine.planning import probe_outcomes
+from coordinator.engine.runs import Scheduler, SignedPlan
 from coordinator.store.base import EventKind, HopState, RunState, SiteRecord
 from coordinator.store.memory import MemoryStore
 from tests.conftest import Pki
@@ -102,8 +103,8 @@ def test_fixed_run_goes_through_every_hop_in_plan_order(
         assert store.assigned_hops_for_site(site)[0].hop_index == i
         assert store.get_hop(run.run_id, i).input == prev
         nxt = sched.next_hop(site, run.run_id, i)
-        assert (nxt is None) == (i == 5)
-        if nxt is not None:
+        assert nxt.final == (i == 5)
+        if i < 5:
             assert (nxt.hop_index, nxt.site_id) == (i + 1, "abc"[(i + 1) % 3])
         prev = finish_hop(sched, blobs, run.run_id, i, site)
     done = store.get_run(run.run_id)
@@ -114,23 +115,90 @@ def test_fixed_run_goes_through_every_hop_in_plan_order(
     assert kinds[-1] is EventKind.RUN_SUCCEEDED
 
 
-def test_next_cycle_is_planned_when_last_hop_of_cycle_asks(
+def test_next_cycle_is_planned_when_the_last_hop_of_a_cycle_is_assigned(
     pki: Pki,
     parts: tuple[MemoryStore, MemoryBlobStore, Scheduler],
 ) -> None:
     store, blobs, sched = parts
     run = sched.create_run(*signed(pki, PLAN.format(seed=4, strategy="reshuffle")))
     order = [h.site_id for h in store.list_hops(run.run_id)]
-    for i, site in enumerate(order[:2]):
-        finish_hop(sched, blobs, run.run_id, i, site)
+    finish_hop(sched, blobs, run.run_id, 0, order[0])
     assert len(store.list_hops(run.run_id)) == 3
-    nxt = sched.next_hop(order[2], run.run_id, 2)
-    assert nxt is not None
+    finish_hop(sched, blobs, run.run_id, 1, order[1])  # assigns hop 2, the cycle's last
     assert len(store.list_hops(run.run_id)) == 6
-    assert nxt.site_id != order[2]  # reshuffle never repeats a site across the boundary
-    # Asking again plans nothing more.
+    (assignment,) = sched.assignments.for_site(order[2], set())
+    nxt = assignment.next_hop
+    assert nxt is not None
+    assert (nxt.final, nxt.hop_index) == (False, 3)
+    assert nxt.site_id == store.get_hop(run.run_id, 3).site_id != order[2]  # reshuffle
+    # Asking again reads the same planned hop and plans nothing more.
     assert sched.next_hop(order[2], run.run_id, 2) == nxt
     assert len(store.list_hops(run.run_id)) == 6
+
+
+def test_every_assignment_names_its_recipient_and_the_last_the_study_owner(
+    pki: Pki,
+    parts: tuple[MemoryStore, MemoryBlobStore, Scheduler],
+) -> None:
+    store, blobs, sched = parts
+    plan, sig = signed(pki, PLAN.format(seed=0, strategy="fixed"))
+    run = sched.create_run(plan, sig)
+    store.upsert_site(
+        SiteRecord(
+            site_id="b",
+            certificate_pem="tls-b",
+            signing_certificate_pem="sig-b",
+            encryption_certificate_pem="enc-b",
+        )
+    )
+    recipients = []
+    for i in range(run.total_hops):
+        site = "abc"[i % 3]
+        (a,) = sched.assignments.for_site(site, set())
+        assert (a.run_id, a.hop_index, a.evaluate_only) == (run.run_id, i, False)
+        assert a.next_hop is not None
+        recipients.append((a.next_hop.final, a.next_hop.site_id, a.next_hop.hop_index))
+        if i == 0:
+            assert (a.next_hop.certificate_pem, a.next_hop.encryption_certificate_pem) == (
+                "tls-b",
+                "enc-b",
+            )
+        finish_hop(sched, blobs, run.run_id, i, site)
+    assert recipients == [
+        (False, "b", 1),
+        (False, "c", 2),
+        (False, "a", 3),
+        (False, "b", 4),
+        (False, "c", 5),
+        (True, "", 6),
+    ]
+    last = a.next_hop
+    assert last is not None
+    assert last.encryption_certificate_pem == sig.owner_encryption_pem
+    assert last.evaluators == ()
+
+
+def test_an_assignment_to_a_revoked_recipient_is_refused_after_the_others(
+    pki: Pki,
+) -> None:
+    store, blobs = MemoryStore(), MemoryBlobStore()
+    for s in "abc":
+        store.upsert_site(SiteRecord(site_id=s, certificate_pem=f"tls-{s}"))
+    revoked = {b"tls-b"}
+    sched = Scheduler(store, blobs, ca_pem=pki.ca_pem, revoked=revoked.__contains__)
+    refused = sched.create_run(*signed(pki, PLAN.format(seed=0, strategy="fixed")))
+    alone = PLAN.format(seed=0, strategy="fixed").replace('["a", "b", "c"]', '["a"]')
+    fine = sched.create_run(*signed(pki, alone))
+    got: list[str] = []
+    with pytest.raises(ConflictError, match=r"^the next site b has a revoked certificate$"):
+        got.extend(a.run_id for a in sched.assignments.for_site("a", set()))
+    assert got == [fine.run_id]
+    with pytest.raises(ConflictError, match="the next site b has a revoked certificate"):
+        sched.next_hop("a", refused.run_id, 0)
+    revoked.clear()
+    assert [a.run_id for a in sched.assignments.for_site("a", {(fine.run_id, 0)})] == [
+        refused.run_id
+    ]
 
 
 def test_run_naming_unregistered_site_is_refused(
@@ -224,10 +292,10 @@ def test_wait_for_change_wakes_on_change_and_times_out_otherwise(
     parts: tuple[MemoryStore, MemoryBlobStore, Scheduler],
 ) -> None:
     _, _, sched = parts
-    v = sched.version
-    assert sched.wait_for_change(v, timeout=0.05) == v
+    v = sched.journal.version
+    assert sched.journal.wait_for_change(v, timeout=0.05) == v
     sched.create_run(*signed(pki, PLAN.format(seed=0, strategy="fixed")))
-    assert sched.wait_for_change(v, timeout=5) > v
+    assert sched.journal.wait_for_change(v, timeout=5) > v
 
 
 def test_unsigned_or_tampered_plan_is_refused(
@@ -267,7 +335,6 @@ def _finished(pki: Pki, parts: tuple[MemoryStore, MemoryBlobStore, Scheduler], p
     run = sched.create_run(*signed(pki, plan))
     for i in range(run.total_hops):
         (hop,) = [h for h in store.list_hops(run.run_id) if h.hop_index == i]
-        sched.next_hop(hop.site_id, run.run_id, i)  # plans the next cycle when one is due
         finish_hop(sched, blobs, run.run_id, i, hop.site_id)
     assert store.get_run(run.run_id).state is RunState.SUCCEEDED
     return run.run_id
@@ -279,19 +346,19 @@ def test_every_site_evaluates_a_finished_run_once_when_its_plan_asks(
     store, _, sched = parts
     plain = _finished(pki, parts, PLAN.format(seed=0, strategy="fixed"))
     evaluated = _finished(pki, parts, EVALUATED.format(seed=0, strategy="fixed"))
-    assert [r.run_id for r in sched.pending_evaluations("a")] == [evaluated]
+    assert [r.run_id for r in sched.evaluations.pending("a")] == [evaluated]
 
-    sched.evaluated("a", evaluated, {"accuracy": 0.9, "num_examples": 10.0})
+    sched.evaluations.record("a", evaluated, {"accuracy": 0.9, "num_examples": 10.0})
 
-    assert sched.pending_evaluations("a") == []
-    assert [r.run_id for r in sched.pending_evaluations("b")] == [evaluated]
+    assert sched.evaluations.pending("a") == []
+    assert [r.run_id for r in sched.evaluations.pending("b")] == [evaluated]
     events = [e for e in store.list_events(evaluated) if e.kind is EventKind.SITE_EVALUATED]
     assert [(e.site_id, e.hop_index, e.metrics) for e in events] == [
         ("a", 3, {"accuracy": 0.9, "num_examples": 10.0})
     ]
     for site, run_id in (("a", evaluated), ("b", plain), ("z", evaluated)):
         with pytest.raises(ConflictError, match="expects no evaluation from site"):
-            sched.evaluated(site, run_id, {"accuracy": 0.5})
+            sched.evaluations.record(site, run_id, {"accuracy": 0.5})
 
 
 def test_probe_runs_give_the_strategy_their_order_and_mean_validation_metrics(
@@ -299,14 +366,14 @@ def test_probe_runs_give_the_strategy_their_order_and_mean_validation_metrics(
 ) -> None:
     store, _, sched = parts
     probe = _finished(pki, parts, EVALUATED.format(seed=0, strategy="fixed"))
-    sched.evaluated("a", probe, {"accuracy": 0.5, "loss": 1.0, "num_examples": 10.0})
-    sched.evaluated("b", probe, {"accuracy": 1.0, "loss": 0.0, "num_examples": 30.0})
+    sched.evaluations.record("a", probe, {"accuracy": 0.5, "loss": 1.0, "num_examples": 10.0})
+    sched.evaluations.record("b", probe, {"accuracy": 1.0, "loss": 0.0, "num_examples": 30.0})
     unevaluated = _finished(pki, parts, EVALUATED.format(seed=1, strategy="fixed"))
     plan = parse_plan(
         PLAN.format(seed=0, strategy="learned") + f'probe_runs = ["{probe}", "{unevaluated}"]\n'
     )
 
-    (outcome,) = sched.probe_outcomes(plan)  # the run that no site evaluated yet gives nothing
+    (outcome,) = probe_outcomes(store, plan)  # the run that no site evaluated yet gives nothing
 
     assert outcome.order == ("a", "b", "c")
     assert outcome.metrics == {"accuracy": pytest.approx(0.875), "loss": pytest.approx(0.25)}
@@ -338,3 +405,34 @@ def test_a_probe_run_that_cannot_inform_the_order_is_refused(
     plan = PLAN.format(seed=0, strategy="learned") + f'probe_runs = ["{probe}"]\n'
     with pytest.raises(ConfigError, match=message):
         sched.create_run(*signed(pki, plan))
+
+
+def test_recover_plans_the_recipient_of_a_hop_an_older_coordinator_assigned(
+    pki: Pki, parts: tuple[MemoryStore, MemoryBlobStore, Scheduler]
+) -> None:
+    store, blobs, sched = parts
+    run = sched.create_run(*signed(pki, PLAN.format(seed=0, strategy="fixed")))
+    # An older coordinator assigned a cycle's last hop without planning the next cycle.
+    ref = None
+    for i in range(2):
+        if i:
+            store.assign_hop(run.run_id, i, input=ref)
+        ref = put(blobs, f"m{i}".encode(), f"t{i}")
+        store.complete_hop(
+            run.run_id,
+            i,
+            output=ref,
+            metrics_before={},
+            metrics_after={},
+            num_examples=1,
+            train_seconds=0.0,
+        )
+    store.assign_hop(run.run_id, 2, input=ref)
+    with pytest.raises(ConflictError, match=r"hop 3 of run \w+ is not planned yet"):
+        sched.next_hop("c", run.run_id, 2)
+    Scheduler(store, blobs, ca_pem=pki.ca_pem).recover()
+    assert len(store.list_hops(run.run_id)) == 6
+    assert (sched.next_hop("c", run.run_id, 2).site_id, len(store.list_hops(run.run_id))) == (
+        "a",
+        6,
+    )

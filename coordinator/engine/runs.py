@@ -1,0 +1,310 @@
+"""The run and hop state machine: creates runs, assigns hops one after another, records
+their outcomes, and ends runs.
+
+Every method is a short critical section over the store; nothing here waits on a site.
+Sites learn of their hops through the journal's change counter (the assignment streams),
+so a slow or absent site delays only its own run, never the coordinator.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from baton.domain import BlobRef, NextHop
+from baton.errors import ConfigError, ConflictError, Denied, NotFoundError
+from baton.plan import check_names, parse_plan
+from baton.security.audit import AuditLog
+from baton.security.sealing import check_owner, manifest_digest, verify_plan
+from coordinator.blobs import BlobStore
+from coordinator.engine.assignments import Assignments
+from coordinator.engine.evaluations import Evaluations
+from coordinator.engine.journal import Journal, now_ms
+from coordinator.engine.planning import check_probe_runs, plan_cycle, plan_through
+from coordinator.store.base import EventKind, HopRecord, HopState, RunRecord, RunState, Store
+from ordering import known_strategies
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SignedPlan:
+    """The study owner's signature over a plan, with the owner's certificates."""
+
+    signature: bytes
+    owner_signing_pem: str
+    owner_encryption_pem: str
+
+
+class Scheduler:
+    """Owns every state transition of runs and hops.
+
+    Args:
+        store: Durable state.
+        blobs: The blob store, to check that uploaded outputs exist.
+        ca_pem: The federation CA, to check the study owner's certificates.
+        revoked: Whether a certificate (PEM) is revoked; its holder is never named as a
+            hop's recipient.
+        audit: The coordinator's signed audit log (None only in unit tests).
+        clock: Source of Unix milliseconds (tests inject a fake).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        blobs: BlobStore,
+        *,
+        ca_pem: bytes,
+        revoked: Callable[[bytes], bool] = lambda cert_pem: False,
+        audit: AuditLog | None = None,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self._store = store
+        self._blobs = blobs
+        self._ca_pem = ca_pem
+        self.journal = Journal(store, audit=audit, clock=clock)
+        self.evaluations = Evaluations(store, self.journal)
+        self.assignments = Assignments(store, self.evaluations, revoked=revoked)
+
+    # -- runs -------------------------------------------------------------------------
+
+    def create_run(self, plan_toml: str, signed: SignedPlan) -> RunRecord:
+        """Validates a plan, records the run, plans cycle 0 and assigns hop 0.
+
+        Raises:
+            ConfigError: the plan is invalid, or names a site that never registered.
+            PkiError: the owner's certificates or the plan's signature do not verify.
+        """
+        plan = parse_plan(plan_toml, source="run plan")
+        check_names(plan, source="run plan", strategies=known_strategies())
+        owner = check_owner(self._ca_pem, signed.owner_signing_pem, signed.owner_encryption_pem)
+        digest = verify_plan(plan_toml, signed.signature, owner)
+        known = {s.site_id for s in self._store.list_sites()}
+        missing = [s for s in plan.run.sites if s not in known]
+        if missing:
+            raise ConfigError(f"run plan names sites that never registered: {', '.join(missing)}")
+        check_probe_runs(self._store, plan)
+        run = RunRecord(
+            run_id=uuid.uuid4().hex,
+            name=plan.run.name,
+            plan_toml=plan_toml,
+            sites=plan.run.sites,
+            cycles=plan.run.cycles,
+            strategy=plan.ordering.strategy,
+            total_hops=plan.total_hops,
+            created_ms=self.journal.clock(),
+            plan_signature=signed.signature,
+            owner_signing_certificate_pem=signed.owner_signing_pem,
+            owner_encryption_certificate_pem=signed.owner_encryption_pem,
+        )
+        with self.journal.lock:
+            self._store.create_run(run)
+            self.journal.event(
+                run.run_id, EventKind.RUN_CREATED, message=f"run {run.name!r} created"
+            )
+            self.journal.record(
+                "run_created",
+                run.run_id,
+                detail={"plan": digest, "owner": owner.identity.spiffe_id},
+            )
+            plan_cycle(self._store, run, plan, 0)
+            self._advance(run.run_id)
+            self.journal.bump()
+        logger.info("run %s created: %d sites, %d hops", run.run_id, len(run.sites), run.total_hops)
+        return self._store.get_run(run.run_id)
+
+    def cancel_run(self, run_id: str, reason: str) -> RunRecord:
+        """Stops a running run; its open hops fail."""
+        with self.journal.lock:
+            run = self._store.get_run(run_id)
+            if run.state is not RunState.RUNNING:
+                raise ConflictError(f"run {run_id} already {run.state.value}", run_id=run_id)
+            for hop in self._store.list_hops(run_id):
+                if hop.state in (HopState.PENDING, HopState.ASSIGNED):
+                    self._store.fail_hop(run_id, hop.hop_index, error="run cancelled")
+            message = reason or "cancelled by an administrator"
+            run = self._store.update_run(run_id, state=RunState.CANCELLED, error=message)
+            self.journal.event(run_id, EventKind.RUN_CANCELLED, message=message)
+            self.journal.record("run_cancelled", run_id)
+            self.journal.bump()
+        return run
+
+    def recover(self) -> None:
+        """Re-drives every running run after a restart (each step is idempotent)."""
+        with self.journal.lock:
+            for run in self._store.list_runs():
+                if run.state is RunState.RUNNING:
+                    self._advance(run.run_id)
+            self.journal.bump()
+
+    # -- hops, as the assigned site drives them ---------------------------------------
+
+    def hop_for_site(self, site_id: str, run_id: str, hop_index: int) -> HopRecord:
+        """Returns an ASSIGNED hop of a running run, if ``site_id`` is the one assigned.
+
+        Raises:
+            NotFoundError: no such run or hop.
+            Denied: the hop belongs to another site.
+            ConflictError: the hop or run is not in progress.
+        """
+        run = self._store.get_run(run_id)
+        hop = self._store.get_hop(run_id, hop_index)
+        if hop.site_id != site_id:
+            raise Denied(f"hop {hop_index} of run {run_id} is not assigned to {site_id}")
+        if run.state is not RunState.RUNNING:
+            raise ConflictError(f"run {run_id} is {run.state.value}", run_id=run_id)
+        if hop.state is not HopState.ASSIGNED:
+            raise ConflictError(
+                f"hop {hop_index} is {hop.state.value}", run_id=run_id, hop=hop_index
+            )
+        return hop
+
+    def next_hop(self, site_id: str, run_id: str, hop_index: int) -> NextHop:
+        """Who receives the output of ``site_id``'s hop ``hop_index``, as its assignment
+        names it (planned when the hop was assigned; this plans nothing).
+
+        Raises:
+            NotFoundError, Denied: as :meth:`hop_for_site`.
+            ConflictError: the hop is not in progress, or its recipient holds a revoked
+                certificate.
+        """
+        with self.journal.lock:
+            self.hop_for_site(site_id, run_id, hop_index)
+            return self.assignments.next_hop(self._store.get_run(run_id), hop_index)
+
+    def progress(
+        self, site_id: str, run_id: str, hop_index: int, stage: str, metrics: dict[str, float]
+    ) -> None:
+        """Records interim metrics of a hop in progress as an event."""
+        with self.journal.lock:
+            self.hop_for_site(site_id, run_id, hop_index)
+            self.journal.event(
+                run_id,
+                EventKind.HOP_PROGRESS,
+                hop_index=hop_index,
+                site_id=site_id,
+                message=stage,
+                metrics=metrics,
+            )
+            self.journal.bump()
+
+    def complete_hop(
+        self,
+        site_id: str,
+        run_id: str,
+        hop_index: int,
+        *,
+        output: BlobRef,
+        metrics_before: dict[str, float],
+        metrics_after: dict[str, float],
+        num_examples: int,
+        train_seconds: float,
+        output_manifest: bytes,
+    ) -> None:
+        """Records a finished hop and hands the model to the next hop (or ends the run).
+
+        The caller has verified ``output_manifest`` (signature, context, blob hash).
+
+        Raises:
+            NotFoundError: the output blob was never uploaded (or its size differs).
+        """
+        with self.journal.lock:
+            self.hop_for_site(site_id, run_id, hop_index)
+            if (
+                not self._blobs.exists(output.blob_id)
+                or self._blobs.size(output.blob_id) != output.size
+            ):
+                raise NotFoundError(
+                    f"output blob {output.blob_id} was not uploaded", run_id=run_id, hop=hop_index
+                )
+            self._store.complete_hop(
+                run_id,
+                hop_index,
+                output=output,
+                metrics_before=metrics_before,
+                metrics_after=metrics_after,
+                num_examples=num_examples,
+                train_seconds=train_seconds,
+                output_manifest=output_manifest,
+            )
+            self.journal.event(
+                run_id,
+                EventKind.HOP_COMPLETED,
+                hop_index=hop_index,
+                site_id=site_id,
+                metrics={
+                    **{f"before_{k}": v for k, v in metrics_before.items()},
+                    **{f"after_{k}": v for k, v in metrics_after.items()},
+                    "train_seconds": train_seconds,
+                },
+            )
+            self.journal.record(
+                "hop_completed",
+                run_id,
+                hop=hop_index,
+                detail={
+                    "site": site_id,
+                    "manifest": manifest_digest(output_manifest),
+                    "blob": output.blob_id,
+                },
+            )
+            self._advance(run_id)
+            self.journal.bump()
+
+    def fail_hop(
+        self, site_id: str, run_id: str, hop_index: int, *, reason: str, message: str
+    ) -> None:
+        """Records a hop the site could not complete. The run fails (no retry policy yet);
+        the last verified model stays in the blob store."""
+        with self.journal.lock:
+            self.hop_for_site(site_id, run_id, hop_index)
+            detail = f"{reason}: {message}" if message else reason
+            failure = f"hop {hop_index} at {site_id} failed: {detail}"
+            self._store.fail_hop(run_id, hop_index, error=detail)
+            self.journal.event(
+                run_id, EventKind.HOP_FAILED, hop_index=hop_index, site_id=site_id, message=detail
+            )
+            self._store.update_run(run_id, state=RunState.FAILED, error=failure)
+            self.journal.record(
+                "hop_failed", run_id, hop=hop_index, detail={"site": site_id, "reason": reason}
+            )
+            self.journal.event(run_id, EventKind.RUN_FAILED, message=failure)
+            self.journal.bump()
+        logger.warning("run %s: hop %d at %s failed: %s", run_id, hop_index, site_id, detail)
+
+    # -- internals --------------------------------------------------------------------
+
+    def _advance(self, run_id: str) -> None:
+        """Assigns the next hop, having planned the cycle of the hop after it (so the
+        assignment names its recipient), or finishes the run. While a hop is in flight it
+        only plans its recipient, if a coordinator of an older version left it unplanned."""
+        run = self._store.get_run(run_id)
+        if run.state is not RunState.RUNNING:
+            return
+        hops = self._store.list_hops(run_id)
+        busy = [h.hop_index for h in hops if h.state is HopState.ASSIGNED]
+        if busy:
+            plan_through(self._store, run, busy[0] + 1)
+            return
+        done = [h for h in hops if h.state is HopState.COMPLETED]
+        if len(done) == run.total_hops:
+            result = done[-1].output
+            self._store.update_run(run_id, state=RunState.SUCCEEDED, result=result)
+            self.journal.event(run_id, EventKind.RUN_SUCCEEDED, message="every hop completed")
+            self.journal.record(
+                "run_succeeded", run_id, detail={"result": result.blob_id if result else ""}
+            )
+            logger.info("run %s succeeded", run_id)
+            return
+        nxt = len(done)
+        plan_through(self._store, run, nxt + 1)
+        hop = self._store.assign_hop(run_id, nxt, input=done[-1].output if done else None)
+        self.journal.event(
+            run_id,
+            EventKind.HOP_ASSIGNED,
+            hop_index=nxt,
+            site_id=hop.site_id,
+            message=f"cycle {hop.cycle}",
+        )
