@@ -12,8 +12,9 @@ import typer
 from baton import exit_codes
 from baton.entry import configure_logging, exit_on_error, make_app, on_terminate
 from baton.errors import ConfigError, PkiError, StoreError, TransportError
-from coordinator.config import load_coordinator_config
-from coordinator.server import CoordinatorServer, write_port_file
+
+# ``serve`` imports the server (gRPC, the store, the engine) when it runs, so that
+# ``coordinator --help`` stays fast.
 
 logger = logging.getLogger("coordinator")
 
@@ -41,6 +42,9 @@ def serve(
     ] = None,
 ) -> None:
     """Serve sites and admins over mTLS until SIGTERM or Ctrl-C."""
+    from coordinator.config import load_coordinator_config
+    from coordinator.server import CoordinatorServer, write_port_file
+
     configure_logging()
     with exit_on_error(_CODES, exit_codes.COORDINATOR_CONFIG):
         cfg = load_coordinator_config(config)

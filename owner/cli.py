@@ -15,6 +15,9 @@ from owner.cli_pki import pki_app
 from owner.cli_runs import register
 from owner.cli_verify import register as register_verify
 
+# Every command module imports only typer, rich and the kernel's light modules at the top,
+# and the rest when its command runs: ``baton --help`` loads no gRPC, torch or key code.
+
 COMMANDS_GROUP = "baton.commands"
 """Entry-point group of functions that add commands to ``baton``."""
 

@@ -13,26 +13,10 @@ from rich.markup import escape
 from baton import exit_codes
 from baton.entry import make_app
 from baton.errors import BatonError
-from baton.security.keys import (
-    certify,
-    generate_keys,
-    load_encryption_key,
-    load_signing_key,
-    make_key_request,
-)
-from baton.security.pki import (
-    CA_CERT_FILE,
-    KINDS,
-    Identity,
-    create_ca,
-    federation_of_ca,
-    issue,
-    load_certificate,
-    read_file,
-)
-from baton.security.revocation import DEFAULT_CRL_DAYS, REASONS, issue_crl, revoke
-from baton.security.sealing import ENCRYPTION_CERT_FILE, KEY_REQUEST_FILE, SIGNING_CERT_FILE
+from baton.security.identity import CA_CERT_FILE, DEFAULT_CRL_DAYS, KINDS, REASONS, Identity
 
+# The commands import the key and certificate code when they run, so that
+# ``baton --help`` stays fast.
 pki_app = make_app(
     "Create a federation CA, issue TLS certificates from it, and revoke them.", name="pki"
 )
@@ -54,6 +38,8 @@ def init_command(
     out: Annotated[Path, typer.Option("--out", help="Directory for ca.pem and ca.key.")],
 ) -> None:
     """Create the federation's root CA (keep ca.key offline)."""
+    from baton.security.pki import create_ca
+
     try:
         ca_pem = create_ca(out, federation)
     except BatonError as exc:
@@ -81,6 +67,8 @@ def issue_command(
     days: Annotated[int, typer.Option("--days", help="Validity in days.")] = 365,
 ) -> None:
     """Issue a TLS certificate and a fresh key for one party of the federation."""
+    from baton.security.pki import issue
+
     try:
         identity = Identity(federation=_federation(ca), kind=kind, name=name)
         files = issue(ca, out, identity, dns_names=dns or (), ip_addresses=ip or (), days=days)
@@ -106,6 +94,14 @@ def keygen_command(
 
     The private keys stay in --out; only key-request.pem goes to the CA operator.
     """
+    from baton.security.keys import (
+        generate_keys,
+        load_encryption_key,
+        load_signing_key,
+        make_key_request,
+    )
+    from baton.security.sealing import KEY_REQUEST_FILE
+
     try:
         identity = Identity(federation=federation, kind=kind, name=name)
         files = generate_keys(out)
@@ -135,6 +131,10 @@ def certify_command(
     days: Annotated[int, typer.Option("--days", help="Validity in days.")] = 365,
 ) -> None:
     """At the CA: certify a party's signing and encryption keys from its request."""
+    from baton.security.keys import certify
+    from baton.security.pki import read_file
+    from baton.security.sealing import ENCRYPTION_CERT_FILE, SIGNING_CERT_FILE
+
     try:
         identity = Identity(federation=_federation(ca), kind=kind, name=name)
         signing_pem, encryption_pem = certify(
@@ -171,6 +171,9 @@ def revoke_command(
 
     Copy the CRL to the coordinator (its config's crl); it is picked up without a restart.
     """
+    from baton.security.pki import load_certificate, read_file
+    from baton.security.revocation import revoke
+
     try:
         pem = read_file(cert, role="certificate")
         serial = load_certificate(pem, source=f"certificate {cert}").serial_number
@@ -191,6 +194,8 @@ def crl_command(
     ] = DEFAULT_CRL_DAYS,
 ) -> None:
     """Issue the CRL afresh (an empty one if new) before the current one goes stale."""
+    from baton.security.revocation import issue_crl
+
     try:
         issued = issue_crl(ca, crl, days=days)
     except BatonError as exc:
@@ -205,4 +210,6 @@ def crl_command(
 
 def _federation(ca_dir: Path) -> str:
     """The federation of the CA in ``ca_dir``."""
+    from baton.security.pki import federation_of_ca, read_file
+
     return federation_of_ca(read_file(ca_dir / CA_CERT_FILE, role="CA certificate"))

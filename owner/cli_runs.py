@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from baton import exit_codes
-from baton.config import build, read_toml
 from baton.entry import exit_on_error
 from baton.errors import ConfigError, PkiError, TransportError
-from baton.plan import check_names, load_plan, read_plan_text
-from baton.security.sealing import AppKeys
-from baton.security.tls import TlsFiles
-from baton.v1 import admin_pb2, common_pb2
-from owner.client import AdminClient
-from owner.fetch import fetch_result
 
+if TYPE_CHECKING:
+    from baton.v1 import common_pb2
+    from owner.client import AdminClient
+
+# The commands import gRPC, the stubs and the key code when they run, so that
+# ``baton --help`` stays fast.
 console = Console(highlight=False)
 _CODES = {
     ConfigError: exit_codes.CLI_CONFIG,
@@ -39,33 +35,18 @@ AdminOpt = Annotated[
 ]
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class AdminConfig:
-    """Where the coordinator is and which admin certificate to present."""
-
-    coordinator: str
-    """Coordinator address, ``host:port``."""
-    tls: TlsFiles
-    """The admin's certificate, key and the federation CA."""
-    keys_dir: Path = Path("keys")
-    """The study owner's signing and encryption keys with their certificates: plans are
-    signed with the first, final models are sealed to the second."""
-    server_name: str = ""
-    """Name expected in the coordinator's certificate when it differs from the host dialled."""
-
-
-def load_admin_config(path: Path) -> AdminConfig:
-    cfg = build(AdminConfig, read_toml(path), source=str(path), section="")
-    base = path.parent
-    return dataclasses.replace(cfg, tls=cfg.tls.relative_to(base), keys_dir=base / cfg.keys_dir)
-
-
 def admin_client(path: Path) -> AdminClient:
+    """A client of the coordinator's AdminService, configured by the admin config at ``path``."""
+    from owner.client import AdminClient
+    from owner.config import load_admin_config
+
     cfg = load_admin_config(path)
     return AdminClient(cfg.coordinator, cfg.tls.load(), server_name=cfg.server_name or None)
 
 
 def _state(value: common_pb2.RunState.ValueType) -> str:
+    from baton.v1 import common_pb2
+
     return common_pb2.RunState.Name(value).removeprefix("RUN_STATE_").lower()
 
 
@@ -79,6 +60,10 @@ def register(app: typer.Typer) -> None:
         watch: Annotated[bool, typer.Option(help="Follow the run until it ends.")] = False,
     ) -> None:
         """Submit a run plan to the coordinator."""
+        from baton.plan import read_plan_text
+        from baton.security.sealing import AppKeys
+        from owner.config import load_admin_config
+
         with exit_on_error(_CODES, exit_codes.CLI_ERROR):
             _check_plan(plan)  # locally first: clearer errors, no round trip
             with admin_client(admin) as client:
@@ -92,6 +77,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def runs(admin: AdminOpt) -> None:
         """List runs, newest first."""
+        from rich.table import Table
+
         with exit_on_error(_CODES, exit_codes.CLI_ERROR), admin_client(admin) as client:
             table = Table("run", "name", "state", "hops", "strategy")
             for r in client.list_runs():
@@ -101,6 +88,10 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def status(run_id: str, admin: AdminOpt) -> None:
         """Show one run hop by hop."""
+        from rich.table import Table
+
+        from baton.v1 import admin_pb2, common_pb2
+
         with exit_on_error(_CODES, exit_codes.CLI_ERROR), admin_client(admin) as client:
             r = client.get_run(run_id)
             console.print(f"run {r.run_id} '{r.name}': {_state(r.state)} {r.error}")
@@ -147,6 +138,10 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def fetch(run_id: str, out: Path, admin: AdminOpt) -> None:
         """Download the final model of a succeeded run, open it and write it as safetensors."""
+        from baton.security.sealing import AppKeys
+        from owner.config import load_admin_config
+        from owner.fetch import fetch_result
+
         with exit_on_error(_CODES, exit_codes.CLI_ERROR), admin_client(admin) as client:
             cfg = load_admin_config(admin)
             manifest = fetch_result(
@@ -160,6 +155,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def sites(admin: AdminOpt) -> None:
         """List registered sites and their leases."""
+        from rich.table import Table
+
         with exit_on_error(_CODES, exit_codes.CLI_ERROR), admin_client(admin) as client:
             table = Table("site", "online", "examples", "labels", "cpus")
             for s in client.list_sites():
@@ -174,6 +171,13 @@ def register(app: typer.Typer) -> None:
 
 
 def _watch(client: AdminClient, run_id: str) -> None:
+    """Prints a run's events as they come, until it ends.
+
+    Raises:
+        TransportError: The run ended other than succeeded.
+    """
+    from baton.v1 import admin_pb2, common_pb2
+
     for ev in client.watch(run_id):
         kind = admin_pb2.EventKind.Name(ev.kind).removeprefix("EVENT_KIND_").lower()
         if ev.kind == admin_pb2.EVENT_KIND_HOP_PROGRESS:
@@ -195,6 +199,7 @@ def _check_plan(path: Path) -> None:
     """Validates a plan file, and the names it uses against what is installed here."""
     from baton.ml.models import known_models
     from baton.ml.tasks import known_tasks
+    from baton.plan import check_names, load_plan
     from ordering import known_strategies
 
     check_names(

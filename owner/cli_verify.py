@@ -4,22 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from baton import exit_codes
 from baton.entry import exit_on_error, fail
 from baton.errors import ConfigError, PkiError, TransportError
-from baton.security.audit import load_public_key, verify_log
-from baton.security.chain import ChainReport, HopEvidence, verify_run_chain
-from baton.security.pki import read_file
-from baton.security.sealing import ENCRYPTION_CERT_FILE, SIGNING_CERT_FILE
-from baton.v1 import admin_pb2
-from owner.cli_runs import AdminOpt, admin_client, load_admin_config
+from owner.cli_runs import AdminOpt, admin_client
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from baton.security.chain import ChainReport, HopEvidence
+    from baton.v1 import admin_pb2
+
+# The commands import the audit, chain and stub code when they run, so that
+# ``baton --help`` stays fast.
 
 console = Console(highlight=False)
 _CODES = {
@@ -41,6 +44,9 @@ def register(app: typer.Typer) -> None:
         ],
     ) -> None:
         """Check an audit log's chain and signatures; exit non-zero at the first break."""
+        from baton.security.audit import load_public_key, verify_log
+        from baton.security.pki import read_file
+
         with exit_on_error(_CODES, exit_codes.CLI_ERROR):
             public_key = load_public_key(read_file(key, role="public key"))
             report = verify_log(log, public_key=public_key)
@@ -56,6 +62,11 @@ def register(app: typer.Typer) -> None:
         run_id: Annotated[str, typer.Argument(help="The run to verify.")], admin: AdminOpt
     ) -> None:
         """Check a run's chain of sealed hops against the CA and your signed plan."""
+        from baton.security.chain import verify_run_chain
+        from baton.security.pki import read_file
+        from baton.security.sealing import ENCRYPTION_CERT_FILE, SIGNING_CERT_FILE
+        from owner.config import load_admin_config
+
         with exit_on_error(_CODES, exit_codes.CLI_ERROR):
             cfg = load_admin_config(admin)
             ca_pem = cfg.tls.load().ca_pem
@@ -96,6 +107,8 @@ def run_evidence(
         next hop's site, or None when the last completed hop is the run's last (sealed to
         the owner).
     """
+    from baton.security.chain import HopEvidence
+
     hops = [
         HopEvidence(
             hop_index=h.hop_index,
@@ -120,6 +133,8 @@ def run_evidence(
 
 def hop_table(hops: Sequence[HopEvidence], report: ChainReport) -> Table:
     """One row per hop: its site, blob, recipient and whether it verified."""
+    from rich.table import Table
+
     table = Table("hop", "site", "blob", "sealed to", "status")
     for i, hop in enumerate(hops):
         if i < report.hops_verified:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from baton.errors import ConflictError
 from baton.security.envelope import Expectation, open_file
+from baton.security.identity import Identity
 from baton.security.manifest import HopManifest
-from baton.security.pki import Identity
 from baton.security.replay import MemoryReplayGuard
 from baton.security.sealing import AppKeys, check_owner, check_party, expected_previous, verify_plan
 from baton.v1 import common_pb2

@@ -5,16 +5,19 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from baton import exit_codes
 from baton.entry import configure_logging, exit_on_error, make_app, on_terminate
 from baton.errors import ConfigError, DataError, PkiError, TransportError
-from site_node.config import load_site_config
-from site_node.daemon import SiteDaemon
-from site_node.parallel.nodes import serve_node
+
+if TYPE_CHECKING:
+    from site_node.daemon import SiteDaemon
+
+# The commands import the daemon (torch, gRPC) when they run, so that
+# ``site-node --help`` stays fast.
 
 logger = logging.getLogger("site_node")
 
@@ -42,6 +45,9 @@ def run(
     ] = 0,
 ) -> None:
     """Connect to the coordinator and train whenever this site is assigned a hop."""
+    from site_node.config import load_site_config
+    from site_node.daemon import SiteDaemon
+
     configure_logging()
     with exit_on_error(_CODES, exit_codes.SITE_CONFIG):
         cfg = load_site_config(config)
@@ -71,6 +77,8 @@ def worker_node(
     ] = "",
 ) -> None:
     """Train with the site's primary node: join every hop it spreads over several machines."""
+    from site_node.parallel.nodes import serve_node
+
     configure_logging()
     with exit_on_error(_CODES, exit_codes.SITE_CONFIG):
         if not shared_dir.is_dir():
@@ -82,6 +90,7 @@ def worker_node(
 
 
 def _serve(daemon: SiteDaemon, errors: list[BaseException]) -> None:
+    """Runs the daemon, keeping what it raised for the main thread."""
     try:
         daemon.run()
     except BaseException as exc:

@@ -46,8 +46,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 from baton.errors import AuditError, PkiError
+from baton.security.identity import Identity
 from baton.security.keys import fingerprint
-from baton.security.pki import Identity
 
 AUDIT_DOMAIN: Final = b"baton/v1 audit\x00"
 """Prefix of everything an audit signature covers."""

@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from baton.errors import BatonError
+from baton.security.identity import Identity
 from baton.security.keys import PartyKeys, fingerprint
 from baton.security.manifest import HopManifest, verify_manifest
-from baton.security.pki import Identity, federation_of_ca
+from baton.security.pki import federation_of_ca
 from baton.security.sealing import check_owner, check_party, verify_plan
 
 

@@ -1,4 +1,4 @@
-"""The federation PKI: SPIFFE identities, the federation CA, and the certificates it issues.
+"""The federation PKI: the federation CA and the certificates it issues to named parties.
 
 A federation has one root CA (ECDSA P-256, kept offline by the consortium). Every party
 gets a leaf certificate naming it by exactly one SAN URI, its SPIFFE id
@@ -26,92 +26,41 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from baton.errors import PkiError
+from baton.security.identity import (
+    CA_CERT_FILE,
+    CA_KEY_FILE,
+    LABEL,
+    LABEL_PATTERN,
+    SCHEME,
+    Identity,
+    shown,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-KINDS: Final = ("site", "admin", "coordinator")
-"""The kinds of party a SPIFFE id may name."""
+__all__ = [
+    "CA_CERT_FILE",
+    "CA_KEY_FILE",
+    "Identity",
+    "IssuedFiles",
+    "create_ca",
+    "federation_of_ca",
+    "identity_from_certificate",
+    "issue",
+    "load_ca",
+    "load_certificate",
+    "load_private_key",
+    "read_file",
+    "same_public_key",
+]
 
-CA_CERT_FILE: Final = "ca.pem"
-CA_KEY_FILE: Final = "ca.key"
-
-_LABEL_PATTERN: Final = r"^[a-z0-9][a-z0-9.-]{0,62}$"
-_LABEL: Final = re.compile(_LABEL_PATTERN)
 _DNS_NAME: Final = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
 )
-_SCHEME: Final = "spiffe://"
 _CLOCK_SKEW: Final = dt.timedelta(minutes=5)
 """How far back ``not_valid_before`` is set, so that slightly slow clocks accept new certs."""
-
-
-def _shown(text: str, limit: int = 120) -> str:
-    """Quotes untrusted text for an error message, cut to ``limit`` characters."""
-    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
-
-
-def _problem(federation: str, kind: str, name: str) -> str | None:
-    """Says what is wrong with the parts of an identity, or None if they are valid."""
-    if not _LABEL.fullmatch(federation):
-        return f"federation {_shown(federation)} must match {_LABEL_PATTERN}"
-    if kind not in KINDS:
-        return f"kind {_shown(kind)} is not one of {', '.join(KINDS)}"
-    if not _LABEL.fullmatch(name):
-        return f"name {_shown(name)} must match {_LABEL_PATTERN}"
-    return None
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Identity:
-    """A party of a federation, named by its SPIFFE id.
-
-    Constraints: constructing an Identity with an invalid part MUST raise PkiError.
-    """
-
-    federation: str
-    """The federation (SPIFFE trust domain), e.g. ``"acme-health"``."""
-    kind: str
-    """One of ``"site"``, ``"admin"``, ``"coordinator"``."""
-    name: str
-    """The party's name within its kind, e.g. ``"st-mary"``."""
-
-    def __post_init__(self) -> None:
-        problem = _problem(self.federation, self.kind, self.name)
-        if problem is not None:
-            raise PkiError(f"invalid identity: {problem}")
-
-    @property
-    def spiffe_id(self) -> str:
-        """The SPIFFE id ``spiffe://<federation>/<kind>/<name>``."""
-        return f"{_SCHEME}{self.federation}/{self.kind}/{self.name}"
-
-    @classmethod
-    def parse(cls, uri: str) -> Identity:
-        """Parses ``spiffe://<federation>/<kind>/<name>``.
-
-        Args:
-            uri: The SPIFFE id, e.g. taken from a certificate's URI SAN.
-
-        Returns:
-            The identity it names.
-
-        Raises:
-            PkiError: If ``uri`` is not exactly of that form with valid parts.
-        """
-        if not uri.startswith(_SCHEME):
-            raise PkiError(f"invalid SPIFFE id {_shown(uri)}: the scheme must be spiffe://")
-        parts = uri[len(_SCHEME) :].split("/")
-        if len(parts) != 3 or not all(parts):
-            raise PkiError(
-                f"invalid SPIFFE id {_shown(uri)}: expected spiffe://<federation>/<kind>/<name>"
-            )
-        federation, kind, name = parts
-        problem = _problem(federation, kind, name)
-        if problem is not None:
-            raise PkiError(f"invalid SPIFFE id {_shown(uri)}: {problem}")
-        return cls(federation=federation, kind=kind, name=name)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -204,8 +153,8 @@ def create_ca(out_dir: Path, federation: str, *, days: int = 3650) -> Path:
         PkiError: If the name or lifetime is invalid, a CA already exists in ``out_dir``,
             or the files cannot be written.
     """
-    if not _LABEL.fullmatch(federation):
-        raise PkiError(f"invalid federation {_shown(federation)}: must match {_LABEL_PATTERN}")
+    if not LABEL.fullmatch(federation):
+        raise PkiError(f"invalid federation {shown(federation)}: must match {LABEL_PATTERN}")
     _check_days(days)
     cert_path, key_path = out_dir / CA_CERT_FILE, out_dir / CA_KEY_FILE
     for path in (cert_path, key_path):
@@ -232,7 +181,7 @@ def create_ca(out_dir: Path, federation: str, *, days: int = 3650) -> Path:
             critical=True,
         )
         .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(_SCHEME + federation)]),
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(SCHEME + federation)]),
             critical=False,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
@@ -278,7 +227,7 @@ def issue(
     _check_days(days)
     for dns_name in dns_names:
         if not _DNS_NAME.fullmatch(dns_name):
-            raise PkiError(f"invalid DNS name {_shown(dns_name)}")
+            raise PkiError(f"invalid DNS name {shown(dns_name)}")
     try:
         ips = [ipaddress.ip_address(ip) for ip in ip_addresses]
     except ValueError as exc:
@@ -382,11 +331,11 @@ def _federation_of(ca_cert: x509.Certificate) -> str:
     if constraints is None or not constraints.ca:
         raise PkiError("the CA certificate is not a CA (basicConstraints CA is not set)")
     uris = _uri_sans(ca_cert)
-    if len(uris) != 1 or not uris[0].startswith(_SCHEME):
+    if len(uris) != 1 or not uris[0].startswith(SCHEME):
         raise PkiError("the CA certificate does not name its federation (one spiffe:// URI SAN)")
-    federation = uris[0][len(_SCHEME) :]
-    if not _LABEL.fullmatch(federation):
-        raise PkiError(f"the CA certificate names an invalid federation {_shown(federation)}")
+    federation = uris[0][len(SCHEME) :]
+    if not LABEL.fullmatch(federation):
+        raise PkiError(f"the CA certificate names an invalid federation {shown(federation)}")
     return federation
 
 

@@ -30,26 +30,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from baton.errors import PkiError
+from baton.security.identity import DEFAULT_CRL_DAYS, REASONS
 from baton.security.pki import load_ca, load_certificate, read_file
 from baton.wire.channel import file_stamp
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CRL_DAYS: Final = 30
-"""How long a newly issued CRL stays fresh: re-issue it (``baton pki crl``) before then."""
 DEFAULT_RELOAD_SECONDS: Final = 5.0
 """How often a :class:`CrlWatcher` looks at its file at most."""
-REASONS: Final = (
-    "unspecified",
-    "keyCompromise",
-    "cACompromise",
-    "affiliationChanged",
-    "superseded",
-    "cessationOfOperation",
-    "privilegeWithdrawn",
-)
-"""Revocation reasons accepted, by their RFC 5280 names (``certificateHold`` is not: a
-revocation in Baton is final)."""
 _CLOCK_SKEW: Final = dt.timedelta(minutes=5)
 """How far in the future a CRL's ``last_update`` may be, for slightly fast CA clocks."""
 

@@ -18,6 +18,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
 from baton.errors import PkiError
+from baton.security.identity import Identity
 from baton.security.keys import (
     PartyKeys,
     certify,
@@ -27,7 +28,7 @@ from baton.security.keys import (
     make_key_request,
     verify_party_keys,
 )
-from baton.security.pki import Identity, identity_from_certificate, read_file
+from baton.security.pki import identity_from_certificate, read_file
 
 SIGNING_CERT_FILE: Final = "signing.pem"
 """File name of a party's signing certificate, beside its keys."""
