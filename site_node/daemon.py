@@ -6,29 +6,33 @@ import logging
 import os
 import threading
 
-import grpc
 import torch
 
 from baton import __version__
 from baton.domain import Capabilities
-from baton.errors import ConfigError, PkiError, TransportError
+from baton.errors import ConfigError, Denied, PkiError, TransportError
 from baton.ml.data import profile_of, read_site_data
 from baton.security.audit import AuditLog
 from baton.security.replay import SqliteReplayGuard
 from baton.security.revocation import revocation_check
 from baton.security.sealing import AppKeys, check_party
 from baton.security.tls import channel_credentials
-from baton.v1 import site_pb2, site_pb2_grpc
+from baton.v1 import site_pb2_grpc
 from baton.wire.channel import secure_channel
-from baton.wire.serde import capabilities_to_proto, profile_to_proto
+from site_node.client import (
+    Announcement,
+    AssignmentStream,
+    CoordinatorClient,
+    GrpcCoordinatorClient,
+)
 from site_node.config import SiteConfig
 from site_node.hop import HopRunner, LocalData
 from site_node.local_training import remove_stale_jobs
 
 logger = logging.getLogger(__name__)
 
-RPC_TIMEOUT_SECONDS = 30.0
-"""Deadline of short unary calls (register, heartbeat)."""
+HEARTBEAT_JOIN_SECONDS = 30.0
+"""How long the end of a session waits for its heartbeat thread."""
 
 
 class SiteDaemon:
@@ -74,7 +78,7 @@ class SiteDaemon:
             signing_key=self._keys.signing_key,
         )
         self._stop = threading.Event()
-        self._stream: grpc.Call | None = None
+        self._stream: AssignmentStream | None = None
         self._done: set[tuple[str, int]] = set()
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
@@ -103,22 +107,20 @@ class SiteDaemon:
             with secure_channel(
                 self._cfg.coordinator, creds, server_name=self._cfg.server_name or None
             ) as channel:
+                client = GrpcCoordinatorClient(
+                    site_pb2_grpc.SiteServiceStub(channel), target=self._cfg.coordinator
+                )
                 try:
-                    self._session(site_pb2_grpc.SiteServiceStub(channel))
+                    self._session(client)
                     failures, delay = 0, self._cfg.retry_initial_seconds
                     continue
-                except grpc.RpcError as exc:
+                except (TransportError, Denied) as exc:
                     if self._stop.is_set():
                         break
-                    code = exc.code()
-                    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
-                        raise PkiError(f"the coordinator refused this site ({code.name})") from None
+                    if isinstance(exc, Denied):
+                        raise PkiError(exc.message) from None
                     failures += 1
-                    detail = (
-                        f"{code.name}: {exc.details()}"
-                        if code is not grpc.StatusCode.UNAVAILABLE
-                        else "unavailable"
-                    )
+                    detail = exc.message
             if self._max_attempts is not None and failures >= self._max_attempts:
                 raise TransportError(
                     f"coordinator at {self._cfg.coordinator} unreachable after {failures} attempts",
@@ -134,28 +136,27 @@ class SiteDaemon:
             self._stop.wait(delay)
             delay = min(delay * 2, self._cfg.retry_max_seconds)
 
-    def _session(self, stub: site_pb2_grpc.SiteServiceStub) -> None:
+    def _session(self, client: CoordinatorClient) -> None:
         caps = Capabilities(cpu_count=os.cpu_count() or 1, memory_bytes=_memory_bytes())
-        resp = stub.Register(
-            site_pb2.RegisterRequest(
-                capabilities=capabilities_to_proto(caps),
-                profile=profile_to_proto(self._profile),
+        resp = client.register(
+            Announcement(
+                capabilities=caps,
+                profile=self._profile,
                 software_version=__version__,
                 signing_certificate_pem=self._keys.signing_cert_pem.decode("ascii"),
                 encryption_certificate_pem=self._keys.encryption_cert_pem.decode("ascii"),
-            ),
-            timeout=RPC_TIMEOUT_SECONDS,
+            )
         )
         logger.info(
             "registered with the coordinator as %s (federation %s)", resp.site_id, resp.federation
         )
         session_over = threading.Event()
         beat = threading.Thread(
-            target=self._heartbeats, args=(stub, session_over), name="heartbeat", daemon=True
+            target=self._heartbeats, args=(client, session_over), name="heartbeat", daemon=True
         )
         beat.start()
         runner = HopRunner(
-            stub,
+            client,
             tls=self._tls,
             keys=self._keys,
             local=self._local,
@@ -167,7 +168,7 @@ class SiteDaemon:
             stopping=self._stop.is_set,
         )
         try:
-            stream = stub.WatchAssignments(site_pb2.WatchAssignmentsRequest())
+            stream = client.watch_assignments()
             self._stream = stream
             if self._stop.is_set():
                 return
@@ -183,23 +184,21 @@ class SiteDaemon:
                 )
                 runner.run(assignment)
                 self._done.add(key)
-        except grpc.RpcError as exc:
-            if exc.code() is grpc.StatusCode.CANCELLED and self._stop.is_set():
+        except TransportError:
+            if self._stop.is_set():  # stop() cancelled the stream
                 return
             raise
         finally:
             self._stream = None
             session_over.set()
-            beat.join(timeout=RPC_TIMEOUT_SECONDS)
+            beat.join(timeout=HEARTBEAT_JOIN_SECONDS)
 
-    def _heartbeats(
-        self, stub: site_pb2_grpc.SiteServiceStub, session_over: threading.Event
-    ) -> None:
+    def _heartbeats(self, client: CoordinatorClient, session_over: threading.Event) -> None:
         while not session_over.wait(self._cfg.heartbeat_seconds):
             try:
-                stub.Heartbeat(site_pb2.HeartbeatRequest(), timeout=RPC_TIMEOUT_SECONDS)
-            except grpc.RpcError as exc:
-                logger.debug("heartbeat failed: %s", exc.code().name)
+                client.heartbeat()
+            except (TransportError, Denied) as exc:
+                logger.debug("heartbeat failed: %s", exc.message)
 
 
 def _memory_bytes() -> int:

@@ -1,9 +1,10 @@
-"""Handing a trained model on: seal it to whoever the coordinator names next, after checking
+"""Handing a trained model on: seal it to the party the assignment names next, after checking
 that party against the site's own pinned CA and the signed plan.
 
-The next party is a site the plan lists, or the study owner who signed the plan after the
-last hop; the owner too when the plan asks for escrow; and, after the last hop, every
-site the plan lists when it asks them to evaluate the final model.
+The next party (``Assignment.next_hop``, planned by the coordinator when it assigned the
+hop) is a site the plan lists, or the study owner who signed the plan after the last hop;
+the owner too when the plan asks for escrow; and, after the last hop, every site the plan
+lists when it asks them to evaluate the final model.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import x25519
 
+from baton.domain import Assignment, NextHop
 from baton.errors import PkiError
 from baton.plan import RunPlan
 from baton.security.envelope import HopContext, RecipientKey, seal_file
@@ -21,7 +23,6 @@ from baton.security.keys import PartyKeys
 from baton.security.pki import Identity
 from baton.security.sealing import AppKeys, check_party
 from baton.security.tls import TlsMaterial
-from baton.v1 import site_pb2, site_pb2_grpc
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -43,8 +44,8 @@ def refuse_revoked(revoked: Callable[[bytes | str], bool], who: str, *pems: str)
 
 
 def seal_for_next(
-    stub: site_pb2_grpc.SiteServiceStub,
-    a: site_pb2.Assignment,
+    nxt: NextHop,
+    a: Assignment,
     checked: Verified,
     plain: Path,
     sealed: Path,
@@ -53,14 +54,14 @@ def seal_for_next(
     keys: AppKeys,
     revoked: Callable[[bytes | str], bool],
 ) -> bytes:
-    """Seals ``plain`` into ``sealed`` for the next party; returns the signed manifest.
+    """Seals ``plain`` into ``sealed`` for ``nxt``, hop ``a``'s recipient; returns the signed
+    manifest.
 
     Raises:
         PkiError: The coordinator named a party the signed plan does not allow, or one
             whose certificates do not verify or are revoked.
     """
     me = tls.identity
-    nxt = stub.GetNextHop(site_pb2.GetNextHopRequest(run_id=a.run_id, hop_index=a.hop_index))
     if nxt.final:
         recipient = checked.owner.identity
         if nxt.signing_certificate_pem != a.owner_signing_certificate_pem:
@@ -112,7 +113,7 @@ def _recipients(
 
 def _evaluators(
     checked: Verified,
-    nxt: site_pb2.NextHop,
+    nxt: NextHop,
     *,
     tls: TlsMaterial,
     revoked: Callable[[bytes | str], bool],

@@ -1,4 +1,4 @@
-"""Streams model blobs between a site and the coordinator: resumable, hash-checked, on disk."""
+"""Resumable, hash-checked blob transfers over gRPC, every attempt under a deadline."""
 
 from __future__ import annotations
 
@@ -21,6 +21,19 @@ logger = logging.getLogger(__name__)
 ATTEMPTS = 5
 """Tries per transfer before giving up; each retry resumes where the last stopped."""
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+RPC_TIMEOUT_SECONDS = 30.0
+"""Deadline of a unary call (here: asking how much of an upload is stored)."""
+STREAM_BASE_SECONDS = 60.0
+"""Part of a transfer attempt's deadline that does not depend on its size."""
+STREAM_FLOOR_BYTES_PER_SECOND = 256 << 10
+"""Slowest link a transfer attempt must finish on; a slower attempt times out and the
+next resumes where it stopped."""
+
+
+def stream_deadline(remaining_bytes: int) -> float:
+    """Seconds one transfer attempt of ``remaining_bytes`` may take: a fixed allowance plus
+    the time the bytes take at :data:`STREAM_FLOOR_BYTES_PER_SECOND`."""
+    return STREAM_BASE_SECONDS + max(0, remaining_bytes) / STREAM_FLOOR_BYTES_PER_SECOND
 
 
 def download(
@@ -40,7 +53,8 @@ def download(
         try:
             with dest.open("ab") as f:
                 stream = stub.DownloadBlob(
-                    site_pb2.DownloadBlobRequest(run_id=run_id, hop_index=hop_index, offset=offset)
+                    site_pb2.DownloadBlobRequest(run_id=run_id, hop_index=hop_index, offset=offset),
+                    timeout=stream_deadline(blob.size - offset),
                 )
                 for chunk in stream:
                     if chunk.offset != offset:
@@ -89,7 +103,9 @@ def upload(
                 sha256=sha,
                 offset=offset,
             )
-            resp = stub.UploadBlob(_requests(header, source, offset))
+            resp = stub.UploadBlob(
+                _requests(header, source, offset), timeout=stream_deadline(size - offset)
+            )
             ref = blob_ref_from_proto(resp.blob)
             if ref is None or ref.blob_id != sha or ref.size != size:
                 raise BlobError("coordinator stored a different blob than was sent")
@@ -98,7 +114,10 @@ def upload(
             if exc.code() not in RETRYABLE or attempt == ATTEMPTS:
                 raise
             time.sleep(0.2 * attempt)
-            status = stub.GetUploadStatus(site_pb2.GetUploadStatusRequest(transfer_id=transfer_id))
+            status = stub.GetUploadStatus(
+                site_pb2.GetUploadStatusRequest(transfer_id=transfer_id),
+                timeout=RPC_TIMEOUT_SECONDS,
+            )
             if status.complete:
                 done = blob_ref_from_proto(status.blob)
                 if done is not None:

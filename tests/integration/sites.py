@@ -8,11 +8,12 @@ from typing import Any
 
 from cryptography import x509
 
-from baton.domain import BlobRef
+from baton.domain import Assignment, BlobRef
 from baton.security.audit import verify_log
 from baton.security.envelope import Expectation, HopContext, RecipientKey, open_file, seal_file
 from baton.security.replay import MemoryReplayGuard
 from baton.v1 import admin_pb2, common_pb2, site_pb2, site_pb2_grpc
+from baton.wire.serde import assignment_from_proto
 from site_node import transfer
 from tests.conftest import LiveCoordinator, Pki
 
@@ -61,6 +62,11 @@ def next_assignment(stub: site_pb2_grpc.SiteServiceStub) -> site_pb2.Assignment:
         return next(iter(stream))
     finally:
         stream.cancel()
+
+
+def next_hop(stub: site_pb2_grpc.SiteServiceStub) -> Assignment:
+    """The next assignment, as a site's hop runner takes it (a domain type)."""
+    return assignment_from_proto(next_assignment(stub))
 
 
 def upload_bytes(

@@ -21,11 +21,12 @@ from baton.security.replay import MemoryReplayGuard
 from baton.security.sealing import manifest_digest, plan_hash
 from baton.v1 import admin_pb2, common_pb2
 from sim.tasks import Partition, make_federation
+from site_node.client import GrpcCoordinatorClient
 from site_node.config import SiteTraining
 from site_node.hop import HopRunner, LocalData
 from site_node.parallel import worker
 from tests.conftest import LiveCoordinator
-from tests.integration.sites import create_request, next_assignment, open_as, register
+from tests.integration.sites import create_request, next_hop, open_as, register
 
 PLAN = """
 [run]
@@ -73,7 +74,7 @@ class Sites:
         )
         self.logs[site] = log
         return HopRunner(
-            self.stubs[site],
+            GrpcCoordinatorClient(self.stubs[site]),
             tls=self.coordinator.pki.material(site),
             keys=self.coordinator.pki.keys(site),
             local=LocalData(schema=self.fed.schema, data=self.fed.sites[site]),
@@ -127,9 +128,9 @@ def test_a_hop_trains_with_two_workers_and_is_sealed_on(
     request = create_request(coordinator.pki, PLAN)
     digest = plan_hash(PLAN, request.plan_signature)
     run = admin.CreateRun(request).run
-    assert sites.runner("site-a").run(next_assignment(sites.stubs["site-a"]))
+    assert sites.runner("site-a").run(next_hop(sites.stubs["site-a"]))
     ddp = SiteTraining(parallel_plan="ddp", workers=2, launcher=launcher)
-    assert sites.runner("site-b", ddp).run(next_assignment(sites.stubs["site-b"]))
+    assert sites.runner("site-b", ddp).run(next_hop(sites.stubs["site-b"]))
 
     got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
     assert got.state == common_pb2.RUN_STATE_SUCCEEDED, got.error
@@ -188,11 +189,11 @@ def test_a_worker_crash_fails_the_hop_and_keeps_the_previous_model(
 ) -> None:
     admin = coordinator.admin()
     run = admin.CreateRun(create_request(coordinator.pki, PLAN)).run
-    assert sites.runner("site-a").run(next_assignment(sites.stubs["site-a"]))
+    assert sites.runner("site-a").run(next_hop(sites.stubs["site-a"]))
     # Forked workers inherit the patch: rank 1 raises once it starts training.
     monkeypatch.setattr(worker, "_train", _crash_on_rank_1)
     ddp = SiteTraining(parallel_plan="ddp", workers=2, launcher="fork")
-    assert not sites.runner("site-b", ddp).run(next_assignment(sites.stubs["site-b"]))
+    assert not sites.runner("site-b", ddp).run(next_hop(sites.stubs["site-b"]))
 
     got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
     assert got.state == common_pb2.RUN_STATE_FAILED

@@ -10,27 +10,29 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 import torch
 
-from baton.errors import SealError
+from baton.errors import SealError, TransportError
 from baton.ml.codec import load_state_file, save_state_file, schema_hash, state_of
 from baton.ml.models import build_model
 from baton.security.audit import AuditLog, verify_log
 from baton.security.replay import MemoryReplayGuard
 from baton.security.revocation import revocation_check, revoke
 from baton.security.sealing import plan_hash
-from baton.v1 import admin_pb2, common_pb2, site_pb2, site_pb2_grpc
+from baton.v1 import admin_pb2, common_pb2, site_pb2
+from baton.wire.serde import assignment_from_proto
 from sim.tasks import Partition, make_federation
 from site_node import transfer
+from site_node.client import GrpcCoordinatorClient
 from site_node.hop import HopRunner, LocalData
 from tests.conftest import LiveCoordinator
 from tests.integration.sites import (
     create_request,
     next_assignment,
+    next_hop,
     open_as,
     register,
     seal_and_complete,
@@ -82,7 +84,7 @@ class Sites:
     ) -> HopRunner:
         """The site's hop runner, as its daemon builds it."""
         return HopRunner(
-            self.stubs[site],
+            GrpcCoordinatorClient(self.stubs[site]),
             tls=self.coordinator.pki.material(site),
             keys=self.coordinator.pki.keys(site),
             local=LocalData(schema=self.fed.schema, data=self.fed.sites[site]),
@@ -158,13 +160,13 @@ def test_tampered_assignment_is_rejected_before_training(
 
     admin = coordinator.admin()
     run = admin.CreateRun(create_request(coordinator.pki, PLAN)).run
-    assert sites.runner("site-a").run(next_assignment(stubs["site-a"]))
+    assert sites.runner("site-a").run(next_hop(stubs["site-a"]))
     honest = next_assignment(stubs["site-b"])
     tampered = site_pb2.Assignment()
     tampered.CopyFrom(honest)
     tamper(tampered, coordinator)
 
-    assert not sites.runner("site-b").run(tampered)
+    assert not sites.runner("site-b").run(assignment_from_proto(tampered))
 
     got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
     assert got.state == common_pb2.RUN_STATE_FAILED
@@ -195,7 +197,7 @@ def test_honest_assignment_is_accepted(
     admin = coordinator.admin()
     run = admin.CreateRun(create_request(coordinator.pki, PLAN)).run
     for site in ("site-a", "site-b"):
-        assert sites.runner(site).run(next_assignment(stubs[site]))
+        assert sites.runner(site).run(next_hop(stubs[site]))
     got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
     assert got.state == common_pb2.RUN_STATE_SUCCEEDED
     assert got.hops[1].metrics_after["accuracy"] > 0.8
@@ -215,7 +217,7 @@ def test_escrow_lets_the_owner_open_an_intermediate_hop(
     request = create_request(coordinator.pki, text)
     admin = coordinator.admin()
     run = admin.CreateRun(request).run
-    assert sites.runner("site-a").run(next_assignment(stubs["site-a"]))
+    assert sites.runner("site-a").run(next_hop(stubs["site-a"]))
     hop0 = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id)).hops[0]
     sealed = tmp_path / "hop0.sealed"
     sealed.write_bytes(b"".join(coordinator.server.blobs.read(hop0.output.blob_id)))
@@ -256,11 +258,11 @@ def test_site_refuses_a_model_from_a_revoked_site(
     stubs = sites.stubs
     admin = coordinator.admin()
     run = admin.CreateRun(create_request(coordinator.pki, PLAN)).run
-    assert sites.runner("site-a").run(next_assignment(stubs["site-a"]))
+    assert sites.runner("site-a").run(next_hop(stubs["site-a"]))
     crl = tmp_path / "crl.pem"
     revoke(coordinator.pki.root / "ca", crl, coordinator.pki.keys("site-a").signing_cert_pem)
     b_runner = sites.runner("site-b", revoked=revocation_check(crl, coordinator.pki.ca_pem))
-    assert not b_runner.run(next_assignment(stubs["site-b"]))
+    assert not b_runner.run(next_hop(stubs["site-b"]))
     got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
     assert got.error == "hop 1 at site-b failed: untrusted_party"
     assert not list((tmp_path / "site-b").rglob("*.safetensors"))
@@ -334,7 +336,7 @@ def test_a_malicious_sender_cannot_make_a_site_train_bad_weights(
         plan_digest=digest,
         schema=schema_hash(_honest_state()),
     )
-    assert not sites.runner("site-b").run(next_assignment(sites.stubs["site-b"]))
+    assert not sites.runner("site-b").run(next_hop(sites.stubs["site-b"]))
     got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
     assert got.error.startswith("hop 1 at site-b failed: model_error: ")
     assert why in got.error
@@ -355,17 +357,17 @@ def test_a_site_resumes_a_hop_interrupted_after_accepting_its_input(
     site, which had already accepted that input, opens it again and finishes the hop."""
     admin = coordinator.admin()
     run = admin.CreateRun(create_request(coordinator.pki, PLAN)).run
-    assert sites.runner("site-a").run(next_assignment(sites.stubs["site-a"]))
+    assert sites.runner("site-a").run(next_hop(sites.stubs["site-a"]))
     real_upload = transfer.upload
 
     def dropped(*args: object, **kwargs: object) -> object:
         raise _Unavailable()
 
     monkeypatch.setattr(transfer, "upload", dropped)
-    with pytest.raises(grpc.RpcError):
-        sites.runner("site-b").run(next_assignment(sites.stubs["site-b"]))
+    with pytest.raises(TransportError):
+        sites.runner("site-b").run(next_hop(sites.stubs["site-b"]))
     monkeypatch.setattr(transfer, "upload", real_upload)
-    assert sites.runner("site-b").run(next_assignment(sites.stubs["site-b"]))
+    assert sites.runner("site-b").run(next_hop(sites.stubs["site-b"]))
     got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
     assert got.state == common_pb2.RUN_STATE_SUCCEEDED
     events = [
@@ -373,22 +375,6 @@ def test_a_site_resumes_a_hop_interrupted_after_accepting_its_input(
         for line in (tmp_path / "site-b.audit.jsonl").read_text().splitlines()
     ]
     assert events == ["plan_accepted", "hop_received", "plan_accepted", "hop_resumed", "hop_sent"]
-
-
-class _AddsEvaluators:
-    """A coordinator that asks the last site to seal the final model to more parties."""
-
-    def __init__(self, stub: site_pb2_grpc.SiteServiceStub, *extra: site_pb2.Evaluator) -> None:
-        self._stub = stub
-        self._extra = extra
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stub, name)
-
-    def GetNextHop(self, request: site_pb2.GetNextHopRequest, **kw: Any) -> site_pb2.NextHop:
-        response: site_pb2.NextHop = self._stub.GetNextHop(request, **kw)
-        response.evaluators.extend(self._extra)
-        return response
 
 
 def _evaluator(c: LiveCoordinator, site: str) -> site_pb2.Evaluator:
@@ -419,11 +405,12 @@ def test_the_final_model_is_sealed_to_no_party_the_signed_plan_does_not_name(
 ) -> None:
     admin = coordinator.admin()
     run = admin.CreateRun(create_request(coordinator.pki, plan_toml)).run
-    assert sites.runner("site-a").run(next_assignment(sites.stubs["site-a"]))
-    last = sites.runner("site-b")
-    last._stub = _AddsEvaluators(sites.stubs["site-b"], _evaluator(coordinator, extra))  # type: ignore[assignment]
+    assert sites.runner("site-a").run(next_hop(sites.stubs["site-a"]))
+    # A coordinator that asks the last site to seal the final model to more parties.
+    assignment = next_assignment(sites.stubs["site-b"])
+    assignment.next_hop.evaluators.append(_evaluator(coordinator, extra))
 
-    assert not last.run(next_assignment(sites.stubs["site-b"]))
+    assert not sites.runner("site-b").run(assignment_from_proto(assignment))
 
     got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
     assert got.state == common_pb2.RUN_STATE_FAILED

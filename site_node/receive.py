@@ -1,0 +1,210 @@
+"""Receiving a hop: check the signed plan and the sender, fetch the sealed model, open it.
+
+The order of checks follows the hop protocol: the plan's signature and the sender's
+certified keys first, then the envelope (verified before decrypted, decrypted before
+parsed), then the weights against the model the plan names.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from baton.domain import Assignment, BlobRef
+from baton.errors import DataError, PkiError, SealError
+from baton.ml.codec import load_into, load_state_file, schema_hash, state_of
+from baton.ml.data import Schema, SiteData
+from baton.ml.models import plan_model
+from baton.plan import RunPlan, parse_plan
+from baton.security.audit import AuditLog
+from baton.security.envelope import Expectation, open_file
+from baton.security.keys import PartyKeys
+from baton.security.pki import Identity
+from baton.security.replay import MemoryReplayGuard, ReplayGuard
+from baton.security.sealing import (
+    AppKeys,
+    check_owner,
+    check_party,
+    expected_previous,
+    manifest_digest,
+    verify_plan,
+)
+from baton.security.tls import TlsMaterial
+from site_node.client import CoordinatorClient
+from site_node.handover import Verified, refuse_revoked
+
+logger = logging.getLogger(__name__)
+
+MAX_MODEL_BYTES = 64 << 30
+"""Largest decrypted model a site accepts."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LocalData:
+    """The site's own dataset, as read from its data directory."""
+
+    schema: Schema
+    data: SiteData
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Inbox:
+    """What a site needs to accept a model: its identity, keys, data and memory of hops.
+
+    Args:
+        client: The site's port to the coordinator (downloads the sealed input).
+        tls: The site's TLS material (its identity and pinned CA).
+        keys: The site's application keys (signing, encryption).
+        local: The site's dataset.
+        replay: Remembers every hop this site accepted, across restarts.
+        audit: This site's signed, hash-chained audit log.
+        revoked: Whether a certificate (PEM) is on the federation's revocation list.
+    """
+
+    client: CoordinatorClient
+    tls: TlsMaterial
+    keys: AppKeys
+    local: LocalData
+    replay: ReplayGuard
+    audit: AuditLog
+    revoked: Callable[[bytes | str], bool]
+
+    def receive(self, a: Assignment, run_dir: Path, plain_in: Path) -> tuple[nn.Module, Verified]:
+        """Checks ``a``'s plan and sender and returns the model to train, with what was checked.
+
+        The model is built from the plan (hop 0), or loaded from the sealed input after it
+        was downloaded to ``run_dir``, verified and opened to ``plain_in``.
+
+        Raises:
+            PkiError: The plan is unsigned or wrongly signed, its signer is no study owner,
+                this site is not in it, or the sender's certificates do not verify or are
+                revoked.
+            DataError: The plan trains another task than this site's data.
+            SealError: The sealed input was rejected (``reason`` says which check).
+            ModelError: The opened weights do not fit the plan's model.
+        """
+        owner, plan_digest, plan = self._plan(a)
+        schema = self.local.schema
+        if plan.task.dataset != schema.task:
+            raise DataError(
+                f"run {a.run_id} trains task {plan.task.dataset!r}, "
+                f"but this site holds {schema.task!r}"
+            )
+        me = self.tls.identity
+        if me.name not in plan.run.sites:
+            raise PkiError(f"the signed plan of run {a.run_id} does not list this site")
+        model = plan_model(plan, schema)
+        schema_digest = schema_hash(state_of(model))
+        input_digest = plan_digest
+        if a.input is None:
+            if a.hop_index != 0:
+                raise SealError("wrong_context", f"hop {a.hop_index} arrived without a model")
+            logger.info("hop 0: building the initial %s model from the plan", plan.model.name)
+        else:
+            sealed = run_dir / f"hop-{a.hop_index:05d}.in.sealed"
+            input_digest = self._open(
+                a,
+                a.input,
+                sealed,
+                plain_in,
+                model,
+                plan=plan,
+                plan_digest=plan_digest,
+                schema_digest=schema_digest,
+            )
+        checked = Verified(
+            plan=plan,
+            owner=owner,
+            plan_digest=plan_digest,
+            schema_digest=schema_digest,
+            input_digest=input_digest,
+        )
+        return model, checked
+
+    def _plan(self, a: Assignment) -> tuple[PartyKeys, str, RunPlan]:
+        """The study owner's verified keys, the plan's digest and the parsed plan."""
+        ca = self.tls.ca_pem
+        owner = check_owner(ca, a.owner_signing_certificate_pem, a.owner_encryption_certificate_pem)
+        refuse_revoked(
+            self.revoked,
+            "the study owner",
+            a.owner_signing_certificate_pem,
+            a.owner_encryption_certificate_pem,
+        )
+        plan_digest = verify_plan(a.plan_toml, a.plan_signature, owner)
+        self.audit.append(
+            "plan_accepted",
+            run_id=a.run_id,
+            hop=a.hop_index,
+            detail={"plan": plan_digest, "owner": owner.identity.spiffe_id},
+        )
+        return owner, plan_digest, parse_plan(a.plan_toml, source=f"plan of run {a.run_id}")
+
+    def _open(
+        self,
+        a: Assignment,
+        incoming: BlobRef,
+        sealed: Path,
+        plain_in: Path,
+        model: nn.Module,
+        *,
+        plan: RunPlan,
+        plan_digest: str,
+        schema_digest: str,
+    ) -> str:
+        """Checks the sender, downloads and opens the sealed input and loads it into
+        ``model``; returns the digest of the input's manifest."""
+        me = self.tls.identity
+        sender = check_party(
+            self.tls.ca_pem,
+            a.sender_signing_certificate_pem,
+            a.sender_encryption_certificate_pem,
+            Identity(federation=me.federation, kind="site", name=a.previous_site_id),
+        )
+        refuse_revoked(
+            self.revoked,
+            f"site {a.previous_site_id}",
+            a.sender_signing_certificate_pem,
+            a.sender_encryption_certificate_pem,
+        )
+        self.client.download(run_id=a.run_id, hop_index=a.hop_index, blob=incoming, dest=sealed)
+        # Retrying this very hop (after a lost connection or a restart) presents the
+        # input this site already accepted for it: open it again. Any other manifest
+        # for that hop (equivocation) or an older hop (rollback) is still refused.
+        retry = (
+            self.replay.check(a.run_id, a.hop_index - 1, manifest_digest(a.input_manifest))
+            == "replay"
+        )
+        if retry:
+            logger.info("hop %d: resuming; its input was accepted before", a.hop_index)
+        manifest = open_file(
+            sealed,
+            plain_in,
+            a.input_manifest,
+            me=me.spiffe_id,
+            my_key=self.keys.encryption_key,
+            expect=Expectation(
+                run_id=a.run_id,
+                hop_index=a.hop_index - 1,
+                sender=sender.identity.spiffe_id,
+                previous_manifest_hash=expected_previous(plan_digest, a.previous_manifest),
+                plan_hash=plan_digest,
+                schema_hash=schema_digest,
+                max_plaintext_bytes=MAX_MODEL_BYTES,
+            ),
+            sender_key=sender.signing_key,
+            replay=MemoryReplayGuard() if retry else self.replay,
+        )
+        load_into(model, load_state_file(plain_in), max_norm=plan.security.max_weight_norm)
+        self.audit.append(
+            "hop_resumed" if retry else "hop_received",
+            run_id=a.run_id,
+            hop=a.hop_index,
+            detail={"manifest": manifest.digest, "sender": manifest.sender},
+        )
+        logger.info("hop %d: opened the model sealed by %s", a.hop_index, a.previous_site_id)
+        return manifest.digest
