@@ -17,6 +17,7 @@ from baton.security.tls import TlsMaterial
 from baton.v1 import admin_pb2_grpc, site_pb2_grpc
 from baton.wire.channel import SERVER_OPTIONS
 from coordinator.api.admin import AdminService
+from coordinator.api.errors import ErrorInterceptor
 from coordinator.api.site import SiteService
 from coordinator.blobs import FileBlobStore
 from coordinator.config import CoordinatorConfig
@@ -64,6 +65,7 @@ class CoordinatorServer:
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),
             options=SERVER_OPTIONS,
+            interceptors=[ErrorInterceptor()],
         )
         site_pb2_grpc.add_SiteServiceServicer_to_server(
             SiteService(

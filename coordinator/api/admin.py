@@ -11,7 +11,6 @@ from baton.errors import ConflictError, PkiError
 from baton.security.tls import peer_certificate_pem, require_peer
 from baton.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 from baton.wire.channel import CHUNK_BYTES
-from coordinator.api.errors import translate_errors
 from coordinator.api.serde import event_to_proto, run_to_proto, site_to_proto
 from coordinator.blobs import BlobStore
 from coordinator.engine.journal import now_ms
@@ -60,7 +59,6 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             raise PkiError(f"the TLS certificate of admin {name} is revoked")
         return name
 
-    @translate_errors
     def CreateRun(
         self, request: admin_pb2.CreateRunRequest, context: grpc.ServicerContext
     ) -> admin_pb2.CreateRunResponse:
@@ -80,7 +78,6 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         logger.info("admin %s created run %s", admin, run.run_id)
         return admin_pb2.CreateRunResponse(run=run_to_proto(run, self._store.list_hops(run.run_id)))
 
-    @translate_errors
     def GetRun(
         self, request: admin_pb2.GetRunRequest, context: grpc.ServicerContext
     ) -> admin_pb2.Run:
@@ -88,14 +85,12 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         run = self._store.get_run(request.run_id)
         return run_to_proto(run, self._store.list_hops(run.run_id))
 
-    @translate_errors
     def ListRuns(
         self, request: admin_pb2.ListRunsRequest, context: grpc.ServicerContext
     ) -> admin_pb2.ListRunsResponse:
         self._admin(context)
         return admin_pb2.ListRunsResponse(runs=[run_to_proto(r) for r in self._store.list_runs()])
 
-    @translate_errors
     def WatchRun(
         self, request: admin_pb2.WatchRunRequest, context: grpc.ServicerContext
     ) -> Iterator[admin_pb2.RunEvent]:
@@ -114,7 +109,6 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             version = self._scheduler.journal.wait_for_change(version, WATCH_POLL_SECONDS)
             self._admin(context)  # a certificate revoked meanwhile ends the stream
 
-    @translate_errors
     def CancelRun(
         self, request: admin_pb2.CancelRunRequest, context: grpc.ServicerContext
     ) -> admin_pb2.Run:
@@ -122,7 +116,6 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         run = self._scheduler.cancel_run(request.run_id, request.reason or f"cancelled by {admin}")
         return run_to_proto(run, self._store.list_hops(run.run_id))
 
-    @translate_errors
     def FetchResult(
         self, request: admin_pb2.FetchResultRequest, context: grpc.ServicerContext
     ) -> Iterator[common_pb2.BlobChunk]:
@@ -137,7 +130,6 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             yield common_pb2.BlobChunk(offset=offset, data=data)
             offset += len(data)
 
-    @translate_errors
     def ListSites(
         self, request: admin_pb2.ListSitesRequest, context: grpc.ServicerContext
     ) -> admin_pb2.ListSitesResponse:

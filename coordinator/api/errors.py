@@ -1,96 +1,103 @@
-"""The gRPC edge: Baton errors become status codes with sanitized public messages."""
+"""The gRPC edge's one error translator: Baton errors become status codes with sanitized
+public messages; anything else is an INTERNAL error whose details stay in the local log."""
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any, NoReturn, ParamSpec, TypeVar, cast
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from baton.errors import (
-    BatonError,
-    BlobError,
-    ConfigError,
-    ConflictError,
-    Denied,
-    NotFoundError,
-    PkiError,
-    SealError,
-)
+from baton.errors import BatonError
 
 logger = logging.getLogger(__name__)
 
-P = ParamSpec("P")
-R = TypeVar("R")
+_TRequest = TypeVar("_TRequest")
+_TResponse = TypeVar("_TResponse")
 
 
-def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """Maps an error to (code, public message). Public messages never explain a rejection
-    of identity beyond 'not authorized'; details stay in the local log."""
-    if isinstance(exc, PkiError):
-        return grpc.StatusCode.PERMISSION_DENIED, "not authorized"
-    if isinstance(exc, SealError):
-        return grpc.StatusCode.INVALID_ARGUMENT, "rejected"
-    if isinstance(exc, Denied):
-        return grpc.StatusCode.PERMISSION_DENIED, exc.message
-    if isinstance(exc, NotFoundError):
-        return grpc.StatusCode.NOT_FOUND, exc.message
-    if isinstance(exc, ConflictError):
-        return grpc.StatusCode.FAILED_PRECONDITION, exc.message
-    if isinstance(exc, ConfigError):
-        return grpc.StatusCode.INVALID_ARGUMENT, exc.message
-    if isinstance(exc, BlobError):
-        return grpc.StatusCode.INVALID_ARGUMENT, exc.message
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """Maps an error to (code, public message): a :class:`~baton.errors.BatonError` to its
+    own ``grpc_status`` and ``public_message``, anything else to INTERNAL."""
     if isinstance(exc, BatonError):
-        return grpc.StatusCode.FAILED_PRECONDITION, exc.message
+        return grpc.StatusCode[exc.grpc_status], exc.public_message
     return grpc.StatusCode.INTERNAL, "internal error"
 
 
+class ErrorInterceptor(grpc.ServerInterceptor):
+    """Wraps every handler, unary or streaming either way, so an error it raises aborts the
+    call with :func:`status_for`'s code and message. An abort the handler made itself
+    passes through unchanged."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], grpc.RpcMethodHandler[_TRequest, _TResponse] | None
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[_TRequest, _TResponse] | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        codec: dict[str, Any] = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(_unary(handler.unary_unary, method), **codec)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _streaming(handler.unary_stream, method), **codec
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                _unary(handler.stream_unary, method), **codec
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                _streaming(handler.stream_stream, method), **codec
+            )
+        return handler  # pragma: no cover - grpc always sets one behaviour
+
+
+def _unary(
+    behavior: Callable[[Any, grpc.ServicerContext], Any], method: str
+) -> Callable[[Any, grpc.ServicerContext], Any]:
+    def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return behavior(request, context)
+        except Exception as exc:
+            if _is_abort(exc):
+                raise
+            _abort(context, exc, method)
+
+    return wrapper
+
+
+def _streaming(
+    behavior: Callable[[Any, grpc.ServicerContext], Iterator[Any]], method: str
+) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
+    def wrapper(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from behavior(request, context)
+        except Exception as exc:
+            if _is_abort(exc):
+                raise
+            _abort(context, exc, method)
+
+    return wrapper
+
+
 def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> NoReturn:
-    code, public = _status_for(exc)
+    code, public = status_for(exc)
     if code is grpc.StatusCode.INTERNAL:
-        logger.exception("%s failed", method)
+        logger.error("%s failed", method, exc_info=exc)
     else:
         logger.info("%s refused: %s (%s)", method, code.name, exc)
     context.abort(code, public)
     raise AssertionError("context.abort returned")  # pragma: no cover
-
-
-def translate_errors(method: Callable[P, R]) -> Callable[P, R]:
-    """Decorates a servicer method (unary or streaming) so errors become gRPC statuses.
-
-    The servicer context is the method's last positional argument, as grpc calls it.
-    """
-    name = method.__qualname__
-
-    if inspect.isgeneratorfunction(method):
-
-        @functools.wraps(method)
-        def gen_wrapper(*args: P.args, **kwargs: P.kwargs) -> Iterator[Any]:
-            context = cast(grpc.ServicerContext, args[-1])
-            try:
-                yield from cast(Iterator[Any], method(*args, **kwargs))
-            except Exception as exc:
-                if _is_abort(exc):
-                    raise
-                _abort(context, exc, name)
-
-        return cast(Callable[P, R], gen_wrapper)
-
-    @functools.wraps(method)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        context = cast(grpc.ServicerContext, args[-1])
-        try:
-            return method(*args, **kwargs)
-        except Exception as exc:
-            if _is_abort(exc):
-                raise
-            _abort(context, exc, name)
-
-    return wrapper
 
 
 def _is_abort(exc: BaseException) -> bool:

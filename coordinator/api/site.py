@@ -25,7 +25,6 @@ from baton.wire.serde import (
     next_hop_to_proto,
     profile_from_proto,
 )
-from coordinator.api.errors import translate_errors
 from coordinator.blobs import BlobStore
 from coordinator.engine.journal import now_ms
 from coordinator.engine.runs import Scheduler
@@ -93,7 +92,6 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
             raise ConflictError(f"site {site_id} must register first", site_id=site_id) from None
         return site_id
 
-    @translate_errors
     def Register(
         self, request: site_pb2.RegisterRequest, context: grpc.ServicerContext
     ) -> site_pb2.RegisterResponse:
@@ -131,7 +129,6 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
             site_id=identity.name, federation=identity.federation, lease_seconds=self._lease_seconds
         )
 
-    @translate_errors
     def Heartbeat(
         self, request: site_pb2.HeartbeatRequest, context: grpc.ServicerContext
     ) -> site_pb2.HeartbeatResponse:
@@ -142,7 +139,6 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
             lease_expires_unix_ms=now + int(self._lease_seconds * 1000)
         )
 
-    @translate_errors
     def WatchAssignments(
         self, request: site_pb2.WatchAssignmentsRequest, context: grpc.ServicerContext
     ) -> Iterator[site_pb2.Assignment]:
@@ -157,7 +153,6 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
                 sent.add((assignment.run_id, assignment.hop_index))
                 yield assignment_to_proto(assignment)
 
-    @translate_errors
     def DownloadBlob(
         self, request: site_pb2.DownloadBlobRequest, context: grpc.ServicerContext
     ) -> Iterator[common_pb2.BlobChunk]:
@@ -179,7 +174,6 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
             yield common_pb2.BlobChunk(offset=offset, data=data)
             offset += len(data)
 
-    @translate_errors
     def UploadBlob(
         self, request_iterator: Iterator[site_pb2.UploadBlobRequest], context: grpc.ServicerContext
     ) -> site_pb2.UploadBlobResponse:
@@ -216,7 +210,6 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         )
         return site_pb2.UploadBlobResponse(blob=blob_ref_to_proto(ref))
 
-    @translate_errors
     def GetUploadStatus(
         self, request: site_pb2.GetUploadStatusRequest, context: grpc.ServicerContext
     ) -> site_pb2.GetUploadStatusResponse:
@@ -228,7 +221,6 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
             )
         return site_pb2.GetUploadStatusResponse(committed_offset=self._blobs.committed(key))
 
-    @translate_errors
     def GetNextHop(
         self, request: site_pb2.GetNextHopRequest, context: grpc.ServicerContext
     ) -> site_pb2.NextHop:
@@ -237,7 +229,6 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
             self._scheduler.next_hop(site_id, request.run_id, request.hop_index)
         )
 
-    @translate_errors
     def ReportMetrics(
         self, request: site_pb2.ReportMetricsRequest, context: grpc.ServicerContext
     ) -> site_pb2.ReportMetricsResponse:
@@ -250,7 +241,6 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
             )
         return site_pb2.ReportMetricsResponse()
 
-    @translate_errors
     def CompleteHop(
         self, request: site_pb2.CompleteHopRequest, context: grpc.ServicerContext
     ) -> site_pb2.CompleteHopResponse:
@@ -305,7 +295,6 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         ):
             raise SealError("ciphertext_hash", "the manifest describes another blob")
 
-    @translate_errors
     def FailHop(
         self, request: site_pb2.FailHopRequest, context: grpc.ServicerContext
     ) -> site_pb2.FailHopResponse:
