@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from baton.domain import BlobRef
 from baton.errors import BlobError, NotFoundError
+from baton.io import atomic_write, fsync_dir
 
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterator
@@ -146,7 +147,7 @@ class FileBlobStore:
             finally:
                 os.close(fd)
             if committed == 0:
-                _fsync_dir(self._partial)
+                fsync_dir(self._partial)
             return committed + len(data)
 
     def finish(self, transfer_id: str, *, expected_sha256: str, expected_size: int) -> BlobRef:
@@ -182,14 +183,11 @@ class FileBlobStore:
                     path.unlink()  # same bytes already stored
                 else:
                     os.replace(path, target)
-                    _fsync_dir(target.parent)
-                _fsync_dir(self._partial)
+                    fsync_dir(target.parent)
+                fsync_dir(self._partial)
                 # Remember the outcome, so a site asking after a restart learns it is done.
                 record = self._done / _check_transfer_id(transfer_id)
-                tmp = record.with_name(record.name + ".tmp")
-                tmp.write_text(f"{digest} {size}\n", encoding="ascii")
-                os.chmod(tmp, 0o600)
-                os.replace(tmp, record)
+                atomic_write(record, f"{digest} {size}\n")
             except OSError as exc:
                 raise BlobError(f"{target}: cannot store blob ({exc.strerror})") from exc
             return BlobRef(blob_id=digest, size=size)
@@ -378,11 +376,3 @@ def _make_private_dir(path: Path, *, parents: bool = False) -> None:
     except OSError as exc:
         raise BlobError(f"{path}: cannot create blob directory ({exc.strerror})") from exc
     path.chmod(0o700)  # mkdir's mode is filtered by the umask
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

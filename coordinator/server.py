@@ -10,6 +10,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from baton.errors import TransportError
+from baton.io import atomic_write
 from baton.security.audit import AuditLog, key_fingerprint
 from baton.security.pki import load_private_key
 from baton.security.revocation import revocation_check
@@ -135,9 +136,7 @@ class CoordinatorServer:
 
 def write_port_file(path: Path, port: int) -> None:
     """Publishes the bound port atomically (for ``listen = "...:0"``)."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(f"{port}\n", encoding="ascii")
-    tmp.replace(path)
+    atomic_write(path, f"{port}\n", mode=0o644)
 
 
 def open_audit_log(state_dir: Path, tls: TlsMaterial) -> AuditLog:
