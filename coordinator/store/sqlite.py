@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -26,12 +25,11 @@ from coordinator.store.memory import (
     check_new_hops,
     check_run_update,
 )
+from coordinator.store.sqlite_open import open_database, rollback
 from coordinator.store.sqlite_rows import (
     INSERT_HOP,
     INSERT_RUN,
     INSERT_SITE,
-    SCHEMA_V1,
-    SCHEMA_VERSION,
     UPDATE_HOP,
     event_from_row,
     hop_from_row,
@@ -82,7 +80,7 @@ class SqliteStore:
     def __init__(self, path: Path, *, busy_timeout_s: float = 5.0) -> None:
         self._path = path
         self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = _open(path, busy_timeout_s)
+        self._conn: sqlite3.Connection | None = open_database(path, busy_timeout_s)
 
     @property
     def path(self) -> Path:
@@ -318,82 +316,11 @@ class SqliteStore:
                 yield db
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
-                _rollback(db)
+                rollback(db)
                 raise StoreError(f"{self._path}: {exc}") from exc
             except BaseException:
-                _rollback(db)
+                rollback(db)
                 raise
-
-
-def _open(path: Path, busy_timeout_s: float) -> sqlite3.Connection:
-    """Opens (creating if missing) and checks the database; StoreError naming ``path``."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot create the state database ({exc.strerror})") from None
-    else:
-        os.close(fd)
-    try:
-        db = sqlite3.connect(
-            path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
-        )
-    except sqlite3.Error as exc:
-        raise StoreError(f"{path}: cannot open the state database ({exc})") from None
-    try:
-        db.row_factory = sqlite3.Row
-        _prepare(db, path)
-    except sqlite3.DatabaseError as exc:
-        db.close()
-        raise StoreError(f"{path}: not a usable SQLite database ({exc})") from None
-    except BaseException:
-        db.close()
-        raise
-    return db
-
-
-def _prepare(db: sqlite3.Connection, path: Path) -> None:
-    db.execute("PRAGMA foreign_keys = ON")
-    (mode,) = db.execute("PRAGMA journal_mode = WAL").fetchone()
-    if str(mode).lower() != "wal":
-        raise StoreError(f"{path}: SQLite refused WAL journal mode (got {mode!r})")
-    db.execute("PRAGMA synchronous = NORMAL")
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        (version,) = db.execute("PRAGMA user_version").fetchone()
-        if version == 0:
-            (tables,) = db.execute(
-                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'"
-            ).fetchone()
-            if tables:
-                raise StoreError(
-                    f"{path}: database has {tables} table(s) but no Baton schema version; "
-                    "it is not a coordinator state file"
-                )
-            for statement in SCHEMA_V1.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            logger.info("created coordinator state database %s", path)
-        elif version != SCHEMA_VERSION:
-            newer = " (written by a newer coordinator)" if version > SCHEMA_VERSION else ""
-            raise StoreError(
-                f"{path}: unknown state schema version {version}{newer}; "
-                f"this coordinator reads version {SCHEMA_VERSION}"
-            )
-        db.execute("COMMIT")
-    except BaseException:
-        _rollback(db)
-        raise
-
-
-def _rollback(db: sqlite3.Connection) -> None:
-    if db.in_transaction:
-        try:
-            db.execute("ROLLBACK")
-        except sqlite3.Error:
-            logger.exception("rollback failed")
 
 
 # -- rows <-> records ------------------------------------------------------------------

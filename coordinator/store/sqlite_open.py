@@ -1,0 +1,90 @@
+"""Opening the coordinator's state database: created private (0600), WAL journal, and a
+schema version checked before anything reads it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from typing import TYPE_CHECKING
+
+from baton.errors import StoreError
+from coordinator.store.sqlite_rows import SCHEMA_V1, SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def open_database(path: Path, busy_timeout_s: float) -> sqlite3.Connection:
+    """Opens (creating if missing) and checks the database; StoreError naming ``path``."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot create the state database ({exc.strerror})") from None
+    else:
+        os.close(fd)
+    try:
+        db = sqlite3.connect(
+            path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+        )
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot open the state database ({exc})") from None
+    try:
+        db.row_factory = sqlite3.Row
+        _prepare(db, path)
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise StoreError(f"{path}: not a usable SQLite database ({exc})") from None
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _prepare(db: sqlite3.Connection, path: Path) -> None:
+    """Sets the pragmas, and creates the schema in a new file or checks its version."""
+    db.execute("PRAGMA foreign_keys = ON")
+    (mode,) = db.execute("PRAGMA journal_mode = WAL").fetchone()
+    if str(mode).lower() != "wal":
+        raise StoreError(f"{path}: SQLite refused WAL journal mode (got {mode!r})")
+    db.execute("PRAGMA synchronous = NORMAL")
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+        if version == 0:
+            (tables,) = db.execute(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'"
+            ).fetchone()
+            if tables:
+                raise StoreError(
+                    f"{path}: database has {tables} table(s) but no Baton schema version; "
+                    "it is not a coordinator state file"
+                )
+            for statement in SCHEMA_V1.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            logger.info("created coordinator state database %s", path)
+        elif version != SCHEMA_VERSION:
+            newer = " (written by a newer coordinator)" if version > SCHEMA_VERSION else ""
+            raise StoreError(
+                f"{path}: unknown state schema version {version}{newer}; "
+                f"this coordinator reads version {SCHEMA_VERSION}"
+            )
+        db.execute("COMMIT")
+    except BaseException:
+        rollback(db)
+        raise
+
+
+def rollback(db: sqlite3.Connection) -> None:
+    """Rolls back the open transaction, if any; a failure to do so is only logged."""
+    if db.in_transaction:
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error:
+            logger.exception("rollback failed")
