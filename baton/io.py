@@ -30,18 +30,22 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes | str, *, mode: int = 0o600) -> None:
+def atomic_write(
+    path: Path, data: bytes | str, *, mode: int = 0o600, exclusive: bool = False
+) -> None:
     """Replaces ``path`` with ``data`` (``str`` as UTF-8), durably and atomically.
 
     The file gets permissions ``mode`` before any byte is written, so a secret is never
-    readable by others, even for a moment.
+    readable by others, even for a moment. With ``exclusive``, an existing ``path`` is kept
+    and the write fails instead.
 
     Raises:
+        FileExistsError: ``exclusive`` and ``path`` exists.
         OSError: The directory is missing or not writable, or the disk is full; the old
             file, if any, is then untouched and no temporary file is left behind.
     """
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    with AtomicFile(path, mode=mode) as out:
+    with AtomicFile(path, mode=mode, exclusive=exclusive) as out:
         out.write(memoryview(payload))
         out.commit()
 
@@ -71,12 +75,13 @@ class AtomicFile:
 
     It is written as a temporary file beside ``target`` (permissions ``mode``, 0600 by
     default); :meth:`sync` makes it durable, :meth:`commit` renames it onto ``target``
-    (replacing any file there) and fsyncs the directory. Leaving the ``with`` block without
-    committing deletes the temporary file.
+    (replacing any file there, or failing if one is there and ``exclusive``) and fsyncs the
+    directory. Leaving the ``with`` block without committing deletes the temporary file.
     """
 
-    def __init__(self, target: Path, *, mode: int = 0o600) -> None:
+    def __init__(self, target: Path, *, mode: int = 0o600, exclusive: bool = False) -> None:
         self._target = target
+        self._exclusive = exclusive
         fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
         self._path = Path(name)
         self._file = io.FileIO(fd, "wb")
@@ -106,10 +111,18 @@ class AtomicFile:
         self._synced = True
 
     def commit(self) -> None:
-        """Makes the file durable (unless :meth:`sync` did) and renames it onto the target."""
+        """Makes the file durable (unless :meth:`sync` did) and renames it onto the target.
+
+        Raises:
+            FileExistsError: The file is ``exclusive`` and the target exists (kept as it is).
+        """
         if not self._synced:
             self.sync()
         self._file.close()
-        os.replace(self._path, self._target)
+        if self._exclusive:
+            os.link(self._path, self._target)  # atomic, and fails if the target exists
+            self._path.unlink()
+        else:
+            os.replace(self._path, self._target)
         self._done = True
         fsync_dir(self._target.parent)

@@ -13,6 +13,7 @@ from rich.markup import escape
 from baton import exit_codes
 from baton.entry import make_app
 from baton.errors import BatonError
+from baton.io import atomic_write
 from baton.security.identity import CA_CERT_FILE, DEFAULT_CRL_DAYS, KINDS, REASONS, Identity
 
 # The commands import the key and certificate code when they run, so that
@@ -110,7 +111,7 @@ def keygen_command(
             load_signing_key(files.signing),
             load_encryption_key(files.encryption).public_key(),
         )
-        (out / KEY_REQUEST_FILE).write_bytes(request)
+        atomic_write(out / KEY_REQUEST_FILE, request, mode=0o644)
     except BatonError as exc:
         raise _fail(exc) from None
     console = Console(highlight=False, soft_wrap=True)
@@ -141,8 +142,8 @@ def certify_command(
             ca, read_file(request, role="key request"), identity=identity, days=days
         )
         out.mkdir(parents=True, exist_ok=True)
-        (out / SIGNING_CERT_FILE).write_bytes(signing_pem)
-        (out / ENCRYPTION_CERT_FILE).write_bytes(encryption_pem)
+        atomic_write(out / SIGNING_CERT_FILE, signing_pem, mode=0o644)
+        atomic_write(out / ENCRYPTION_CERT_FILE, encryption_pem, mode=0o644)
     except BatonError as exc:
         raise _fail(exc) from None
     except OSError as exc:

@@ -17,6 +17,7 @@ from baton.errors import (
     PkiError,
     TransportError,
 )
+from baton.io import AtomicFile
 from baton.security.sealing import AppKeys, sign_plan
 from baton.security.tls import TlsMaterial, channel_credentials
 from baton.v1 import admin_pb2, admin_pb2_grpc
@@ -98,15 +99,14 @@ class AdminClient:
         """Streams a succeeded run's sealed final model to ``dest``; returns its size.
 
         See :func:`owner.fetch.fetch_result` for the opened model."""
-        tmp = dest.with_name(dest.name + ".partial")
         offset = 0
-        with self._rpc(f"fetch the result of run {run_id}"), tmp.open("wb") as f:
+        with self._rpc(f"fetch the result of run {run_id}"), AtomicFile(dest, mode=0o644) as f:
             for chunk in self._stub.FetchResult(admin_pb2.FetchResultRequest(run_id=run_id)):
                 if chunk.offset != offset:
                     raise BlobError(f"result stream out of order at byte {offset}")
                 f.write(chunk.data)
                 offset += len(chunk.data)
-        tmp.replace(dest)
+            f.commit()
         return offset
 
     @contextmanager

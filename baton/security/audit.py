@@ -26,15 +26,13 @@ import dataclasses
 import fcntl
 import hashlib
 import json
-import math
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -46,75 +44,45 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 from baton.errors import AuditError, PkiError
+from baton.io import fsync_dir
+from baton.security.audit_entry import (
+    AUDIT_DOMAIN,
+    EVENT_PATTERN,
+    GENESIS,
+    MAX_DETAIL_ITEMS,
+    MAX_DETAIL_TEXT,
+    AuditEntry,
+    DetailValue,
+    canonical_json,
+    detail_problem,
+    parse_entry,
+)
 from baton.security.identity import Identity
 from baton.security.keys import fingerprint
 
-AUDIT_DOMAIN: Final = b"baton/v1 audit\x00"
-"""Prefix of everything an audit signature covers."""
-GENESIS: Final = "0" * 64
-"""The ``prev`` of the first entry."""
-MAX_DETAIL_ITEMS: Final = 16
-MAX_DETAIL_TEXT: Final = 512
-"""Longest string in ``detail``, key or value: room for ids and digests, not for data."""
-EVENT_PATTERN: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
-"""What an event name looks like (see the module docstring for the ones Baton records)."""
-_HEX64: Final = re.compile(r"[0-9a-f]{64}")
-_HEX: Final = re.compile(r"(?:[0-9a-f]{2}){1,128}")
 _P256_ORDER: Final = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
-DetailValue = str | int | float
-"""What ``detail`` may hold."""
+__all__ = [
+    "AUDIT_DOMAIN",
+    "EVENT_PATTERN",
+    "GENESIS",
+    "MAX_DETAIL_ITEMS",
+    "MAX_DETAIL_TEXT",
+    "AuditEntry",
+    "AuditLog",
+    "AuditPublicKey",
+    "AuditSigningKey",
+    "DetailValue",
+    "VerifyReport",
+    "key_fingerprint",
+    "load_public_key",
+    "verify_log",
+]
+
 AuditSigningKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 """A key that signs an audit log (ECDSA keys MUST be P-256)."""
 AuditPublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
 """A key that verifies an audit log."""
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class AuditEntry:
-    """One line of an audit log."""
-
-    seq: int
-    """Position in the log, from 1."""
-    time_ms: int
-    """When it was appended, Unix milliseconds."""
-    party: str
-    """SPIFFE id of the party whose log this is."""
-    event: str
-    """What happened, e.g. ``"hop_sent"``."""
-    run_id: str
-    """The run concerned, or ``""``."""
-    hop: int | None
-    """The hop concerned, or None."""
-    detail: Mapping[str, DetailValue]
-    """Digests, reason codes and peer ids; never key material, weights or data."""
-    prev: str
-    """Hex SHA-256 of the previous line (:data:`GENESIS` for the first)."""
-    key: str
-    """Fingerprint of the key that signed it (see :func:`key_fingerprint`)."""
-    sig: str
-    """Hex signature over :meth:`signed_bytes`."""
-
-    def fields(self, *, with_sig: bool = True) -> dict[str, object]:
-        """The entry as a JSON object."""
-        out = {name: getattr(self, name) for name in _FIELDS if with_sig or name != "sig"}
-        return {**out, "detail": dict(self.detail)}
-
-    def canonical(self) -> bytes:
-        """The entry's line in the log, without its newline."""
-        return _canonical(self.fields())
-
-    def signed_bytes(self) -> bytes:
-        """What the signature covers."""
-        return AUDIT_DOMAIN + _canonical(self.fields(with_sig=False))
-
-    @property
-    def digest(self) -> str:
-        """Hex SHA-256 of the line: the next entry's ``prev``."""
-        return hashlib.sha256(self.canonical()).hexdigest()
-
-
-_FIELDS: Final = tuple(f.name for f in dataclasses.fields(AuditEntry))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -236,7 +204,7 @@ class AuditLog:
         try:
             os.fchmod(fd, 0o600)
             if created:
-                _fsync_dir(self.path.parent)
+                fsync_dir(self.path.parent)
         except OSError as exc:
             os.close(fd)
             raise AuditError(f"cannot secure audit log {self.path}: {exc.strerror}") from None
@@ -263,7 +231,7 @@ class AuditLog:
         if hop is not None and (isinstance(hop, bool) or not 0 <= hop < 1 << 32):
             raise ValueError(f"hop {hop!r} is not a hop index")
         items = dict(detail or {})
-        problem = _detail_problem(items)
+        problem = detail_problem(items)
         if problem is not None:
             raise ValueError(f"detail: {problem}")
         with self._lock:
@@ -358,12 +326,12 @@ def verify_log(path: Path, *, public_key: AuditPublicKey, party: str | None = No
                 except (ValueError, RecursionError):
                     return broken(number, "not JSON")
                 try:
-                    canonical = _canonical(obj) == line
+                    canonical = canonical_json(obj) == line
                 except (ValueError, TypeError):
                     canonical = False
                 if not canonical:
                     return broken(number, "not canonical JSON")
-                entry, problem = _parse(obj)
+                entry, problem = parse_entry(obj)
                 if entry is None:
                     return broken(number, f"malformed entry: {problem}")
                 if party is not None and entry.party != party:
@@ -388,53 +356,6 @@ def verify_log(path: Path, *, public_key: AuditPublicKey, party: str | None = No
     return VerifyReport(entries=count, first_break=None, line=None, head=head, last=last)
 
 
-def _canonical(obj: object) -> bytes:
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    ).encode("ascii")
-
-
-def _parse(obj: object) -> tuple[AuditEntry | None, str]:
-    """The entry a parsed line holds, or None and what is wrong with it."""
-    if not isinstance(obj, dict):
-        return None, "not a JSON object"
-    if set(obj) != set(_FIELDS):
-        missing, extra = sorted(set(_FIELDS) - set(obj)), sorted(set(obj) - set(_FIELDS))
-        return None, f"missing {missing}, unexpected {extra}"
-    for name in ("seq", "time_ms"):
-        if type(obj[name]) is not int or obj[name] < 0:
-            return None, f"{name} is not a non-negative integer"
-    for name in ("party", "event", "run_id"):
-        if not isinstance(obj[name], str):
-            return None, f"{name} is not a string"
-    hop = obj["hop"]
-    if hop is not None and (type(hop) is not int or hop < 0):
-        return None, "hop is neither null nor a non-negative integer"
-    if not isinstance(obj["detail"], dict) or _detail_problem(obj["detail"]) is not None:
-        return None, "detail is not a small flat object of strings and numbers"
-    for name, pattern in (("prev", _HEX64), ("key", _HEX64), ("sig", _HEX)):
-        if not isinstance(obj[name], str) or not pattern.fullmatch(obj[name]):
-            return None, f"{name} is not lower-case hex of the right length"
-    return AuditEntry(**obj), ""
-
-
-def _detail_problem(detail: Mapping[Any, object]) -> str | None:
-    """Says what makes ``detail`` unacceptable, or None."""
-    if len(detail) > MAX_DETAIL_ITEMS:
-        return f"more than {MAX_DETAIL_ITEMS} items"
-    for name, value in detail.items():
-        if not isinstance(name, str) or not 0 < len(name) <= MAX_DETAIL_TEXT:
-            return f"key {name!r} is not a short string"
-        if isinstance(value, str):
-            if len(value) > MAX_DETAIL_TEXT:
-                return f"{name} is longer than {MAX_DETAIL_TEXT} characters"
-        elif isinstance(value, bool) or not isinstance(value, int | float):
-            return f"{name} is not a string or a number"
-        elif isinstance(value, float) and not math.isfinite(value):
-            return f"{name} is not finite"
-    return None
-
-
 def _signature_ok(key: AuditPublicKey, sig: bytes, data: bytes) -> bool:
     try:
         if isinstance(key, ed25519.Ed25519PublicKey):
@@ -447,11 +368,3 @@ def _signature_ok(key: AuditPublicKey, sig: bytes, data: bytes) -> bool:
         return True
     except (InvalidSignature, ValueError):
         return False
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

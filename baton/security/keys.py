@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -38,13 +37,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 from cryptography.x509.oid import NameOID
 
 from baton.errors import PkiError
+from baton.security.files import read_file, write_new
+from baton.security.identity import CA_CERT_FILE, Identity
 from baton.security.pki import (
-    CA_CERT_FILE,
-    Identity,
     federation_of_ca,
     load_ca,
     load_certificate,
-    read_file,
 )
 
 if TYPE_CHECKING:
@@ -134,8 +132,9 @@ def generate_keys(out_dir: Path) -> KeyFiles:
         out_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
     except OSError as exc:
         raise PkiError(f"cannot create directory {out_dir}: {exc.strerror}") from None
-    _write_private(files.signing, _pem(ed25519.Ed25519PrivateKey.generate()))
-    _write_private(files.encryption, _pem(x25519.X25519PrivateKey.generate()))
+    key = "private key"
+    write_new(files.signing, _pem(ed25519.Ed25519PrivateKey.generate()), role=key, mode=0o600)
+    write_new(files.encryption, _pem(x25519.X25519PrivateKey.generate()), role=key, mode=0o600)
     return files
 
 
@@ -393,16 +392,3 @@ def _load_private(path: Path, *, role: str) -> object:
         return serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError, crypto_exceptions.UnsupportedAlgorithm):
         raise PkiError(f"{role} {path} is not an unencrypted PEM private key") from None
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Writes a private key file that MUST NOT exist yet, with mode 0600."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as file:
-            os.fchmod(file.fileno(), 0o600)
-            file.write(data)
-    except FileExistsError:
-        raise PkiError(f"{path} already exists; refusing to overwrite a private key") from None
-    except OSError as exc:
-        raise PkiError(f"cannot write private key {path}: {exc.strerror}") from None

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from baton.errors import PkiError
+from baton.security.files import make_dir, read_file, write_new
 from baton.security.identity import (
     CA_CERT_FILE,
     CA_KEY_FILE,
@@ -53,6 +53,7 @@ __all__ = [
     "load_private_key",
     "read_file",
     "same_public_key",
+    "write_new",
 ]
 
 _DNS_NAME: Final = re.compile(
@@ -187,9 +188,9 @@ def create_ca(out_dir: Path, federation: str, *, days: int = 3650) -> Path:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    _make_dir(out_dir)
-    _write_new(key_path, _key_pem(key), role="CA private key", mode=0o600)
-    _write_new(cert_path, cert.public_bytes(serialization.Encoding.PEM), role="CA certificate")
+    make_dir(out_dir)
+    write_new(key_path, _key_pem(key), role="CA private key", mode=0o600)
+    write_new(cert_path, cert.public_bytes(serialization.Encoding.PEM), role="CA certificate")
     return cert_path
 
 
@@ -253,11 +254,11 @@ def issue(
     sans += [x509.DNSName(name) for name in dns_names]
     sans += [x509.IPAddress(ip) for ip in ips]
     cert = _sign_leaf(ca_cert, ca_key, key.public_key(), identity, sans, days)
-    _make_dir(out_dir)
-    _write_new(key_path, _key_pem(key), role="private key", mode=0o600)
-    _write_new(cert_path, cert.public_bytes(serialization.Encoding.PEM), role="certificate")
+    make_dir(out_dir)
+    write_new(key_path, _key_pem(key), role="private key", mode=0o600)
+    write_new(cert_path, cert.public_bytes(serialization.Encoding.PEM), role="certificate")
     if not ca_copy.exists():
-        _write_new(ca_copy, ca_pem, role="CA certificate")
+        write_new(ca_copy, ca_pem, role="CA certificate")
     return IssuedFiles(cert=cert_path, key=key_path, ca=ca_copy)
 
 
@@ -368,35 +369,3 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 def _check_days(days: int) -> None:
     if days < 1:
         raise PkiError(f"the validity period must be at least one day, not {days}")
-
-
-def _make_dir(path: Path) -> None:
-    """Creates ``path`` (mode 0700) if it is missing; an existing directory keeps its mode."""
-    if path.is_dir():
-        return
-    try:
-        path.mkdir(parents=True, mode=0o700)
-        path.chmod(0o700)
-    except OSError as exc:
-        raise PkiError(f"cannot create directory {path}: {exc.strerror}") from None
-
-
-def read_file(path: Path, *, role: str) -> bytes:
-    """Reads a file, naming its role (e.g. ``"CA certificate"``) if that fails."""
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise PkiError(f"cannot read {role} {path}: {exc.strerror}") from None
-
-
-def _write_new(path: Path, data: bytes, *, role: str, mode: int = 0o644) -> None:
-    """Writes a file that MUST NOT exist yet, created with ``mode`` (umask aside)."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        with os.fdopen(fd, "wb") as file:
-            os.fchmod(file.fileno(), mode)
-            file.write(data)
-    except FileExistsError:
-        raise PkiError(f"{path} already exists; refusing to overwrite the {role}") from None
-    except OSError as exc:
-        raise PkiError(f"cannot write {role} {path}: {exc.strerror}") from None

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from baton.errors import PkiError
+from baton.io import atomic_write
 from baton.security.identity import DEFAULT_CRL_DAYS, REASONS
 from baton.security.pki import load_ca, load_certificate, read_file
 from baton.wire.channel import file_stamp
@@ -336,25 +335,15 @@ def _issue(
     for entry in entries:
         builder = builder.add_revoked_certificate(entry)
     crl = builder.sign(ca_key, hashes.SHA256())
-    _write_atomically(crl_path, crl.public_bytes(serialization.Encoding.PEM))
+    _write_crl(crl_path, crl.public_bytes(serialization.Encoding.PEM))
     return _crl_from(crl, ca_cert, source=f"CRL {crl_path}")
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Replaces ``path`` with ``data`` (mode 0644) so readers see the old or the new file."""
+def _write_crl(path: Path, data: bytes) -> None:
+    """Replaces the CRL at ``path`` (mode 0644) so readers see the old or the new file."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        atomic_write(path, data, mode=0o644)
     except OSError as exc:
-        raise PkiError(f"cannot write CRL {path}: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as file:
-            os.fchmod(file.fileno(), 0o644)
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise PkiError(f"cannot write CRL {path}: {exc.strerror}") from None
 
 
