@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import tomllib
 import types
 import typing
@@ -34,12 +35,30 @@ def parse_toml(text: str, *, source: str) -> dict[str, Any]:
         raise ConfigError(f"{source}: malformed TOML: {exc}") from None
 
 
-def build(cls: type[T], table: Mapping[str, Any], *, source: str, section: str) -> T:
+def load(cls: type[T], path: Path, *, section: str = "") -> T:
+    """Builds ``cls`` from the TOML file at ``path``, its paths taken from the file's directory.
+
+    Raises:
+        ConfigError: The file cannot be read or parsed, or does not fit ``cls``.
+    """
+    return build(cls, read_toml(path), source=str(path), section=section, base=path.parent)
+
+
+def build(
+    cls: type[T],
+    table: Mapping[str, Any],
+    *,
+    source: str,
+    section: str,
+    base: Path | None = None,
+) -> T:
     """Builds the frozen dataclass ``cls`` from one TOML table.
 
     Constraints: every key of ``table`` MUST be a field of ``cls``; values MUST have the
-    field's type (ints are accepted for floats, lists for tuples). Fields without a
-    default MUST be present. Nested dataclass fields take a nested table.
+    field's type (ints are accepted for floats, lists for tuples; a ``Literal`` or
+    ``StrEnum`` field takes one of its values, named in the error otherwise). Fields without
+    a default MUST be present. Nested dataclass fields take a nested table. With ``base``,
+    every relative ``Path`` field, given or defaulted, is taken from ``base``.
     """
     if not isinstance(table, Mapping):
         raise ConfigError(f"{source}: [{section}] must be a table")
@@ -61,8 +80,10 @@ def build(cls: type[T], table: Mapping[str, Any], *, source: str, section: str) 
                 and field.default_factory is dataclasses.MISSING
             ):
                 raise ConfigError(f"{source}: missing required key {key!r}")
+            if base is not None and isinstance(field.default, Path):
+                kwargs[name] = base / field.default
             continue
-        kwargs[name] = _coerce(hints[name], table[name], source=source, key=key)
+        kwargs[name] = _coerce(hints[name], table[name], source=source, key=key, base=base)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
@@ -74,18 +95,24 @@ def where_key(section: str, name: str) -> str:
     return f"{section}.{name}" if section else name
 
 
-def _coerce(hint: Any, value: Any, *, source: str, key: str) -> Any:
+def _coerce(hint: Any, value: Any, *, source: str, key: str, base: Path | None) -> Any:
+    """``value`` as the type ``hint`` names; ConfigError naming ``key`` if it is not one."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-        return build(hint, value, source=source, section=key)
+        return build(hint, value, source=source, section=key, base=base)
+    if origin is typing.Literal:
+        return _choose(value, args, args, source=source, key=key)
+    if isinstance(hint, type) and issubclass(hint, enum.StrEnum):
+        members = tuple(hint)
+        return _choose(value, tuple(m.value for m in members), members, source=source, key=key)
     if origin in (types.UnionType, typing.Union):
         errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
-                return _coerce(arg, value, source=source, key=key)
+                return _coerce(arg, value, source=source, key=key, base=base)
             except ConfigError as exc:
                 errors.append(exc)
         raise errors[0]
@@ -94,7 +121,8 @@ def _coerce(hint: Any, value: Any, *, source: str, key: str) -> Any:
             raise ConfigError(f"{source}: {key!r} must be a list, not {_tname(value)}")
         item = args[0]
         return tuple(
-            _coerce(item, v, source=source, key=f"{key}[{i}]") for i, v in enumerate(value)
+            _coerce(item, v, source=source, key=f"{key}[{i}]", base=base)
+            for i, v in enumerate(value)
         )
     if origin in (dict, Mapping, typing.Mapping) or hint is dict:
         if not isinstance(value, dict):
@@ -119,10 +147,22 @@ def _coerce(hint: Any, value: Any, *, source: str, key: str) -> Any:
     if hint is Path:
         if not isinstance(value, str):
             raise ConfigError(f"{source}: {key!r} must be a path string, not {_tname(value)}")
-        return Path(value)
+        return Path(value) if base is None else base / value
     if hint is Any:
         return value
     raise TypeError(f"unsupported config field type {hint!r} for {key}")
+
+
+def _choose(
+    value: Any, allowed: tuple[Any, ...], results: tuple[Any, ...], *, source: str, key: str
+) -> Any:
+    """The result paired with ``value`` in ``allowed``; ConfigError listing them if none is."""
+    for candidate, result in zip(allowed, results, strict=True):
+        if type(value) is type(candidate) and value == candidate:
+            return result
+    raise ConfigError(
+        f"{source}: {key!r} must be one of {', '.join(repr(a) for a in allowed)}, not {value!r}"
+    )
 
 
 def _tname(value: Any) -> str:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from baton.config import build, read_toml
+from baton.config import load
 from baton.security.tls import TlsFiles
 
 
@@ -31,6 +30,4 @@ def load_admin_config(path: Path) -> AdminConfig:
     Raises:
         ConfigError: The file is missing, not TOML, or its keys or values are invalid.
     """
-    cfg = build(AdminConfig, read_toml(path), source=str(path), section="")
-    base = path.parent
-    return dataclasses.replace(cfg, tls=cfg.tls.relative_to(base), keys_dir=base / cfg.keys_dir)
+    return load(AdminConfig, path)
