@@ -19,7 +19,8 @@ from torch import nn
 
 from baton.ml.codec import state_of
 from baton.ml.data import Split
-from baton.ml.models import build_model, fit_input_norm
+from baton.ml.models import build_model
+from baton.ml.norm import fit_input_norm
 from baton.ml.trainer import train_local
 from baton.plan import TrainingSection
 

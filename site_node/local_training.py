@@ -30,6 +30,7 @@ from torch import nn
 from baton.errors import DataError, PlanError, TrainingInterrupted, WorkerError
 from baton.ml.codec import load_into, load_state_file, state_of
 from baton.ml.data import Split
+from baton.ml.families import families_for, family
 from baton.ml.models import is_sequence_model
 from baton.ml.models_lm import as_tokens, sequence_targets
 from baton.ml.trainer import TrainResult, hop_lr, total_steps
@@ -46,15 +47,6 @@ logger = logging.getLogger(__name__)
 ProgressFn = Callable[[int, int, float, dict[str, float]], None]
 """``progress(step, total_steps, loss, extra)``: rank 0's progress; ``extra`` holds
 ``samples_per_s``."""
-
-PARALLEL_MODELS: dict[PlanKind, frozenset[str]] = {
-    PlanKind.DDP: frozenset({"logreg", "mlp", "causal_lm"}),
-    PlanKind.FSDP: frozenset({"logreg", "mlp", "causal_lm"}),
-    PlanKind.TP: frozenset({"mlp", "causal_lm"}),
-    PlanKind.FSDP_TP: frozenset({"mlp", "causal_lm"}),
-    PlanKind.PP: frozenset({"mlp", "causal_lm"}),
-}
-"""Registered models each plan can train (tensor parallelism needs a family's TP plan)."""
 
 
 def site_device(settings: SiteTraining) -> str:
@@ -105,7 +97,7 @@ def site_plan(
         )
     footprint = families.footprint(
         model,
-        optimizer=_optimizer(run_plan),
+        optimizer=_job_optimizer(run_plan),
         batch=run_plan.training.batch_size,
         example_shape=(),
     )
@@ -119,8 +111,8 @@ def site_plan(
             override=_override(PlanKind(kind), workers, footprint.tp_degrees),
         )
     name = run_plan.model.name
-    if plan.kind != PlanKind.SINGLE and name not in PARALLEL_MODELS[plan.kind]:
-        supported = ", ".join(sorted(PARALLEL_MODELS[plan.kind]))
+    if plan.kind not in family(name).plans:
+        supported = ", ".join(families_for(plan.kind))
         raise PlanError(f"plan {plan.kind} cannot train model {name!r}; it trains: {supported}")
     if plan.kind != PlanKind.SINGLE and num_examples < run_plan.training.batch_size:
         raise PlanError(
@@ -146,7 +138,8 @@ def _override(kind: PlanKind, workers: int, tp_degrees: tuple[int, ...]) -> Para
     )
 
 
-def _optimizer(run_plan: RunPlan) -> str:
+def _job_optimizer(run_plan: RunPlan) -> str:
+    """The workers' optimizer for the run plan's (:func:`baton.ml.step.make_optimizer`)."""
     t = run_plan.training
     if t.proximal_mu > 0:
         raise PlanError("parallel training does not implement the proximal penalty")
@@ -227,7 +220,7 @@ def train_parallel(
                 num_classes=num_classes,
             ),
             training=TrainSpec(
-                optimizer=_optimizer(run_plan),
+                optimizer=_job_optimizer(run_plan),
                 lr=hop_lr(t, hop_index, num_sites),
                 momentum=t.momentum if t.optimizer == "sgd" else 0.0,
                 weight_decay=t.weight_decay,

@@ -5,9 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import struct
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from safetensors import torch as st
 from torch import nn
 
 from baton.errors import ModelError
+from baton.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -79,17 +78,11 @@ def _check_header(data: bytes) -> None:
 
 
 def save_state_file(path: Path, state: Mapping[str, torch.Tensor]) -> None:
-    """Writes a state dict to ``path`` as safetensors, atomically (temp file + rename)."""
+    """Writes a state dict to ``path`` as safetensors (mode 0600), atomically and durably
+    (:func:`baton.io.atomic_write`), creating its directory if needed."""
     blob = encode_state(state)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, blob)
 
 
 def load_state_file(path: Path) -> dict[str, torch.Tensor]:

@@ -1,25 +1,21 @@
-"""A small causal language model family (decoder-only transformer) and its tensor-parallel plan.
+"""A small causal language model (decoder-only transformer), its token data and targets.
 
 The model maps token ids ``[B, T]`` to next-token logits ``[B, T, vocab]``. Attention
 reshapes with ``.view(B, T, -1, head_dim)``, so under tensor parallelism each worker runs
-its local heads only; the plan splits ``q``, ``k``, ``v`` and ``w1`` by output columns and
-``wo`` and ``w2`` by input rows (Megatron style: one all-reduce per attention and per MLP).
+its local heads only; the family's parallel plans are in :mod:`baton.ml.families.causal_lm`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from baton.errors import DataError, ModelError
-
-if TYPE_CHECKING:
-    from torch.distributed.tensor.parallel import ParallelStyle
 
 FAMILY = "causal_lm"
 """The registry name of this family."""
@@ -145,36 +141,6 @@ def build_causal_lm(args: Mapping[str, Any], num_features: int, num_classes: int
         heads=_positive(args, "heads", 4),
         hidden=_positive(args, "hidden", 4 * dim),
     )
-
-
-def tp_degrees(model: CausalLM, limit: int = 64) -> tuple[int, ...]:
-    """Tensor-parallel degrees (>= 2, <= ``limit``) dividing both the heads and the MLP width."""
-    return tuple(d for d in range(2, limit + 1) if model.heads % d == 0 and model.hidden % d == 0)
-
-
-def tp_plan(model: CausalLM) -> dict[str, ParallelStyle]:
-    """The tensor-parallel plan of every block, for ``parallelize_module``.
-
-    Embeddings, norms and the head stay replicated: every worker of a tensor-parallel
-    group holds them whole and computes the same gradient for them.
-    """
-    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
-
-    plan: dict[str, ParallelStyle] = {}
-    for i in range(len(model.layers)):
-        for name in ("attn.q", "attn.k", "attn.v", "ff.w1"):
-            plan[f"layers.{i}.{name}"] = ColwiseParallel()
-        for name in ("attn.wo", "ff.w2"):
-            plan[f"layers.{i}.{name}"] = RowwiseParallel()
-    return plan
-
-
-def activation_bytes(model: CausalLM, *, batch: int, seq_len: int, bytes_per: int = 4) -> int:
-    """A rough count of activation bytes one global batch keeps for the backward pass."""
-    dim = model.norm.normalized_shape[0]
-    vocab = model.head.out_features
-    per_layer = batch * seq_len * (10 * dim + 2 * model.hidden) + batch * model.heads * seq_len**2
-    return bytes_per * (len(model.layers) * per_layer + batch * seq_len * vocab)
 
 
 def as_tokens(x: torch.Tensor, vocab: int) -> torch.Tensor:

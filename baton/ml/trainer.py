@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -14,8 +14,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from baton.errors import DataError, ModelError
-from baton.ml.models import fit_input_norm, has_input_norm, is_sequence_model
+from baton.ml.models import is_sequence_model
 from baton.ml.models_lm import sequence_targets
+from baton.ml.norm import fit_input_norm, has_input_norm
+from baton.ml.step import (
+    log_prior,
+    make_optimizer,
+    proximal_penalty,
+    report_steps,
+    step_batches,
+    train_step,
+)
 
 if TYPE_CHECKING:
     from baton.ml.data import Split
@@ -25,9 +34,6 @@ logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int, float], None]
 """``progress(step, total_steps, loss)``: called after ``step`` of ``total_steps``."""
-
-MAX_PROGRESS_CALLS = 20
-"""A hop reports progress at most this many times (the last time at the final step)."""
 
 _EVAL_BATCH = 4096
 _SEED_MODULUS = 2**63
@@ -80,12 +86,6 @@ def _check_labels(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
     return num_outputs
 
 
-def log_prior(y: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Log of the add-one smoothed local label distribution, ``log((n_c + 1) / (n + C))``."""
-    counts = torch.bincount(y, minlength=num_classes).double()
-    return torch.log((counts + 1) / (len(y) + num_classes)).float()
-
-
 def evaluate(model: nn.Module, split: Split) -> dict[str, float]:
     """Evaluates ``model`` on ``split`` in eval mode, without gradients.
 
@@ -119,18 +119,6 @@ def evaluate(model: nn.Module, split: Split) -> dict[str, float]:
         "loss": float(loss_sum) / n,
         "num_examples": float(n),
     }
-
-
-def _optimizer(
-    params: list[torch.Tensor], training: TrainingSection, lr: float
-) -> torch.optim.Optimizer:
-    if training.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=lr, momentum=training.momentum, weight_decay=training.weight_decay
-        )
-    if training.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=training.weight_decay)
-    raise ModelError(f"unknown optimizer {training.optimizer!r}")
 
 
 def total_steps(num_examples: int, training: TrainingSection) -> int:
@@ -177,21 +165,6 @@ def hop_lr(training: TrainingSection, hop_index: int, num_sites: int) -> float:
     return lr * (ratio + (1.0 - ratio) * weight)
 
 
-def proximal_penalty(
-    params: Sequence[torch.Tensor], anchor: Sequence[torch.Tensor], mu: float
-) -> torch.Tensor:
-    """``mu / 2 * sum ||p - a||^2`` over matching tensors: the pull toward ``anchor``."""
-    total = torch.zeros((), dtype=params[0].dtype)
-    for p, a in zip(params, anchor, strict=True):
-        total = total + (p - a).pow(2).sum()
-    return 0.5 * mu * total
-
-
-def _report_steps(total: int) -> set[int]:
-    calls = min(MAX_PROGRESS_CALLS, total)
-    return {-(-k * total // calls) for k in range(1, calls + 1)}
-
-
 def train_local(
     model: nn.Module,
     split: Split,
@@ -230,7 +203,7 @@ def train_local(
         seed: This hop's seed, from :func:`hop_seed`.
         hop_index: This hop's 0-based index across the run (for a cyclical schedule).
         num_sites: Sites per cycle, the cycle's length (for a cyclical schedule).
-        progress: Called at most :data:`MAX_PROGRESS_CALLS` times as
+        progress: Called at most :data:`~baton.ml.step.MAX_PROGRESS_CALLS` times as
             ``(step, total_steps, loss)`` with the loss of that step's minibatch.
 
     Raises:
@@ -246,12 +219,19 @@ def train_local(
     sequence = is_sequence_model(model)
     targets = sequence_targets(x, y) if sequence else y
     total = total_steps(n, training)
-    reports = _report_steps(total) if progress is not None else set()
+    reports = report_steps(total) if progress is not None else set()
     steps_per_epoch = math.ceil(n / training.batch_size)
     params: list[torch.Tensor] = [p for p in model.parameters() if p.requires_grad]
-    optimizer = _optimizer(params, training, hop_lr(training, hop_index, num_sites))
+    optimizer = make_optimizer(
+        params,
+        name=training.optimizer,
+        lr=hop_lr(training, hop_index, num_sites),
+        momentum=training.momentum,
+        weight_decay=training.weight_decay,
+    )
     mu = training.proximal_mu
     anchor = [p.detach().clone() for p in params] if mu > 0 else []
+    penalty = (lambda: proximal_penalty(params, anchor, mu)) if mu > 0 else None
     offset = log_prior(targets.flatten(), num_outputs) if training.logit_adjustment else None
     losses: list[torch.Tensor] = []
     was_training = model.training
@@ -260,31 +240,20 @@ def train_local(
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
         model.train()
-        step = 0
         try:
-            while step < total:
-                order = torch.randperm(n, generator=generator)
-                for start in range(0, n, training.batch_size):
-                    idx = order[start : start + training.batch_size]
-                    optimizer.zero_grad(set_to_none=True)
-                    logits = model(x[idx])
-                    if offset is not None:
-                        logits = logits + offset
-                    if sequence:
-                        loss = F.cross_entropy(logits.flatten(0, 1), targets[idx].flatten())
-                    else:
-                        loss = F.cross_entropy(logits, targets[idx])
-                    if mu > 0:
-                        torch.autograd.backward(loss + proximal_penalty(params, anchor, mu))
-                    else:
-                        torch.autograd.backward(loss)
-                    optimizer.step()
-                    losses.append(loss.detach())
-                    step += 1
-                    if progress is not None and step in reports:
-                        progress(step, total, float(losses[-1]))
-                    if step == total:
-                        break
+            batches = step_batches(
+                total=total,
+                per_epoch=steps_per_epoch,
+                batch=training.batch_size,
+                order=lambda _epoch: torch.randperm(n, generator=generator),
+            )
+            for step, idx in enumerate(batches, start=1):
+                loss = train_step(
+                    optimizer, model, x[idx], targets[idx], offset=offset, penalty=penalty
+                )
+                losses.append(loss)
+                if progress is not None and step in reports:
+                    progress(step, total, float(loss))
         finally:
             model.train(was_training)
     seconds = time.perf_counter() - started

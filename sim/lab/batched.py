@@ -5,6 +5,17 @@ until their schedules part, so a tree of prefixes is trained, not every run from
 scratch. At each hop the slots that visit the same site train together, their weights
 stacked on a leading dimension and updated with batched matrix products (forward and
 backward written out for the MLP: no autograd, no per-run Python).
+
+What it shares with the site's training loop (:mod:`baton.ml.step`,
+:mod:`baton.ml.trainer`), so the two cannot drift apart: the step count
+(``total_steps``), the learning rate of each hop (``hop_lr``), the hop seeds, the
+minibatches (``step_batches`` over the same ``randperm`` draws), the loss's logit offset
+(``log_prior``). What it cannot share is ``train_step``, which runs one model through
+autograd and ``torch.optim``: the lab's speed comes from running hundreds of models as
+one stacked tensor per layer, with the gradients of the same loss (cross-entropy of
+``logits + offset``, plus the proximal pull) written out by hand, and with SGD's update
+written out too (:func:`sgd_update`, held by a test to ``make_optimizer``'s SGD bit for
+bit), because the optimizer's per-step overhead would dominate its many small steps.
 """
 
 from __future__ import annotations
@@ -19,8 +30,11 @@ import torch
 from torch import nn
 
 from baton.ml.data import Split
-from baton.ml.models import MLP, input_statistics, plan_model
-from baton.ml.trainer import hop_lr, hop_seed, log_prior, total_steps
+from baton.ml.families.mlp import MLP
+from baton.ml.models import plan_model
+from baton.ml.norm import input_statistics
+from baton.ml.step import log_prior, step_batches
+from baton.ml.trainer import hop_lr, hop_seed, total_steps
 
 if TYPE_CHECKING:
     from baton.plan import RunPlan
@@ -149,6 +163,35 @@ def train_schedules_batched(
     )
 
 
+def sgd_update(
+    tensors: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    buffers: list[torch.Tensor],
+    *,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+) -> None:
+    """The step ``torch.optim.SGD`` (from ``baton.ml.step.make_optimizer``) takes, over all
+    tensors at once: weight decay, then momentum (``buffers`` starts empty and is filled on
+    the first step), then the update. ``grads`` may be changed.
+
+    Written out because the optimizer's per-step overhead would dominate the lab's many
+    small steps (about 1.5x the lab's run time); a test holds it to the optimizer's
+    result bit for bit.
+    """
+    if weight_decay:
+        torch._foreach_add_(grads, tensors, alpha=weight_decay)
+    if momentum != 0:
+        if buffers:
+            torch._foreach_mul_(buffers, momentum)
+            torch._foreach_add_(buffers, grads)
+        else:
+            buffers.extend(g.clone() for g in grads)
+        grads = buffers
+    torch._foreach_add_(tensors, grads, alpha=-lr)
+
+
 @dataclass(kw_only=True, slots=True, eq=False)
 class _Stack:
     """Stacked MLPs: per layer ``[S, out, in]`` weights and ``[S, out]`` biases, and
@@ -237,30 +280,25 @@ class _Stack:
         momentum: list[torch.Tensor] = []
         mu = training.proximal_mu
         anchor = [t.clone() for t in tensors] if mu > 0 else []
-        total = total_steps(n, training)
         generator = torch.Generator().manual_seed(seed)
-        step = 0
-        while step < total:
-            perm = torch.randperm(n, generator=generator)
-            for start in range(0, n, training.batch_size):
-                batch = perm[start : start + training.batch_size]
-                grads = self._gradients(x[batch], eye[y[batch]], offset)
-                # torch.optim.SGD's update, over all tensors at once.
-                if mu > 0:
-                    torch._foreach_add_(grads, torch._foreach_sub(tensors, anchor), alpha=mu)
-                if training.weight_decay:
-                    torch._foreach_add_(grads, tensors, alpha=training.weight_decay)
-                if training.momentum != 0:
-                    if momentum:
-                        torch._foreach_mul_(momentum, training.momentum)
-                        torch._foreach_add_(momentum, grads)
-                    else:
-                        momentum = [g.clone() for g in grads]
-                    grads = momentum
-                torch._foreach_add_(tensors, grads, alpha=-lr)
-                step += 1
-                if step == total:
-                    break
+        batches = step_batches(
+            total=total_steps(n, training),
+            per_epoch=math.ceil(n / training.batch_size),
+            batch=training.batch_size,
+            order=lambda _epoch: torch.randperm(n, generator=generator),
+        )
+        for batch in batches:
+            grads = self._gradients(x[batch], eye[y[batch]], offset)
+            if mu > 0:  # the gradient of baton.ml.step.proximal_penalty
+                torch._foreach_add_(grads, torch._foreach_sub(tensors, anchor), alpha=mu)
+            sgd_update(
+                tensors,
+                grads,
+                momentum,
+                lr=lr,
+                momentum=training.momentum,
+                weight_decay=training.weight_decay,
+            )
         if not all(math.isfinite(float(t.sum())) for t in tensors):
             raise ValueError("local training diverged: non-finite weights")
 

@@ -1,15 +1,15 @@
 """Within-hop checkpoints: sharded model and optimizer state, so an interrupted hop resumes.
 
 Each checkpoint is a ``torch.distributed.checkpoint`` directory ``step-NNNNNNNN``; every
-rank writes its own shards. Rank 0 then points ``latest.json`` at it (temp file, rename),
-so ``latest.json`` only ever names a complete checkpoint, and removes older ones.
+rank writes its own shards. Rank 0 then points ``latest.json`` at it (atomically, with
+:func:`baton.io.atomic_write`), so ``latest.json`` only ever names a complete checkpoint,
+and removes older ones.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -18,6 +18,8 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
+
+from baton.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +48,7 @@ def save(
     dcp_save({"model": model_state, "optim": optim_state}, checkpoint_id=str(directory / name))
     if rank != 0:
         return
-    marker = directory / LATEST
-    tmp = directory / f".{LATEST}.tmp"
-    tmp.write_text(json.dumps({"step": step, "name": name}), encoding="utf-8")
-    os.replace(tmp, marker)
+    atomic_write(directory / LATEST, json.dumps({"step": step, "name": name}))
     for old in directory.glob("step-*"):
         if old.name != name:
             shutil.rmtree(old, ignore_errors=True)

@@ -30,6 +30,8 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from baton.io import atomic_write
+
 logger = logging.getLogger(__name__)
 
 ANNOUNCE_FILE = "nodes.json"
@@ -132,9 +134,8 @@ def torchrun_command(
 def announce(shared_dir: Path, job_path: Path, rendezvous: Rendezvous, *, nproc: int) -> None:
     """Publishes a launch to the other nodes (atomically: a node never reads half of it)."""
     record = {"job": str(job_path), "nproc": nproc, "rendezvous": asdict(rendezvous)}
-    tmp = shared_dir / f".{ANNOUNCE_FILE}.tmp"
-    tmp.write_text(json.dumps(record), encoding="utf-8")
-    os.replace(tmp, shared_dir / ANNOUNCE_FILE)
+    # Readable by the other nodes' daemons; it names a path and an endpoint, no secret.
+    atomic_write(shared_dir / ANNOUNCE_FILE, json.dumps(record), mode=0o644)
 
 
 def withdraw(shared_dir: Path, rendezvous_id: str) -> None:

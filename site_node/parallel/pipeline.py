@@ -1,8 +1,8 @@
 """Pipeline parallelism for a hop: the model's layers cut into stages, one per worker.
 
-Rank ``i`` holds stage ``i`` (:func:`site_node.parallel.families.pp_stages`) on its
-device and runs a 1F1B schedule (GPipe when the global batch has fewer microbatches than
-stages) from ``torch.distributed.pipelining``. Each global batch runs as equal
+Rank ``i`` holds stage ``i`` (the model family's ``pp_stages``, :mod:`baton.ml.families`)
+on its device and runs a 1F1B schedule (GPipe when the global batch has fewer microbatches
+than stages) from ``torch.distributed.pipelining``. Each global batch runs as equal
 microbatches; the schedule takes each microbatch's mean loss and divides the summed
 gradients by their number, so a step is the step one process takes on the whole batch.
 Weights travel between rank 0 and the stages with plain ``send``/``recv`` of tensors.
@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
-from site_node.parallel import families
+from baton.ml.families import family_of
+from baton.ml.step import training_loss
 
 MICROBATCHES_PER_STAGE = 4
 """A pipeline runs each global batch as up to this many microbatches per stage (fewer if
@@ -58,22 +58,28 @@ def microbatches(batch: int, stages: int) -> int:
 
 
 def build(
-    model: nn.Module, *, pp: int, batch_size: int, device: torch.device, offset: torch.Tensor
+    model: nn.Module,
+    *,
+    pp: int,
+    batch_size: int,
+    device: torch.device,
+    offset: torch.Tensor | None,
 ) -> tuple[nn.Module, Pipeline]:
     """Cuts ``model`` into the plan's stages and builds this rank's stage and schedule.
 
     The schedule calls the loss on each microbatch's logits with its mean over the
     microbatch and divides the summed gradients by the number of microbatches
     (``scale_grads``): with equal microbatches that is the gradient of the mean loss over
-    the global batch, the step one process takes.
+    the global batch, the step one process takes. The loss is the one every path trains
+    on (:func:`baton.ml.step.training_loss`, ``offset`` added to the logits).
     """
-    stages = families.pp_stages(model, pp)
+    stages = family_of(model).pp_stages(model, pp)
     rank = dist.get_rank()
     stage = stages[rank].to(device)
     count = microbatches(batch_size, len(stages))
 
     def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy((logits.float() + offset).flatten(0, -2), target.flatten())
+        return training_loss(logits, target, offset)
 
     pipe_stage = PipelineStage(stage, rank, len(stages), device)
     # 1F1B keeps at most one microbatch per stage in flight; it needs as many microbatches

@@ -31,12 +31,12 @@ import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -46,17 +46,24 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.utils.data import DistributedSampler, TensorDataset
 
 from baton.errors import BatonError, DataError, ModelError, PlanError
+from baton.io import atomic_write
 from baton.ml.codec import load_into, load_state_file, save_state_file, state_of
-from baton.ml.models import fit_input_norm, has_input_norm
+from baton.ml.families import Family, family
+from baton.ml.norm import fit_input_norm, has_input_norm
+from baton.ml.plans import PlanKind
+from baton.ml.step import (
+    log_prior,
+    make_optimizer,
+    optimizer_step,
+    report_steps,
+    step_batches,
+    train_step,
+)
 from site_node.parallel import checkpoint, families
 from site_node.parallel import pipeline as pipeline_mod
 from site_node.parallel.job import Job
-from site_node.parallel.plans import PlanKind
 
 logger = logging.getLogger(__name__)
-
-MAX_REPORTS = 20
-"""Progress lines per hop at most (the last at the final step)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -133,6 +140,7 @@ def _run(job: Job, *, rank: int, world_size: int, init_method: str | None) -> No
         raise DataError("the training data must hold non-empty 'x' and 'y' of equal length")
     x, y = data["x"], data["y"]
     torch.manual_seed(job.training.seed)
+    fam = family(job.model.name)
     model = families.build(job.model)
     full: dict[str, torch.Tensor] = {}
     if rank == 0 or not job.broadcast_from_rank0:
@@ -140,8 +148,10 @@ def _run(job: Job, *, rank: int, world_size: int, init_method: str | None) -> No
         load_into(model, full)
     if plan.kind != PlanKind.PP:
         model.to(device)  # a pipeline moves only its own stage
-    offset = _logit_offset(job, y, device)
-    placed = _apply_plan(model, job, device, offset)
+    offset = None
+    if job.training.logit_adjustment:
+        offset = log_prior(y.flatten(), job.model.num_classes).to(device)
+    placed = _apply_plan(model, fam, job, device, offset)
     if placed.pipeline is not None:
         if job.broadcast_from_rank0:
             pipeline_mod.scatter_stages(placed.pipeline, device)
@@ -153,9 +163,18 @@ def _run(job: Job, *, rank: int, world_size: int, init_method: str | None) -> No
             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True),
         )
     del full
-    _fit_norm(model, x)
+    # A language model reads token ids raw: it has no input normalization.
+    if has_input_norm(model) and fit_input_norm(model, x):
+        logger.info("fitted the model's input normalization on %d examples", len(x))
+    t = job.training
     # A pipeline rank optimizes its own stage only (DDP's wrapper yields the model's).
-    optimizer = _optimizer(placed.module, job)
+    optimizer = make_optimizer(
+        (p for p in placed.module.parameters() if p.requires_grad),
+        name=t.optimizer,
+        lr=t.lr,
+        momentum=t.momentum,
+        weight_decay=t.weight_decay,
+    )
     start = 0
     found = checkpoint.latest(job.checkpoint_dir)
     if found is not None:
@@ -172,10 +191,13 @@ def _run(job: Job, *, rank: int, world_size: int, init_method: str | None) -> No
         full_state = _export(model, world_size)
     if rank == 0:
         save_state_file(job.output_path, full_state)
-        _write_json(job.result_path, {**stats, "resumed_from": start, "plan": str(plan.kind)})
+        result = {**stats, "resumed_from": start, "plan": str(plan.kind)}
+        atomic_write(job.result_path, json.dumps(result))
 
 
-def _apply_plan(model: nn.Module, job: Job, device: torch.device, offset: torch.Tensor) -> _Placed:
+def _apply_plan(
+    model: nn.Module, fam: Family, job: Job, device: torch.device, offset: torch.Tensor | None
+) -> _Placed:
     plan = job.plan
     kind = plan.kind
     if kind == PlanKind.SINGLE:
@@ -206,46 +228,20 @@ def _apply_plan(model: nn.Module, job: Job, device: torch.device, offset: torch.
 
     if kind == PlanKind.FSDP:
         mesh = init_device_mesh(device.type, (plan.dp,), mesh_dim_names=("dp",))
-        for unit in families.shard_units(model):
+        for unit in fam.shard_units(model):
             fully_shard(unit, mesh=mesh)
         fully_shard(model, mesh=mesh)
         return _Placed(module=model, dp_size=plan.dp, dp_rank=mesh.get_local_rank("dp"))
-    tp_plan = families.tp_plan(model)
-    if tp_plan is None or plan.tp not in families.tp_degrees(model):
+    tp_plan = fam.tp_plan(model)
+    if tp_plan is None or plan.tp not in fam.tp_degrees(model):
         raise PlanError(f"the model has no tensor-parallel plan of degree {plan.tp}")
     mesh2 = init_device_mesh(device.type, (plan.dp, plan.tp), mesh_dim_names=("dp", "tp"))
     parallelize_module(model, mesh2["tp"], tp_plan)
     if kind == PlanKind.FSDP_TP:
-        for unit in families.shard_units(model):
+        for unit in fam.shard_units(model):
             fully_shard(unit, mesh=mesh2["dp"])
         fully_shard(model, mesh=mesh2["dp"])
     return _Placed(module=model, dp_size=plan.dp, dp_rank=mesh2.get_local_rank("dp"))
-
-
-def _fit_norm(model: nn.Module, x: torch.Tensor) -> None:
-    # A language model reads token ids raw: it has no input normalization.
-    if has_input_norm(model) and fit_input_norm(model, x):
-        logger.info("fitted the model's input normalization on %d examples", len(x))
-
-
-def _optimizer(model: nn.Module, job: Job) -> torch.optim.Optimizer:
-    # One group per device mesh: foreach/fused kernels refuse plain tensors mixed with
-    # DTensors, or DTensors on different meshes.
-    groups: dict[str, list[nn.Parameter]] = {}
-    for p in model.parameters():
-        if p.requires_grad:
-            mesh = getattr(p, "device_mesh", None)
-            groups.setdefault(repr(mesh), []).append(p)
-    params: list[dict[str, Any]] = [{"params": g} for g in groups.values()]
-    t = job.training
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
-
-
-def _report_steps(total: int) -> set[int]:
-    calls = min(MAX_REPORTS, total)
-    return {-(-k * total // calls) for k in range(1, calls + 1)}
 
 
 def _train(
@@ -255,7 +251,7 @@ def _train(
     x: torch.Tensor,
     y: torch.Tensor,
     *,
-    offset: torch.Tensor,
+    offset: torch.Tensor | None,
     rank: int,
     start: int,
     device: torch.device,
@@ -279,51 +275,36 @@ def _train(
         torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     )
     losses = torch.full((t.steps,), math.nan, device=device)
-    reports = _report_steps(t.steps)
+    reports = report_steps(t.steps)
     module = placed.module
     module.train()
-    step = start
-    epoch, skip = divmod(start, per_epoch)
     started = time.perf_counter()
     _progress(job, rank, {"event": "start", "resumed_from": start, "total": t.steps})
-    while step < t.steps:
+
+    def order(epoch: int) -> torch.Tensor:
         sampler.set_epoch(epoch)
-        order = torch.tensor(list(sampler), dtype=torch.int64)
-        for k in range(skip, per_epoch):
-            idx = order[k * local_batch : (k + 1) * local_batch]
-            xb = x[idx].to(device, non_blocking=True)
-            yb = y[idx].to(device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            if placed.pipeline is not None:
-                with autocast:
-                    loss = pipeline_mod.step(placed.pipeline, xb, yb)
-            else:
-                with autocast:
-                    logits = module(xb)
-                logits = logits.float() + offset
-                loss = F.cross_entropy(logits.flatten(0, -2), yb.flatten())
-                torch.autograd.backward(loss)
-            optimizer.step()
-            losses[step] = loss.detach()
-            step += 1
-            if step in reports:
-                mean = _global_loss(losses[step - 1 : step].clone(), placed)
-                rate = (step - start) * t.batch_size / (time.perf_counter() - started)
-                line = {
-                    "step": step,
-                    "total": t.steps,
-                    "loss": float(mean[0]),
-                    "samples_per_s": rate,
-                }
-                _progress(job, rank, line)
-            if job.checkpoint_every and step % job.checkpoint_every == 0 and step < t.steps:
-                checkpoint.save(
-                    module, optimizer, step=step, directory=job.checkpoint_dir, rank=rank
-                )
-            if step == t.steps:
-                break
-        epoch += 1
-        skip = 0
+        return torch.tensor(list(sampler), dtype=torch.int64)
+
+    batches = step_batches(
+        total=t.steps, per_epoch=per_epoch, batch=local_batch, order=order, start=start
+    )
+    for step, idx in enumerate(batches, start=start + 1):
+        xb = x[idx].to(device, non_blocking=True)
+        yb = y[idx].to(device, non_blocking=True)
+        if placed.pipeline is not None:
+            pipe = placed.pipeline
+            with autocast:
+                loss = optimizer_step(optimizer, partial(pipeline_mod.step, pipe, xb, yb))
+        else:
+            loss = train_step(optimizer, module, xb, yb, offset=offset, autocast=autocast)
+        losses[step - 1] = loss
+        if step in reports:
+            mean = _global_loss(losses[step - 1 : step].clone(), placed)
+            rate = (step - start) * t.batch_size / (time.perf_counter() - started)
+            line = {"step": step, "total": t.steps, "loss": float(mean[0]), "samples_per_s": rate}
+            _progress(job, rank, line)
+        if job.checkpoint_every and step % job.checkpoint_every == 0 and step < t.steps:
+            checkpoint.save(module, optimizer, step=step, directory=job.checkpoint_dir, rank=rank)
     seconds = time.perf_counter() - started
     curve = _global_loss(losses, placed).cpu()
     final = float(curve[-1])
@@ -336,17 +317,6 @@ def _train(
         "seconds": seconds,
         "samples_per_s": (t.steps - start) * t.batch_size / max(seconds, 1e-9),
     }
-
-
-def _logit_offset(job: Job, y: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """What the training loss adds to the logits: the log label prior of ``y`` with logit
-    adjustment, else zero."""
-    offset = torch.zeros(())
-    if job.training.logit_adjustment:
-        classes = job.model.num_classes
-        counts = torch.bincount(y.flatten(), minlength=classes).double()
-        offset = torch.log((counts + 1) / (y.numel() + classes)).float()
-    return offset.to(device)
 
 
 def _global_loss(values: torch.Tensor, placed: _Placed) -> torch.Tensor:
@@ -376,12 +346,6 @@ def _progress(job: Job, rank: int, line: dict[str, Any]) -> None:
         return
     with job.progress_path.open("a", encoding="utf-8") as fh:
         fh.write(json.dumps(line) + "\n")
-
-
-def _write_json(path: Path, value: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

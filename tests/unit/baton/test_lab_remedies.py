@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from baton.ml.step import make_optimizer
 from baton.plan import ModelSection, RunPlan, RunSection, TaskSection, TrainingSection
 from sim.lab.baselines import fedavg_accuracy
-from sim.lab.batched import train_orders_batched
+from sim.lab.batched import sgd_update, train_orders_batched
 from sim.lab.grid import GRIDS, REMEDIES, Cell, Grid, Trial, lab_plan
 from sim.lab.oracle import OrderScores
 from sim.lab.report import markdown_table
@@ -158,3 +159,27 @@ def test_records_carry_the_paired_tests_and_the_cost() -> None:
     table = markdown_table(list(records.values()))
     assert f"| +5.0 ({learned['p_vs_random']:.3f}) |" in table
     assert "+remedies" in table
+
+
+@pytest.mark.parametrize(("momentum", "weight_decay"), [(0.0, 0.0), (0.9, 1e-3), (0.5, 0.0)])
+def test_the_labs_sgd_update_is_the_site_optimizers_step(
+    momentum: float, weight_decay: float
+) -> None:
+    gen = torch.Generator().manual_seed(0)
+    by_hand = [torch.randn(3, 4, 5, generator=gen), torch.randn(3, 4, generator=gen)]
+    stepped = [t.clone() for t in by_hand]
+    optimizer = make_optimizer(
+        stepped, name="sgd", lr=0.1, momentum=momentum, weight_decay=weight_decay
+    )
+    buffers: list[torch.Tensor] = []
+    for _ in range(3):
+        grads = [torch.randn(t.shape, generator=gen) for t in by_hand]
+        for t, g in zip(stepped, grads, strict=True):
+            t.grad = g.clone()
+        optimizer.step()
+        sgd_update(by_hand, grads, buffers, lr=0.1, momentum=momentum, weight_decay=weight_decay)
+    for mine, theirs in zip(by_hand, stepped, strict=True):
+        assert torch.equal(mine, theirs)
+    assert not torch.equal(
+        by_hand[0], torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(0))
+    )

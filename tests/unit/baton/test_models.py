@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from baton.errors import DataError, ModelError
-from baton.ml.models import InputNorm, build_model, fit_input_norm, known_models
+from baton.ml.models import build_model, known_models
+from baton.ml.norm import InputNorm, fit_input_norm
 
 
 def _mlp(seed: int = 0, **args: Any) -> nn.Module:
@@ -153,3 +154,26 @@ def test_causal_lm_refuses_features_that_are_not_token_ids(bad: list[float]) -> 
 def test_causal_lm_rejects_unknown_arguments() -> None:
     with pytest.raises(ModelError, match="unknown argument 'width'"):
         build_model("causal_lm", {"width": 3}, num_features=3, num_classes=10, seed=1)
+
+
+def test_each_family_owns_the_plans_it_declares() -> None:
+    from baton.ml.families import FAMILIES, families_for, family, family_of
+    from baton.ml.models import is_sequence_model
+    from baton.ml.plans import PlanKind
+
+    assert families_for(PlanKind.TP) == ("causal_lm", "mlp")
+    assert families_for(PlanKind.DDP) == ("causal_lm", "logreg", "mlp")
+    shapes = {"mlp": (5, 3), "logreg": (5, 3), "causal_lm": (8, 16)}
+    for name, fam in FAMILIES.items():
+        features, classes = shapes[name]
+        model = build_model(name, {}, num_features=features, num_classes=classes, seed=0)
+        assert family_of(model) is fam
+        assert is_sequence_model(model) is fam.sequence is (name == "causal_lm")
+        splits = {PlanKind.TP, PlanKind.FSDP_TP} <= fam.plans
+        assert (fam.tp_plan(model) is not None) is splits
+        assert bool(fam.tp_degrees(model)) is splits
+        assert bool(fam.pp_degrees(model)) is (PlanKind.PP in fam.plans)
+    with pytest.raises(ModelError, match="belongs to no registered model family"):
+        family_of(nn.Linear(2, 2))
+    with pytest.raises(ModelError, match="is not a 'mlp' model"):
+        family("mlp").tp_plan(nn.Linear(2, 2))

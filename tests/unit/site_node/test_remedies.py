@@ -14,7 +14,8 @@ from torch import nn
 from baton.ml.codec import state_of
 from baton.ml.data import Split
 from baton.ml.models import build_model
-from baton.ml.trainer import hop_lr, proximal_penalty, total_steps, train_local
+from baton.ml.step import proximal_penalty
+from baton.ml.trainer import hop_lr, total_steps, train_local
 from baton.plan import TrainingSection
 
 

@@ -13,7 +13,8 @@ from baton.errors import DataError, ModelError
 from baton.ml.codec import state_of
 from baton.ml.data import Split
 from baton.ml.models import build_model
-from baton.ml.trainer import MAX_PROGRESS_CALLS, evaluate, hop_seed, total_steps, train_local
+from baton.ml.step import MAX_PROGRESS_CALLS
+from baton.ml.trainer import evaluate, hop_seed, total_steps, train_local
 from baton.plan import TrainingSection
 
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from baton.ml import models_lm
 from baton.ml.codec import state_of
-from baton.ml.models import fit_input_norm
+from baton.ml.norm import fit_input_norm
 from site_node.parallel import families
 from site_node.parallel.job import Job, ModelSpec, TrainSpec
 from site_node.parallel.launch import prepare

@@ -7,8 +7,12 @@ import torch
 
 from baton.errors import ModelError
 from baton.ml import models_lm
+from baton.ml.families import family
 from site_node.parallel import families
+from site_node.parallel.job import ModelSpec
 from tests.unit.site_node.parallel.helpers import LM, MLP
+
+LOGREG = ModelSpec(name="logreg", num_features=8, num_classes=3)
 
 
 def _lm() -> models_lm.CausalLM:
@@ -38,8 +42,9 @@ def test_arguments_are_checked() -> None:
 
 
 def test_tp_degrees_and_plans() -> None:
-    assert models_lm.tp_degrees(_lm(), limit=8) == (2, 4)
-    plan = families.tp_plan(_lm())
+    lm_family = family(models_lm.FAMILY)
+    assert lm_family.tp_degrees(_lm(), limit=8) == (2, 4)
+    plan = lm_family.tp_plan(_lm())
     assert plan is not None
     assert sorted(plan) == sorted(
         f"layers.{i}.{n}"
@@ -47,8 +52,9 @@ def test_tp_degrees_and_plans() -> None:
         for n in ("attn.q", "attn.k", "attn.v", "attn.wo", "ff.w1", "ff.w2")
     )
     mlp = families.build(MLP)
-    assert families.tp_degrees(mlp, limit=8) == (2, 4, 8)
-    assert sorted(families.tp_plan(mlp) or {}) == ["body.0", "body.2"]
+    assert family("mlp").tp_degrees(mlp, limit=8) == (2, 4, 8)
+    assert sorted(family("mlp").tp_plan(mlp) or {}) == ["body.0", "body.2"]
+    assert family("logreg").tp_plan(families.build(LOGREG)) is None
 
 
 def test_footprint_counts_parameters() -> None:

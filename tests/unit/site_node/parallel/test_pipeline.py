@@ -10,6 +10,7 @@ import torch
 
 from baton.errors import PlanError, WorkerError
 from baton.ml.codec import load_into, load_state_file
+from baton.ml.families import family
 from site_node.parallel import checkpoint, families
 from site_node.parallel.job import Job, ModelSpec, TrainSpec
 from site_node.parallel.launch import launch, read_result, start_workers
@@ -28,6 +29,7 @@ TRAINING = TrainSpec(lr=0.1, momentum=0.9, weight_decay=1e-3, batch_size=16, ste
 """Six steps of four-batch epochs: crosses an epoch boundary (a new sampler order)."""
 
 PP2 = ParallelPlan(kind=PlanKind.PP, pp=2)
+LOGREG = ModelSpec(name="logreg", num_features=8, num_classes=3)
 GIB = 2**30
 
 
@@ -122,7 +124,7 @@ def test_stages_partition_the_model_and_compose_to_it(
     spec: ModelSpec, pp: int, inputs: torch.Tensor
 ) -> None:
     model = families.build(spec, seed=2)
-    stages = families.pp_stages(model, pp)
+    stages = family(spec.name).pp_stages(model, pp)
     assert len(stages) == pp
     keys = [list(stage.state_dict()) for stage in stages]
     # Every key of the model exactly once, in the stage that runs it; no stage empty.
@@ -142,13 +144,16 @@ def test_stages_partition_the_model_and_compose_to_it(
 
 
 def test_pipeline_degrees_follow_the_layers() -> None:
-    assert families.pp_degrees(families.build(LM3)) == (2, 3)
-    assert families.pp_degrees(families.build(MLP)) == (2,)
+    assert family(LM3.name).pp_degrees(families.build(LM3)) == (2, 3)
+    assert family("mlp").pp_degrees(families.build(MLP)) == (2,)
+    assert family("logreg").pp_degrees(families.build(LOGREG)) == ()
     assert families.footprint(
         families.build(LM3), optimizer="sgd", batch=8, example_shape=(8,)
     ).pp_degrees == (2, 3)
     with pytest.raises(PlanError, match="no pipeline plan of 3 stages"):
-        families.pp_stages(families.build(MLP), 3)
+        family("mlp").pp_stages(families.build(MLP), 3)
+    with pytest.raises(PlanError, match="no pipeline plan of 2 stages"):
+        family("logreg").pp_stages(families.build(LOGREG), 2)
 
 
 @pytest.mark.parametrize(
