@@ -3,5 +3,19 @@
 Modules: ``batched`` (many orders trained at once with the sites' SGD), ``oracle`` (every
 order's accuracy, percentiles, the order/noise ratio), ``baselines`` (FedAvg through
 Flower's aggregation, pooled training), ``runner`` (strategies driven as the coordinator
-drives them), ``grid`` (cells, trials, records) and ``report`` (JSON, markdown, SVG).
+drives them), ``cells`` (the grids and their cells), ``grid`` (trials, records) and
+``report`` (JSON, markdown, SVG).
 """
+
+__all__ = [
+    "baselines",
+    "batched",
+    "cells",
+    "grid",
+    "oracle",
+    "parallel",
+    "report",
+    "runner",
+    "stats",
+    "summary",
+]
