@@ -23,6 +23,8 @@ from coordinator.api.site import SiteService
 from coordinator.blobs import FileBlobStore
 from coordinator.config import CoordinatorConfig
 from coordinator.engine.runs import Scheduler
+from coordinator.engine.sites import Sites
+from coordinator.engine.transfers import Transfers
 from coordinator.store.base import Store
 from coordinator.store.sqlite import SqliteStore
 from coordinator.tls_reload import ReloadingServerCredentials
@@ -68,27 +70,33 @@ class CoordinatorServer:
             options=SERVER_OPTIONS,
             interceptors=[ErrorInterceptor()],
         )
+        sites = Sites(
+            self.store,
+            self.scheduler.journal,
+            ca_pem=tls.ca_pem,
+            lease_seconds=config.lease_seconds,
+            revoked=revoked,
+        )
+        transfers = Transfers(
+            self.store, self.blobs, self.scheduler, max_blob_bytes=config.max_blob_bytes
+        )
         site_pb2_grpc.add_SiteServiceServicer_to_server(
             SiteService(
-                store=self.store,
-                blobs=self.blobs,
                 scheduler=self.scheduler,
+                sites=sites,
+                transfers=transfers,
                 federation=federation,
-                ca_pem=tls.ca_pem,
-                lease_seconds=config.lease_seconds,
-                max_blob_bytes=config.max_blob_bytes,
                 revoked=revoked,
-                audit=self.audit,
             ),
             self._server,
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminService(
                 store=self.store,
-                blobs=self.blobs,
                 scheduler=self.scheduler,
+                sites=sites,
+                transfers=transfers,
                 federation=federation,
-                lease_seconds=config.lease_seconds,
                 revoked=revoked,
             ),
             self._server,

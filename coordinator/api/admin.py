@@ -7,14 +7,14 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
-from baton.errors import ConflictError, PkiError
+from baton.errors import PkiError
 from baton.security.tls import peer_certificate_pem, require_peer
 from baton.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 from baton.wire.channel import CHUNK_BYTES
 from coordinator.api.serde import event_to_proto, run_to_proto, site_to_proto
-from coordinator.blobs import BlobStore
-from coordinator.engine.journal import now_ms
 from coordinator.engine.runs import Scheduler, SignedPlan
+from coordinator.engine.sites import Sites
+from coordinator.engine.transfers import Transfers
 from coordinator.store.base import RunState, Store
 
 logger = logging.getLogger(__name__)
@@ -27,30 +27,29 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     """Implements ``baton.v1.AdminService`` for callers holding an admin certificate.
 
     Args:
-        store: Coordinator state.
-        blobs: Model blob store.
+        store: Coordinator state, read for runs and their events.
         scheduler: The run engine.
+        sites: The site registry.
+        transfers: Blob downloads (a run's result).
         federation: Only certificates of this federation's admins are served.
-        lease_seconds: How long a site stays online after a heartbeat.
-        revoked: Whether a certificate (PEM) is revoked; callers presenting one are refused,
-            and so are plans whose owner certificates are.
+        revoked: Whether a certificate (PEM) is revoked; callers presenting one are refused.
     """
 
     def __init__(
         self,
         *,
         store: Store,
-        blobs: BlobStore,
         scheduler: Scheduler,
+        sites: Sites,
+        transfers: Transfers,
         federation: str,
-        lease_seconds: float,
         revoked: Callable[[bytes], bool] = lambda cert_pem: False,
     ) -> None:
         self._store = store
-        self._blobs = blobs
         self._scheduler = scheduler
+        self._sites = sites
+        self._transfers = transfers
         self._federation = federation
-        self._lease_ms = int(lease_seconds * 1000)
         self._revoked = revoked
 
     def _admin(self, context: grpc.ServicerContext) -> str:
@@ -63,12 +62,6 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.CreateRunRequest, context: grpc.ServicerContext
     ) -> admin_pb2.CreateRunResponse:
         admin = self._admin(context)
-        for pem in (
-            request.owner_signing_certificate_pem,
-            request.owner_encryption_certificate_pem,
-        ):
-            if pem and self._revoked(pem.encode()):
-                raise PkiError(f"admin {admin} sent a plan with a revoked owner certificate")
         signed = SignedPlan(
             signature=request.plan_signature,
             owner_signing_pem=request.owner_signing_certificate_pem,
@@ -120,13 +113,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.FetchResultRequest, context: grpc.ServicerContext
     ) -> Iterator[common_pb2.BlobChunk]:
         self._admin(context)
-        run = self._store.get_run(request.run_id)
-        if run.state is not RunState.SUCCEEDED or run.result is None:
-            raise ConflictError(
-                f"run {run.run_id} has no result: it is {run.state.value}", run_id=run.run_id
-            )
         offset = request.offset
-        for data in self._blobs.read(run.result.blob_id, offset=offset, chunk_size=CHUNK_BYTES):
+        for data in self._transfers.result(request.run_id, offset=offset, chunk_size=CHUNK_BYTES):
             yield common_pb2.BlobChunk(offset=offset, data=data)
             offset += len(data)
 
@@ -134,10 +122,6 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ListSitesRequest, context: grpc.ServicerContext
     ) -> admin_pb2.ListSitesResponse:
         self._admin(context)
-        now = now_ms()
         return admin_pb2.ListSitesResponse(
-            sites=[
-                site_to_proto(s, online=now - s.last_seen_ms <= self._lease_ms)
-                for s in self._store.list_sites()
-            ]
+            sites=[site_to_proto(s, online=online) for s, online in self._sites.listing()]
         )

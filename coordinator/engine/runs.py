@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from baton.domain import BlobRef, NextHop
-from baton.errors import ConfigError, ConflictError, Denied, NotFoundError
+from baton.errors import ConfigError, ConflictError, Denied, NotFoundError, PkiError
 from baton.plan import check_names, parse_plan
 from baton.security.audit import AuditLog
 from baton.security.sealing import check_owner, manifest_digest, verify_plan
@@ -45,8 +45,8 @@ class Scheduler:
         store: Durable state.
         blobs: The blob store, to check that uploaded outputs exist.
         ca_pem: The federation CA, to check the study owner's certificates.
-        revoked: Whether a certificate (PEM) is revoked; its holder is never named as a
-            hop's recipient.
+        revoked: Whether a certificate (PEM) is revoked; its holder never owns a new run
+            and is never named as a hop's recipient.
         audit: The coordinator's signed audit log (None only in unit tests).
         clock: Source of Unix milliseconds (tests inject a fake).
     """
@@ -64,6 +64,7 @@ class Scheduler:
         self._store = store
         self._blobs = blobs
         self._ca_pem = ca_pem
+        self._revoked = revoked
         self.journal = Journal(store, audit=audit, clock=clock)
         self.evaluations = Evaluations(store, self.journal)
         self.assignments = Assignments(store, self.evaluations, revoked=revoked)
@@ -75,8 +76,14 @@ class Scheduler:
 
         Raises:
             ConfigError: the plan is invalid, or names a site that never registered.
-            PkiError: the owner's certificates or the plan's signature do not verify.
+            PkiError: the owner's certificates are revoked, or they or the plan's signature
+                do not verify.
         """
+        if any(
+            pem and self._revoked(pem.encode())
+            for pem in (signed.owner_signing_pem, signed.owner_encryption_pem)
+        ):
+            raise PkiError("the plan came with a revoked owner certificate")
         plan = parse_plan(plan_toml, source="run plan")
         check_names(plan, source="run plan", strategies=known_strategies())
         owner = check_owner(self._ca_pem, signed.owner_signing_pem, signed.owner_encryption_pem)

@@ -1,0 +1,138 @@
+"""Model transfers through the relay: resumable uploads of a hop's sealed output, and
+downloads of a hop's input, of a finished run's final model, and of its result."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from baton.domain import BlobRef
+from baton.errors import BlobError, ConflictError, NotFoundError
+from coordinator.blobs import BlobStore
+from coordinator.engine.runs import Scheduler
+from coordinator.store.base import RunState, Store
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class UploadHeader:
+    """What an upload declares before its first chunk."""
+
+    run_id: str
+    hop_index: int
+    """The hop whose output this is; the uploading site must hold it."""
+    transfer_id: str
+    """The site's name for this upload, 1-128 characters, to resume it by."""
+    total_size: int
+    sha256: str
+    """Lower-case hex SHA-256 of the whole blob."""
+    offset: int
+    """Where this stream resumes: the bytes already committed."""
+
+
+class Transfers:
+    """Streams blobs to and from the blob store for the parties allowed them.
+
+    Args:
+        store: Durable state.
+        blobs: The blob store.
+        scheduler: The run engine, which says which hop a site holds.
+        max_blob_bytes: Largest blob a site may upload.
+    """
+
+    def __init__(
+        self, store: Store, blobs: BlobStore, scheduler: Scheduler, *, max_blob_bytes: int
+    ) -> None:
+        self._store = store
+        self._blobs = blobs
+        self._scheduler = scheduler
+        self._max_blob_bytes = max_blob_bytes
+
+    def upload(
+        self, site_id: str, header: UploadHeader, chunks: Iterator[tuple[int, bytes]]
+    ) -> BlobRef:
+        """Appends ``chunks`` (offset, data) to the site's upload; stores the blob when the
+        declared size is reached.
+
+        Raises:
+            NotFoundError, Denied, ConflictError: the site does not hold the hop.
+            BlobError: too large, longer than declared, or not the declared hash.
+            ConflictError: the upload resumes at the wrong offset, or ended early (what
+                arrived is kept, to resume from).
+        """
+        self._scheduler.hop_for_site(site_id, header.run_id, header.hop_index)
+        if header.total_size > self._max_blob_bytes:
+            raise BlobError(
+                f"blob of {header.total_size} bytes exceeds the limit of {self._max_blob_bytes}"
+            )
+        key = transfer_key(site_id, header.transfer_id)
+        committed = self._blobs.committed(key)
+        if header.offset != committed:
+            raise ConflictError(f"upload must resume at offset {committed}, not {header.offset}")
+        for offset, data in chunks:
+            if committed + len(data) > header.total_size:
+                self._blobs.abort(key)
+                raise BlobError("upload is longer than its declared size")
+            committed = self._blobs.append(key, offset, data)
+        if committed < header.total_size:
+            # The stream ended early (a cut link, a cancelled call): keep what arrived, so
+            # the upload resumes from here; finishing would discard it as a size mismatch.
+            raise ConflictError(
+                f"upload ended after {committed} of {header.total_size} bytes; "
+                f"resume at offset {committed}"
+            )
+        return self._blobs.finish(
+            key, expected_sha256=header.sha256, expected_size=header.total_size
+        )
+
+    def upload_status(self, site_id: str, transfer_id: str) -> tuple[int, BlobRef | None]:
+        """(bytes committed, the stored blob once the upload finished)."""
+        key = transfer_key(site_id, transfer_id)
+        done = self._blobs.finished(key)
+        if done is not None:
+            return done.size, done
+        return self._blobs.committed(key), None
+
+    def download(
+        self, site_id: str, run_id: str, hop_index: int, *, offset: int, chunk_size: int
+    ) -> Iterator[bytes]:
+        """The input of the site's hop, or (``hop_index`` the run's hop count) the final
+        model the site is to evaluate, from ``offset``, in chunks of ``chunk_size`` bytes.
+
+        Raises:
+            NotFoundError, Denied, ConflictError: the site holds no such hop, or the hop is
+                the first (it has no input).
+        """
+        run = self._store.get_run(run_id)
+        if hop_index == run.total_hops and self._scheduler.evaluations.expects(site_id, run):
+            blob = run.result  # the final model, for the site to evaluate
+            if blob is None:
+                raise NotFoundError(f"run {run.run_id} has no final model")
+        else:
+            hop = self._scheduler.hop_for_site(site_id, run_id, hop_index)
+            if hop.input is None:
+                raise NotFoundError(f"hop {hop.hop_index} has no input model (it is the first hop)")
+            blob = hop.input
+        return self._blobs.read(blob.blob_id, offset=offset, chunk_size=chunk_size)
+
+    def result(self, run_id: str, *, offset: int, chunk_size: int) -> Iterator[bytes]:
+        """A succeeded run's final model (sealed to the study owner), from ``offset``, in
+        chunks of ``chunk_size`` bytes.
+
+        Raises:
+            ConflictError: the run has not succeeded.
+        """
+        run = self._store.get_run(run_id)
+        if run.state is not RunState.SUCCEEDED or run.result is None:
+            raise ConflictError(
+                f"run {run.run_id} has no result: it is {run.state.value}", run_id=run.run_id
+            )
+        return self._blobs.read(run.result.blob_id, offset=offset, chunk_size=chunk_size)
+
+
+def transfer_key(site_id: str, transfer_id: str) -> str:
+    """The blob store's key of a site's upload: scoped to the site, so one site can never
+    touch another's partial upload."""
+    if not transfer_id or len(transfer_id) > 128:
+        raise BlobError("transfer_id must be 1-128 characters")
+    return hashlib.sha256(f"{site_id}/{transfer_id}".encode()).hexdigest()
