@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -46,8 +45,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from baton.domain import BlobRef
-
-logger = logging.getLogger(__name__)
 
 
 class SqliteStore:

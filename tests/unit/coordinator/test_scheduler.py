@@ -82,6 +82,19 @@ def finish_hop(
     return ref
 
 
+def stored_completion(store: MemoryStore, run_id: str, hop: int, ref: BlobRef) -> None:
+    """A hop's completion as the store alone records it, bypassing the scheduler."""
+    store.complete_hop(
+        run_id,
+        hop,
+        output=ref,
+        metrics_before={},
+        metrics_after={},
+        num_examples=1,
+        train_seconds=0.0,
+    )
+
+
 def test_fixed_run_goes_through_every_hop_in_plan_order(
     pki: Pki,
     parts: tuple[MemoryStore, MemoryBlobStore, Scheduler],
@@ -272,15 +285,7 @@ def test_recover_assigns_a_hop_lost_between_complete_and_assign(
     run = sched.create_run(*signed(pki, PLAN.format(seed=0, strategy="fixed")))
     ref = put(blobs, b"m0", "t0")
     # A crash after the store recorded the completion but before the next hop was assigned.
-    store.complete_hop(
-        run.run_id,
-        0,
-        output=ref,
-        metrics_before={},
-        metrics_after={},
-        num_examples=1,
-        train_seconds=0.0,
-    )
+    stored_completion(store, run.run_id, 0, ref)
     assert store.assigned_hops_for_site("b") == []
     Scheduler(store, blobs, ca_pem=pki.ca_pem).recover()
     [hop] = store.assigned_hops_for_site("b")
@@ -418,15 +423,7 @@ def test_recover_plans_the_recipient_of_a_hop_an_older_coordinator_assigned(
         if i:
             store.assign_hop(run.run_id, i, input=ref)
         ref = put(blobs, f"m{i}".encode(), f"t{i}")
-        store.complete_hop(
-            run.run_id,
-            i,
-            output=ref,
-            metrics_before={},
-            metrics_after={},
-            num_examples=1,
-            train_seconds=0.0,
-        )
+        stored_completion(store, run.run_id, i, ref)
     store.assign_hop(run.run_id, 2, input=ref)
     with pytest.raises(ConflictError, match=r"hop 3 of run \w+ is not planned yet"):
         sched.next_hop("c", run.run_id, 2)
