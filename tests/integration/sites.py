@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 
 from baton.domain import Assignment, BlobRef
-from baton.security.audit import verify_log
+from baton.security.audit import AuditLog, verify_log
 from baton.security.envelope import Expectation, HopContext, RecipientKey, open_file, seal_file
 from baton.security.replay import MemoryReplayGuard
 from baton.v1 import admin_pb2, common_pb2, site_pb2, site_pb2_grpc
 from baton.wire.serde import assignment_from_proto
+from sim.tasks import Partition, make_federation
 from site_node import transfer
+from site_node.client import GrpcCoordinatorClient
+from site_node.hop import HopRunner, LocalData
 from tests.conftest import LiveCoordinator, Pki
 
 PLAN = """
@@ -181,3 +185,42 @@ def coordinator_audit(coord: LiveCoordinator) -> list[dict[str, Any]]:
     report = verify_log(log, public_key=key.public_key())  # type: ignore[arg-type]
     assert report.ok, report.first_break
     return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+class Sites:
+    """Sites "site-a" and "site-b", registered, with their data, audit logs and hop runners."""
+
+    def __init__(self, coordinator: LiveCoordinator, tmp_path: Path) -> None:
+        self.coordinator = coordinator
+        self.tmp_path = tmp_path
+        self.stubs = register(coordinator, "site-a", "site-b")
+        self.fed = make_federation(
+            "breast_cancer", ["site-a", "site-b"], Partition(kind="iid"), seed=0
+        )
+        self.logs: dict[str, AuditLog] = {}
+        self.guards: dict[str, MemoryReplayGuard] = {}
+
+    def audit(self, site: str) -> AuditLog:
+        """The site's audit log, opened once."""
+        if site not in self.logs:
+            self.logs[site] = AuditLog(
+                self.tmp_path / f"{site}.audit.jsonl",
+                party=self.coordinator.pki.identity(site).spiffe_id,
+                signing_key=self.coordinator.pki.keys(site).signing_key,
+            )
+        return self.logs[site]
+
+    def runner(
+        self, site: str, *, revoked: Callable[[bytes | str], bool] | None = None
+    ) -> HopRunner:
+        """The site's hop runner, as its daemon builds it."""
+        return HopRunner(
+            GrpcCoordinatorClient(self.stubs[site]),
+            tls=self.coordinator.pki.material(site),
+            keys=self.coordinator.pki.keys(site),
+            local=LocalData(schema=self.fed.schema, data=self.fed.sites[site]),
+            work_dir=self.tmp_path / site,
+            replay=self.guards.setdefault(site, MemoryReplayGuard()),
+            audit=self.audit(site),
+            revoked=revoked or (lambda pem: False),
+        )

@@ -18,23 +18,19 @@ import torch
 from baton.errors import SealError, TransportError
 from baton.ml.codec import load_state_file, save_state_file, schema_hash, state_of
 from baton.ml.models import build_model
-from baton.security.audit import AuditLog, verify_log
-from baton.security.replay import MemoryReplayGuard
+from baton.security.audit import verify_log
 from baton.security.revocation import revocation_check, revoke
 from baton.security.sealing import plan_hash
 from baton.v1 import admin_pb2, common_pb2, site_pb2
 from baton.wire.serde import assignment_from_proto
-from sim.tasks import Partition, make_federation
 from site_node import transfer
-from site_node.client import GrpcCoordinatorClient
-from site_node.hop import HopRunner, LocalData
 from tests.conftest import LiveCoordinator
 from tests.integration.sites import (
+    Sites,
     create_request,
     next_assignment,
     next_hop,
     open_as,
-    register,
     seal_and_complete,
 )
 
@@ -54,45 +50,6 @@ strategy = "fixed"
 """
 
 Tamper = Callable[[site_pb2.Assignment, LiveCoordinator], None]
-
-
-class Sites:
-    """Sites "site-a" and "site-b", registered, with their data, audit logs and hop runners."""
-
-    def __init__(self, coordinator: LiveCoordinator, tmp_path: Path) -> None:
-        self.coordinator = coordinator
-        self.tmp_path = tmp_path
-        self.stubs = register(coordinator, "site-a", "site-b")
-        self.fed = make_federation(
-            "breast_cancer", ["site-a", "site-b"], Partition(kind="iid"), seed=0
-        )
-        self.logs: dict[str, AuditLog] = {}
-        self.guards: dict[str, MemoryReplayGuard] = {}
-
-    def audit(self, site: str) -> AuditLog:
-        """The site's audit log, opened once."""
-        if site not in self.logs:
-            self.logs[site] = AuditLog(
-                self.tmp_path / f"{site}.audit.jsonl",
-                party=self.coordinator.pki.identity(site).spiffe_id,
-                signing_key=self.coordinator.pki.keys(site).signing_key,
-            )
-        return self.logs[site]
-
-    def runner(
-        self, site: str, *, revoked: Callable[[bytes | str], bool] | None = None
-    ) -> HopRunner:
-        """The site's hop runner, as its daemon builds it."""
-        return HopRunner(
-            GrpcCoordinatorClient(self.stubs[site]),
-            tls=self.coordinator.pki.material(site),
-            keys=self.coordinator.pki.keys(site),
-            local=LocalData(schema=self.fed.schema, data=self.fed.sites[site]),
-            work_dir=self.tmp_path / site,
-            replay=self.guards.setdefault(site, MemoryReplayGuard()),
-            audit=self.audit(site),
-            revoked=revoked or (lambda pem: False),
-        )
 
 
 @pytest.fixture
