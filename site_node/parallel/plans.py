@@ -14,6 +14,9 @@ An override (from the run plan or the site config) replaces the choice after che
 can run on the devices and the model. Pipeline parallelism (``pp``: the model's layers cut
 into ``pp`` consecutive stages, one per worker, the global batch run through them in
 microbatches) is only ever used when asked for: the automatic choice never picks it.
+
+The vocabulary (plan kinds, plans, footprints) lives in :mod:`baton.ml.plans`, where the
+model families declare the plans they support; the choice is the site's and lives here.
 """
 
 from __future__ import annotations
