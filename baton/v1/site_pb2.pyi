@@ -423,30 +423,6 @@ class GetUploadStatusResponse(_message.Message):
 Global___GetUploadStatusResponse: _TypeAlias = GetUploadStatusResponse  # noqa: Y015
 
 @_typing.final
-class GetNextHopRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    RUN_ID_FIELD_NUMBER: _builtins.int
-    HOP_INDEX_FIELD_NUMBER: _builtins.int
-    run_id: _builtins.str
-    """Run in question."""
-    hop_index: _builtins.int
-    """The hop the caller is training; the answer is who receives its output."""
-    def __init__(
-        self,
-        *,
-        run_id: _builtins.str = ...,
-        hop_index: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hop_index", b"hop_index", "run_id", b"run_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___GetNextHopRequest: _TypeAlias = GetNextHopRequest  # noqa: Y015
-
-@_typing.final
 class NextHop(_message.Message):
     """Who receives a hop's output."""
 
@@ -460,7 +436,7 @@ class NextHop(_message.Message):
     ENCRYPTION_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
     EVALUATORS_FIELD_NUMBER: _builtins.int
     final: _builtins.bool
-    """True when the caller's hop is the last: its output goes to the study owner."""
+    """True when the hop is the last: its output goes to the study owner."""
     site_id: _builtins.str
     """Site that trains next; empty when `final`."""
     hop_index: _builtins.int

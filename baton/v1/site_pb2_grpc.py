@@ -65,11 +65,6 @@ class SiteServiceStub:
                 request_serializer=baton_dot_v1_dot_site__pb2.GetUploadStatusRequest.SerializeToString,
                 response_deserializer=baton_dot_v1_dot_site__pb2.GetUploadStatusResponse.FromString,
                 _registered_method=True)
-        self.GetNextHop = channel.unary_unary(
-                '/baton.v1.SiteService/GetNextHop',
-                request_serializer=baton_dot_v1_dot_site__pb2.GetNextHopRequest.SerializeToString,
-                response_deserializer=baton_dot_v1_dot_site__pb2.NextHop.FromString,
-                _registered_method=True)
         self.ReportMetrics = channel.unary_unary(
                 '/baton.v1.SiteService/ReportMetrics',
                 request_serializer=baton_dot_v1_dot_site__pb2.ReportMetricsRequest.SerializeToString,
@@ -136,14 +131,6 @@ class SiteServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def GetNextHop(self, request, context):
-        """Names the party that receives the model after the given hop, with its certificate,
-        so that the sender can check it (and, once hops are sealed, encrypt to it).
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def ReportMetrics(self, request, context):
         """Records a metric report for a hop in progress (progress and interim metrics).
         """
@@ -197,11 +184,6 @@ def add_SiteServiceServicer_to_server(servicer, server):
                     servicer.GetUploadStatus,
                     request_deserializer=baton_dot_v1_dot_site__pb2.GetUploadStatusRequest.FromString,
                     response_serializer=baton_dot_v1_dot_site__pb2.GetUploadStatusResponse.SerializeToString,
-            ),
-            'GetNextHop': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetNextHop,
-                    request_deserializer=baton_dot_v1_dot_site__pb2.GetNextHopRequest.FromString,
-                    response_serializer=baton_dot_v1_dot_site__pb2.NextHop.SerializeToString,
             ),
             'ReportMetrics': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportMetrics,
@@ -381,33 +363,6 @@ class SiteService:
             '/baton.v1.SiteService/GetUploadStatus',
             baton_dot_v1_dot_site__pb2.GetUploadStatusRequest.SerializeToString,
             baton_dot_v1_dot_site__pb2.GetUploadStatusResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def GetNextHop(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/baton.v1.SiteService/GetNextHop',
-            baton_dot_v1_dot_site__pb2.GetNextHopRequest.SerializeToString,
-            baton_dot_v1_dot_site__pb2.NextHop.FromString,
             options,
             channel_credentials,
             insecure,

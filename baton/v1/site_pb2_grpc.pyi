@@ -56,10 +56,6 @@ class SiteServiceStub:
     """
     GetUploadStatus: _grpc.UnaryUnaryMultiCallable[_site_pb2.GetUploadStatusRequest, _site_pb2.GetUploadStatusResponse]
     """Reports how much of an upload the coordinator has durably stored."""
-    GetNextHop: _grpc.UnaryUnaryMultiCallable[_site_pb2.GetNextHopRequest, _site_pb2.NextHop]
-    """Names the party that receives the model after the given hop, with its certificate,
-    so that the sender can check it (and, once hops are sealed, encrypt to it).
-    """
     ReportMetrics: _grpc.UnaryUnaryMultiCallable[_site_pb2.ReportMetricsRequest, _site_pb2.ReportMetricsResponse]
     """Records a metric report for a hop in progress (progress and interim metrics)."""
     CompleteHop: _grpc.UnaryUnaryMultiCallable[_site_pb2.CompleteHopRequest, _site_pb2.CompleteHopResponse]
@@ -90,10 +86,6 @@ class SiteServiceAsyncStub(SiteServiceStub):
     """
     GetUploadStatus: _aio.UnaryUnaryMultiCallable[_site_pb2.GetUploadStatusRequest, _site_pb2.GetUploadStatusResponse]  # type: ignore[assignment]
     """Reports how much of an upload the coordinator has durably stored."""
-    GetNextHop: _aio.UnaryUnaryMultiCallable[_site_pb2.GetNextHopRequest, _site_pb2.NextHop]  # type: ignore[assignment]
-    """Names the party that receives the model after the given hop, with its certificate,
-    so that the sender can check it (and, once hops are sealed, encrypt to it).
-    """
     ReportMetrics: _aio.UnaryUnaryMultiCallable[_site_pb2.ReportMetricsRequest, _site_pb2.ReportMetricsResponse]  # type: ignore[assignment]
     """Records a metric report for a hop in progress (progress and interim metrics)."""
     CompleteHop: _aio.UnaryUnaryMultiCallable[_site_pb2.CompleteHopRequest, _site_pb2.CompleteHopResponse]  # type: ignore[assignment]
@@ -157,16 +149,6 @@ class SiteServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_site_pb2.GetUploadStatusResponse, _abc.Awaitable[_site_pb2.GetUploadStatusResponse]]:
         """Reports how much of an upload the coordinator has durably stored."""
-
-    @_abc_1.abstractmethod
-    def GetNextHop(
-        self,
-        request: _site_pb2.GetNextHopRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_site_pb2.NextHop, _abc.Awaitable[_site_pb2.NextHop]]:
-        """Names the party that receives the model after the given hop, with its certificate,
-        so that the sender can check it (and, once hops are sealed, encrypt to it).
-        """
 
     @_abc_1.abstractmethod
     def ReportMetrics(

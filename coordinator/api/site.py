@@ -17,7 +17,6 @@ from baton.wire.serde import (
     blob_ref_from_proto,
     blob_ref_to_proto,
     capabilities_from_proto,
-    next_hop_to_proto,
     profile_from_proto,
 )
 from coordinator.engine.runs import Scheduler
@@ -142,14 +141,6 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
                 committed_offset=committed, complete=True, blob=blob_ref_to_proto(done)
             )
         return site_pb2.GetUploadStatusResponse(committed_offset=committed)
-
-    def GetNextHop(
-        self, request: site_pb2.GetNextHopRequest, context: grpc.ServicerContext
-    ) -> site_pb2.NextHop:
-        site_id = self._site(context).name
-        return next_hop_to_proto(
-            self._scheduler.next_hop(site_id, request.run_id, request.hop_index)
-        )
 
     def ReportMetrics(
         self, request: site_pb2.ReportMetricsRequest, context: grpc.ServicerContext

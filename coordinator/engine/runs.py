@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from baton.domain import BlobRef, NextHop
+from baton.domain import BlobRef
 from baton.errors import ConfigError, ConflictError, Denied, NotFoundError, PkiError
 from baton.plan import check_names, parse_plan
 from baton.security.audit import AuditLog
@@ -167,19 +167,6 @@ class Scheduler:
                 f"hop {hop_index} is {hop.state.value}", run_id=run_id, hop=hop_index
             )
         return hop
-
-    def next_hop(self, site_id: str, run_id: str, hop_index: int) -> NextHop:
-        """Who receives the output of ``site_id``'s hop ``hop_index``, as its assignment
-        names it (planned when the hop was assigned; this plans nothing).
-
-        Raises:
-            NotFoundError, Denied: as :meth:`hop_for_site`.
-            ConflictError: the hop is not in progress, or its recipient holds a revoked
-                certificate.
-        """
-        with self.journal.lock:
-            self.hop_for_site(site_id, run_id, hop_index)
-            return self.assignments.next_hop(self._store.get_run(run_id), hop_index)
 
     def progress(
         self, site_id: str, run_id: str, hop_index: int, stage: str, metrics: dict[str, float]

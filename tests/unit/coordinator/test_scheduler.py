@@ -115,7 +115,7 @@ def test_fixed_run_goes_through_every_hop_in_plan_order(
         site = "abc"[i % 3]
         assert store.assigned_hops_for_site(site)[0].hop_index == i
         assert store.get_hop(run.run_id, i).input == prev
-        nxt = sched.next_hop(site, run.run_id, i)
+        nxt = sched.assignments.next_hop(store.get_run(run.run_id), i)
         assert nxt.final == (i == 5)
         if i < 5:
             assert (nxt.hop_index, nxt.site_id) == (i + 1, "abc"[(i + 1) % 3])
@@ -144,8 +144,8 @@ def test_next_cycle_is_planned_when_the_last_hop_of_a_cycle_is_assigned(
     assert nxt is not None
     assert (nxt.final, nxt.hop_index) == (False, 3)
     assert nxt.site_id == store.get_hop(run.run_id, 3).site_id != order[2]  # reshuffle
-    # Asking again reads the same planned hop and plans nothing more.
-    assert sched.next_hop(order[2], run.run_id, 2) == nxt
+    # Building the assignment again reads the same planned hop and plans nothing more.
+    assert sched.assignments.next_hop(store.get_run(run.run_id), 2) == nxt
     assert len(store.list_hops(run.run_id)) == 6
 
 
@@ -207,7 +207,7 @@ def test_an_assignment_to_a_revoked_recipient_is_refused_after_the_others(
         got.extend(a.run_id for a in sched.assignments.for_site("a", set()))
     assert got == [fine.run_id]
     with pytest.raises(ConflictError, match="the next site b has a revoked certificate"):
-        sched.next_hop("a", refused.run_id, 0)
+        sched.assignments.next_hop(store.get_run(refused.run_id), 0)
     revoked.clear()
     assert [a.run_id for a in sched.assignments.for_site("a", {(fine.run_id, 0)})] == [
         refused.run_id
@@ -426,10 +426,11 @@ def test_recover_plans_the_recipient_of_a_hop_an_older_coordinator_assigned(
         stored_completion(store, run.run_id, i, ref)
     store.assign_hop(run.run_id, 2, input=ref)
     with pytest.raises(ConflictError, match=r"hop 3 of run \w+ is not planned yet"):
-        sched.next_hop("c", run.run_id, 2)
+        sched.assignments.next_hop(store.get_run(run.run_id), 2)
     Scheduler(store, blobs, ca_pem=pki.ca_pem).recover()
     assert len(store.list_hops(run.run_id)) == 6
-    assert (sched.next_hop("c", run.run_id, 2).site_id, len(store.list_hops(run.run_id))) == (
+    nxt = sched.assignments.next_hop(store.get_run(run.run_id), 2)
+    assert (nxt.site_id, len(store.list_hops(run.run_id))) == (
         "a",
         6,
     )
