@@ -18,6 +18,7 @@ from baton.security.tls import TlsMaterial
 from baton.v1 import admin_pb2_grpc, site_pb2_grpc
 from baton.wire.channel import SERVER_OPTIONS
 from coordinator.api.admin import AdminService
+from coordinator.api.auth import PeerGate
 from coordinator.api.errors import ErrorInterceptor
 from coordinator.api.site import SiteService
 from coordinator.blobs import FileBlobStore
@@ -85,8 +86,7 @@ class CoordinatorServer:
                 scheduler=self.scheduler,
                 sites=sites,
                 transfers=transfers,
-                federation=federation,
-                revoked=revoked,
+                gate=PeerGate(federation=federation, kind="site", revoked=revoked),
             ),
             self._server,
         )
@@ -96,8 +96,7 @@ class CoordinatorServer:
                 scheduler=self.scheduler,
                 sites=sites,
                 transfers=transfers,
-                federation=federation,
-                revoked=revoked,
+                gate=PeerGate(federation=federation, kind="admin", revoked=revoked),
             ),
             self._server,
         )

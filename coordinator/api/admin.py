@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import grpc
 
-from baton.errors import PkiError
-from baton.security.tls import peer_certificate_pem, require_peer
 from baton.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 from baton.wire.channel import CHUNK_BYTES
+from coordinator.api.auth import PeerGate
 from coordinator.api.serde import event_to_proto, run_to_proto, site_to_proto
 from coordinator.engine.runs import Scheduler, SignedPlan
 from coordinator.engine.sites import Sites
@@ -31,8 +30,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         scheduler: The run engine.
         sites: The site registry.
         transfers: Blob downloads (a run's result).
-        federation: Only certificates of this federation's admins are served.
-        revoked: Whether a certificate (PEM) is revoked; callers presenting one are refused.
+        gate: Admits this federation's admins whose certificates are not revoked.
     """
 
     def __init__(
@@ -42,21 +40,16 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         scheduler: Scheduler,
         sites: Sites,
         transfers: Transfers,
-        federation: str,
-        revoked: Callable[[bytes], bool] = lambda cert_pem: False,
+        gate: PeerGate,
     ) -> None:
         self._store = store
         self._scheduler = scheduler
         self._sites = sites
         self._transfers = transfers
-        self._federation = federation
-        self._revoked = revoked
+        self._gate = gate
 
     def _admin(self, context: grpc.ServicerContext) -> str:
-        name = require_peer(context, federation=self._federation, kind="admin").name
-        if self._revoked(peer_certificate_pem(context)):
-            raise PkiError(f"the TLS certificate of admin {name} is revoked")
-        return name
+        return self._gate.identify(context).name
 
     def CreateRun(
         self, request: admin_pb2.CreateRunRequest, context: grpc.ServicerContext

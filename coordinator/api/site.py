@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import grpc
 
-from baton.errors import BlobError, PkiError
-from baton.security.pki import Identity
-from baton.security.tls import peer_certificate_pem, require_peer
+from baton.errors import BlobError
+from baton.security.tls import peer_certificate_pem
 from baton.v1 import common_pb2, site_pb2, site_pb2_grpc
 from baton.wire.channel import CHUNK_BYTES, EVALUATION_STAGE
 from baton.wire.serde import (
@@ -19,6 +18,7 @@ from baton.wire.serde import (
     capabilities_from_proto,
     profile_from_proto,
 )
+from coordinator.api.auth import PeerGate
 from coordinator.engine.runs import Scheduler
 from coordinator.engine.sites import Sites
 from coordinator.engine.transfers import Transfers, UploadHeader
@@ -36,8 +36,7 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         scheduler: The run engine.
         sites: The site registry.
         transfers: Blob uploads and downloads.
-        federation: Only certificates of this federation's sites are served.
-        revoked: Whether a certificate (PEM) is revoked; sites presenting one are refused.
+        gate: Admits this federation's sites whose certificates are not revoked.
     """
 
     def __init__(
@@ -46,20 +45,12 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         scheduler: Scheduler,
         sites: Sites,
         transfers: Transfers,
-        federation: str,
-        revoked: Callable[[bytes], bool] = lambda cert_pem: False,
+        gate: PeerGate,
     ) -> None:
         self._scheduler = scheduler
         self._sites = sites
         self._transfers = transfers
-        self._federation = federation
-        self._revoked = revoked
-
-    def _site(self, context: grpc.ServicerContext) -> Identity:
-        identity = require_peer(context, federation=self._federation, kind="site")
-        if self._revoked(peer_certificate_pem(context)):
-            raise PkiError(f"the TLS certificate of site {identity.name} is revoked")
-        return identity
+        self._site = gate.identify
 
     def Register(
         self, request: site_pb2.RegisterRequest, context: grpc.ServicerContext

@@ -18,6 +18,7 @@ from baton.wire.serde import assignment_from_proto
 from sim.tasks import Partition, make_federation
 from site_node import transfer
 from site_node.client import GrpcCoordinatorClient
+from site_node.config import SiteTraining
 from site_node.hop import HopRunner, LocalData
 from tests.conftest import LiveCoordinator, Pki
 
@@ -211,7 +212,11 @@ class Sites:
         return self.logs[site]
 
     def runner(
-        self, site: str, *, revoked: Callable[[bytes | str], bool] | None = None
+        self,
+        site: str,
+        training: SiteTraining | None = None,
+        *,
+        revoked: Callable[[bytes | str], bool] | None = None,
     ) -> HopRunner:
         """The site's hop runner, as its daemon builds it."""
         return HopRunner(
@@ -223,4 +228,5 @@ class Sites:
             replay=self.guards.setdefault(site, MemoryReplayGuard()),
             audit=self.audit(site),
             revoked=revoked or (lambda pem: False),
+            training=training,
         )

@@ -8,7 +8,6 @@ or started by torchrun), real sealing.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +15,12 @@ import pytest
 import torch
 
 from baton.ml.codec import load_state_file
-from baton.security.audit import AuditLog
-from baton.security.replay import MemoryReplayGuard
 from baton.security.sealing import manifest_digest, plan_hash
 from baton.v1 import admin_pb2, common_pb2
-from sim.tasks import Partition, make_federation
-from site_node.client import GrpcCoordinatorClient
 from site_node.config import SiteTraining
-from site_node.hop import HopRunner, LocalData
 from site_node.parallel import worker
 from tests.conftest import LiveCoordinator
-from tests.integration.sites import create_request, next_hop, open_as, register
+from tests.integration.sites import Sites, create_request, next_hop, open_as
 
 PLAN = """
 [run]
@@ -51,46 +45,6 @@ batch_size = 32
 [security]
 escrow_to_owner = true
 """
-
-
-class Sites:
-    """Sites "site-a" and "site-b", registered, with their data, audit logs and hop runners."""
-
-    def __init__(self, coordinator: LiveCoordinator, tmp_path: Path) -> None:
-        self.coordinator = coordinator
-        self.tmp_path = tmp_path
-        self.stubs = register(coordinator, "site-a", "site-b")
-        self.fed = make_federation(
-            "breast_cancer", ["site-a", "site-b"], Partition(kind="iid"), seed=0
-        )
-        self.logs: dict[str, AuditLog] = {}
-
-    def runner(self, site: str, training: SiteTraining | None = None) -> HopRunner:
-        """The site's hop runner, as its daemon builds it."""
-        log = AuditLog(
-            self.tmp_path / f"{site}.audit.jsonl",
-            party=self.coordinator.pki.identity(site).spiffe_id,
-            signing_key=self.coordinator.pki.keys(site).signing_key,
-        )
-        self.logs[site] = log
-        return HopRunner(
-            GrpcCoordinatorClient(self.stubs[site]),
-            tls=self.coordinator.pki.material(site),
-            keys=self.coordinator.pki.keys(site),
-            local=LocalData(schema=self.fed.schema, data=self.fed.sites[site]),
-            work_dir=self.tmp_path / site,
-            replay=MemoryReplayGuard(),
-            audit=log,
-            training=training,
-        )
-
-
-@pytest.fixture
-def sites(coordinator: LiveCoordinator, tmp_path: Path) -> Iterator[Sites]:
-    both = Sites(coordinator, tmp_path)
-    yield both
-    for log in both.logs.values():
-        log.close()
 
 
 def _opened(

@@ -8,7 +8,7 @@ test plays the malicious relay by editing the assignment a site receives.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -50,14 +50,6 @@ strategy = "fixed"
 """
 
 Tamper = Callable[[site_pb2.Assignment, LiveCoordinator], None]
-
-
-@pytest.fixture
-def sites(coordinator: LiveCoordinator, tmp_path: Path) -> Iterator[Sites]:
-    both = Sites(coordinator, tmp_path)
-    yield both
-    for log in both.logs.values():
-        log.close()
 
 
 def _garbage_manifest(a: site_pb2.Assignment, c: LiveCoordinator) -> None:
