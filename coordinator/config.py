@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from baton.config import build, read_toml
+from baton.config import load
 from baton.security.tls import TlsFiles
 
 
@@ -71,12 +70,9 @@ class CoordinatorConfig:
 
 
 def load_coordinator_config(path: Path) -> CoordinatorConfig:
-    """Loads a coordinator config, resolving relative paths against the file's directory."""
-    cfg = build(CoordinatorConfig, read_toml(path), source=str(path), section="")
-    base = path.parent
-    return dataclasses.replace(
-        cfg,
-        tls=cfg.tls.relative_to(base),
-        state_dir=base / cfg.state_dir,
-        crl=None if cfg.crl is None else base / cfg.crl,
-    )
+    """Loads a coordinator config, resolving relative paths against the file's directory.
+
+    Raises:
+        ConfigError: The file is missing, not TOML, or its keys or values are invalid.
+    """
+    return load(CoordinatorConfig, path)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from baton.config import build, read_toml
+from baton.config import load
 from baton.security.tls import TlsFiles
 from site_node.parallel.nodes import NodeGroup, Rendezvous
 
@@ -189,18 +188,9 @@ class SiteConfig:
 
 
 def load_site_config(path: Path) -> SiteConfig:
-    """Loads a site config, resolving relative paths against the file's directory."""
-    cfg = build(SiteConfig, read_toml(path), source=str(path), section="")
-    base = path.parent
-    return dataclasses.replace(
-        cfg,
-        tls=cfg.tls.relative_to(base),
-        keys_dir=base / cfg.keys_dir,
-        crl=None if cfg.crl is None else base / cfg.crl,
-        data_dir=base / cfg.data_dir,
-        work_dir=base / cfg.work_dir,
-        training=dataclasses.replace(
-            cfg.training,
-            shared_dir=None if cfg.training.shared_dir is None else base / cfg.training.shared_dir,
-        ),
-    )
+    """Loads a site config, resolving relative paths against the file's directory.
+
+    Raises:
+        ConfigError: The file is missing, not TOML, or its keys or values are invalid.
+    """
+    return load(SiteConfig, path)

@@ -56,11 +56,6 @@ class TlsFiles:
     key: Path
     """This party's private key (PEM, mode 0600)."""
 
-    def relative_to(self, base: Path) -> TlsFiles:
-        """The same files with relative paths taken relative to ``base`` (a config file's
-        directory); absolute paths stay as they are."""
-        return TlsFiles(ca=base / self.ca, cert=base / self.cert, key=base / self.key)
-
     def load(self) -> TlsMaterial:
         """Reads and checks the three files.
 
