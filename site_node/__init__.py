@@ -1,1 +1,12 @@
 """The site-node daemon: a hospital's end of Baton; dials out only."""
+
+# handover, receive, transfer and local_training are the hop's internals.
+__all__ = [
+    "cli",
+    "client",
+    "config",
+    "daemon",
+    "fake_client",
+    "hop",
+    "parallel",
+]
