@@ -7,6 +7,7 @@ __all__ = [
     "journal",
     "planning",
     "runs",
+    "schemas",
     "sites",
     "transfers",
 ]

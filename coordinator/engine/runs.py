@@ -23,6 +23,7 @@ from coordinator.engine.assignments import Assignments
 from coordinator.engine.evaluations import Evaluations
 from coordinator.engine.journal import Journal, now_ms
 from coordinator.engine.planning import check_probe_runs, plan_cycle, plan_through
+from coordinator.engine.schemas import check_site_data
 from coordinator.store.base import EventKind, HopRecord, HopState, RunRecord, RunState, Store
 from ordering import known_strategies
 
@@ -75,7 +76,9 @@ class Scheduler:
         """Validates a plan, records the run, plans cycle 0 and assigns hop 0.
 
         Raises:
-            ConfigError: the plan is invalid, or names a site that never registered.
+            ConfigError: the plan is invalid, names a site that never registered, or names
+                sites whose published data does not fit it (no schema yet, another task,
+                or schemas that disagree).
             PkiError: the owner's certificates are revoked, or they or the plan's signature
                 do not verify.
         """
@@ -88,10 +91,11 @@ class Scheduler:
         check_names(plan, source="run plan", strategies=known_strategies())
         owner = check_owner(self._ca_pem, signed.owner_signing_pem, signed.owner_encryption_pem)
         digest = verify_plan(plan_toml, signed.signature, owner)
-        known = {s.site_id for s in self._store.list_sites()}
-        missing = [s for s in plan.run.sites if s not in known]
+        profiles = {s.site_id: s.profile for s in self._store.list_sites()}
+        missing = [s for s in plan.run.sites if s not in profiles]
         if missing:
             raise ConfigError(f"run plan names sites that never registered: {', '.join(missing)}")
+        check_site_data(plan, profiles)
         check_probe_runs(self._store, plan)
         run = RunRecord(
             run_id=uuid.uuid4().hex,

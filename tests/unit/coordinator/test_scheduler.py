@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from baton.domain import BlobRef
+from baton.domain import BlobRef, DataProfile
 from baton.errors import ConfigError, ConflictError, Denied, NotFoundError, PkiError
 from baton.plan import parse_plan
 from baton.security.sealing import sign_plan
@@ -33,6 +33,8 @@ dataset = "wine"
 [ordering]
 strategy = "{strategy}"
 """
+WINE = DataProfile(schema_hash="1" * 64, task="wine")
+"""What every site publishes: data of the plan's task, all with one schema."""
 
 
 class Clock:
@@ -48,7 +50,7 @@ class Clock:
 def parts(pki: Pki) -> tuple[MemoryStore, MemoryBlobStore, Scheduler]:
     store, blobs = MemoryStore(), MemoryBlobStore()
     for s in "abc":
-        store.upsert_site(SiteRecord(site_id=s, certificate_pem="pem"))
+        store.upsert_site(SiteRecord(site_id=s, certificate_pem="pem", profile=WINE))
     return store, blobs, Scheduler(store, blobs, ca_pem=pki.ca_pem, clock=Clock())
 
 
@@ -196,7 +198,7 @@ def test_an_assignment_to_a_revoked_recipient_is_refused_after_the_others(
 ) -> None:
     store, blobs = MemoryStore(), MemoryBlobStore()
     for s in "abc":
-        store.upsert_site(SiteRecord(site_id=s, certificate_pem=f"tls-{s}"))
+        store.upsert_site(SiteRecord(site_id=s, certificate_pem=f"tls-{s}", profile=WINE))
     revoked = {b"tls-b"}
     sched = Scheduler(store, blobs, ca_pem=pki.ca_pem, revoked=revoked.__contains__)
     refused = sched.create_run(*signed(pki, PLAN.format(seed=0, strategy="fixed")))
