@@ -39,6 +39,12 @@ strategy = "fixed"
 """
 
 
+PROFILE = common_pb2.DataProfile(
+    num_examples=10, label_histogram=[5, 5], schema_hash="0" * 64, task="breast_cancer"
+)
+"""What every test site publishes: data of the plans' task, all with one schema."""
+
+
 def plan(sites: list[str], cycles: int = 1) -> str:
     return PLAN.format(sites=", ".join(f'"{s}"' for s in sites), cycles=cycles)
 
@@ -53,6 +59,7 @@ def register(coord: LiveCoordinator, *sites: str) -> dict[str, site_pb2_grpc.Sit
                 software_version="test",
                 signing_certificate_pem=keys.signing_cert_pem.decode(),
                 encryption_certificate_pem=keys.encryption_cert_pem.decode(),
+                profile=PROFILE,
             )
         )
         assert resp.site_id == s

@@ -21,6 +21,7 @@ from baton.wire.channel import MAX_MESSAGE_BYTES
 from site_node import transfer
 from tests.conftest import LiveCoordinator
 from tests.integration.sites import (
+    PROFILE,
     coordinator_audit,
     create_request,
     next_assignment,
@@ -68,6 +69,28 @@ def test_unknown_strategy_in_plan_is_refused(coordinator: LiveCoordinator) -> No
         coordinator.admin().CreateRun(create_request(coordinator.pki, bad))
     assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "unknown ordering strategy 'nonsense-" in (err.value.details() or "")
+
+
+def test_run_over_sites_with_different_schemas_is_refused(coordinator: LiveCoordinator) -> None:
+    stubs = register(coordinator, "site-a", "site-b", "site-c")
+    keys = coordinator.pki.keys("site-b")
+    stubs["site-b"].Register(
+        site_pb2.RegisterRequest(
+            signing_certificate_pem=keys.signing_cert_pem.decode(),
+            encryption_certificate_pem=keys.encryption_cert_pem.decode(),
+            profile=common_pb2.DataProfile(schema_hash="f" * 64, task=PROFILE.task),
+        )
+    )
+    request = create_request(coordinator.pki, plan(["site-a", "site-b", "site-c"]))
+    with pytest.raises(grpc.RpcError) as err:
+        coordinator.admin().CreateRun(request)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == (
+        f"sites disagree on the data schema: site-a, site-c hold schema {'0' * 12}; "
+        f"site-b holds schema {'f' * 12}; check that every site's feature columns and "
+        "classes match"
+    )
+    assert list(coordinator.admin().ListRuns(admin_pb2.ListRunsRequest()).runs) == []
 
 
 def test_two_site_run_relays_sealed_bytes_hop_to_hop(

@@ -15,6 +15,7 @@ from baton.v1 import admin_pb2, admin_pb2_grpc, site_pb2, site_pb2_grpc
 from coordinator.config import CoordinatorConfig, load_coordinator_config
 from coordinator.server import CoordinatorServer
 from tests.conftest import LiveCoordinator, Pki
+from tests.integration.sites import PROFILE
 
 PLAN = """
 [run]
@@ -77,6 +78,7 @@ def _register(pki: Pki, channel: grpc.Channel, site: str) -> site_pb2.RegisterRe
             software_version="test",
             signing_certificate_pem=keys.signing_cert_pem.decode(),
             encryption_certificate_pem=keys.encryption_cert_pem.decode(),
+            profile=PROFILE,
         ),
         timeout=TIMEOUT_S,
     )
