@@ -84,12 +84,46 @@ class ModelSection:
     """Keyword arguments for the model's builder."""
 
 
+TASK_HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+"""A task pin's content hash: ``sha256:`` and 64 lower-case hex digits."""
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TaskSection:
-    """Which dataset task the sites' data belongs to."""
+    """Which task the sites' data belongs to, and optionally the exact code that runs it.
+
+    Task code is never sent to the sites: each site runs the task its own environment has
+    installed (an entry point in the ``baton.tasks`` group). The three pin keys, all or
+    none, name that code; ``baton task hash NAME`` prints them for the installed task. A
+    site whose installed task has another pin refuses the hop before downloading anything,
+    and ``baton submit`` checks the pin against the owner's own installation first. The
+    pin is part of the plan text, so the owner's signature covers it.
+    """
 
     dataset: str
-    """A task name from ``baton.ml.data`` (``breast_cancer``, ``digits``, ``wine``)."""
+    """An installed task's name, from the ``baton.tasks`` entry points
+    (``baton task list``; the simulations bring ``breast_cancer``, ``digits``, ``wine``,
+    ``tokens``)."""
+    distribution: str = ""
+    """The distribution that provides the task, e.g. ``baton-fl``. Empty: not pinned."""
+    version: str = ""
+    """That distribution's version, e.g. ``0.1.0``. Empty: not pinned."""
+    sha256: str = ""
+    """Content hash of the distribution's installed files, ``sha256:`` and 64 lower-case
+    hex digits (see :mod:`baton.ml.tasks` for what it covers). Empty: not pinned."""
+
+    def __post_init__(self) -> None:
+        pin = {"distribution": self.distribution, "version": self.version, "sha256": self.sha256}
+        missing = [key for key, value in pin.items() if not value]
+        if missing and len(missing) < len(pin):
+            raise ValueError(
+                f"a task pin needs all of 'distribution', 'version' and 'sha256'; "
+                f"missing {', '.join(repr(key) for key in missing)}"
+            )
+        if self.sha256 and not TASK_HASH_RE.match(self.sha256):
+            raise ValueError(
+                f"'sha256' must be 'sha256:' and 64 lower-case hex digits, not {self.sha256!r}"
+            )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -13,6 +13,7 @@ from importlib.metadata import entry_points
 from baton.entry import make_app
 from owner.cli_pki import pki_app
 from owner.cli_runs import register
+from owner.cli_task import register as register_task
 from owner.cli_verify import register as register_verify
 
 # Every command module imports only typer, rich and the kernel's light modules at the top,
@@ -27,6 +28,7 @@ app = make_app("Baton: sequential learning across hospitals.")
 app.add_typer(pki_app, name="pki", help="Create the federation CA and issue certificates.")
 register(app)
 register_verify(app)
+register_task(app)
 for _ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda ep: ep.name):
     _ep.load()(app)
 

@@ -196,16 +196,18 @@ def _fmt(v: float | None) -> str:
 
 
 def _check_plan(path: Path) -> None:
-    """Validates a plan file, and the names it uses against what is installed here."""
+    """Validates a plan file, the names it uses and its task pin against what is installed here."""
     from baton.ml.models import known_models
-    from baton.ml.tasks import known_tasks
+    from baton.ml.tasks import check_task_pin, known_tasks
     from baton.plan import check_names, load_plan
     from ordering import known_strategies
 
+    run_plan = load_plan(path)
     check_names(
-        load_plan(path),
+        run_plan,
         source=str(path),
         models=known_models(),
         datasets=known_tasks(),
         strategies=known_strategies(),
     )
+    check_task_pin(run_plan.task, pinned_by=str(path), here="this machine")

@@ -19,6 +19,7 @@ from baton.errors import DataError, PkiError, SealError
 from baton.ml.codec import load_into, load_state_file, schema_hash, state_of
 from baton.ml.data import Schema, SiteData
 from baton.ml.models import plan_model
+from baton.ml.tasks import check_task_pin
 from baton.plan import RunPlan, parse_plan
 from baton.security.audit import AuditLog
 from baton.security.envelope import Expectation, open_file
@@ -84,6 +85,8 @@ class Inbox:
                 this site is not in it, or the sender's certificates do not verify or are
                 revoked.
             DataError: The plan trains another task than this site's data.
+            ConfigError: The plan pins the task's code and this site's installed task
+                differs (the message names both pins); nothing was downloaded.
             SealError: The sealed input was rejected (``reason`` says which check).
             ModelError: The opened weights do not fit the plan's model.
         """
@@ -97,6 +100,7 @@ class Inbox:
         me = self.tls.identity
         if me.name not in plan.run.sites:
             raise PkiError(f"the signed plan of run {a.run_id} does not list this site")
+        check_task_pin(plan.task, pinned_by=f"run {a.run_id}", here="this site")
         model = plan_model(plan, schema)
         schema_digest = schema_hash(state_of(model))
         input_digest = plan_digest
