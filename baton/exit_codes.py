@@ -40,6 +40,8 @@ SITE_DATA: Final = 202
 """The site's local dataset is missing or fails validation."""
 SITE_UNREACHABLE: Final = 203
 """The coordinator stayed unreachable after every retry."""
+SITE_DATA_GATE: Final = 204
+"""The site's dataset is readable but fails the data gate (``site-node check-data``)."""
 
 # CLI tools.
 CLI_CONFIG: Final = 60

@@ -64,6 +64,30 @@ def run(
         logger.info("site %s stopped", daemon.site_id)
 
 
+@app.command("check-data")
+def check_data(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Site config file (TOML).")],
+) -> None:
+    """Run the data gate on this site's data, as each hop does, and print its checklist.
+
+    Prints one line per check (ok, warn or FAIL, with counts, never values) and a verdict.
+    Exits 0 when the data passes, 204 when a check fails, 202 when the data cannot be read
+    and 200 when the config is invalid.
+    """
+    from baton.ml.data import read_site_data
+    from baton.ml.gate import check_site_data
+    from site_node.config import load_site_config
+
+    with exit_on_error(_CODES, exit_codes.SITE_CONFIG):
+        cfg = load_site_config(config)
+        schema, data = read_site_data(cfg.data_dir)
+    report = check_site_data(schema, data, cfg.data)
+    for line in [*report.lines(), report.verdict()]:
+        typer.echo(line)
+    if not report.passed:
+        raise typer.Exit(exit_codes.SITE_DATA_GATE)
+
+
 @app.command("worker-node")
 def worker_node(
     shared_dir: Annotated[

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from baton.config import load
+from baton.ml.gate import GatePolicy
 from baton.security.tls import TlsFiles
 from site_node.parallel.nodes import NodeGroup, Rendezvous
 
@@ -175,6 +176,9 @@ class SiteConfig:
     """Largest back-off delay."""
     training: SiteTraining = SiteTraining()
     """How hops train here (``[training]``); the default trains in this process."""
+    data: GatePolicy = field(default_factory=GatePolicy)
+    """What the data gate fails and what it only warns about (``[data]``); every hop and
+    ``site-node check-data`` run it on ``data_dir`` before training."""
 
     def __post_init__(self) -> None:
         if ":" not in self.coordinator:
