@@ -165,6 +165,7 @@ class SiteDaemon:
             audit=self._audit,
             revoked=self._revoked,
             training=self._cfg.training,
+            data_gate=self._cfg.data,
             stopping=self._stop.is_set,
         )
         try:

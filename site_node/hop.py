@@ -33,6 +33,7 @@ from baton.errors import (
     TransportError,
 )
 from baton.ml.codec import save_state_file, state_of
+from baton.ml.gate import GatePolicy, require_passing
 from baton.ml.trainer import TrainResult, evaluate, hop_seed, train_local
 from baton.security.audit import AuditLog
 from baton.security.replay import ReplayGuard
@@ -83,6 +84,7 @@ class HopRunner:
         audit: This site's signed, hash-chained audit log.
         revoked: Whether a certificate (PEM) is on the federation's revocation list.
         training: How this site trains (in process, or with a parallel plan).
+        data_gate: What fails this site's data gate, run before each hop trains.
         stopping: Whether the site is stopping: a parallel hop then stops its workers and
             keeps its checkpoints, without failing the hop.
     """
@@ -99,9 +101,11 @@ class HopRunner:
         audit: AuditLog,
         revoked: Callable[[bytes | str], bool] = lambda pem: False,
         training: SiteTraining | None = None,
+        data_gate: GatePolicy | None = None,
         stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self._training = training or SiteTraining()
+        self._data_gate = data_gate or GatePolicy()
         self._stopping = stopping
         self._revoked = revoked
         self._client = client
@@ -168,6 +172,8 @@ class HopRunner:
         job_root = run_dir if nodes is None else nodes.shared_dir / a.run_id
         job_dir = job_root / f"hop-{a.hop_index:05d}.job"
         try:
+            # Bad local data fails the hop before the model is fetched or anything trains.
+            require_passing(self._local.schema, self._local.data, self._data_gate)
             model, checked = self._inbox.receive(a, run_dir, plain_in)
             device = site_device(self._training)
             parallel = site_plan(
