@@ -43,9 +43,9 @@ def test_coordinator_server_loads_no_ml_library() -> None:
 @pytest.mark.parametrize(
     ("module", "commands"),
     [
-        ("owner.cli", ["pki", "submit", "runs", "fetch", "verify-log", "demo", "lab"]),
+        ("owner.cli", ["pki", "submit", "runs", "fetch", "verify-log", "task", "demo", "lab"]),
         ("coordinator.cli", ["serve"]),
-        ("site_node.cli", ["run", "worker-node"]),
+        ("site_node.cli", ["run", "worker-node", "check-data"]),
     ],
 )
 def test_help_loads_neither_torch_nor_grpc(module: str, commands: list[str]) -> None:
