@@ -6,6 +6,11 @@ dict and travel with the weights. The first site to train fits them from its own
 split (:func:`fit_input_norm`); later sites keep them. What leaves the first site this way
 is one mean and one standard deviation per feature: aggregates of the same kind as the
 data profile a site publishes, never rows.
+
+Missing values (NaN, where a task's schema imputes them) are imputed with that mean: the
+first site fits the moments over the values it has, and a NaN input standardizes to 0, the
+fitted mean. A categorical feature travels as one-hot columns, so a missing category is
+imputed with the first site's level frequencies.
 """
 
 from __future__ import annotations
@@ -36,8 +41,9 @@ class InputNorm(nn.Module):
         self.register_buffer("fitted", torch.zeros(()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Returns ``(x - mean) / std``."""
-        return (x - self.mean) / self.std
+        """Returns ``(x - mean) / std``, with 0 (the mean) where ``x`` is NaN."""
+        z = (x - self.mean) / self.std
+        return torch.where(torch.isnan(z), torch.zeros((), dtype=z.dtype, device=z.device), z)
 
 
 def has_input_norm(model: nn.Module) -> bool:
@@ -85,7 +91,24 @@ def fit_input_norm(model: nn.Module, x: torch.Tensor) -> bool:
 
 def input_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-feature mean and population standard deviation of ``[n, num_features]`` inputs,
-    as :func:`fit_input_norm` fits them (a deviation under 1e-6, or a single row, gives 1)."""
+    as :func:`fit_input_norm` fits them (a deviation under 1e-6, or a single row, gives 1).
+
+    NaN entries (missing values) are left out of their feature's moments; a feature with no
+    value at all gets mean 0 and deviation 1.
+    """
+    missing = torch.isnan(x)
+    if bool(missing.any()):
+        return _nan_statistics(x, missing)
     mean = x.mean(dim=0)
     std = x.std(dim=0, correction=0) if len(x) > 1 else torch.ones_like(mean)
     return mean, torch.where(std < _MIN_STD, torch.ones_like(std), std)
+
+
+def _nan_statistics(x: torch.Tensor, missing: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    present = (~missing).sum(dim=0)
+    filled = torch.where(missing, torch.zeros((), dtype=x.dtype), x)
+    mean = filled.sum(dim=0) / present.clamp(min=1)
+    centred = torch.where(missing, torch.zeros((), dtype=x.dtype), x - mean)
+    std = (centred.square().sum(dim=0) / present.clamp(min=1)).sqrt()
+    std = torch.where((present > 1) & (std >= _MIN_STD), std, torch.ones_like(std))
+    return torch.where(present > 0, mean, torch.zeros_like(mean)), std
