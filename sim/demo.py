@@ -82,7 +82,7 @@ name = "mlp"
 args = {{ hidden = [32] }}
 
 [task]
-dataset = "{opts.dataset}"
+dataset = "tabular"
 
 [ordering]
 strategy = "{opts.strategy}"
@@ -116,6 +116,7 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
             dataset=opts.dataset,
             partition=Partition(kind="dirichlet", alpha=opts.alpha),
             seed=opts.seed,
+            task="tabular",
         )
         for s in site_ids:
             d = fed.sites[s]

@@ -7,6 +7,7 @@ same code a hospital would, reading only its own directory.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -73,8 +74,12 @@ def provision(
     dataset: str,
     partition: Partition,
     seed: int,
+    task: str | None = None,
 ) -> tuple[LocalFederationLayout, Federation]:
     """Creates the PKI, writes each site's data and every config file under ``root``.
+
+    ``task`` is the task the sites' schema declares: by default the dataset's own toy
+    task; ``"tabular"`` serves the same table to the built-in tabular task.
 
     Returns the layout and the federation's data (the global test split stays with the
     caller, playing the study owner; sites get only their own files).
@@ -98,6 +103,8 @@ def provision(
         encoding="utf-8",
     )
     fed = make_federation(dataset, site_ids, partition, seed=seed)
+    if task is not None:
+        fed = dataclasses.replace(fed, schema=dataclasses.replace(fed.schema, task=task))
     for site_id in site_ids:
         site_dir = layout.site_dir(site_id)
         identity = Identity(federation=FEDERATION, kind="site", name=site_id)

@@ -14,6 +14,7 @@ from sklearn import datasets as _sk
 
 from baton.errors import DataError
 from baton.ml.data import Schema, SiteData, Split
+from baton.ml.task import ReaderTask
 
 logger = logging.getLogger(__name__)
 
@@ -44,18 +45,20 @@ def load_tokens() -> Any:
     )
 
 
-load_breast_cancer = _sk.load_breast_cancer
-load_digits = _sk.load_digits
-load_wine = _sk.load_wine
-
 _LOADERS: dict[str, Callable[[], Any]] = {
-    "breast_cancer": load_breast_cancer,
-    "digits": load_digits,
-    "wine": load_wine,
+    "breast_cancer": _sk.load_breast_cancer,
+    "digits": _sk.load_digits,
+    "wine": _sk.load_wine,
     "tokens": load_tokens,
 }
-"""The toy tasks; ``pyproject.toml`` registers the same loaders as ``baton.tasks`` entry
-points, and a test keeps the two lists equal."""
+"""The toy datasets. Each scikit-learn set is also a task of its own name for the
+simulations' sites (``pyproject.toml`` registers them as ``baton.tasks`` entry points; a
+test keeps the lists equal); the demo serves the same tables to the built-in ``tabular``
+task instead. ``tokens`` is the built-in ``tokens`` task's data."""
+
+BREAST_CANCER = ReaderTask(name="breast_cancer")
+DIGITS = ReaderTask(name="digits")
+WINE = ReaderTask(name="wine")
 _PARTITION_KINDS = ("dirichlet", "quantity", "iid")
 _MAX_PARTITION_ATTEMPTS = 1000
 

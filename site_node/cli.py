@@ -74,13 +74,13 @@ def check_data(
     Exits 0 when the data passes, 204 when a check fails, 202 when the data cannot be read
     and 200 when the config is invalid.
     """
-    from baton.ml.data import read_site_data
     from baton.ml.gate import check_site_data
+    from baton.ml.task import site_task
     from site_node.config import load_site_config
 
     with exit_on_error(_CODES, exit_codes.SITE_CONFIG):
         cfg = load_site_config(config)
-        schema, data = read_site_data(cfg.data_dir)
+        schema, data = site_task(cfg.data_dir).read_site_data(cfg.data_dir)
     report = check_site_data(schema, data, cfg.data)
     for line in [*report.lines(), report.verdict()]:
         typer.echo(line)

@@ -11,7 +11,8 @@ import torch
 from baton import __version__
 from baton.domain import Capabilities
 from baton.errors import ConfigError, Denied, PkiError, TransportError
-from baton.ml.data import profile_of, read_site_data
+from baton.ml.data import profile_of
+from baton.ml.task import site_task
 from baton.security.audit import AuditLog
 from baton.security.replay import SqliteReplayGuard
 from baton.security.revocation import revocation_check
@@ -63,7 +64,7 @@ class SiteDaemon:
             self._keys.encryption_cert_pem,
             self._tls.identity,
         )
-        schema, data = read_site_data(config.data_dir)
+        schema, data = site_task(config.data_dir).read_site_data(config.data_dir)
         self._local = LocalData(schema=schema, data=data)
         self._profile = profile_of(schema, data)
         config.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -131,8 +131,8 @@ def test_names_are_checked_against_the_registries_the_caller_owns(
     check_names(plan, source="<plan>")  # a registry not given is not checked
 
 
-def test_installed_tasks_are_the_simulations_toy_tasks() -> None:
-    assert known_tasks() == tuple(sorted(known_datasets()))
+def test_installed_tasks_are_the_built_in_and_the_simulations_toy_tasks() -> None:
+    assert known_tasks() == tuple(sorted({"tabular", *known_datasets()}))
 
 
 def test_forgetting_remedies_are_off_by_default_and_load_from_toml() -> None:
