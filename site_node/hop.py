@@ -34,6 +34,7 @@ from baton.errors import (
 )
 from baton.ml.codec import save_state_file, state_of
 from baton.ml.gate import GatePolicy, require_passing
+from baton.ml.portable import result_metadata
 from baton.ml.trainer import TrainResult, evaluate, hop_seed, train_local
 from baton.security.audit import AuditLog
 from baton.security.replay import ReplayGuard
@@ -195,7 +196,8 @@ class HopRunner:
                 result.steps,
                 result.train_seconds,
             )
-            save_state_file(plain_out, state_of(model))
+            meta = result_metadata(checked.plan, self._local.schema, a, checked.plan_digest)
+            save_state_file(plain_out, state_of(model), metadata=meta)
             sealed = run_dir / f"hop-{a.hop_index:05d}.out.sealed"
             manifest = seal_for_next(
                 nxt,

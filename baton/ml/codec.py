@@ -6,8 +6,9 @@ import hashlib
 import json
 import logging
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from safetensors import torch as st
@@ -19,6 +20,7 @@ from baton.io import atomic_write
 logger = logging.getLogger(__name__)
 
 _NOT_SAFETENSORS = "not a valid safetensors blob"
+_T = TypeVar("_T")
 
 
 def state_of(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -28,20 +30,35 @@ def state_of(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def encode_state(state: Mapping[str, torch.Tensor]) -> bytes:
+def encode_state(
+    state: Mapping[str, torch.Tensor], *, metadata: Mapping[str, str] | None = None
+) -> bytes:
     """Serializes a state dict to safetensors bytes.
 
     Tensors are copied to contiguous CPU memory first, so views and shared storage are fine.
+    ``metadata`` goes into the header's ``__metadata__`` (string to string); the tensor
+    bytes are the same with or without it.
 
     Raises:
-        ModelError: A key is not a string or a value is not a tensor.
+        ModelError: A key is not a string or a value is not a tensor, or ``metadata`` holds
+            something other than strings.
     """
     plain: dict[str, torch.Tensor] = {}
     for name, tensor in state.items():
         if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
             raise ModelError("a state dict maps tensor names (str) to tensors")
         plain[name] = tensor.detach().to("cpu", copy=True).contiguous()
-    return st.save(plain)
+    if metadata is None:
+        return st.save(plain)
+    if not _strings(metadata):
+        raise ModelError("safetensors metadata maps strings to strings")
+    return st.save(plain, metadata=dict(metadata))
+
+
+def _strings(meta: object) -> bool:
+    return isinstance(meta, Mapping) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in meta.items()
+    )
 
 
 def decode_state(data: bytes) -> dict[str, torch.Tensor]:
@@ -53,7 +70,7 @@ def decode_state(data: bytes) -> dict[str, torch.Tensor]:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise ModelError(f"{_NOT_SAFETENSORS}: expected bytes")
     data = bytes(data)
-    _check_header(data)
+    _header(data)
     try:
         state = st.load(data)
     except Exception as exc:
@@ -61,7 +78,7 @@ def decode_state(data: bytes) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def _check_header(data: bytes) -> None:
+def _header(data: bytes) -> dict[str, object]:
     # The cheap structural checks run first so malformed input never reaches native code
     # with a header it would have to guess about.
     if len(data) < 8:
@@ -75,12 +92,30 @@ def _check_header(data: bytes) -> None:
         raise ModelError(f"{_NOT_SAFETENSORS}: header is not JSON") from None
     if not isinstance(header, dict):
         raise ModelError(f"{_NOT_SAFETENSORS}: header is not a JSON object")
+    return header
 
 
-def save_state_file(path: Path, state: Mapping[str, torch.Tensor]) -> None:
-    """Writes a state dict to ``path`` as safetensors (mode 0600), atomically and durably
-    (:func:`baton.io.atomic_write`), creating its directory if needed."""
-    blob = encode_state(state)
+def decode_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of safetensors bytes (empty without one), read from the JSON
+    header alone: no tensor is parsed and nothing is executed.
+
+    Raises:
+        ModelError: The bytes are not a safetensors blob, or its metadata is not a JSON
+            object of strings.
+    """
+    meta = _header(bytes(data)).get("__metadata__", {})
+    if not isinstance(meta, dict) or not _strings(meta):
+        raise ModelError(f"{_NOT_SAFETENSORS}: metadata is not a map of strings")
+    return dict(meta)
+
+
+def save_state_file(
+    path: Path, state: Mapping[str, torch.Tensor], *, metadata: Mapping[str, str] | None = None
+) -> None:
+    """Writes a state dict (and ``metadata``, see :func:`encode_state`) to ``path`` as
+    safetensors (mode 0600), atomically and durably (:func:`baton.io.atomic_write`),
+    creating its directory if needed."""
+    blob = encode_state(state, metadata=metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, blob)
 
@@ -91,6 +126,19 @@ def load_state_file(path: Path) -> dict[str, torch.Tensor]:
     Raises:
         ModelError: The file is missing, unreadable or not a valid safetensors blob.
     """
+    return _from_file(path, decode_state)
+
+
+def load_metadata_file(path: Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file (:func:`decode_metadata`).
+
+    Raises:
+        ModelError: The file is missing, unreadable or not a valid safetensors blob.
+    """
+    return _from_file(path, decode_metadata)
+
+
+def _from_file(path: Path, decode: Callable[[bytes], _T]) -> _T:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -98,7 +146,7 @@ def load_state_file(path: Path) -> dict[str, torch.Tensor]:
     except OSError as exc:
         raise ModelError(f"{path}: cannot read weights ({exc.strerror})") from None
     try:
-        return decode_state(data)
+        return decode(data)
     except ModelError as exc:
         raise ModelError(f"{path}: {exc.message}") from None
 
