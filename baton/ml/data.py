@@ -1,12 +1,10 @@
-"""A site's own data on disk: its schema, train and validation CSV files, and the
-aggregates it publishes (never rows)."""
+"""A site's own data on disk: its schema, its train and validation files, its aggregates."""
 
 from __future__ import annotations
 
 import csv
 import hashlib
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,51 +13,143 @@ import numpy as np
 
 from baton.domain import DataProfile
 from baton.errors import DataError
+from baton.ml.table import Split, read_table, write_parquet
+
+__all__ = [
+    "DATA_FORMATS",
+    "LABEL_COLUMN",
+    "MISSING_POLICIES",
+    "SCHEMA_FILE",
+    "TRAIN_FILE",
+    "VAL_FILE",
+    "Schema",
+    "SiteData",
+    "Split",
+    "profile_of",
+    "read_site_data",
+    "read_table",
+    "write_site_data",
+]
 
 LABEL_COLUMN = "label"
-"""Name of the label column in a site's CSV files."""
+"""Name of the label column of a legacy schema."""
 TRAIN_FILE = "train.csv"
 VAL_FILE = "val.csv"
+DATA_FORMATS = ("csv", "parquet")
+"""The data file formats a site may hold (one per site)."""
 SCHEMA_FILE = "schema.json"
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
+MISSING_POLICIES = ("refuse", "impute")
+"""The missing-value policies a schema may declare."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Schema:
-    """The declared shape of a task's data; its hash is what sites publish and compare."""
+    """The declared shape of a task's data; its hash is what sites publish and compare.
+
+    A schema without categorical features, with label column ``label`` and missing policy
+    ``refuse`` is the legacy form: :meth:`to_json` writes it as it always has, so its hash is
+    unchanged.
+    """
 
     task: str
-    """Dataset task name (one of :func:`known_datasets`)."""
+    """Dataset task name."""
     feature_names: tuple[str, ...]
-    """Feature column names, in column order."""
+    """Feature column names, in feature order (a data file may hold them in any order)."""
     num_classes: int
     """Number of classes; labels are integers in ``[0, num_classes)``."""
     class_names: tuple[str, ...]
-    """Human-readable name of each class index."""
+    """Human-readable name of each class index; a data file may give a label by name."""
+    categorical: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """``(feature name, levels)`` for each categorical feature, in feature order; the other
+    features are numeric."""
+    label: str = LABEL_COLUMN
+    """Name of the label column."""
+    missing: str = "refuse"
+    """Missing-value policy: ``refuse`` (a missing cell is an error) or ``impute`` (a missing
+    cell reads as NaN, which the model replaces by the mean fitted at the first site)."""
 
     def __post_init__(self) -> None:
         if not self.task:
             raise ValueError("schema 'task' must not be empty")
         if not self.feature_names or len(set(self.feature_names)) != len(self.feature_names):
             raise ValueError("schema 'feature_names' must be non-empty and unique")
-        if LABEL_COLUMN in self.feature_names:
-            raise ValueError(f"schema 'feature_names' must not contain {LABEL_COLUMN!r}")
+        if not self.label:
+            raise ValueError("schema 'label' must not be empty")
+        if self.label in self.feature_names:
+            raise ValueError(f"schema 'feature_names' must not contain {self.label!r}")
         if self.num_classes < 2 or len(self.class_names) != self.num_classes:
             raise ValueError("schema needs num_classes >= 2 and one class name per class")
+        if self.missing not in MISSING_POLICIES:
+            raise ValueError(f"schema 'missing' must be one of {', '.join(MISSING_POLICIES)}")
+        order = [
+            self.feature_names.index(n) for n, _ in self.categorical if n in self.feature_names
+        ]
+        if len(order) != len(self.categorical) or order != sorted(set(order)):
+            raise ValueError("schema 'categorical' must name features once each, in feature order")
+        for name, levels in self.categorical:
+            if not levels or len(set(levels)) != len(levels):
+                raise ValueError(f"schema feature {name!r} needs non-empty, unique levels")
+        inputs = self.input_names
+        if len(set(inputs)) != len(inputs):
+            raise ValueError("schema features must encode to unique input names")
+
+    @property
+    def is_legacy(self) -> bool:
+        """Whether the schema has the legacy form (every feature numeric, label column
+        ``label``, missing policy ``refuse``)."""
+        return not self.categorical and self.label == LABEL_COLUMN and self.missing == "refuse"
+
+    def levels(self, name: str) -> tuple[str, ...] | None:
+        """The levels of feature ``name`` if it is categorical, else ``None``."""
+        return dict(self.categorical).get(name)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """The encoded input columns, in feature order: a numeric feature's name, then
+        ``"name=level"`` for each level of a categorical feature (one-hot)."""
+        cats = dict(self.categorical)
+        out: list[str] = []
+        for name in self.feature_names:
+            out.extend([f"{name}={lv}" for lv in cats[name]] if name in cats else [name])
+        return tuple(out)
+
+    @property
+    def num_inputs(self) -> int:
+        """Width of the encoded input matrix the model sees."""
+        return len(self.input_names)
 
     def to_json(self) -> str:
-        """Canonical JSON (sorted keys, no whitespace); the input of :meth:`schema_hash`."""
-        obj = {
-            "class_names": list(self.class_names),
-            "feature_names": list(self.feature_names),
-            "num_classes": self.num_classes,
-            "task": self.task,
-        }
+        """Canonical JSON (sorted keys, no whitespace); the input of :meth:`schema_hash`.
+
+        The legacy form when :attr:`is_legacy`, the typed form otherwise.
+        """
+        obj: dict[str, Any]
+        if self.is_legacy:
+            obj = {
+                "class_names": list(self.class_names),
+                "feature_names": list(self.feature_names),
+                "num_classes": self.num_classes,
+                "task": self.task,
+            }
+        else:
+            obj = {
+                "class_names": list(self.class_names),
+                "features": [_feature_json(n, self.levels(n)) for n in self.feature_names],
+                "label": self.label,
+                "missing": self.missing,
+                "task": self.task,
+            }
         return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
     @classmethod
     def from_json(cls, text: str, *, source: str) -> Schema:
-        """Parses a schema; ``source`` names it in errors.
+        """Parses a schema in the legacy or the typed form; ``source`` names it in errors.
+
+        The typed form is an object with ``task``, ``class_names``, ``features`` (a list of
+        ``{"name", "type": "numeric"}`` or ``{"name", "type": "categorical", "levels"}``)
+        and optionally ``label`` (default ``"label"``) and ``missing`` (``refuse``, the
+        default, or ``impute``). The legacy form has ``task``, ``feature_names``,
+        ``num_classes`` and ``class_names``.
 
         Raises:
             DataError: The text is not JSON, or keys are missing, unknown or mistyped.
@@ -70,26 +160,10 @@ class Schema:
             raise DataError(f"{source}: schema is not valid JSON") from None
         if not isinstance(obj, dict):
             raise DataError(f"{source}: schema must be a JSON object")
-        expected = {"task", "feature_names", "num_classes", "class_names"}
-        if set(obj) != expected:
-            wrong = sorted(set(obj) ^ expected)[0]
-            raise DataError(f"{source}: schema key {wrong!r} is missing or unknown")
-        task, features = obj["task"], obj["feature_names"]
-        num_classes, class_names = obj["num_classes"], obj["class_names"]
-        if not isinstance(task, str):
-            raise DataError(f"{source}: schema 'task' must be a string")
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool):
-            raise DataError(f"{source}: schema 'num_classes' must be an integer")
-        for key, names in (("feature_names", features), ("class_names", class_names)):
-            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-                raise DataError(f"{source}: schema {key!r} must be a list of strings")
         try:
-            return cls(
-                task=task,
-                feature_names=tuple(features),
-                num_classes=num_classes,
-                class_names=tuple(class_names),
-            )
+            if "features" in obj:
+                return _typed_schema(obj, source)
+            return _legacy_schema(obj, source)
         except ValueError as exc:
             raise DataError(f"{source}: {exc}") from None
 
@@ -98,23 +172,94 @@ class Schema:
         return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()
 
 
-@dataclass(frozen=True, kw_only=True, slots=True, eq=False)
-class Split:
-    """Examples and labels: ``x`` float32 ``[n, f]``, ``y`` int64 ``[n]``."""
+def _feature_json(name: str, levels: tuple[str, ...] | None) -> dict[str, Any]:
+    if levels is None:
+        return {"name": name, "type": "numeric"}
+    return {"levels": list(levels), "name": name, "type": "categorical"}
 
-    x: np.ndarray[Any, np.dtype[np.float32]]
-    """Features, one row per example."""
-    y: np.ndarray[Any, np.dtype[np.int64]]
-    """Class indices."""
 
-    def __post_init__(self) -> None:
-        if self.x.dtype != np.float32 or self.x.ndim != 2:
-            raise ValueError("Split.x must be a 2-D float32 array")
-        if self.y.dtype != np.int64 or self.y.ndim != 1 or len(self.y) != len(self.x):
-            raise ValueError("Split.y must be a 1-D int64 array as long as Split.x")
+def _strings(source: str, key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise DataError(f"{source}: schema {key!r} must be a list of strings")
+    return tuple(value)
 
-    def __len__(self) -> int:
-        return len(self.y)
+
+def _string(source: str, key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise DataError(f"{source}: schema {key!r} must be a string")
+    return value
+
+
+def _legacy_schema(obj: dict[str, Any], source: str) -> Schema:
+    expected = {"task", "feature_names", "num_classes", "class_names"}
+    if set(obj) != expected:
+        wrong = sorted(set(obj) ^ expected)[0]
+        raise DataError(f"{source}: schema key {wrong!r} is missing or unknown")
+    num_classes = obj["num_classes"]
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool):
+        raise DataError(f"{source}: schema 'num_classes' must be an integer")
+    return Schema(
+        task=_string(source, "task", obj["task"]),
+        feature_names=_strings(source, "feature_names", obj["feature_names"]),
+        num_classes=num_classes,
+        class_names=_strings(source, "class_names", obj["class_names"]),
+    )
+
+
+def _typed_schema(obj: dict[str, Any], source: str) -> Schema:
+    _check_keys(
+        obj,
+        required={"task", "class_names", "features"},
+        optional={"label", "missing"},
+        where=f"{source}: schema key",
+    )
+    class_names = _strings(source, "class_names", obj["class_names"])
+    if len(set(class_names)) != len(class_names):
+        raise DataError(f"{source}: schema 'class_names' must be unique")
+    features = obj["features"]
+    if not isinstance(features, list) or not all(isinstance(f, dict) for f in features):
+        raise DataError(f"{source}: schema 'features' must be a list of objects")
+    names = [f.get("name") for f in features]
+    if not names:
+        raise DataError(f"{source}: schema 'features' must not be empty")
+    repeated = [n for n in names if isinstance(n, str) and names.count(n) > 1]
+    if repeated:
+        raise DataError(f"{source}: schema feature name {repeated[0]!r} is not unique")
+    label = _string(source, "label", obj.get("label", LABEL_COLUMN))
+    if label in names:
+        raise DataError(f"{source}: schema 'features' must not contain the label {label!r}")
+    categorical: list[tuple[str, tuple[str, ...]]] = []
+    for i, feature in enumerate(features):
+        where = f"{source}: schema feature {i}"
+        _check_keys(feature, required={"name", "type"}, optional={"levels"}, where=f"{where} key")
+        name = _string(source, f"features[{i}].name", feature["name"])
+        kind = feature["type"]
+        if kind == "numeric" and "levels" in feature:
+            raise DataError(f"{where} ({name!r}): a numeric feature has no 'levels'")
+        if kind == "categorical":
+            if "levels" not in feature:
+                raise DataError(f"{where} ({name!r}): a categorical feature needs 'levels'")
+            categorical.append((name, _strings(source, f"features[{i}].levels", feature["levels"])))
+        elif kind != "numeric":
+            raise DataError(f"{where} ({name!r}): 'type' must be 'numeric' or 'categorical'")
+    return Schema(
+        task=_string(source, "task", obj["task"]),
+        feature_names=tuple(names),
+        num_classes=len(class_names),
+        class_names=class_names,
+        categorical=tuple(categorical),
+        label=label,
+        missing=_string(source, "missing", obj.get("missing", "refuse")),
+    )
+
+
+def _check_keys(obj: dict[str, Any], *, required: set[str], optional: set[str], where: str) -> None:
+    unknown = sorted(set(obj) - required - optional)
+    if unknown:
+        raise DataError(f"{where} {unknown[0]!r} is unknown")
+    missing = sorted(required - set(obj))
+    if missing:
+        raise DataError(f"{where} {missing[0]!r} is missing")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True, eq=False)
@@ -127,19 +272,44 @@ class SiteData:
     """Examples the site evaluates incoming and outgoing models on."""
 
 
-def write_site_data(site_dir: Path, data: SiteData, schema: Schema) -> None:
-    """Writes ``train.csv``, ``val.csv`` (header: feature names, then ``label``) and
-    ``schema.json`` into ``site_dir``, creating it if needed.
+def write_site_data(site_dir: Path, data: SiteData, schema: Schema, *, fmt: str = "csv") -> None:
+    """Writes ``schema.json`` and the train and validation files into ``site_dir``,
+    creating it if needed.
 
-    Floats are written in their shortest round-trip form, so reading gives back the same
-    float32 values.
+    CSV (``train.csv``, ``val.csv``; header: feature names, then the label column) writes
+    floats in their shortest round-trip form, so reading gives back the same float32 values
+    (a NaN is written as ``nan``, which reads as missing). Parquet (``train.parquet``,
+    ``val.parquet``) writes float32 feature columns and an int64 label column. It writes
+    encoded inputs only, so only schemas without categorical features can be written; a
+    site with categorical features exports its own table.
+
+    Args:
+        site_dir: The site's data directory.
+        data: The site's splits.
+        schema: Their schema.
+        fmt: ``csv`` or ``parquet``.
+
+    Raises:
+        ValueError: ``fmt`` is unknown, or the schema has categorical features.
     """
+    if fmt not in DATA_FORMATS:
+        raise ValueError(f"unknown data format {fmt!r}; known: {', '.join(DATA_FORMATS)}")
+    if schema.categorical:
+        raise ValueError(
+            "write_site_data writes encoded inputs only, which a schema with categorical "
+            "features cannot read back; write such a table by hand"
+        )
     site_dir.mkdir(parents=True, exist_ok=True)
     (site_dir / SCHEMA_FILE).write_text(schema.to_json() + "\n", encoding="utf-8")
-    for name, split in ((TRAIN_FILE, data.train), (VAL_FILE, data.val)):
-        with (site_dir / name).open("w", encoding="utf-8", newline="") as fh:
+    header = [*schema.feature_names, schema.label]
+    for stem, split in (("train", data.train), ("val", data.val)):
+        path = site_dir / f"{stem}.{fmt}"
+        if fmt == "parquet":
+            write_parquet(path, header, split.x, split.y)
+            continue
+        with path.open("w", encoding="utf-8", newline="") as fh:
             writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow([*schema.feature_names, LABEL_COLUMN])
+            writer.writerow(header)
             for row, label in zip(split.x.tolist(), split.y.tolist(), strict=True):
                 writer.writerow([*(repr(v) for v in row), str(label)])
 
@@ -147,19 +317,35 @@ def write_site_data(site_dir: Path, data: SiteData, schema: Schema) -> None:
 def read_site_data(site_dir: Path) -> tuple[Schema, SiteData]:
     """Reads and validates one site's data from ``site_dir`` and nothing else.
 
-    Checks that every file is present, that each CSV header is exactly the schema's
-    feature names followed by ``label``, that every feature is a finite number (also as
-    float32), that every label is an integer in ``[0, num_classes)``, and that neither
-    split is empty. Error messages name the file, line and column, never a value.
+    The site holds ``schema.json`` and either ``train.csv`` and ``val.csv`` or
+    ``train.parquet`` and ``val.parquet``. Each file is read with :func:`read_table`.
 
     Raises:
-        DataError: A file is missing, unreadable or fails validation.
+        DataError: A file is missing, unreadable or fails validation, or the site holds
+            both formats or neither.
     """
     schema_path = site_dir / SCHEMA_FILE
     schema = Schema.from_json(_read_text(schema_path), source=str(schema_path))
-    train = _read_split(site_dir / TRAIN_FILE, schema)
-    val = _read_split(site_dir / VAL_FILE, schema)
+    fmt = _data_format(site_dir)
+    train = read_table(site_dir / f"train.{fmt}", schema)
+    val = read_table(site_dir / f"val.{fmt}", schema)
     return schema, SiteData(train=train, val=val)
+
+
+def _data_format(site_dir: Path) -> str:
+    found = [
+        f
+        for f in DATA_FORMATS
+        if (site_dir / f"train.{f}").exists() or (site_dir / f"val.{f}").exists()
+    ]
+    if len(found) > 1:
+        raise DataError(
+            f"{site_dir}: holds both train.csv/val.csv and train.parquet/val.parquet; "
+            "keep one format"
+        )
+    if not found:
+        raise DataError(f"{site_dir / TRAIN_FILE}: file not found (nor train.parquet)")
+    return found[0]
 
 
 def _read_text(path: Path) -> str:
@@ -169,57 +355,6 @@ def _read_text(path: Path) -> str:
         raise DataError(f"{path}: file not found") from None
     except UnicodeDecodeError:
         raise DataError(f"{path}: not valid UTF-8 text") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
-
-
-def _read_split(path: Path, schema: Schema) -> Split:
-    rows = list(_csv_rows(path))
-    header = [*schema.feature_names, LABEL_COLUMN]
-    if not rows or rows[0] != header:
-        raise DataError(f"{path}: header does not match the schema's feature names + 'label'")
-    body = rows[1:]
-    if not body:
-        raise DataError(f"{path}: no examples")
-    nf = len(schema.feature_names)
-    x = np.empty((len(body), nf), dtype=np.float32)
-    y = np.empty(len(body), dtype=np.int64)
-    for r, row in enumerate(body):
-        line = r + 2
-        if len(row) != nf + 1:
-            raise DataError(f"{path}: line {line} has {len(row)} fields, expected {nf + 1}")
-        for c in range(nf):
-            try:
-                value = float(row[c])
-            except ValueError:
-                raise DataError(
-                    f"{path}: line {line}, column {header[c]!r}: not a number"
-                ) from None
-            if not (math.isfinite(value) and abs(value) <= _FLOAT32_MAX):
-                raise DataError(f"{path}: line {line}, column {header[c]!r}: not finite")
-            x[r, c] = value
-        try:
-            label = int(row[nf])
-        except ValueError:
-            raise DataError(f"{path}: line {line}, column 'label': not an integer") from None
-        if not 0 <= label < schema.num_classes:
-            raise DataError(
-                f"{path}: line {line}, column 'label': outside [0, {schema.num_classes})"
-            )
-        y[r] = label
-    return Split(x=x, y=y)
-
-
-def _csv_rows(path: Path) -> list[list[str]]:
-    try:
-        with path.open(encoding="utf-8", newline="") as fh:
-            return list(csv.reader(fh))
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not valid UTF-8 text") from None
-    except csv.Error as exc:
-        raise DataError(f"{path}: malformed CSV ({exc})") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror})") from None
 

@@ -137,14 +137,14 @@ def check_site_data(schema: Schema, data: SiteData, policy: GatePolicy) -> GateR
     Constraints: the report MUST hold only counts (and the schema's own sizes), never a
     feature value, a row or a label taken from the data.
     """
-    nf = len(schema.feature_names)
+    nf = schema.num_inputs
     both = (data.train, data.val)
     # Rows of a split without the schema's columns are compared with nothing (see ``schema``).
     train_keys, val_keys = (_row_keys(s) if s.x.shape[1] == nf else [] for s in both)
     return GateReport(
         checks=(
             _schema(schema, both),
-            _missing(both),
+            _missing(schema, both),
             _size(data, policy),
             _duplicates(train_keys, policy),
             _leakage(train_keys, val_keys, policy),
@@ -173,7 +173,7 @@ def _check(name: str, status: Status, summary: str, **counts: int) -> Check:
 
 
 def _schema(schema: Schema, splits: tuple[Split, ...]) -> Check:
-    nf, k = len(schema.feature_names), schema.num_classes
+    nf, k = schema.num_inputs, schema.num_classes
     bad_width = sum(1 for s in splits if s.x.shape[1] != nf)
     bad_labels = sum(int(((s.y < 0) | (s.y >= k)).sum()) for s in splits)
     status = Status.FAIL if bad_width or bad_labels else Status.OK
@@ -184,10 +184,18 @@ def _schema(schema: Schema, splits: tuple[Split, ...]) -> Check:
     return _check("schema", status, summary, bad_splits=bad_width, bad_labels=bad_labels)
 
 
-def _missing(splits: tuple[Split, ...]) -> Check:
-    missing = sum(int((~np.isfinite(s.x)).sum()) for s in splits)
-    status = Status.FAIL if missing else Status.OK
-    return _check("missing", status, f"{missing} missing or non-finite features", missing=missing)
+def _missing(schema: Schema, splits: tuple[Split, ...]) -> Check:
+    """NaN inputs are missing cells: a FAIL under the ``refuse`` policy, a warning under
+    ``impute`` (the model replaces them by its fitted mean); an infinity always fails."""
+    missing = sum(int(np.isnan(s.x).sum()) for s in splits)
+    infinite = sum(int(np.isinf(s.x).sum()) for s in splits)
+    if schema.missing == "impute":
+        status = Status.FAIL if infinite else Status.WARN if missing else Status.OK
+        summary = f"{missing} missing inputs to impute, {infinite} non-finite inputs"
+    else:
+        status = Status.FAIL if missing or infinite else Status.OK
+        summary = f"{missing + infinite} missing or non-finite features"
+    return _check("missing", status, summary, missing=missing, non_finite=infinite)
 
 
 def _size(data: SiteData, policy: GatePolicy) -> Check:

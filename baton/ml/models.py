@@ -66,7 +66,7 @@ def plan_model(plan: RunPlan, schema: Schema) -> nn.Module:
     return build_model(
         plan.model.name,
         plan.model.args,
-        num_features=len(schema.feature_names),
+        num_features=schema.num_inputs,
         num_classes=schema.num_classes,
         seed=plan.run.seed,
     )

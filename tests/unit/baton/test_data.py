@@ -60,6 +60,11 @@ def test_schema_json_round_trip_and_hash() -> None:
     )
     assert Schema.from_json(text, source="s.json") == schema
     assert schema.schema_hash() == hashlib.sha256(text.encode()).hexdigest()
+    # The hash sites published before typed schemas existed: a legacy schema keeps it.
+    assert schema.schema_hash() == (
+        "00c14980820cb8e95e64825e190d2e33861e502a3f4659d66e6b4ba063dc98d0"
+    )
+    assert (schema.input_names, schema.num_inputs) == (("a", "b"), 2)
     other = Schema(task="toy", feature_names=("a", "c"), num_classes=3, class_names=("x", "y", "z"))
     assert other.schema_hash() != schema.schema_hash()
 
@@ -257,16 +262,20 @@ def _write_csv(site: Path, name: str, text: str) -> Path:
 @pytest.mark.parametrize(
     ("train_text", "message"),
     [
-        ("a,c,label\n1,2,0\n", "header does not match"),
-        ("a,b\n1,2\n", "header does not match"),
-        ("", "header does not match"),
+        ("a,c,label\n1,2,0\n", "header does not match the schema: no column 'b'"),
+        ("a,b\n1,2\n", "header does not match the schema: no column 'label'"),
+        ("", "header does not match the schema: no header"),
+        ("a,b,c,label\n1,2,3,0\n", "header does not match the schema: unexpected column 'c'"),
+        ("a,b,a,label\n1,2,3,0\n", "header does not match the schema: column 'a' appears 2"),
         ("a,b,label\n", "no examples"),
         ("a,b,label\n1,2,0\n1,2\n", "line 3 has 2 fields, expected 3"),
         ("a,b,label\n1,SECRET-VALUE,0\n", "line 2, column 'b': not a number"),
-        ("a,b,label\n1,2,0\nnan,2,0\n", "line 3, column 'a': not finite"),
+        ("a,b,label\n1,2,0\nnan,2,0\n", "column 'a' has 1 missing cell and the schema's"),
+        ("a,b,label\n1,2,0\n1,2,\n", "line 3, column 'label': missing label"),
         ("a,b,label\n-inf,2,0\n", "line 2, column 'a': not finite"),
         ("a,b,label\n1,1e39,0\n", "line 2, column 'b': not finite"),
-        ("a,b,label\n1,2,1.5\n", "line 2, column 'label': not an integer"),
+        ("a,b,label\n1,2,1.5\n", "line 2, column 'label': not an integer class index or a"),
+        ("a,b,label\n1,2,w\n", "line 2, column 'label': not an integer class index or a"),
         ("a,b,label\n1,2,3\n", r"line 2, column 'label': outside \[0, 3\)"),
         ("a,b,label\n1,2,-1\n", r"line 2, column 'label': outside \[0, 3\)"),
     ],

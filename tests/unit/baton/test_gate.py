@@ -3,6 +3,7 @@ never a value; the simulations' data passes."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -209,6 +210,38 @@ def test_data_built_in_memory_is_checked_against_the_schema() -> None:
     )
     assert narrow.check("schema").counts == {"bad_splits": 1, "bad_labels": 0}
     assert not narrow.passed
+
+
+def test_missing_inputs_warn_under_impute_and_infinities_still_fail(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "schema.json").write_text(
+        '{"task": "t", "label": "y", "class_names": ["no", "yes"], "missing": "impute",'
+        ' "features": [{"name": "a", "type": "numeric"},'
+        ' {"name": "s", "type": "categorical", "levels": ["F", "M", "X"]}]}'
+    )
+    (site / "train.csv").write_text("a,s,y\n1.5,F,0\nNA,M,1\n2.5,,1\n3.5,X,0\n")
+    (site / "val.csv").write_text("s,a,y\nM,1,yes\n")
+    schema, data = read_site_data(site)
+    report = check_site_data(schema, data, GatePolicy())
+    refused = check_site_data(replace(schema, missing="refuse"), data, GatePolicy())
+    x = data.train.x.copy()
+    x[0, 0] = np.inf
+    infinite = check_site_data(
+        schema, SiteData(train=Split(x=x, y=data.train.y), val=data.val), GatePolicy()
+    )
+
+    assert report.check("schema").status is Status.OK  # 4 encoded inputs, not 2 features
+    assert report.check("missing").line() == (
+        "warn missing: 4 missing inputs to impute, 0 non-finite inputs"
+    )
+    assert report.check("missing").counts == {"missing": 4, "non_finite": 0}
+    assert report.passed
+    assert refused.check("missing").line() == "FAIL missing: 4 missing or non-finite features"
+    assert infinite.check("missing").line() == (
+        "FAIL missing: 4 missing inputs to impute, 1 non-finite inputs"
+    )
+    assert not infinite.passed
 
 
 def test_require_passing_raises_with_the_failing_lines_only(tmp_path: Path) -> None:
