@@ -54,5 +54,9 @@ CLI_RUN_FAILED: Final = 63
 """The run the CLI drove failed or was cancelled."""
 CLI_DEMO_PROCESS: Final = 64
 """A process the demo started exited early."""
+CLI_MODEL: Final = 65
+"""A model file given to the CLI cannot be read or rebuilt (``baton predict``)."""
+CLI_DATA: Final = 66
+"""A data file given to the CLI does not fit the model, or its output cannot be written."""
 CLI_ERROR: Final = 79
 """Any other Baton error in a CLI tool."""

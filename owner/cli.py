@@ -12,6 +12,7 @@ from importlib.metadata import entry_points
 
 from baton.entry import make_app
 from owner.cli_pki import pki_app
+from owner.cli_predict import register as register_predict
 from owner.cli_runs import register
 from owner.cli_task import register as register_task
 from owner.cli_verify import register as register_verify
@@ -29,6 +30,7 @@ app.add_typer(pki_app, name="pki", help="Create the federation CA and issue cert
 register(app)
 register_verify(app)
 register_task(app)
+register_predict(app)
 for _ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda ep: ep.name):
     _ep.load()(app)
 
