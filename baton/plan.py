@@ -176,11 +176,11 @@ class TrainingSection:
     optimizer: str = "sgd"
     """``sgd`` or ``adam``."""
     lr: float = 0.05
-    """Learning rate."""
+    """Learning rate, a finite number > 0."""
     momentum: float = 0.9
-    """SGD momentum (ignored by Adam)."""
+    """SGD momentum, in [0, 1) (ignored by Adam)."""
     weight_decay: float = 0.0
-    """L2 weight decay."""
+    """L2 weight decay, a finite number >= 0 (0 under Adam with a parallel plan)."""
     batch_size: int = 32
     """Examples per optimizer step."""
     local_epochs: int = 2
@@ -221,7 +221,8 @@ class TrainingSection:
     to each site's own ``[training] parallel_plan``; ``single`` trains in each daemon's
     process, with exactly the simulator's arithmetic; ``auto``, ``ddp``, ``fsdp``, ``tp``,
     ``fsdp_tp`` or ``pp`` (pipeline) ask every site for that plan over the workers it has
-    (a site with one worker fails the hop for a plan that needs several)."""
+    (a site with one worker fails the hop for a plan that needs several). These plans
+    train without ``proximal_mu`` and run ``adam`` only without ``weight_decay``."""
 
     def __post_init__(self) -> None:
         if self.parallel_plan not in PARALLEL_PLANS:
@@ -231,8 +232,14 @@ class TrainingSection:
             )
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"'optimizer' must be 'sgd' or 'adam', not {self.optimizer!r}")
-        if not self.lr > 0:
-            raise ValueError(f"'lr' must be positive, not {self.lr}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"'lr' must be a finite number > 0, not {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"'momentum' must be in [0, 1), not {self.momentum}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise ValueError(
+                f"'weight_decay' must be a finite number >= 0, not {self.weight_decay}"
+            )
         if self.batch_size < 1:
             raise ValueError(f"'batch_size' must be at least 1, not {self.batch_size}")
         if self.local_epochs < 1 and self.local_steps < 1:
@@ -258,6 +265,25 @@ class TrainingSection:
             raise ValueError(f"'cycle_decay' must be in (0, 1], not {self.cycle_decay}")
         if not (self.proximal_mu >= 0 and math.isfinite(self.proximal_mu)):
             raise ValueError(f"'proximal_mu' must be a finite number >= 0, not {self.proximal_mu}")
+        self._check_parallel_training()
+
+    def _check_parallel_training(self) -> None:
+        """Refuses what the sites' parallel workers cannot train, when the plan asks every
+        site for a parallel plan (``site`` leaves the choice to each site, which checks
+        it at the hop; ``single`` trains in the daemon's process, which can)."""
+        if self.parallel_plan in ("site", "single"):
+            return
+        plan = f"'parallel_plan' {self.parallel_plan!r}"
+        if self.proximal_mu > 0:
+            raise ValueError(
+                f"{plan} has no proximal penalty: set 'proximal_mu' to 0 or "
+                "'parallel_plan' to 'single'"
+            )
+        if self.optimizer == "adam" and self.weight_decay != 0:
+            raise ValueError(
+                f"{plan} runs 'adam' only without weight decay: set 'weight_decay' to 0, "
+                "'optimizer' to 'sgd' or 'parallel_plan' to 'single'"
+            )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -196,9 +196,11 @@ def _fmt(v: float | None) -> str:
 
 
 def _check_plan(path: Path) -> None:
-    """Validates a plan file, the names it uses and its task pin against what is installed here."""
+    """Validates a plan file, the names it uses, its model and its task pin against what is
+    installed here: what would fail at hop 0 fails here, before any round trip."""
     from baton.ml.models import known_models
     from baton.ml.tasks import check_task_pin, known_tasks
+    from baton.ml.validate import check_model
     from baton.plan import check_names, load_plan
     from ordering import known_strategies
 
@@ -210,4 +212,5 @@ def _check_plan(path: Path) -> None:
         datasets=known_tasks(),
         strategies=known_strategies(),
     )
+    check_model(run_plan, source=str(path))
     check_task_pin(run_plan.task, pinned_by=str(path), here="this machine")

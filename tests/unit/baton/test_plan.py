@@ -101,6 +101,47 @@ def test_bad_plans_are_refused_with_a_precise_message(old: str, new: str, messag
 
 
 @pytest.mark.parametrize(
+    ("training", "message"),
+    [
+        ("lr = inf", "'lr' must be a finite number > 0, not inf"),
+        ("lr = nan", "'lr' must be a finite number > 0, not nan"),
+        ("lr = 1\nmomentum = -0.5", "'momentum' must be in [0, 1), not -0.5"),
+        ("lr = 1\nmomentum = 1", "'momentum' must be in [0, 1), not 1.0"),
+        ("lr = 1\nmomentum = nan", "'momentum' must be in [0, 1), not nan"),
+        ("lr = 1\nweight_decay = -0.01", "'weight_decay' must be a finite number >= 0, not -0.01"),
+        ("lr = 1\nweight_decay = inf", "'weight_decay' must be a finite number >= 0, not inf"),
+        (
+            'lr = 1\nparallel_plan = "ddp"\nproximal_mu = 0.1',
+            "'parallel_plan' 'ddp' has no proximal penalty: set 'proximal_mu' to 0 or "
+            "'parallel_plan' to 'single'",
+        ),
+        (
+            'lr = 1\nparallel_plan = "auto"\nweight_decay = 0.01',
+            "'parallel_plan' 'auto' runs 'adam' only without weight decay: set "
+            "'weight_decay' to 0, 'optimizer' to 'sgd' or 'parallel_plan' to 'single'",
+        ),
+    ],
+)
+def test_training_values_that_would_fail_at_hop_0_are_refused(training: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_plan(PLAN.replace("lr = 1", training, 1), source="plan.toml")
+    assert err.value.message == f"plan.toml: [training] {message}"
+
+
+@pytest.mark.parametrize("parallel_plan", ["site", "single"])
+def test_a_plan_left_to_the_sites_or_single_may_use_every_remedy(parallel_plan: str) -> None:
+    training = parse_plan(
+        PLAN.replace(
+            "lr = 1",
+            f'lr = 1\nparallel_plan = "{parallel_plan}"\nproximal_mu = 0.1\nweight_decay = 0.01',
+            1,
+        )
+    ).training
+    assert (training.parallel_plan, training.proximal_mu) == (parallel_plan, 0.1)
+    assert (training.optimizer, training.weight_decay) == ("adam", 0.01)
+
+
+@pytest.mark.parametrize(
     ("old", "new", "message"),
     [
         (
