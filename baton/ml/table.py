@@ -69,7 +69,8 @@ def read_table(path: Path, schema: Schema) -> Split:
     Columns are found by name: the file holds exactly the schema's features and its label
     column, in any order. Numeric features are finite numbers (also as float32);
     categorical ones are one of their levels, one-hot encoded in level order; a label is
-    a class index in ``[0, num_classes)`` or one of the class names. A missing cell (CSV:
+    a class index in ``[0, num_classes)`` or one of the class names (text that reads as an
+    integer is an index). A missing cell (CSV:
     empty, ``NA``, ``NaN`` or ``null`` in any case; Parquet: null or a float NaN) is an
     error under the ``refuse`` policy and NaN in every input column of its feature under
     ``impute``; a missing label is always an error. Error messages name the file, the
@@ -109,7 +110,18 @@ def _encode_csv(path: Path, schema: Schema) -> Encoded:
         return [None if row[c].strip().lower() in MISSING_TOKENS else row[c] for row in body]
 
     def numbers(name: str) -> tuple[Floats, Mask]:
+        column = [row[index[name]] for row in body]
+        try:  # fast path: every cell a number or NaN (also ``nan``, a missing token)
+            values = np.fromiter(map(float, column), np.float64, count=len(column))
+        except ValueError:
+            pass
+        else:
+            missing = np.isnan(values)
+            for i in np.flatnonzero(missing).tolist():  # "-nan" is NaN but no missing token
+                missing[i] = column[i].strip().lower() in MISSING_TOKENS
+            return values, missing
         raw = cells(name)
+        missing = np.array([cell is None for cell in raw], dtype=np.bool_)
         values = np.full(len(raw), np.nan)
         for r, cell in enumerate(raw):
             if cell is None:
@@ -118,7 +130,7 @@ def _encode_csv(path: Path, schema: Schema) -> Encoded:
                 values[r] = float(cell)
             except ValueError:
                 raise DataError(f"{path}: {where(r)}, column {name!r}: not a number") from None
-        return values, np.array([cell is None for cell in raw], dtype=np.bool_)
+        return values, missing
 
     source = _Source(
         path=path, names=header, rows=len(body), where=where, numbers=numbers, cells=cells

@@ -346,3 +346,43 @@ def test_the_model_is_sized_for_the_encoded_inputs() -> None:
     model = plan_model(plan, _typed())
     first = next(m for m in model.modules() if isinstance(m, nn.Linear))
     assert (first.in_features, first.out_features) == (3, 2)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"categorical": (("c", ("x",)),)}, "must name features once each, in feature order"),
+        ({"categorical": (("b", ("x",)), ("a", ("y",)))}, "once each, in feature order"),
+        ({"categorical": (("a", ("x",)), ("a", ("y",)))}, "once each, in feature order"),
+        ({"label": ""}, "schema 'label' must not be empty"),
+        ({"label": "a"}, "schema 'feature_names' must not contain 'a'"),
+        ({"missing": "drop"}, "schema 'missing' must be one of refuse, impute"),
+    ],
+)
+def test_schema_fields_are_validated(change: dict[str, Any], message: str) -> None:
+    fields: dict[str, Any] = {
+        "task": "toy",
+        "feature_names": ("a", "b"),
+        "num_classes": 3,
+        "class_names": ("x", "y", "z"),
+    }
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Schema(**{**fields, **change})
+
+
+def test_a_numeric_typed_schema_writes_its_label_column_and_missing_cells(tmp_path: Path) -> None:
+    schema = Schema(
+        task="t",
+        feature_names=("a",),
+        num_classes=2,
+        class_names=("no", "yes"),
+        label="outcome",
+        missing="impute",
+    )
+    split = Split(x=np.array([[np.nan], [2.5]], np.float32), y=np.array([1, 0]))
+    write_site_data(tmp_path, SiteData(train=split, val=split), schema)
+    assert (tmp_path / "train.csv").read_text() == "a,outcome\nnan,1\n2.5,0\n"
+    got_schema, got = read_site_data(tmp_path)
+    assert got_schema == schema
+    assert np.isnan(got.train.x[0, 0])
+    assert got.train.x[1, 0] == 2.5
