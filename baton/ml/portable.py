@@ -67,15 +67,13 @@ def result_metadata(plan: RunPlan, schema: Schema, a: Assignment, plan_hash: str
         if task.sha256
         else ""
     )
-    # The encoded input columns; a schema with categorical columns names its one-hot inputs.
-    inputs = getattr(schema, "input_names", schema.feature_names)
     return {
         "baton.format": FORMAT,
         "baton.task": task.dataset,
         "baton.task_pin": pin,
         "baton.model": plan.model.name,
         "baton.model_args": _canonical(plan.model.args),
-        "baton.inputs": _canonical(list(inputs)),
+        "baton.inputs": _canonical(list(schema.input_names)),
         "baton.classes": _canonical(list(schema.class_names)),
         "baton.schema": schema.to_json(),
         "baton.run_id": a.run_id,
