@@ -43,7 +43,10 @@ def test_coordinator_server_loads_no_ml_library() -> None:
 @pytest.mark.parametrize(
     ("module", "commands"),
     [
-        ("owner.cli", ["pki", "submit", "runs", "fetch", "verify-log", "task", "demo", "lab"]),
+        (
+            "owner.cli",
+            ["pki", "submit", "runs", "fetch", "predict", "verify-log", "task", "demo", "lab"],
+        ),
         ("coordinator.cli", ["serve"]),
         ("site_node.cli", ["run", "worker-node", "check-data"]),
     ],
