@@ -16,7 +16,7 @@ from torch import nn
 
 from baton.domain import Assignment, BlobRef
 from baton.errors import DataError, PkiError, SealError
-from baton.ml.codec import load_into, load_state_file, schema_hash, state_of
+from baton.ml.codec import load_into, load_metadata_file, load_state_file, schema_hash, state_of
 from baton.ml.data import Schema, SiteData
 from baton.ml.models import plan_model
 from baton.ml.tasks import check_task_pin
@@ -203,6 +203,7 @@ class Inbox:
             sender_key=sender.signing_key,
             replay=MemoryReplayGuard() if retry else self.replay,
         )
+        self._check_data_schema(a, plain_in)
         load_into(model, load_state_file(plain_in), max_norm=plan.security.max_weight_norm)
         self.audit.append(
             "hop_resumed" if retry else "hop_received",
@@ -212,3 +213,22 @@ class Inbox:
         )
         logger.info("hop %d: opened the model sealed by %s", a.hop_index, a.previous_site_id)
         return manifest.digest
+
+    def _check_data_schema(self, a: Assignment, plain_in: Path) -> None:
+        """Refuses a model trained on another data schema than this site's (columns in
+        another order, other classes): its weights would meet misaligned inputs. A model
+        whose metadata names no schema is taken as it is."""
+        theirs = load_metadata_file(plain_in).get("baton.schema")
+        if theirs is None:
+            return
+        source = f"the schema of the model from {a.previous_site_id}"
+        theirs_hash = Schema.from_json(theirs, source=source).schema_hash()
+        mine = self.local.schema.schema_hash()
+        if theirs_hash != mine:
+            raise DataError(
+                f"hop {a.hop_index} of run {a.run_id}: the incoming model was trained on data "
+                f"schema {theirs_hash[:12]} (at {a.previous_site_id}), this site holds "
+                f"{mine[:12]}: the sites' feature columns or classes differ",
+                run_id=a.run_id,
+                hop=a.hop_index,
+            )

@@ -140,6 +140,7 @@ class World:
         site: str,
         client: FakeCoordinatorClient,
         revoked: Callable[[bytes | str], bool] | None = None,
+        schema: Schema = SCHEMA,
     ) -> HopRunner:
         if site not in self.logs:
             self.logs[site] = AuditLog(
@@ -151,7 +152,7 @@ class World:
             client,
             tls=self.pki.material(site),
             keys=self.pki.keys(site),
-            local=LocalData(schema=SCHEMA, data=data(ord(site[-1]))),
+            local=LocalData(schema=schema, data=data(ord(site[-1]))),
             work_dir=self.tmp / site,
             replay=self.guards.setdefault(site, MemoryReplayGuard()),
             audit=self.logs[site],

@@ -16,6 +16,7 @@ from site_node.fake_client import FakeCoordinatorClient
 from tests.conftest import Pki
 from tests.unit.site_node.hop_world import (
     RUN,
+    SCHEMA,
     World,
     hop1,
     leftovers,
@@ -154,6 +155,27 @@ def test_a_plan_for_another_task_is_refused(world: World) -> None:
     assert failed["reason"] == "data_error"
     assert failed["message"] == f"run {RUN} trains task 'other', but this site holds 'toy'"
     assert methods(client) == ["fail_hop"]
+
+
+def test_a_model_trained_on_another_data_schema_is_refused(world: World) -> None:
+    permuted = replace(SCHEMA, feature_names=("f1", "f0", "f2", "f3"))  # same width
+    a0 = world.signed(plan())
+    c0 = FakeCoordinatorClient()
+    assert world.runner("site-a", c0, schema=permuted).run(a0)
+    client = FakeCoordinatorClient()
+    client.blobs.update(c0.blobs)
+    a1 = world.after(a0, c0.completed[0], sender="site-a", nxt=world.owner(2))
+
+    assert not world.runner("site-b", client).run(a1)
+
+    failed = _refused(world, client, "site-b")
+    assert failed["reason"] == "data_error"
+    assert failed["message"] == (
+        f"hop 1 of run {RUN}: the incoming model was trained on data schema "
+        f"{permuted.schema_hash()[:12]} (at site-a), this site holds "
+        f"{SCHEMA.schema_hash()[:12]}: the sites' feature columns or classes differ"
+    )
+    assert methods(client) == ["download", "fail_hop"]  # opened, never trained
 
 
 def test_a_hop_without_a_recipient_is_refused_before_anything_is_fetched(world: World) -> None:
