@@ -11,6 +11,7 @@ import logging
 from importlib.metadata import entry_points
 
 from baton.entry import make_app
+from owner.cli_new import register as register_new
 from owner.cli_pki import pki_app
 from owner.cli_predict import register as register_predict
 from owner.cli_runs import register
@@ -31,6 +32,7 @@ register(app)
 register_verify(app)
 register_task(app)
 register_predict(app)
+register_new(app)
 for _ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda ep: ep.name):
     _ep.load()(app)
 

@@ -45,7 +45,19 @@ def test_coordinator_server_loads_no_ml_library() -> None:
     [
         (
             "owner.cli",
-            ["pki", "submit", "runs", "fetch", "predict", "verify-log", "task", "demo", "lab"],
+            [
+                "pki",
+                "submit",
+                "runs",
+                "fetch",
+                "predict",
+                "verify-log",
+                "task",
+                "new",
+                "demo",
+                "lab",
+                "simulate",
+            ],
         ),
         ("coordinator.cli", ["serve"]),
         ("site_node.cli", ["run", "worker-node", "check-data"]),

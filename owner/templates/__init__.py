@@ -1,0 +1,1 @@
+"""The files ``baton new`` writes, as string templates (``string.Template``)."""
