@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from baton.errors import BatonError
 from baton.ml.codec import load_into, load_state_file
@@ -34,6 +33,7 @@ from owner.fetch import fetch_result
 from sim.localfed import provision, start, wait_until_online
 from sim.procs import ProcessGroup
 from sim.simulate import train_centralized
+from sim.summary import print_summary
 from sim.tasks import Federation, Partition
 
 logger = logging.getLogger(__name__)
@@ -155,7 +155,15 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
         console.print("training the same model centrally on the pooled data, for comparison")
         central = train_centralized(plan, fed)
         report = _report(opts, plan, final, test_metrics, central, time.monotonic() - started, root)
-        _print_summary(console, report)
+        print_summary(
+            console,
+            report,
+            title="Held-out test set",
+            scores=[
+                ("sequential (Baton)", report["final_accuracy"]),
+                ("centralized (pooled data)", report["centralized_accuracy"]),
+            ],
+        )
         if opts.report is not None:
             opts.report.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
             console.print(f"report written to {opts.report}")
@@ -235,32 +243,6 @@ def _report(
         "seconds": round(seconds, 2),
         "workdir": str(root) if opts.workdir is not None else None,
     }
-
-
-def _print_summary(console: Console, report: dict[str, Any]) -> None:
-    table = Table(title="Hops (validation accuracy at each site)")
-    for col in ("hop", "cycle", "site", "before", "after", "train s"):
-        table.add_column(col, justify="right" if col not in ("site",) else "left")
-    for h in report["hops"]:
-        table.add_row(
-            str(h["hop"] + 1),
-            str(h["cycle"] + 1),
-            h["site"],
-            f"{h['metrics']['before'].get('accuracy', float('nan')):.3f}",
-            f"{h['metrics']['after'].get('accuracy', float('nan')):.3f}",
-            f"{h['train_seconds']:.2f}",
-        )
-    console.print(table)
-    summary = Table(title="Held-out test set")
-    summary.add_column("model")
-    summary.add_column("accuracy", justify="right")
-    summary.add_row("sequential (Baton)", f"{report['final_accuracy']:.4f}")
-    summary.add_row("centralized (pooled data)", f"{report['centralized_accuracy']:.4f}")
-    console.print(summary)
-    console.print(
-        f"{len(report['hops'])} hops in {report['seconds']:.1f}s; order per cycle: "
-        + " | ".join(" -> ".join(c) for c in report["order"])
-    )
 
 
 def _histogram(labels: list[int], num_classes: int) -> list[int]:

@@ -1,0 +1,53 @@
+"""The tables a run's report prints: each hop's validation accuracy, then the final scores."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def print_summary(
+    console: Console,
+    report: Mapping[str, Any],
+    *,
+    title: str,
+    scores: Sequence[tuple[str, float]],
+    label: str = "model",
+) -> None:
+    """Prints the hop table, the score table and a line with the order of every cycle.
+
+    Args:
+        console: Where to print.
+        report: A run's report: ``hops`` (each with ``hop``, ``cycle``, ``site``,
+            ``metrics.before``/``metrics.after`` and ``train_seconds``), ``order`` (the
+            sites of each cycle) and ``seconds``.
+        title: The score table's title.
+        scores: One ``(what was scored, accuracy)`` row each.
+        label: The heading of the score table's first column.
+    """
+    table = Table(title="Hops (validation accuracy at each site)")
+    for col in ("hop", "cycle", "site", "before", "after", "train s"):
+        table.add_column(col, justify="left" if col == "site" else "right")
+    for h in report["hops"]:
+        table.add_row(
+            str(h["hop"] + 1),
+            str(h["cycle"] + 1),
+            h["site"],
+            f"{h['metrics']['before'].get('accuracy', float('nan')):.3f}",
+            f"{h['metrics']['after'].get('accuracy', float('nan')):.3f}",
+            f"{h['train_seconds']:.2f}",
+        )
+    console.print(table)
+    summary = Table(title=title)
+    summary.add_column(label)
+    summary.add_column("accuracy", justify="right")
+    for name, accuracy in scores:
+        summary.add_row(name, f"{accuracy:.4f}")
+    console.print(summary)
+    console.print(
+        f"{len(report['hops'])} hops in {report['seconds']:.1f}s; order per cycle: "
+        + " | ".join(" -> ".join(c) for c in report["order"])
+    )
