@@ -1,5 +1,5 @@
-"""``baton demo`` and ``baton lab``: the simulations, added to the ``baton`` command through
-the ``baton.commands`` entry point."""
+"""``baton demo``, ``baton lab`` and ``baton simulate``: the simulations, added to the
+``baton`` command through the ``baton.commands`` entry point."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from baton.entry import fail
 
 
 def register(app: typer.Typer) -> None:
-    """Adds the ``demo`` and ``lab`` commands to ``app``."""
+    """Adds the ``demo``, ``lab`` and ``simulate`` commands to ``app``."""
     app.command(name="demo")(demo)
     app.command(name="lab")(lab)
+    app.command(name="simulate")(simulate)
 
 
 def demo(
@@ -100,3 +101,54 @@ def lab(
     for path in write_outputs(out, records, meta):
         console.print(f"wrote {path}")
     console.print(f"grid {chosen.name!r}: {len(chosen.cells)} cells in {seconds:.1f} s")
+
+
+def simulate(
+    plan: Annotated[Path, typer.Argument(help="The run plan (TOML).")],
+    site: Annotated[
+        list[str],
+        typer.Option(help="NAME=DIR: a site of the plan and its data directory; one per site."),
+    ],
+    test: Annotated[
+        Path | None,
+        typer.Option(
+            help="Held-out data: a data directory with the sites' schema (its val split) "
+            "or a CSV or Parquet file."
+        ),
+    ] = None,
+    report: Annotated[Path | None, typer.Option(help="Write a JSON report here.")] = None,
+) -> None:
+    """Train a plan in this process on the sites' own data directories, as a real run would."""
+    import json
+
+    import torch
+
+    from baton.entry import configure_logging, exit_on_error
+    from baton.errors import ConfigError, DataError, ModelError
+    from baton.plan import load_plan
+    from sim.own_data import parse_site_options, report_of, score_rows, simulate_sites
+    from sim.summary import print_summary
+
+    configure_logging("WARNING")
+    console = Console(highlight=False)
+    # One thread, as the local federation's sites train: the same weights on any machine.
+    torch.set_num_threads(1)
+    codes = {ConfigError: exit_codes.CLI_CONFIG, DataError: exit_codes.CLI_DATA}
+    with exit_on_error({**codes, ModelError: exit_codes.CLI_MODEL}, exit_codes.CLI_ERROR):
+        run_plan = load_plan(plan)
+        site_dirs = parse_site_options(site)
+        console.print(
+            f"[bold]Simulating[/] {run_plan.run.name!r}: {len(run_plan.run.sites)} sites, "
+            f"{run_plan.run.cycles} cycles, ordering '{run_plan.ordering.strategy}'"
+        )
+        result = simulate_sites(run_plan, site_dirs, test=test)
+        summary = report_of(run_plan, result)
+        print_summary(
+            console, summary, title="Final model", scores=score_rows(summary), label="scored on"
+        )
+        if report is not None:
+            try:
+                report.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+            except OSError as exc:
+                raise DataError(f"{report}: cannot write the report ({exc.strerror})") from None
+            console.print(f"report written to {report}")
