@@ -2,9 +2,10 @@
 
 As torchtitan's ``models/<family>/`` folders do, every family keeps in one module what the
 rest of Baton asks about its models: how to build one (:mod:`.mlp`, :mod:`.logreg`,
-:mod:`.causal_lm`), which parallel plans can train it, its tensor-parallel plan, its FSDP
-units, its pipeline stages, and whether it is a sequence model. Callers look a family up
-by its registry name (:func:`family`) or by one of its models (:func:`family_of`).
+:mod:`.causal_lm`, :mod:`.cnn`), which parallel plans can train it, its tensor-parallel
+plan, its FSDP units, its pipeline stages, and whether it is a sequence model. Callers
+look a family up by its registry name (:func:`family`) or by one of its models
+(:func:`family_of`).
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ from torch import nn
 from baton.errors import ModelError
 from baton.ml.families.base import Family
 from baton.ml.families.causal_lm import CausalLMFamily
+from baton.ml.families.cnn import CNNFamily
 from baton.ml.families.logreg import LogRegFamily
 from baton.ml.families.mlp import MLPFamily
 from baton.ml.plans import PlanKind
 
 __all__ = ["FAMILIES", "Family", "families_for", "family", "family_of", "known_families"]
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (MLPFamily(), LogRegFamily(), CausalLMFamily())}
+FAMILIES: dict[str, Family] = {
+    f.name: f for f in (MLPFamily(), LogRegFamily(), CausalLMFamily(), CNNFamily())
+}
 """Every registered family by name, in registration order."""
 
 
