@@ -25,30 +25,19 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 NAME = "clinic-risk"
 PACKAGE = "clinic_risk"
-SITES = ["hospital-1", "hospital-2", "hospital-3"]
-PLAN = """
-[run]
-name = "own-task"
-seed = 3
-cycles = 3
-sites = ["hospital-1", "hospital-2", "hospital-3"]
-
-[model]
-name = "mlp"
-args = {{ hidden = [16] }}
-
-{task}
-[ordering]
-strategy = "fixed"
-
-[training]
-optimizer = "adam"
-lr = 0.01
-batch_size = 32
-local_epochs = 2
-"""
+SITES = ["site-1", "site-2", "site-3"]
+"""The sites of the plan in the generated README."""
 CHANCE = 1 / 3
 """The generated task has 3 classes, equally likely in its held-out split."""
+
+
+def readme_plan(package: Path, pin: str) -> str:
+    """The plan of the package's README, its ``[task]`` section replaced by ``pin``."""
+    readme = (package / "README.md").read_text(encoding="utf-8")
+    plan = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    section = f"[task]\ndataset = \"{NAME}\"   # or the section 'baton task hash {NAME}' prints\n"
+    assert section in plan, plan
+    return plan.replace(section, pin)
 
 
 @dataclass(frozen=True)
@@ -117,15 +106,15 @@ def test_a_pinned_run_trains_the_new_task_across_three_sites(
     installed.run(
         "-m", f"{PACKAGE}.example", str(examples), "--sites", "3", cwd=tmp_path, timeout=60
     )
-    for k, site in enumerate(SITES, start=1):  # each hospital holds the new task's data
+    for site in SITES:  # each hospital holds the new task's data
         shutil.rmtree(layout.site_dir(site) / "data")
-        shutil.move(examples / f"site-{k}", layout.site_dir(site) / "data")
+        shutil.move(examples / site, layout.site_dir(site) / "data")
     pin = installed.run("-m", "owner.cli", "task", "hash", NAME, cwd=tmp_path, timeout=60).stdout
     assert pin.startswith(f'[task]\ndataset = "{NAME}"\ndistribution = "{NAME}"\n'), pin
 
     # The site processes inherit this environment: they find the task through its entry point.
     monkeypatch.setenv("PYTHONPATH", installed.env()["PYTHONPATH"])
-    outcome = run_to_the_end(layout, SITES, PLAN.format(task=pin))
+    outcome = run_to_the_end(layout, SITES, readme_plan(installed.package, pin))
 
     assert outcome.run.total_hops == 9
     assert all(code == 0 for code in outcome.exit_codes)
