@@ -157,67 +157,36 @@ def test_an_empty_or_missing_split_is_refused(tmp_path: Path) -> None:
     _refused(site, f"{site / 'val'}: folder not found")
 
 
+GOOD = {"task": "image_folder", "image": {"height": 2, "width": 3, "channels": 1}}
+
+
 @pytest.mark.parametrize(
-    ("schema", "message"),
+    ("changes", "message"),
     [
-        ({"task": "image_folder", "class_names": ["a", "b"]}, "schema key 'image' is missing"),
-        (
-            {"task": "tabular", "image": {}, "class_names": ["a", "b"]},
-            "schema 'task' must be 'image_folder'",
-        ),
-        (
-            {"task": "image_folder", "image": {"height": 2, "width": 3}, "class_names": ["a"]},
-            "schema 'image' key 'channels' is missing",
-        ),
-        (
-            {
-                "task": "image_folder",
-                "image": {"height": 2, "width": 3, "channels": 2},
-                "class_names": ["a", "b"],
-            },
-            "image 'channels' must be 1 (grayscale) or 3 (RGB)",
-        ),
-        (
-            {
-                "task": "image_folder",
-                "image": {"height": 0, "width": 3, "channels": 1},
-                "class_names": ["a", "b"],
-            },
-            "image 'height' must be an integer in [1, 4096]",
-        ),
-        (
-            {
-                "task": "image_folder",
-                "image": {"height": 2, "width": 3, "channels": 1},
-                "class_names": ["a", "../b"],
-            },
-            "class name '../b' cannot name a folder",
-        ),
-        (
-            {
-                "task": "image_folder",
-                "image": {"height": 2, "width": 3, "channels": 1},
-                "class_names": ["a", "a"],
-            },
-            "image class names must be unique",
-        ),
-        (
-            {
-                "task": "image_folder",
-                "image": {"height": 2, "width": 3, "channels": 1},
-                "class_names": ["a"],
-            },
-            "num_classes >= 2",
-        ),
+        ({"image": None}, "schema key 'image' is missing"),
+        ({"colour": True}, "schema key 'colour' is unknown"),
+        ({"task": "tabular"}, "schema 'task' must be 'image_folder'"),
+        ({"image": {"height": 2, "width": 3}}, "schema 'image' key 'channels' is missing"),
+        ({"image": {"height": 2, "width": 3, "channels": 2}}, "'channels' must be 1 (grayscale)"),
+        ({"image": {"height": 0, "width": 3, "channels": 1}}, "'height' must be an integer in"),
+        ({"class_names": ["a", "../b"]}, "class name '../b' cannot name a folder"),
+        ({"class_names": ["a", 7]}, "schema 'class_names' must be a list of strings"),
+        ({"class_names": ["a", "a"]}, "image class names must be unique"),
+        ({"class_names": ["a"]}, "num_classes >= 2"),
     ],
 )
 def test_a_bad_schema_is_refused_naming_the_key(
-    tmp_path: Path, schema: dict[str, object], message: str
+    tmp_path: Path, changes: dict[str, object], message: str
 ) -> None:
     site = _site(tmp_path)
-    (site / SCHEMA_FILE).write_text(json.dumps(schema), encoding="utf-8")
+    schema = {**GOOD, "class_names": ["a", "b"], **changes}
+    (site / SCHEMA_FILE).write_text(
+        json.dumps({k: v for k, v in schema.items() if v is not None}), encoding="utf-8"
+    )
     _refused(site, f"{site / SCHEMA_FILE}: ")
     _refused(site, message)
+    (site / SCHEMA_FILE).write_text("[1, 2]", encoding="utf-8")
+    _refused(site, f"{site / SCHEMA_FILE}: schema must be a JSON object")
 
 
 def test_digits_render_to_png_sites_that_read_back_as_the_same_examples(tmp_path: Path) -> None:
