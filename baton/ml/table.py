@@ -23,7 +23,10 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 Floats = np.ndarray[Any, np.dtype[np.float64]]
 Mask = np.ndarray[Any, np.dtype[np.bool_]]
-Encoded = tuple[np.ndarray[Any, np.dtype[np.float32]], np.ndarray[Any, np.dtype[np.int64]]]
+Floats32 = np.ndarray[Any, np.dtype[np.float32]]
+Labels = np.ndarray[Any, np.dtype[np.int64]]
+Encoded = tuple[Floats32, Labels | None]
+"""Encoded inputs, and the labels (None only where the label column may be absent)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -79,16 +82,31 @@ def read_table(path: Path, schema: Schema) -> Split:
     Raises:
         DataError: The file is missing, unreadable or fails validation.
     """
-    if path.suffix == ".parquet":
-        x, y = _encode_parquet(path, schema)
-    elif path.suffix == ".csv":
-        x, y = _encode_csv(path, schema)
-    else:
-        raise DataError(f"{path}: unknown data file type; expected .csv or .parquet")
+    x, y = _read(path, schema, label_optional=False)
+    if y is None:  # unreachable: without label_optional the label column is required
+        raise DataError(f"{path}: no label column {schema.label!r}")
     return Split(x=x, y=y)
 
 
-def _encode_csv(path: Path, schema: Schema) -> Encoded:
+def read_inputs(path: Path, schema: Schema) -> tuple[Floats32, Labels | None]:
+    """Reads a data file as :func:`read_table` does, except that the label column may be
+    absent (new cases to predict); returns the encoded inputs and the labels, or None.
+
+    Raises:
+        DataError: The file is missing, unreadable or fails validation.
+    """
+    return _read(path, schema, label_optional=True)
+
+
+def _read(path: Path, schema: Schema, *, label_optional: bool) -> tuple[Floats32, Labels | None]:
+    if path.suffix == ".parquet":
+        return _encode_parquet(path, schema, label_optional=label_optional)
+    if path.suffix == ".csv":
+        return _encode_csv(path, schema, label_optional=label_optional)
+    raise DataError(f"{path}: unknown data file type; expected .csv or .parquet")
+
+
+def _encode_csv(path: Path, schema: Schema, *, label_optional: bool = False) -> Encoded:
     """Reads a CSV file with a header row (see :func:`read_table`).
 
     Raises:
@@ -135,10 +153,10 @@ def _encode_csv(path: Path, schema: Schema) -> Encoded:
     source = _Source(
         path=path, names=header, rows=len(body), where=where, numbers=numbers, cells=cells
     )
-    return _encode(source, schema, empty_header=not rows)
+    return _encode(source, schema, empty_header=not rows, label_optional=label_optional)
 
 
-def _encode_parquet(path: Path, schema: Schema) -> Encoded:
+def _encode_parquet(path: Path, schema: Schema, *, label_optional: bool = False) -> Encoded:
     """Reads a Parquet file (see :func:`read_table`); pyarrow is imported here,
     so sites with CSV files never load it.
 
@@ -180,7 +198,7 @@ def _encode_parquet(path: Path, schema: Schema) -> Encoded:
         numbers=numbers,
         cells=cells,
     )
-    return _encode(source, schema, empty_header=False)
+    return _encode(source, schema, empty_header=False, label_optional=label_optional)
 
 
 def write_parquet(path: Path, names: Sequence[str], x: np.ndarray[Any, Any], y: Any) -> None:
@@ -194,9 +212,12 @@ def write_parquet(path: Path, names: Sequence[str], x: np.ndarray[Any, Any], y: 
     pq.write_table(pa.table(columns, names=list(names)), path)
 
 
-def _encode(source: _Source, schema: Schema, *, empty_header: bool) -> Encoded:
+def _encode(
+    source: _Source, schema: Schema, *, empty_header: bool, label_optional: bool = False
+) -> Encoded:
     path = source.path
-    _check_columns(source, schema, empty_header=empty_header)
+    labelled = not label_optional or schema.label in source.names
+    _check_columns(source, schema, empty_header=empty_header, labelled=labelled)
     if not source.rows:
         raise DataError(f"{path}: no examples")
     x = np.empty((source.rows, schema.num_inputs), dtype=np.float32)
@@ -222,10 +243,10 @@ def _encode(source: _Source, schema: Schema, *, empty_header: bool) -> Encoded:
                 f"{path}: column {name!r} has {count} missing {cells} and the schema's "
                 "missing policy is 'refuse'"
             )
-    return x, _labels(source, schema)
+    return x, (_labels(source, schema) if labelled else None)
 
 
-def _check_columns(source: _Source, schema: Schema, *, empty_header: bool) -> None:
+def _check_columns(source: _Source, schema: Schema, *, empty_header: bool, labelled: bool) -> None:
     prefix = f"{source.path}: header does not match the schema"
     if empty_header:
         raise DataError(f"{prefix}: no header")
@@ -233,10 +254,10 @@ def _check_columns(source: _Source, schema: Schema, *, empty_header: bool) -> No
     for name in names:
         if names.count(name) > 1:
             raise DataError(f"{prefix}: column {name!r} appears {names.count(name)} times")
-    for name in (*schema.feature_names, schema.label):
+    expected = [*schema.feature_names, *([schema.label] if labelled else [])]
+    for name in expected:
         if name not in names:
             raise DataError(f"{prefix}: no column {name!r}")
-    expected = {*schema.feature_names, schema.label}
     for name in names:
         if name not in expected:
             raise DataError(f"{prefix}: unexpected column {name!r}")

@@ -20,6 +20,7 @@ from baton.ml.trainer import evaluate
 from sim.localfed import provision
 from sim.tasks import Partition
 from tests.e2e.runs import run_to_the_end
+from tests.e2e.test_admin_cli import baton
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -124,3 +125,19 @@ def test_own_parquet_table_with_missing_values_trains_across_three_sites(
     accuracy = evaluate(model, test)["accuracy"]
     assert accuracy >= MIN_ACCURACY, accuracy
     assert all(code == 0 for code in outcome.exit_codes)
+
+    # The fetched file alone predicts the raw table, as a site reads it: the categories,
+    # the gaps and the column order need no code and no plan.
+    result = layout.owner_dir / "result.safetensors"
+    done = baton("predict", str(result), "--data", str(test_file), "--out", str(tmp_path / "p"))
+    assert done.returncode == 0, done.stderr
+    correct = round(accuracy * len(test))
+    assert f"accuracy {accuracy:.4f} ({correct}/{len(test)} rows)" in done.stdout
+    unlabelled = tmp_path / "new.parquet"
+    table = patients(5, rng)
+    del table["outcome"]
+    write_parquet(unlabelled, table)
+    done = baton("predict", str(result), "--data", str(unlabelled), "--out", str(tmp_path / "q"))
+    assert done.returncode == 0, done.stderr
+    assert "accuracy" not in done.stdout
+    assert len((tmp_path / "q").read_text().splitlines()) == 1 + 5

@@ -17,6 +17,7 @@ from torch import nn
 from baton.errors import DataError
 from baton.ml.data import Schema, SiteData, Split, read_site_data, read_table, write_site_data
 from baton.ml.models import plan_model
+from baton.ml.table import read_inputs
 from baton.plan import parse_plan
 
 
@@ -386,3 +387,18 @@ def test_a_numeric_typed_schema_writes_its_label_column_and_missing_cells(tmp_pa
     assert got_schema == schema
     assert np.isnan(got.train.x[0, 0])
     assert got.train.x[1, 0] == 2.5
+
+
+def test_cases_to_predict_may_come_without_their_label(tmp_path: Path) -> None:
+    unlabelled = _csv(tmp_path / "new.csv", "sex,age\nM,61\nF,47.5\nF,30\n")
+    x, y = read_inputs(unlabelled, _typed())
+    assert x.tolist() == EXPECTED_X
+    assert y is None
+    labelled = _csv(tmp_path / "t.csv", "diagnosis,sex,age\nmalignant,M,61\n0,F,47.5\n1,F,30\n")
+    x, y = read_inputs(labelled, _typed())
+    assert y is not None
+    assert y.tolist() == EXPECTED_Y
+    with pytest.raises(DataError, match=r"header does not match the schema: no column 'age'"):
+        read_inputs(_csv(tmp_path / "short.csv", "sex\nM\n"), _typed())
+    with pytest.raises(DataError, match="no column 'diagnosis'"):
+        read_table(unlabelled, _typed())  # training data needs its labels
