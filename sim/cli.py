@@ -65,11 +65,32 @@ def demo(
 def lab(
     out: Annotated[Path, typer.Option(help="Directory for results.json, results.md, the plots.")],
     grid: Annotated[
-        str, typer.Option(help="smoke, reduced, acceptance, full, or the same with -remedies.")
-    ] = "smoke",
+        str | None,
+        typer.Option(
+            help="smoke (the default), reduced, acceptance, full, or the same with -remedies."
+        ),
+    ] = None,
     jobs: Annotated[
         int, typer.Option(min=1, help="Worker processes running trials (one torch thread each).")
     ] = 1,
+    plan: Annotated[
+        Path | None,
+        typer.Option(help="Measure this run plan on the sites' own data (--site) instead."),
+    ] = None,
+    site: Annotated[
+        list[str] | None,
+        typer.Option(help="With --plan, NAME=DIR: a site of the plan and its data directory."),
+    ] = None,
+    test: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --plan, held-out data (a data directory or a CSV or Parquet file); "
+            "without it runs are scored on the sites' validation splits."
+        ),
+    ] = None,
+    repetitions: Annotated[
+        int, typer.Option(min=1, help="With --plan, runs of every order (run seeds).")
+    ] = 4,
 ) -> None:
     """Measure how much the order of sites matters and how well each strategy picks it."""
     import torch
@@ -77,10 +98,18 @@ def lab(
     from sim.lab.grid import GRIDS, run_grid
     from sim.lab.report import write_outputs
 
-    if grid not in GRIDS:
-        fail(f"unknown grid {grid!r}; known: {', '.join(GRIDS)}", exit_codes.CLI_CONFIG)
+    if plan is not None and grid is not None:
+        fail("--grid and --plan are mutually exclusive: give one", exit_codes.CLI_CONFIG)
+    if plan is None and (site or test is not None):
+        fail("--site and --test need --plan", exit_codes.CLI_CONFIG)
     console = Console(highlight=False, stderr=True)
     torch.set_num_threads(1)
+    if plan is not None:
+        _lab_plan(plan, site or [], test, repetitions, out, console, jobs=jobs)
+        return
+    grid = grid or "smoke"
+    if grid not in GRIDS:
+        fail(f"unknown grid {grid!r}; known: {', '.join(GRIDS)}", exit_codes.CLI_CONFIG)
     chosen = GRIDS[grid]
     records, seconds, left_out = run_grid(chosen, console.print, jobs=jobs)
     meta = {
@@ -101,6 +130,57 @@ def lab(
     for path in write_outputs(out, records, meta):
         console.print(f"wrote {path}")
     console.print(f"grid {chosen.name!r}: {len(chosen.cells)} cells in {seconds:.1f} s")
+
+
+def _lab_plan(
+    plan_path: Path,
+    site: list[str],
+    test: Path | None,
+    repetitions: int,
+    out: Path,
+    console: Console,
+    *,
+    jobs: int,
+) -> None:
+    """``baton lab --plan``: one cell of every order of the sites' own data."""
+    from rich.table import Table
+
+    from baton.entry import exit_on_error
+    from baton.errors import ConfigError, DataError, ModelError
+    from baton.plan import load_plan
+    from sim.lab.plan_cell import run_plan_cell
+    from sim.lab.report import write_outputs
+    from sim.own_data import parse_site_options
+
+    codes = {ConfigError: exit_codes.CLI_CONFIG, DataError: exit_codes.CLI_DATA}
+    with exit_on_error({**codes, ModelError: exit_codes.CLI_MODEL}, exit_codes.CLI_ERROR):
+        run_plan = load_plan(plan_path)
+        site_dirs = parse_site_options(site)
+        if jobs > 1:
+            console.print("--jobs: a plan's cell is one trial, run in this process")
+        console.print(
+            f"plan {run_plan.run.name!r}: every order of {len(run_plan.run.sites)} sites, "
+            f"{repetitions} repetitions, {run_plan.run.cycles} cycles"
+        )
+        records, meta = run_plan_cell(run_plan, site_dirs, test=test, repetitions=repetitions)
+        for path in write_outputs(out, records, meta):
+            console.print(f"wrote {path}")
+    first = records[0]
+    table = Table(
+        title=f"{meta['orders']} orders, order/noise ratio {first['order_noise_ratio']:.2f}, "
+        f"best-worst gap {100 * first['gap_best_worst']:.1f} pts; scored on {meta['scored_on']}"
+    )
+    for column in ("strategy", "percentile", "accuracy", "best order"):
+        table.add_column(column, justify="left" if column == "strategy" else "right")
+    for r in records:
+        table.add_row(
+            r["strategy"],
+            f"{r['percentile_mean']:.1f}",
+            f"{r['accuracy_mean']:.4f}",
+            f"{100 * r['best_order_rate']:.0f}%",
+        )
+    Console(highlight=False).print(table)
+    console.print(f"plan {run_plan.run.name!r}: {meta['seconds']:.1f} s")
 
 
 def simulate(

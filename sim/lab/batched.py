@@ -69,10 +69,21 @@ def supports_batched(plan: RunPlan) -> bool:
 
     It does for SGD (any momentum and weight decay) on the MLP without dropout.
     """
-    if plan.training.optimizer != "sgd" or plan.model.name != "mlp":
-        return False
+    return not unsupported_by_batched(plan)
+
+
+def unsupported_by_batched(plan: RunPlan) -> list[str]:
+    """What in ``plan`` :func:`train_schedules_batched` cannot train, one phrase each
+    (``model 'cnn' (only 'mlp')``); empty where it can (:func:`supports_batched`)."""
+    found = []
+    if plan.model.name != "mlp":
+        found.append(f"model {plan.model.name!r} (only 'mlp')")
+    if plan.training.optimizer != "sgd":
+        found.append(f"optimizer {plan.training.optimizer!r} (only 'sgd')")
     dropout = plan.model.args.get("dropout", 0.0)
-    return not (isinstance(dropout, int | float) and dropout > 0)
+    if isinstance(dropout, int | float) and dropout > 0:
+        found.append(f"dropout {dropout:g} (only 0)")
+    return found
 
 
 def pooled_val(federation: Federation) -> Split:

@@ -44,6 +44,7 @@ __all__ = [
     "lab_plan",
     "run_grid",
     "run_trial",
+    "trial_of",
 ]
 
 logger = logging.getLogger(__name__)
@@ -105,9 +106,26 @@ def run_trial(cell: Cell, grid: Grid, seed: int) -> Trial | Skipped:
         federation = make_federation(cell.dataset, sites, cell.partition, seed=seed)
     except DataError as exc:
         return Skipped(reason=str(exc))
-    plan = lab_plan(cell, grid, sites, federation)
+    return trial_of(lab_plan(cell, grid, sites, federation), federation, grid, seed=seed)
+
+
+def trial_of(plan: RunPlan, federation: Federation, grid: Grid, *, seed: int) -> Trial:
+    """Runs the oracle, the baselines and every strategy of ``grid`` on ``federation``,
+    each run trained as ``plan`` says.
+
+    The candidate orders are those of ``plan.run.sites`` (a sample drawn with ``seed``
+    beyond ``sim.lab.oracle.EXHAUSTIVE_MAX_SITES``); repetition ``r`` uses run seed
+    ``plan.run.seed + r``. Only ``grid``'s repetitions, strategies and probe budgets are
+    read, not its cells.
+
+    Raises:
+        ValueError: The plan is one batched training does not support
+            (``sim.lab.batched.supports_batched``).
+    """
+    sites = plan.run.sites
+    k = len(sites)
     profiles = published_profiles(federation)
-    reps = tuple(range(grid.repetitions))
+    reps = tuple(plan.run.seed + r for r in range(grid.repetitions))
     scores = evaluate_orders(plan, federation, candidate_orders(sites, seed=seed), reps)
     best = int(np.argmax(scores.test.mean(axis=1)))
     chosen: dict[str, list[float]] = {}
@@ -119,11 +137,11 @@ def run_trial(cell: Cell, grid: Grid, seed: int) -> Trial | Skipped:
     started = time.perf_counter()
     simulate_sequential(plan, federation, [sites] * plan.run.cycles)
     run_seconds = time.perf_counter() - started
-    for r in reps:
+    for rep, r in enumerate(reps):
         rep_plan = _with_seed(plan, r)
         central.append(centralized_accuracy(rep_plan, federation))
         fedavg.append(fedavg_accuracy(rep_plan, federation))
-        runs = TrialRuns(scores, r, plan, federation)
+        runs = TrialRuns(scores, rep, plan, federation)
         schedules: dict[str, tuple[tuple[str, ...], ...]] = {}
         rows = [
             (label, name, options, grid.probe_budget_per_site)
@@ -132,7 +150,7 @@ def run_trial(cell: Cell, grid: Grid, seed: int) -> Trial | Skipped:
         rows += [
             (label, "learned", {}, per_site)
             for label, per_site, largest in grid.budget_rows
-            if cell.k <= largest
+            if k <= largest
         ]
         for label, name, options, per_site in rows:
             inner = make_strategy(name, options)
@@ -144,8 +162,8 @@ def run_trial(cell: Cell, grid: Grid, seed: int) -> Trial | Skipped:
                     sites,
                     profiles,
                     seed=r,
-                    budget=cell.k * per_site,
-                    measure=OracleProber(scores, r, plan, federation),
+                    budget=k * per_site,
+                    measure=OracleProber(scores, rep, plan, federation),
                 )
             schedules[label] = strategy_schedule(
                 strategy, rep_plan, federation, probes=used, history=runs.history

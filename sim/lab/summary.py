@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -12,13 +12,37 @@ from sim.lab.oracle import ci95, leave_one_out_oracle, order_effect, percentile_
 from sim.lab.stats import paired_t_test, wilcoxon_signed_rank
 
 if TYPE_CHECKING:
-    from sim.lab.grid import Cell, Trial
+    from sim.lab.grid import Trial
 
-__all__ = ["summarize"]
+__all__ = ["CellLabels", "summarize"]
+
+
+class CellLabels(Protocol):
+    """What a record says of its cell: a grid's ``sim.lab.cells.Cell`` or a plan's."""
+
+    @property
+    def dataset(self) -> str:
+        """The task."""
+
+    @property
+    def partition_label(self) -> str:
+        """How the data is split across the sites."""
+
+    @property
+    def k(self) -> int:
+        """Number of sites."""
+
+    @property
+    def local_epochs(self) -> int:
+        """Local epochs per hop."""
+
+    @property
+    def cycles(self) -> int:
+        """Cycles per run."""
 
 
 def summarize(
-    cell: Cell, trials: Sequence[Trial], *, remedies: str = "none"
+    cell: CellLabels, trials: Sequence[Trial], *, remedies: str = "none"
 ) -> list[dict[str, Any]]:
     """One record per strategy (and FedAvg) of a cell, means over the trials.
 
