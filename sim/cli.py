@@ -166,10 +166,12 @@ def _lab_plan(
         for path in write_outputs(out, records, meta):
             console.print(f"wrote {path}")
     first = records[0]
-    table = Table(
-        title=f"{meta['orders']} orders, order/noise ratio {first['order_noise_ratio']:.2f}, "
+    stdout = Console(highlight=False)
+    stdout.print(
+        f"{meta['orders']} orders, order/noise ratio {first['order_noise_ratio']:.2f}, "
         f"best-worst gap {100 * first['gap_best_worst']:.1f} pts; scored on {meta['scored_on']}"
     )
+    table = Table()
     for column in ("strategy", "percentile", "accuracy", "best order"):
         table.add_column(column, justify="left" if column == "strategy" else "right")
     for r in records:
@@ -179,7 +181,7 @@ def _lab_plan(
             f"{r['accuracy_mean']:.4f}",
             f"{100 * r['best_order_rate']:.0f}%",
         )
-    Console(highlight=False).print(table)
+    stdout.print(table)
     console.print(f"plan {run_plan.run.name!r}: {meta['seconds']:.1f} s")
 
 

@@ -139,6 +139,12 @@ def test_the_plans_order_scores_as_a_simulation_of_the_plan(
             "does not support the plan's optimizer 'adam' (only 'sgd'); "
             "try the plan with 'baton simulate' instead",
         ),
+        (
+            _plan_toml().replace("hidden = [8]", "hidden = [8], dropout = 0.25"),
+            "baton lab --plan trains every order with the lab's batched trainer, which "
+            "does not support the plan's dropout 0.25 (only 0); "
+            "try the plan with 'baton simulate' instead",
+        ),
         (_plan_toml(sites='"h1"'), "the plan has 1 site; comparing orders needs at least 2"),
     ],
 )
