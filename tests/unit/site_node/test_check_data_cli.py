@@ -11,7 +11,7 @@ import numpy as np
 from baton import exit_codes
 from baton.ml.data import Schema, SiteData, Split, write_site_data
 
-SCHEMA = Schema(task="toy", feature_names=("a", "b"), num_classes=2, class_names=("no", "yes"))
+SCHEMA = Schema(task="tabular", feature_names=("a", "b"), num_classes=2, class_names=("no", "yes"))
 CONFIG = """coordinator = "127.0.0.1:7443"
 data_dir = "data"
 
