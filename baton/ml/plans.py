@@ -1,7 +1,7 @@
 """The parallel plan vocabulary: plan kinds, a plan's mesh shape, and a model's footprint.
 
-Model families declare which plan kinds can train them (:mod:`baton.ml.families`); the
-site node chooses a plan from these (``site_node.parallel.plans``).
+Model families declare which plan kinds can train them (:mod:`baton.ml.families`); a site
+chooses its plan among them from its devices and the model's size.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """The training step every path shares: optimizer, loss, one step, and which batches to take.
 
-The single-process trainer (:func:`baton.ml.trainer.train_local`), the parallel workers
-(``site_node.parallel.worker``, and its pipeline's loss) and the lab's batched trainer
-(``sim.lab.batched``) all build their optimizer with :func:`make_optimizer`, define the
-loss with :func:`training_loss` and :func:`log_prior`, and walk their minibatches with
-:func:`step_batches`; the trainer and the workers take each step with :func:`train_step`
-(a pipeline with :func:`optimizer_step` around its schedule).
+The single-process trainer (:func:`baton.ml.trainer.train_local`), the site's parallel
+torchrun workers (and their pipeline's loss) and the lab's batched trainer all build their
+optimizer with :func:`make_optimizer`, define the loss with :func:`training_loss` and
+:func:`log_prior`, and walk their minibatches with :func:`step_batches`; the trainer and
+the workers take each step with :func:`train_step` (a pipeline with :func:`optimizer_step`
+around its schedule).
 """
 
 from __future__ import annotations
