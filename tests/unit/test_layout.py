@@ -103,3 +103,16 @@ def test_the_kernel_torch_contract_names_every_kernel_module_but_ml() -> None:
         if (path.suffix == ".py" and path.stem != "__init__") or (path / "__init__.py").exists()
     }
     assert set(contract["source_modules"]) == kernel - {"baton.ml"}
+
+
+def test_the_kernel_does_not_even_name_a_role() -> None:
+    # Stricter than the import contracts: no docstring or string in the kernel leans on
+    # the site's code either; the generated stubs are left out.
+    mentions = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for path in sorted((ROOT / "baton").rglob("*.py"))
+        if "v1" not in path.parts
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if "site_node" in line
+    ]
+    assert mentions == []
