@@ -112,7 +112,10 @@ class CoordinatorServer:
         if self.port == 0:
             self.store.close()
             self.audit.close()
-            raise TransportError(f"cannot listen on {config.listen}")
+            raise TransportError(
+                f"cannot listen on {config.listen}: the address is in use (is another "
+                "coordinator running?) or not available on this machine"
+            )
 
     def start(self) -> None:
         """Starts serving and re-drives any run left running by a previous process."""

@@ -31,8 +31,11 @@ GRPC_OPTIONS: Final[list[tuple[str, int]]] = [
 SERVER_OPTIONS: Final[list[tuple[str, int]]] = [
     *GRPC_OPTIONS,
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.so_reuseport", 0),
 ]
-"""Server-only options: accept the clients' keepalive pings."""
+"""Server-only options: accept the clients' keepalive pings, and bind the port alone: with
+gRPC's default SO_REUSEPORT a second server on the same port starts too, and clients are
+spread over both, each with its own state and perhaps another CA."""
 
 
 def secure_channel(
