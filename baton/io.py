@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,9 +61,10 @@ def read_into(src: io.FileIO, view: memoryview) -> int:
     return total
 
 
-def iter_chunks(path: Path, chunk_size: int, *, offset: int = 0) -> Iterator[bytes]:
+def iter_chunks(path: Path, chunk_size: int, *, offset: int = 0) -> Generator[bytes, None, None]:
     """Yields the bytes of ``path`` from ``offset`` in chunks of ``chunk_size`` (the last
-    may be shorter)."""
+    may be shorter). The file opens on the first chunk and closes when the stream ends or
+    the consumer calls ``close()`` on it."""
     with path.open("rb") as fh:
         fh.seek(offset)
         while chunk := fh.read(chunk_size):

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from baton.domain import BlobRef
 from baton.errors import BlobError, NotFoundError
-from baton.io import atomic_write, fsync_dir
+from baton.io import atomic_write, fsync_dir, iter_chunks
 
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterator
@@ -228,7 +228,7 @@ class FileBlobStore:
         consumer calls ``close()`` on it (or drops it).
         """
         _check_read(offset, chunk_size, self.size(blob_id))
-        return _stream_file(self._blob_path(blob_id), offset, chunk_size)
+        return iter_chunks(self._blob_path(blob_id), chunk_size, offset=offset)
 
     def _partial_path(self, transfer_id: str) -> Path:
         return self._partial / _check_transfer_id(transfer_id)
@@ -343,13 +343,6 @@ def _check_read(offset: int, chunk_size: int, size: int) -> None:
         raise BlobError(f"chunk size must be at least 1, not {chunk_size}")
     if not 0 <= offset <= size:
         raise BlobError(f"read offset {offset} is outside the blob's {size} bytes")
-
-
-def _stream_file(path: Path, offset: int, chunk_size: int) -> Generator[bytes, None, None]:
-    with path.open("rb") as f:
-        f.seek(offset)
-        while chunk := f.read(chunk_size):
-            yield chunk
 
 
 def _hash_stream(f: BinaryIO) -> str:
