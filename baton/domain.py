@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 
@@ -117,3 +118,12 @@ class Assignment:
     """An evaluation of the final model, not a hop."""
     next_hop: NextHop | None = None
     """Who receives this hop's output; None for an evaluation."""
+
+
+def group_by_value(values: Mapping[str, str]) -> list[tuple[str, list[str]]]:
+    """Sites grouped by the value each holds (a task, a schema hash), the largest group
+    first, ties by first site: how refusals that name disagreeing sites list them."""
+    groups: dict[str, list[str]] = {}
+    for site, value in values.items():
+        groups.setdefault(value, []).append(site)
+    return sorted(groups.items(), key=lambda item: (-len(item[1]), item[1][0]))

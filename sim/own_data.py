@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from baton.domain import group_by_value
 from baton.errors import ConfigError
 from baton.ml.data import Schema, SiteData, Split
 from baton.ml.table import read_table
@@ -233,13 +234,9 @@ def _check_schemas(dataset: str, schemas: Mapping[str, Schema]) -> None:
 def _holding(values: Mapping[str, str], what: Callable[[str], str]) -> str:
     """``sites a, b hold <what>; site c holds <what>``: the largest group first, then by
     first site."""
-    groups: dict[str, list[str]] = {}
-    for site, value in values.items():
-        groups.setdefault(value, []).append(site)
-    ordered = sorted(groups.items(), key=lambda item: (-len(item[1]), item[1][0]))
     return "; ".join(
         f"site {g[0]} holds {what(v)}" if len(g) == 1 else f"sites {', '.join(g)} hold {what(v)}"
-        for v, g in ordered
+        for v, g in group_by_value(values)
     )
 
 

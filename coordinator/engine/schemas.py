@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from baton.domain import DataProfile
+from baton.domain import DataProfile, group_by_value
 from baton.errors import ConfigError
 from baton.plan import RunPlan
 
@@ -36,11 +36,11 @@ def check_site_data(plan: RunPlan, profiles: Mapping[str, DataProfile]) -> None:
             "start them with their data directory before creating the run"
         )
     dataset = plan.task.dataset
-    other_task = _grouped({s: profiles[s].task for s in sites if profiles[s].task != dataset})
+    other_task = group_by_value({s: profiles[s].task for s in sites if profiles[s].task != dataset})
     if other_task:
         held = "; ".join(f"{_sites(g)} {_hold(g)} task {task!r}" for task, g in other_task)
         raise ConfigError(f"run plan trains task {dataset!r}, but {held}")
-    schemas = _grouped({s: profiles[s].schema_hash for s in sites})
+    schemas = group_by_value({s: profiles[s].schema_hash for s in sites})
     if len(schemas) > 1:
         held = "; ".join(
             f"{', '.join(group)} {_hold(group)} schema {digest[:SHORT_HASH]}"
@@ -50,14 +50,6 @@ def check_site_data(plan: RunPlan, profiles: Mapping[str, DataProfile]) -> None:
             f"sites disagree on the data schema: {held}; "
             "check that every site's feature columns and classes match"
         )
-
-
-def _grouped(values: Mapping[str, str]) -> list[tuple[str, list[str]]]:
-    """Sites by the value they hold, the largest group first (then by first site name)."""
-    groups: dict[str, list[str]] = {}
-    for site, value in values.items():
-        groups.setdefault(value, []).append(site)
-    return sorted(groups.items(), key=lambda item: (-len(item[1]), item[1][0]))
 
 
 def _sites(group: Sequence[str]) -> str:
