@@ -22,9 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from baton.errors import BatonError
-from baton.ml.codec import load_into, load_state_file
-from baton.ml.models import plan_model
-from baton.ml.trainer import evaluate
+from baton.ml.codec import load_state_file
 from baton.plan import RunPlan, parse_plan
 from baton.security.sealing import AppKeys
 from baton.v1 import admin_pb2, common_pb2
@@ -199,10 +197,11 @@ def _follow(
 
 
 def _evaluate_result(plan: RunPlan, fed: Federation, path: Path) -> dict[str, float]:
-    model = plan_model(plan, fed.schema)
-    load_into(model, load_state_file(path))
+    hooks = fed.hooks
+    model = fed.build_model(plan)
+    hooks.load_travelling(model, load_state_file(path))
     with torch.no_grad():
-        return evaluate(model, fed.test)
+        return hooks.evaluate(model, fed.test)
 
 
 def _report(

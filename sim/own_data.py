@@ -127,9 +127,6 @@ def simulate_sites(
             plan that names probe runs (runs of a live federation a simulation lacks).
         DataError: See :func:`read_federation`.
     """
-    from baton.ml.codec import load_into
-    from baton.ml.models import plan_model
-    from baton.ml.trainer import evaluate
     from ordering import make_strategy
     from sim.lab.runner import strategy_schedule
     from sim.simulate import simulate_sequential
@@ -144,9 +141,10 @@ def simulate_sites(
     federation = read_federation(plan, site_dirs, test=test)
     orders = strategy_schedule(strategy, plan, federation)
     simulation = simulate_sequential(plan, federation, orders)
-    model = plan_model(plan, federation.schema)
-    load_into(model, simulation.state)
-    site_metrics = {site: evaluate(model, d.val) for site, d in federation.sites.items()}
+    hooks = federation.hooks
+    model = federation.build_model(plan)
+    hooks.load_travelling(model, simulation.state)
+    site_metrics = {site: hooks.evaluate(model, d.val) for site, d in federation.sites.items()}
     return OwnDataResult(
         simulation=simulation,
         orders=orders,

@@ -8,9 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from baton.ml.codec import state_of
-from baton.ml.models import plan_model
-from baton.ml.trainer import TrainResult, evaluate, hop_seed, train_local
+from baton.ml.trainer import TrainResult, hop_seed
 
 if TYPE_CHECKING:
     import torch
@@ -60,7 +58,8 @@ def simulate_sequential(
 
     The model is built from the plan (name, arguments, ``plan.run.seed``); hop ``h``
     (counted from 0 across cycles) evaluates the incoming model on the site's validation
-    split, trains with :func:`baton.ml.trainer.train_local` (seed
+    split, trains with the task's hooks (:mod:`baton.ml.hooks`; by default
+    :func:`baton.ml.trainer.train_local`) (seed
     ``hop_seed(plan.run.seed, h)``, hop index ``h``, the cycle's length as the number of
     sites, as the site daemon does), and evaluates again. The plan's site list is not
     consulted: ``orders`` decides who trains.
@@ -79,14 +78,15 @@ def simulate_sequential(
         for site in order:
             if site not in federation.sites:
                 raise ValueError(f"order names unknown site {site!r}")
-    model = plan_model(plan, federation.schema)
+    hooks = federation.hooks
+    model = federation.build_model(plan)
     records: list[HopRecord] = []
     for cycle, order in enumerate(orders):
         for site in order:
             data = federation.sites[site]
             hop = len(records)
-            before = evaluate(model, data.val)
-            result = train_local(
+            before = hooks.evaluate(model, data.val)
+            result = hooks.train(
                 model,
                 data.train,
                 plan.training,
@@ -94,7 +94,7 @@ def simulate_sequential(
                 hop_index=hop,
                 num_sites=len(order),
             )
-            after = evaluate(model, data.val)
+            after = hooks.evaluate(model, data.val)
             records.append(
                 HopRecord(
                     hop=hop,
@@ -105,9 +105,11 @@ def simulate_sequential(
                     train=result,
                 )
             )
-    test = evaluate(model, federation.test)
+    test = hooks.evaluate(model, federation.test)
     logger.debug("sequential simulation of %d hops done", len(records))
-    return SimulationResult(state=state_of(model), hops=tuple(records), test_metrics=test)
+    return SimulationResult(
+        state=hooks.travelling_state(model), hops=tuple(records), test_metrics=test
+    )
 
 
 def train_centralized(plan: RunPlan, federation: Federation) -> dict[str, float]:
@@ -122,7 +124,8 @@ def train_centralized(plan: RunPlan, federation: Federation) -> dict[str, float]
     trains at the constant ``lr``, without proximal penalty or proportional steps, so the
     baseline is the same whichever remedies a plan turns on.
     """
-    model = plan_model(plan, federation.schema)
+    hooks = federation.hooks
+    model = federation.build_model(plan)
     cycles = plan.run.cycles
     training = dataclasses.replace(
         plan.training, proportional_steps=False, lr_schedule="constant", proximal_mu=0.0
@@ -133,10 +136,5 @@ def train_centralized(plan: RunPlan, federation: Federation) -> dict[str, float]
         )
     else:
         training = dataclasses.replace(training, local_epochs=cycles * training.local_epochs)
-    train_local(
-        model,
-        federation.pooled_train(),
-        training,
-        seed=hop_seed(plan.run.seed, 0),
-    )
-    return evaluate(model, federation.test)
+    hooks.train(model, federation.pooled_train(), training, seed=hop_seed(plan.run.seed, 0))
+    return hooks.evaluate(model, federation.test)

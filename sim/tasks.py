@@ -7,14 +7,22 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn import datasets as _sk
 
 from baton.errors import DataError
 from baton.ml.data import Schema, SiteData, Split
-from baton.ml.task import ReaderTask
+from baton.ml.task import ReaderTask, Task
+from baton.ml.task import load_task as installed_task
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from baton.ml.hooks import TaskHooks
+    from baton.plan import RunPlan
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +125,23 @@ class Federation:
     """Site id to its data, in the order the sites were given."""
     test: Split
     """Stratified held-out test set no site holds."""
+    task: Task | None = None
+    """The task whose hooks build, train and score the model; None: the installed task
+    the schema names."""
+    model_dir: Path | None = None
+    """What the task's ``build_model`` gets as the site directory (a directory holding a
+    pretrained base model); None for tasks that build from the plan alone."""
+
+    @property
+    def hooks(self) -> TaskHooks:
+        """The task's hooks (:mod:`baton.ml.hooks`), as the sites use them."""
+        from baton.ml.hooks import task_hooks
+
+        return task_hooks(self.task if self.task is not None else installed_task(self.schema.task))
+
+    def build_model(self, plan: RunPlan) -> nn.Module:
+        """Hop 0's model of ``plan``, as every site builds it."""
+        return self.hooks.build_model(plan, self.schema, self.model_dir)
 
     def pooled_train(self) -> Split:
         """All sites' training splits concatenated, in site order (for centralized baselines)."""

@@ -64,8 +64,9 @@ class SiteDaemon:
             self._keys.encryption_cert_pem,
             self._tls.identity,
         )
-        schema, data = site_task(config.data_dir).read_site_data(config.data_dir)
-        self._local = LocalData(schema=schema, data=data)
+        task = site_task(config.data_dir)
+        schema, data = task.read_site_data(config.data_dir)
+        self._local = LocalData(schema=schema, data=data, task=task, site_dir=config.data_dir)
         self._profile = profile_of(schema, data)
         config.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:

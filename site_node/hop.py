@@ -32,10 +32,10 @@ from baton.errors import (
     TrainingInterrupted,
     TransportError,
 )
-from baton.ml.codec import save_state_file, state_of
+from baton.ml.codec import save_state_file
 from baton.ml.gate import GatePolicy, require_passing
 from baton.ml.portable import result_metadata
-from baton.ml.trainer import TrainResult, evaluate, hop_seed, train_local
+from baton.ml.trainer import TrainResult, hop_seed
 from baton.security.audit import AuditLog
 from baton.security.replay import ReplayGuard
 from baton.security.sealing import AppKeys, manifest_digest
@@ -176,28 +176,35 @@ class HopRunner:
             # Bad local data fails the hop before the model is fetched or anything trains.
             require_passing(self._local.schema, self._local.data, self._data_gate)
             model, checked = self._inbox.receive(a, run_dir, plain_in)
+            hooks = self._local.hooks
             device = site_device(self._training)
-            parallel = site_plan(
-                self._training,
-                model,
-                checked.plan,
-                num_examples=len(self._local.data.train),
-                device=device,
+            parallel = (
+                ParallelPlan(kind=PlanKind.SINGLE)
+                if hooks.trains_itself
+                else site_plan(
+                    self._training,
+                    model,
+                    checked.plan,
+                    num_examples=len(self._local.data.train),
+                    device=device,
+                )
             )
-            before = evaluate(model, self._local.data.val)
+            before = hooks.evaluate(model, self._local.data.val)
             self._report(a, "before", before)
             result = self._train(a, model, checked, parallel, job_dir=job_dir, device=device)
-            after = evaluate(model, self._local.data.val)
+            after = hooks.evaluate(model, self._local.data.val)
+            metric = self._local.task.primary_metric.name
             logger.info(
-                "hop %d: val accuracy %.4f -> %.4f after %d steps (%.2fs)",
+                "hop %d: val %s %.4f -> %.4f after %d steps (%.2fs)",
                 a.hop_index,
-                before["accuracy"],
-                after["accuracy"],
+                metric,
+                before.get(metric, float("nan")),
+                after.get(metric, float("nan")),
                 result.steps,
                 result.train_seconds,
             )
             meta = result_metadata(checked.plan, self._local.schema, a, checked.plan_digest)
-            save_state_file(plain_out, state_of(model), metadata=meta)
+            save_state_file(plain_out, hooks.travelling_state(model), metadata=meta)
             sealed = run_dir / f"hop-{a.hop_index:05d}.out.sealed"
             manifest = seal_for_next(
                 nxt,
@@ -263,8 +270,9 @@ class HopRunner:
         ``parallel`` on worker processes that checkpoint in ``job_dir``."""
         seed = hop_seed(checked.plan.run.seed, a.hop_index)
         num_sites = len(checked.plan.run.sites)
-        if parallel.kind == PlanKind.SINGLE and device == "cpu":
-            result = train_local(
+        hooks = self._local.hooks
+        if hooks.trains_itself or (parallel.kind == PlanKind.SINGLE and device == "cpu"):
+            result = hooks.train(
                 model,
                 self._local.data.train,
                 checked.plan.training,
@@ -311,7 +319,7 @@ class HopRunner:
             model, checked = self._inbox.receive(a, run_dir, plain)
             if not checked.plan.run.evaluate_at_sites:
                 raise PkiError(f"the signed plan of run {a.run_id} asks for no evaluation")
-            metrics = evaluate(model, self._local.data.val)
+            metrics = self._local.hooks.evaluate(model, self._local.data.val)
         except (TransportError, Denied):
             raise
         except BatonError as exc:

@@ -16,9 +16,10 @@ from torch import nn
 
 from baton.domain import Assignment, BlobRef
 from baton.errors import DataError, PkiError, SealError
-from baton.ml.codec import load_into, load_metadata_file, load_state_file, schema_hash, state_of
+from baton.ml.codec import load_metadata_file, load_state_file, schema_hash
 from baton.ml.data import Schema, SiteData
-from baton.ml.models import plan_model
+from baton.ml.hooks import TaskHooks, task_hooks
+from baton.ml.task import TABULAR, Task
 from baton.ml.tasks import check_task_pin
 from baton.plan import RunPlan, parse_plan
 from baton.security.audit import AuditLog
@@ -46,10 +47,19 @@ MAX_MODEL_BYTES = 64 << 30
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class LocalData:
-    """The site's own dataset, as read from its data directory."""
+    """The site's own dataset, as read from its data directory, and the task that read it."""
 
     schema: Schema
     data: SiteData
+    task: Task = TABULAR
+    """The installed task the data belongs to; its hooks build, train and score the model."""
+    site_dir: Path | None = None
+    """The site's data directory (what the task keeps beside the data, e.g. a base model)."""
+
+    @property
+    def hooks(self) -> TaskHooks:
+        """The task's model hooks, with Baton's defaults (:mod:`baton.ml.hooks`)."""
+        return task_hooks(self.task)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -101,8 +111,9 @@ class Inbox:
         if me.name not in plan.run.sites:
             raise PkiError(f"the signed plan of run {a.run_id} does not list this site")
         check_task_pin(plan.task, pinned_by=f"run {a.run_id}", here="this site")
-        model = plan_model(plan, schema)
-        schema_digest = schema_hash(state_of(model))
+        hooks = self.local.hooks
+        model = hooks.build_model(plan, schema, self.local.site_dir)
+        schema_digest = schema_hash(hooks.travelling_state(model))
         input_digest = plan_digest
         if a.input is None:
             if a.hop_index != 0:
@@ -204,7 +215,9 @@ class Inbox:
             replay=MemoryReplayGuard() if retry else self.replay,
         )
         self._check_data_schema(a, plain_in)
-        load_into(model, load_state_file(plain_in), max_norm=plan.security.max_weight_norm)
+        self.local.hooks.load_travelling(
+            model, load_state_file(plain_in), max_norm=plan.security.max_weight_norm
+        )
         self.audit.append(
             "hop_resumed" if retry else "hop_received",
             run_id=a.run_id,

@@ -12,6 +12,7 @@ import torch
 
 from baton.ml.codec import load_into, state_of
 from baton.ml.models import build_model
+from baton.ml.task import Metric
 from baton.ml.trainer import evaluate, hop_seed, train_local
 from baton.plan import ModelSection, RunPlan, RunSection, TaskSection, TrainingSection
 from sim.simulate import simulate_sequential, train_centralized
@@ -150,7 +151,7 @@ def test_bad_orders_are_rejected(orders: list[list[str]], message: str) -> None:
     ],
 )
 def test_centralized_uses_equal_compute(
-    monkeypatch: pytest.MonkeyPatch, training: TrainingSection, expected: dict[str, int]
+    training: TrainingSection, expected: dict[str, int]
 ) -> None:
     seen: list[dict[str, Any]] = []
     real = train_local
@@ -159,8 +160,14 @@ def test_centralized_uses_equal_compute(
         seen.append({"n": len(split), **dataclasses.asdict(section), **kwargs})
         return real(model, split, dataclasses.replace(section, local_steps=1), **kwargs)
 
-    monkeypatch.setattr("sim.simulate.train_local", spy)
-    fed = _federation(0)
+    class SpyTask:
+        """The federation's task, whose own training hook is the spy."""
+
+        name = "breast_cancer"
+        primary_metric = Metric(name="accuracy", higher_is_better=True)
+        train = staticmethod(spy)
+
+    fed = dataclasses.replace(_federation(0), task=SpyTask())  # type: ignore[arg-type]
     metrics = train_centralized(_plan(0, training), fed)
     assert len(seen) == 1
     assert seen[0]["local_epochs"] == expected["local_epochs"]
