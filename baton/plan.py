@@ -87,6 +87,9 @@ class ModelSection:
 TASK_HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 """A task pin's content hash: ``sha256:`` and 64 lower-case hex digits."""
 
+METRIC_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+"""A metric's name as sites report it (``accuracy``, ``loss``, ``perplexity``)."""
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TaskSection:
@@ -111,8 +114,19 @@ class TaskSection:
     sha256: str = ""
     """Content hash of the distribution's installed files, ``sha256:`` and 64 lower-case
     hex digits (see :mod:`baton.ml.tasks` for what it covers). Empty: not pinned."""
+    metric: str = "accuracy"
+    """The task's primary metric, as its sites report it (``loss``, ``perplexity``...): what
+    ordering strategies rank sites by and what reports show. It MUST be the installed
+    task's primary metric; ``baton submit`` checks it."""
+    higher_is_better: bool = True
+    """Whether a higher ``metric`` is better (``false`` for ``perplexity``). It MUST match
+    the installed task's primary metric; ``baton submit`` checks it."""
 
     def __post_init__(self) -> None:
+        if not METRIC_NAME_RE.match(self.metric):
+            raise ValueError(
+                f"'metric' must be 1 to 64 letters, digits, '_', '.' or '-', not {self.metric!r}"
+            )
         pin = {"distribution": self.distribution, "version": self.version, "sha256": self.sha256}
         missing = [key for key, value in pin.items() if not value]
         if missing and len(missing) < len(pin):
