@@ -42,6 +42,8 @@ SITE_UNREACHABLE: Final = 203
 """The coordinator stayed unreachable after every retry."""
 SITE_DATA_GATE: Final = 204
 """The site's dataset is readable but fails the data gate (``site-node check-data``)."""
+SITE_PREFLIGHT: Final = 205
+"""``site-node check`` found a problem: see its checklist."""
 
 # CLI tools.
 CLI_CONFIG: Final = 60
@@ -51,12 +53,19 @@ CLI_PKI: Final = 61
 CLI_UNREACHABLE: Final = 62
 """The coordinator could not be reached."""
 CLI_RUN_FAILED: Final = 63
-"""The run the CLI drove failed or was cancelled."""
+"""The run the CLI followed failed (``submit --watch``, ``watch``)."""
 CLI_DEMO_PROCESS: Final = 64
 """A process the demo started exited early."""
 CLI_MODEL: Final = 65
 """A model file given to the CLI cannot be read or rebuilt (``baton predict``)."""
 CLI_DATA: Final = 66
 """A data file given to the CLI does not fit the model, or its output cannot be written."""
+CLI_RUN_CANCELLED: Final = 67
+"""The run the CLI followed was cancelled."""
+CLI_RUN_REJECTED: Final = 68
+"""The run the CLI followed failed because a site rejected a sealed model it received:
+a signature, chain, recipient or integrity check failed (a verification failure)."""
+CLI_PREFLIGHT: Final = 69
+"""``baton check`` found a problem: see its checklist."""
 CLI_ERROR: Final = 79
 """Any other Baton error in a CLI tool."""

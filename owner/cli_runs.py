@@ -9,10 +9,12 @@ import typer
 from rich.console import Console
 
 from baton import exit_codes
-from baton.entry import exit_on_error
+from baton.entry import exit_on_error, fail
 from baton.errors import ConfigError, PkiError, TransportError
 
 if TYPE_CHECKING:
+    from google.protobuf.message import Message
+
     from baton.v1 import common_pb2
     from owner.client import AdminClient
 
@@ -24,6 +26,11 @@ _CODES = {
     PkiError: exit_codes.CLI_PKI,
     TransportError: exit_codes.CLI_UNREACHABLE,
 }
+
+REJECTIONS = frozenset({"rejected_hop", "untrusted_party"})
+"""Reasons a site reports when a sealed model or its sender failed verification."""
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 AdminOpt = Annotated[
     Path,
@@ -75,18 +82,21 @@ def register(app: typer.Typer) -> None:
                     _watch(client, run.run_id)
 
     @app.command()
-    def runs(admin: AdminOpt) -> None:
+    def runs(admin: AdminOpt, as_json: JsonOpt = False) -> None:
         """List runs, newest first."""
         from rich.table import Table
 
         with exit_on_error(_CODES, exit_codes.CLI_ERROR), admin_client(admin) as client:
+            if as_json:
+                _print_json([_as_dict(r) for r in client.list_runs()])
+                return
             table = Table("run", "name", "state", "hops", "strategy")
             for r in client.list_runs():
                 table.add_row(r.run_id, r.name, _state(r.state), str(r.total_hops), r.strategy)
             console.print(table)
 
     @app.command()
-    def status(run_id: str, admin: AdminOpt) -> None:
+    def status(run_id: str, admin: AdminOpt, as_json: JsonOpt = False) -> None:
         """Show one run hop by hop."""
         from rich.table import Table
 
@@ -94,6 +104,9 @@ def register(app: typer.Typer) -> None:
 
         with exit_on_error(_CODES, exit_codes.CLI_ERROR), admin_client(admin) as client:
             r = client.get_run(run_id)
+            if as_json:
+                _print_json(_as_dict(r))
+                return
             console.print(f"run {r.run_id} '{r.name}': {_state(r.state)} {r.error}")
             table = Table("hop", "cycle", "site", "state", "val acc before", "val acc after")
             for h in r.hops:
@@ -153,11 +166,14 @@ def register(app: typer.Typer) -> None:
             )
 
     @app.command()
-    def sites(admin: AdminOpt) -> None:
+    def sites(admin: AdminOpt, as_json: JsonOpt = False) -> None:
         """List registered sites and their leases."""
         from rich.table import Table
 
         with exit_on_error(_CODES, exit_codes.CLI_ERROR), admin_client(admin) as client:
+            if as_json:
+                _print_json([_as_dict(s) for s in client.list_sites()])
+                return
             table = Table("site", "online", "examples", "labels", "cpus")
             for s in client.list_sites():
                 table.add_row(
@@ -171,10 +187,10 @@ def register(app: typer.Typer) -> None:
 
 
 def _watch(client: AdminClient, run_id: str) -> None:
-    """Prints a run's events as they come, until it ends.
+    """Prints a run's events as they come, until it ends; exits with the run's outcome.
 
-    Raises:
-        TransportError: The run ended other than succeeded.
+    Exits 63 when the run failed, 67 when it was cancelled and 68 when it failed because a
+    site rejected a sealed model (:func:`run_exit_code`).
     """
     from baton.v1 import admin_pb2, common_pb2
 
@@ -188,7 +204,44 @@ def _watch(client: AdminClient, run_id: str) -> None:
         )
     final = client.get_run(run_id)
     if final.state != common_pb2.RUN_STATE_SUCCEEDED:
-        raise TransportError(f"run {run_id} ended {_state(final.state)}: {final.error}")
+        client.close()
+        fail(
+            f"run {run_id} ended {_state(final.state)}: {final.error}",
+            run_exit_code(final.state, final.error),
+        )
+
+
+def run_exit_code(state: common_pb2.RunState.ValueType, error: str) -> int:
+    """The exit code for a run that ended in ``state`` with ``error``.
+
+    A failed run whose failing hop (``hop N at SITE failed: REASON: ...``) names one of
+    :data:`REJECTIONS` was rejected (68); any other failure is 63; a cancelled run is 67;
+    a succeeded one 0.
+    """
+    from baton.v1 import common_pb2
+
+    if state == common_pb2.RUN_STATE_SUCCEEDED:
+        return exit_codes.OK
+    if state == common_pb2.RUN_STATE_CANCELLED:
+        return exit_codes.CLI_RUN_CANCELLED
+    reason = error.partition(" failed: ")[2].partition(":")[0].strip()
+    if reason in REJECTIONS:
+        return exit_codes.CLI_RUN_REJECTED
+    return exit_codes.CLI_RUN_FAILED
+
+
+def _as_dict(message: Message) -> object:
+    """A protobuf message as JSON-ready data, with its proto field names."""
+    from google.protobuf.json_format import MessageToDict
+
+    return MessageToDict(message, preserving_proto_field_name=True)
+
+
+def _print_json(data: object) -> None:
+    """Prints ``data`` as indented JSON on stdout, uncoloured."""
+    import json
+
+    typer.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
 def _fmt(v: float | None) -> str:
