@@ -77,6 +77,7 @@ def on_terminate(callback: Callable[[], None]) -> None:
 def make_app(help: str, **kwargs: Any) -> typer.Typer:
     """A Typer app with Baton's defaults: no shell-completion commands, and tracebacks of
     unexpected errors without local variables (they could hold key material)."""
+    kwargs.setdefault("context_settings", {"help_option_names": ["-h", "--help"]})
     return typer.Typer(
         help=help,
         no_args_is_help=True,
@@ -84,3 +85,16 @@ def make_app(help: str, **kwargs: Any) -> typer.Typer:
         pretty_exceptions_show_locals=False,
         **kwargs,
     )
+
+
+def version_callback(prog: str) -> Callable[[bool], None]:
+    """An eager ``--version`` option's callback: prints ``PROG VERSION`` and exits 0."""
+
+    def show(value: bool) -> None:
+        if value:
+            from importlib.metadata import version
+
+            typer.echo(f"{prog} {version('baton-fl')}")
+            raise typer.Exit()
+
+    return show

@@ -10,7 +10,13 @@ from typing import Annotated
 import typer
 
 from baton import exit_codes
-from baton.entry import configure_logging, exit_on_error, make_app, on_terminate
+from baton.entry import (
+    configure_logging,
+    exit_on_error,
+    make_app,
+    on_terminate,
+    version_callback,
+)
 from baton.errors import ConfigError, PkiError, StoreError, TransportError
 
 # ``serve`` imports the server (gRPC, the store, the engine) when it runs, so that
@@ -29,7 +35,17 @@ _CODES = {
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            is_eager=True,
+            callback=version_callback("coordinator"),
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
     """Baton coordinator."""
 
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import logging
 from importlib.metadata import entry_points
+from typing import Annotated
 
-from baton.entry import make_app
+import typer
+
+from baton.entry import make_app, version_callback
 from owner.cli_new import register as register_new
 from owner.cli_pki import pki_app
 from owner.cli_predict import register as register_predict
@@ -27,6 +30,23 @@ COMMANDS_GROUP = "baton.commands"
 logger = logging.getLogger(__name__)
 
 app = make_app("Baton: sequential learning across hospitals.")
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            is_eager=True,
+            callback=version_callback("baton"),
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Baton: sequential learning across hospitals."""
+
+
 app.add_typer(pki_app, name="pki", help="Create the federation CA and issue certificates.")
 register(app)
 register_verify(app)
