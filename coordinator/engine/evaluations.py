@@ -22,11 +22,28 @@ class Evaluations:
         # Runs whose evaluations need no more looking at: their plan asks for none, or
         # every site has reported. Plans never change, and neither do reports.
         self._settled: set[str] = set()
+        # Succeeded runs not settled yet: read once from the store, then told by the
+        # scheduler, so an assignment stream's poll never reads every finished run.
+        self._candidates: set[str] | None = None
+
+    def succeeded(self, run_id: str) -> None:
+        """Notes a run that has just succeeded (it may await evaluations)."""
+        with self._journal.lock:
+            if self._candidates is not None:
+                self._candidates.add(run_id)
 
     def pending(self, site_id: str) -> list[RunRecord]:
         """Finished runs whose plan asks every site to evaluate the final model and that
-        ``site_id`` has not evaluated yet."""
-        return [run for run in self._store.list_runs() if self.expects(site_id, run)]
+        ``site_id`` has not evaluated yet, newest first."""
+        with self._journal.lock:
+            if self._candidates is None:
+                self._candidates = {
+                    r.run_id for r in self._store.list_runs() if r.state is RunState.SUCCEEDED
+                }
+            self._candidates -= self._settled
+            runs = [self._store.get_run(run_id) for run_id in self._candidates]
+        runs.sort(key=lambda r: (-r.created_ms, r.run_id))
+        return [run for run in runs if self.expects(site_id, run)]
 
     def expects(self, site_id: str, run: RunRecord) -> bool:
         """Whether ``run`` has ended and awaits ``site_id``'s evaluation of its final model."""
@@ -52,7 +69,7 @@ class Evaluations:
             ConflictError: The run did not ask ``site_id`` for an evaluation, or it has
                 one from that site already.
         """
-        with self._journal.lock:
+        with self._journal.transaction():
             run = self._store.get_run(run_id)
             if not self.expects(site_id, run):
                 raise ConflictError(
@@ -67,4 +84,3 @@ class Evaluations:
                 metrics=metrics,
             )
             self._journal.record("site_evaluated", run_id, detail={"site": site_id})
-            self._journal.bump()

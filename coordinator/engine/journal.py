@@ -3,12 +3,21 @@ change counter the assignment and event streams wait on."""
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
+from baton.errors import AuditError
 from baton.security.audit import AuditLog
-from coordinator.store.base import EventKind, Store
+from coordinator.store.base import EventKind, PendingAudit, Store
+
+logger = logging.getLogger(__name__)
+
+OUTBOX_KEY = "outbox"
+"""The detail key naming an audit entry's outbox id, so a restart never writes it twice."""
 
 
 def now_ms() -> int:
@@ -19,8 +28,12 @@ def now_ms() -> int:
 class Journal:
     """Records changes and wakes whoever waits for one.
 
-    Engine methods hold :attr:`lock` while they change state, so a watcher woken by
-    :meth:`bump` sees every change of the critical section at once.
+    Engine methods change state inside :meth:`transaction`: one store transaction under
+    :attr:`lock`, so a crash keeps all of a transition or none of it, and a watcher woken
+    by :meth:`bump` sees every change at once. Audit entries are stored in the same
+    transaction (the store's outbox) and signed into the log after it commits; entries a
+    crash or a full disk kept from the log are written by the next :meth:`flush_audit`
+    (at start-up, and after every transaction).
 
     Args:
         store: Durable state, where run events go.
@@ -36,6 +49,50 @@ class Journal:
         self.clock = clock
         self.lock = threading.Condition(threading.RLock())
         self._version = 0
+        self._depth = 0
+        self._logged_outbox = _last_outbox_id(audit)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One atomic state change: commits everything of the block or nothing; then
+        writes its audit entries and wakes the watchers. Nested blocks join the outer one."""
+        with self.lock:
+            self._depth += 1
+            try:
+                with self._store.atomic():
+                    yield
+            finally:
+                self._depth -= 1
+            if self._depth == 0:
+                self.flush_audit()
+                self.bump()
+
+    def flush_audit(self) -> int:
+        """Signs every queued audit entry into the log, oldest first; returns how many.
+
+        An entry the log cannot take (a full disk) stays queued for the next flush, and is
+        reported as an ERROR once per flush; the state change it records stands.
+        """
+        if self._audit is None:
+            return 0
+        written = 0
+        with self.lock:
+            for entry in self._store.pending_audit():
+                if entry.outbox_id > self._logged_outbox:
+                    try:
+                        self._audit.append(
+                            entry.event,
+                            run_id=entry.run_id,
+                            hop=entry.hop,
+                            detail={**entry.detail, OUTBOX_KEY: str(entry.outbox_id)},
+                        )
+                    except AuditError as exc:
+                        logger.error("audit entries wait for the log: %s", exc.message)
+                        break
+                    self._logged_outbox = entry.outbox_id
+                    written += 1
+                self._store.clear_audit(entry.outbox_id)
+        return written
 
     @property
     def version(self) -> int:
@@ -87,6 +144,30 @@ class Journal:
         hop: int | None = None,
         detail: dict[str, str] | None = None,
     ) -> None:
-        """Appends an entry to the signed audit log, if there is one."""
-        if self._audit is not None:
-            self._audit.append(event, run_id=run_id, hop=hop, detail=detail)
+        """Queues an entry for the signed audit log (if there is one) with the transaction
+        in progress, or writes it at once outside one."""
+        if self._audit is None:
+            return
+        entry = PendingAudit(event=event, run_id=run_id, hop=hop, detail=dict(detail or {}))
+        with self.lock:
+            self._store.queue_audit(entry)
+            if self._depth == 0:
+                self.flush_audit()
+
+
+def _last_outbox_id(audit: AuditLog | None) -> int:
+    """The outbox id of the log's last entry (0 if none): entries up to it are written."""
+    if audit is None or not audit.path.exists():
+        return 0
+    with audit.path.open("rb") as file:
+        size = file.seek(0, 2)
+        file.seek(max(0, size - 65536))
+        lines = file.read().splitlines()
+    for line in reversed(lines):
+        try:
+            detail = json.loads(line).get("detail", {})
+        except (ValueError, AttributeError):
+            continue
+        value = detail.get(OUTBOX_KEY) if isinstance(detail, dict) else None
+        return int(value) if isinstance(value, str) and value.isdigit() else 0
+    return 0

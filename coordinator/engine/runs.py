@@ -14,7 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from baton.domain import BlobRef
-from baton.errors import ConfigError, ConflictError, Denied, NotFoundError, PkiError
+from baton.errors import (
+    BatonError,
+    ConfigError,
+    ConflictError,
+    Denied,
+    NotFoundError,
+    PkiError,
+    StoreError,
+)
 from baton.plan import check_names, parse_plan
 from baton.security.audit import AuditLog
 from baton.security.sealing import check_owner, manifest_digest, verify_plan
@@ -25,7 +33,7 @@ from coordinator.engine.journal import Journal, now_ms
 from coordinator.engine.planning import check_probe_runs, plan_cycle, plan_through
 from coordinator.engine.schemas import check_site_data
 from coordinator.store.base import EventKind, HopRecord, HopState, RunRecord, RunState, Store
-from ordering import known_strategies
+from ordering import known_strategies, make_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +97,7 @@ class Scheduler:
             raise PkiError("the plan came with a revoked owner certificate")
         plan = parse_plan(plan_toml, source="run plan")
         check_names(plan, source="run plan", strategies=known_strategies())
+        make_strategy(plan.ordering.strategy, plan.ordering.options)  # options, too
         owner = check_owner(self._ca_pem, signed.owner_signing_pem, signed.owner_encryption_pem)
         digest = verify_plan(plan_toml, signed.signature, owner)
         profiles = {s.site_id: s.profile for s in self._store.list_sites()}
@@ -110,7 +119,7 @@ class Scheduler:
             owner_signing_certificate_pem=signed.owner_signing_pem,
             owner_encryption_certificate_pem=signed.owner_encryption_pem,
         )
-        with self.journal.lock:
+        with self.journal.transaction():
             self._store.create_run(run)
             self.journal.event(
                 run.run_id, EventKind.RUN_CREATED, message=f"run {run.name!r} created"
@@ -122,13 +131,12 @@ class Scheduler:
             )
             plan_cycle(self._store, run, plan, 0)
             self._advance(run.run_id)
-            self.journal.bump()
         logger.info("run %s created: %d sites, %d hops", run.run_id, len(run.sites), run.total_hops)
         return self._store.get_run(run.run_id)
 
     def cancel_run(self, run_id: str, reason: str) -> RunRecord:
         """Stops a running run; its open hops fail."""
-        with self.journal.lock:
+        with self.journal.transaction():
             run = self._store.get_run(run_id)
             if run.state is not RunState.RUNNING:
                 raise ConflictError(f"run {run_id} already {run.state.value}", run_id=run_id)
@@ -139,16 +147,32 @@ class Scheduler:
             run = self._store.update_run(run_id, state=RunState.CANCELLED, error=message)
             self.journal.event(run_id, EventKind.RUN_CANCELLED, message=message)
             self.journal.record("run_cancelled", run_id)
-            self.journal.bump()
         return run
 
     def recover(self) -> None:
-        """Re-drives every running run after a restart (each step is idempotent)."""
-        with self.journal.lock:
-            for run in self._store.list_runs():
-                if run.state is RunState.RUNNING:
-                    self._advance(run.run_id)
-            self.journal.bump()
+        """Re-drives every running run after a restart, and writes the audit entries a
+        crash kept from the log. A run that cannot go on (a failed hop, a plan this
+        coordinator cannot plan) fails with the reason, so one run never keeps the
+        coordinator from starting.
+
+        Raises:
+            StoreError: the state store itself fails (nothing could be served).
+        """
+        self.journal.flush_audit()
+        for run in self._store.list_runs():
+            if run.state is not RunState.RUNNING:
+                continue
+            try:
+                with self.journal.transaction():
+                    self._resume(run.run_id)
+            except StoreError:
+                raise
+            except BatonError as exc:
+                logger.error("run %s cannot resume: %s", run.run_id, exc.message)
+                with self.journal.transaction():
+                    self._end_failed(run.run_id, f"cannot resume after a restart: {exc.message}")
+                    self.journal.record("run_failed", run.run_id, detail={"why": "unresumable"})
+        self.journal.bump()
 
     # -- hops, as the assigned site drives them ---------------------------------------
 
@@ -176,7 +200,7 @@ class Scheduler:
         self, site_id: str, run_id: str, hop_index: int, stage: str, metrics: dict[str, float]
     ) -> None:
         """Records interim metrics of a hop in progress as an event."""
-        with self.journal.lock:
+        with self.journal.transaction():
             self.hop_for_site(site_id, run_id, hop_index)
             self.journal.event(
                 run_id,
@@ -186,7 +210,6 @@ class Scheduler:
                 message=stage,
                 metrics=metrics,
             )
-            self.journal.bump()
 
     def complete_hop(
         self,
@@ -208,7 +231,7 @@ class Scheduler:
         Raises:
             NotFoundError: the output blob was never uploaded (or its size differs).
         """
-        with self.journal.lock:
+        with self.journal.transaction():
             self.hop_for_site(site_id, run_id, hop_index)
             if (
                 not self._blobs.exists(output.blob_id)
@@ -249,30 +272,41 @@ class Scheduler:
                 },
             )
             self._advance(run_id)
-            self.journal.bump()
 
     def fail_hop(
         self, site_id: str, run_id: str, hop_index: int, *, reason: str, message: str
     ) -> None:
         """Records a hop the site could not complete. The run fails (no retry policy yet);
         the last verified model stays in the blob store."""
-        with self.journal.lock:
+        with self.journal.transaction():
             self.hop_for_site(site_id, run_id, hop_index)
             detail = f"{reason}: {message}" if message else reason
-            failure = f"hop {hop_index} at {site_id} failed: {detail}"
             self._store.fail_hop(run_id, hop_index, error=detail)
             self.journal.event(
                 run_id, EventKind.HOP_FAILED, hop_index=hop_index, site_id=site_id, message=detail
             )
-            self._store.update_run(run_id, state=RunState.FAILED, error=failure)
             self.journal.record(
                 "hop_failed", run_id, hop=hop_index, detail={"site": site_id, "reason": reason}
             )
-            self.journal.event(run_id, EventKind.RUN_FAILED, message=failure)
-            self.journal.bump()
+            self._end_failed(run_id, f"hop {hop_index} at {site_id} failed: {detail}")
         logger.warning("run %s: hop %d at %s failed: %s", run_id, hop_index, site_id, detail)
 
     # -- internals --------------------------------------------------------------------
+
+    def _resume(self, run_id: str) -> None:
+        """Ends a running run that holds a failed hop (a crash cut its transition short in
+        an older version), else re-drives it."""
+        failed = [h for h in self._store.list_hops(run_id) if h.state is HopState.FAILED]
+        if failed:
+            hop = failed[0]
+            self._end_failed(run_id, f"hop {hop.hop_index} at {hop.site_id} failed: {hop.error}")
+        else:
+            self._advance(run_id)
+
+    def _end_failed(self, run_id: str, failure: str) -> None:
+        """Fails a running run (inside a transaction); its open hops die with it."""
+        self._store.update_run(run_id, state=RunState.FAILED, error=failure)
+        self.journal.event(run_id, EventKind.RUN_FAILED, message=failure)
 
     def _advance(self, run_id: str) -> None:
         """Assigns the next hop, having planned the cycle of the hop after it (so the
@@ -291,6 +325,7 @@ class Scheduler:
             result = done[-1].output
             self._store.update_run(run_id, state=RunState.SUCCEEDED, result=result)
             self.journal.event(run_id, EventKind.RUN_SUCCEEDED, message="every hop completed")
+            self.evaluations.succeeded(run_id)
             self.journal.record(
                 "run_succeeded", run_id, detail={"result": result.blob_id if result else ""}
             )

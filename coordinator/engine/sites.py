@@ -66,21 +66,22 @@ class Sites:
         ):
             raise PkiError(f"site {identity.name} registered a revoked application certificate")
         now = self._journal.clock()
-        self._store.upsert_site(
-            SiteRecord(
-                site_id=identity.name,
-                certificate_pem=certificate_pem,
-                capabilities=capabilities,
-                profile=profile,
-                software_version=software_version,
-                signing_certificate_pem=signing_certificate_pem,
-                encryption_certificate_pem=encryption_certificate_pem,
-                registered_ms=now,
-                last_seen_ms=now,
+        with self._journal.transaction():
+            self._store.upsert_site(
+                SiteRecord(
+                    site_id=identity.name,
+                    certificate_pem=certificate_pem,
+                    capabilities=capabilities,
+                    profile=profile,
+                    software_version=software_version,
+                    signing_certificate_pem=signing_certificate_pem,
+                    encryption_certificate_pem=encryption_certificate_pem,
+                    registered_ms=now,
+                    last_seen_ms=now,
+                )
             )
-        )
+            self._journal.record("site_registered", "", detail={"site": identity.name})
         logger.info("site %s registered (software %s)", identity.name, software_version or "?")
-        self._journal.record("site_registered", "", detail={"site": identity.name})
 
     def require_registered(self, site_id: str) -> None:
         """Raises ConflictError unless ``site_id`` has registered."""

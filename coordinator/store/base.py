@@ -7,6 +7,7 @@ Two implementations share one contract test suite
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -124,6 +125,20 @@ class EventRecord:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PendingAudit:
+    """An audit entry stored with the state change it records, until the signed audit
+    log has it (an outbox: written in the change's transaction, so a crash between the
+    commit and the log's write loses nothing)."""
+
+    outbox_id: int = 0
+    """Assigned by the store, increasing; 0 before it is queued."""
+    event: str
+    run_id: str = ""
+    hop: int | None = None
+    detail: dict[str, str] = field(default_factory=dict)
+
+
 class Store(Protocol):
     """Durable coordinator state. Every method is atomic and thread-safe.
 
@@ -136,6 +151,10 @@ class Store(Protocol):
     - Hop transitions other than PENDING->ASSIGNED, ASSIGNED->COMPLETED,
       PENDING|ASSIGNED->FAILED MUST raise ``ConflictError``.
     - ``append_event`` numbers a run's events 1, 2, 3, ... without gaps.
+    - Every method called inside ``atomic()`` joins one transaction: an exception that
+      leaves the ``with`` block MUST leave the store as it was before it (nothing of the
+      block is kept); a block that ends normally keeps all of it. Blocks nest (the inner
+      one joins the outer) and other threads never see half a block.
     - Records returned are snapshots: changing the store later does not change them.
     """
 
@@ -233,6 +252,22 @@ class Store(Protocol):
 
     def list_events(self, run_id: str, *, after_seq: int = 0) -> list[EventRecord]:
         """Returns a run's events with ``seq > after_seq``, in order."""
+        ...
+
+    def atomic(self) -> AbstractContextManager[None]:
+        """A block whose changes are kept all together or not at all (see above)."""
+        ...
+
+    def queue_audit(self, entry: PendingAudit) -> int:
+        """Stores an audit entry for the signed log; returns its ``outbox_id``."""
+        ...
+
+    def pending_audit(self) -> list[PendingAudit]:
+        """Audit entries queued and not yet cleared, oldest first."""
+        ...
+
+    def clear_audit(self, outbox_id: int) -> None:
+        """Forgets a queued audit entry (the signed log has it); unknown ids are ignored."""
         ...
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -12,12 +13,21 @@ from coordinator.store.base import (
     EventRecord,
     HopRecord,
     HopState,
+    PendingAudit,
     RunRecord,
     RunState,
     SiteRecord,
 )
+from coordinator.store.rules import (
+    as_floats,
+    check_hop_transition,
+    check_new_hops,
+    check_run_update,
+)
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from baton.domain import BlobRef
 
 
@@ -38,12 +48,57 @@ class MemoryStore:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._closed = False
         self._sites: dict[str, SiteRecord] = {}
         self._runs: dict[str, RunRecord] = {}
         self._hops: dict[str, list[HopRecord]] = {}
         self._events: dict[str, list[EventRecord]] = {}
+        self._outbox: dict[int, PendingAudit] = {}
+        self._next_outbox = 1
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        """Holds the lock for the block; restores every table if the block raises."""
+        with self._lock:
+            saved = (
+                dict(self._sites),
+                dict(self._runs),
+                {k: list(v) for k, v in self._hops.items()},
+                {k: list(v) for k, v in self._events.items()},
+                dict(self._outbox),
+                self._next_outbox,
+            )
+            try:
+                yield
+            except BaseException:
+                self._sites, self._runs, self._hops, self._events = saved[:4]
+                self._outbox, self._next_outbox = saved[4], saved[5]
+                raise
+
+    def queue_audit(self, entry: PendingAudit) -> int:
+        """Stores an audit entry for the signed log; returns its ``outbox_id``."""
+        with self._lock:
+            self._check_open()
+            outbox_id = self._next_outbox
+            self._next_outbox += 1
+            self._outbox[outbox_id] = replace(entry, outbox_id=outbox_id, detail=dict(entry.detail))
+            return outbox_id
+
+    def pending_audit(self) -> list[PendingAudit]:
+        """Audit entries queued and not yet cleared, oldest first."""
+        with self._lock:
+            self._check_open()
+            return [
+                replace(self._outbox[k], detail=dict(self._outbox[k].detail))
+                for k in sorted(self._outbox)
+            ]
+
+    def clear_audit(self, outbox_id: int) -> None:
+        """Forgets a queued audit entry; unknown ids are ignored."""
+        with self._lock:
+            self._check_open()
+            self._outbox.pop(outbox_id, None)
 
     # -- sites ------------------------------------------------------------------------
 
@@ -266,69 +321,6 @@ class MemoryStore:
     def _put_hop(self, hop: HopRecord) -> HopRecord:
         self._hops[hop.run_id][hop.hop_index] = hop
         return _copy_hop(hop)
-
-
-HOP_TRANSITIONS: dict[HopState, frozenset[HopState]] = {
-    HopState.ASSIGNED: frozenset({HopState.PENDING}),
-    HopState.COMPLETED: frozenset({HopState.ASSIGNED}),
-    HopState.FAILED: frozenset({HopState.PENDING, HopState.ASSIGNED}),
-}
-"""For each target hop state, the states a hop may move to it from."""
-
-
-def check_hop_transition(hop: HopRecord, target: HopState) -> None:
-    """Raises ``ConflictError`` unless ``hop`` may move to ``target`` (shared with SQLite)."""
-    if hop.state not in HOP_TRANSITIONS[target]:
-        raise ConflictError(
-            f"hop {hop.hop_index} of run {hop.run_id!r} is {hop.state.value}; "
-            f"it cannot become {target.value}",
-            run_id=hop.run_id,
-            hop=hop.hop_index,
-            site_id=hop.site_id,
-        )
-
-
-def check_run_update(run: RunRecord, state: RunState) -> None:
-    """Raises ``ConflictError`` unless ``run`` is RUNNING and ``state`` is terminal."""
-    if run.state is not RunState.RUNNING:
-        raise ConflictError(f"run {run.run_id!r} is already {run.state.value}", run_id=run.run_id)
-    if state is RunState.RUNNING:
-        raise ConflictError(
-            f"run {run.run_id!r} is running; update_run needs a terminal state",
-            run_id=run.run_id,
-        )
-
-
-def check_new_hops(run_id: str, existing: int, hops: list[HopRecord]) -> None:
-    """Raises ``ConflictError`` unless ``hops`` are PENDING hops of the run, at the next indices.
-
-    Args:
-        run_id: The run the hops are added to.
-        existing: How many hops the run has already (its next index).
-        hops: The hops to add, in order.
-    """
-    for offset, hop in enumerate(hops):
-        if hop.run_id != run_id:
-            raise ConflictError(
-                f"hop {hop.hop_index} names run {hop.run_id!r}, not {run_id!r}", run_id=run_id
-            )
-        if hop.hop_index != existing + offset:
-            raise ConflictError(
-                f"run {run_id!r} expects hop {existing + offset} next, not {hop.hop_index}",
-                run_id=run_id,
-                hop=hop.hop_index,
-            )
-        if hop.state != HopState.PENDING:
-            raise ConflictError(
-                f"new hop {hop.hop_index} must be pending, not {hop.state}",
-                run_id=run_id,
-                hop=hop.hop_index,
-            )
-
-
-def as_floats(metrics: dict[str, float]) -> dict[str, float]:
-    """A fresh copy of a metrics dict with ``str`` keys and ``float`` values."""
-    return {str(k): float(v) for k, v in metrics.items()}
 
 
 def _copy_site(site: SiteRecord) -> SiteRecord:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -14,11 +15,12 @@ from coordinator.store.base import (
     EventRecord,
     HopRecord,
     HopState,
+    PendingAudit,
     RunRecord,
     RunState,
     SiteRecord,
 )
-from coordinator.store.memory import (
+from coordinator.store.rules import (
     as_floats,
     check_hop_transition,
     check_new_hops,
@@ -29,11 +31,14 @@ from coordinator.store.sqlite_rows import (
     INSERT_HOP,
     INSERT_RUN,
     INSERT_SITE,
-    UPDATE_HOP,
     event_from_row,
+    get_hop_row,
+    get_run_row,
+    get_site_row,
     hop_from_row,
     hop_params,
     metrics_json,
+    put_hop_row,
     run_from_row,
     run_params,
     site_from_row,
@@ -76,7 +81,8 @@ class SqliteStore:
 
     def __init__(self, path: Path, *, busy_timeout_s: float = 5.0) -> None:
         self._path = path
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._depth = 0  # > 0 while the lock's holder is inside ``atomic()``
         self._conn: sqlite3.Connection | None = open_database(path, busy_timeout_s)
 
     @property
@@ -103,7 +109,7 @@ class SqliteStore:
     def get_site(self, site_id: str) -> SiteRecord:
         """Returns one site."""
         with self._tx() as db:
-            return _get_site(db, site_id)
+            return get_site_row(db, site_id)
 
     def list_sites(self) -> list[SiteRecord]:
         """Returns every site, ordered by id."""
@@ -123,7 +129,7 @@ class SqliteStore:
     def get_run(self, run_id: str) -> RunRecord:
         """Returns one run."""
         with self._tx() as db:
-            return _get_run(db, run_id)
+            return get_run_row(db, run_id)
 
     def list_runs(self) -> list[RunRecord]:
         """Returns every run, newest first (``created_ms`` descending, then id ascending)."""
@@ -141,7 +147,7 @@ class SqliteStore:
     ) -> RunRecord:
         """Moves a RUNNING run to the terminal ``state``; returns the updated record."""
         with self._tx(write=True) as db:
-            run = _get_run(db, run_id)
+            run = get_run_row(db, run_id)
             check_run_update(run, state)
             updated = replace(run, state=RunState(state), error=error, result=result)
             params = run_params(updated)
@@ -157,7 +163,7 @@ class SqliteStore:
     def add_hops(self, run_id: str, hops: list[HopRecord]) -> None:
         """Appends planned hops (PENDING) to a run, at contiguous indices."""
         with self._tx(write=True) as db:
-            _get_run(db, run_id)
+            get_run_row(db, run_id)
             (existing,) = db.execute(
                 "SELECT COUNT(*) FROM hops WHERE run_id = ?", (run_id,)
             ).fetchone()
@@ -169,12 +175,12 @@ class SqliteStore:
     def get_hop(self, run_id: str, hop_index: int) -> HopRecord:
         """Returns one hop."""
         with self._tx() as db:
-            return _get_hop(db, run_id, hop_index)
+            return get_hop_row(db, run_id, hop_index)
 
     def list_hops(self, run_id: str) -> list[HopRecord]:
         """Returns a run's hops by index."""
         with self._tx() as db:
-            _get_run(db, run_id)
+            get_run_row(db, run_id)
             rows = db.execute(
                 "SELECT * FROM hops WHERE run_id = ? ORDER BY hop_index", (run_id,)
             ).fetchall()
@@ -183,9 +189,9 @@ class SqliteStore:
     def assign_hop(self, run_id: str, hop_index: int, *, input: BlobRef | None) -> HopRecord:
         """PENDING -> ASSIGNED, recording the input blob."""
         with self._tx(write=True) as db:
-            hop = _get_hop(db, run_id, hop_index)
+            hop = get_hop_row(db, run_id, hop_index)
             check_hop_transition(hop, HopState.ASSIGNED)
-            return _put_hop(db, replace(hop, state=HopState.ASSIGNED, input=input))
+            return put_hop_row(db, replace(hop, state=HopState.ASSIGNED, input=input))
 
     def complete_hop(
         self,
@@ -201,7 +207,7 @@ class SqliteStore:
     ) -> HopRecord:
         """ASSIGNED -> COMPLETED with the hop's output, its manifest and metrics."""
         with self._tx(write=True) as db:
-            hop = _get_hop(db, run_id, hop_index)
+            hop = get_hop_row(db, run_id, hop_index)
             check_hop_transition(hop, HopState.COMPLETED)
             done = replace(
                 hop,
@@ -213,19 +219,19 @@ class SqliteStore:
                 train_seconds=float(train_seconds),
                 output_manifest=bytes(output_manifest),
             )
-            return _put_hop(db, done)
+            return put_hop_row(db, done)
 
     def fail_hop(self, run_id: str, hop_index: int, *, error: str) -> HopRecord:
         """PENDING or ASSIGNED -> FAILED."""
         with self._tx(write=True) as db:
-            hop = _get_hop(db, run_id, hop_index)
+            hop = get_hop_row(db, run_id, hop_index)
             check_hop_transition(hop, HopState.FAILED)
-            return _put_hop(db, replace(hop, state=HopState.FAILED, error=error))
+            return put_hop_row(db, replace(hop, state=HopState.FAILED, error=error))
 
     def assigned_hops_for_site(self, site_id: str) -> list[HopRecord]:
         """ASSIGNED hops of RUNNING runs for one site, oldest run first, then by index."""
         with self._tx() as db:
-            _get_site(db, site_id)
+            get_site_row(db, site_id)
             rows = db.execute(
                 "SELECT h.* FROM hops h JOIN runs r ON r.run_id = h.run_id "
                 "WHERE h.site_id = ? AND h.state = ? AND r.state = ? "
@@ -249,7 +255,7 @@ class SqliteStore:
     ) -> EventRecord:
         """Appends an event with the run's next sequence number (1, 2, 3, ...)."""
         with self._tx(write=True) as db:
-            _get_run(db, run_id)
+            get_run_row(db, run_id)
             (seq,) = db.execute(
                 "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run_id = ?", (run_id,)
             ).fetchone()
@@ -282,12 +288,62 @@ class SqliteStore:
     def list_events(self, run_id: str, *, after_seq: int = 0) -> list[EventRecord]:
         """Returns a run's events with ``seq > after_seq``, in order."""
         with self._tx() as db:
-            _get_run(db, run_id)
+            get_run_row(db, run_id)
             rows = db.execute(
                 "SELECT * FROM events WHERE run_id = ? AND seq > ? ORDER BY seq",
                 (run_id, after_seq),
             ).fetchall()
             return [event_from_row(r) for r in rows]
+
+    # -- atomic blocks and the audit outbox ----------------------------------------------
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        """One write transaction (``BEGIN IMMEDIATE``) for the whole block; methods called
+        inside it join it; committed when the block ends, rolled back if it raises."""
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            with self._tx(write=True):
+                self._depth = 1
+                try:
+                    yield
+                finally:
+                    self._depth = 0
+
+    def queue_audit(self, entry: PendingAudit) -> int:
+        """Stores an audit entry for the signed log; returns its ``outbox_id``."""
+        with self._tx(write=True) as db:
+            cur = db.execute(
+                "INSERT INTO audit_outbox (event, run_id, hop, detail_json) VALUES (?, ?, ?, ?)",
+                (entry.event, entry.run_id, entry.hop, json.dumps(entry.detail, sort_keys=True)),
+            )
+            return int(cur.lastrowid or 0)
+
+    def pending_audit(self) -> list[PendingAudit]:
+        """Audit entries queued and not yet cleared, oldest first."""
+        with self._tx() as db:
+            rows = db.execute("SELECT * FROM audit_outbox ORDER BY outbox_id").fetchall()
+            return [
+                PendingAudit(
+                    outbox_id=r["outbox_id"],
+                    event=r["event"],
+                    run_id=r["run_id"],
+                    hop=r["hop"],
+                    detail={str(k): str(v) for k, v in json.loads(r["detail_json"]).items()},
+                )
+                for r in rows
+            ]
+
+    def clear_audit(self, outbox_id: int) -> None:
+        """Forgets a queued audit entry; unknown ids are ignored."""
+        with self._tx(write=True) as db:
+            db.execute("DELETE FROM audit_outbox WHERE outbox_id = ?", (outbox_id,))
 
     def close(self) -> None:
         """Closes the connection; every later call raises ``StoreError``. Idempotent."""
@@ -305,6 +361,12 @@ class SqliteStore:
             db = self._conn
             if db is None:
                 raise StoreError(f"{self._path}: the state store is closed")
+            if self._depth:  # inside atomic(): join its transaction
+                try:
+                    yield db
+                except sqlite3.Error as exc:
+                    raise StoreError(f"{self._path}: {exc}") from exc
+                return
             try:
                 db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             except sqlite3.Error as exc:
@@ -318,37 +380,3 @@ class SqliteStore:
             except BaseException:
                 rollback(db)
                 raise
-
-
-# -- rows <-> records ------------------------------------------------------------------
-
-
-def _get_site(db: sqlite3.Connection, site_id: str) -> SiteRecord:
-    row = db.execute("SELECT * FROM sites WHERE site_id = ?", (site_id,)).fetchone()
-    if row is None:
-        raise NotFoundError(f"unknown site {site_id!r}", site_id=site_id)
-    return site_from_row(row)
-
-
-def _get_run(db: sqlite3.Connection, run_id: str) -> RunRecord:
-    row = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-    if row is None:
-        raise NotFoundError(f"unknown run {run_id!r}", run_id=run_id)
-    return run_from_row(row)
-
-
-def _get_hop(db: sqlite3.Connection, run_id: str, hop_index: int) -> HopRecord:
-    _get_run(db, run_id)
-    row = db.execute(
-        "SELECT * FROM hops WHERE run_id = ? AND hop_index = ?", (run_id, hop_index)
-    ).fetchone()
-    if row is None:
-        raise NotFoundError(f"run {run_id!r} has no hop {hop_index}", run_id=run_id, hop=hop_index)
-    return hop_from_row(row)
-
-
-def _put_hop(db: sqlite3.Connection, hop: HopRecord) -> HopRecord:
-    db.execute(UPDATE_HOP, hop_params(hop))
-    return replace(
-        hop, metrics_before=dict(hop.metrics_before), metrics_after=dict(hop.metrics_after)
-    )

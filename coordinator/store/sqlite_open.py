@@ -9,7 +9,7 @@ import sqlite3
 from typing import TYPE_CHECKING
 
 from baton.errors import StoreError
-from coordinator.store.sqlite_rows import SCHEMA_V1, SCHEMA_VERSION
+from coordinator.store.sqlite_rows import AUDIT_OUTBOX, SCHEMA_V1, SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -75,6 +75,7 @@ def _prepare(db: sqlite3.Connection, path: Path) -> None:
                 f"{path}: unknown state schema version {version}{newer}; "
                 f"this coordinator reads version {SCHEMA_VERSION}"
             )
+        db.execute(AUDIT_OUTBOX)
         db.execute("COMMIT")
     except BaseException:
         rollback(db)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
 from baton.domain import BlobRef, Capabilities, DataProfile, Device
+from baton.errors import NotFoundError
 from coordinator.store.base import (
     EventKind,
     EventRecord,
@@ -16,7 +17,7 @@ from coordinator.store.base import (
     RunState,
     SiteRecord,
 )
-from coordinator.store.memory import as_floats
+from coordinator.store.rules import as_floats
 
 if TYPE_CHECKING:
     import sqlite3
@@ -85,6 +86,19 @@ CREATE TABLE events (
     PRIMARY KEY (run_id, seq)
 );
 """
+
+AUDIT_OUTBOX = """
+CREATE TABLE IF NOT EXISTS audit_outbox (
+    outbox_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    event TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    hop INTEGER,
+    detail_json TEXT NOT NULL
+)
+"""
+"""Audit entries committed with their state change, until the signed log has them.
+Created in every version-1 file that lacks it (an additive table: an older coordinator
+ignores it)."""
 
 # Statements with named parameters, filled by the ``*_params`` functions below.
 INSERT_SITE = """
@@ -264,3 +278,37 @@ def metrics_json(metrics: dict[str, float]) -> str:
     """A metrics dict as JSON, values as floats (NaN and infinities kept)."""
     # allow_nan keeps a diverged loss (NaN, inf) rather than refusing the whole hop.
     return json.dumps(as_floats(metrics), allow_nan=True)
+
+
+# -- reading and writing records inside a transaction ---------------------------------
+
+
+def get_site_row(db: sqlite3.Connection, site_id: str) -> SiteRecord:
+    row = db.execute("SELECT * FROM sites WHERE site_id = ?", (site_id,)).fetchone()
+    if row is None:
+        raise NotFoundError(f"unknown site {site_id!r}", site_id=site_id)
+    return site_from_row(row)
+
+
+def get_run_row(db: sqlite3.Connection, run_id: str) -> RunRecord:
+    row = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    if row is None:
+        raise NotFoundError(f"unknown run {run_id!r}", run_id=run_id)
+    return run_from_row(row)
+
+
+def get_hop_row(db: sqlite3.Connection, run_id: str, hop_index: int) -> HopRecord:
+    get_run_row(db, run_id)
+    row = db.execute(
+        "SELECT * FROM hops WHERE run_id = ? AND hop_index = ?", (run_id, hop_index)
+    ).fetchone()
+    if row is None:
+        raise NotFoundError(f"run {run_id!r} has no hop {hop_index}", run_id=run_id, hop=hop_index)
+    return hop_from_row(row)
+
+
+def put_hop_row(db: sqlite3.Connection, hop: HopRecord) -> HopRecord:
+    db.execute(UPDATE_HOP, hop_params(hop))
+    return replace(
+        hop, metrics_before=dict(hop.metrics_before), metrics_after=dict(hop.metrics_after)
+    )
