@@ -17,6 +17,7 @@ from baton.entry import make_app, version_callback
 from owner.cli_new import register as register_new
 from owner.cli_pki import pki_app
 from owner.cli_predict import register as register_predict
+from owner.cli_provision import register as register_provision
 from owner.cli_runs import register
 from owner.cli_task import register as register_task
 from owner.cli_verify import register as register_verify
@@ -53,6 +54,7 @@ register_verify(app)
 register_task(app)
 register_predict(app)
 register_new(app)
+register_provision(app)
 for _ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda ep: ep.name):
     _ep.load()(app)
 
