@@ -1,10 +1,11 @@
-"""Greedy ordering by the incoming model's loss at each site, from recorded hop metrics."""
+"""Greedy ordering by the incoming model's score at each site, from recorded hop metrics."""
 
 from __future__ import annotations
 
 import math
 from typing import TYPE_CHECKING, Any
 
+from ordering.metrics import metric_option, ranked_metric
 from ordering.profile_based import choice
 
 if TYPE_CHECKING:
@@ -35,7 +36,8 @@ class GreedyIncomingLoss:
     What it can do without a probe: a real coordinator knows, for every completed hop,
     the incoming model's validation metrics at that site (``metrics_before``). This
     strategy ranks the sites by the newest such value from earlier cycles: the hardest
-    site (highest loss, or lowest accuracy) goes first and the easiest last. That value
+    site (the worst value of the ranked metric: lowest accuracy, highest loss or
+    perplexity) goes first and the easiest last. That value
     was measured on the model as it arrived at that site last cycle, not on the model
     that will start this cycle, and it cannot be updated between the hops of a cycle.
 
@@ -48,7 +50,10 @@ class GreedyIncomingLoss:
     newest older value, or, if it has none, counts as hardest.
 
     Options:
-        metric: ``loss`` (default; higher is harder) or ``accuracy`` (lower is harder).
+        metric: The metric to rank by; default: the run's primary metric (the plan's
+            ``[task] metric``), worse by its direction. Any name the sites report is
+            accepted; ``loss`` is worse when higher, ``accuracy`` when lower, and any
+            other name by the primary metric's direction.
         direction: ``hardest_first`` (default) or ``hardest_last``.
 
     Deterministic given the history; ties keep the plan's order.
@@ -57,23 +62,24 @@ class GreedyIncomingLoss:
     name = "greedy_loss"
     OPTIONS = frozenset({"metric", "direction"})
 
-    def __init__(self, *, metric: str = "loss", hardest_first: bool = True) -> None:
+    def __init__(self, *, metric: str | None = None, hardest_first: bool = True) -> None:
         self.metric = metric
         self.hardest_first = hardest_first
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> GreedyIncomingLoss:
         """Builds the strategy from plan options (see the class docstring)."""
-        metric = choice(cls.name, options, "metric", ("loss", "accuracy"))
+        metric = metric_option(cls.name, options)
         direction = choice(cls.name, options, "direction", ("hardest_first", "hardest_last"))
         return cls(metric=metric, hardest_first=direction == "hardest_first")
 
     def cycle_order(self, ctx: OrderingContext) -> tuple[str, ...]:
         """Returns the sites from hardest to easiest (or the reverse)."""
-        seen = latest_incoming(ctx, self.metric)
+        metric, better = ranked_metric(ctx, self.metric)
+        seen = latest_incoming(ctx, metric)
         if not seen:
             return tuple(ctx.sites)
-        sign = 1.0 if self.metric == "loss" else -1.0
+        sign = -better  # hardness: higher is worse
 
         def hardness(i: int) -> tuple[float, int]:
             value = seen.get(ctx.sites[i])

@@ -60,6 +60,11 @@ class OrderingContext:
     """The run plan's seed."""
     probes: tuple[ProbeOutcome, ...] = ()
     """Probe runs made for this run so far (the learned strategy's richest data)."""
+    metric: str = "accuracy"
+    """The run's primary metric (the plan's ``[task] metric``): what strategies that rank
+    by a metric use unless their ``metric`` option names another."""
+    higher_is_better: bool = True
+    """Whether a higher ``metric`` is better (the plan's ``[task] higher_is_better``)."""
 
     def __post_init__(self) -> None:
         if len(set(self.sites)) != len(self.sites):

@@ -12,6 +12,7 @@ import numpy as np
 from baton.errors import ConfigError
 from ordering.base import cycle_rng
 from ordering.gp import OrderGP
+from ordering.metrics import metric_option, ranked_metric
 from ordering.profile_based import choice, dissimilarity_matrix, label_distributions
 from ordering.strategies import Reshuffle
 
@@ -70,8 +71,11 @@ class Observation:
     """0: a probe run (mean over sites); 1: a cycle of this run (one site's view)."""
 
 
-def observations(ctx: OrderingContext, metric: str) -> list[Observation]:
+def observations(ctx: OrderingContext, metric: str | None = None) -> list[Observation]:
     """What the run has measured about orders, as higher-is-better values.
+
+    ``metric`` is the one to read (None: the run's primary metric), turned
+    higher-is-better by its direction (:func:`ordering.metrics.ranked_metric`).
 
     Probes give the final model's mean validation metric over the sites. A completed
     cycle ``c`` gives the metric of its final model at the first site of cycle
@@ -79,7 +83,7 @@ def observations(ctx: OrderingContext, metric: str) -> list[Observation]:
     hop is done. Hops of ``ctx.cycle`` or later are ignored.
     """
     index = {s: i for i, s in enumerate(ctx.sites)}
-    sign = -1.0 if metric == "loss" else 1.0
+    metric, sign = ranked_metric(ctx, metric)
     out: list[Observation] = []
     for probe in ctx.probes:
         value = probe.metrics.get(metric)
@@ -203,7 +207,10 @@ class LearnedOrder:
     simulates them and reports their cost.
 
     Options:
-        metric: ``accuracy`` (default) or ``loss``.
+        metric: The metric an order's quality is read from; default: the run's primary
+            metric (the plan's ``[task] metric``), better by its direction. Any name
+            the sites report is accepted; ``loss`` is better when lower, ``accuracy``
+            when higher, and any other name by the primary metric's direction.
         explore: ``greedy`` (default) or ``thompson``. Greedy exploits the surrogate's
             mean, the better choice with probes and few cycles; Thompson sampling keeps
             exploring, for long runs without probes, and draws from the ridge posterior.
@@ -220,7 +227,7 @@ class LearnedOrder:
     def __init__(
         self,
         *,
-        metric: str = "accuracy",
+        metric: str | None = None,
         thompson: bool = False,
         ridge: float = 1.0,
         min_observations: int = 3,
@@ -235,7 +242,7 @@ class LearnedOrder:
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> LearnedOrder:
         """Builds the strategy from plan options (see the class docstring)."""
-        metric = choice(cls.name, options, "metric", ("accuracy", "loss"))
+        metric = metric_option(cls.name, options)
         explore = choice(cls.name, options, "explore", ("greedy", "thompson"))
         surrogate = choice(cls.name, options, "surrogate", ("auto", "ridge", "gp"))
         if surrogate == "gp" and explore == "thompson":

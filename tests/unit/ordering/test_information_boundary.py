@@ -37,7 +37,8 @@ from sim.tasks import Federation, Partition, make_federation
 
 SITES = ("site-0", "site-1", "site-2")
 ALLOWED_IMPORTS = {"__future__", "collections", "dataclasses", "hashlib", "itertools", "math"}
-ALLOWED_IMPORTS |= {"random", "typing", "numpy", "baton.errors", "baton.domain", "ordering"}
+ALLOWED_IMPORTS |= {"random", "string", "typing", "numpy", "baton.errors", "baton.domain"}
+ALLOWED_IMPORTS |= {"ordering"}
 
 
 @pytest.fixture(autouse=True)
@@ -68,7 +69,10 @@ def test_the_context_holds_only_profiles_metrics_and_schedule_facts() -> None:
     def fields(cls: Any) -> set[str]:
         return {f.name for f in dataclasses.fields(cls)}
 
-    assert fields(OrderingContext) == {"sites", "profiles", "history", "cycle", "seed", "probes"}
+    assert fields(OrderingContext) == {
+        *("sites", "profiles", "history", "cycle", "seed", "probes"),
+        *("metric", "higher_is_better"),  # the plan's primary metric: a name and a direction
+    }
     assert fields(HopOutcome) == {"cycle", "site_id", "metrics_before", "metrics_after"}
     assert fields(ProbeOutcome) == {"order", "metrics"}
     assert fields(DataProfile) == {"num_examples", "label_histogram", "schema_hash", "task"}

@@ -149,7 +149,7 @@ def test_large_runs_are_searched_without_enumeration() -> None:
 
 @pytest.mark.parametrize(
     "options",
-    [{"ridge": 0}, {"ridge": "big"}, {"min_observations": 0}, {"explore": "ucb"}, {"metric": "f1"}],
+    [{"ridge": 0}, {"ridge": "big"}, {"min_observations": 0}, {"explore": "ucb"}, {"metric": ""}],
 )
 def test_rejects_bad_options(options: dict[str, object]) -> None:
     with pytest.raises(ConfigError) as info:
@@ -213,3 +213,30 @@ def test_next_probe_is_pure_and_stops_at_the_budget() -> None:
     assert strategy.next_probe(ctx, 4) == strategy.next_probe(ctx, 4)
     assert strategy.next_probe(ctx, 1) is None
     assert strategy.next_probe(OrderingContext(sites=("a",)), 3) is None
+
+
+def _perplexity_probes(sites: tuple[str, ...]) -> tuple[ProbeOutcome, ...]:
+    """Every order probed once: those ending at site "c" reach a far lower perplexity."""
+    return tuple(
+        ProbeOutcome(
+            order=o, metrics={"perplexity": (5.0 if o[-1] == "c" else 9.0) + 0.01 * i, "loss": 1.0}
+        )
+        for i, o in enumerate(itertools.permutations(sites))
+    )
+
+
+@pytest.mark.parametrize("surrogate", ["ridge", "gp"])
+def test_a_lower_is_better_primary_metric_picks_the_lowest_and_flips_with_direction(
+    surrogate: str,
+) -> None:
+    sites = ("a", "b", "c", "d")
+    probes = _perplexity_probes(sites)
+    strategy = make_strategy("learned", {"surrogate": surrogate})
+    lower = OrderingContext(sites=sites, probes=probes, metric="perplexity", higher_is_better=False)
+    assert strategy.cycle_order(lower)[-1] == "c"
+    assert [o.value for o in observations(lower)][:1] == [-probes[0].metrics["perplexity"]]
+    higher = OrderingContext(sites=sites, probes=probes, metric="perplexity")
+    assert strategy.cycle_order(higher)[-1] != "c"
+    # An explicit option naming the primary metric reads it the same way.
+    named = make_strategy("learned", {"surrogate": surrogate, "metric": "perplexity"})
+    assert named.cycle_order(lower)[-1] == "c"
