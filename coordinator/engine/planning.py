@@ -1,5 +1,6 @@
 """Cycle planning: each cycle's order comes from the plan's ``ordering`` strategy, fed with
-the site profiles, the completed hops and the probe runs' outcomes.
+the site profiles, the completed hops, the probe runs' outcomes and the plan's primary
+metric with its direction (``[task] metric`` and ``higher_is_better``).
 
 A cycle is planned when the previous cycle's last hop is assigned, so every assignment
 names its recipient and the strategy sees every completed hop of the earlier cycles.
@@ -64,6 +65,8 @@ def plan_cycle(store: Store, run: RunRecord, plan: RunPlan, cycle: int) -> None:
         cycle=cycle,
         seed=plan.run.seed,
         probes=probes,
+        metric=plan.task.metric,
+        higher_is_better=plan.task.higher_is_better,
     )
     order = strategy.cycle_order(ctx)
     if sorted(order) != sorted(run.sites):
