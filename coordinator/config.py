@@ -37,8 +37,19 @@ class CoordinatorConfig:
     """A site whose last heartbeat is older than this is shown offline."""
     max_blob_bytes: int = 64 << 30
     """Largest model blob a site may upload."""
-    workers: int = 64
-    """gRPC worker threads; each connected site holds one for its assignment stream."""
+    workers: int = 1024
+    """gRPC worker threads. Each open assignment stream, upload, download or event stream
+    holds one while it lasts; :attr:`reserved_workers` of them are kept for the short
+    calls (heartbeats, registrations, admin calls), so those are never starved. A thread
+    waiting on a stream costs little memory (its stack is mostly never touched)."""
+    reserved_workers: int = 32
+    """Worker threads long calls never take: beyond ``workers - reserved_workers`` open
+    long calls, a new one is refused with RESOURCE_EXHAUSTED (sites retry it later)."""
+    max_streams_per_site: int = 2
+    """Most assignment streams (admins: event streams) one participant may hold open."""
+    max_uploads_per_site: int = 4
+    """Most uploads one participant may hold open; a stalled or header-less upload holds
+    one of them, never a thread of another site."""
     crl: Path | None = None
     """The federation CA's revocation list (``baton pki revoke``). When set, the file MUST
     exist and be fresh, and peers with a revoked certificate are refused; when unset,
@@ -51,6 +62,12 @@ class CoordinatorConfig:
             raise ValueError(f"'lease_seconds' must be positive, not {self.lease_seconds}")
         if self.workers < 4:
             raise ValueError(f"'workers' must be at least 4, not {self.workers}")
+        if not 1 <= self.reserved_workers < self.workers:
+            raise ValueError(
+                f"'reserved_workers' must be between 1 and workers - 1, not {self.reserved_workers}"
+            )
+        if self.max_streams_per_site < 1 or self.max_uploads_per_site < 1:
+            raise ValueError("'max_streams_per_site' and 'max_uploads_per_site' must be at least 1")
         if self.crl_reload_seconds < 0:
             raise ValueError(
                 f"'crl_reload_seconds' must not be negative, not {self.crl_reload_seconds}"

@@ -20,12 +20,14 @@ from baton.wire.channel import SERVER_OPTIONS
 from coordinator.api.admin import AdminService
 from coordinator.api.auth import PeerGate
 from coordinator.api.errors import ErrorInterceptor
+from coordinator.api.limits import StreamCaps
 from coordinator.api.site import SiteService
 from coordinator.blobs import FileBlobStore
 from coordinator.config import CoordinatorConfig
 from coordinator.engine.runs import Scheduler
 from coordinator.engine.sites import Sites
 from coordinator.engine.transfers import Transfers
+from coordinator.state_dir import StateDirLock
 from coordinator.store.base import Store
 from coordinator.store.sqlite import SqliteStore
 from coordinator.tls_reload import ReloadingServerCredentials
@@ -50,6 +52,9 @@ class CoordinatorServer:
 
     Raises:
         PkiError: If ``config.crl`` is set and the CRL is missing, stale or not the CA's.
+        ConfigError: If ``config.state_dir`` is not a directory.
+        StoreError: If the state directory or database is not writable, or another
+            coordinator holds the state directory.
         TransportError: If the listen address cannot be bound.
     """
 
@@ -58,18 +63,33 @@ class CoordinatorServer:
     ) -> None:
         self.config = config
         revoked = revocation_check(config.crl, tls.ca_pem, interval=config.crl_reload_seconds)
-        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.store: Store = store if store is not None else SqliteStore(config.database)
-        self.blobs = FileBlobStore(config.blob_dir)
-        self.audit = open_audit_log(config.state_dir, tls)
+        self._state = StateDirLock(config.state_dir)
+        try:
+            self.store: Store = store if store is not None else SqliteStore(config.database)
+        except BaseException:
+            self._state.release()
+            raise
+        try:
+            self.blobs = FileBlobStore(config.blob_dir)
+            self.audit = open_audit_log(config.state_dir, tls)
+        except BaseException:
+            self.store.close()
+            self._state.release()
+            raise
         self.scheduler = Scheduler(
             self.store, self.blobs, ca_pem=tls.ca_pem, revoked=revoked, audit=self.audit
         )
         federation = tls.identity.federation
+        # Long calls (streams, transfers) take at most ``workers - reserved_workers``
+        # threads, so heartbeats and admin calls always find one.
+        long_calls = config.workers - config.reserved_workers
+        streams = StreamCaps(per_party=config.max_streams_per_site, total=long_calls // 2)
+        uploads = StreamCaps(per_party=config.max_uploads_per_site, total=long_calls // 2)
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),
             options=SERVER_OPTIONS,
             interceptors=[ErrorInterceptor()],
+            maximum_concurrent_rpcs=config.workers * 2,
         )
         sites = Sites(
             self.store,
@@ -87,6 +107,8 @@ class CoordinatorServer:
                 sites=sites,
                 transfers=transfers,
                 gate=PeerGate(federation=federation, kind="site", revoked=revoked),
+                streams=streams,
+                uploads=uploads,
             ),
             self._server,
         )
@@ -97,6 +119,7 @@ class CoordinatorServer:
                 sites=sites,
                 transfers=transfers,
                 gate=PeerGate(federation=federation, kind="admin", revoked=revoked),
+                streams=streams,
             ),
             self._server,
         )
@@ -106,12 +129,10 @@ class CoordinatorServer:
         try:
             self.port = self._server.add_secure_port(config.listen, self.tls.credentials())
         except RuntimeError as exc:
-            self.store.close()
-            self.audit.close()
+            self._close_state()
             raise TransportError(f"cannot listen on {config.listen}: {exc}") from None
         if self.port == 0:
-            self.store.close()
-            self.audit.close()
+            self._close_state()
             raise TransportError(
                 f"cannot listen on {config.listen}: the address is in use (is another "
                 "coordinator running?) or not available on this machine"
@@ -129,8 +150,12 @@ class CoordinatorServer:
         """Stops serving, waits up to ``grace`` seconds for calls in flight, closes the store."""
         self._health.enter_graceful_shutdown()
         self._server.stop(grace).wait()
+        self._close_state()
+
+    def _close_state(self) -> None:
         self.store.close()
         self.audit.close()
+        self._state.release()
 
     def wait(self) -> None:
         """Blocks until the server stops."""

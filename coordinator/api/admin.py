@@ -10,6 +10,7 @@ import grpc
 from baton.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 from baton.wire.channel import CHUNK_BYTES
 from coordinator.api.auth import PeerGate
+from coordinator.api.limits import StreamCaps, check_count, check_id, check_text
 from coordinator.api.serde import event_to_proto, run_to_proto, site_to_proto
 from coordinator.engine.runs import Scheduler, SignedPlan
 from coordinator.engine.sites import Sites
@@ -31,6 +32,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         sites: The site registry.
         transfers: Blob downloads (a run's result).
         gate: Admits this federation's admins whose certificates are not revoked.
+        streams: Caps the event streams each admin (and all) may hold open.
     """
 
     def __init__(
@@ -41,12 +43,14 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         sites: Sites,
         transfers: Transfers,
         gate: PeerGate,
+        streams: StreamCaps,
     ) -> None:
         self._store = store
         self._scheduler = scheduler
         self._sites = sites
         self._transfers = transfers
         self._gate = gate
+        self._streams = streams
 
     def _admin(self, context: grpc.ServicerContext) -> str:
         return self._gate.identify(context).name
@@ -55,6 +59,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.CreateRunRequest, context: grpc.ServicerContext
     ) -> admin_pb2.CreateRunResponse:
         admin = self._admin(context)
+        check_text("plan_toml", request.plan_toml, 256 * 1024)
         signed = SignedPlan(
             signature=request.plan_signature,
             owner_signing_pem=request.owner_signing_certificate_pem,
@@ -68,7 +73,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.GetRunRequest, context: grpc.ServicerContext
     ) -> admin_pb2.Run:
         self._admin(context)
-        run = self._store.get_run(request.run_id)
+        run = self._store.get_run(check_id("run_id", request.run_id))
         return run_to_proto(run, self._store.list_hops(run.run_id))
 
     def ListRuns(
@@ -80,8 +85,15 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     def WatchRun(
         self, request: admin_pb2.WatchRunRequest, context: grpc.ServicerContext
     ) -> Iterator[admin_pb2.RunEvent]:
-        self._admin(context)
-        self._store.get_run(request.run_id)
+        admin = self._admin(context)
+        self._store.get_run(check_id("run_id", request.run_id))
+        check_count("after_seq", request.after_seq)
+        with self._streams.hold(f"admin {admin}", "event streams", context):
+            yield from self._watch(request, context)
+
+    def _watch(
+        self, request: admin_pb2.WatchRunRequest, context: grpc.ServicerContext
+    ) -> Iterator[admin_pb2.RunEvent]:
         after = request.after_seq
         version = -1
         while context.is_active():
@@ -99,15 +111,19 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.CancelRunRequest, context: grpc.ServicerContext
     ) -> admin_pb2.Run:
         admin = self._admin(context)
-        run = self._scheduler.cancel_run(request.run_id, request.reason or f"cancelled by {admin}")
+        reason = check_text("reason", request.reason, 500)
+        run = self._scheduler.cancel_run(
+            check_id("run_id", request.run_id), reason or f"cancelled by {admin}"
+        )
         return run_to_proto(run, self._store.list_hops(run.run_id))
 
     def FetchResult(
         self, request: admin_pb2.FetchResultRequest, context: grpc.ServicerContext
     ) -> Iterator[common_pb2.BlobChunk]:
         self._admin(context)
-        offset = request.offset
-        for data in self._transfers.result(request.run_id, offset=offset, chunk_size=CHUNK_BYTES):
+        offset = check_count("offset", request.offset)
+        run_id = check_id("run_id", request.run_id)
+        for data in self._transfers.result(run_id, offset=offset, chunk_size=CHUNK_BYTES):
             yield common_pb2.BlobChunk(offset=offset, data=data)
             offset += len(data)
 

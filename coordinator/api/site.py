@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 
 import grpc
 
-from baton.errors import BlobError
+from baton.errors import BlobError, ConfigError
 from baton.security.tls import peer_certificate_pem
 from baton.v1 import common_pb2, site_pb2, site_pb2_grpc
 from baton.wire.channel import CHUNK_BYTES, EVALUATION_STAGE
@@ -19,6 +20,14 @@ from baton.wire.serde import (
     profile_from_proto,
 )
 from coordinator.api.auth import PeerGate
+from coordinator.api.limits import (
+    StreamCaps,
+    check_count,
+    check_id,
+    check_metrics,
+    check_text,
+    printable,
+)
 from coordinator.engine.runs import Scheduler
 from coordinator.engine.sites import Sites
 from coordinator.engine.transfers import Transfers, UploadHeader
@@ -27,6 +36,9 @@ logger = logging.getLogger(__name__)
 
 WATCH_POLL_SECONDS = 1.0
 """How often an idle assignment stream re-checks that its client is still there."""
+WATCH_RECHECK_SECONDS = 30.0
+"""How often an idle stream re-reads the site's assignments even if nothing changed
+(a replaced CRL may refuse a recipient without any state change)."""
 
 
 class SiteService(site_pb2_grpc.SiteServiceServicer):
@@ -37,6 +49,8 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         sites: The site registry.
         transfers: Blob uploads and downloads.
         gate: Admits this federation's sites whose certificates are not revoked.
+        streams: Caps the assignment streams each site (and all) may hold open.
+        uploads: Caps the uploads each site (and all) may hold open.
     """
 
     def __init__(
@@ -46,11 +60,15 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         sites: Sites,
         transfers: Transfers,
         gate: PeerGate,
+        streams: StreamCaps,
+        uploads: StreamCaps,
     ) -> None:
         self._scheduler = scheduler
         self._sites = sites
         self._transfers = transfers
         self._site = gate.identify
+        self._streams = streams
+        self._uploads = uploads
 
     def Register(
         self, request: site_pb2.RegisterRequest, context: grpc.ServicerContext
@@ -63,7 +81,7 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
             encryption_certificate_pem=request.encryption_certificate_pem,
             capabilities=capabilities_from_proto(request.capabilities),
             profile=profile_from_proto(request.profile),
-            software_version=request.software_version,
+            software_version=check_text("software_version", request.software_version, 128),
         )
         return site_pb2.RegisterResponse(
             site_id=identity.name,
@@ -82,23 +100,37 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
     ) -> Iterator[site_pb2.Assignment]:
         site_id = self._site(context).name
         self._sites.require_registered(site_id)
-        logger.info("site %s is watching for assignments", site_id)
+        with self._streams.hold(site_id, "assignment streams", context):
+            logger.info("site %s is watching for assignments", site_id)
+            yield from self._watch(site_id, context)
+
+    def _watch(self, site_id: str, context: grpc.ServicerContext) -> Iterator[site_pb2.Assignment]:
+        """The site's assignments, read again only when the state changed (or, idle,
+        every :data:`WATCH_RECHECK_SECONDS`): an idle stream costs no query per poll."""
+        journal = self._scheduler.journal
         sent: set[tuple[str, int]] = set()
-        version = -1
+        seen, version, read_at = -1, journal.version, 0.0
         while context.is_active():
-            version = self._scheduler.journal.wait_for_change(version, WATCH_POLL_SECONDS)
+            if version != seen or time.monotonic() - read_at >= WATCH_RECHECK_SECONDS:
+                seen, read_at = version, time.monotonic()
+                for assignment in self._scheduler.assignments.for_site(site_id, sent):
+                    sent.add((assignment.run_id, assignment.hop_index))
+                    yield assignment_to_proto(assignment)
+            version = journal.wait_for_change(seen, WATCH_POLL_SECONDS)
             self._site(context)  # a certificate revoked meanwhile ends the stream
-            for assignment in self._scheduler.assignments.for_site(site_id, sent):
-                sent.add((assignment.run_id, assignment.hop_index))
-                yield assignment_to_proto(assignment)
 
     def DownloadBlob(
         self, request: site_pb2.DownloadBlobRequest, context: grpc.ServicerContext
     ) -> Iterator[common_pb2.BlobChunk]:
         site_id = self._site(context).name
         offset = request.offset
+        check_count("offset", offset)
         for data in self._transfers.download(
-            site_id, request.run_id, request.hop_index, offset=offset, chunk_size=CHUNK_BYTES
+            site_id,
+            check_id("run_id", request.run_id),
+            request.hop_index,
+            offset=offset,
+            chunk_size=CHUNK_BYTES,
         ):
             yield common_pb2.BlobChunk(offset=offset, data=data)
             offset += len(data)
@@ -107,17 +139,23 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         self, request_iterator: Iterator[site_pb2.UploadBlobRequest], context: grpc.ServicerContext
     ) -> site_pb2.UploadBlobResponse:
         site_id = self._site(context).name
+        with self._uploads.hold(site_id, "uploads", context):
+            return self._upload(site_id, request_iterator)
+
+    def _upload(
+        self, site_id: str, request_iterator: Iterator[site_pb2.UploadBlobRequest]
+    ) -> site_pb2.UploadBlobResponse:
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("msg") != "header":
             raise BlobError("an upload starts with exactly one header")
         h = first.header
         header = UploadHeader(
-            run_id=h.run_id,
+            run_id=check_id("run_id", h.run_id),
             hop_index=h.hop_index,
-            transfer_id=h.transfer_id,
-            total_size=h.total_size,
-            sha256=h.sha256,
-            offset=h.offset,
+            transfer_id=check_id("transfer_id", h.transfer_id),
+            total_size=check_count("total_size", h.total_size),
+            sha256=check_id("sha256", h.sha256),
+            offset=check_count("offset", h.offset),
         )
         ref = self._transfers.upload(site_id, header, _chunks(request_iterator))
         return site_pb2.UploadBlobResponse(blob=blob_ref_to_proto(ref))
@@ -126,7 +164,9 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         self, request: site_pb2.GetUploadStatusRequest, context: grpc.ServicerContext
     ) -> site_pb2.GetUploadStatusResponse:
         site_id = self._site(context).name
-        committed, done = self._transfers.upload_status(site_id, request.transfer_id)
+        committed, done = self._transfers.upload_status(
+            site_id, check_id("transfer_id", request.transfer_id)
+        )
         if done is not None:
             return site_pb2.GetUploadStatusResponse(
                 committed_offset=committed, complete=True, blob=blob_ref_to_proto(done)
@@ -137,31 +177,39 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         self, request: site_pb2.ReportMetricsRequest, context: grpc.ServicerContext
     ) -> site_pb2.ReportMetricsResponse:
         site_id = self._site(context).name
-        if request.stage == EVALUATION_STAGE:
-            self._scheduler.evaluations.record(site_id, request.run_id, dict(request.metrics))
+        run_id = check_id("run_id", request.run_id)
+        stage = check_text("stage", request.stage, 64)
+        metrics = check_metrics("metrics", request.metrics)
+        if stage == EVALUATION_STAGE:
+            self._scheduler.evaluations.record(site_id, run_id, metrics)
         else:
-            self._scheduler.progress(
-                site_id, request.run_id, request.hop_index, request.stage, dict(request.metrics)
-            )
+            self._scheduler.progress(site_id, run_id, request.hop_index, stage, metrics)
         return site_pb2.ReportMetricsResponse()
 
     def CompleteHop(
         self, request: site_pb2.CompleteHopRequest, context: grpc.ServicerContext
     ) -> site_pb2.CompleteHopResponse:
         identity = self._site(context)
+        run_id = check_id("run_id", request.run_id)
+        metrics_before = check_metrics("metrics_before", request.metrics_before)
+        metrics_after = check_metrics("metrics_after", request.metrics_after)
+        check_id("output.blob_id", request.output.blob_id)
         output = blob_ref_from_proto(request.output)
         if output is None:
             raise BlobError("a completed hop must name its output blob")
+        check_count("num_examples", request.num_examples)
+        if not 0 <= request.train_seconds < 1e9:
+            raise ConfigError("train_seconds must be between 0 and 1e9")
         self._sites.verify_output(
-            identity, request.run_id, request.hop_index, output, request.output_manifest
+            identity, run_id, request.hop_index, output, request.output_manifest
         )
         self._scheduler.complete_hop(
             identity.name,
-            request.run_id,
+            run_id,
             request.hop_index,
             output=output,
-            metrics_before=dict(request.metrics_before),
-            metrics_after=dict(request.metrics_after),
+            metrics_before=metrics_before,
+            metrics_after=metrics_after,
             num_examples=request.num_examples,
             train_seconds=request.train_seconds,
             output_manifest=request.output_manifest,
@@ -173,10 +221,10 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
     ) -> site_pb2.FailHopResponse:
         self._scheduler.fail_hop(
             self._site(context).name,
-            request.run_id,
+            check_id("run_id", request.run_id),
             request.hop_index,
-            reason=request.reason[:64],
-            message=request.message[:500],
+            reason=check_text("reason", request.reason, 64),
+            message=printable(request.message[:500]),
         )
         return site_pb2.FailHopResponse()
 

@@ -38,6 +38,8 @@ def open_database(path: Path, busy_timeout_s: float) -> sqlite3.Connection:
         _prepare(db, path)
     except sqlite3.DatabaseError as exc:
         db.close()
+        if "readonly" in str(exc) or not os.access(path, os.W_OK):
+            raise StoreError(f"{path}: the state database is read-only ({exc})") from None
         raise StoreError(f"{path}: not a usable SQLite database ({exc})") from None
     except BaseException:
         db.close()
@@ -76,6 +78,9 @@ def _prepare(db: sqlite3.Connection, path: Path) -> None:
                 f"this coordinator reads version {SCHEMA_VERSION}"
             )
         db.execute(AUDIT_OUTBOX)
+        # A real write, so a read-only file or file system is refused now, not at the
+        # first state change after the coordinator said it was serving.
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         db.execute("COMMIT")
     except BaseException:
         rollback(db)
