@@ -54,6 +54,7 @@ from baton.security.audit_entry import (
     detail_problem,
     parse_entry,
 )
+from baton.security.audit_repair import TRUNCATED, cut_partial_last_line
 from baton.security.identity import Identity
 from baton.security.keys import fingerprint
 
@@ -138,7 +139,11 @@ class AuditLog:
     process or another, MUST fail while the first is open (an exclusive ``flock``).
     Opening an existing file MUST verify it with ``signing_key``'s public key and refuse
     (``AuditError``) if it is broken, written by another key, or by another party; an
-    intact file is continued where it ends. The file has mode 0600; every entry is
+    intact file is continued where it ends. The one break it repairs is a partial last
+    line (a write cut short by a crash or a full disk, which never completed an entry):
+    it is cut off, back to the last complete signed entry, with a logged warning. A
+    failed append removes what it wrote and leaves the log open, so appends succeed again
+    once the disk has room. The file has mode 0600; every entry is
     written with one ``O_APPEND`` write and fsynced before :meth:`append` returns.
 
     Args:
@@ -177,6 +182,9 @@ class AuditLog:
         self._fd = self._open()
         try:
             report = verify_log(path, public_key=signing_key.public_key(), party=party)
+            partial = report.first_break is not None and report.first_break.endswith(TRUNCATED)
+            if partial and cut_partial_last_line(path, self._fd, report.entries):
+                report = verify_log(path, public_key=signing_key.public_key(), party=party)
             if not report.ok:
                 raise AuditError(f"refusing to append to {path}: {report.first_break}")
         except BaseException:
@@ -217,8 +225,9 @@ class AuditLog:
         Raises:
             ValueError: ``event``, ``hop`` or ``detail`` is not acceptable (see the module
                 docstring).
-            AuditError: The log is closed, or the write failed (the log is then closed:
-                a partial line would break the chain, and is left for someone to inspect).
+            AuditError: The log is closed, or the write failed (a full disk): what was
+                written of the entry is cut off again, so the log stays whole and open; if
+                even that fails, the log is closed and repaired when it is next opened.
         """
         if not EVENT_PATTERN.fullmatch(event):
             raise ValueError(f"event {event!r} must match {EVENT_PATTERN.pattern}")
@@ -245,18 +254,31 @@ class AuditLog:
             )
             entry = dataclasses.replace(unsigned, sig=self._sign(unsigned))
             line = entry.canonical() + b"\n"
+            size = -1
             try:
+                size = os.fstat(self._fd).st_size
                 written = os.write(self._fd, line)
                 if written != len(line):
                     raise OSError(0, f"short write ({written} of {len(line)} bytes)")
                 os.fsync(self._fd)
             except OSError as exc:
-                self._close_locked()
+                self._undo_write(size)
                 raise AuditError(
                     f"cannot append to audit log {self.path}: {exc.strerror or exc}"
                 ) from None
             self._seq, self._prev = entry.seq, entry.digest
             return entry
+
+    def _undo_write(self, size: int) -> None:
+        """Cuts the file back to ``size`` bytes after a failed write; closes the log if
+        that fails too (the partial line is then cut off when the log is next opened)."""
+        try:
+            if size < 0:
+                raise OSError(0, "size unknown")
+            os.ftruncate(self._fd, size)
+            os.fsync(self._fd)
+        except OSError:
+            self._close_locked()
 
     def _sign(self, entry: AuditEntry) -> str:
         data = entry.signed_bytes()
@@ -313,7 +335,7 @@ def verify_log(path: Path, *, public_key: AuditPublicKey, party: str | None = No
         with path.open("rb") as file:
             for number, raw in enumerate(file, start=1):
                 if not raw.endswith(b"\n"):
-                    return broken(number, "truncated (no newline)")
+                    return broken(number, TRUNCATED)
                 line = raw[:-1]
                 try:
                     obj = json.loads(line)

@@ -214,6 +214,12 @@ def test_tampering_gives_the_exact_first_break(tmp_path: Path, pki: Pki, case: s
     assert report.entries == intact
     assert report.head == (entries[intact - 1].digest if intact else GENESIS)
 
+    if expected.endswith("truncated (no newline)"):
+        # A partial last line (an entry whose write never completed) is cut off on open.
+        AuditLog(path, party=SITE, signing_key=key).close()
+        repaired = verify_log(path, public_key=key.public_key())
+        assert (repaired.ok, repaired.entries, repaired.head) == (True, intact, report.head)
+        return
     with pytest.raises(AuditError, match="refusing to append") as err:
         AuditLog(path, party=SITE, signing_key=key)
     assert err.value.message.endswith(expected)
