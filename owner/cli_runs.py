@@ -256,6 +256,7 @@ def _check_plan(path: Path) -> None:
     from baton.ml.validate import check_model
     from baton.plan import check_names, load_plan
     from ordering import known_strategies
+    from owner.plan_metric import check_primary_metric
 
     run_plan = load_plan(path)
     check_names(
@@ -267,3 +268,4 @@ def _check_plan(path: Path) -> None:
     )
     check_model(run_plan, source=str(path))
     check_task_pin(run_plan.task, pinned_by=str(path), here="this machine")
+    check_primary_metric(run_plan.task, source=str(path))
