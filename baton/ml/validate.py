@@ -11,7 +11,9 @@ The placeholders stand in for the input width (:data:`PLACEHOLDER_FEATURES`) and
 classes (:data:`PLACEHOLDER_CLASSES`) that nobody knows at submit. No family's argument
 checks, tensor-parallel degrees or pipeline stages depend on them; whatever does depend on
 the data (a language model on a task that is not a token task, a global batch larger than
-a site's training split) is still checked by each site at the hop.
+a site's training split) is still checked by each site at the hop. A pretrained model
+(``hf_causal_lm``) is built from a checkpoint only the sites hold: its arguments alone are
+checked (:func:`baton.ml.llm.args.arg_problem`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from torch.overrides import TorchFunctionMode
 from baton.config import where_key
 from baton.errors import ConfigError, ModelError
 from baton.ml.families import Family, families_for, family
+from baton.ml.llm.args import FAMILY as PRETRAINED
+from baton.ml.llm.args import arg_problem
 from baton.ml.models import build_model
 from baton.ml.plans import PlanKind
 
@@ -96,8 +100,12 @@ def check_model(plan: RunPlan, *, source: str) -> None:
         found = family(name)
     except ModelError as exc:
         raise ConfigError(f"{source}: 'model.name': {exc.message}") from None
+    if name == PRETRAINED:  # built from a site's checkpoint: only its arguments are checked
+        problem = arg_problem(args)
+        if problem is not None:
+            raise ConfigError(f"{source}: {where_key('model.args', problem[0])!r}: {problem[1]}")
     try:
-        model = meta_model(name, args)
+        model = None if name == PRETRAINED else meta_model(name, args)
     except ModelError as exc:
         raise ConfigError(f"{source}: {_culprit(name, args, exc)!r}: {exc.message}") from None
     reason = _parallel_refusal(found, model, plan.training.parallel_plan)
@@ -119,7 +127,7 @@ def _culprit(name: str, args: Mapping[str, Any], error: ModelError) -> str:
     return "model.args"
 
 
-def _parallel_refusal(found: Family, model: nn.Module, requested: str) -> str:
+def _parallel_refusal(found: Family, model: nn.Module | None, requested: str) -> str:
     """Why ``requested`` can never train ``model``, whatever a site's workers; "" if it can.
 
     ``site`` and ``auto`` leave the plan to each site, which picks one the family has.
@@ -132,6 +140,8 @@ def _parallel_refusal(found: Family, model: nn.Module, requested: str) -> str:
             f"model {found.name!r} cannot be trained under it; "
             f"plan {kind} trains: {', '.join(families_for(kind))}"
         )
+    if model is None:
+        return ""
     if kind in _TENSOR_PARALLEL and not found.tp_degrees(model):
         return f"model {found.name!r} with these arguments splits no layer over 2 or more workers"
     if kind is PlanKind.PP and not found.pp_degrees(model):

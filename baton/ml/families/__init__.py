@@ -16,6 +16,7 @@ from baton.errors import ModelError
 from baton.ml.families.base import Family
 from baton.ml.families.causal_lm import CausalLMFamily
 from baton.ml.families.cnn import CNNFamily
+from baton.ml.families.hf_causal_lm import HFCausalLMFamily
 from baton.ml.families.logreg import LogRegFamily
 from baton.ml.families.mlp import MLPFamily
 from baton.ml.plans import PlanKind
@@ -23,7 +24,8 @@ from baton.ml.plans import PlanKind
 __all__ = ["FAMILIES", "Family", "families_for", "family", "family_of", "known_families"]
 
 FAMILIES: dict[str, Family] = {
-    f.name: f for f in (MLPFamily(), LogRegFamily(), CausalLMFamily(), CNNFamily())
+    f.name: f
+    for f in (MLPFamily(), LogRegFamily(), CausalLMFamily(), CNNFamily(), HFCausalLMFamily())
 }
 """Every registered family by name, in registration order."""
 
