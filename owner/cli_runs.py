@@ -97,10 +97,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def status(run_id: str, admin: AdminOpt, as_json: JsonOpt = False) -> None:
-        """Show one run hop by hop."""
-        from rich.table import Table
-
+        """Show one run hop by hop, with the plan's primary metric."""
         from baton.v1 import admin_pb2, common_pb2
+        from owner.tables import hops_table, primary_metric, scores_table
 
         with exit_on_error(_CODES, exit_codes.CLI_ERROR), admin_client(admin) as client:
             r = client.get_run(run_id)
@@ -108,32 +107,15 @@ def register(app: typer.Typer) -> None:
                 _print_json(_as_dict(r))
                 return
             console.print(f"run {r.run_id} '{r.name}': {_state(r.state)} {r.error}")
-            table = Table("hop", "cycle", "site", "state", "val acc before", "val acc after")
-            for h in r.hops:
-                table.add_row(
-                    str(h.hop_index),
-                    str(h.cycle),
-                    h.site_id,
-                    common_pb2.HopState.Name(h.state).removeprefix("HOP_STATE_").lower(),
-                    _fmt(h.metrics_before.get("accuracy")),
-                    _fmt(h.metrics_after.get("accuracy")),
-                )
-            console.print(table)
+            metric = primary_metric(r.plan_toml)
+            console.print(hops_table(r, metric))
             if r.state == common_pb2.RUN_STATE_RUNNING:
                 return
             evaluated = [
                 e for e in client.watch(run_id) if e.kind == admin_pb2.EVENT_KIND_SITE_EVALUATED
             ]
             if evaluated:
-                scores = Table("site", "val accuracy", "val loss", "examples", title="final model")
-                for e in evaluated:
-                    scores.add_row(
-                        e.site_id,
-                        _fmt(e.metrics.get("accuracy")),
-                        _fmt(e.metrics.get("loss")),
-                        f"{e.metrics.get('num_examples', 0):.0f}",
-                    )
-                console.print(scores)
+                console.print(scores_table(evaluated, metric))
 
     @app.command()
     def watch(run_id: str, admin: AdminOpt) -> None:
@@ -242,10 +224,6 @@ def _print_json(data: object) -> None:
     import json
 
     typer.echo(json.dumps(data, indent=2, sort_keys=True))
-
-
-def _fmt(v: float | None) -> str:
-    return "" if v is None else f"{v:.3f}"
 
 
 def _check_plan(path: Path) -> None:

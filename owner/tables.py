@@ -1,0 +1,59 @@
+"""The owner's run tables, headed and filled with the run's primary metric."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.table import Table
+
+from baton.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from baton.v1 import admin_pb2
+
+
+def primary_metric(plan_toml: str) -> str:
+    """The metric a run's plan ranks by (``[task] metric``); ``accuracy`` for an unreadable plan."""
+    from baton.plan import parse_plan
+
+    try:
+        return parse_plan(plan_toml, source="run plan").task.metric
+    except ConfigError:
+        return "accuracy"
+
+
+def hops_table(run: admin_pb2.Run, metric: str) -> Table:
+    """One row per hop: where it ran, its state, and ``metric`` before and after training."""
+    from baton.v1 import common_pb2
+
+    table = Table("hop", "cycle", "site", "state", f"val {metric} before", f"val {metric} after")
+    for h in run.hops:
+        table.add_row(
+            str(h.hop_index),
+            str(h.cycle),
+            h.site_id,
+            common_pb2.HopState.Name(h.state).removeprefix("HOP_STATE_").lower(),
+            fmt(h.metrics_before.get(metric)),
+            fmt(h.metrics_after.get(metric)),
+        )
+    return table
+
+
+def scores_table(evaluated: Iterable[admin_pb2.RunEvent], metric: str) -> Table:
+    """The final model at each site that evaluated it: ``metric``, the loss and the examples."""
+    names = [metric] if metric == "loss" else [metric, "loss"]
+    table = Table("site", *(f"val {n}" for n in names), "examples", title="final model")
+    for e in evaluated:
+        table.add_row(
+            e.site_id,
+            *(fmt(e.metrics.get(n)) for n in names),
+            f"{e.metrics.get('num_examples', 0):.0f}",
+        )
+    return table
+
+
+def fmt(v: float | None) -> str:
+    """A metric's value to 3 decimals; empty when the hop did not report it."""
+    return "" if v is None else f"{v:.3f}"
