@@ -46,7 +46,7 @@ def test_hop_and_score_tables_show_the_primary_metric_values() -> None:
     event.metrics.update({"perplexity": 9.0, "loss": 2.197, "num_examples": 40.0})
     out = _render(scores_table([event], "perplexity"))
     header = next(line for line in out.splitlines() if "site" in line)
-    assert [c.strip() for c in header.split("│")[1:5]] == [
+    assert [c.strip() for c in header.split("┃")[1:5]] == [
         "site",
         "val perplexity",
         "val loss",
