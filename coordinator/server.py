@@ -83,8 +83,8 @@ class CoordinatorServer:
         # Long calls (streams, transfers) take at most ``workers - reserved_workers``
         # threads, so heartbeats and admin calls always find one.
         long_calls = config.workers - config.reserved_workers
-        streams = StreamCaps(per_party=config.max_streams_per_site, total=long_calls // 2)
-        uploads = StreamCaps(per_party=config.max_uploads_per_site, total=long_calls // 2)
+        self.streams = StreamCaps(per_party=config.max_streams_per_site, total=long_calls // 2)
+        self.uploads = StreamCaps(per_party=config.max_uploads_per_site, total=long_calls // 2)
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),
             options=SERVER_OPTIONS,
@@ -107,8 +107,8 @@ class CoordinatorServer:
                 sites=sites,
                 transfers=transfers,
                 gate=PeerGate(federation=federation, kind="site", revoked=revoked),
-                streams=streams,
-                uploads=uploads,
+                streams=self.streams,
+                uploads=self.uploads,
             ),
             self._server,
         )
@@ -119,7 +119,7 @@ class CoordinatorServer:
                 sites=sites,
                 transfers=transfers,
                 gate=PeerGate(federation=federation, kind="admin", revoked=revoked),
-                streams=streams,
+                streams=self.streams,
             ),
             self._server,
         )
