@@ -1,4 +1,4 @@
-"""The tables a run's report prints: each hop's validation accuracy, then the final scores."""
+"""The tables a run's report prints: each hop's primary metric, then the final scores."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ def print_summary(
     title: str,
     scores: Sequence[tuple[str, float]],
     label: str = "model",
+    metric: str | None = None,
 ) -> None:
     """Prints the hop table, the score table and a line with the order of every cycle.
 
@@ -23,12 +24,15 @@ def print_summary(
         console: Where to print.
         report: A run's report: ``hops`` (each with ``hop``, ``cycle``, ``site``,
             ``metrics.before``/``metrics.after`` and ``train_seconds``), ``order`` (the
-            sites of each cycle) and ``seconds``.
+            sites of each cycle), ``seconds`` and optionally ``metric``.
         title: The score table's title.
-        scores: One ``(what was scored, accuracy)`` row each.
+        scores: One ``(what was scored, value of the metric)`` row each.
         label: The heading of the score table's first column.
+        metric: The run's primary metric (the plan's ``[task] metric``), shown in both
+            tables; default: the report's ``metric``, else ``accuracy``.
     """
-    table = Table(title="Hops (validation accuracy at each site)")
+    metric = metric or str(report.get("metric", "accuracy"))
+    table = Table(title=f"Hops (validation {metric} at each site)")
     for col in ("hop", "cycle", "site", "before", "after", "train s"):
         table.add_column(col, justify="left" if col == "site" else "right")
     for h in report["hops"]:
@@ -36,16 +40,16 @@ def print_summary(
             str(h["hop"] + 1),
             str(h["cycle"] + 1),
             h["site"],
-            f"{h['metrics']['before'].get('accuracy', float('nan')):.3f}",
-            f"{h['metrics']['after'].get('accuracy', float('nan')):.3f}",
+            f"{h['metrics']['before'].get(metric, float('nan')):.3f}",
+            f"{h['metrics']['after'].get(metric, float('nan')):.3f}",
             f"{h['train_seconds']:.2f}",
         )
     console.print(table)
     summary = Table(title=title)
     summary.add_column(label)
-    summary.add_column("accuracy", justify="right")
-    for name, accuracy in scores:
-        summary.add_row(name, f"{accuracy:.4f}")
+    summary.add_column(metric, justify="right")
+    for name, value in scores:
+        summary.add_row(name, f"{value:.4f}")
     console.print(summary)
     console.print(
         f"{len(report['hops'])} hops in {report['seconds']:.1f}s; order per cycle: "
