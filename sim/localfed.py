@@ -67,22 +67,11 @@ class LocalFederationLayout:
         )
 
 
-def provision(
-    root: Path,
-    site_ids: Sequence[str],
-    *,
-    dataset: str,
-    partition: Partition,
-    seed: int,
-    task: str | None = None,
-) -> tuple[LocalFederationLayout, Federation]:
-    """Creates the PKI, writes each site's data and every config file under ``root``.
+def provision_pki(root: Path, site_ids: Sequence[str]) -> LocalFederationLayout:
+    """Creates the federation's CA, the coordinator's and study owner's certificates and
+    keys, each site's certificates and keys, and the coordinator's config under ``root``.
 
-    ``task`` is the task the sites' schema declares: by default the dataset's own toy
-    task; ``"tabular"`` serves the same table to the built-in tabular task.
-
-    Returns the layout and the federation's data (the global test split stays with the
-    caller, playing the study owner; sites get only their own files).
+    The sites' data directories are the caller's to fill (``site_dir(id) / "data"``).
     """
     layout = LocalFederationLayout(root=root)
     create_ca(layout.ca_dir, FEDERATION)
@@ -102,15 +91,38 @@ def provision(
         '[tls]\nca = "pki/ca.pem"\ncert = "pki/coordinator.pem"\nkey = "pki/coordinator.key"\n',
         encoding="utf-8",
     )
-    fed = make_federation(dataset, site_ids, partition, seed=seed)
-    if task is not None:
-        fed = dataclasses.replace(fed, schema=dataclasses.replace(fed.schema, task=task))
     for site_id in site_ids:
         site_dir = layout.site_dir(site_id)
         identity = Identity(federation=FEDERATION, kind="site", name=site_id)
         issue(layout.ca_dir, site_dir / "pki", identity)
         provision_app_keys(layout.ca_dir, site_dir / "keys", identity)
-        write_site_data(site_dir / "data", fed.sites[site_id], fed.schema)
+    return layout
+
+
+def provision(
+    root: Path,
+    site_ids: Sequence[str],
+    *,
+    dataset: str,
+    partition: Partition,
+    seed: int,
+    task: str | None = None,
+) -> tuple[LocalFederationLayout, Federation]:
+    """Creates the PKI (:func:`provision_pki`), writes each site's data and every config
+    file under ``root``.
+
+    ``task`` is the task the sites' schema declares: by default the dataset's own toy
+    task; ``"tabular"`` serves the same table to the built-in tabular task.
+
+    Returns the layout and the federation's data (the global test split stays with the
+    caller, playing the study owner; sites get only their own files).
+    """
+    layout = provision_pki(root, site_ids)
+    fed = make_federation(dataset, site_ids, partition, seed=seed)
+    if task is not None:
+        fed = dataclasses.replace(fed, schema=dataclasses.replace(fed.schema, task=task))
+    for site_id in site_ids:
+        write_site_data(layout.site_dir(site_id) / "data", fed.sites[site_id], fed.schema)
     return layout, fed
 
 

@@ -1,0 +1,1 @@
+"""Demo data for the department language-model workload: a small base model and corpora."""
