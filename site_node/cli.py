@@ -90,18 +90,36 @@ def check_data(
     Exits 0 when the data passes, 204 when a check fails, 202 when the data cannot be read
     and 200 when the config is invalid.
     """
-    from baton.ml.gate import check_site_data
-    from baton.ml.task import site_task
     from site_node.config import load_site_config
+    from site_node.preflight import data_report
 
     with exit_on_error(_CODES, exit_codes.SITE_CONFIG):
-        cfg = load_site_config(config)
-        schema, data = site_task(cfg.data_dir).read_site_data(cfg.data_dir)
-    report = check_site_data(schema, data, cfg.data)
+        report = data_report(load_site_config(config))
     for line in [*report.lines(), report.verdict()]:
         typer.echo(line)
     if not report.passed:
         raise typer.Exit(exit_codes.SITE_DATA_GATE)
+
+
+@app.command()
+def check(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Site config file (TOML).")],
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the coordinator.")] = 5.0,
+) -> None:
+    """Preflight: check config, certificates, keys, data and the coordinator, then say READY.
+
+    Prints one line per check (ok, warn or FAIL, saying what to do) and a verdict. Exits 0
+    when every check passes and 205 when one fails. A coordinator that cannot be reached is
+    named as "not listening", "TLS refused: name mismatch (cert names X, you dialled Y)",
+    "TLS refused: unknown CA" or "expired".
+    """
+    from site_node.preflight import preflight
+
+    checks = preflight(config, timeout=timeout)
+    for line in [*checks.lines(), checks.verdict()]:
+        typer.echo(line)
+    if not checks.passed:
+        raise typer.Exit(exit_codes.SITE_PREFLIGHT)
 
 
 @app.command("worker-node")
