@@ -12,45 +12,15 @@ from baton.ml.llm.base import base_hash
 from baton.plan import RunPlan, parse_plan
 
 _WORDS = {
-    "generic": [
-        "the",
-        "a",
-        "patient",
-        "was",
-        "seen",
-        "today",
-        "and",
-        "will",
-        "return",
-        "for",
-        "follow",
-        "up",
-        "with",
-        "the",
-        "team",
-    ],
-    "cardio": [
-        "ecg",
-        "shows",
-        "sinus",
-        "rhythm",
-        "troponin",
-        "negative",
-        "chest",
-        "pain",
-        "bp",
-        "stable",
-        "echo",
-        "ef",
-        "normal",
-    ],
+    "generic": "the a patient was seen today and will return for follow up with the team",
+    "cardio": "ecg shows sinus rhythm troponin negative chest pain bp stable echo ef normal",
 }
 
 
 def sentences(kind: str, n: int, *, seed: int) -> list[str]:
     """``n`` generated sentences of the word list ``kind`` (deterministic in ``seed``)."""
     rng = random.Random(seed)
-    words = _WORDS[kind]
+    words = _WORDS[kind].split()
     out = []
     for _ in range(n):
         start = rng.randrange(len(words))
@@ -68,7 +38,7 @@ def make_base(out: Path, *, hidden: int = 32, layers: int = 2, vocab: int = 160)
     trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<unk>", "<eos>"])
     corpus = sentences("generic", 200, seed=1) + sentences("cardio", 200, seed=2)
     tok.train_from_iterator(corpus, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>", pad_token="<eos>"
     )
     config = LlamaConfig(
