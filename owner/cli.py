@@ -16,7 +16,6 @@ import typer
 from baton.entry import make_app, version_callback
 from owner.cli_check import register as register_check
 from owner.cli_merge import register as register_merge
-from owner.cli_merge import register as register_merge
 from owner.cli_new import register as register_new
 from owner.cli_pki import pki_app
 from owner.cli_predict import register as register_predict
@@ -57,7 +56,6 @@ register_verify(app)
 register_task(app)
 register_predict(app)
 register_new(app)
-register_merge(app)
 register_merge(app)
 register_provision(app)
 register_check(app)
