@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import grpc
 
-from baton.errors import BlobError, ConfigError
+from baton.errors import BlobError, ConfigError, TransportError
 from baton.security.tls import peer_certificate_pem
 from baton.v1 import common_pb2, site_pb2, site_pb2_grpc
 from baton.wire.channel import CHUNK_BYTES, EVALUATION_STAGE
@@ -145,6 +145,7 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
     def _upload(
         self, site_id: str, request_iterator: Iterator[site_pb2.UploadBlobRequest]
     ) -> site_pb2.UploadBlobResponse:
+        request_iterator = _received(request_iterator)
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("msg") != "header":
             raise BlobError("an upload starts with exactly one header")
@@ -227,6 +228,17 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
             message=printable(request.message[:500]),
         )
         return site_pb2.FailHopResponse()
+
+
+def _received(
+    requests: Iterator[site_pb2.UploadBlobRequest],
+) -> Iterator[site_pb2.UploadBlobRequest]:
+    """The requests of a client stream; a client that cancels or goes away ends it with a
+    TransportError (an expected event, not a server fault)."""
+    try:
+        yield from requests
+    except grpc.RpcError:
+        raise TransportError("the upload stream was cancelled by the client") from None
 
 
 def _chunks(requests: Iterator[site_pb2.UploadBlobRequest]) -> Iterator[tuple[int, bytes]]:
