@@ -107,3 +107,13 @@ def test_the_command_refuses_an_existing_kit_without_a_traceback(tmp_path: Path)
     assert again.returncode == exit_codes.CLI_CONFIG
     assert "already exists; provision into a new directory" in again.stderr
     assert "Traceback" not in again.stderr
+
+
+def test_the_loopback_example_provisions(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[3] / "deploy" / "loopback" / "federation.toml"
+    kits = provision(load_spec(example), tmp_path / "fed")
+    site = load_site_config(kits.site("hospital-1") / "site.toml")
+    assert site.coordinator == "localhost:7443"
+    assert load_coordinator_config(kits.coordinator / "coordinator.toml").listen == (
+        "127.0.0.1:7443"
+    )
