@@ -12,6 +12,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from baton.ml.codec import state_of
 from baton.ml.models import plan_model
 from baton.ml.trainer import evaluate, hop_seed, train_local
+from sim.lab.metric import require_scored_metric
 from sim.simulate import train_centralized
 
 if TYPE_CHECKING:
@@ -36,7 +37,11 @@ def fedavg_accuracy(plan: RunPlan, federation: Federation) -> float:
     ``proportional_steps`` keeps the local compute equal). Each site fits the input
     normalization on its own data in round one; the average of those moments travels on.
     Same initial weights as the sequential run.
+
+    Raises:
+        ConfigError: The plan's primary metric is not accuracy.
     """
+    require_scored_metric(plan, "the FedAvg baseline")
 
     def fresh() -> torch.nn.Module:
         return plan_model(plan, federation.schema)
@@ -65,5 +70,10 @@ def fedavg_accuracy(plan: RunPlan, federation: Federation) -> float:
 
 
 def centralized_accuracy(plan: RunPlan, federation: Federation) -> float:
-    """Test accuracy of the same model trained on the pooled data (``train_centralized``)."""
+    """Test accuracy of the same model trained on the pooled data (``train_centralized``).
+
+    Raises:
+        ConfigError: The plan's primary metric is not accuracy.
+    """
+    require_scored_metric(plan, "the centralized baseline")
     return train_centralized(plan, federation)["accuracy"]

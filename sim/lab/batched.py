@@ -35,6 +35,7 @@ from baton.ml.models import plan_model
 from baton.ml.norm import input_statistics
 from baton.ml.step import log_prior, step_batches
 from baton.ml.trainer import hop_lr, hop_seed, total_steps
+from sim.lab.metric import unscored_metric
 
 if TYPE_CHECKING:
     from baton.plan import RunPlan
@@ -67,7 +68,8 @@ class OrderAccuracies:
 def supports_batched(plan: RunPlan) -> bool:
     """Whether :func:`train_schedules_batched` reproduces ``train_local`` for this plan.
 
-    It does for SGD (any momentum and weight decay) on the MLP without dropout.
+    It does for SGD (any momentum and weight decay) on the MLP without dropout, for a
+    plan ranked by accuracy (``sim.lab.metric``).
     """
     return not unsupported_by_batched(plan)
 
@@ -83,6 +85,9 @@ def unsupported_by_batched(plan: RunPlan) -> list[str]:
     dropout = plan.model.args.get("dropout", 0.0)
     if isinstance(dropout, int | float) and dropout > 0:
         found.append(f"dropout {dropout:g} (only 0)")
+    metric = unscored_metric(plan)
+    if metric is not None:
+        found.append(metric)
     return found
 
 
@@ -121,7 +126,9 @@ def train_schedules_batched(
             schedules are empty, ragged or name unknown sites.
     """
     if not supports_batched(plan):
-        raise ValueError("batched training supports SGD on the MLP without dropout only")
+        raise ValueError(
+            "batched training supports SGD on the MLP without dropout, ranked by accuracy, only"
+        )
     flat = [tuple(site for order in schedule for site in order) for schedule in schedules]
     shapes = {tuple(len(o) for o in s) for s in schedules}
     if not flat or len(shapes) != 1 or not flat[0] or len(set(next(iter(shapes)))) != 1:

@@ -24,6 +24,7 @@ from ordering import (
 from sim.lab.baselines import centralized_accuracy, fedavg_accuracy
 from sim.lab.batched import HOP_METRICS, OrderAccuracies, train_schedules_batched
 from sim.lab.cells import GRIDS, REMEDIES, STRATEGIES, Cell, Grid, lab_plan
+from sim.lab.metric import require_scored_metric
 from sim.lab.oracle import OrderScores, candidate_orders, evaluate_orders
 from sim.lab.parallel import trials_by_cell
 from sim.lab.runner import gather_probes, published_profiles, strategy_schedule
@@ -69,6 +70,10 @@ class Trial:
     run_seconds: float = math.nan
     """Wall-clock seconds of one whole simulated run (one order, one by one): what each
     probe run costs."""
+    metric: str = "accuracy"
+    """The plan's primary metric: what ``scores``, ``centralized`` and ``chosen`` hold."""
+    higher_is_better: bool = True
+    """Its direction, which ranks orders and strategies."""
 
 
 class _Timed:
@@ -119,15 +124,19 @@ def trial_of(plan: RunPlan, federation: Federation, grid: Grid, *, seed: int) ->
     read, not its cells.
 
     Raises:
+        ConfigError: The plan's primary metric is not accuracy, which the oracle, the
+            baselines and batched training score runs by (``sim.lab.metric``).
         ValueError: The plan is one batched training does not support
             (``sim.lab.batched.supports_batched``).
     """
+    require_scored_metric(plan, "the ordering lab")
+    sign = 1.0 if plan.task.higher_is_better else -1.0
     sites = plan.run.sites
     k = len(sites)
     profiles = published_profiles(federation)
     reps = tuple(plan.run.seed + r for r in range(grid.repetitions))
     scores = evaluate_orders(plan, federation, candidate_orders(sites, seed=seed), reps)
-    best = int(np.argmax(scores.test.mean(axis=1)))
+    best = int(np.argmax(sign * scores.test.mean(axis=1)))
     chosen: dict[str, list[float]] = {}
     hits: dict[str, list[bool]] = {}
     extra: dict[str, int] = {}
@@ -164,6 +173,8 @@ def trial_of(plan: RunPlan, federation: Federation, grid: Grid, *, seed: int) ->
                     seed=r,
                     budget=k * per_site,
                     measure=OracleProber(scores, rep, plan, federation),
+                    metric=plan.task.metric,
+                    higher_is_better=plan.task.higher_is_better,
                 )
             schedules[label] = strategy_schedule(
                 strategy, rep_plan, federation, probes=used, history=runs.history
@@ -187,6 +198,8 @@ def trial_of(plan: RunPlan, federation: Federation, grid: Grid, *, seed: int) ->
         extra_runs=extra,
         decide_seconds={k: float(np.mean(v)) for k, v in decide.items()},
         run_seconds=run_seconds,
+        metric=plan.task.metric,
+        higher_is_better=plan.task.higher_is_better,
     )
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from baton.ml.models import plan_model
 from baton.ml.trainer import evaluate
 from sim.lab.batched import HOP_METRICS, pooled_val, supports_batched, train_orders_batched
+from sim.lab.metric import require_scored_metric
 from sim.simulate import simulate_sequential
 
 if TYPE_CHECKING:
@@ -85,7 +86,12 @@ def evaluate_orders(
 
     With ``batched`` (and a plan :func:`supports_batched` accepts) all orders of a seed
     train together; otherwise one by one with :func:`simulate_sequential`.
+
+    Raises:
+        ConfigError: The plan's primary metric is not accuracy, which every order is
+            scored by (``sim.lab.metric.require_scored_metric``).
     """
+    require_scored_metric(plan, "the ordering lab's oracle")
     rows = tuple(tuple(o) for o in orders)
     hops = len(rows[0]) * plan.run.cycles if rows else 0
     test = np.zeros((len(rows), len(seeds)))

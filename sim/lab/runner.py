@@ -66,8 +66,11 @@ def context_for(
     cycle: int,
     seed: int,
     probes: Sequence[ProbeOutcome] = (),
+    metric: str = "accuracy",
+    higher_is_better: bool = True,
 ) -> OrderingContext:
-    """The context a coordinator would give a strategy planning ``cycle``.
+    """The context a coordinator would give a strategy planning ``cycle``, ranking by the
+    run's primary metric ``metric`` in its direction (the plan's ``[task]`` keys).
 
     The coordinator plans cycle ``c`` when the last hop of cycle ``c - 1`` asks who is
     next, so that hop's metrics are not in the history: only the first
@@ -81,6 +84,8 @@ def context_for(
         cycle=cycle,
         seed=seed,
         probes=tuple(probes),
+        metric=metric,
+        higher_is_better=higher_is_better,
     )
 
 
@@ -109,7 +114,16 @@ def strategy_schedule(
     for cycle in range(plan.run.cycles):
         if cycle > 0:
             hops = hops_of(tuple(schedule))
-        ctx = context_for(sites, profiles, hops, cycle=cycle, seed=plan.run.seed, probes=probes)
+        ctx = context_for(
+            sites,
+            profiles,
+            hops,
+            cycle=cycle,
+            seed=plan.run.seed,
+            probes=probes,
+            metric=plan.task.metric,
+            higher_is_better=plan.task.higher_is_better,
+        )
         order = tuple(strategy.cycle_order(ctx))
         if sorted(order) != sorted(sites):
             raise ValueError(f"strategy {strategy.name!r} returned {list(order)}")
@@ -125,6 +139,8 @@ def gather_probes(
     seed: int,
     budget: int,
     measure: Callable[[tuple[str, ...], int], Mapping[str, float]],
+    metric: str = "accuracy",
+    higher_is_better: bool = True,
 ) -> tuple[ProbeOutcome, ...]:
     """Asks ``planner`` for probe runs until ``budget`` are made or it stops.
 
@@ -132,7 +148,8 @@ def gather_probes(
     far; ``measure(order, repetition)`` trains the order end to end and returns the
     final model's metrics on the sites' validation splits pooled (``accuracy`` and
     ``loss``, as sites report them), ``repetition`` counting earlier probes of the same
-    order (the runner gives each repetition its own run seed).
+    order (the runner gives each repetition its own run seed). The planner ranks them
+    by the run's primary metric ``metric`` in its direction.
 
     Raises:
         ValueError: The planner returned something other than a permutation.
@@ -140,7 +157,16 @@ def gather_probes(
     probes: list[ProbeOutcome] = []
     made: dict[tuple[str, ...], int] = {}
     while len(probes) < budget:
-        ctx = context_for(sites, profiles, (), cycle=0, seed=seed, probes=probes)
+        ctx = context_for(
+            sites,
+            profiles,
+            (),
+            cycle=0,
+            seed=seed,
+            probes=probes,
+            metric=metric,
+            higher_is_better=higher_is_better,
+        )
         order = planner.next_probe(ctx, budget)
         if order is None:
             break

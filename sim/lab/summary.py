@@ -62,9 +62,18 @@ def summarize(
     - the cost next to the gain: ``extra_runs`` (probe runs per run),
       ``extra_train_seconds`` (what those runs take, at the measured wall time of one
       simulated run) and ``decide_seconds`` (the strategy's own planning time per run).
+
+    Values are in the trials' primary metric (``metric``, ``higher_is_better`` in each
+    record; the ``accuracy``-named keys hold it, named for the lab's classification
+    cells). Its direction ranks: percentiles, regret, best orders, the oracle, and the
+    signs of the gains (positive: better) all read a lower-is-better metric the right
+    way round, and ``pct_of_centralized`` is then centralized over the strategy's value
+    (100: as good as pooled training, less: worse).
     """
-    effects = [order_effect(t.scores.test) for t in trials]
-    oracles = np.array([leave_one_out_oracle(t.scores.test) for t in trials])
+    metric = trials[0].metric
+    sign = 1.0 if trials[0].higher_is_better else -1.0
+    effects = [order_effect(sign * t.scores.test) for t in trials]
+    oracles = np.array([leave_one_out_oracle(sign * t.scores.test) for t in trials])
     ratio = _mean([e.ratio for e in effects])
     random_order = [float(t.scores.test.mean()) for t in trials]
     fedavg = [float(np.mean(t.chosen["fedavg"])) for t in trials]
@@ -73,12 +82,12 @@ def summarize(
     for label in trials[0].chosen:
         accs, pcts, regrets, pct_central, hit_rates = [], [], [], [], []
         for t in trials:
-            means = t.scores.test.mean(axis=1)
+            means = sign * t.scores.test.mean(axis=1)
             acc = float(np.mean(t.chosen[label]))
             accs.append(acc)
-            pcts.append(percentile_of(acc, means))
-            regrets.append(float(means.max()) - acc)
-            pct_central.append(100.0 * acc / t.centralized if t.centralized > 0 else math.nan)
+            pcts.append(percentile_of(sign * acc, means))
+            regrets.append(float(means.max()) - sign * acc)
+            pct_central.append(_share_of_centralized(acc, t.centralized, sign))
             hit_rates.append(float(np.mean(t.best_hits[label])))
         # Percentiles live in [0, 100]; a bound beyond is clipped (nan stays nan).
         pct_lo, pct_hi = (v if math.isnan(v) else min(100.0, max(0.0, v)) for v in ci95(pcts))
@@ -91,6 +100,8 @@ def summarize(
                 "local_epochs": cell.local_epochs,
                 "cycles": cell.cycles,
                 "remedies": remedies,
+                "metric": metric,
+                "higher_is_better": sign > 0,
                 "strategy": label,
                 "trials": len(trials),
                 "orders": len(trials[0].scores.orders),
@@ -103,10 +114,10 @@ def summarize(
                 "pct_of_centralized": float(np.mean(pct_central)),
                 "centralized_accuracy": float(np.mean([t.centralized for t in trials])),
                 "random_order_accuracy": float(np.mean(random_order)),
-                "gain_vs_random_pts": 100.0 * float(np.mean(accs) - np.mean(random_order)),
+                "gain_vs_random_pts": 100.0 * sign * float(np.mean(accs) - np.mean(random_order)),
                 "p_vs_random": paired_t_test(accs, random_order).p_value,
                 "p_vs_random_wilcoxon": wilcoxon_signed_rank(accs, random_order).p_value,
-                "vs_fedavg_pts": 100.0 * float(np.mean(accs) - np.mean(fedavg)),
+                "vs_fedavg_pts": 100.0 * sign * float(np.mean(accs) - np.mean(fedavg)),
                 "p_vs_fedavg": paired_t_test(accs, fedavg).p_value,
                 "order_noise_ratio": ratio,
                 "gap_best_worst": _mean([e.gap for e in effects]),
@@ -120,6 +131,13 @@ def summarize(
             }
         )
     return records
+
+
+def _share_of_centralized(value: float, centralized: float, sign: float) -> float:
+    """Percent of centralized training's quality: ``value / centralized`` where higher is
+    better, ``centralized / value`` where lower is; nan where the divisor is not positive."""
+    top, bottom = (value, centralized) if sign > 0 else (centralized, value)
+    return 100.0 * top / bottom if bottom > 0 else math.nan
 
 
 def _mean(values: Sequence[float]) -> float:

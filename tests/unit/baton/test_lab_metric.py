@@ -1,0 +1,120 @@
+"""The lab ranks by the run's primary metric and its direction, and refuses what it cannot score."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, cast
+
+import numpy as np
+import pytest
+
+from baton.errors import ConfigError
+from baton.plan import ModelSection, RunPlan, RunSection, TaskSection, TrainingSection
+from ordering import HopOutcome, make_strategy
+from sim.lab.baselines import centralized_accuracy, fedavg_accuracy
+from sim.lab.cells import Cell
+from sim.lab.grid import Trial, trial_of
+from sim.lab.oracle import OrderScores, evaluate_orders
+from sim.lab.plan_cell import check_plan
+from sim.lab.runner import context_for, strategy_schedule
+from sim.lab.summary import summarize
+from sim.tasks import Partition, make_federation
+
+SITES = ("site-0", "site-1", "site-2")
+PERPLEXITY = TaskSection(dataset="digits", metric="perplexity", higher_is_better=False)
+
+
+def _plan(task: TaskSection = PERPLEXITY, cycles: int = 2) -> RunPlan:
+    return RunPlan(
+        run=RunSection(name="lm", sites=SITES, cycles=cycles, seed=5),
+        model=ModelSection(name="mlp", args={"hidden": [8]}),
+        task=task,
+        training=TrainingSection(local_epochs=1),
+    )
+
+
+def _trial(higher_is_better: bool, chosen: float) -> Trial:
+    # Two orders, two repetitions: ("b", "a") reaches the lower values.
+    test = np.array([[20.0, 22.0], [10.0, 12.0]])
+    hops = np.zeros((2, 2, 2, 2))
+    scores = OrderScores(
+        orders=(("a", "b"), ("b", "a")),
+        seeds=(0, 1),
+        test=test,
+        val=test,
+        val_loss=test,
+        before=hops,
+        after=hops,
+    )
+    return Trial(
+        scores=scores,
+        centralized=10.0,
+        chosen={"learned": [chosen, chosen], "fedavg": [16.0, 16.0]},
+        best_hits={"learned": [True, True], "fedavg": [False, False]},
+        extra_runs={"learned": 0, "fedavg": 0},
+        run_seconds=1.0,
+        metric="perplexity",
+        higher_is_better=higher_is_better,
+    )
+
+
+def test_a_lower_is_better_metric_ranks_the_lowest_value_best() -> None:
+    cell = Cell(dataset="lm", partition=Partition(kind="iid"), k=2, local_epochs=1, cycles=1)
+    lower = {r["strategy"]: r for r in summarize(cell, [_trial(False, 11.0)])}["learned"]
+    assert (lower["metric"], lower["higher_is_better"]) == ("perplexity", False)
+    assert lower["accuracy_mean"] == 11.0  # the metric's own value
+    assert lower["percentile_mean"] == 75.0  # ties the better order, above the worse
+    assert lower["regret_mean"] == 0.0
+    assert lower["gain_vs_random_pts"] == pytest.approx(500.0)  # 16 -> 11, better
+    assert lower["vs_fedavg_pts"] == pytest.approx(500.0)
+    assert lower["pct_of_centralized"] == pytest.approx(100 * 10 / 11)
+    assert lower["loo_oracle_percentile"] == 75.0  # the oracle picks the lower order
+    # The same numbers read as higher-is-better rank the other way.
+    higher = {r["strategy"]: r for r in summarize(cell, [_trial(True, 11.0)])}["learned"]
+    assert higher["percentile_mean"] == 25.0
+    assert higher["regret_mean"] == pytest.approx(10.0)
+    assert higher["gain_vs_random_pts"] == pytest.approx(-500.0)
+
+
+def test_the_strategies_see_the_plans_metric_and_direction() -> None:
+    ctx = context_for(SITES, {}, (), cycle=0, seed=1, metric="perplexity", higher_is_better=False)
+    assert (ctx.metric, ctx.higher_is_better) == ("perplexity", False)
+    fed = make_federation("digits", SITES, Partition(kind="iid"), seed=1)
+    values = {"site-0": 9.0, "site-1": 30.0, "site-2": 4.0}
+
+    def history(schedule: tuple[tuple[str, ...], ...]) -> list[HopOutcome]:
+        return [
+            HopOutcome(cycle=c, site_id=s, metrics_before={"perplexity": values[s]})
+            for c, order in enumerate(schedule)
+            for s in order
+        ]
+
+    greedy = make_strategy("greedy_loss", {"direction": "hardest_last"})
+    schedule = strategy_schedule(greedy, _plan(cycles=3), fed, history=history)
+    # Cycle 1 misses the last hop of cycle 0 (site-2, counted hardest); cycle 2 sees all.
+    assert schedule[1:] == (("site-0", "site-1", "site-2"), ("site-2", "site-0", "site-1"))
+    upside_down = _plan(dataclasses.replace(PERPLEXITY, higher_is_better=True), cycles=3)
+    flipped = strategy_schedule(greedy, upside_down, fed, history=history)
+    assert flipped[2] == ("site-1", "site-0", "site-2")
+
+
+def test_the_oracle_baselines_and_lab_plan_refuse_a_metric_they_cannot_compute() -> None:
+    plan = _plan()
+    with pytest.raises(ConfigError) as err:
+        check_plan(plan)
+    assert "primary metric 'perplexity', lower is better (only 'accuracy', higher is better)" in (
+        err.value.message
+    )
+    nothing = cast(Any, None)  # refused before the data is touched
+    calls: list[tuple[Callable[[], object], str]] = [
+        (lambda: evaluate_orders(plan, nothing, [SITES], [0]), "the ordering lab's oracle"),
+        (lambda: centralized_accuracy(plan, nothing), "the centralized baseline"),
+        (lambda: fedavg_accuracy(plan, nothing), "the FedAvg baseline"),
+        (lambda: trial_of(plan, nothing, cast(Any, None), seed=0), "the ordering lab"),
+    ]
+    for call, what in calls:
+        with pytest.raises(ConfigError) as err:
+            call()
+        assert err.value.message.startswith(f"{what} scores runs by 'accuracy' only"), what
+        assert "'perplexity', lower is better" in err.value.message
