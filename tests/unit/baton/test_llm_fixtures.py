@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -73,9 +74,12 @@ def make_site(site: Path, base: Path, *, kind: str = "cardio", context: int = 16
     return site
 
 
-def lm_plan(base: Path, *, sites: int = 1, **args: object) -> RunPlan:
-    """A plan of one cycle over ``sites`` sites training ``hf_causal_lm`` on ``base``."""
-    model_args = {"base_sha256": base_hash(base), "rank": 4, "alpha": 8, **args}
+def lm_plan(
+    base: Path, args: Mapping[str, object] | None = None, *, sites: int = 1, steps: int = 0
+) -> RunPlan:
+    """A plan of one cycle over ``sites`` sites training ``hf_causal_lm`` on ``base`` (rank 4
+    adapters unless ``args`` say otherwise), ``steps`` steps a hop (0: three epochs)."""
+    model_args = {"base_sha256": base_hash(base), "rank": 4, "alpha": 8, **(args or {})}
     names = ", ".join(f'"s{i}"' for i in range(sites))
     body = ", ".join(f"{k} = {json.dumps(v)}" for k, v in model_args.items())
     text = f"""
@@ -97,5 +101,6 @@ optimizer = "adam"
 lr = 0.01
 batch_size = 8
 local_epochs = 3
+local_steps = {steps}
 """
     return parse_plan(text, source="plan.toml")
