@@ -8,7 +8,10 @@
     ├── Denied             PERMISSION_DENIED    the authenticated caller may not do this
     ├── SealError          INVALID_ARGUMENT*    a sealed hop was rejected (``reason`` says why)
     ├── AuditError         FAILED_PRECONDITION  an audit log cannot be read, written or verified
-    ├── TransportError     UNAVAILABLE          a peer is unreachable or an RPC failed
+    ├── TransportError     UNAVAILABLE          a peer is unreachable or did not answer in
+    │                                           time: retrying may succeed
+    ├── Rejected           FAILED_PRECONDITION  a peer answered and refused the call for good
+    │                                           (``status`` says how): retrying cannot help
     ├── DataError          FAILED_PRECONDITION  a site's local dataset is missing or invalid
     ├── ModelError         INVALID_ARGUMENT     unknown model, or weights that do not fit it
     ├── BlobError          INVALID_ARGUMENT     a blob transfer is out of order, truncated or
@@ -51,6 +54,7 @@ __all__ = [
     "PlanError",
     "ProcessExited",
     "Reason",
+    "Rejected",
     "SealError",
     "StoreError",
     "TrainingInterrupted",
@@ -181,6 +185,26 @@ class TransportError(BatonError):
     """A peer could not be reached, or an RPC to it failed."""
 
     grpc_status = "UNAVAILABLE"
+
+
+class Rejected(BatonError):
+    """A peer answered a call and refused it for good: the same call fails again however
+    often it is repeated (a missing blob, a hop no longer the caller's, a malformed
+    request). The caller gives up that piece of work once, with a reason, instead of
+    retrying it; whether the refusal concerns the caller as a whole is :class:`Denied`.
+
+    Args:
+        message: One line saying which call was refused and why.
+        status: Name of the ``grpc.StatusCode`` the peer answered with.
+        run_id: The run concerned, if known.
+        hop: The hop index concerned, if known.
+    """
+
+    def __init__(
+        self, message: str, *, status: str, run_id: str | None = None, hop: int | None = None
+    ) -> None:
+        super().__init__(message, run_id=run_id, hop=hop)
+        self.status = status
 
 
 class DataError(BatonError):

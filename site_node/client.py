@@ -4,13 +4,17 @@ Business logic (:mod:`site_node.hop`, :mod:`site_node.daemon`) talks to the coor
 through :class:`CoordinatorClient`. :class:`GrpcCoordinatorClient` implements it over mTLS
 gRPC; :class:`site_node.fake_client.FakeCoordinatorClient` implements it in memory for tests.
 
-Errors (every implementation):
+Errors (every implementation; :mod:`site_node.retry` says which status is which):
     Denied: The coordinator refused this site (``PERMISSION_DENIED`` or
         ``UNAUTHENTICATED``): its certificate is not (or no longer) acceptable, or the call
-        concerned another site's hop. Retrying does not help.
-    TransportError: Any other failed call: the coordinator was unreachable, did not answer
-        within the call's deadline, or refused the call (the hop is no longer the site's,
-        the run was cancelled). The site reconnects and the coordinator re-delivers.
+        concerned another site's hop. Retrying does not help; the daemon stops.
+    Rejected: The coordinator answered and refused the call for good (``NOT_FOUND``,
+        ``FAILED_PRECONDITION``, ``INVALID_ARGUMENT``, ...): the input blob is gone, the
+        blob store cannot take the upload, the hop is no longer the site's, the run was
+        cancelled. The hop fails once with a reason; it is not retried.
+    TransportError: The call may succeed later: the coordinator was unreachable, did not
+        answer within the call's deadline, or was busy. The site reconnects with back-off
+        and the coordinator re-delivers.
     BlobError: A transfer's bytes are out of order, truncated, or do not match their hash.
 """
 
@@ -26,7 +30,7 @@ from typing import Protocol
 import grpc
 
 from baton.domain import Assignment, BlobRef, Capabilities, DataProfile
-from baton.errors import Denied, TransportError
+from baton.errors import Denied, Rejected, TransportError
 from baton.v1 import site_pb2, site_pb2_grpc
 from baton.wire.serde import (
     assignment_from_proto,
@@ -36,14 +40,13 @@ from baton.wire.serde import (
     profile_to_proto,
 )
 from site_node import transfer
+from site_node.retry import failure_class
 
 logger = logging.getLogger(__name__)
 
 RPC_TIMEOUT_SECONDS = transfer.RPC_TIMEOUT_SECONDS
 """Deadline of every unary call; transfers get a deadline from their size
 (:func:`site_node.transfer.stream_deadline`)."""
-
-_REFUSED = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -269,12 +272,15 @@ def _translated(what: str, target: str) -> Iterator[None]:
         raise _error(exc, what, target) from None
 
 
-def _error(exc: grpc.RpcError, what: str, target: str) -> Denied | TransportError:
+def _error(exc: grpc.RpcError, what: str, target: str) -> Denied | Rejected | TransportError:
     # A bare grpc.RpcError carries no status; the channel's errors are also grpc.Call.
     code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
     details = (exc.details() if isinstance(exc, grpc.Call) else "") or "no details"
-    if code in _REFUSED:
+    kind = failure_class(code)
+    if kind == "site":
         return Denied(f"cannot {what}: the coordinator refused this site ({code.name})")
+    if kind == "hop":
+        return Rejected(f"cannot {what}: {code.name}: {details}", status=code.name)
     if code is grpc.StatusCode.UNAVAILABLE:
         return TransportError(f"cannot {what}: coordinator at {target} unreachable")
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:

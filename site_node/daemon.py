@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 
 import torch
 
 from baton import __version__
 from baton.domain import Capabilities
-from baton.errors import ConfigError, Denied, PkiError, TransportError
+from baton.errors import ConfigError, Denied, PkiError, Rejected, TransportError
 from baton.ml.data import profile_of
 from baton.ml.task import site_task
 from baton.security.audit import AuditLog
@@ -29,11 +30,16 @@ from site_node.client import (
 from site_node.config import SiteConfig
 from site_node.hop import HopRunner, LocalData
 from site_node.local_training import remove_stale_jobs
+from site_node.outbox import Outbox, recipient_key
+from site_node.retry import Backoff
 
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_JOIN_SECONDS = 30.0
 """How long the end of a session waits for its heartbeat thread."""
+STABLE_SESSION_SECONDS = 60.0
+"""A session that lasted this long (or finished a hop) counts as a success: the back-off
+and the count of failures in a row start again."""
 
 
 class SiteDaemon:
@@ -44,13 +50,22 @@ class SiteDaemon:
 
     Args:
         config: The site's configuration.
-        max_attempts: Give up after this many failed connection attempts in a row
-            (None: retry forever, as a daemon should).
+        max_attempts: Give up after this many failed sessions in a row (None: retry
+            forever, as a daemon should).
+        backoff: The pauses between sessions (default: from ``retry_initial_seconds`` to
+            ``retry_max_seconds``, jittered).
     """
 
-    def __init__(self, config: SiteConfig, *, max_attempts: int | None = None) -> None:
+    def __init__(
+        self,
+        config: SiteConfig,
+        *,
+        max_attempts: int | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
         self._cfg = config
         self._max_attempts = max_attempts
+        self._backoff = backoff or Backoff(config.retry_initial_seconds, config.retry_max_seconds)
         self._tls = config.tls.load()
         if self._tls.identity.kind != "site":
             raise PkiError(
@@ -81,13 +96,16 @@ class SiteDaemon:
         )
         self._stop = threading.Event()
         self._stream: AssignmentStream | None = None
-        self._done: set[tuple[str, int]] = set()
+        self._done: set[tuple[str, int, str]] = set()
+        self._progressed = False
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
         training = config.training
         for root in (config.work_dir, training.shared_dir):
             if root is not None:
                 remove_stale_jobs(root, older_than_s=training.stale_job_hours * 3600)
+        self._outbox = Outbox(config.work_dir)
+        self._outbox.sweep(older_than_s=training.stale_job_hours * 3600)
 
     def stop(self) -> None:
         """Asks the daemon to finish: the current hop is abandoned, the stream closed."""
@@ -97,15 +115,23 @@ class SiteDaemon:
             stream.cancel()
 
     def run(self) -> None:
-        """Serves until ``stop()``; reconnects with exponential back-off.
+        """Serves until ``stop()``; reconnects after jittered, exponential back-off.
+
+        Transient failures (unreachable, too slow, busy) and sessions the coordinator
+        ended by refusing to list assignments are retried; a session that lasted or
+        finished a hop resets the back-off (see :mod:`site_node.retry`).
 
         Raises:
-            TransportError: the coordinator stayed unreachable for ``max_attempts`` tries.
+            PkiError: The coordinator refused this site (its certificate).
+            ConfigError: The coordinator refused this site's registration for good.
+            TransportError: ``max_attempts`` sessions in a row failed.
         """
         creds = channel_credentials(self._tls)
-        delay = self._cfg.retry_initial_seconds
-        failures = 0
+        backoff = self._backoff
         while not self._stop.is_set():
+            started = time.monotonic()
+            self._progressed = False
+            detail = ""
             with secure_channel(
                 self._cfg.coordinator, creds, server_name=self._cfg.server_name or None
             ) as channel:
@@ -114,41 +140,52 @@ class SiteDaemon:
                 )
                 try:
                     self._session(client)
-                    failures, delay = 0, self._cfg.retry_initial_seconds
-                    continue
-                except (TransportError, Denied) as exc:
+                except Denied as exc:
                     if self._stop.is_set():
                         break
-                    if isinstance(exc, Denied):
-                        raise PkiError(exc.message) from None
-                    failures += 1
+                    raise PkiError(exc.message) from None
+                except (TransportError, Rejected) as exc:
+                    if self._stop.is_set():
+                        break
                     detail = exc.message
-            if self._max_attempts is not None and failures >= self._max_attempts:
+            stable = self._progressed or time.monotonic() - started >= STABLE_SESSION_SECONDS
+            if stable:
+                backoff.reset()
+                if not detail:
+                    continue  # the coordinator ended a good session: dial again at once
+            delay = backoff.next_delay()
+            if self._max_attempts is not None and backoff.failures >= self._max_attempts:
                 raise TransportError(
-                    f"coordinator at {self._cfg.coordinator} unreachable after {failures} attempts",
+                    f"coordinator at {self._cfg.coordinator}: {backoff.failures} failed "
+                    f"sessions in a row; last: {detail or 'the session ended at once'}",
                     site_id=self.site_id,
                 )
             logger.warning(
-                "coordinator at %s: %s; retrying in %.1fs (attempt %d)",
+                "coordinator at %s: %s; retrying in %.1fs (failure %d in a row)",
                 self._cfg.coordinator,
-                detail,
+                detail or "the session ended at once",
                 delay,
-                failures,
+                backoff.failures,
             )
             self._stop.wait(delay)
-            delay = min(delay * 2, self._cfg.retry_max_seconds)
 
     def _session(self, client: CoordinatorClient) -> None:
         caps = Capabilities(cpu_count=os.cpu_count() or 1, memory_bytes=_memory_bytes())
-        resp = client.register(
-            Announcement(
-                capabilities=caps,
-                profile=self._profile,
-                software_version=__version__,
-                signing_certificate_pem=self._keys.signing_cert_pem.decode("ascii"),
-                encryption_certificate_pem=self._keys.encryption_cert_pem.decode("ascii"),
+        try:
+            resp = client.register(
+                Announcement(
+                    capabilities=caps,
+                    profile=self._profile,
+                    software_version=__version__,
+                    signing_certificate_pem=self._keys.signing_cert_pem.decode("ascii"),
+                    encryption_certificate_pem=self._keys.encryption_cert_pem.decode("ascii"),
+                )
             )
-        )
+        except Rejected as exc:
+            # The coordinator will refuse this announcement however often it is sent.
+            raise ConfigError(
+                f"the coordinator refuses this site's registration: {exc.message}"
+            ) from None
         logger.info(
             "registered with the coordinator as %s (federation %s)", resp.site_id, resp.federation
         )
@@ -176,7 +213,9 @@ class SiteDaemon:
             if self._stop.is_set():
                 return
             for assignment in stream:
-                key = (assignment.run_id, assignment.hop_index)
+                nxt = assignment.next_hop
+                # A hop delivered again naming another recipient is to be re-sealed for it.
+                key = (assignment.run_id, assignment.hop_index, (nxt and recipient_key(nxt)) or "")
                 if key in self._done:
                     continue
                 logger.info(
@@ -187,6 +226,8 @@ class SiteDaemon:
                 )
                 runner.run(assignment)
                 self._done.add(key)
+                self._progressed = True
+                self._outbox.sweep(older_than_s=self._cfg.training.stale_job_hours * 3600)
         except TransportError:
             if self._stop.is_set():  # stop() cancelled the stream
                 return

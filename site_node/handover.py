@@ -16,7 +16,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import x25519
 
 from baton.domain import Assignment, NextHop
-from baton.errors import PkiError
+from baton.errors import BatonError, PkiError
 from baton.plan import RunPlan
 from baton.security.envelope import HopContext, RecipientKey, seal_file
 from baton.security.keys import PartyKeys
@@ -41,6 +41,22 @@ def refuse_revoked(revoked: Callable[[bytes | str], bool], who: str, *pems: str)
     """Raises PkiError if any of ``who``'s certificates is on the revocation list."""
     if any(revoked(pem) for pem in pems):
         raise PkiError(f"a certificate of {who} is revoked")
+
+
+def recipient_of(a: Assignment) -> NextHop:
+    """Who receives hop ``a``'s output, as the coordinator planned it with the assignment.
+
+    Raises:
+        BatonError: The assignment names no recipient; nothing was fetched or trained.
+    """
+    if a.next_hop is None:
+        raise BatonError(
+            f"hop {a.hop_index} of run {a.run_id} names no recipient (next_hop): "
+            "the coordinator must plan it with the assignment",
+            run_id=a.run_id,
+            hop=a.hop_index,
+        )
+    return a.next_hop
 
 
 def seal_for_next(

@@ -9,16 +9,16 @@ only while the hop runs.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
 
 from torch import nn
 
-from baton.domain import Assignment, NextHop
+from baton.domain import Assignment
 from baton.errors import (
     BatonError,
     BlobError,
@@ -28,6 +28,7 @@ from baton.errors import (
     ModelError,
     ParallelError,
     PkiError,
+    Rejected,
     SealError,
     TrainingInterrupted,
     TransportError,
@@ -43,17 +44,16 @@ from baton.security.tls import TlsMaterial
 from baton.wire.channel import EVALUATION_STAGE
 from site_node.client import CoordinatorClient, HopDone
 from site_node.config import SiteTraining
-from site_node.handover import Verified, seal_for_next
+from site_node.handover import Verified, recipient_of, seal_for_next
 from site_node.local_training import site_device, site_plan, train_parallel
+from site_node.outbox import Outbox, Sent, hand_on_again, recipient_key, seal_own_copy
 from site_node.parallel.plans import ParallelPlan, PlanKind
+from site_node.progress import KEEPALIVE_SECONDS, ProgressReports
 from site_node.receive import Inbox, LocalData
 
 __all__ = ["HopRunner", "LocalData"]
 
 logger = logging.getLogger(__name__)
-
-PROGRESS_INTERVAL_SECONDS = 0.5
-"""Least time between two progress reports to the coordinator."""
 
 _REASONS: tuple[tuple[type[BatonError], str], ...] = (
     (SealError, "rejected_hop"),
@@ -63,13 +63,8 @@ _REASONS: tuple[tuple[type[BatonError], str], ...] = (
     (BlobError, "transfer_error"),
     (PkiError, "untrusted_party"),
     (ParallelError, "training_error"),
+    (Rejected, "coordinator_refused"),
 )
-
-
-class _Reporter(Protocol):
-    def __call__(
-        self, step: int, total: int, loss: float, extra: dict[str, float] | None = None
-    ) -> None: ...
 
 
 class HopRunner:
@@ -88,6 +83,7 @@ class HopRunner:
         data_gate: What fails this site's data gate, run before each hop trains.
         stopping: Whether the site is stopping: a parallel hop then stops its workers and
             keeps its checkpoints, without failing the hop.
+        progress_every: Most seconds without a progress report while a hop trains.
     """
 
     def __init__(
@@ -104,7 +100,10 @@ class HopRunner:
         training: SiteTraining | None = None,
         data_gate: GatePolicy | None = None,
         stopping: Callable[[], bool] = lambda: False,
+        progress_every: float = KEEPALIVE_SECONDS,
     ) -> None:
+        self._progress_every = progress_every
+        self._outbox = Outbox(work_dir)
         self._training = training or SiteTraining()
         self._data_gate = data_gate or GatePolicy()
         self._stopping = stopping
@@ -131,10 +130,16 @@ class HopRunner:
         A Baton error fails the hop at the coordinator with a sanitized reason. Errors of
         the coordinator client (TransportError: unreachable or refused the call; Denied:
         refused this site) propagate: the hop is redelivered after a reconnect. A hop
-        without a recipient (``next_hop``) is refused before anything is downloaded.
+        without a recipient (``next_hop``) is refused before anything is downloaded. A
+        refused call (Rejected: the input blob is gone, the upload cannot be stored) fails
+        the hop once. A hop whose sealed output this site kept (:mod:`site_node.outbox`)
+        is handed on again without training: as sealed, or re-sealed when the assignment
+        names another recipient.
         """
         if a.evaluate_only:
+            self._outbox.drop_run(a.run_id)  # the run is over
             return self._evaluate(a)
+        self._outbox.release(a.run_id, assigned_hop=a.hop_index)
         try:
             self._run(a)
             return True
@@ -163,9 +168,21 @@ class HopRunner:
 
     def _run(self, a: Assignment) -> None:
         started = time.monotonic()
-        nxt = _recipient(a)
+        nxt = recipient_of(a)
         run_dir = self._work_dir / a.run_id
         run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        kept = self._outbox.get(a.run_id, a.hop_index)
+        if kept is not None:
+            self._hand_on(
+                a,
+                hand_on_again(
+                    self._outbox, kept, a, nxt,
+                    tls=self._tls, keys=self._keys, revoked=self._revoked, audit=self._audit,
+                ),
+                started,
+            )  # fmt: skip
+            return
+        out_dir = self._outbox.path(a.run_id, a.hop_index)
         plain_in = run_dir / f"hop-{a.hop_index:05d}.in.safetensors"
         plain_out = run_dir / f"hop-{a.hop_index:05d}.out.safetensors"
         nodes = self._training.node_group()
@@ -205,17 +222,32 @@ class HopRunner:
             )
             meta = result_metadata(checked.plan, self._local.schema, a, checked.plan_digest)
             save_state_file(plain_out, hooks.travelling_state(model), metadata=meta)
-            sealed = run_dir / f"hop-{a.hop_index:05d}.out.sealed"
-            manifest = seal_for_next(
-                nxt,
-                a,
-                checked,
-                plain_out,
-                sealed,
-                tls=self._tls,
-                keys=self._keys,
-                revoked=self._revoked,
+            out_dir.mkdir(mode=0o700, exist_ok=True)
+            sent = Sent(
+                run_id=a.run_id,
+                hop_index=a.hop_index,
+                directory=out_dir,
+                recipient=recipient_key(nxt),
+                manifest=b"",
+                own_manifest=b"",
+                plan_digest=checked.plan_digest,
+                schema_digest=checked.schema_digest,
+                input_digest=checked.input_digest,
+                sealed_at=time.time(),
+                metrics_before=before,
+                metrics_after=after,
+                num_examples=result.num_examples,
+                train_seconds=result.train_seconds,
             )
+            manifest = seal_for_next(
+                nxt, a, checked, plain_out, sent.sealed,
+                tls=self._tls, keys=self._keys, revoked=self._revoked,
+            )  # fmt: skip
+            own = seal_own_copy(
+                plain_out, sent.own_sealed, a=a, checked=checked, tls=self._tls, keys=self._keys
+            )
+            sent = dataclasses.replace(sent, manifest=manifest, own_manifest=own)
+            self._outbox.put(sent)
         except TrainingInterrupted:
             raise
         except Exception:
@@ -228,30 +260,31 @@ class HopRunner:
             # (private, 0700) for the hop's next delivery to resume from.
             plain_in.unlink(missing_ok=True)
             plain_out.unlink(missing_ok=True)
-        # Until CompleteHop is acknowledged, the sealed output and input stay in the run
-        # directory; a failure here leaves them for the hop's redelivery.
-        ref = self._client.upload(run_id=a.run_id, hop_index=a.hop_index, source=sealed)
+        self._hand_on(a, sent, started)
+
+    def _hand_on(self, a: Assignment, sent: Sent, started: float) -> None:
+        """Uploads ``sent`` and completes hop ``a``. The sealed output stays in the outbox
+        until the hop after it is done (see :mod:`site_node.outbox`)."""
+        ref = self._client.upload(run_id=a.run_id, hop_index=a.hop_index, source=sent.sealed)
         self._audit.append(
             "hop_sent",
             run_id=a.run_id,
             hop=a.hop_index,
-            detail={"manifest": manifest_digest(manifest), "blob": ref.blob_id},
+            detail={"manifest": manifest_digest(sent.manifest), "blob": ref.blob_id},
         )
         self._client.complete_hop(
             HopDone(
                 run_id=a.run_id,
                 hop_index=a.hop_index,
                 output=ref,
-                output_manifest=manifest,
-                metrics_before=before,
-                metrics_after=after,
-                num_examples=result.num_examples,
-                train_seconds=result.train_seconds,
+                output_manifest=sent.manifest,
+                metrics_before=dict(sent.metrics_before),
+                metrics_after=dict(sent.metrics_after),
+                num_examples=sent.num_examples,
+                train_seconds=sent.train_seconds,
             )
         )
-        # Handed on: the coordinator holds the sealed copy now.
-        sealed.unlink(missing_ok=True)
-        (run_dir / f"hop-{a.hop_index:05d}.in.sealed").unlink(missing_ok=True)
+        (self._work_dir / a.run_id / f"hop-{a.hop_index:05d}.in.sealed").unlink(missing_ok=True)
         logger.info(
             "hop %d done in %.2fs; sealed model handed on", a.hop_index, time.monotonic() - started
         )
@@ -271,41 +304,45 @@ class HopRunner:
         seed = hop_seed(checked.plan.run.seed, a.hop_index)
         num_sites = len(checked.plan.run.sites)
         hooks = self._local.hooks
-        if hooks.trains_itself or (parallel.kind == PlanKind.SINGLE and device == "cpu"):
-            result = hooks.train(
-                model,
-                self._local.data.train,
-                checked.plan.training,
-                seed=seed,
-                hop_index=a.hop_index,
-                num_sites=num_sites,
-                progress=self._progress_reporter(a),
-            )
-        else:
-            result = train_parallel(
-                model,
-                self._local.data.train,
-                checked.plan,
-                parallel,
-                launcher=self._training.launcher,
-                job_dir=job_dir,
-                seed=seed,
-                hop_index=a.hop_index,
-                num_sites=num_sites,
-                progress=self._progress_reporter(a),
-                checkpoint_every=self._training.checkpoint_every,
-                restarts=self._training.restarts,
-                should_stop=self._stopping,
-                nodes=self._training.node_group(),
-                device=device,
-            )
-            if result.resumed_from_step:
-                self._audit.append(
-                    "training_resumed",
-                    run_id=a.run_id,
-                    hop=a.hop_index,
-                    detail={"step": result.resumed_from_step, "steps": result.steps},
+        reports = ProgressReports(
+            lambda metrics: self._report(a, "progress", metrics), keepalive=self._progress_every
+        )
+        with reports:
+            if hooks.trains_itself or (parallel.kind == PlanKind.SINGLE and device == "cpu"):
+                result = hooks.train(
+                    model,
+                    self._local.data.train,
+                    checked.plan.training,
+                    seed=seed,
+                    hop_index=a.hop_index,
+                    num_sites=num_sites,
+                    progress=reports,
                 )
+            else:
+                result = train_parallel(
+                    model,
+                    self._local.data.train,
+                    checked.plan,
+                    parallel,
+                    launcher=self._training.launcher,
+                    job_dir=job_dir,
+                    seed=seed,
+                    hop_index=a.hop_index,
+                    num_sites=num_sites,
+                    progress=reports,
+                    checkpoint_every=self._training.checkpoint_every,
+                    restarts=self._training.restarts,
+                    should_stop=self._stopping,
+                    nodes=self._training.node_group(),
+                    device=device,
+                )
+                if result.resumed_from_step:
+                    self._audit.append(
+                        "training_resumed",
+                        run_id=a.run_id,
+                        hop=a.hop_index,
+                        detail={"step": result.resumed_from_step, "steps": result.steps},
+                    )
         return result
 
     def _evaluate(self, a: Assignment) -> bool:
@@ -351,41 +388,13 @@ class HopRunner:
             run_id=a.run_id, hop_index=a.hop_index, stage=stage, metrics=metrics
         )
 
-    def _progress_reporter(self, a: Assignment) -> _Reporter:
-        last = [0.0]
-
-        def report(
-            step: int, total: int, loss: float, extra: dict[str, float] | None = None
-        ) -> None:
-            now = time.monotonic()
-            if step < total and now - last[0] < PROGRESS_INTERVAL_SECONDS:
-                return
-            last[0] = now
-            metrics = {"step": float(step), "total_steps": float(total), "loss": loss}
-            self._report(a, "progress", {**metrics, **(extra or {})})
-
-        return report
-
     def _fail(self, a: Assignment, reason: str, message: str) -> None:
         try:
             self._client.fail_hop(
                 run_id=a.run_id, hop_index=a.hop_index, reason=reason, message=message
             )
-        except (TransportError, Denied) as exc:
+        except (TransportError, Denied, Rejected) as exc:
+            # Reported once: a hop the coordinator no longer gives this site stays failed
+            # here; after a lost connection the coordinator re-delivers, and the hop is
+            # handed on from what this site kept.
             logger.error("could not report the failure to the coordinator: %s", exc.message)
-
-
-def _recipient(a: Assignment) -> NextHop:
-    """Who receives hop ``a``'s output, as the coordinator planned it with the assignment.
-
-    Raises:
-        BatonError: The assignment names no recipient; nothing was fetched or trained.
-    """
-    if a.next_hop is None:
-        raise BatonError(
-            f"hop {a.hop_index} of run {a.run_id} names no recipient (next_hop): "
-            "the coordinator must plan it with the assignment",
-            run_id=a.run_id,
-            hop=a.hop_index,
-        )
-    return a.next_hop

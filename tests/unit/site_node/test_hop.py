@@ -4,6 +4,7 @@ and an evaluation; real keys, real sealing, a tiny model."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -52,7 +53,9 @@ def test_the_first_hop_builds_the_plans_model_and_seals_it_to_the_next_site(worl
     assert set(trained) == set(fresh.state_dict())
     assert not torch.equal(trained["linear.weight"], fresh.state_dict()["linear.weight"])
     assert [e["event"] for e in world.events("site-a")] == ["plan_accepted", "hop_sent"]
-    assert leftovers(world, "site-a", "hop-*") == []
+    # Only the sealed output stays (until the next hop is done), never a plaintext model.
+    assert [p.name for p in leftovers(world, "site-a", "hop-*")] == ["hop-00000.out"]
+    assert leftovers(world, "site-a", "*.safetensors") == []
 
 
 def test_an_input_is_received_verified_opened_and_trained_on(world: World) -> None:
@@ -71,7 +74,7 @@ def test_an_input_is_received_verified_opened_and_trained_on(world: World) -> No
     assert [e["event"] for e in events] == ["plan_accepted", "hop_received", "hop_sent"]
     assert events[1]["detail"]["manifest"] == manifest_digest(a1.input_manifest)
     assert leftovers(world, "site-b", "*.safetensors") == []
-    assert leftovers(world, "site-b", "*.sealed") == []
+    assert leftovers(world, "site-b", "*.in.sealed") == []
 
 
 def test_the_final_hop_is_sealed_to_the_study_owner(world: World) -> None:
@@ -103,8 +106,7 @@ def test_a_lost_connection_after_training_loses_nothing_and_the_redelivered_hop_
 ) -> None:
     """The upload fails for want of the coordinator: the error propagates (nobody to tell),
     the sealed input and the sealed output stay in the site's private run directory, and
-    the redelivered hop re-opens the input it already accepted and trains it again with
-    the hop's seed: the same training, the same model handed on."""
+    the redelivered hop hands on the output it kept, without training again."""
     _, a1, client = hop1(world)
     client.fail("upload", TransportError("coordinator unreachable"))
     runner = world.runner("site-b", client)
@@ -116,22 +118,20 @@ def test_a_lost_connection_after_training_loses_nothing_and_the_redelivered_hop_
     assert not client.completed
     run_dir = world.tmp / "site-b" / RUN
     assert (run_dir / "hop-00001.in.sealed").stat().st_size == a1.input.size  # type: ignore[union-attr]
-    assert (run_dir / "hop-00001.out.sealed").stat().st_size > 0
+    assert (run_dir / "hop-00001.out" / "sealed").stat().st_size > 0
     assert leftovers(world, "site-b", "*.safetensors") == []
     first = _progress(client)
 
     assert runner.run(a1)
 
-    assert _progress(client)[len(first) :] == first
+    assert _progress(client) == first  # not trained again
     [done] = client.completed
     assert [e["event"] for e in world.events("site-b")] == [
         "plan_accepted",
         "hop_received",
-        "plan_accepted",
-        "hop_resumed",
         "hop_sent",
     ]
-    assert sorted(p.name for p in run_dir.iterdir()) == []
+    assert sorted(p.name for p in run_dir.iterdir()) == ["hop-00001.out"]
     final = world.opened(client, a1, done, me="owner", sender="site-b")
     model = plan_model(parse_plan(a1.plan_toml), SCHEMA)
     load_into(model, final)
@@ -148,7 +148,7 @@ def test_a_refused_upload_fails_the_hop_and_keeps_the_sealed_model(world: World)
     assert failed.args["reason"] == "transfer_error"
     assert failed.args["message"] == "coordinator stored a different blob than was sent"
     assert client.calls_to("report_metrics")[0].args["stage"] == "before"
-    sealed = world.tmp / "site-b" / RUN / "hop-00001.out.sealed"
+    sealed = world.tmp / "site-b" / RUN / "hop-00001.out" / "sealed"
     assert sealed.stat().st_size > 0
     assert leftovers(world, "site-b", "*.safetensors") == []
 
@@ -158,6 +158,7 @@ def test_a_hop_whose_input_was_accepted_refuses_another_input_for_it(world: Worl
     a0, a1, client = hop1(world)
     assert world.runner("site-b", client).run(a1)
     other = FakeCoordinatorClient()
+    shutil.rmtree(world.tmp / "site-a" / RUN / "hop-00000.out")  # forget its kept output
     assert world.runner("site-a", other).run(a0)  # site-a seals hop 0 again: a new manifest
     client.blobs.update(other.blobs)
     equivocated = world.after(a0, other.completed[0], sender="site-a", nxt=a1.next_hop)

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from baton.domain import Assignment, BlobRef
-from baton.errors import Denied, TransportError
+from baton.errors import Denied, Rejected, TransportError
 from baton.v1 import common_pb2, site_pb2
 from site_node import transfer
 from site_node.client import GrpcCoordinatorClient, HopDone
@@ -118,7 +118,7 @@ def test_a_transfer_deadline_grows_with_the_bytes_left() -> None:
         (grpc.StatusCode.UNAUTHENTICATED, Denied, "the coordinator refused this site"),
         (grpc.StatusCode.UNAVAILABLE, TransportError, "coordinator at c:1 unreachable"),
         (grpc.StatusCode.DEADLINE_EXCEEDED, TransportError, "did not answer in time"),
-        (grpc.StatusCode.FAILED_PRECONDITION, TransportError, "run is cancelled"),
+        (grpc.StatusCode.FAILED_PRECONDITION, Rejected, "run is cancelled"),
     ],
 )
 def test_grpc_failures_become_the_ports_errors(

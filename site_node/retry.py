@@ -1,0 +1,83 @@
+"""How a site treats a failed call to the coordinator: retry it, give up the hop, or stop.
+
+Every gRPC status falls in one of three classes (:func:`failure_class`):
+
+- ``transient``: the coordinator was unreachable, slow or busy (``UNAVAILABLE``,
+  ``DEADLINE_EXCEEDED``, ``RESOURCE_EXHAUSTED``, ``ABORTED``, ``CANCELLED``, ``INTERNAL``,
+  ``UNKNOWN``). Raised as :class:`baton.errors.TransportError`; the daemon reconnects
+  after a jittered, exponentially growing pause (:class:`Backoff`) and the hop is
+  delivered again, resuming from what the site kept.
+- ``hop``: the coordinator answered and refused the call for good (``NOT_FOUND``,
+  ``FAILED_PRECONDITION``, ``INVALID_ARGUMENT``, ``OUT_OF_RANGE``, ``ALREADY_EXISTS``,
+  ``DATA_LOSS``, ``UNIMPLEMENTED``): a deleted input blob, a blob store that cannot write,
+  a hop that is no longer this site's. Raised as :class:`baton.errors.Rejected`; the hop
+  fails once, with a reason, and is not retrained.
+- ``site``: the coordinator refused this site (``PERMISSION_DENIED``,
+  ``UNAUTHENTICATED``). Raised as :class:`baton.errors.Denied`; the daemon stops.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Literal
+
+import grpc
+
+FailureClass = Literal["transient", "hop", "site"]
+"""What a failed call means for the site (see the module docstring)."""
+
+_SITE = frozenset({grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED})
+_HOP = frozenset(
+    {
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.DATA_LOSS,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+
+
+def failure_class(code: grpc.StatusCode) -> FailureClass:
+    """The class of a call that failed with ``code``; anything not named is transient."""
+    if code in _SITE:
+        return "site"
+    if code in _HOP:
+        return "hop"
+    return "transient"
+
+
+class Backoff:
+    """Pauses between retries: exponential growth from ``initial`` to ``maximum``, each
+    pause drawn uniformly from its upper half ("equal jitter"), so sites that lost the
+    coordinator together do not come back in step.
+
+    Args:
+        initial: Upper bound of the first pause, in seconds (> 0).
+        maximum: Largest upper bound, in seconds (>= ``initial``).
+        rng: Source of the jitter (seeded in tests).
+    """
+
+    def __init__(self, initial: float, maximum: float, *, rng: random.Random | None = None) -> None:
+        if not 0 < initial <= maximum:
+            raise ValueError(f"need 0 < initial <= maximum, not {initial} and {maximum}")
+        self._initial = initial
+        self._maximum = maximum
+        self._rng = rng or random.Random()
+        self._ceiling = initial
+        self.failures = 0
+        """Failures since the last :meth:`reset`."""
+
+    def next_delay(self) -> float:
+        """Counts a failure and returns the pause before the next try."""
+        self.failures += 1
+        ceiling = self._ceiling
+        self._ceiling = min(ceiling * 2, self._maximum)
+        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
+
+    def reset(self) -> None:
+        """Starts again from ``initial`` (after a call or session that succeeded)."""
+        self._ceiling = self._initial
+        self.failures = 0
