@@ -40,10 +40,17 @@ def _clean(value: Any) -> Any:
 
 def _cell_key(r: Mapping[str, Any]) -> str:
     remedies = r.get("remedies", "none")
+    metric = r.get("metric", "accuracy")
+    ranked = (
+        ""
+        if metric == "accuracy"
+        else f" by {metric}" + ("" if r.get("higher_is_better", True) else " (lower is better)")
+    )
     return (
         f"{r['dataset']} {r['partition']} K={r['k']} "
         f"e={r.get('local_epochs', '?')} c={r.get('cycles', '?')}"
         + ("" if remedies == "none" else " +remedies")
+        + ranked
     )
 
 
@@ -72,9 +79,11 @@ def _times(factor: float, value: Any) -> Any:
 def markdown_table(records: Sequence[Mapping[str, Any]]) -> str:
     """One row per record; cells where order does not beat noise are marked.
 
-    Gains and their p-values (paired across partition seeds) are against the expected
-    accuracy of a random order and against FedAvg; the leave-one-out oracle is what
-    picking orders by their test accuracy in the other repetitions reaches (how
+    Values are in each record's primary metric (accuracy unless the cell names another,
+    with its direction; gains are positive when better). Gains and their p-values
+    (paired across partition seeds) are against the expected value of a random order
+    and against FedAvg; the leave-one-out oracle is what picking orders by their test
+    value in the other repetitions reaches (how
     reproducibly the cell's best order can be found from that many runs of every order);
     the cost is the strategy's probe runs and their training time.
     """

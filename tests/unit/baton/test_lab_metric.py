@@ -17,6 +17,7 @@ from sim.lab.cells import Cell
 from sim.lab.grid import Trial, trial_of
 from sim.lab.oracle import OrderScores, evaluate_orders
 from sim.lab.plan_cell import check_plan
+from sim.lab.report import markdown_table
 from sim.lab.runner import context_for, strategy_schedule
 from sim.lab.summary import summarize
 from sim.tasks import Partition, make_federation
@@ -75,6 +76,9 @@ def test_a_lower_is_better_metric_ranks_the_lowest_value_best() -> None:
     assert higher["percentile_mean"] == 25.0
     assert higher["regret_mean"] == pytest.approx(10.0)
     assert higher["gain_vs_random_pts"] == pytest.approx(-500.0)
+    table = markdown_table([lower, higher])
+    assert "| lm iid-0.5 K=2 e=1 c=1 by perplexity (lower is better) | learned | 75.0 " in table
+    assert "| lm iid-0.5 K=2 e=1 c=1 by perplexity | learned | 25.0 " in table
 
 
 def test_the_strategies_see_the_plans_metric_and_direction() -> None:
