@@ -91,7 +91,8 @@ def test_an_unknown_model_is_refused_naming_its_key() -> None:
     with pytest.raises(ConfigError) as err:
         check_model(plan_of("gpt"), source="plan.toml")
     assert err.value.message == (
-        "plan.toml: 'model.name': unknown model 'gpt'; known: mlp, logreg, causal_lm, cnn"
+        "plan.toml: 'model.name': unknown model 'gpt'; "
+        "known: mlp, logreg, causal_lm, cnn, hf_causal_lm"
     )
 
 
