@@ -87,8 +87,11 @@ def make_app(help: str, **kwargs: Any) -> typer.Typer:
     )
 
 
-def version_callback(prog: str) -> Callable[[bool], None]:
-    """An eager ``--version`` option's callback: prints ``PROG VERSION`` and exits 0."""
+def version_option(prog: str) -> Any:
+    """An eager ``--version`` option for a root callback: prints ``PROG VERSION``, exits 0.
+
+    Use as ``version: Annotated[bool, version_option("baton")] = False``.
+    """
 
     def show(value: bool) -> None:
         if value:
@@ -97,4 +100,6 @@ def version_callback(prog: str) -> Callable[[bool], None]:
             typer.echo(f"{prog} {version('baton-fl')}")
             raise typer.Exit()
 
-    return show
+    return typer.Option(
+        "--version", is_eager=True, callback=show, help="Print the version and exit."
+    )

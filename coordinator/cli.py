@@ -15,7 +15,7 @@ from baton.entry import (
     exit_on_error,
     make_app,
     on_terminate,
-    version_callback,
+    version_option,
 )
 from baton.errors import ConfigError, PkiError, StoreError, TransportError
 
@@ -36,15 +36,7 @@ _CODES = {
 
 @app.callback()
 def _root(
-    version: Annotated[
-        bool,
-        typer.Option(
-            "--version",
-            is_eager=True,
-            callback=version_callback("coordinator"),
-            help="Print the version and exit.",
-        ),
-    ] = False,
+    version: Annotated[bool, version_option("coordinator")] = False,
 ) -> None:
     """Baton coordinator."""
 

@@ -11,9 +11,7 @@ import logging
 from importlib.metadata import entry_points
 from typing import Annotated
 
-import typer
-
-from baton.entry import make_app, version_callback
+from baton.entry import make_app, version_option
 from owner.cli_check import register as register_check
 from owner.cli_merge import register as register_merge
 from owner.cli_new import register as register_new
@@ -37,15 +35,7 @@ app = make_app("Baton: sequential learning across hospitals.")
 
 @app.callback()
 def _root(
-    version: Annotated[
-        bool,
-        typer.Option(
-            "--version",
-            is_eager=True,
-            callback=version_callback("baton"),
-            help="Print the version and exit.",
-        ),
-    ] = False,
+    version: Annotated[bool, version_option("baton")] = False,
 ) -> None:
     """Baton: sequential learning across hospitals."""
 

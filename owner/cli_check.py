@@ -42,27 +42,18 @@ def register(app: typer.Typer) -> None:
 def owner_preflight(path: Path, *, timeout: float = 5.0) -> Checklist:
     """Runs every check of the study owner whose admin config is at ``path``."""
     from baton.errors import BatonError
-    from baton.security.preflight import Checklist, check_app_keys, check_tls_files, dial
+    from baton.security.preflight import Checklist, check_coordinator, check_party
     from owner.client import AdminClient
     from owner.config import load_admin_config
 
     checks = Checklist()
-    try:
-        cfg = load_admin_config(path)
-    except BatonError as exc:
-        checks.add("config", "FAIL", exc.message)
+    loaded = check_party(checks, path, load_admin_config)
+    if loaded is None:
         return checks
-    checks.add("config", "ok", f"{path}: coordinator {cfg.coordinator}")
-    material = check_tls_files(checks, cfg.tls)
-    check_app_keys(checks, cfg.keys_dir, material)
-    if material is None:
-        checks.add("coordinator", "FAIL", "not tried: the owner's TLS files are not usable")
-        return checks
-    if material.identity.kind != "admin":
+    cfg, material = loaded
+    if material is not None and material.identity.kind != "admin":
         checks.add("role", "FAIL", f"{material.identity.spiffe_id} is not an admin certificate")
-    found = dial(cfg.coordinator, cfg.tls, material, server_name=cfg.server_name, timeout=timeout)
-    checks.add("coordinator", "ok" if found.ok else "FAIL", found.detail)
-    if not found.ok:
+    if not check_coordinator(checks, cfg, material, timeout=timeout) or material is None:
         return checks
     try:
         with AdminClient(cfg.coordinator, material, server_name=cfg.server_name or None) as c:

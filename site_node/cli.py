@@ -15,7 +15,7 @@ from baton.entry import (
     exit_on_error,
     make_app,
     on_terminate,
-    version_callback,
+    version_option,
 )
 from baton.errors import ConfigError, DataError, PkiError, TransportError
 
@@ -39,15 +39,7 @@ _CODES = {
 
 @app.callback()
 def _root(
-    version: Annotated[
-        bool,
-        typer.Option(
-            "--version",
-            is_eager=True,
-            callback=version_callback("site-node"),
-            help="Print the version and exit.",
-        ),
-    ] = False,
+    version: Annotated[bool, version_option("site-node")] = False,
 ) -> None:
     """Baton site node."""
 

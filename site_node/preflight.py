@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from baton.errors import BatonError
-from baton.security.preflight import Checklist, check_app_keys, check_tls_files, dial
+from baton.security.preflight import Checklist, check_coordinator, check_party
 
 if TYPE_CHECKING:
     from baton.ml.gate import GateReport
@@ -42,14 +42,10 @@ def preflight(config: Path, *, timeout: float = 5.0) -> Checklist:
     from site_node.config import load_site_config
 
     checks = Checklist()
-    try:
-        cfg = load_site_config(config)
-    except BatonError as exc:
-        checks.add("config", "FAIL", exc.message)
+    loaded = check_party(checks, config, load_site_config)
+    if loaded is None:
         return checks
-    checks.add("config", "ok", f"{config}: coordinator {cfg.coordinator}")
-    material = check_tls_files(checks, cfg.tls)
-    check_app_keys(checks, cfg.keys_dir, material)
+    cfg, material = loaded
     try:
         report = data_report(cfg)
     except BatonError as exc:
@@ -59,11 +55,5 @@ def preflight(config: Path, *, timeout: float = 5.0) -> Checklist:
         checks.add(
             "data", "ok" if report.passed else "FAIL", f"{cfg.data_dir}: {report.verdict()}{first}"
         )
-    if material is None:
-        checks.add("coordinator", "FAIL", "not tried: this site's TLS files are not usable")
-    else:
-        found = dial(
-            cfg.coordinator, cfg.tls, material, server_name=cfg.server_name, timeout=timeout
-        )
-        checks.add("coordinator", "ok" if found.ok else "FAIL", found.detail)
+    check_coordinator(checks, cfg, material, timeout=timeout)
     return checks

@@ -27,13 +27,16 @@ import ssl
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal, Protocol, TypeVar
 
 from cryptography import exceptions as crypto_exceptions
 from cryptography import x509
 
 from baton.errors import BatonError
 from baton.security.tls import TlsFiles, TlsMaterial
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 Status = Literal["ok", "warn", "FAIL"]
 EXPIRY_WARNING: Final = dt.timedelta(days=30)
@@ -81,6 +84,54 @@ class Checklist:
         if failed:
             return f"NOT READY: {failed} check(s) failed, {warned} warning(s)"
         return f"READY: {len(self.checks)} checks passed, {warned} warning(s)"
+
+
+class PartyConfig(Protocol):
+    """What a site's or the owner's config tells the preflight."""
+
+    @property
+    def coordinator(self) -> str: ...
+    @property
+    def server_name(self) -> str: ...
+    @property
+    def tls(self) -> TlsFiles: ...
+    @property
+    def keys_dir(self) -> Path: ...
+
+
+C = TypeVar("C", bound=PartyConfig)
+
+
+def check_party(
+    checks: Checklist, path: Path, load: Callable[[Path], C]
+) -> tuple[C, TlsMaterial | None] | None:
+    """Loads a party's config with ``load`` and checks its TLS files and keys.
+
+    Returns:
+        The config and its TLS material (None when the TLS files failed), or None when
+        the config itself failed to load.
+    """
+    try:
+        cfg = load(path)
+    except BatonError as exc:
+        checks.add("config", "FAIL", exc.message)
+        return None
+    checks.add("config", "ok", f"{path}: coordinator {cfg.coordinator}")
+    material = check_tls_files(checks, cfg.tls)
+    check_app_keys(checks, cfg.keys_dir, material)
+    return cfg, material
+
+
+def check_coordinator(
+    checks: Checklist, cfg: PartyConfig, material: TlsMaterial | None, *, timeout: float
+) -> bool:
+    """Dials the coordinator the config names (see :func:`dial`); returns whether it answered."""
+    if material is None:
+        checks.add("coordinator", "FAIL", "not tried: this party's TLS files are not usable")
+        return False
+    found = dial(cfg.coordinator, cfg.tls, material, server_name=cfg.server_name, timeout=timeout)
+    checks.add("coordinator", "ok" if found.ok else "FAIL", found.detail)
+    return found.ok
 
 
 def check_tls_files(checks: Checklist, files: TlsFiles) -> TlsMaterial | None:

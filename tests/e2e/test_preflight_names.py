@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sim.procs import ProcessGroup
-from tests.e2e.test_provision_kits import cli, free_port, make_kits, wait_listening
+from tests.e2e.test_provision_kits import cli, free_port, make_kits, start_coordinator
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -21,13 +21,7 @@ def test_preflight_names_the_host_mismatch_and_a_foreign_ca(tmp_path: Path) -> N
     text = config.read_text(encoding="utf-8")
     config.write_text(text.replace(f"coord.example.org:{port}", f"127.0.0.1:{port}"))
     with ProcessGroup() as group:
-        group.start(
-            "coordinator",
-            "coordinator.cli",
-            ["serve", "--config", str(kits / "coordinator" / "coordinator.toml")],
-            log_path=tmp_path / "coordinator.log",
-        )
-        wait_listening(port, group)
+        start_coordinator(group, kits, port)
         check = cli("site_node.cli", "check", "--config", str(config))
         assert check.returncode == 205
         assert (

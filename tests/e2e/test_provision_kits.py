@@ -59,6 +59,17 @@ def make_kits(tmp_path: Path, addresses: str, port: int, sites: list[str]) -> Pa
     return out
 
 
+def start_coordinator(group: ProcessGroup, kits: Path, port: int) -> None:
+    """Starts the coordinator from its kit and waits until it listens on ``port``."""
+    group.start(
+        "coordinator",
+        "coordinator.cli",
+        ["serve", "--config", str(kits / "coordinator" / "coordinator.toml")],
+        log_path=kits / "coordinator.log",
+    )
+    wait_listening(port, group)
+
+
 def wait_listening(port: int, group: ProcessGroup, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -82,13 +93,7 @@ def test_kits_run_a_federation_through_the_clis(tmp_path: Path) -> None:
         assert early.returncode == 205
         assert "FAIL  coordinator: not listening: nothing accepts connections at " in early.stdout
 
-        group.start(
-            "coordinator",
-            "coordinator.cli",
-            ["serve", "--config", str(kits / "coordinator" / "coordinator.toml")],
-            log_path=tmp_path / "coordinator.log",
-        )
-        wait_listening(port, group)
+        start_coordinator(group, kits, port)
         for site in SITES:
             site_dir = kits / "sites" / site
             check = cli("site_node.cli", "check", "--config", "site.toml", cwd=site_dir)
