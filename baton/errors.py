@@ -9,7 +9,9 @@
     ├── SealError          INVALID_ARGUMENT*    a sealed hop was rejected (``reason`` says why)
     ├── AuditError         FAILED_PRECONDITION  an audit log cannot be read, written or verified
     ├── TransportError     UNAVAILABLE          a peer is unreachable or did not answer in
-    │                                           time: retrying may succeed
+    │   │                                       time: retrying may succeed
+    │   └── ServerFault    UNAVAILABLE          a peer answered but could not serve the call
+    │                                           (internal error, overloaded): retry a few times
     ├── Rejected           FAILED_PRECONDITION  a peer answered and refused the call for good
     │                                           (``status`` says how): retrying cannot help
     ├── DataError          FAILED_PRECONDITION  a site's local dataset is missing or invalid
@@ -56,6 +58,7 @@ __all__ = [
     "Reason",
     "Rejected",
     "SealError",
+    "ServerFault",
     "StoreError",
     "TrainingInterrupted",
     "TransportError",
@@ -185,6 +188,21 @@ class TransportError(BatonError):
     """A peer could not be reached, or an RPC to it failed."""
 
     grpc_status = "UNAVAILABLE"
+
+
+class ServerFault(TransportError):
+    """A peer answered a call but could not serve it (an internal error, overloaded,
+    aborted): retrying may succeed, but a caller retries one piece of work only a few
+    times, since a fault that persists would otherwise repeat it forever.
+
+    Args:
+        message: One line saying which call failed and how.
+        status: Name of the ``grpc.StatusCode`` the peer answered with.
+    """
+
+    def __init__(self, message: str, *, status: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class Rejected(BatonError):

@@ -30,7 +30,7 @@ from typing import Protocol
 import grpc
 
 from baton.domain import Assignment, BlobRef, Capabilities, DataProfile
-from baton.errors import Denied, Rejected, TransportError
+from baton.errors import Denied, Rejected, ServerFault, TransportError
 from baton.v1 import site_pb2, site_pb2_grpc
 from baton.wire.serde import (
     assignment_from_proto,
@@ -40,7 +40,7 @@ from baton.wire.serde import (
     profile_to_proto,
 )
 from site_node import transfer
-from site_node.retry import failure_class
+from site_node.retry import failure_class, is_server_fault
 
 logger = logging.getLogger(__name__)
 
@@ -281,6 +281,8 @@ def _error(exc: grpc.RpcError, what: str, target: str) -> Denied | Rejected | Tr
         return Denied(f"cannot {what}: the coordinator refused this site ({code.name})")
     if kind == "hop":
         return Rejected(f"cannot {what}: {code.name}: {details}", status=code.name)
+    if is_server_fault(code):
+        return ServerFault(f"cannot {what}: {code.name}: {details}", status=code.name)
     if code is grpc.StatusCode.UNAVAILABLE:
         return TransportError(f"cannot {what}: coordinator at {target} unreachable")
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:

@@ -11,7 +11,7 @@ import torch
 
 from baton import __version__
 from baton.domain import Capabilities
-from baton.errors import ConfigError, Denied, PkiError, Rejected, TransportError
+from baton.errors import ConfigError, Denied, PkiError, Rejected, ServerFault, TransportError
 from baton.ml.data import profile_of
 from baton.ml.task import site_task
 from baton.security.audit import AuditLog
@@ -31,7 +31,7 @@ from site_node.config import SiteConfig
 from site_node.hop import HopRunner, LocalData
 from site_node.local_training import remove_stale_jobs
 from site_node.outbox import Outbox, recipient_key
-from site_node.retry import Backoff
+from site_node.retry import Backoff, HopFaults
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ class SiteDaemon:
         self._stream: AssignmentStream | None = None
         self._done: set[tuple[str, int, str]] = set()
         self._progressed = False
+        self._faults = HopFaults()
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
         training = config.training
@@ -224,7 +225,15 @@ class SiteDaemon:
                     assignment.run_id,
                     assignment.cycle,
                 )
-                runner.run(assignment)
+                try:
+                    runner.run(assignment)
+                except ServerFault as exc:
+                    if not self._faults.give_up(assignment.run_id, assignment.hop_index):
+                        raise
+                    # The coordinator answers but keeps failing this hop: end it once.
+                    logger.error("giving up hop %d: %s", assignment.hop_index, exc.message)
+                    runner.fail(assignment, "coordinator_error", exc.message)
+                self._faults.clear(assignment.run_id, assignment.hop_index)
                 self._done.add(key)
                 self._progressed = True
                 self._outbox.sweep(older_than_s=self._cfg.training.stale_job_hours * 3600)

@@ -160,10 +160,10 @@ class HopRunner:
                 detail["check"] = exc.reason
             self._audit.append("hop_rejected", run_id=a.run_id, hop=a.hop_index, detail=detail)
             # The coordinator learns the category only; details stay in this site's log.
-            self._fail(a, reason, "" if isinstance(exc, SealError | PkiError) else exc.message)
+            self.fail(a, reason, "" if isinstance(exc, SealError | PkiError) else exc.message)
         except Exception:
             logger.exception("run %s hop %d failed unexpectedly", a.run_id, a.hop_index)
-            self._fail(a, "internal_error", "unexpected error at the site; see the site's log")
+            self.fail(a, "internal_error", "unexpected error at the site; see the site's log")
         return False
 
     def _run(self, a: Assignment) -> None:
@@ -388,13 +388,12 @@ class HopRunner:
             run_id=a.run_id, hop_index=a.hop_index, stage=stage, metrics=metrics
         )
 
-    def _fail(self, a: Assignment, reason: str, message: str) -> None:
+    def fail(self, a: Assignment, reason: str, message: str) -> None:
+        """Tells the coordinator hop ``a`` failed (``reason``, ``message``), once; best effort."""
         try:
             self._client.fail_hop(
                 run_id=a.run_id, hop_index=a.hop_index, reason=reason, message=message
             )
         except (TransportError, Denied, Rejected) as exc:
-            # Reported once: a hop the coordinator no longer gives this site stays failed
-            # here; after a lost connection the coordinator re-delivers, and the hop is
-            # handed on from what this site kept.
+            # Reported once: a refused or undelivered report is only logged.
             logger.error("could not report the failure to the coordinator: %s", exc.message)

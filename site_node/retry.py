@@ -2,11 +2,14 @@
 
 Every gRPC status falls in one of three classes (:func:`failure_class`):
 
-- ``transient``: the coordinator was unreachable, slow or busy (``UNAVAILABLE``,
-  ``DEADLINE_EXCEEDED``, ``RESOURCE_EXHAUSTED``, ``ABORTED``, ``CANCELLED``, ``INTERNAL``,
-  ``UNKNOWN``). Raised as :class:`baton.errors.TransportError`; the daemon reconnects
-  after a jittered, exponentially growing pause (:class:`Backoff`) and the hop is
-  delivered again, resuming from what the site kept.
+- ``transient``: the coordinator was unreachable or slow (``UNAVAILABLE``,
+  ``DEADLINE_EXCEEDED``, ``CANCELLED``, ``UNKNOWN``; raised as
+  :class:`baton.errors.TransportError`), or answered but could not serve the call
+  (``INTERNAL``, ``RESOURCE_EXHAUSTED``, ``ABORTED``; raised as
+  :class:`baton.errors.ServerFault`). The daemon reconnects after a jittered,
+  exponentially growing pause (:class:`Backoff`) and the hop is delivered again, resuming
+  from what the site kept; after :data:`HOP_FAULT_LIMIT` server faults in a row on one hop
+  (:class:`HopFaults`) the hop fails once, as a refusal would.
 - ``hop``: the coordinator answered and refused the call for good (``NOT_FOUND``,
   ``FAILED_PRECONDITION``, ``INVALID_ARGUMENT``, ``OUT_OF_RANGE``, ``ALREADY_EXISTS``,
   ``DATA_LOSS``, ``UNIMPLEMENTED``): a deleted input blob, a blob store that cannot write,
@@ -38,6 +41,40 @@ _HOP = frozenset(
         grpc.StatusCode.UNIMPLEMENTED,
     }
 )
+
+
+_FAULT = frozenset(
+    {grpc.StatusCode.INTERNAL, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED}
+)
+HOP_FAULT_LIMIT = 3
+"""Deliveries of one hop that may end in a server fault before the hop fails."""
+
+
+def is_server_fault(code: grpc.StatusCode) -> bool:
+    """Whether ``code`` says the coordinator answered but could not serve the call."""
+    return code in _FAULT
+
+
+class HopFaults:
+    """Counts, per hop, the deliveries in a row that ended in a server fault.
+
+    Args:
+        limit: Faults of one hop after which it is given up.
+    """
+
+    def __init__(self, limit: int = HOP_FAULT_LIMIT) -> None:
+        self._limit = limit
+        self._counts: dict[tuple[str, int], int] = {}
+
+    def give_up(self, run_id: str, hop_index: int) -> bool:
+        """Counts a fault of the hop; whether it reached the limit."""
+        key = (run_id, hop_index)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        return self._counts[key] >= self._limit
+
+    def clear(self, run_id: str, hop_index: int) -> None:
+        """Forgets the hop's faults (it ended)."""
+        self._counts.pop((run_id, hop_index), None)
 
 
 def failure_class(code: grpc.StatusCode) -> FailureClass:
