@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from baton.errors import DataError
-from baton.ml.data import SCHEMA_FILE, Schema, SiteData, Split
+from baton.ml.data import SCHEMA_FILE, Schema, SiteData, Split, _read_text
 from baton.ml.llm.base import BASE_DIR, load_tokenizer
 
 __all__ = ["MAX_CONTEXT", "TASK", "base_dir", "read_lm_site", "site_schema"]
@@ -78,14 +78,7 @@ def base_dir(site_dir: Path) -> Path:
 
 
 def _documents(path: Path, fmt: str) -> list[str]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not valid UTF-8 text") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+    text = _read_text(path)
     if fmt == "txt":
         docs = [d.strip() for d in text.replace("\r\n", "\n").split("\n\n")]
         return [d for d in docs if d]

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from baton.errors import ModelError
-from baton.ml.codec import weight_norm
+from baton.ml.codec import load_into, weight_norm
 from baton.ml.models_lm import as_tokens
 
 if TYPE_CHECKING:
@@ -134,26 +134,12 @@ def load_trainable(
     mine, theirs = _rank(dict(params)), _rank(state)
     if mine != theirs:
         raise ModelError(f"the adapters have rank {theirs}, but the plan's model has rank {mine}")
-    for name, ref in params.items():
-        got = state[name]
-        if not isinstance(got, torch.Tensor):
-            raise ModelError(f"tensor {name!r} is not a tensor")
-        if got.shape != ref.shape:
-            raise ModelError(
-                f"tensor {name!r} has shape {list(got.shape)}, the model expects {list(ref.shape)}"
-            )
-        if got.dtype != ref.dtype:
-            raise ModelError(
-                f"tensor {name!r} has dtype {got.dtype}, the model expects {ref.dtype}"
-            )
-        if not bool(torch.isfinite(got).all()):
-            raise ModelError(f"tensor {name!r} holds non-finite values")
     if max_norm is not None:
         norm = weight_norm(state)
         if norm > max_norm:
             raise ModelError(
                 f"weights have L2 norm {norm:.4g}, above the plan's bound {max_norm:.4g}"
             )
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(state[name])
+    # The frozen tensors load onto themselves; the codec checks every tensor's shape,
+    # dtype and values and copies nothing unless all pass.
+    load_into(model, {**model.state_dict(), **state})

@@ -38,9 +38,8 @@ from baton.ml.llm.train import evaluate_lm, train_lm
 from baton.ml.task import Metric
 
 if TYPE_CHECKING:
-    from baton.ml.data import Schema, SiteData, Split
-    from baton.ml.trainer import ProgressFn, TrainResult
-    from baton.plan import RunPlan, TrainingSection
+    from baton.ml.data import Schema, SiteData
+    from baton.plan import RunPlan
 
 __all__ = ["CAUSAL_LM_FINETUNE", "PERPLEXITY", "CausalLMFinetune", "build_lm"]
 
@@ -94,41 +93,14 @@ class CausalLMFinetune:
             )
         return model
 
-    def train(
-        self,
-        model: nn.Module,
-        split: Split,
-        training: TrainingSection,
-        *,
-        seed: int,
-        hop_index: int,
-        num_sites: int,
-        progress: ProgressFn | None,
-    ) -> TrainResult:
-        """:func:`baton.ml.llm.train.train_lm`."""
-        return train_lm(
-            model,
-            split,
-            training,
-            seed=seed,
-            hop_index=hop_index,
-            num_sites=num_sites,
-            progress=progress,
-        )
-
-    def evaluate(self, model: nn.Module, split: Split) -> dict[str, float]:
-        """:func:`baton.ml.llm.train.evaluate_lm`."""
-        return evaluate_lm(model, split)
-
-    def travelling_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """The adapters (``lora``) or every weight (``full``)."""
-        return trainable_state(model)
-
-    def load_travelling(
-        self, model: nn.Module, state: Mapping[str, torch.Tensor], *, max_norm: float | None
-    ) -> None:
-        """:func:`baton.ml.llm.model.load_trainable`."""
-        load_trainable(model, state, max_norm=max_norm)
+    train = staticmethod(train_lm)
+    """Fine-tunes in place: :func:`baton.ml.llm.train.train_lm`."""
+    evaluate = staticmethod(evaluate_lm)
+    """Loss, perplexity, tokens/s: :func:`baton.ml.llm.train.evaluate_lm`."""
+    travelling_state = staticmethod(trainable_state)
+    """The adapters (``lora``) or every weight (``full``)."""
+    load_travelling = staticmethod(load_trainable)
+    """Strict loading of what travels: :func:`baton.ml.llm.model.load_trainable`."""
 
 
 CAUSAL_LM_FINETUNE = CausalLMFinetune()

@@ -52,6 +52,7 @@ def make_base(out: Path, *, hidden: int = 32, layers: int = 2, vocab: int = 160)
         max_position_embeddings=64,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
