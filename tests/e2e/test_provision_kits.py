@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from baton import exit_codes
 from baton.ml.codec import load_state_file
 from baton.ml.data import write_site_data
 from sim.procs import ProcessGroup
@@ -126,6 +127,19 @@ def test_kits_run_a_federation_through_the_clis(tmp_path: Path) -> None:
         assert listed[run_id]["state"] == "RUN_STATE_SUCCEEDED"
         sites = json.loads(cli("owner.cli", "sites", "--admin", admin, "--json").stdout)
         assert sorted(s["site_id"] for s in sites) == SITES
+
+        # A run cancelled while it goes on: watching it exits with "cancelled", not
+        # "unreachable" nor "failed".
+        long_plan = owner / "long-plan.toml"
+        plan_text = (owner / "plan.toml").read_text(encoding="utf-8")
+        long_plan.write_text(plan_text.replace("cycles = 1", "cycles = 40"), encoding="utf-8")
+        second = cli("owner.cli", "submit", str(long_plan), "--admin", admin)
+        assert second.returncode == 0, second.stderr
+        long_id = second.stdout.split()[1]
+        assert cli("owner.cli", "cancel", long_id, "--admin", admin).returncode == 0
+        watched = cli("owner.cli", "watch", long_id, "--admin", admin)
+        assert watched.returncode == exit_codes.CLI_RUN_CANCELLED, watched.stderr
+        assert f"run {long_id} ended cancelled" in watched.stderr
 
         model = owner / "model.safetensors"
         fetched = cli("owner.cli", "fetch", run_id, str(model), "--admin", admin)
