@@ -69,11 +69,14 @@ def _schema_object(site_dir: Path) -> dict[str, Any]:
 
 
 def base_dir(site_dir: Path) -> Path:
-    """Where the site's base checkpoint is: ``base/``, or the path its schema names.
+    """Where the site's base checkpoint is: ``base/``, or the path its schema names (a
+    directory without a schema, as a simulation may hand over, holds it in ``base/``).
 
     Raises:
-        DataError: The schema file is missing or invalid.
+        DataError: The schema file is invalid.
     """
+    if not (site_dir / SCHEMA_FILE).exists():
+        return site_dir / BASE_DIR
     return site_dir / str(_schema_object(site_dir).get("base", BASE_DIR))
 
 

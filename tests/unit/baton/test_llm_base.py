@@ -13,7 +13,7 @@ import pytest
 from baton.errors import ConfigError, DataError, ModelError
 from baton.ml.llm.args import lm_args
 from baton.ml.llm.base import base_hash, load_base
-from baton.ml.llm.data import TASK, read_lm_site
+from baton.ml.llm.data import TASK, base_dir, read_lm_site
 from baton.ml.validate import check_model
 from baton.plan import ModelSection
 from tests.unit.baton.test_llm_fixtures import lm_plan, make_base, make_site
@@ -164,3 +164,13 @@ def test_submit_accepts_a_good_plan_and_refuses_parallel_plans(base: Path) -> No
     ddp = replace(plan, training=replace(plan.training, parallel_plan="ddp"))
     with pytest.raises(ConfigError, match="'hf_causal_lm' cannot be trained under it"):
         check_model(ddp, source="p.toml")
+
+
+def test_the_schema_may_name_where_the_base_is(base: Path, tmp_path: Path) -> None:
+    site = make_site(tmp_path / "site", base, context=16)
+    (site / "base").rename(site / "elsewhere")
+    schema = {"task": "causal_lm_finetune", "context": 16, "base": "elsewhere"}
+    (site / "schema.json").write_text(json.dumps(schema), encoding="utf-8")
+    assert base_dir(site) == site / "elsewhere"
+    assert len(read_lm_site(site)[1].train) > 20
+    assert base_dir(tmp_path) == tmp_path / "base"  # no schema: a simulation's model directory
