@@ -53,7 +53,7 @@ class ProgressReports:
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._latest: dict[str, float] = {"step": 0.0, "total_steps": 0.0}
-        self._last_sent = time.monotonic()
+        self._last_sent = time.monotonic() - min_interval  # the first step is reported
         self._refused: Rejected | Denied | None = None
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._keep_alive, name="progress", daemon=True)
