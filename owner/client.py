@@ -18,6 +18,7 @@ from baton.errors import (
     TransportError,
 )
 from baton.io import AtomicFile
+from baton.security.preflight import unreachable
 from baton.security.sealing import AppKeys, sign_plan
 from baton.security.tls import TlsMaterial, channel_credentials
 from baton.v1 import admin_pb2, admin_pb2_grpc
@@ -122,7 +123,7 @@ def _translate(exc: grpc.RpcError, what: str, target: str) -> BatonError:
     if code is grpc.StatusCode.UNAVAILABLE:
         return TransportError(
             f"cannot {what}: coordinator at {target} unreachable "
-            "(not running, wrong address, or TLS refused)"
+            f"({unreachable(details) or 'not running, wrong address, or TLS refused'})"
         )
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return TransportError(f"cannot {what}: coordinator at {target} did not answer in time")

@@ -31,6 +31,7 @@ import grpc
 
 from baton.domain import Assignment, BlobRef, Capabilities, DataProfile
 from baton.errors import Denied, Rejected, ServerFault, TransportError
+from baton.security.preflight import unreachable
 from baton.v1 import site_pb2, site_pb2_grpc
 from baton.wire.serde import (
     assignment_from_proto,
@@ -284,7 +285,10 @@ def _error(exc: grpc.RpcError, what: str, target: str) -> Denied | Rejected | Tr
     if is_server_fault(code):
         return ServerFault(f"cannot {what}: {code.name}: {details}", status=code.name)
     if code is grpc.StatusCode.UNAVAILABLE:
-        return TransportError(f"cannot {what}: coordinator at {target} unreachable")
+        why = unreachable(details)
+        return TransportError(
+            f"cannot {what}: coordinator at {target} unreachable" + (f" ({why})" if why else "")
+        )
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return TransportError(f"cannot {what}: coordinator at {target} did not answer in time")
     return TransportError(f"cannot {what}: {code.name}: {details}")

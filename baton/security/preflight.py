@@ -339,3 +339,23 @@ def check_app_keys(checks: Checklist, keys_dir: Path, material: TlsMaterial | No
         return
     whose = "this party" if material is None else material.identity.spiffe_id
     checks.add("key certificates", "ok", f"signing and encryption keys of {whose} in {keys_dir}")
+
+
+def unreachable(details: str) -> str:
+    """Which of the four problems gRPC's UNAVAILABLE ``details`` describe, as one phrase.
+
+    For the clients' "coordinator unreachable" errors; ``site-node check`` and ``baton
+    check`` say more (the names the certificate holds). ``""`` when the details name none.
+    """
+    text = details.lower()
+    if "hostname verification" in text:
+        return "TLS refused: name mismatch (run the preflight check to see the names it holds)"
+    if "expired" in text:
+        return "expired: a certificate is outside its validity period"
+    if "certificate_verify_failed" in text or "unknown ca" in text or "unknown_ca" in text:
+        return "TLS refused: unknown CA (a certificate is not from this federation's CA)"
+    if "connection refused" in text or "failed to connect to remote host" in text:
+        return "not listening"
+    if "dns resolution failed" in text or "name or service not known" in text:
+        return "not listening: the name does not resolve"
+    return ""

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from baton import exit_codes
 from sim.procs import ProcessGroup
 from tests.e2e.test_provision_kits import cli, free_port, make_kits, start_coordinator
 
@@ -45,4 +46,10 @@ def test_preflight_names_the_host_mismatch_and_a_foreign_ca(tmp_path: Path) -> N
         assert foreign.returncode == 69
         assert "FAIL  coordinator: TLS refused: unknown CA (the coordinator's certificate" in (
             foreign.stdout
+        )
+        # The everyday commands name the problem too, in their "unreachable" error.
+        listing = cli("owner.cli", "sites", "--admin", str(other / "owner" / "admin.toml"))
+        assert listing.returncode == exit_codes.CLI_UNREACHABLE
+        assert f"coordinator at 127.0.0.1:{port} unreachable (TLS refused: unknown CA" in (
+            listing.stderr
         )

@@ -6,13 +6,14 @@ import datetime as dt
 import socket
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from baton.security.pki import Identity, create_ca, issue, load_ca
-from baton.security.preflight import Checklist, _judge, check_private, dial
+from baton.security.preflight import Checklist, _judge, check_private, dial, unreachable
 from baton.security.tls import TlsFiles
 
 
@@ -97,3 +98,33 @@ def test_dialling_a_closed_port_says_not_listening(tmp_path: Path) -> None:
     assert dial("nowhere", files, files.load()).detail == (
         "not listening: 'nowhere' is not an address (host:port)"
     )
+
+
+@pytest.mark.parametrize(
+    ("details", "phrase"),
+    [
+        (
+            "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:37167: "
+            "Failed to connect to remote host: Connection refused",
+            "not listening",
+        ),
+        (
+            "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:37167: "
+            "Custom verification check failed with error: UNAUTHENTICATED: Hostname "
+            "Verification Check failed.",
+            "TLS refused: name mismatch (run the preflight check to see the names it holds)",
+        ),
+        (
+            "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:37167: "
+            "Tls handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1000007d:SSL "
+            "routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED: unable to get local issuer "
+            "certificate: OK",
+            "TLS refused: unknown CA (a certificate is not from this federation's CA)",
+        ),
+        ("SSL routines: CERTIFICATE_VERIFY_FAILED: certificate has expired", "expired: a "),
+        ("run is cancelled", ""),
+    ],
+)
+def test_grpc_unavailable_details_name_the_problem(details: str, phrase: str) -> None:
+    found = unreachable(details)
+    assert found.startswith(phrase) if phrase else found == ""
