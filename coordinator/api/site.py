@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 
@@ -34,8 +35,9 @@ from coordinator.engine.transfers import Transfers, UploadHeader
 
 logger = logging.getLogger(__name__)
 
-WATCH_POLL_SECONDS = 1.0
-"""How often an idle assignment stream re-checks that its client is still there."""
+WATCH_POLL_SECONDS = 5.0
+"""How often an idle assignment stream re-checks its site's certificate (a client that goes
+away ends the stream at once, through the call's done callback)."""
 WATCH_RECHECK_SECONDS = 30.0
 """How often an idle stream re-reads the site's assignments even if nothing changed
 (a replaced CRL may refuse a recipient without any state change)."""
@@ -108,15 +110,17 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         """The site's assignments, read again only when the state changed (or, idle,
         every :data:`WATCH_RECHECK_SECONDS`): an idle stream costs no query per poll."""
         journal = self._scheduler.journal
+        ended = threading.Event()
+        context.add_callback(lambda: journal.end(ended))
         sent: set[tuple[str, int]] = set()
         seen, version, read_at = -1, journal.version, 0.0
-        while context.is_active():
+        while not ended.is_set() and context.is_active():
             if version != seen or time.monotonic() - read_at >= WATCH_RECHECK_SECONDS:
                 seen, read_at = version, time.monotonic()
                 for assignment in self._scheduler.assignments.for_site(site_id, sent):
                     sent.add((assignment.run_id, assignment.hop_index))
                     yield assignment_to_proto(assignment)
-            version = journal.wait_for_change(seen, WATCH_POLL_SECONDS)
+            version = journal.wait_for_change(seen, WATCH_POLL_SECONDS, ended=ended)
             self._site(context)  # a certificate revoked meanwhile ends the stream
 
     def DownloadBlob(

@@ -100,14 +100,26 @@ class Journal:
         with self.lock:
             return self._version
 
-    def wait_for_change(self, seen: int, timeout: float) -> int:
-        """Blocks until the state changed after version ``seen`` or ``timeout`` passed.
+    def wait_for_change(
+        self, seen: int, timeout: float, *, ended: threading.Event | None = None
+    ) -> int:
+        """Blocks until the state changed after version ``seen``, ``ended`` is set (see
+        :meth:`end`), or ``timeout`` passed.
 
         Returns the current version; callers pass it back next time.
         """
         with self.lock:
-            self.lock.wait_for(lambda: self._version != seen, timeout=timeout)
+            self.lock.wait_for(
+                lambda: self._version != seen or (ended is not None and ended.is_set()),
+                timeout=timeout,
+            )
             return self._version
+
+    def end(self, ended: threading.Event) -> None:
+        """Sets ``ended`` and wakes its waiter (a stream whose client went away)."""
+        with self.lock:
+            ended.set()
+            self.lock.notify_all()
 
     def bump(self) -> None:
         """Marks a change and wakes every waiter."""
