@@ -127,7 +127,7 @@ def test_one_hop_lowers_perplexity_and_the_next_site_gets_the_same_model(
     hooks: TaskHooks, base: Path, site: Path, local: tuple[Schema, SiteData]
 ) -> None:
     schema, data = local
-    plan = lm_plan(base, sites=2)
+    plan = lm_plan(base, sites=2, steps=20)
     model = hooks.build_model(plan, schema, site)
     before = hooks.evaluate(model, data.val)
     calls: list[int] = []
@@ -173,3 +173,17 @@ def test_full_mode_trains_and_sends_every_weight(
     state = hooks.travelling_state(model)
     assert sum(t.numel() for t in state.values()) == sum(p.numel() for p in model.parameters())
     assert not any("lora_" in k for k in state)
+
+
+def test_a_bfloat16_base_stays_frozen_and_its_adapters_travel_in_float32(
+    hooks: TaskHooks, base: Path, site: Path, local: tuple[Schema, SiteData]
+) -> None:
+    model = hooks.build_model(lm_plan(base, {"base_dtype": "bfloat16"}), local[0], site)
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
+    state = hooks.travelling_state(model)
+    assert frozen == {torch.bfloat16}
+    assert {t.dtype for t in state.values()} == {torch.float32}
+    before = hooks.evaluate(model, local[1].val)
+    assert before["loss"] > 0
+    plain = hooks.build_model(lm_plan(base), local[0], site)
+    assert set(hooks.travelling_state(plain)) == set(state)
