@@ -70,8 +70,7 @@ def ca_readme(spec: FederationSpec) -> str:
     )
     own = (
         "\nThese sites generate their own keys; certify the request each one sends you\n"
-        "(`key-request.pem`, public keys only) and send back the two certificates:\n\n"
-        + requests
+        "(`key-request.pem`, public keys only) and send back the two certificates:\n\n" + requests
         if spec.own_keys
         else ""
     )
@@ -117,9 +116,7 @@ def site_readme(spec: FederationSpec, site: str) -> str:
             "certificates; `pki/` its TLS certificate and key. Keep both private.\n\n"
         )
     return (
-        f"# Site {site} of federation {spec.name}\n\n"
-        + keys
-        + "## 2. Your data\n\n"
+        f"# Site {site} of federation {spec.name}\n\n" + keys + "## 2. Your data\n\n"
         "Put this site's table in `data/`: `schema.json` (features, label, classes, task),\n"
         "`train.csv` and `val.csv` (header: the feature names, then the label column).\n"
         "Every site of a run must have the same schema. Check it with\n\n"
