@@ -1,0 +1,157 @@
+"""The site daemon against a live coordinator: a refused hop ends once (no reconnect,
+re-register, retrain loop), and heartbeats go on while a hop trains.
+
+Real coordinator (in process, real gRPC and mTLS), a real site daemon in a thread.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from baton.ml.data import write_site_data
+from baton.v1 import admin_pb2, common_pb2
+from site_node.client import GrpcCoordinatorClient
+from site_node.config import SiteConfig
+from site_node.daemon import SiteDaemon
+from site_node.hop import HopRunner
+from site_node.retry import Backoff
+from tests.conftest import LiveCoordinator
+from tests.integration.sites import Sites, create_request, next_hop, plan
+
+PLAN = plan(["site-a", "site-b"])
+
+
+def _config(coordinator: LiveCoordinator, sites: Sites, site: str, tmp_path: Path) -> SiteConfig:
+    data = tmp_path / f"{site}-data"
+    write_site_data(data, sites.fed.sites[site], sites.fed.schema)
+    return SiteConfig(
+        coordinator=coordinator.target,
+        tls=coordinator.pki.files(site),
+        keys_dir=coordinator.pki.root / site / "keys",
+        data_dir=data,
+        work_dir=tmp_path / f"{site}-daemon",
+        heartbeat_seconds=0.2,
+        retry_initial_seconds=0.05,
+        retry_max_seconds=0.2,
+    )
+
+
+@contextmanager
+def _running(daemon: SiteDaemon) -> Iterator[list[BaseException]]:
+    errors: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            daemon.run()
+        except BaseException as exc:  # reported to the test below
+            errors.append(exc)
+
+    thread = threading.Thread(target=serve, name="site-daemon", daemon=True)
+    thread.start()
+    try:
+        yield errors
+    finally:
+        daemon.stop()
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+
+
+def _wait(what: str, condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch, cls: type, name: str) -> list[float]:
+    """Records the time of every call of ``cls.name``."""
+    calls: list[float] = []
+    original = getattr(cls, name)
+
+    def wrapper(self: object, *args: Any, **kwargs: Any) -> Any:
+        calls.append(time.monotonic())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, name, wrapper)
+    return calls
+
+
+def test_a_deleted_input_blob_ends_the_hop_once_without_a_reconnect_loop(
+    coordinator: LiveCoordinator,
+    tmp_path: Path,
+    sites: Sites,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    admin = coordinator.admin()
+    run = admin.CreateRun(create_request(coordinator.pki, PLAN)).run
+    assert sites.runner("site-a").run(next_hop(sites.stubs["site-a"]))
+    hop0 = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id)).hops[0]
+    [blob] = (coordinator.server.blobs.root / "sha256").rglob(hop0.output.blob_id)
+    blob.unlink()
+    registrations = _counting(monkeypatch, GrpcCoordinatorClient, "register")
+    daemon = SiteDaemon(_config(coordinator, sites, "site-b", tmp_path), max_attempts=3)
+
+    with _running(daemon) as errors:
+
+        def failed() -> bool:
+            got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
+            return got.state == common_pb2.RUN_STATE_FAILED
+
+        _wait("the run to fail", failed)
+        time.sleep(1.0)  # time enough for a loop to show itself
+        assert not errors
+
+    got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
+    assert got.error.startswith("hop 1 at site-b failed: coordinator_refused: ")
+    assert len(registrations) == 1  # one session: no reconnect, no re-registration
+    log = tmp_path / "site-b-daemon" / "audit.jsonl"
+    events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
+    assert events == ["plan_accepted", "hop_rejected"]
+
+
+def test_heartbeats_go_on_while_a_hop_trains(
+    coordinator: LiveCoordinator,
+    tmp_path: Path,
+    sites: Sites,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    admin = coordinator.admin()
+    run = admin.CreateRun(create_request(coordinator.pki, PLAN)).run
+    assert sites.runner("site-a").run(next_hop(sites.stubs["site-a"]))
+    beats = _counting(monkeypatch, GrpcCoordinatorClient, "heartbeat")
+    training: list[float] = []
+    train = HopRunner._train
+
+    def slow_train(self: HopRunner, *args: Any, **kwargs: Any) -> Any:
+        training.append(time.monotonic())
+        time.sleep(1.5)  # a hop that trains for a while
+        result = train(self, *args, **kwargs)
+        training.append(time.monotonic())
+        return result
+
+    monkeypatch.setattr(HopRunner, "_train", slow_train)
+    config = _config(coordinator, sites, "site-b", tmp_path)
+    daemon = SiteDaemon(config, backoff=Backoff(0.05, 0.2, rng=random.Random(0)))
+
+    with _running(daemon) as errors:
+
+        def succeeded() -> bool:
+            got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
+            return got.state == common_pb2.RUN_STATE_SUCCEEDED
+
+        _wait("the run to succeed", succeeded)
+        assert not errors
+
+    start, end = training
+    during = [t for t in beats if start <= t <= end]
+    assert len(during) >= 4  # every 0.2 s over 1.5 s, with room for a busy machine
