@@ -92,6 +92,8 @@ seed = 7
 
 [task]
 dataset = "causal_lm_finetune"
+metric = "perplexity"
+higher_is_better = false
 
 [model]
 name = "hf_causal_lm"
