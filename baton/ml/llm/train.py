@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +13,7 @@ from torch import nn
 
 from baton.errors import DataError, ModelError
 from baton.ml.models_lm import sequence_targets
-from baton.ml.trainer import ProgressFn, TrainResult, train_local
+from baton.ml.trainer import TrainResult, train_local
 
 if TYPE_CHECKING:
     from baton.ml.data import Split
@@ -71,21 +71,15 @@ def evaluate_lm(model: nn.Module, split: Split) -> dict[str, float]:
 
 
 def train_lm(
-    model: nn.Module,
-    split: Split,
-    training: TrainingSection,
-    *,
-    seed: int,
-    hop_index: int = 0,
-    num_sites: int = 1,
-    progress: ProgressFn | None = None,
+    model: nn.Module, split: Split, training: TrainingSection, **kwargs: Any
 ) -> TrainResult:
     """Fine-tunes the trainable tensors of ``model`` in place on a site's windows.
 
-    Baton's one training loop (:func:`baton.ml.trainer.train_local`: steps, learning rate,
-    optimizer, proximal penalty, seeded shuffles and dropout, deterministic on one thread
-    count) on the next token at every position, without logit adjustment: a vocabulary has
-    no label prior to correct.
+    Baton's one training loop (:func:`baton.ml.trainer.train_local`, which takes the same
+    keyword arguments: ``seed``, ``hop_index``, ``num_sites``, ``progress``; steps,
+    learning rate, optimizer, proximal penalty, seeded shuffles and dropout, deterministic
+    on one thread count) on the next token at every position, without logit adjustment: a
+    vocabulary has no label prior to correct.
 
     Raises:
         DataError: The split is empty.
@@ -93,12 +87,4 @@ def train_lm(
     """
     if not any(p.requires_grad for p in model.parameters()):
         raise ModelError("the model has no trainable tensor")
-    return train_local(
-        model,
-        split,
-        replace(training, logit_adjustment=False),
-        seed=seed,
-        hop_index=hop_index,
-        num_sites=num_sites,
-        progress=progress,
-    )
+    return train_local(model, split, replace(training, logit_adjustment=False), **kwargs)
