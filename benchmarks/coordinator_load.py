@@ -5,7 +5,8 @@ Run: ``python benchmarks/coordinator_load.py [--sites 50 200 500] [--runs 1000]
 certificate and certified keys; the coordinator (``coordinator serve``, its own process,
 loopback only) starts over a database already holding ``--runs`` finished runs. Per row,
 that many sites register, each opens an assignment stream and heartbeats every
-``--interval`` seconds for ``--seconds`` seconds; the table gives heartbeat latency
+``--interval`` seconds for ``--seconds`` seconds (after ``--warmup`` seconds in which
+every stream opens, not counted in the latencies); the table gives heartbeat latency
 percentiles, failed heartbeats (a lease at risk), the coordinator's RSS and CPU, and the
 latency of ListSites and ListRuns. The ``+flood`` row repeats the smallest row while one
 site opens 70 assignment streams and 70 header-less uploads. Bounded: every call has a
@@ -115,9 +116,14 @@ def usage(pid: int) -> tuple[float, float]:
 
 
 async def site_life(
-    stub: site_pb2_grpc.SiteServiceStub, until: float, interval: float, lat: list[float]
+    stub: site_pb2_grpc.SiteServiceStub,
+    until: float,
+    interval: float,
+    lat: list[float],
+    record_from: float,
 ) -> int:
-    """Keeps one stream open and heartbeats until ``until``; returns failed heartbeats."""
+    """Keeps one stream open and heartbeats until ``until``, recording the latency of the
+    beats sent after ``record_from``; returns failed heartbeats (all of them)."""
     stream = stub.WatchAssignments(site_pb2.WatchAssignmentsRequest())
     failed = 0
     await asyncio.sleep(interval * (hash(id(stub)) % 1000) / 1000)  # spread the beats
@@ -125,7 +131,8 @@ async def site_life(
         t = time.perf_counter()
         try:
             await stub.Heartbeat(site_pb2.HeartbeatRequest(), timeout=5)  # type: ignore[misc]
-            lat.append(time.perf_counter() - t)
+            if time.monotonic() >= record_from:
+                lat.append(time.perf_counter() - t)
         except grpc.aio.AioRpcError:
             failed += 1
         await asyncio.sleep(interval)
@@ -183,14 +190,15 @@ async def row(
     admin = admin_pb2_grpc.AdminServiceStub(admin_channel)
     _, cpu0 = usage(pid)
     t0 = time.monotonic()
-    until = t0 + args.seconds
+    until = t0 + args.warmup + args.seconds
     lat: list[float] = []
+    record_from = t0 + args.warmup
     tasks = [
-        asyncio.create_task(site_life(s, until, args.interval, lat))
+        asyncio.create_task(site_life(s, until, args.interval, lat, record_from))
         for s in stubs[1 if flooded else 0 :]
     ]
     extra = [asyncio.create_task(flood(stubs[0], until))] if flooded else []
-    await asyncio.sleep(args.seconds / 2)
+    await asyncio.sleep(args.warmup + args.seconds / 2)
     list_sites = await timed(admin.ListSites(admin_pb2.ListSitesRequest(), timeout=10))
     list_runs = await timed(admin.ListRuns(admin_pb2.ListRunsRequest(), timeout=30))
     results = await asyncio.gather(*tasks, *extra)
@@ -223,6 +231,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1000, help="finished runs in the database")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured time per row")
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between heartbeats")
+    parser.add_argument(
+        "--warmup", type=float, default=3.0, help="seconds of opening streams, not measured"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="baton-load-") as tmp:
         root = Path(tmp)
@@ -234,7 +245,8 @@ def main() -> None:
         proc, port = start_coordinator(root)
         try:
             print(
-                f"\nheartbeat every {args.interval:g} s per site for {args.seconds:g} s; "
+                f"\nheartbeat every {args.interval:g} s per site for {args.seconds:g} s "
+                f"after a {args.warmup:g} s warm-up; "
                 f"{args.runs} finished runs; 1 stream per site; latencies in ms\n"
             )
             print(

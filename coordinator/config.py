@@ -50,6 +50,11 @@ class CoordinatorConfig:
     max_uploads_per_site: int = 4
     """Most uploads one participant may hold open; a stalled or header-less upload holds
     one of them, never a thread of another site."""
+    retention_grace_seconds: float = 86400.0
+    """A blob no running run needs and no succeeded run holds as its result, a partial
+    upload, or a finished upload's record, left untouched this long, is removed."""
+    gc_interval_seconds: float = 3600.0
+    """How often the blob store is collected (0: never)."""
     crl: Path | None = None
     """The federation CA's revocation list (``baton pki revoke``). When set, the file MUST
     exist and be fresh, and peers with a revoked certificate are refused; when unset,
@@ -68,6 +73,10 @@ class CoordinatorConfig:
             )
         if self.max_streams_per_site < 1 or self.max_uploads_per_site < 1:
             raise ValueError("'max_streams_per_site' and 'max_uploads_per_site' must be at least 1")
+        if self.retention_grace_seconds < 0 or self.gc_interval_seconds < 0:
+            raise ValueError(
+                "'retention_grace_seconds' and 'gc_interval_seconds' must not be negative"
+            )
         if self.crl_reload_seconds < 0:
             raise ValueError(
                 f"'crl_reload_seconds' must not be negative, not {self.crl_reload_seconds}"

@@ -27,6 +27,7 @@ from coordinator.config import CoordinatorConfig
 from coordinator.engine.runs import Scheduler
 from coordinator.engine.sites import Sites
 from coordinator.engine.transfers import Transfers
+from coordinator.retention import Collector
 from coordinator.state_dir import StateDirLock
 from coordinator.store.base import Store
 from coordinator.store.sqlite import SqliteStore
@@ -125,6 +126,12 @@ class CoordinatorServer:
         )
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        self.collector = Collector(
+            self.store,
+            config.blob_dir,
+            grace_seconds=config.retention_grace_seconds,
+            interval_seconds=config.gc_interval_seconds,
+        )
         self.tls = ReloadingServerCredentials(config.tls, tls)
         try:
             self.port = self._server.add_secure_port(config.listen, self.tls.credentials())
@@ -141,6 +148,8 @@ class CoordinatorServer:
     def start(self) -> None:
         """Starts serving and re-drives any run left running by a previous process."""
         self.scheduler.recover()
+        if self.config.gc_interval_seconds > 0:
+            self.collector.start()
         self._server.start()
         for name in ("", *SERVICE_NAMES):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -150,6 +159,7 @@ class CoordinatorServer:
         """Stops serving, waits up to ``grace`` seconds for calls in flight, closes the store."""
         self._health.enter_graceful_shutdown()
         self._server.stop(grace).wait()
+        self.collector.stop()
         self._close_state()
 
     def _close_state(self) -> None:

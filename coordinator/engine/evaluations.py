@@ -26,6 +26,17 @@ class Evaluations:
         # scheduler, so an assignment stream's poll never reads every finished run.
         self._candidates: set[str] | None = None
 
+    def prime(self) -> None:
+        """Reads, once at start-up, which succeeded runs may still await evaluations (and
+        settles the rest), so no stream's first poll pays for every finished run."""
+        with self._journal.lock:
+            self._candidates = {
+                r.run_id for r in self._store.list_runs() if r.state is RunState.SUCCEEDED
+            }
+            for run_id in sorted(self._candidates - self._settled):
+                self.expects("", self._store.get_run(run_id))
+            self._candidates -= self._settled
+
     def succeeded(self, run_id: str) -> None:
         """Notes a run that has just succeeded (it may await evaluations)."""
         with self._journal.lock:
@@ -37,9 +48,8 @@ class Evaluations:
         ``site_id`` has not evaluated yet, newest first."""
         with self._journal.lock:
             if self._candidates is None:
-                self._candidates = {
-                    r.run_id for r in self._store.list_runs() if r.state is RunState.SUCCEEDED
-                }
+                self.prime()
+            assert self._candidates is not None
             self._candidates -= self._settled
             runs = [self._store.get_run(run_id) for run_id in self._candidates]
         runs.sort(key=lambda r: (-r.created_ms, r.run_id))

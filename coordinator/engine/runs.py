@@ -159,6 +159,7 @@ class Scheduler:
             StoreError: the state store itself fails (nothing could be served).
         """
         self.journal.flush_audit()
+        self.evaluations.prime()
         for run in self._store.list_runs():
             if run.state is not RunState.RUNNING:
                 continue

@@ -162,7 +162,7 @@ def clean_writes(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> int:
     return writes_of_a_clean_run(tmp_path_factory, pki)
 
 
-@pytest.mark.parametrize("at", range(1, 120, 2))
+@pytest.mark.parametrize("at", range(1, 98, 2))
 def test_a_kill_at_any_write_loses_nothing(
     tmp_path: Path, pki: Pki, clean_writes: int, at: int
 ) -> None:
