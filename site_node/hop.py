@@ -251,8 +251,9 @@ class HopRunner:
         except TrainingInterrupted:
             raise
         except Exception:
-            # Failed for good: no checkpoint of this hop will be resumed.
+            # Failed for good: no checkpoint of this hop will be resumed, nothing half-sealed kept.
             shutil.rmtree(job_dir, ignore_errors=True)
+            shutil.rmtree(out_dir, ignore_errors=True)
             raise
         finally:
             # The model leaves this site only sealed; plaintext copies go as soon as possible.

@@ -39,7 +39,7 @@ def _refused(world: World, client: FakeCoordinatorClient, site: str) -> dict[str
     assert not client.calls_to("upload")
     assert not client.calls_to("complete_hop")
     assert leftovers(world, site, "*.safetensors") == []
-    assert leftovers(world, site, "*.out.sealed") == []
+    assert leftovers(world, site, "sealed") == []
     last = world.events(site)[-1]
     assert last["event"] == "hop_rejected"
     assert last["detail"]["reason"] == failed.args["reason"]
