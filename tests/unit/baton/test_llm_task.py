@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -173,6 +174,13 @@ def test_full_mode_trains_and_sends_every_weight(
     state = hooks.travelling_state(model)
     assert sum(t.numel() for t in state.values()) == sum(p.numel() for p in model.parameters())
     assert not any("lora_" in k for k in state)
+    # Tied input and output embeddings travel once and load as one.
+    moved = {k: v + 0.01 for k, v in state.items()}
+    other = hooks.build_model(lm_plan(base, {"mode": "full"}), local[0], site)
+    hooks.load_travelling(other, moved)
+    assert all(torch.equal(v, moved[k]) for k, v in hooks.travelling_state(other).items())
+    lm: Any = other.lm
+    assert torch.equal(lm.get_output_embeddings().weight, lm.get_input_embeddings().weight)
 
 
 def test_a_bfloat16_base_stays_frozen_and_its_adapters_travel_in_float32(
