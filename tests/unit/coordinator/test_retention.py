@@ -13,6 +13,7 @@ from coordinator.blobs import FileBlobStore
 from coordinator.retention import collect_garbage
 from coordinator.store.base import HopRecord, RunRecord, RunState, SiteRecord
 from coordinator.store.memory import MemoryStore
+from tests.unit.coordinator.test_scheduler import stored_completion
 
 DAY = 86400.0
 
@@ -43,15 +44,7 @@ def run_with_hops(store: MemoryStore, run_id: str, outputs: list[BlobRef]) -> No
     )
     for i, out in enumerate(outputs):
         store.assign_hop(run_id, i, input=outputs[i - 1] if i else None)
-        store.complete_hop(
-            run_id,
-            i,
-            output=out,
-            metrics_before={},
-            metrics_after={},
-            num_examples=1,
-            train_seconds=0.0,
-        )
+        stored_completion(store, run_id, i, out)
 
 
 def age(root: Path, seconds: float) -> None:
