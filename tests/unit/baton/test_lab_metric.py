@@ -6,7 +6,6 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, cast
 
-import numpy as np
 import pytest
 
 from baton.errors import ConfigError
@@ -15,12 +14,13 @@ from ordering import HopOutcome, make_strategy
 from sim.lab.baselines import centralized_accuracy, fedavg_accuracy
 from sim.lab.cells import Cell
 from sim.lab.grid import Trial, trial_of
-from sim.lab.oracle import OrderScores, evaluate_orders
+from sim.lab.oracle import evaluate_orders
 from sim.lab.plan_cell import check_plan
 from sim.lab.report import markdown_table
 from sim.lab.runner import context_for, strategy_schedule
 from sim.lab.summary import summarize
 from sim.tasks import Partition, make_federation
+from tests.unit.baton.test_lab_remedies import _trial as remedies_trial
 
 SITES = ("site-0", "site-1", "site-2")
 PERPLEXITY = TaskSection(dataset="digits", metric="perplexity", higher_is_better=False)
@@ -35,47 +35,29 @@ def _plan(task: TaskSection = PERPLEXITY, cycles: int = 2) -> RunPlan:
     )
 
 
-def _trial(higher_is_better: bool, chosen: float) -> Trial:
-    # Two orders, two repetitions: ("b", "a") reaches the lower values.
-    test = np.array([[20.0, 22.0], [10.0, 12.0]])
-    hops = np.zeros((2, 2, 2, 2))
-    scores = OrderScores(
-        orders=(("a", "b"), ("b", "a")),
-        seeds=(0, 1),
-        test=test,
-        val=test,
-        val_loss=test,
-        before=hops,
-        after=hops,
-    )
-    return Trial(
-        scores=scores,
-        centralized=10.0,
-        chosen={"learned": [chosen, chosen], "fedavg": [16.0, 16.0]},
-        best_hits={"learned": [True, True], "fedavg": [False, False]},
-        extra_runs={"learned": 0, "fedavg": 0},
-        run_seconds=1.0,
-        metric="perplexity",
-        higher_is_better=higher_is_better,
-    )
+def _trial(higher_is_better: bool) -> Trial:
+    """Two orders over two repetitions, means 0.71 for ("a", "b") and 0.81 for ("b", "a");
+    the strategy reaches 0.71, FedAvg 0.74, pooled training 0.9 (read as perplexities)."""
+    trial = remedies_trial(0.0, strategy=0.71, fedavg=0.74)
+    return dataclasses.replace(trial, metric="perplexity", higher_is_better=higher_is_better)
 
 
 def test_a_lower_is_better_metric_ranks_the_lowest_value_best() -> None:
     cell = Cell(dataset="lm", partition=Partition(kind="iid"), k=2, local_epochs=1, cycles=1)
-    lower = {r["strategy"]: r for r in summarize(cell, [_trial(False, 11.0)])}["learned"]
+    lower = {r["strategy"]: r for r in summarize(cell, [_trial(False)])}["learned"]
     assert (lower["metric"], lower["higher_is_better"]) == ("perplexity", False)
-    assert lower["accuracy_mean"] == 11.0  # the metric's own value
+    assert lower["accuracy_mean"] == pytest.approx(0.71)  # the metric's own value
     assert lower["percentile_mean"] == 75.0  # ties the better order, above the worse
-    assert lower["regret_mean"] == 0.0
-    assert lower["gain_vs_random_pts"] == pytest.approx(500.0)  # 16 -> 11, better
-    assert lower["vs_fedavg_pts"] == pytest.approx(500.0)
-    assert lower["pct_of_centralized"] == pytest.approx(100 * 10 / 11)
+    assert lower["regret_mean"] == pytest.approx(0.0)
+    assert lower["gain_vs_random_pts"] == pytest.approx(5.0)  # 0.76 -> 0.71, better
+    assert lower["vs_fedavg_pts"] == pytest.approx(3.0)
+    assert lower["pct_of_centralized"] == pytest.approx(100 * 0.9 / 0.71)
     assert lower["loo_oracle_percentile"] == 75.0  # the oracle picks the lower order
     # The same numbers read as higher-is-better rank the other way.
-    higher = {r["strategy"]: r for r in summarize(cell, [_trial(True, 11.0)])}["learned"]
+    higher = {r["strategy"]: r for r in summarize(cell, [_trial(True)])}["learned"]
     assert higher["percentile_mean"] == 25.0
-    assert higher["regret_mean"] == pytest.approx(10.0)
-    assert higher["gain_vs_random_pts"] == pytest.approx(-500.0)
+    assert higher["regret_mean"] == pytest.approx(0.1)
+    assert higher["gain_vs_random_pts"] == pytest.approx(-5.0)
     table = markdown_table([lower, higher])
     assert "| lm iid-0.5 K=2 e=1 c=1 by perplexity (lower is better) | learned | 75.0 " in table
     assert "| lm iid-0.5 K=2 e=1 c=1 by perplexity | learned | 25.0 " in table
