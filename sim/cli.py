@@ -21,8 +21,13 @@ def register(app: typer.Typer) -> None:
 
 
 def demo(
+    task: Annotated[
+        str, typer.Option(help="tabular (a bundled table) or llm (department language models).")
+    ] = "tabular",
     sites: Annotated[int, typer.Option(help="Number of hospitals.")] = 4,
-    cycles: Annotated[int, typer.Option(help="Passes over all hospitals.")] = 3,
+    cycles: Annotated[
+        int | None, typer.Option(help="Passes over all hospitals [default: 3, llm: 2].")
+    ] = None,
     dataset: Annotated[str, typer.Option(help="breast_cancer, digits or wine.")] = "breast_cancer",
     alpha: Annotated[float, typer.Option(help="Dirichlet label-skew concentration.")] = 0.5,
     seed: Annotated[int, typer.Option(help="Seed for data split, model and order.")] = 0,
@@ -46,10 +51,20 @@ def demo(
         ProcessExited: exit_codes.CLI_DEMO_PROCESS,
     }
     with exit_on_error(codes, exit_codes.CLI_RUN_FAILED):
+        if task == "llm":
+            from sim.demo_llm import LLMDemoOptions, run_llm_demo
+
+            llm = LLMDemoOptions(
+                sites=sites, cycles=cycles or 2, seed=seed, workdir=workdir, report=report
+            )
+            run_llm_demo(llm, console)
+            return
+        if task != "tabular":
+            raise ConfigError(f"unknown --task {task!r}; known: tabular, llm")
         try:
             opts = DemoOptions(
                 sites=sites,
-                cycles=cycles,
+                cycles=cycles or 3,
                 dataset=dataset,
                 alpha=alpha,
                 seed=seed,

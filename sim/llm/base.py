@@ -25,11 +25,11 @@ from baton.io import iter_chunks
 from sim.llm.generic import generic_texts
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
-VERSION = 2
+VERSION = 3
 """Bumped whenever what :func:`make_base` writes changes, so old cache entries are unused."""
 VOCAB_SIZE = 512
 """Tokenizer vocabulary, special tokens included."""
@@ -48,10 +48,10 @@ _WINDOW = 64
 def make_base(out_dir: Path, *, seed: int) -> Path:
     """Trains and saves the base model and its tokenizer in ``out_dir``; returns it.
 
-    Deterministic given ``seed`` (and the torch thread count): the same seed writes the
-    same bytes. Takes a few seconds on two CPU cores.
+    Deterministic given ``seed``: it trains on one thread, so the same seed writes the
+    same bytes on any machine. Takes ten to twenty seconds on a CPU core.
     """
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
@@ -59,8 +59,8 @@ def make_base(out_dir: Path, *, seed: int) -> Path:
     tokenizer = _train_tokenizer(texts)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=96,
+        intermediate_size=192,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=4,
@@ -70,6 +70,25 @@ def make_base(out_dir: Path, *, seed: int) -> Path:
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
     )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same bytes on any machine, whatever its cores
+    try:
+        model = _pretrain(config, tokenizer, texts, seed=seed)
+    finally:
+        torch.set_num_threads(threads)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.eval()  # type: ignore[no-untyped-call]
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def _pretrain(
+    config: LlamaConfig, tokenizer: PreTrainedTokenizerBase, texts: list[str], *, seed: int
+) -> LlamaForCausalLM:
+    """A model of ``config``, trained for a few hundred steps on windows of ``texts``."""
+    from transformers import LlamaForCausalLM
+
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -86,11 +105,7 @@ def make_base(out_dir: Path, *, seed: int) -> Path:
         loss.backward()
         optimizer.step()
     logger.info("base model trained: last loss %.3f", loss.item())
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.eval()  # type: ignore[no-untyped-call]
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return out_dir
+    return model
 
 
 def _train_tokenizer(texts: list[str]) -> PreTrainedTokenizerBase:

@@ -55,9 +55,9 @@ class LMRecipe:
     """Validation notes per department."""
     context: int = 64
     """Tokens per training window (the sites' schema)."""
-    rank: int = 8
+    rank: int = 4
     """LoRA rank."""
-    alpha: int = 16
+    alpha: int = 8
     """LoRA alpha."""
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     """The base's linear layers that get adapters."""
