@@ -157,8 +157,8 @@ class SiteDaemon:
             delay = backoff.next_delay()
             if self._max_attempts is not None and backoff.failures >= self._max_attempts:
                 raise TransportError(
-                    f"coordinator at {self._cfg.coordinator}: {backoff.failures} failed "
-                    f"sessions in a row; last: {detail or 'the session ended at once'}",
+                    f"coordinator at {self._cfg.coordinator} unreachable after "
+                    f"{backoff.failures} attempts (last: {detail or 'the session ended at once'})",
                     site_id=self.site_id,
                 )
             logger.warning(

@@ -107,4 +107,4 @@ def test_the_port_tells_a_refusal_from_an_unreachable_coordinator(
         with pytest.raises(TransportError) as lost:
             gone.heartbeat()
     assert type(lost.value) is TransportError
-    assert lost.value.message == "cannot heartbeat: coordinator at c:1 unreachable"
+    assert lost.value.message.startswith("cannot heartbeat: coordinator at c:1 unreachable")
