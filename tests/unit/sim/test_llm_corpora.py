@@ -14,10 +14,10 @@ from sim.llm.corpora import DEPARTMENTS, department_texts, write_department
 from sim.llm.generic import generic_texts
 
 SIGNATURES = {
-    "cardiology": {"LVEF", "ECG", "Trop", "BNP"},
+    "cardiology": {"LVEF", "ECG:", "Trop", "BNP"},
     "oncology": {"ECOG", "ANC", "RECIST", "Toxicity:"},
     "radiology": {"FINDINGS:", "IMPRESSION:", "EXAM:", "INDICATION:"},
-    "emergency": {"ESI", "GCS", "SpO2", "Dispo:"},
+    "emergency": {"ESI", "GCS", "Triage", "Dispo:"},
 }
 
 
