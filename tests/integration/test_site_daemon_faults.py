@@ -86,32 +86,38 @@ def _counting(monkeypatch: pytest.MonkeyPatch, cls: type, name: str) -> list[flo
     return calls
 
 
+def _after_hop0(coordinator: LiveCoordinator, sites: Sites) -> str:
+    """A new run whose hop 0 site-a has done; returns its id."""
+    run = coordinator.admin().CreateRun(create_request(coordinator.pki, PLAN)).run
+    assert sites.runner("site-a").run(next_hop(sites.stubs["site-a"]))
+    return run.run_id
+
+
+def _in_state(coordinator: LiveCoordinator, run_id: str, state: int) -> Callable[[], bool]:
+    admin = coordinator.admin()
+    return lambda: admin.GetRun(admin_pb2.GetRunRequest(run_id=run_id)).state == state
+
+
 def test_a_deleted_input_blob_ends_the_hop_once_without_a_reconnect_loop(
     coordinator: LiveCoordinator,
     tmp_path: Path,
     sites: Sites,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    run_id = _after_hop0(coordinator, sites)
     admin = coordinator.admin()
-    run = admin.CreateRun(create_request(coordinator.pki, PLAN)).run
-    assert sites.runner("site-a").run(next_hop(sites.stubs["site-a"]))
-    hop0 = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id)).hops[0]
+    hop0 = admin.GetRun(admin_pb2.GetRunRequest(run_id=run_id)).hops[0]
     [blob] = (coordinator.server.blobs.root / "sha256").rglob(hop0.output.blob_id)
     blob.unlink()
     registrations = _counting(monkeypatch, GrpcCoordinatorClient, "register")
     daemon = SiteDaemon(_config(coordinator, sites, "site-b", tmp_path), max_attempts=3)
 
     with _running(daemon) as errors:
-
-        def failed() -> bool:
-            got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
-            return got.state == common_pb2.RUN_STATE_FAILED
-
-        _wait("the run to fail", failed)
+        _wait("the run to fail", _in_state(coordinator, run_id, common_pb2.RUN_STATE_FAILED))
         time.sleep(1.0)  # time enough for a loop to show itself
         assert not errors
 
-    got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
+    got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run_id))
     assert got.error.startswith("hop 1 at site-b failed: coordinator_refused: ")
     assert len(registrations) == 1  # one session: no reconnect, no re-registration
     log = tmp_path / "site-b-daemon" / "audit.jsonl"
@@ -125,9 +131,7 @@ def test_heartbeats_go_on_while_a_hop_trains(
     sites: Sites,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    admin = coordinator.admin()
-    run = admin.CreateRun(create_request(coordinator.pki, PLAN)).run
-    assert sites.runner("site-a").run(next_hop(sites.stubs["site-a"]))
+    run_id = _after_hop0(coordinator, sites)
     beats = _counting(monkeypatch, GrpcCoordinatorClient, "heartbeat")
     training: list[float] = []
     train = HopRunner._train
@@ -144,12 +148,8 @@ def test_heartbeats_go_on_while_a_hop_trains(
     daemon = SiteDaemon(config, backoff=Backoff(0.05, 0.2, rng=random.Random(0)))
 
     with _running(daemon) as errors:
-
-        def succeeded() -> bool:
-            got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
-            return got.state == common_pb2.RUN_STATE_SUCCEEDED
-
-        _wait("the run to succeed", succeeded)
+        done = _in_state(coordinator, run_id, common_pb2.RUN_STATE_SUCCEEDED)
+        _wait("the run to succeed", done)
         assert not errors
 
     start, end = training
