@@ -26,7 +26,7 @@ def demo(
     ] = "tabular",
     sites: Annotated[int, typer.Option(help="Number of hospitals.")] = 4,
     cycles: Annotated[
-        int | None, typer.Option(help="Passes over all hospitals [default: 3, llm: 2].")
+        int | None, typer.Option(help="Passes over all hospitals (default 3; 2 with --task llm).")
     ] = None,
     dataset: Annotated[str, typer.Option(help="breast_cancer, digits or wine.")] = "breast_cancer",
     alpha: Annotated[float, typer.Option(help="Dirichlet label-skew concentration.")] = 0.5,

@@ -13,6 +13,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from baton.security.sealing import AppKeys
 from baton.v1 import admin_pb2, common_pb2
 from owner.client import AdminClient
 from owner.fetch import fetch_result
-from sim.localfed import provision, start, wait_until_online
+from sim.localfed import LocalFederationLayout, provision, start, wait_until_online
 from sim.procs import ProcessGroup
 from sim.simulate import train_centralized
 from sim.summary import print_summary
@@ -124,31 +125,7 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
             )
         plan_toml = demo_plan_toml(opts, site_ids)
         plan = parse_plan(plan_toml)
-        with ProcessGroup() as group:
-            port = start(layout, site_ids, group)
-            console.print(
-                f"coordinator on 127.0.0.1:{port} (mTLS); starting {opts.sites} site daemons"
-            )
-            with AdminClient(f"127.0.0.1:{port}", layout.admin_tls.load()) as client:
-                wait_until_online(client, site_ids, group)
-                owner = AppKeys.load(layout.owner_keys)
-                run = client.create_run(plan_toml, owner)
-                console.print(f"run {run.run_id} created: {run.total_hops} hops")
-                _follow(client, run.run_id, run.total_hops, group, console)
-                final = client.get_run(run.run_id)
-                if final.state != common_pb2.RUN_STATE_SUCCEEDED:
-                    raise BatonError(
-                        f"run {run.run_id} ended "
-                        f"{common_pb2.RunState.Name(final.state)}: {final.error}"
-                    )
-                result_path = layout.owner_dir / f"{run.run_id}.safetensors"
-                fetch_result(
-                    client,
-                    run.run_id,
-                    result_path,
-                    owner=owner,
-                    ca_pem=layout.admin_tls.load().ca_pem,
-                )
+        final, result_path = run_and_fetch(layout, site_ids, plan_toml, console, _accuracy)
         test_metrics = _evaluate_result(plan, fed, result_path)
         console.print("training the same model centrally on the pooled data, for comparison")
         central = train_centralized(plan, fed)
@@ -173,19 +150,71 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
             console.print(f"everything is kept in {root}")
 
 
+def run_and_fetch(
+    layout: LocalFederationLayout,
+    site_ids: list[str],
+    plan_toml: str,
+    console: Console,
+    describe: Callable[[Mapping[str, float]], str],
+) -> tuple[admin_pb2.Run, Path]:
+    """Starts the coordinator and the sites, has the study owner sign and submit
+    ``plan_toml``, prints each hop (its metrics through ``describe``), and fetches the
+    result; every process is stopped on the way out.
+
+    Returns:
+        The finished run and the opened result file (under the owner's directory).
+
+    Raises:
+        BatonError: The run did not succeed, a process died, or the result did not open.
+    """
+    with ProcessGroup() as group:
+        port = start(layout, site_ids, group)
+        console.print(
+            f"coordinator on 127.0.0.1:{port} (mTLS); starting {len(site_ids)} site daemons"
+        )
+        with AdminClient(f"127.0.0.1:{port}", layout.admin_tls.load()) as client:
+            wait_until_online(client, site_ids, group)
+            owner = AppKeys.load(layout.owner_keys)
+            run = client.create_run(plan_toml, owner)
+            console.print(f"run {run.run_id} created: {run.total_hops} hops")
+            _follow(client, run.run_id, run.total_hops, group, console, describe)
+            final = client.get_run(run.run_id)
+            if final.state != common_pb2.RUN_STATE_SUCCEEDED:
+                raise BatonError(
+                    f"run {run.run_id} ended {common_pb2.RunState.Name(final.state)}: {final.error}"
+                )
+            result_path = layout.owner_dir / f"{run.run_id}.safetensors"
+            fetch_result(
+                client,
+                run.run_id,
+                result_path,
+                owner=owner,
+                ca_pem=layout.admin_tls.load().ca_pem,
+            )
+    return final, result_path
+
+
+def _accuracy(m: Mapping[str, float]) -> str:
+    return (
+        f"val acc {m.get('before_accuracy', float('nan')):.3f} -> "
+        f"{m.get('after_accuracy', float('nan')):.3f}"
+    )
+
+
 def _follow(
-    client: AdminClient, run_id: str, total: int, group: ProcessGroup, console: Console
+    client: AdminClient,
+    run_id: str,
+    total: int,
+    group: ProcessGroup,
+    console: Console,
+    describe: Callable[[Mapping[str, float]], str],
 ) -> None:
-    done = 0
     for ev in client.watch(run_id):
         group.check_alive()
         if ev.kind == admin_pb2.EVENT_KIND_HOP_COMPLETED:
-            done += 1
             m = ev.metrics
             console.print(
-                f"  hop {ev.hop_index + 1:>2}/{total}  {ev.site_id:<12} val acc "
-                f"{m.get('before_accuracy', float('nan')):.3f} -> "
-                f"{m.get('after_accuracy', float('nan')):.3f}"
+                f"  hop {ev.hop_index + 1:>2}/{total}  {ev.site_id:<12} {describe(m)}"
                 f"  ({m.get('train_seconds', 0.0):.2f}s)"
             )
         elif ev.kind == admin_pb2.EVENT_KIND_HOP_FAILED:

@@ -14,22 +14,20 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from baton.errors import BatonError, ConfigError
 from baton.ml.codec import load_state_file
 from baton.plan import parse_plan
-from baton.security.sealing import AppKeys
-from baton.v1 import admin_pb2, common_pb2
-from owner.client import AdminClient
-from owner.fetch import fetch_result
+from baton.v1 import admin_pb2
+from sim.demo import run_and_fetch
 from sim.llm.base import cached_base
 from sim.llm.corpora import DEPARTMENTS
 from sim.llm.federation import (
@@ -40,8 +38,6 @@ from sim.llm.federation import (
     read_departments,
     score_departments,
 )
-from sim.localfed import start, wait_until_online
-from sim.procs import ProcessGroup
 
 POOLED_MARGIN = 1.5
 """The stated margin: the final model's mean perplexity over departments is at most this
@@ -95,30 +91,7 @@ def run_llm_demo(opts: LLMDemoOptions, console: Console) -> dict[str, Any]:
             departments, pin=pin, cycles=opts.cycles, seed=opts.seed, recipe=recipe
         )
         plan = parse_plan(plan_toml)
-        with ProcessGroup() as group:
-            port = start(layout, departments, group)
-            console.print(f"coordinator on 127.0.0.1:{port} (mTLS); starting department sites")
-            with AdminClient(f"127.0.0.1:{port}", layout.admin_tls.load()) as client:
-                wait_until_online(client, departments, group)
-                console.print(f"all sites online after {time.monotonic() - started:.0f} s")
-                owner = AppKeys.load(layout.owner_keys)
-                run = client.create_run(plan_toml, owner)
-                console.print(f"run {run.run_id} created: {run.total_hops} hops")
-                _follow(client, run.run_id, run.total_hops, group, console)
-                final = client.get_run(run.run_id)
-                if final.state != common_pb2.RUN_STATE_SUCCEEDED:
-                    raise BatonError(
-                        f"run {run.run_id} ended "
-                        f"{common_pb2.RunState.Name(final.state)}: {final.error}"
-                    )
-                result_path = layout.owner_dir / f"{run.run_id}.safetensors"
-                fetch_result(
-                    client,
-                    run.run_id,
-                    result_path,
-                    owner=owner,
-                    ca_pem=layout.admin_tls.load().ca_pem,
-                )
+        final, result_path = run_and_fetch(layout, departments, plan_toml, console, _perplexity)
         console.print(
             f"result fetched after {time.monotonic() - started:.0f} s; scoring base, result "
             "and pooled LoRA fine-tuning (same compute) in this process"
@@ -147,25 +120,11 @@ def run_llm_demo(opts: LLMDemoOptions, console: Console) -> dict[str, Any]:
             console.print(f"everything is kept in {root}")
 
 
-def _follow(
-    client: AdminClient, run_id: str, total: int, group: ProcessGroup, console: Console
-) -> None:
-    for ev in client.watch(run_id):
-        group.check_alive()
-        if ev.kind == admin_pb2.EVENT_KIND_HOP_COMPLETED:
-            m = ev.metrics
-            console.print(
-                f"  hop {ev.hop_index + 1:>2}/{total}  {ev.site_id:<11} val perplexity "
-                f"{m.get('before_perplexity', float('nan')):8.1f} -> "
-                f"{m.get('after_perplexity', float('nan')):6.1f}"
-                f"  ({m.get('train_seconds', 0.0):.1f}s)"
-            )
-        elif ev.kind == admin_pb2.EVENT_KIND_HOP_FAILED:
-            console.print(
-                f"  [red]hop {ev.hop_index + 1} at {ev.site_id} failed:[/] {escape(ev.message)}"
-            )
-        elif ev.kind in (admin_pb2.EVENT_KIND_RUN_FAILED, admin_pb2.EVENT_KIND_RUN_CANCELLED):
-            console.print(f"  [red]run ended:[/] {escape(ev.message)}")
+def _perplexity(m: Mapping[str, float]) -> str:
+    return (
+        f"val perplexity {m.get('before_perplexity', float('nan')):8.1f} -> "
+        f"{m.get('after_perplexity', float('nan')):6.1f}"
+    )
 
 
 def _report(

@@ -41,6 +41,6 @@ def test_adapters_from_two_department_sites_lower_both_perplexities(tmp_path: Pa
     deps = read_departments(layout, DEPARTMENTS)
     scores = score_departments(deps, parse_plan(plan_toml), outcome.state, pooled=False)
     for department, s in scores.items():
-        # The base never saw clinical notes; one pass of adapters cuts its perplexity by
-        # far more than half on both departments.
-        assert s["final"] < 0.5 * s["base"], (department, s)
+        # The base never saw clinical notes (its perplexity on them is in the thousands);
+        # one pass of adapters cuts it at least fourfold on both departments.
+        assert s["final"] < 0.25 * s["base"], (department, s)
