@@ -1,6 +1,6 @@
 """The site-node daemon: a hospital's end of Baton; dials out only."""
 
-# handover, receive, transfer and local_training are the hop's internals.
+# handover, receive, transfer, local_training, outbox, progress and retry are the hop's internals.
 __all__ = [
     "cli",
     "client",
