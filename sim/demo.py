@@ -13,7 +13,8 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,11 +101,7 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
     """Runs the demo and returns its report; raises BatonError on any failure."""
     started = time.monotonic()
     site_ids = [f"hospital-{i}" for i in range(1, opts.sites + 1)]
-    root = opts.workdir or Path(tempfile.mkdtemp(prefix="baton-demo-"))
-    if opts.workdir is not None and (opts.workdir / "ca").exists():
-        raise BatonError(f"{opts.workdir} already holds a federation; choose an empty --workdir")
-    root.mkdir(parents=True, exist_ok=True)
-    try:
+    with demo_workdir(opts.workdir, "baton-demo-", console) as root:
         console.print(
             f"[bold]Baton demo[/]: {opts.sites} hospitals, {opts.cycles} cycles, "
             f"{opts.dataset} (Dirichlet alpha={opts.alpha}), ordering '{opts.strategy}'"
@@ -143,8 +140,24 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
             opts.report.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
             console.print(f"report written to {opts.report}")
         return report
+
+
+@contextmanager
+def demo_workdir(workdir: Path | None, prefix: str, console: Console) -> Iterator[Path]:
+    """A demo's work directory: ``workdir``, kept afterwards, or a new temporary one,
+    removed afterwards.
+
+    Raises:
+        BatonError: ``workdir`` already holds a federation.
+    """
+    if workdir is not None and (workdir / "ca").exists():
+        raise BatonError(f"{workdir} already holds a federation; choose an empty --workdir")
+    root = workdir or Path(tempfile.mkdtemp(prefix=prefix))
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        yield root
     finally:
-        if opts.workdir is None:
+        if workdir is None:
             shutil.rmtree(root, ignore_errors=True)
         else:
             console.print(f"everything is kept in {root}")

@@ -11,8 +11,6 @@ base and next to pooled (centralized) LoRA fine-tuning with the same compute.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,11 +21,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from baton.errors import BatonError, ConfigError
+from baton.errors import ConfigError
 from baton.ml.codec import load_state_file
 from baton.plan import parse_plan
 from baton.v1 import admin_pb2
-from sim.demo import run_and_fetch
+from sim.demo import demo_workdir, run_and_fetch
 from sim.llm.base import cached_base
 from sim.llm.corpora import DEPARTMENTS
 from sim.llm.federation import (
@@ -72,11 +70,7 @@ def run_llm_demo(opts: LLMDemoOptions, console: Console) -> dict[str, Any]:
     started = time.monotonic()
     departments = list(DEPARTMENTS[: opts.sites])
     recipe = LMRecipe()
-    root = opts.workdir or Path(tempfile.mkdtemp(prefix="baton-demo-llm-"))
-    if opts.workdir is not None and (opts.workdir / "ca").exists():
-        raise BatonError(f"{opts.workdir} already holds a federation; choose an empty --workdir")
-    root.mkdir(parents=True, exist_ok=True)
-    try:
+    with demo_workdir(opts.workdir, "baton-demo-llm-", console) as root:
         console.print(
             f"[bold]Baton demo[/] (department LLM): {len(departments)} departments, "
             f"{opts.cycles} cycles, LoRA rank {recipe.rank} on "
@@ -113,11 +107,6 @@ def run_llm_demo(opts: LLMDemoOptions, console: Console) -> dict[str, Any]:
                 raise ConfigError(msg) from None
             console.print(f"report written to {opts.report}")
         return report
-    finally:
-        if opts.workdir is None:
-            shutil.rmtree(root, ignore_errors=True)
-        else:
-            console.print(f"everything is kept in {root}")
 
 
 def _perplexity(m: Mapping[str, float]) -> str:
