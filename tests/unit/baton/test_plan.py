@@ -147,7 +147,7 @@ def test_a_plan_left_to_the_sites_or_single_may_use_every_remedy(parallel_plan: 
         (
             'name = "mlp"',
             'name = "gpt"',
-            "<plan>: unknown model 'gpt' in 'model.name'; known: causal_lm, cnn, logreg, mlp",
+            "<plan>: unknown model 'gpt' in 'model.name'; known: causal_lm, cnn, hf_causal_lm, logreg, mlp",
         ),
         (
             'dataset = "wine"',
@@ -173,7 +173,8 @@ def test_names_are_checked_against_the_registries_the_caller_owns(
 
 
 def test_installed_tasks_are_the_built_in_and_the_simulations_toy_tasks() -> None:
-    assert known_tasks() == tuple(sorted({"tabular", "image_folder", *known_datasets()}))
+    built_in = {"tabular", "image_folder", "causal_lm_finetune"}
+    assert known_tasks() == tuple(sorted({*built_in, *known_datasets()}))
 
 
 def test_forgetting_remedies_are_off_by_default_and_load_from_toml() -> None:
