@@ -90,7 +90,10 @@ def test_three_site_run_passes_the_model_through_every_site(tmp_path: Path) -> N
     for site in SITES:
         work = layout.site_dir(site) / "work"
         assert not list(work.rglob("*.safetensors"))
-        assert not list(work.rglob("*.sealed"))  # handed on: nothing accumulates per hop
+        # A site keeps its sealed output (ciphertext only) until its next hop of the run:
+        # what remains is its hop of the last cycle, nothing accumulates per hop.
+        kept = sorted(p.parent.name for p in work.rglob("sealed"))
+        assert kept == [f"hop-{h.hop_index:05d}.out" for h in hops[3:] if h.site_id == site]
         report = verify_log(
             work / "audit.jsonl",
             public_key=AppKeys.load(layout.site_dir(site) / "keys").signing_key.public_key(),
