@@ -12,6 +12,7 @@ from importlib.metadata import entry_points
 from typing import Annotated
 
 from baton.entry import make_app, version_option
+from owner.cli_bench import register as register_bench
 from owner.cli_check import register as register_check
 from owner.cli_merge import register as register_merge
 from owner.cli_new import register as register_new
@@ -49,6 +50,7 @@ register_new(app)
 register_merge(app)
 register_provision(app)
 register_check(app)
+register_bench(app)
 for _ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda ep: ep.name):
     _ep.load()(app)
 

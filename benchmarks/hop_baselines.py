@@ -1,0 +1,132 @@
+"""The hop benchmark's baselines: raw TCP loopback, a plain gRPC relay (with and without
+mTLS, 1 MiB chunks, no crypto, up then down), and ``cp``.
+
+The relay server runs as its own process: ``python benchmarks/hop_baselines.py relay
+ROOT PORT_FILE STORE tls|plain``.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from hop_world import dial, tls_files
+
+from baton.security.tls import server_credentials
+from baton.v1 import common_pb2
+from baton.wire.channel import CHUNK_BYTES, GRPC_OPTIONS, SERVER_OPTIONS, file_chunks
+
+_UP, _DOWN = "/bench.Relay/Up", "/bench.Relay/Down"
+
+
+def tcp_copy(src: Path, dst: Path) -> float:
+    """Seconds to send ``src`` over a loopback TCP connection into ``dst``."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def receive() -> None:
+        conn, _ = server.accept()
+        buf = bytearray(CHUNK_BYTES)
+        with conn, dst.open("wb", buffering=0) as out:
+            while n := conn.recv_into(buf):
+                out.write(memoryview(buf)[:n])
+
+    start = time.perf_counter()
+    worker = threading.Thread(target=receive)
+    worker.start()
+    with socket.create_connection(("127.0.0.1", port)) as conn, src.open("rb") as f:
+        conn.sendfile(f)
+    worker.join()
+    server.close()
+    return time.perf_counter() - start
+
+
+def cp_copy(src: Path, dst: Path) -> float:
+    """Seconds ``cp`` takes to copy ``src`` to ``dst``."""
+    start = time.perf_counter()
+    subprocess.run(["cp", str(src), str(dst)], check=True)
+    return time.perf_counter() - start
+
+
+def relay_copy(root: Path, src: Path, dst: Path, *, tls: bool) -> float:
+    """Seconds to upload ``src`` to a plain gRPC relay process and download it into ``dst``."""
+    port_file = root / f"relay-{tls}.port"
+    port_file.unlink(missing_ok=True)
+    store = root / f"relay-{tls}.blob"
+    mode = "tls" if tls else "plain"
+    args = [sys.executable, __file__, "relay", str(root), str(port_file), str(store), mode]
+    proc = subprocess.Popen(args)
+    try:
+        deadline = time.monotonic() + 60
+        while not port_file.exists() or not port_file.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the gRPC relay did not start")
+            time.sleep(0.05)
+        port = int(port_file.read_text())
+        target = f"127.0.0.1:{port}"
+        chan = dial(root, "site-a", port) if tls else grpc.insecure_channel(target, GRPC_OPTIONS)
+        with chan:
+            up = chan.stream_unary(_UP, request_serializer=_ser, response_deserializer=_de)
+            down = chan.unary_stream(_DOWN, request_serializer=_ser, response_deserializer=_de)
+            start = time.perf_counter()
+            up(common_pb2.BlobChunk(data=d).SerializeToString() for d in file_chunks(src))
+            with dst.open("wb") as out:
+                for msg in down(b""):
+                    out.write(common_pb2.BlobChunk.FromString(msg).data)
+            return time.perf_counter() - start
+    finally:
+        proc.kill()
+        proc.wait()
+        store.unlink(missing_ok=True)
+
+
+def _ser(b: bytes) -> bytes:
+    return b
+
+
+_de = _ser
+
+
+def _serve(root: Path, port_file: Path, store: Path, tls: bool) -> None:
+    """The relay: Up writes the streamed chunks to ``store``; Down streams them back."""
+
+    def up(requests: Iterator[bytes], _ctx: grpc.ServicerContext) -> bytes:
+        with store.open("wb") as f:
+            for msg in requests:
+                f.write(common_pb2.BlobChunk.FromString(msg).data)
+        return b""
+
+    def down(_req: bytes, _ctx: grpc.ServicerContext) -> Iterator[bytes]:
+        offset = 0
+        for data in file_chunks(store):
+            yield common_pb2.BlobChunk(offset=offset, data=data).SerializeToString()
+            offset += len(data)
+
+    handlers = {
+        "Up": grpc.stream_unary_rpc_method_handler(up, _de, _ser),
+        "Down": grpc.unary_stream_rpc_method_handler(down, _de, _ser),
+    }
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=SERVER_OPTIONS)
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bench.Relay", handlers)])
+    if tls:
+        creds = server_credentials(tls_files(root, "coordinator").load())
+        port = server.add_secure_port("127.0.0.1:0", creds)
+    else:
+        port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    tmp = port_file.with_suffix(".tmp")
+    tmp.write_text(str(port))
+    tmp.replace(port_file)
+    server.wait_for_termination()
+
+
+if __name__ == "__main__":
+    _, _, root_arg, port_arg, store_arg, mode_arg = sys.argv
+    _serve(Path(root_arg), Path(port_arg), Path(store_arg), mode_arg == "tls")

@@ -1,0 +1,131 @@
+"""One party of the hop benchmark, as its own process: the sender or the receiver of a hop.
+
+Run by ``hop_bench.py``: ``python benchmarks/hop_party.py send|recv ROOT PORT RUN_ID WORK``.
+Prints one JSON line: Unix-time stamps of each stage's end and the peak RSS above idle.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
+from hop_world import dial, identity, reset_peak, rss_mib
+
+from baton.domain import BlobRef
+from baton.security.envelope import Expectation, HopContext, RecipientKey, open_file, seal_file
+from baton.security.replay import MemoryReplayGuard
+from baton.security.sealing import AppKeys, expected_previous, plan_hash
+from baton.v1 import common_pb2, site_pb2, site_pb2_grpc
+from site_node import transfer
+
+
+def assignment(stub: site_pb2_grpc.SiteServiceStub, run_id: str) -> site_pb2.Assignment:
+    """The site's assignment in ``run_id`` (waits for it)."""
+    stream = stub.WatchAssignments(site_pb2.WatchAssignmentsRequest(), timeout=900)
+    try:
+        return next(a for a in stream if a.run_id == run_id)
+    finally:
+        stream.cancel()
+
+
+def send(
+    root: Path, stub: site_pb2_grpc.SiteServiceStub, run_id: str, work: Path
+) -> dict[str, float]:
+    """Seals the model to the next hop, uploads it and completes hop 0."""
+    a = assignment(stub, run_id)
+    keys = AppKeys.load(root / "site-a" / "keys")
+    cert = x509.load_pem_x509_certificate(a.next_hop.encryption_certificate_pem.encode())
+    public = cert.public_key()
+    assert isinstance(public, x25519.X25519PublicKey)
+    digest = plan_hash(a.plan_toml, a.plan_signature)
+    recipient = identity("site-b").spiffe_id
+    stamps = {"start": time.time()}
+    sealed = work / "out.sealed"
+    manifest = seal_file(
+        work / "model.bin",
+        sealed,
+        ctx=HopContext(
+            run_id=run_id,
+            hop_index=0,
+            sender=identity("site-a").spiffe_id,
+            recipient=recipient,
+            previous_manifest_hash=expected_previous(digest, b""),
+            plan_hash=digest,
+            schema_hash="0" * 64,
+        ),
+        sender_key=keys.signing_key,
+        recipients=[RecipientKey(spiffe_id=recipient, public_key=public)],
+    )
+    stamps["seal"] = time.time()
+    ref = transfer.upload(stub, run_id=run_id, hop_index=0, source=sealed)
+    stamps["upload"] = time.time()
+    stub.CompleteHop(
+        site_pb2.CompleteHopRequest(
+            run_id=run_id,
+            hop_index=0,
+            output=common_pb2.BlobRef(blob_id=ref.blob_id, size=ref.size),
+            metrics_before={"accuracy": 0.4},
+            metrics_after={"accuracy": 0.5},
+            num_examples=10,
+            output_manifest=manifest,
+        ),
+        timeout=60,
+    )
+    stamps["complete"] = time.time()
+    return stamps
+
+
+def receive(
+    root: Path, stub: site_pb2_grpc.SiteServiceStub, run_id: str, work: Path
+) -> dict[str, float]:
+    """Downloads hop 1's input and verifies and opens it."""
+    a = assignment(stub, run_id)
+    stamps = {"assigned": time.time()}
+    sealed = work / "in.sealed"
+    blob = BlobRef(blob_id=a.input.blob_id, size=a.input.size)
+    transfer.download(stub, run_id=run_id, hop_index=1, blob=blob, dest=sealed)
+    stamps["download"] = time.time()
+    sender = x509.load_pem_x509_certificate(a.sender_signing_certificate_pem.encode())
+    sender_key = sender.public_key()
+    assert isinstance(sender_key, ed25519.Ed25519PublicKey)
+    digest = plan_hash(a.plan_toml, a.plan_signature)
+    open_file(
+        sealed,
+        work / "opened.bin",
+        a.input_manifest,
+        me=identity("site-b").spiffe_id,
+        my_key=AppKeys.load(root / "site-b" / "keys").encryption_key,
+        expect=Expectation(
+            run_id=run_id,
+            hop_index=0,
+            sender=identity("site-a").spiffe_id,
+            previous_manifest_hash=expected_previous(digest, a.previous_manifest),
+            plan_hash=digest,
+            max_plaintext_bytes=64 << 30,
+        ),
+        sender_key=sender_key,
+        replay=MemoryReplayGuard(),
+    )
+    stamps["open"] = time.time()
+    return stamps
+
+
+def main() -> None:
+    """Plays one party; prints its stamps and peak RSS above idle as JSON."""
+    role, root, port, run_id, work = sys.argv[1:6]
+    site = "site-a" if role == "send" else "site-b"
+    stub = site_pb2_grpc.SiteServiceStub(dial(Path(root), site, int(port)))
+    idle = rss_mib()
+    reset_peak()
+    play = send if role == "send" else receive
+    result = play(Path(root), stub, run_id, Path(work))
+    result["rss_above_idle_mib"] = rss_mib(field="VmHWM") - idle
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
