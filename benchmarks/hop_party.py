@@ -19,7 +19,7 @@ from baton.domain import BlobRef
 from baton.security.envelope import Expectation, HopContext, RecipientKey, open_file, seal_file
 from baton.security.replay import MemoryReplayGuard
 from baton.security.sealing import AppKeys, expected_previous, plan_hash
-from baton.v1 import common_pb2, site_pb2, site_pb2_grpc
+from baton.v1 import common_pb2, envelope_pb2, site_pb2, site_pb2_grpc
 from site_node import transfer
 
 
@@ -61,7 +61,9 @@ def send(
         recipients=[RecipientKey(spiffe_id=recipient, public_key=public)],
     )
     stamps["seal"] = time.time()
-    ref = transfer.upload(stub, run_id=run_id, hop_index=0, source=sealed)
+    signed = envelope_pb2.SignedManifest.FromString(manifest)
+    blob_sha = envelope_pb2.HopManifest.FromString(signed.manifest).ciphertext_sha256
+    ref = transfer.upload(stub, run_id=run_id, hop_index=0, source=sealed, sha256=blob_sha)
     stamps["upload"] = time.time()
     stub.CompleteHop(
         site_pb2.CompleteHopRequest(

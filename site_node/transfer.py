@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import uuid
@@ -41,6 +42,9 @@ def download(
 ) -> None:
     """Downloads a hop's input blob to ``dest``, resuming a partial file, and checks its hash.
 
+    The bytes are hashed as they are written (a partial file's bytes once, when resuming),
+    so the file is never read back.
+
     Raises:
         BlobError: the stream is out of order or too long, or the bytes do not match ``blob``.
         grpc.RpcError: the coordinator refused or stayed unreachable.
@@ -49,6 +53,7 @@ def download(
     if offset > blob.size:
         dest.unlink()
         offset = 0
+    sha = _hash_prefix(dest, offset)
     for attempt in range(1, ATTEMPTS + 1):
         try:
             with dest.open("ab") as f:
@@ -64,6 +69,7 @@ def download(
                     if offset + len(chunk.data) > blob.size:
                         raise BlobError(f"download longer than the announced {blob.size} bytes")
                     f.write(chunk.data)
+                    sha.update(chunk.data)
                     offset += len(chunk.data)
             break
         except grpc.RpcError as exc:
@@ -75,22 +81,35 @@ def download(
             time.sleep(0.2 * attempt)
     if offset != blob.size:
         raise BlobError(f"download truncated: {offset} of {blob.size} bytes")
-    if sha256_file(dest) != blob.blob_id:
+    if sha.hexdigest() != blob.blob_id:
         dest.unlink()
         raise BlobError("downloaded model does not match its content hash")
 
 
 def upload(
-    stub: site_pb2_grpc.SiteServiceStub, *, run_id: str, hop_index: int, source: Path
+    stub: site_pb2_grpc.SiteServiceStub,
+    *,
+    run_id: str,
+    hop_index: int,
+    source: Path,
+    sha256: str | None = None,
 ) -> BlobRef:
     """Uploads ``source`` as the output of a hop; an interrupted upload resumes where the
     coordinator's durable copy ends.
+
+    Args:
+        stub: The coordinator.
+        run_id: The run.
+        hop_index: The hop whose output this is.
+        source: The sealed blob.
+        sha256: Its SHA-256 if the caller already knows it (a sealed hop's manifest names
+            it), so the file is not read an extra time; the coordinator checks it anyway.
 
     Raises:
         grpc.RpcError: the coordinator refused or stayed unreachable.
     """
     size = source.stat().st_size
-    sha = sha256_file(source)
+    sha = sha256_file(source) if sha256 is None else sha256
     transfer_id = uuid.uuid4().hex
     offset = 0
     for attempt in range(1, ATTEMPTS + 1):
@@ -125,6 +144,17 @@ def upload(
             offset = status.committed_offset
             logger.warning("upload interrupted (%s); resuming at byte %d", exc.code().name, offset)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _hash_prefix(path: Path, length: int) -> hashlib._Hash:
+    """A SHA-256 over the first ``length`` bytes of ``path`` (none if ``length`` is 0)."""
+    sha = hashlib.sha256()
+    if length:
+        with path.open("rb") as f:
+            while length > 0 and (data := f.read(min(CHUNK_BYTES, length))):
+                sha.update(data)
+                length -= len(data)
+    return sha
 
 
 def _requests(
