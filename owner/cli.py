@@ -19,6 +19,7 @@ from owner.cli_new import register as register_new
 from owner.cli_pki import pki_app
 from owner.cli_predict import register as register_predict
 from owner.cli_provision import register as register_provision
+from owner.cli_report import register as register_report
 from owner.cli_runs import register
 from owner.cli_task import register as register_task
 from owner.cli_verify import register as register_verify
@@ -50,6 +51,7 @@ register_new(app)
 register_merge(app)
 register_provision(app)
 register_check(app)
+register_report(app)
 register_bench(app)
 for _ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda ep: ep.name):
     _ep.load()(app)

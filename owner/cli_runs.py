@@ -169,22 +169,25 @@ def register(app: typer.Typer) -> None:
 
 
 def _watch(client: AdminClient, run_id: str) -> None:
-    """Prints a run's events as they come, until it ends; exits with the run's outcome.
+    """Shows a run live until it ends, then its summary; exits with the run's outcome.
 
     Exits 63 when the run failed, 67 when it was cancelled and 68 when it failed because a
-    site rejected a sealed model (:func:`run_exit_code`).
+    site rejected a sealed model (:func:`run_exit_code`); 130 on Ctrl-C, saying that the
+    run goes on and how to re-attach or cancel it.
     """
-    from baton.v1 import admin_pb2, common_pb2
+    from baton.v1 import common_pb2
+    from owner.watch import follow
 
-    for ev in client.watch(run_id):
-        kind = admin_pb2.EventKind.Name(ev.kind).removeprefix("EVENT_KIND_").lower()
-        if ev.kind == admin_pb2.EVENT_KIND_HOP_PROGRESS:
-            continue
-        extra = " ".join(f"{k}={v:.4g}" for k, v in sorted(ev.metrics.items()))
-        console.print(
-            f"{ev.seq:>4} {kind:<14} hop {ev.hop_index:<3} {ev.site_id:<14} {ev.message} {extra}"
+    try:
+        final, _ = follow(client, run_id, console)
+    except KeyboardInterrupt:
+        client.close()
+        fail(
+            f"stopped watching; run {run_id} goes on. Re-attach with `baton watch {run_id}`, "
+            f"stop it with `baton cancel {run_id}`",
+            exit_codes.INTERRUPTED,
         )
-    final = client.get_run(run_id)
+        return
     if final.state != common_pb2.RUN_STATE_SUCCEEDED:
         client.close()
         fail(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
-from baton.errors import ConflictError
+from baton.errors import ConfigError, ConflictError
 from baton.security.envelope import Expectation, open_file
 from baton.security.identity import Identity
 from baton.security.manifest import HopManifest
@@ -32,7 +34,14 @@ def fetch_result(
     certified by the CA, the chain links the last manifest to the one before, and the model
     was sealed to this owner.
 
+    The ciphertext goes to a directory this call creates (mode 0700, random name) beside
+    ``dest``, so nothing planted at a predictable name (a ``.sealed`` or ``.partial``
+    symlink) is followed; the model is written to a new temporary file there too and
+    renamed onto ``dest`` only once every check passed. A missing parent of ``dest`` is
+    created.
+
     Raises:
+        ConfigError: ``dest`` is a directory, or its directory cannot be created or written.
         SealError: The model or its manifest was rejected.
         PkiError: A certificate does not verify against the pinned CA.
         ConflictError: The run has not succeeded.
@@ -51,9 +60,10 @@ def fetch_result(
         Identity(federation=me.identity.federation, kind="site", name=last.site_id),
     )
     previous = run.hops[-2].output_manifest if len(run.hops) >= 2 else b""
-    sealed = dest.with_name(dest.name + ".sealed")
-    client.fetch_sealed_result(run_id, sealed)
+    work = _private_dir(dest)
     try:
+        sealed = work / "result.sealed"
+        client.fetch_sealed_result(run_id, sealed)
         return open_file(
             sealed,
             dest,
@@ -73,4 +83,16 @@ def fetch_result(
             replay=MemoryReplayGuard(),
         )
     finally:
-        sealed.unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _private_dir(dest: Path) -> Path:
+    """A new directory only this process can enter, beside ``dest`` (same file system, so
+    the final rename stays atomic); ``dest``'s parent is created if missing."""
+    if dest.is_dir():
+        raise ConfigError(f"{dest} is a directory; name the model file to write")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".fetch"))
+    except OSError as exc:
+        raise ConfigError(f"cannot write into {dest.parent}: {exc.strerror}") from None

@@ -25,14 +25,15 @@ def primary_metric(plan_toml: str) -> str:
 
 
 def hops_table(run: admin_pb2.Run, metric: str) -> Table:
-    """One row per hop: where it ran, its state, and ``metric`` before and after training."""
+    """One row per hop (hop and cycle numbered from 1): where it ran, its state, and ``metric``
+    before and after training."""
     from baton.v1 import common_pb2
 
     table = Table("hop", "cycle", "site", "state", f"val {metric} before", f"val {metric} after")
     for h in run.hops:
         table.add_row(
-            str(h.hop_index),
-            str(h.cycle),
+            str(h.hop_index + 1),
+            str(h.cycle + 1),
             h.site_id,
             common_pb2.HopState.Name(h.state).removeprefix("HOP_STATE_").lower(),
             fmt(h.metrics_before.get(metric)),

@@ -96,10 +96,33 @@ def test_submit_watch_status_fetch(tmp_path: Path) -> None:
         assert verified.returncode == 0, verified.stdout + verified.stderr
         assert verified.stdout.count("ok") >= 2
 
-        out = tmp_path / "model.safetensors"
+        # Into a missing directory, past symlinks planted at the names it once used.
+        out = tmp_path / "new" / "dir" / "model.safetensors"
+        victim = tmp_path / "victim"
+        victim.write_bytes(b"keep")
+        out.parent.mkdir(parents=True)
+        for suffix in (".sealed", ".partial"):
+            out.with_name(out.name + suffix).symlink_to(victim)
         fetched = baton("fetch", run_id, str(out), "--admin", str(admin))
         assert fetched.returncode == 0, fetched.stderr
         assert set(load_state_file(out)) >= {"input_norm.mean", "input_norm.std"}
+        assert victim.read_bytes() == b"keep"
+        assert sorted(p.name for p in out.parent.iterdir()) == [
+            "model.safetensors",
+            "model.safetensors.partial",
+            "model.safetensors.sealed",
+        ]
+        missing = tmp_path / "absent" / "model.safetensors"
+        fetched = baton("fetch", run_id, str(missing), "--admin", str(admin))
+        assert fetched.returncode == 0, fetched.stderr
+        assert load_state_file(missing).keys() == load_state_file(out).keys()
+        into_dir = baton("fetch", run_id, str(tmp_path), "--admin", str(admin))
+        assert into_dir.returncode == exit_codes.CLI_CONFIG
+        assert f"{tmp_path} is a directory; name the model file to write" in into_dir.stderr
+
+        report = baton("report", run_id, "--admin", str(admin), "--out", str(tmp_path / "r.json"))
+        assert report.returncode == 0, report.stderr
+        assert "plan sha256" in report.stdout
 
         cancel = baton("cancel", run_id, "--admin", str(admin))
         assert cancel.returncode == exit_codes.CLI_ERROR
