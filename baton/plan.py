@@ -36,6 +36,7 @@ from typing import Any
 
 from baton.config import build, parse_toml
 from baton.errors import ConfigError
+from baton.plan_faults import FaultsSection
 
 SITE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 """Site ids: lower-case letters, digits and dashes, as they appear in SPIFFE ids."""
@@ -334,6 +335,8 @@ class RunPlan:
     """Local training policy."""
     security: SecuritySection = field(default_factory=SecuritySection)
     """What sites accept from each other."""
+    faults: FaultsSection = field(default_factory=FaultsSection)
+    """What the coordinator does when a site is lost or a hop fails."""
 
     @property
     def total_hops(self) -> int:

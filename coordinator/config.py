@@ -35,6 +35,16 @@ class CoordinatorConfig:
     """Holds the SQLite database (``coordinator.db``) and the blob store (``blobs/``)."""
     lease_seconds: float = 15.0
     """A site whose last heartbeat is older than this is shown offline."""
+    hop_pickup_seconds: float = 600.0
+    """A hop not picked up (input downloaded, or a first progress report) this long after
+    its assignment is lost; the run's ``[faults] on_lost_site`` decides what follows."""
+    hop_progress_seconds: float = 300.0
+    """A training hop not heard from (progress report, download) this long is lost. Sites
+    report at least every 30 s while they train."""
+    hop_upload_seconds: float = 1800.0
+    """A hop whose upload started this long ago without finishing is lost."""
+    watch_interval_seconds: float = 0.0
+    """How often leases and hop deadlines are checked (0: a quarter lease, at most 5 s)."""
     max_blob_bytes: int = 64 << 30
     """Largest model blob a site may upload."""
     workers: int = 1024
@@ -65,6 +75,11 @@ class CoordinatorConfig:
     def __post_init__(self) -> None:
         if self.lease_seconds <= 0:
             raise ValueError(f"'lease_seconds' must be positive, not {self.lease_seconds}")
+        deadlines = (self.hop_pickup_seconds, self.hop_progress_seconds, self.hop_upload_seconds)
+        if min(deadlines) <= 0 or self.watch_interval_seconds < 0:
+            raise ValueError(
+                "hop deadlines must be positive and 'watch_interval_seconds' not negative"
+            )
         if self.workers < 4:
             raise ValueError(f"'workers' must be at least 4, not {self.workers}")
         if not 1 <= self.reserved_workers < self.workers:

@@ -24,6 +24,7 @@ from coordinator.api.limits import StreamCaps
 from coordinator.api.site import SiteService
 from coordinator.blobs import FileBlobStore
 from coordinator.config import CoordinatorConfig
+from coordinator.engine.leases import Deadlines, HopWatch
 from coordinator.engine.runs import Scheduler
 from coordinator.engine.sites import Sites
 from coordinator.engine.transfers import Transfers
@@ -78,7 +79,24 @@ class CoordinatorServer:
             self._state.release()
             raise
         self.scheduler = Scheduler(
-            self.store, self.blobs, ca_pem=tls.ca_pem, revoked=revoked, audit=self.audit
+            self.store,
+            self.blobs,
+            ca_pem=tls.ca_pem,
+            revoked=revoked,
+            audit=self.audit,
+            lease_seconds=config.lease_seconds,
+        )
+        self.watch = HopWatch(
+            self.store,
+            self.scheduler.journal,
+            self.scheduler.recovery,
+            self.scheduler.clocks,
+            deadlines=Deadlines(
+                pickup_seconds=config.hop_pickup_seconds,
+                progress_seconds=config.hop_progress_seconds,
+                upload_seconds=config.hop_upload_seconds,
+            ),
+            interval_seconds=config.watch_interval_seconds or min(config.lease_seconds / 4, 5.0),
         )
         federation = tls.identity.federation
         # Long calls (streams, transfers) take at most ``workers - reserved_workers``
@@ -150,6 +168,7 @@ class CoordinatorServer:
         self.scheduler.recover()
         if self.config.gc_interval_seconds > 0:
             self.collector.start()
+        self.watch.start()
         self._server.start()
         for name in ("", *SERVICE_NAMES):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -159,6 +178,7 @@ class CoordinatorServer:
         """Stops serving, waits up to ``grace`` seconds for calls in flight, closes the store."""
         self._health.enter_graceful_shutdown()
         self._server.stop(grace).wait()
+        self.watch.stop()
         self.collector.stop()
         self._close_state()
 

@@ -50,6 +50,10 @@ class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.V
     """A site evaluated the run's final model on its validation split (`site_id`,
     `metrics`); only for plans that ask for it.
     """
+    EVENT_KIND_FAULT: _EventKind.ValueType  # 10
+    """The coordinator met a fault (a lost site, a failed hop) and decided what to do
+    under the plan's `[faults]` policy: wait, retry, skip, reroute or abort (`message`).
+    """
 
 class EventKind(_EventKind, metaclass=_EventKindEnumTypeWrapper):
     """Kinds of run events."""
@@ -75,6 +79,10 @@ EVENT_KIND_RUN_CANCELLED: EventKind.ValueType  # 8
 EVENT_KIND_SITE_EVALUATED: EventKind.ValueType  # 9
 """A site evaluated the run's final model on its validation split (`site_id`,
 `metrics`); only for plans that ask for it.
+"""
+EVENT_KIND_FAULT: EventKind.ValueType  # 10
+"""The coordinator met a fault (a lost site, a failed hop) and decided what to do
+under the plan's `[faults]` policy: wait, retry, skip, reroute or abort (`message`).
 """
 Global___EventKind: _TypeAlias = EventKind  # noqa: Y015
 
@@ -459,6 +467,7 @@ class Site(_message.Message):
     PROFILE_FIELD_NUMBER: _builtins.int
     SIGNING_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
     ENCRYPTION_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    SOFTWARE_VERSION_FIELD_NUMBER: _builtins.int
     site_id: _builtins.str
     """Id from the site's certificate."""
     online: _builtins.bool
@@ -469,6 +478,8 @@ class Site(_message.Message):
     """PEM certificate of the site's signing key, to verify the manifests it signed."""
     encryption_certificate_pem: _builtins.str
     """PEM certificate of the site's encryption key."""
+    software_version: _builtins.str
+    """Software version the site reported at its last registration (empty if it sent none)."""
     @_builtins.property
     def capabilities(self) -> _common_pb2.SiteCapabilities:
         """Hardware the site reported."""
@@ -487,10 +498,11 @@ class Site(_message.Message):
         profile: _common_pb2.DataProfile | None = ...,
         signing_certificate_pem: _builtins.str = ...,
         encryption_certificate_pem: _builtins.str = ...,
+        software_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "profile", b"profile"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "encryption_certificate_pem", b"encryption_certificate_pem", "last_seen_unix_ms", b"last_seen_unix_ms", "online", b"online", "profile", b"profile", "signing_certificate_pem", b"signing_certificate_pem", "site_id", b"site_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "encryption_certificate_pem", b"encryption_certificate_pem", "last_seen_unix_ms", b"last_seen_unix_ms", "online", b"online", "profile", b"profile", "signing_certificate_pem", b"signing_certificate_pem", "site_id", b"site_id", "software_version", b"software_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -36,6 +36,7 @@ _EVENT_KIND = {
     EventKind.RUN_FAILED: admin_pb2.EVENT_KIND_RUN_FAILED,
     EventKind.RUN_CANCELLED: admin_pb2.EVENT_KIND_RUN_CANCELLED,
     EventKind.SITE_EVALUATED: admin_pb2.EVENT_KIND_SITE_EVALUATED,
+    EventKind.FAULT: admin_pb2.EVENT_KIND_FAULT,
 }
 
 
@@ -96,4 +97,5 @@ def site_to_proto(site: SiteRecord, *, online: bool) -> admin_pb2.Site:
         profile=profile_to_proto(site.profile),
         signing_certificate_pem=site.signing_certificate_pem,
         encryption_certificate_pem=site.encryption_certificate_pem,
+        software_version=site.software_version,
     )

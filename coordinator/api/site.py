@@ -112,13 +112,12 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         journal = self._scheduler.journal
         ended = threading.Event()
         context.add_callback(lambda: journal.end(ended))
-        sent: set[tuple[str, int]] = set()
+        sent: set[tuple[str, int, int]] = set()
         seen, version, read_at = -1, journal.version, 0.0
         while not ended.is_set() and context.is_active():
             if version != seen or time.monotonic() - read_at >= WATCH_RECHECK_SECONDS:
                 seen, read_at = version, time.monotonic()
                 for assignment in self._scheduler.assignments.for_site(site_id, sent):
-                    sent.add((assignment.run_id, assignment.hop_index))
                     yield assignment_to_proto(assignment)
             version = journal.wait_for_change(seen, WATCH_POLL_SECONDS, ended=ended)
             self._site(context)  # a certificate revoked meanwhile ends the stream

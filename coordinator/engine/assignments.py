@@ -7,7 +7,7 @@ when the assignment is built, so no site seals a model to it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Set
+from collections.abc import Callable, Iterator
 
 from baton.domain import Assignment, BlobRef, Evaluator, NextHop
 from baton.errors import ConflictError
@@ -36,10 +36,17 @@ class Assignments:
         self._store = store
         self._evaluations = evaluations
         self._revoked = revoked
+        self._offers: dict[tuple[str, int], int] = {}
 
-    def for_site(self, site_id: str, sent: Set[tuple[str, int]]) -> Iterator[Assignment]:
-        """The site's hops in flight and its pending evaluations, except those keyed
-        (run id, hop index) in ``sent``.
+    def reoffer(self, run_id: str, hop_index: int) -> None:
+        """Has every assignment stream send hop ``hop_index`` again (a retry, or a re-seal
+        for a new recipient), even one that sent it before."""
+        key = (run_id, hop_index)
+        self._offers[key] = self._offers.get(key, 0) + 1
+
+    def for_site(self, site_id: str, sent: set[tuple[str, int, int]]) -> Iterator[Assignment]:
+        """The site's hops in flight and its pending evaluations, except those in ``sent``;
+        adds what it yields to ``sent``, keyed (run id, hop index, times offered again).
 
         Raises:
             ConflictError: a hop's recipient holds a revoked certificate; raised after
@@ -47,16 +54,19 @@ class Assignments:
         """
         refused: ConflictError | None = None
         for hop in self._store.assigned_hops_for_site(site_id):
-            if (hop.run_id, hop.hop_index) in sent:
+            key = (hop.run_id, hop.hop_index, self._offers.get((hop.run_id, hop.hop_index), 0))
+            if key in sent:
                 continue
             try:
                 assignment = self.for_hop(hop)
             except ConflictError as exc:
                 refused = refused or exc
                 continue
+            sent.add(key)
             yield assignment
         for run in self._evaluations.pending(site_id):
-            if (run.run_id, run.total_hops) not in sent:
+            if (run.run_id, run.total_hops, -1) not in sent:
+                sent.add((run.run_id, run.total_hops, -1))
                 yield self.for_evaluation(run)
         if refused is not None:
             raise refused

@@ -21,30 +21,58 @@ logger = logging.getLogger(__name__)
 def plan_through(store: Store, run: RunRecord, hop_index: int) -> None:
     """Plans cycles until hop ``hop_index`` (capped at the run's last hop) is planned.
 
+    Cycles are appended whole after the last planned hop (a cycle that lost a hop to
+    ``skip`` or ``reroute`` is shorter), so a hop's cycle is its record's, not its index
+    divided by the number of sites.
+
     Raises:
         ConflictError: the strategy returned an order that is not a permutation of the
             run's sites.
     """
     last = min(hop_index, run.total_hops - 1)
-    planned = len(store.list_hops(run.run_id))
-    if planned > last:
+    hops = store.list_hops(run.run_id)
+    if len(hops) > last:
         return
     plan = parse_plan(run.plan_toml, source="run plan")
-    while planned <= last:
-        plan_cycle(store, run, plan, planned // len(run.sites))
-        planned += len(run.sites)
+    cycle = hops[-1].cycle + 1 if hops else 0
+    while len(hops) <= last and cycle < run.cycles:
+        plan_cycle(store, run, plan, cycle)
+        hops, cycle = store.list_hops(run.run_id), cycle + 1
 
 
 def plan_cycle(store: Store, run: RunRecord, plan: RunPlan, cycle: int) -> None:
-    """Chooses the order of ``cycle`` and stores its hops (PENDING); a no-op if planned.
+    """Chooses the order of ``cycle`` and stores its hops (PENDING) after the last one;
+    a no-op if planned.
 
     Raises:
         ConflictError: the strategy returned an order that is not a permutation of the
             run's sites.
     """
     hops = store.list_hops(run.run_id)
-    if len(hops) > cycle * len(run.sites):
+    if hops and hops[-1].cycle >= cycle:
         return  # already planned
+    order = strategy_order(store, run, plan, cycle)
+    base = len(hops)
+    store.add_hops(
+        run.run_id,
+        [
+            HopRecord(run_id=run.run_id, hop_index=base + i, cycle=cycle, site_id=s)
+            for i, s in enumerate(order)
+        ],
+    )
+    probes = plan.ordering.probe_runs
+    informed = f" ({len(probes)} probe run{'s' if len(probes) > 1 else ''})" if probes else ""
+    logger.info("run %s cycle %d order%s: %s", run.run_id, cycle, informed, " -> ".join(order))
+
+
+def strategy_order(store: Store, run: RunRecord, plan: RunPlan, cycle: int) -> tuple[str, ...]:
+    """The order the plan's strategy gives the run's sites in ``cycle``, seeing every
+    completed hop so far.
+
+    Raises:
+        ConflictError: the strategy returned an order that is not a permutation of the
+            run's sites.
+    """
     strategy = make_strategy(plan.ordering.strategy, plan.ordering.options)
     profiles = {s.site_id: s.profile for s in store.list_sites() if s.site_id in run.sites}
     history = tuple(
@@ -54,35 +82,25 @@ def plan_cycle(store: Store, run: RunRecord, plan: RunPlan, cycle: int) -> None:
             metrics_before=h.metrics_before,
             metrics_after=h.metrics_after,
         )
-        for h in hops
+        for h in store.list_hops(run.run_id)
         if h.state is HopState.COMPLETED
     )
-    probes = probe_outcomes(store, plan)
     ctx = OrderingContext(
         sites=run.sites,
         profiles=profiles,
         history=history,
         cycle=cycle,
         seed=plan.run.seed,
-        probes=probes,
+        probes=probe_outcomes(store, plan),
         metric=plan.task.metric,
         higher_is_better=plan.task.higher_is_better,
     )
-    order = strategy.cycle_order(ctx)
+    order = tuple(strategy.cycle_order(ctx))
     if sorted(order) != sorted(run.sites):
         raise ConflictError(
             f"strategy {strategy.name!r} returned an order that is not a permutation of the sites"
         )
-    base = cycle * len(run.sites)
-    store.add_hops(
-        run.run_id,
-        [
-            HopRecord(run_id=run.run_id, hop_index=base + i, cycle=cycle, site_id=s)
-            for i, s in enumerate(order)
-        ],
-    )
-    informed = f" ({len(probes)} probe run{'s' if len(probes) > 1 else ''})" if probes else ""
-    logger.info("run %s cycle %d order%s: %s", run.run_id, cycle, informed, " -> ".join(order))
+    return order
 
 
 def check_probe_runs(store: Store, plan: RunPlan) -> None:

@@ -29,8 +29,11 @@ from baton.security.sealing import check_owner, manifest_digest, verify_plan
 from coordinator.blobs import BlobStore
 from coordinator.engine.assignments import Assignments
 from coordinator.engine.evaluations import Evaluations
+from coordinator.engine.faults import Fault
 from coordinator.engine.journal import Journal, now_ms
+from coordinator.engine.leases import HopClocks, Phase
 from coordinator.engine.planning import check_probe_runs, plan_cycle, plan_through
+from coordinator.engine.recovery import Recovery
 from coordinator.engine.schemas import check_site_data
 from coordinator.store.base import EventKind, HopRecord, HopState, RunRecord, RunState, Store
 from ordering import known_strategies, make_strategy
@@ -58,6 +61,7 @@ class Scheduler:
             and is never named as a hop's recipient.
         audit: The coordinator's signed audit log (None only in unit tests).
         clock: Source of Unix milliseconds (tests inject a fake).
+        lease_seconds: A site heard from longer ago is offline (fault policies).
     """
 
     def __init__(
@@ -69,6 +73,7 @@ class Scheduler:
         revoked: Callable[[bytes], bool] = lambda cert_pem: False,
         audit: AuditLog | None = None,
         clock: Callable[[], int] = now_ms,
+        lease_seconds: float = 15.0,
     ) -> None:
         self._store = store
         self._blobs = blobs
@@ -77,6 +82,15 @@ class Scheduler:
         self.journal = Journal(store, audit=audit, clock=clock)
         self.evaluations = Evaluations(store, self.journal)
         self.assignments = Assignments(store, self.evaluations, revoked=revoked)
+        self.clocks = HopClocks(self.journal)
+        self.recovery = Recovery(
+            store,
+            self.journal,
+            self.assignments,
+            lease_seconds=lease_seconds,
+            revoked=revoked,
+            advance=self._advance,
+        )
 
     # -- runs -------------------------------------------------------------------------
 
@@ -106,6 +120,12 @@ class Scheduler:
             raise ConfigError(f"run plan names sites that never registered: {', '.join(missing)}")
         check_site_data(plan, profiles)
         check_probe_runs(self._store, plan)
+        offline = [s for s in plan.run.sites if not self.recovery.alive(s)]
+        if offline and plan.faults.require_online:
+            raise ConfigError(
+                f"run plan names sites that are offline or revoked: {', '.join(offline)} "
+                "([faults] require_online)"
+            )
         run = RunRecord(
             run_id=uuid.uuid4().hex,
             name=plan.run.name,
@@ -124,6 +144,10 @@ class Scheduler:
             self.journal.event(
                 run.run_id, EventKind.RUN_CREATED, message=f"run {run.name!r} created"
             )
+            if offline:
+                warning = f"warning: sites offline or revoked at creation: {', '.join(offline)}"
+                self.journal.event(run.run_id, EventKind.FAULT, message=warning)
+                logger.warning("run %s: %s", run.run_id, warning)
             self.journal.record(
                 "run_created",
                 run.run_id,
@@ -200,9 +224,10 @@ class Scheduler:
     def progress(
         self, site_id: str, run_id: str, hop_index: int, stage: str, metrics: dict[str, float]
     ) -> None:
-        """Records interim metrics of a hop in progress as an event."""
+        """Records interim metrics of a hop in progress as an event (a sign of life)."""
         with self.journal.transaction():
             self.hop_for_site(site_id, run_id, hop_index)
+            self.clocks.touch(run_id, hop_index, site_id, Phase.TRAINING)
             self.journal.event(
                 run_id,
                 EventKind.HOP_PROGRESS,
@@ -277,8 +302,9 @@ class Scheduler:
     def fail_hop(
         self, site_id: str, run_id: str, hop_index: int, *, reason: str, message: str
     ) -> None:
-        """Records a hop the site could not complete. The run fails (no retry policy yet);
-        the last verified model stays in the blob store."""
+        """Records a hop the site could not complete; the run's ``[faults] on_failed_hop``
+        policy decides what follows (by default the run fails; the last verified model
+        stays in the blob store)."""
         with self.journal.transaction():
             self.hop_for_site(site_id, run_id, hop_index)
             detail = f"{reason}: {message}" if message else reason
@@ -289,7 +315,8 @@ class Scheduler:
             self.journal.record(
                 "hop_failed", run_id, hop=hop_index, detail={"site": site_id, "reason": reason}
             )
-            self._end_failed(run_id, f"hop {hop_index} at {site_id} failed: {detail}")
+            self.recovery.handle(run_id, hop_index, Fault.FAILED, detail)
+            self.clocks.restart(run_id, hop_index)
         logger.warning("run %s: hop %d at %s failed: %s", run_id, hop_index, site_id, detail)
 
     # -- internals --------------------------------------------------------------------
@@ -306,8 +333,7 @@ class Scheduler:
 
     def _end_failed(self, run_id: str, failure: str) -> None:
         """Fails a running run (inside a transaction); its open hops die with it."""
-        self._store.update_run(run_id, state=RunState.FAILED, error=failure)
-        self.journal.event(run_id, EventKind.RUN_FAILED, message=failure)
+        self.recovery.end_failed(run_id, failure)
 
     def _advance(self, run_id: str) -> None:
         """Assigns the next hop, having planned the cycle of the hop after it (so the

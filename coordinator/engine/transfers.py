@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from baton.domain import BlobRef
 from baton.errors import BlobError, ConflictError, NotFoundError
 from coordinator.blobs import BlobStore
+from coordinator.engine.leases import Phase
 from coordinator.engine.runs import Scheduler
 from coordinator.store.base import RunState, Store
 
@@ -61,6 +62,7 @@ class Transfers:
                 arrived is kept, to resume from).
         """
         self._scheduler.hop_for_site(site_id, header.run_id, header.hop_index)
+        self._scheduler.clocks.touch(header.run_id, header.hop_index, site_id, Phase.UPLOAD)
         if header.total_size > self._max_blob_bytes:
             raise BlobError(
                 f"blob of {header.total_size} bytes exceeds the limit of {self._max_blob_bytes}"
@@ -110,6 +112,7 @@ class Transfers:
                 raise NotFoundError(f"run {run.run_id} has no final model")
         else:
             hop = self._scheduler.hop_for_site(site_id, run_id, hop_index)
+            self._scheduler.clocks.touch(run_id, hop_index, site_id, Phase.TRAINING)
             if hop.input is None:
                 raise NotFoundError(f"hop {hop.hop_index} has no input model (it is the first hop)")
             blob = hop.input

@@ -45,6 +45,8 @@ class EventKind(StrEnum):
     RUN_FAILED = "run_failed"
     RUN_CANCELLED = "run_cancelled"
     SITE_EVALUATED = "site_evaluated"
+    FAULT = "fault"
+    """A lost site or failed hop, and what the run's ``[faults]`` policy decided."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -149,7 +151,9 @@ class Store(Protocol):
     - ``add_hops`` MUST append contiguous indices after the run's last hop (the first
       hop is 0), else ``ConflictError``.
     - Hop transitions other than PENDING->ASSIGNED, ASSIGNED->COMPLETED,
-      PENDING|ASSIGNED->FAILED MUST raise ``ConflictError``.
+      PENDING|ASSIGNED->FAILED, and ``reopen_hop`` (ASSIGNED|COMPLETED|FAILED->ASSIGNED)
+      MUST raise ``ConflictError``.
+    - ``replan_hops`` MUST refuse to replace a COMPLETED hop (``ConflictError``).
     - ``append_event`` numbers a run's events 1, 2, 3, ... without gaps.
     - Every method called inside ``atomic()`` joins one transaction: an exception that
       leaves the ``with`` block MUST leave the store as it was before it (nothing of the
@@ -230,6 +234,19 @@ class Store(Protocol):
 
     def fail_hop(self, run_id: str, hop_index: int, *, error: str) -> HopRecord:
         """PENDING or ASSIGNED -> FAILED."""
+        ...
+
+    def reopen_hop(self, run_id: str, hop_index: int) -> HopRecord:
+        """ASSIGNED|COMPLETED|FAILED -> ASSIGNED: the hop is offered to its site again (a
+        retry, or a re-seal for another recipient); its input, and any output and manifest
+        until a new completion replaces them, are kept; its error is cleared."""
+        ...
+
+    def replan_hops(
+        self, run_id: str, from_index: int, hops: list[HopRecord], *, total_hops: int
+    ) -> None:
+        """Replaces the run's hops from ``from_index`` on (none completed) by ``hops``
+        (PENDING, contiguous from ``from_index``) and sets the run's ``total_hops``."""
         ...
 
     def assigned_hops_for_site(self, site_id: str) -> list[HopRecord]:

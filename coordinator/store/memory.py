@@ -22,6 +22,8 @@ from coordinator.store.rules import (
     as_floats,
     check_hop_transition,
     check_new_hops,
+    check_reopen,
+    check_replan,
     check_run_update,
 )
 
@@ -228,6 +230,25 @@ class MemoryStore:
             hop = self._hop(run_id, hop_index)
             check_hop_transition(hop, HopState.FAILED)
             return self._put_hop(replace(hop, state=HopState.FAILED, error=error))
+
+    def reopen_hop(self, run_id: str, hop_index: int) -> HopRecord:
+        """ASSIGNED|COMPLETED|FAILED -> ASSIGNED, keeping input and output."""
+        with self._lock:
+            hop = self._hop(run_id, hop_index)
+            check_reopen(hop)
+            return self._put_hop(replace(hop, state=HopState.ASSIGNED, error=""))
+
+    def replan_hops(
+        self, run_id: str, from_index: int, hops: list[HopRecord], *, total_hops: int
+    ) -> None:
+        """Replaces the hops from ``from_index`` on and sets ``total_hops``."""
+        with self._lock:
+            run = self._run(run_id)
+            stored = self._hops[run_id]
+            check_replan(run_id, from_index, stored[from_index:], hops)
+            del stored[from_index:]
+            stored.extend(replace(_copy_hop(h), state=HopState.PENDING) for h in hops)
+            self._runs[run_id] = replace(run, total_hops=total_hops)
 
     def assigned_hops_for_site(self, site_id: str) -> list[HopRecord]:
         """ASSIGNED hops of RUNNING runs for one site, oldest run first, then by index."""

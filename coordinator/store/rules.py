@@ -12,6 +12,31 @@ HOP_TRANSITIONS: dict[HopState, frozenset[HopState]] = {
 }
 """For each target hop state, the states a hop may move to it from."""
 
+REOPEN_FROM = frozenset({HopState.ASSIGNED, HopState.COMPLETED, HopState.FAILED})
+"""States a hop may be offered again from (``Store.reopen_hop``): a retry, or a re-seal."""
+
+
+def check_reopen(hop: HopRecord) -> None:
+    """Raises ``ConflictError`` unless ``hop`` may be offered to its site again."""
+    if hop.state not in REOPEN_FROM:
+        raise ConflictError(
+            f"hop {hop.hop_index} of run {hop.run_id!r} is {hop.state.value}; "
+            "it cannot be offered again",
+            run_id=hop.run_id,
+            hop=hop.hop_index,
+        )
+
+
+def check_replan(run_id: str, from_index: int, old: list[HopRecord], new: list[HopRecord]) -> None:
+    """Raises ``ConflictError`` unless hops from ``from_index`` on (``old``) may be replaced
+    by ``new``: none of ``old`` completed, ``new`` are PENDING hops from ``from_index`` on."""
+    done = [h.hop_index for h in old if h.state is HopState.COMPLETED]
+    if done:
+        raise ConflictError(
+            f"run {run_id!r}: completed hop {done[0]} cannot be planned again", run_id=run_id
+        )
+    check_new_hops(run_id, from_index, new)
+
 
 def check_hop_transition(hop: HopRecord, target: HopState) -> None:
     """Raises ``ConflictError`` unless ``hop`` may move to ``target`` (shared with SQLite)."""

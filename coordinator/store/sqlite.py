@@ -24,6 +24,7 @@ from coordinator.store.rules import (
     as_floats,
     check_hop_transition,
     check_new_hops,
+    check_reopen,
     check_run_update,
 )
 from coordinator.store.sqlite_open import open_database, rollback
@@ -39,6 +40,7 @@ from coordinator.store.sqlite_rows import (
     hop_params,
     metrics_json,
     put_hop_row,
+    replan_rows,
     run_from_row,
     run_params,
     site_from_row,
@@ -227,6 +229,20 @@ class SqliteStore:
             hop = get_hop_row(db, run_id, hop_index)
             check_hop_transition(hop, HopState.FAILED)
             return put_hop_row(db, replace(hop, state=HopState.FAILED, error=error))
+
+    def reopen_hop(self, run_id: str, hop_index: int) -> HopRecord:
+        """ASSIGNED|COMPLETED|FAILED -> ASSIGNED, keeping input and output."""
+        with self._tx(write=True) as db:
+            hop = get_hop_row(db, run_id, hop_index)
+            check_reopen(hop)
+            return put_hop_row(db, replace(hop, state=HopState.ASSIGNED, error=""))
+
+    def replan_hops(
+        self, run_id: str, from_index: int, hops: list[HopRecord], *, total_hops: int
+    ) -> None:
+        """Replaces the hops from ``from_index`` on and sets ``total_hops``."""
+        with self._tx(write=True) as db:
+            replan_rows(db, run_id, from_index, hops, total_hops=total_hops)
 
     def assigned_hops_for_site(self, site_id: str) -> list[HopRecord]:
         """ASSIGNED hops of RUNNING runs for one site, oldest run first, then by index."""

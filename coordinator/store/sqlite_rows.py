@@ -17,7 +17,7 @@ from coordinator.store.base import (
     RunState,
     SiteRecord,
 )
-from coordinator.store.rules import as_floats
+from coordinator.store.rules import as_floats, check_replan
 
 if TYPE_CHECKING:
     import sqlite3
@@ -312,3 +312,17 @@ def put_hop_row(db: sqlite3.Connection, hop: HopRecord) -> HopRecord:
     return replace(
         hop, metrics_before=dict(hop.metrics_before), metrics_after=dict(hop.metrics_after)
     )
+
+
+def replan_rows(
+    db: sqlite3.Connection, run_id: str, from_index: int, hops: list[HopRecord], *, total_hops: int
+) -> None:
+    """``Store.replan_hops`` inside the caller's write transaction."""
+    get_run_row(db, run_id)
+    rows = db.execute(
+        "SELECT * FROM hops WHERE run_id = ? AND hop_index >= ?", (run_id, from_index)
+    ).fetchall()
+    check_replan(run_id, from_index, [hop_from_row(r) for r in rows], hops)
+    db.execute("DELETE FROM hops WHERE run_id = ? AND hop_index >= ?", (run_id, from_index))
+    db.executemany(INSERT_HOP, [hop_params(replace(h, state=HopState.PENDING)) for h in hops])
+    db.execute("UPDATE runs SET total_hops = ? WHERE run_id = ?", (total_hops, run_id))

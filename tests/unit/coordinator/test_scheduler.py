@@ -211,7 +211,7 @@ def test_an_assignment_to_a_revoked_recipient_is_refused_after_the_others(
     with pytest.raises(ConflictError, match="the next site b has a revoked certificate"):
         sched.assignments.next_hop(store.get_run(refused.run_id), 0)
     revoked.clear()
-    assert [a.run_id for a in sched.assignments.for_site("a", {(fine.run_id, 0)})] == [
+    assert [a.run_id for a in sched.assignments.for_site("a", {(fine.run_id, 0, 0)})] == [
         refused.run_id
     ]
 

@@ -1,0 +1,111 @@
+"""Fault policy decisions: what a run does with a lost site or a failed hop.
+
+Pure functions over plain data (no store, no clock), so every rule of the plan's
+``[faults]`` section is tested in microseconds; :mod:`coordinator.engine.recovery`
+gathers the facts and carries the decision out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from baton.plan_faults import FaultsSection
+
+
+class Fault(StrEnum):
+    """What went wrong with a hop."""
+
+    LOST = "lost"
+    """The site's lease expired, or the hop missed a deadline."""
+    FAILED = "failed"
+    """The site reported that it cannot complete the hop."""
+
+
+class Action(StrEnum):
+    """What the coordinator does about it."""
+
+    WAIT = "wait"
+    RETRY = "retry"
+    SKIP = "skip"
+    REROUTE = "reroute"
+    ABORT = "abort"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FaultFacts:
+    """What the coordinator knows when it decides."""
+
+    hop_index: int
+    site_id: str
+    retries: int = 0
+    """Times this hop was already offered again to its site."""
+    skipped_this_cycle: int = 0
+    """Hops of this hop's cycle already lost to skip or reroute."""
+    sites_remaining: int = 1
+    """Sites of the run that are online, not revoked and not the lost one."""
+    resealing: bool = False
+    """The hop was a re-seal for a new recipient (its output exists already)."""
+    previous_site: str = ""
+    """The site of the hop before (empty for hop 0)."""
+    previous_alive: bool = True
+    """Whether the previous hop's site is online and not revoked (it must re-seal)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Decision:
+    """An action with the sentence the owner reads in ``baton watch``."""
+
+    action: Action
+    reason: str
+
+
+def decide(policy: FaultsSection, fault: Fault, facts: FaultFacts) -> Decision:
+    """Applies the plan's ``[faults]`` policy to one fault.
+
+    Order: a failed re-seal ends the run (its hop cannot be replaced without losing two);
+    then the configured action, each within its bound; ``skip``/``reroute`` also need
+    ``min_sites`` sites left and the previous site to re-seal.
+    """
+    where = f"hop {facts.hop_index} at {facts.site_id}"
+    what = "was lost" if fault is Fault.LOST else "failed"
+    if facts.resealing:
+        return Decision(
+            action=Action.ABORT,
+            reason=f"{where} {what} while re-sealing its output for a new recipient",
+        )
+    configured = policy.on_lost_site if fault is Fault.LOST else policy.on_failed_hop
+    if configured == "fail":
+        return Decision(action=Action.ABORT, reason=f"{where} {what}")
+    if configured == "wait":
+        return Decision(action=Action.WAIT, reason=f"{where} {what}; waiting for the site")
+    if configured == "retry":
+        if facts.retries >= policy.max_retries:
+            return Decision(
+                action=Action.ABORT,
+                reason=f"{where} {what} after {facts.retries} retries (max_retries)",
+            )
+        return Decision(
+            action=Action.RETRY,
+            reason=f"{where} {what}; retry {facts.retries + 1} of {policy.max_retries}",
+        )
+    if facts.sites_remaining < policy.min_sites:
+        return Decision(
+            action=Action.ABORT,
+            reason=f"{where} {what} and only {facts.sites_remaining} sites remain "
+            f"(min_sites = {policy.min_sites})",
+        )
+    if facts.skipped_this_cycle >= policy.max_skipped_per_cycle:
+        return Decision(
+            action=Action.ABORT,
+            reason=f"{where} {what} and its cycle already lost {facts.skipped_this_cycle} "
+            f"hops (max_skipped_per_cycle = {policy.max_skipped_per_cycle})",
+        )
+    if facts.hop_index and not facts.previous_alive:
+        return Decision(
+            action=Action.ABORT,
+            reason=f"{where} {what} and the previous site {facts.previous_site} is gone too: "
+            "nobody can re-seal the last completed hop",
+        )
+    action = Action.SKIP if configured == "skip" else Action.REROUTE
+    return Decision(action=action, reason=f"{where} {what}; {action.value}")

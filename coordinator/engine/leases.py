@@ -1,0 +1,178 @@
+"""Leases and hop deadlines: finds the hops whose site is lost and hands them to the
+run's fault policy.
+
+A hop is lost when its site's lease expired (no heartbeat for ``lease_seconds``, counted
+from the hop's assignment at the earliest), or when it missed the deadline of its phase:
+picked up (input downloaded or first progress) within ``pickup_seconds`` of its
+assignment, heard from (a progress report or a download) every ``progress_seconds``
+while it trains, and its upload finished within ``upload_seconds``. Phases live in
+memory: after a restart every hop's clock starts again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from enum import StrEnum
+
+from baton.errors import BatonError, StoreError
+from coordinator.engine.faults import Action, Fault
+from coordinator.engine.journal import Journal
+from coordinator.engine.recovery import Recovery
+from coordinator.store.base import HopState, RunState, Store
+
+logger = logging.getLogger(__name__)
+
+_LEASE = "(lease expired)"
+
+
+class Phase(StrEnum):
+    """Where a hop stands, as its site was last heard of."""
+
+    PICKUP = "pickup"
+    TRAINING = "training"
+    UPLOAD = "upload"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Deadlines:
+    """Seconds each phase of a hop may last without a sign of life."""
+
+    pickup_seconds: float = 600.0
+    progress_seconds: float = 300.0
+    upload_seconds: float = 1800.0
+
+    def of(self, phase: Phase) -> float:
+        """The deadline of ``phase``, in seconds."""
+        return {
+            Phase.PICKUP: self.pickup_seconds,
+            Phase.TRAINING: self.progress_seconds,
+            Phase.UPLOAD: self.upload_seconds,
+        }[phase]
+
+
+@dataclass(slots=True)
+class _Clock:
+    site_id: str
+    phase: Phase
+    since_ms: int
+    waited_seen_ms: int | None = None
+    """The site's ``last_seen_ms`` when a ``wait`` decision was made (one per absence)."""
+
+
+class HopClocks:
+    """When each hop in flight was last heard of, and in which phase (thread-safe)."""
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+        self._lock = threading.Lock()
+        self._clocks: dict[tuple[str, int], _Clock] = {}
+
+    def touch(self, run_id: str, hop_index: int, site_id: str, phase: Phase) -> None:
+        """Records a sign of life of a hop (a download, a progress report, an upload)."""
+        with self._lock:
+            self._clocks[(run_id, hop_index)] = _Clock(site_id, phase, self._journal.clock())
+
+    def restart(self, run_id: str, hop_index: int) -> None:
+        """Starts a hop's clock again (it was offered again)."""
+        with self._lock:
+            self._clocks.pop((run_id, hop_index), None)
+
+    def get(self, run_id: str, hop_index: int, site_id: str) -> _Clock:
+        """The hop's clock, started now if it has none (or had another site's)."""
+        with self._lock:
+            clock = self._clocks.get((run_id, hop_index))
+            if clock is None or clock.site_id != site_id:
+                clock = _Clock(site_id, Phase.PICKUP, self._journal.clock())
+                self._clocks[(run_id, hop_index)] = clock
+            return clock
+
+
+class HopWatch:
+    """Checks every hop in flight against the leases and deadlines, from its own thread.
+
+    Args:
+        store: Durable state.
+        journal: Transactions and the clock.
+        recovery: Applies the run's fault policy to a lost hop.
+        clocks: The hops' phases.
+        deadlines: Per-phase deadlines.
+        interval_seconds: Time between two checks.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        journal: Journal,
+        recovery: Recovery,
+        clocks: HopClocks,
+        *,
+        deadlines: Deadlines,
+        interval_seconds: float,
+    ) -> None:
+        self._store = store
+        self._journal = journal
+        self._recovery = recovery
+        self._clocks = clocks
+        self._deadlines = deadlines
+        self._interval = interval_seconds
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def check(self) -> int:
+        """One pass over the hops in flight; returns how many were found lost."""
+        lost = 0
+        seen = {s.site_id: s.last_seen_ms for s in self._store.list_sites()}
+        now = self._journal.clock()
+        for run in self._store.list_runs():
+            if run.state is not RunState.RUNNING:
+                continue
+            for hop in self._store.list_hops(run.run_id):
+                if hop.state is not HopState.ASSIGNED:
+                    continue
+                clock = self._clocks.get(run.run_id, hop.hop_index, hop.site_id)
+                last_seen = seen.get(hop.site_id, 0)
+                why = self._why_lost(clock, last_seen, now)
+                if why is None or clock.waited_seen_ms == last_seen:
+                    continue
+                lost += 1
+                try:
+                    with self._journal.transaction():
+                        decision = self._recovery.handle(run.run_id, hop.hop_index, Fault.LOST, why)
+                except StoreError:
+                    raise
+                except BatonError as exc:
+                    logger.error("run %s: cannot handle lost hop: %s", run.run_id, exc.message)
+                    continue
+                if decision.action is Action.WAIT and why.endswith(_LEASE):
+                    clock.waited_seen_ms = last_seen  # one warning per absence
+                else:
+                    self._clocks.restart(run.run_id, hop.hop_index)
+        return lost
+
+    def _why_lost(self, clock: _Clock, last_seen_ms: int, now: int) -> str | None:
+        if now - max(last_seen_ms, clock.since_ms) > self._recovery.lease_ms:
+            return f"no heartbeat for {self._recovery.lease_ms / 1000:g} s {_LEASE}"
+        limit = self._deadlines.of(clock.phase)
+        if now - clock.since_ms > limit * 1000:
+            return f"no sign of the hop for {limit:g} s ({clock.phase.value} deadline)"
+        return None
+
+    def start(self) -> None:
+        """Starts checking every ``interval_seconds``."""
+        self._thread = threading.Thread(target=self._loop, name="hop-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stops checking."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.check()
+            except BatonError as exc:
+                logger.error("hop watch: %s", exc.message)
