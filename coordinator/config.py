@@ -10,6 +10,27 @@ from baton.security.tls import TlsFiles
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class MetricsConfig:
+    """The ``[metrics]`` table: a Prometheus endpoint (plain HTTP), off by default.
+
+    Example::
+
+        [metrics]
+        listen = "127.0.0.1:9464"
+    """
+
+    listen: str = ""
+    """Address of ``/metrics`` (``host:port``; port 0 picks a free one); empty: off. It
+    shows counts and timings, never names, keys or data, but keep it local or reachable
+    by the scraper alone."""
+
+    def __post_init__(self) -> None:
+        host, sep, port = self.listen.rpartition(":")
+        if self.listen and not (sep and host and port.isdigit() and int(port) < 65536):
+            raise ValueError(f"'metrics.listen' must be host:port, not {self.listen!r}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class CoordinatorConfig:
     """Everything ``coordinator serve`` needs.
 
@@ -71,6 +92,8 @@ class CoordinatorConfig:
     nothing is revoked."""
     crl_reload_seconds: float = 5.0
     """How often the coordinator looks for a replaced CRL file at most."""
+    metrics: MetricsConfig = MetricsConfig()
+    """The Prometheus endpoint (``[metrics]``); off unless ``listen`` is set."""
 
     def __post_init__(self) -> None:
         if self.lease_seconds <= 0:

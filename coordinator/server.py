@@ -28,6 +28,7 @@ from coordinator.engine.leases import Deadlines, HopWatch
 from coordinator.engine.runs import Scheduler
 from coordinator.engine.sites import Sites
 from coordinator.engine.transfers import Transfers
+from coordinator.metrics import MetricsEndpoint
 from coordinator.retention import Collector
 from coordinator.state_dir import StateDirLock
 from coordinator.store.base import Store
@@ -104,10 +105,13 @@ class CoordinatorServer:
         long_calls = config.workers - config.reserved_workers
         self.streams = StreamCaps(per_party=config.max_streams_per_site, total=long_calls // 2)
         self.uploads = StreamCaps(per_party=config.max_uploads_per_site, total=long_calls // 2)
+        self.metrics = MetricsEndpoint(
+            config.metrics, self.store, lease_seconds=config.lease_seconds
+        )
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),
             options=SERVER_OPTIONS,
-            interceptors=[ErrorInterceptor()],
+            interceptors=[*self.metrics.interceptors, ErrorInterceptor()],
             maximum_concurrent_rpcs=config.workers * 2,
         )
         sites = Sites(
@@ -168,6 +172,7 @@ class CoordinatorServer:
         self.scheduler.recover()
         if self.config.gc_interval_seconds > 0:
             self.collector.start()
+        self.metrics.start()
         self.watch.start()
         self._server.start()
         for name in ("", *SERVICE_NAMES):
@@ -178,6 +183,7 @@ class CoordinatorServer:
         """Stops serving, waits up to ``grace`` seconds for calls in flight, closes the store."""
         self._health.enter_graceful_shutdown()
         self._server.stop(grace).wait()
+        self.metrics.stop()
         self.watch.stop()
         self.collector.stop()
         self._close_state()

@@ -14,9 +14,9 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from enum import StrEnum
 
 from baton.errors import BatonError, StoreError
+from coordinator.engine.clocks import HopClock, HopClocks, Phase
 from coordinator.engine.faults import Action, Fault
 from coordinator.engine.journal import Journal
 from coordinator.engine.recovery import Recovery
@@ -25,14 +25,6 @@ from coordinator.store.base import HopState, RunState, Store
 logger = logging.getLogger(__name__)
 
 _LEASE = "(lease expired)"
-
-
-class Phase(StrEnum):
-    """Where a hop stands, as its site was last heard of."""
-
-    PICKUP = "pickup"
-    TRAINING = "training"
-    UPLOAD = "upload"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -50,43 +42,6 @@ class Deadlines:
             Phase.TRAINING: self.progress_seconds,
             Phase.UPLOAD: self.upload_seconds,
         }[phase]
-
-
-@dataclass(slots=True)
-class _Clock:
-    site_id: str
-    phase: Phase
-    since_ms: int
-    waited_seen_ms: int | None = None
-    """The site's ``last_seen_ms`` when a ``wait`` decision was made (one per absence)."""
-
-
-class HopClocks:
-    """When each hop in flight was last heard of, and in which phase (thread-safe)."""
-
-    def __init__(self, journal: Journal) -> None:
-        self._journal = journal
-        self._lock = threading.Lock()
-        self._clocks: dict[tuple[str, int], _Clock] = {}
-
-    def touch(self, run_id: str, hop_index: int, site_id: str, phase: Phase) -> None:
-        """Records a sign of life of a hop (a download, a progress report, an upload)."""
-        with self._lock:
-            self._clocks[(run_id, hop_index)] = _Clock(site_id, phase, self._journal.clock())
-
-    def restart(self, run_id: str, hop_index: int) -> None:
-        """Starts a hop's clock again (it was offered again)."""
-        with self._lock:
-            self._clocks.pop((run_id, hop_index), None)
-
-    def get(self, run_id: str, hop_index: int, site_id: str) -> _Clock:
-        """The hop's clock, started now if it has none (or had another site's)."""
-        with self._lock:
-            clock = self._clocks.get((run_id, hop_index))
-            if clock is None or clock.site_id != site_id:
-                clock = _Clock(site_id, Phase.PICKUP, self._journal.clock())
-                self._clocks[(run_id, hop_index)] = clock
-            return clock
 
 
 class HopWatch:
@@ -147,11 +102,11 @@ class HopWatch:
                     continue
                 if decision.action is Action.WAIT and why.endswith(_LEASE):
                     clock.waited_seen_ms = last_seen  # one warning per absence
-                else:
-                    self._clocks.restart(run.run_id, hop.hop_index)
+                elif decision.action is Action.WAIT:
+                    self._clocks.restart(run.run_id, hop.hop_index)  # warn again a deadline on
         return lost
 
-    def _why_lost(self, clock: _Clock, last_seen_ms: int, now: int) -> str | None:
+    def _why_lost(self, clock: HopClock, last_seen_ms: int, now: int) -> str | None:
         if now - max(last_seen_ms, clock.since_ms) > self._recovery.lease_ms:
             return f"no heartbeat for {self._recovery.lease_ms / 1000:g} s {_LEASE}"
         limit = self._deadlines.of(clock.phase)

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 from baton.plan import RunPlan, parse_plan
 from coordinator.engine.assignments import Assignments
+from coordinator.engine.clocks import HopClocks
 from coordinator.engine.faults import Action, Decision, Fault, FaultFacts, decide
 from coordinator.engine.journal import Journal
 from coordinator.engine.planning import strategy_order
@@ -31,6 +32,7 @@ class Recovery:
         store: Durable state.
         journal: Where decisions are recorded.
         assignments: Offers a hop again to a site whose stream already had it.
+        clocks: The hops' deadlines, started again when a hop is offered again.
         lease_seconds: A site heard from longer ago is offline.
         revoked: Whether a certificate (PEM) is revoked.
         advance: Re-drives a run (assigns its next hop).
@@ -41,6 +43,7 @@ class Recovery:
         store: Store,
         journal: Journal,
         assignments: Assignments,
+        clocks: HopClocks,
         *,
         lease_seconds: float,
         revoked: Callable[[bytes], bool],
@@ -49,6 +52,7 @@ class Recovery:
         self._store = store
         self._journal = journal
         self._assignments = assignments
+        self._clocks = clocks
         self.lease_ms = int(lease_seconds * 1000)
         self._revoked = revoked
         self._advance = advance
@@ -93,6 +97,7 @@ class Recovery:
             decision.action is Action.WAIT and hop.state is HopState.FAILED
         ):
             self._store.reopen_hop(run_id, hop_index)
+            self._clocks.restart(run_id, hop_index, hop.site_id)
             if decision.action is Action.RETRY:  # a wait offers it on the site's return
                 self._assignments.reoffer(run_id, hop_index)
         elif decision.action in (Action.SKIP, Action.REROUTE):
@@ -154,6 +159,7 @@ class Recovery:
             self._advance(run.run_id)
             return
         prev = self._store.reopen_hop(run.run_id, k - 1)
+        self._clocks.restart(run.run_id, k - 1, prev.site_id)
         self._assignments.reoffer(run.run_id, k - 1)
         self._journal.event(
             run.run_id,

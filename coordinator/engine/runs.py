@@ -28,10 +28,10 @@ from baton.security.audit import AuditLog
 from baton.security.sealing import check_owner, manifest_digest, verify_plan
 from coordinator.blobs import BlobStore
 from coordinator.engine.assignments import Assignments
+from coordinator.engine.clocks import HopClocks, Phase
 from coordinator.engine.evaluations import Evaluations
 from coordinator.engine.faults import Fault
 from coordinator.engine.journal import Journal, now_ms
-from coordinator.engine.leases import HopClocks, Phase
 from coordinator.engine.planning import check_probe_runs, plan_cycle, plan_through
 from coordinator.engine.recovery import Recovery
 from coordinator.engine.schemas import check_site_data
@@ -87,6 +87,7 @@ class Scheduler:
             store,
             self.journal,
             self.assignments,
+            self.clocks,
             lease_seconds=lease_seconds,
             revoked=revoked,
             advance=self._advance,
@@ -316,7 +317,6 @@ class Scheduler:
                 "hop_failed", run_id, hop=hop_index, detail={"site": site_id, "reason": reason}
             )
             self.recovery.handle(run_id, hop_index, Fault.FAILED, detail)
-            self.clocks.restart(run_id, hop_index)
         logger.warning("run %s: hop %d at %s failed: %s", run_id, hop_index, site_id, detail)
 
     # -- internals --------------------------------------------------------------------
@@ -361,6 +361,7 @@ class Scheduler:
         nxt = len(done)
         plan_through(self._store, run, nxt + 1)
         hop = self._store.assign_hop(run_id, nxt, input=done[-1].output if done else None)
+        self.clocks.restart(run_id, nxt, hop.site_id)
         self.journal.event(
             run_id,
             EventKind.HOP_ASSIGNED,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from baton.domain import BlobRef
 from baton.errors import BlobError, ConflictError, NotFoundError
 from coordinator.blobs import BlobStore
-from coordinator.engine.leases import Phase
+from coordinator.engine.clocks import Phase
 from coordinator.engine.runs import Scheduler
 from coordinator.store.base import RunState, Store
 

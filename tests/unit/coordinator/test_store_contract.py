@@ -376,6 +376,49 @@ class StoreContract:
         assert got == [("older", 1), ("newer", 0), ("newer", 1)]
         assert store.assigned_hops_for_site("idle") == []
 
+    def test_reopen_hop_keeps_input_and_output_until_replaced(
+        self, store: Store, run_with_hops: str
+    ) -> None:
+        store.assign_hop(run_with_hops, 0, input=BLOB_A)
+        done = _complete(store, run_with_hops, 0)
+        again = store.reopen_hop(run_with_hops, 0)
+        assert again.state is HopState.ASSIGNED
+        assert (again.input, again.output, again.output_manifest) == (
+            BLOB_A,
+            BLOB_B,
+            done.output_manifest,
+        )
+        redone = _complete(store, run_with_hops, 0, output=BLOB_A, output_manifest=b"second")
+        assert (redone.output, redone.output_manifest) == (BLOB_A, b"second")
+        store.assign_hop(run_with_hops, 1, input=None)
+        store.fail_hop(run_with_hops, 1, error="broke")
+        assert store.reopen_hop(run_with_hops, 1).error == ""
+        with pytest.raises(ConflictError, match=r"hop 2 .* is pending; it cannot be offered"):
+            store.reopen_hop(run_with_hops, 2)
+
+    def test_replan_hops_replaces_the_tail_and_the_hop_count(
+        self, store: Store, run_with_hops: str
+    ) -> None:
+        store.assign_hop(run_with_hops, 0, input=None)
+        _complete(store, run_with_hops, 0)
+        store.assign_hop(run_with_hops, 1, input=None)
+        tail = [
+            HopRecord(run_id=run_with_hops, hop_index=1, cycle=0, site_id="general"),
+            HopRecord(run_id=run_with_hops, hop_index=2, cycle=1, site_id="mercy"),
+        ]
+        store.replan_hops(run_with_hops, 1, tail, total_hops=3)
+        assert [(h.hop_index, h.site_id, h.state) for h in store.list_hops(run_with_hops)] == [
+            (0, "mercy", HopState.COMPLETED),
+            (1, "general", HopState.PENDING),
+            (2, "mercy", HopState.PENDING),
+        ]
+        assert store.get_run(run_with_hops).total_hops == 3
+        with pytest.raises(ConflictError, match="completed hop 0 cannot be planned again"):
+            store.replan_hops(run_with_hops, 0, [], total_hops=0)
+        with pytest.raises(ConflictError, match="expects hop 1 next, not 2"):
+            store.replan_hops(run_with_hops, 1, tail[1:], total_hops=2)
+        assert store.get_run(run_with_hops).total_hops == 3
+
     # -- events -------------------------------------------------------------------------
 
     def test_events_are_numbered_per_run_without_gaps(self, store: Store) -> None:

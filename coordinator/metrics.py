@@ -1,0 +1,218 @@
+"""The coordinator's Prometheus metrics: runs, hops, relayed bytes, sites, RPC latencies."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from baton.errors import TransportError
+from coordinator.store.base import HopState, RunState
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from coordinator.config import MetricsConfig
+    from coordinator.store.base import Store
+
+logger = logging.getLogger(__name__)
+
+RPC_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
+"""Histogram bounds (seconds) of RPC durations: heartbeats in milliseconds up to transfers
+and event streams that last as long as a hop."""
+
+
+class StateCollector(Collector):
+    """Reads the state store at each scrape: runs by state, hops completed and failed, the
+    sealed bytes sites uploaded, registered and online sites.
+
+    A finished run never changes again, so its counts are read once and kept.
+
+    Args:
+        store: The coordinator's state store.
+        lease_seconds: A site heard from within this many seconds is online.
+        clock: Unix time in seconds (for tests).
+    """
+
+    def __init__(
+        self, store: Store, *, lease_seconds: float, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._store = store
+        self._lease_ms = lease_seconds * 1000
+        self._clock = clock
+        self._finished: dict[str, tuple[int, int, int]] = {}
+        self._lock = threading.Lock()
+
+    def _hop_counts(self, run_id: str, finished: bool) -> tuple[int, int, int]:
+        """(completed, failed, uploaded bytes) of one run's hops."""
+        if run_id in self._finished:
+            return self._finished[run_id]
+        hops = self._store.list_hops(run_id)
+        counts = (
+            sum(h.state is HopState.COMPLETED for h in hops),
+            sum(h.state is HopState.FAILED for h in hops),
+            sum(h.output.size for h in hops if h.state is HopState.COMPLETED and h.output),
+        )
+        if finished:
+            self._finished[run_id] = counts
+        return counts
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            runs = self._store.list_runs()
+            totals = [0, 0, 0]
+            for run in runs:
+                counts = self._hop_counts(run.run_id, run.state is not RunState.RUNNING)
+                totals = [a + b for a, b in zip(totals, counts, strict=True)]
+            sites = self._store.list_sites()
+        by_state = GaugeMetricFamily("baton_runs", "Runs by state.", labels=["state"])
+        for state in RunState:
+            by_state.add_metric([state.value], sum(r.state is state for r in runs))
+        yield by_state
+        yield CounterMetricFamily(
+            "baton_hops_completed", "Hops completed, over every stored run.", value=totals[0]
+        )
+        yield CounterMetricFamily(
+            "baton_hops_failed", "Hops failed, over every stored run.", value=totals[1]
+        )
+        yield CounterMetricFamily(
+            "baton_relayed_bytes",
+            "Sealed model bytes sites uploaded in completed hops; the relay passes each on "
+            "once more to the next site or the study owner.",
+            value=totals[2],
+        )
+        now_ms = self._clock() * 1000
+        yield GaugeMetricFamily("baton_sites_registered", "Registered sites.", value=len(sites))
+        yield GaugeMetricFamily(
+            "baton_sites_online",
+            "Sites heard from within the lease.",
+            value=sum(now_ms - s.last_seen_ms <= self._lease_ms for s in sites),
+        )
+
+
+class RpcTimer(grpc.ServerInterceptor):
+    """Times every RPC, streams included (until their last message), by method and
+    outcome (``ok`` or ``error``)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.seconds = Histogram(
+            "baton_rpc_duration_seconds",
+            "Duration of RPCs served, by method and outcome.",
+            ["method", "outcome"],
+            buckets=RPC_BUCKETS,
+            registry=registry,
+        )
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method.rpartition("/")[2]
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, method),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                self._unary(handler.stream_unary, method),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(handler.unary_stream, method),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(
+                self._stream(handler.stream_stream, method),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        return handler
+
+    def _unary(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+        def timed(request: Any, context: grpc.ServicerContext) -> Any:
+            started, outcome = time.perf_counter(), "error"
+            try:
+                response = behavior(request, context)
+                outcome = "ok"
+                return response
+            finally:
+                self.seconds.labels(method, outcome).observe(time.perf_counter() - started)
+
+        return timed
+
+    def _stream(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+        def timed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            started, outcome = time.perf_counter(), "error"
+            try:
+                yield from behavior(request, context)
+                outcome = "ok"
+            finally:
+                self.seconds.labels(method, outcome).observe(time.perf_counter() - started)
+
+        return timed
+
+
+class MetricsEndpoint:
+    """The plain-HTTP ``/metrics`` endpoint, on its own address (keep it local or behind a
+    scraper's network policy: it shows counts, never names, keys or data).
+
+    Args:
+        config: The ``[metrics]`` table; :meth:`start` does nothing when it has no address.
+        store: The state store the collector reads.
+        lease_seconds: A site heard from within this many seconds is online.
+    """
+
+    def __init__(self, config: MetricsConfig, store: Store, *, lease_seconds: float) -> None:
+        self.config = config
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(StateCollector(store, lease_seconds=lease_seconds))
+        self.interceptors: tuple[grpc.ServerInterceptor, ...] = (
+            (RpcTimer(self.registry),) if config.listen else ()
+        )
+        """What the gRPC server adds to time its RPCs (nothing when metrics are off)."""
+        self._httpd: WSGIServer | None = None
+        self.port = 0
+
+    def start(self) -> None:
+        """Starts serving, when ``listen`` is set.
+
+        Raises:
+            TransportError: The address cannot be bound.
+        """
+        if not self.config.listen:
+            return
+        from prometheus_client import start_http_server
+
+        host, _, port = self.config.listen.rpartition(":")
+        try:
+            self._httpd, _ = start_http_server(int(port), host, self.registry)
+        except OSError as exc:
+            raise TransportError(
+                f"cannot serve metrics on {self.config.listen}: {exc.strerror or exc}"
+            ) from None
+        self.port = self._httpd.server_port
+        logger.info("metrics on http://%s:%d/metrics", host, self.port)
+
+    def stop(self) -> None:
+        """Stops serving; the port is free when it returns."""
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
