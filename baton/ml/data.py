@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ __all__ = [
     "Schema",
     "SiteData",
     "Split",
+    "class_digest",
     "profile_of",
     "read_site_data",
     "read_table",
@@ -40,6 +42,14 @@ DATA_FORMATS = ("csv", "parquet")
 SCHEMA_FILE = "schema.json"
 MISSING_POLICIES = ("refuse", "impute")
 """The missing-value policies a schema may declare."""
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+
+
+def class_digest(names: tuple[str, ...]) -> str:
+    """Hex SHA-256 of the canonical JSON list of ``names``: a schema's stand-in for many
+    class names, so its hash still follows every one of them."""
+    text = json.dumps(list(names), separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -67,6 +77,10 @@ class Schema:
     missing: str = "refuse"
     """Missing-value policy: ``refuse`` (a missing cell is an error) or ``impute`` (a missing
     cell reads as NaN, which the model replaces by the mean fitted at the first site)."""
+    class_digest: str = ""
+    """:func:`class_digest` of the class names, standing in for them where they are many
+    (a language model's vocabulary): ``class_names`` is then empty and only numeric
+    features with the legacy label and missing policy are allowed."""
 
     def __post_init__(self) -> None:
         if not self.task:
@@ -77,8 +91,11 @@ class Schema:
             raise ValueError("schema 'label' must not be empty")
         if self.label in self.feature_names:
             raise ValueError(f"schema 'feature_names' must not contain {self.label!r}")
-        if self.num_classes < 2 or len(self.class_names) != self.num_classes:
+        named = 0 if self.class_digest else self.num_classes
+        if self.num_classes < 2 or len(self.class_names) != named:
             raise ValueError("schema needs num_classes >= 2 and one class name per class")
+        if self.class_digest and not (_DIGEST.match(self.class_digest) and self.is_legacy):
+            raise ValueError("schema 'class_digest' must be 64 hex digits, on numeric features")
         if self.missing not in MISSING_POLICIES:
             raise ValueError(f"schema 'missing' must be one of {', '.join(MISSING_POLICIES)}")
         order = [
@@ -126,7 +143,11 @@ class Schema:
         obj: dict[str, Any]
         if self.is_legacy:
             obj = {
-                "class_names": list(self.class_names),
+                **(
+                    {"class_digest": self.class_digest}
+                    if self.class_digest
+                    else {"class_names": list(self.class_names)}
+                ),
                 "feature_names": list(self.feature_names),
                 "num_classes": self.num_classes,
                 "task": self.task,
@@ -149,7 +170,7 @@ class Schema:
         ``{"name", "type": "numeric"}`` or ``{"name", "type": "categorical", "levels"}``)
         and optionally ``label`` (default ``"label"``) and ``missing`` (``refuse``, the
         default, or ``impute``). The legacy form has ``task``, ``feature_names``,
-        ``num_classes`` and ``class_names``.
+        ``num_classes`` and ``class_names`` (or ``class_digest``).
 
         Raises:
             DataError: The text is not JSON, or keys are missing, unknown or mistyped.
@@ -191,7 +212,8 @@ def _string(source: str, key: str, value: Any) -> str:
 
 
 def _legacy_schema(obj: dict[str, Any], source: str) -> Schema:
-    expected = {"task", "feature_names", "num_classes", "class_names"}
+    names = "class_digest" if "class_digest" in obj else "class_names"
+    expected = {"task", "feature_names", "num_classes", names}
     if set(obj) != expected:
         wrong = sorted(set(obj) ^ expected)[0]
         raise DataError(f"{source}: schema key {wrong!r} is missing or unknown")
@@ -202,7 +224,8 @@ def _legacy_schema(obj: dict[str, Any], source: str) -> Schema:
         task=_string(source, "task", obj["task"]),
         feature_names=_strings(source, "feature_names", obj["feature_names"]),
         num_classes=num_classes,
-        class_names=_strings(source, "class_names", obj["class_names"]),
+        class_names=_strings(source, names, obj.get("class_names", [])),
+        class_digest=_string(source, names, obj.get("class_digest", "")),
     )
 
 

@@ -11,7 +11,8 @@ Every hop's output model carries, in its safetensors ``__metadata__`` (string to
 | ``baton.model``   | the model's registry name (``mlp``, ``logreg``, ...)         |
 | ``baton.model_args`` | the model's arguments, canonical JSON                    |
 | ``baton.inputs``  | JSON list of the input columns, in the model's input order   |
-| ``baton.classes`` | JSON list of the class names, in output order                |
+| ``baton.classes`` | JSON list of the class names, in output order (empty where   |
+|                   | the schema names them by digest: a language model's vocabulary) |
 | ``baton.schema``  | the task schema's JSON                                       |
 | ``baton.run_id``, ``baton.plan_hash``, ``baton.hop`` | the run, its plan, the hop index |
 

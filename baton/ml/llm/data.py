@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from baton.errors import DataError
-from baton.ml.data import SCHEMA_FILE, Schema, SiteData, Split, _read_text
+from baton.ml.data import SCHEMA_FILE, Schema, SiteData, Split, _read_text, class_digest
 from baton.ml.llm.base import BASE_DIR, load_tokenizer
 
 __all__ = ["MAX_CONTEXT", "TASK", "base_dir", "read_lm_site", "site_schema"]
@@ -136,12 +136,14 @@ def _class_names(tokenizer: Any, vocab: int) -> tuple[str, ...]:
 
 def site_schema(context: int, tokenizer: Any, vocab: int) -> Schema:
     """The schema of windows of ``context`` tokens over a vocabulary of ``vocab`` ids; its
-    class names are the tokenizer's tokens, so its hash follows the vocabulary."""
+    classes are the tokenizer's tokens, named by their digest (a vocabulary listed in every
+    hop's metadata would outweigh the adapters), so its hash follows the vocabulary."""
     return Schema(
         task=TASK,
         feature_names=tuple(f"t{i}" for i in range(context)),
         num_classes=vocab,
-        class_names=_class_names(tokenizer, vocab),
+        class_names=(),
+        class_digest=class_digest(_class_names(tokenizer, vocab)),
     )
 
 

@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 from baton.errors import DataError
-from baton.ml.data import Schema, SiteData, Split, profile_of, read_site_data, write_site_data
+from baton.ml.data import (
+    Schema,
+    SiteData,
+    Split,
+    class_digest,
+    profile_of,
+    read_site_data,
+    write_site_data,
+)
 from sim.tasks import Federation, Partition, known_datasets, load_task, make_federation
 
 SITES = ("hospital-1", "hospital-2", "hospital-3", "hospital-4")
@@ -348,3 +356,30 @@ def test_the_token_task_is_generated_the_same_every_time() -> None:
     previous = (full.x[:, -2] - 3 * full.x[:, -3]) % 16
     follows = (3 * full.x[:, -1] + step) % 16 == full.y
     assert follows[step == previous].mean() > 0.8
+
+
+def test_a_class_digest_stands_in_for_many_class_names() -> None:
+    names = tuple(f"tok{i}" for i in range(3000))
+    schema = Schema(
+        task="lm",
+        feature_names=("t0", "t1"),
+        num_classes=3000,
+        class_names=(),
+        class_digest=class_digest(names),
+    )
+    text = schema.to_json()
+    assert len(text) < 200
+    assert Schema.from_json(text, source="s").schema_hash() == schema.schema_hash()
+    swapped = class_digest((names[1], names[0], *names[2:]))
+    other = Schema(
+        task="lm",
+        feature_names=("t0", "t1"),
+        num_classes=3000,
+        class_names=(),
+        class_digest=swapped,
+    )
+    assert other.schema_hash() != schema.schema_hash()
+    with pytest.raises(DataError, match="s: schema 'class_digest' must be 64 hex digits"):
+        Schema.from_json(text.replace(schema.class_digest, "00"), source="s")
+    with pytest.raises(DataError, match="one class name per class"):
+        Schema.from_json(text.replace('"num_classes":3000', '"num_classes":1'), source="s")
