@@ -323,7 +323,7 @@ class HopRunner:
                 result = train_parallel(
                     model,
                     self._local.data.train,
-                    checked.plan,
+                    hooks.training_plan(checked.plan),
                     parallel,
                     launcher=self._training.launcher,
                     job_dir=job_dir,

@@ -31,6 +31,8 @@ from baton.errors import DataError, PlanError, TrainingInterrupted, WorkerError
 from baton.ml.codec import load_into, load_state_file, state_of
 from baton.ml.data import Split
 from baton.ml.families import families_for, family
+from baton.ml.families.hf_causal_lm import HFCausalLMFamily
+from baton.ml.llm.model import HFCausalLM
 from baton.ml.models import is_sequence_model
 from baton.ml.models_lm import as_tokens, sequence_targets
 from baton.ml.trainer import TrainResult, hop_lr, total_steps
@@ -111,9 +113,12 @@ def site_plan(
             override=_override(PlanKind(kind), workers, footprint.tp_degrees),
         )
     name = run_plan.model.name
-    if plan.kind not in family(name).plans:
+    fam = family(name)
+    if plan.kind not in fam.plans:
         supported = ", ".join(families_for(plan.kind))
         raise PlanError(f"plan {plan.kind} cannot train model {name!r}; it trains: {supported}")
+    if isinstance(fam, HFCausalLMFamily):
+        fam.check_plan(model, plan.kind)
     if plan.kind != PlanKind.SINGLE and num_examples < run_plan.training.batch_size:
         raise PlanError(
             f"{num_examples} training examples do not fill one global batch of "
@@ -218,6 +223,7 @@ def train_parallel(
                 args=dict(run_plan.model.args),
                 num_features=x.shape[1],
                 num_classes=num_classes,
+                checkpoint=(model.checkpoint or "") if isinstance(model, HFCausalLM) else "",
             ),
             training=TrainSpec(
                 optimizer=_job_optimizer(run_plan),

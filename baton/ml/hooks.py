@@ -1,11 +1,12 @@
 """What a task may do to its model beyond reading data: the optional hooks and their defaults.
 
 A task (:class:`baton.ml.task.Task`) must read its sites' data and name its primary metric.
-It MAY also build its own model, train it, evaluate it and choose which of its tensors
-travel between sites, by defining the methods of :class:`ModelHooks` (all or some of
-them). :func:`task_hooks` binds a task to the hooks it defines and the defaults for the
-rest: the plan's ``[model]`` from the model families, the one training loop of
-:mod:`baton.ml.trainer`, classification metrics, and the whole state dict travelling.
+It MAY also build its own model, adjust the plan's training policy or train the model
+itself, evaluate it and choose which of its tensors travel between sites, by defining the
+methods of :class:`ModelHooks` (all or some of them). :func:`task_hooks` binds a task to
+the hooks it defines and the defaults for the rest: the plan's ``[model]`` from the model
+families, its training policy as it is, the one training loop of :mod:`baton.ml.trainer`,
+classification metrics, and the whole state dict travelling.
 
 Every path that trains or scores a model goes through :class:`TaskHooks`: the site's hop,
 the simulator, the lab's oracle and the demo's reports, so a task's own model and metrics
@@ -15,7 +16,7 @@ are the ones everything uses.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -50,6 +51,12 @@ class ModelHooks(Protocol):
         (a pretrained base checkpoint); None where no site is involved (the owner's
         checks, the simulator's in-memory data).
         """
+        ...
+
+    def training_policy(self, training: TrainingSection) -> TrainingSection:
+        """The plan's training policy as the task trains with it (a language model turns
+        logit adjustment off). Unlike :meth:`train`, it keeps Baton's loop, so the site's
+        parallel plans still apply."""
         ...
 
     def train(
@@ -108,6 +115,19 @@ class TaskHooks:
             return model
         return plan_model(plan, schema)
 
+    def training_policy(self, training: TrainingSection) -> TrainingSection:
+        """The task's :meth:`ModelHooks.training_policy` of ``training``, or ``training``."""
+        own = self._own("training_policy")
+        if own is None:
+            return training
+        policy: TrainingSection = own(training)
+        return policy
+
+    def training_plan(self, plan: RunPlan) -> RunPlan:
+        """``plan`` with its training policy as the task trains with it (for the site's
+        parallel workers, which read the policy from the plan)."""
+        return replace(plan, training=self.training_policy(plan.training))
+
     def train(
         self,
         model: nn.Module,
@@ -123,7 +143,7 @@ class TaskHooks:
         result: TrainResult = own(
             model,
             split,
-            training,
+            self.training_policy(training),
             seed=seed,
             hop_index=hop_index,
             num_sites=num_sites,

@@ -7,11 +7,14 @@ job's :class:`~site_node.parallel.job.ModelSpec` and the plan choice to it.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from torch import nn
 
-from baton.ml.families import family_of
+from baton.errors import ModelError
+from baton.ml.families import family, family_of
+from baton.ml.families.hf_causal_lm import HFCausalLMFamily
 from baton.ml.models import build_model
 from baton.ml.plans import ModelFootprint
 
@@ -20,11 +23,17 @@ if TYPE_CHECKING:
 
 
 def build(spec: ModelSpec, *, seed: int = 0) -> nn.Module:
-    """Builds the model of ``spec`` (its weights are replaced by the job's weights later).
+    """Builds the model of ``spec`` (its weights are replaced by the job's weights later),
+    on the site's checkpoint where the spec names one.
 
     Raises:
-        ModelError: Unknown model or arguments.
+        ModelError: Unknown model or arguments, or a model that builds on no checkpoint.
     """
+    if spec.checkpoint:
+        fam = family(spec.name)
+        if not isinstance(fam, HFCausalLMFamily):
+            raise ModelError(f"model {spec.name!r} does not build on a checkpoint")
+        return fam.build_on(spec.args, Path(spec.checkpoint), seed=seed)
     return build_model(
         spec.name,
         spec.args,

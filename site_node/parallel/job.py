@@ -37,6 +37,9 @@ class ModelSpec:
     """Input width (context length for ``causal_lm``)."""
     num_classes: int
     """Output width (vocabulary size for ``causal_lm``)."""
+    checkpoint: str = ""
+    """The site's pretrained checkpoint directory the model builds on (``hf_causal_lm``);
+    empty for a model built from its arguments alone."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

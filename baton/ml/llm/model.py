@@ -26,13 +26,17 @@ _LORA = re.compile(r"^(?:.*\.)?([^.]+)\.lora_[AB]\.")
 class HFCausalLM(nn.Module):
     """A Hugging Face causal language model behind Baton's model interface: token windows
     ``[B, T]`` (integers, or floats holding integers) in, float32 logits ``[B, T, vocab]``
-    out. ``lm`` is the (peft-wrapped, in ``lora`` mode) model."""
+    out. ``lm`` is the (peft-wrapped, in ``lora`` mode) model; ``checkpoint`` the site's
+    base directory it was loaded from (for the site's parallel workers to load it too)."""
 
-    def __init__(self, lm: nn.Module, *, vocab: int, mode: str) -> None:
+    def __init__(
+        self, lm: nn.Module, *, vocab: int, mode: str, checkpoint: str | None = None
+    ) -> None:
         super().__init__()
         self.lm = lm
         self.vocab = vocab
         self.mode = mode
+        self.checkpoint = checkpoint
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Next-token logits of every position."""

@@ -34,7 +34,7 @@ from baton.ml.llm.args import FAMILY, lm_args
 from baton.ml.llm.base import check_base, load_base
 from baton.ml.llm.data import TASK, base_dir, read_lm_site
 from baton.ml.llm.model import adapt, load_trainable, trainable_state
-from baton.ml.llm.train import evaluate_lm, train_lm
+from baton.ml.llm.train import evaluate_lm, lm_training
 from baton.ml.task import Metric
 
 if TYPE_CHECKING:
@@ -48,9 +48,13 @@ PERPLEXITY = Metric(name="perplexity", higher_is_better=False)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def build_lm(plan_args: Mapping[str, object], base: Path, *, seed: int) -> nn.Module:
+def build_lm(
+    plan_args: Mapping[str, object], base: Path, *, seed: int, verify: bool = True
+) -> nn.Module:
     """The model ``plan_args`` describe on the base checkpoint ``base``: its hash checked
-    against the pin first, then loaded and made trainable (adapters drawn from ``seed``).
+    against the pin first (unless ``verify`` is False: a site's parallel workers load the
+    checkpoint the site checked for the same hop), then loaded and made trainable
+    (adapters drawn from ``seed``).
 
     Raises:
         ModelError: The arguments are invalid, or the checkpoint does not load.
@@ -58,9 +62,12 @@ def build_lm(plan_args: Mapping[str, object], base: Path, *, seed: int) -> nn.Mo
             missing or unreadable.
     """
     args = lm_args(plan_args)
-    check_base(base, args.base_sha256, where="this site's")
+    if verify:
+        check_base(base, args.base_sha256, where="this site's")
     model, _ = load_base(base, dtype=_DTYPES[args.base_dtype])
-    return adapt(model, args, seed=seed)
+    adapted = adapt(model, args, seed=seed)
+    adapted.checkpoint = str(base)
+    return adapted
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -93,8 +100,9 @@ class CausalLMFinetune:
             )
         return model
 
-    train = staticmethod(train_lm)
-    """Fine-tunes in place: :func:`baton.ml.llm.train.train_lm`."""
+    training_policy = staticmethod(lm_training)
+    """Baton's loop without logit adjustment (:func:`baton.ml.llm.train.lm_training`), so
+    the site's parallel plans train the model too."""
     evaluate = staticmethod(evaluate_lm)
     """Loss, perplexity, tokens/s: :func:`baton.ml.llm.train.evaluate_lm`."""
     travelling_state = staticmethod(trainable_state)

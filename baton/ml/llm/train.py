@@ -1,25 +1,24 @@
-"""Local fine-tuning and scoring of a causal language model on a site's token windows."""
+"""The training policy and the scoring of a causal language model on a site's token windows."""
 
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baton.errors import DataError, ModelError
+from baton.errors import DataError
 from baton.ml.models_lm import sequence_targets
-from baton.ml.trainer import TrainResult, train_local
 
 if TYPE_CHECKING:
     from baton.ml.data import Split
     from baton.plan import TrainingSection
 
-__all__ = ["evaluate_lm", "train_lm"]
+__all__ = ["evaluate_lm", "lm_training"]
 
 _EVAL_BATCH = 64
 
@@ -70,21 +69,9 @@ def evaluate_lm(model: nn.Module, split: Split) -> dict[str, float]:
     }
 
 
-def train_lm(
-    model: nn.Module, split: Split, training: TrainingSection, **kwargs: Any
-) -> TrainResult:
-    """Fine-tunes the trainable tensors of ``model`` in place on a site's windows.
-
-    Baton's one training loop (:func:`baton.ml.trainer.train_local`, which takes the same
-    keyword arguments: ``seed``, ``hop_index``, ``num_sites``, ``progress``; steps,
-    learning rate, optimizer, proximal penalty, seeded shuffles and dropout, deterministic
-    on one thread count) on the next token at every position, without logit adjustment: a
-    vocabulary has no label prior to correct.
-
-    Raises:
-        DataError: The split is empty.
-        ModelError: Training diverged (a non-finite loss) or nothing is trainable.
-    """
-    if not any(p.requires_grad for p in model.parameters()):
-        raise ModelError("the model has no trainable tensor")
-    return train_local(model, split, replace(training, logit_adjustment=False), **kwargs)
+def lm_training(training: TrainingSection) -> TrainingSection:
+    """The plan's training policy for a language model: Baton's one training loop
+    (:func:`baton.ml.trainer.train_local` in process, the site's parallel workers
+    otherwise) on the next token at every position, without logit adjustment: a
+    vocabulary has no label prior to correct."""
+    return replace(training, logit_adjustment=False)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from baton.errors import ConfigError, DataError, ModelError
+from baton.ml.data import Schema
 from baton.ml.llm.args import lm_args
 from baton.ml.llm.base import base_hash, load_base
 from baton.ml.llm.data import TASK, base_dir, read_lm_site
@@ -82,6 +83,12 @@ def test_site_text_becomes_windows_and_the_schema_follows_the_vocabulary(
     schema, data = read_lm_site(site)
     assert (schema.task, len(schema.feature_names), data.train.x.shape[1]) == (TASK, 16, 16)
     assert len(data.train) > 20
+    # The vocabulary is named by its digest: every hop's metadata carries the schema, and
+    # the next site parses it back to the same hash.
+    assert schema.class_names == ()
+    assert schema.num_classes > 100
+    assert len(schema.to_json()) < 400
+    assert Schema.from_json(schema.to_json(), source="meta").schema_hash() == schema.schema_hash()
     assert len(data.val) > 2
     # y is the token after the window: the next window's first token.
     assert (data.train.y[:-1] == data.train.x[1:, 0].astype("int64")).all()
@@ -157,13 +164,15 @@ def test_submit_checks_the_arguments_without_a_checkpoint(
         lm_args(args)
 
 
-def test_submit_accepts_a_good_plan_and_refuses_parallel_plans(base: Path) -> None:
+def test_submit_accepts_a_good_plan_and_refuses_plans_that_split_tensors(base: Path) -> None:
     plan = lm_plan(base)
     check_model(plan, source="p.toml")
     assert lm_args(plan.model.args).target_modules == ("q_proj", "v_proj")
     ddp = replace(plan, training=replace(plan.training, parallel_plan="ddp"))
+    check_model(ddp, source="p.toml")
+    tp = replace(plan, training=replace(plan.training, parallel_plan="tp"))
     with pytest.raises(ConfigError, match="'hf_causal_lm' cannot be trained under it"):
-        check_model(ddp, source="p.toml")
+        check_model(tp, source="p.toml")
 
 
 def test_the_schema_may_name_where_the_base_is(base: Path, tmp_path: Path) -> None:

@@ -162,7 +162,7 @@ def test_each_family_owns_the_plans_it_declares() -> None:
     from baton.ml.plans import PlanKind
 
     assert families_for(PlanKind.TP) == ("causal_lm", "mlp")
-    assert families_for(PlanKind.DDP) == ("causal_lm", "cnn", "logreg", "mlp")
+    assert families_for(PlanKind.DDP) == ("causal_lm", "cnn", "hf_causal_lm", "logreg", "mlp")
     shapes = {"mlp": (5, 3), "logreg": (5, 3), "causal_lm": (8, 16), "cnn": (16, 3)}
     for name, fam in FAMILIES.items():
         if name == "hf_causal_lm":
