@@ -60,7 +60,8 @@ def fed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     [
         (
             ('name = "mlp"', 'name = "resnet9000"'),
-            "unknown model 'resnet9000' in 'model.name'; known: causal_lm, cnn, hf_causal_lm, logreg, mlp",
+            "unknown model 'resnet9000' in 'model.name'; "
+            "known: causal_lm, cnn, hf_causal_lm, logreg, mlp",
         ),
         (
             ('dataset = "breast_cancer"', 'dataset = "mnist"'),

@@ -147,7 +147,8 @@ def test_a_plan_left_to_the_sites_or_single_may_use_every_remedy(parallel_plan: 
         (
             'name = "mlp"',
             'name = "gpt"',
-            "<plan>: unknown model 'gpt' in 'model.name'; known: causal_lm, cnn, hf_causal_lm, logreg, mlp",
+            "<plan>: unknown model 'gpt' in 'model.name'; "
+            "known: causal_lm, cnn, hf_causal_lm, logreg, mlp",
         ),
         (
             'dataset = "wine"',
