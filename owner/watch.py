@@ -124,7 +124,7 @@ class RunView:
         hop = self.hops.get(ev.hop_index)
         if ev.kind == admin_pb2.EVENT_KIND_HOP_ASSIGNED:
             hop = self._hop(ev.hop_index, hop.cycle if hop else 0, ev.site_id)
-            hop.state, hop.started_ms, hop.site = "training", ev.time_unix_ms, ev.site_id
+            hop.state, hop.started_ms, hop.site = "running", ev.time_unix_ms, ev.site_id
             self.stage = "transfer"
         elif ev.kind == admin_pb2.EVENT_KIND_HOP_PROGRESS and hop is not None:
             self.stage = ev.message
@@ -170,7 +170,7 @@ class RunView:
     @property
     def current(self) -> HopView | None:
         """The hop in progress, if one is."""
-        busy = [h for h in self.hops.values() if h.state == "training"]
+        busy = [h for h in self.hops.values() if h.state == "running"]
         return busy[-1] if busy else None
 
     @property
@@ -238,7 +238,11 @@ class RunView:
 
     def __rich__(self) -> RenderableType:
         now_ms = int(time.time() * 1000)
-        bar = ProgressBar(total=max(self.total_hops, 1), completed=self.completed, width=40)
+        bar = Table.grid(padding=(0, 1))
+        bar.add_row(
+            ProgressBar(total=max(self.total_hops, 1), completed=self.completed, width=40),
+            f"{self.completed}/{self.total_hops} hops",
+        )
         return Group(Text(self.headline(now_ms)), bar, self.table())
 
     def summary(self) -> str:

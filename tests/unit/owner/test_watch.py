@@ -81,6 +81,11 @@ def test_table_shows_the_primary_metric_seconds_and_bytes() -> None:
     row = next(line for line in out.splitlines() if "completed" in line)
     cells = [c.strip() for c in row.split("│")[1:-1]]
     assert cells == ["1", "1", "alpha", "completed", "0.500", "0.800", "10.0", "3 MiB"]
+    console.print(view)  # the live view: headline, progress bar, latest hops
+    live = console.export_text()
+    assert live.splitlines()[0].startswith("run r1 · hop 2 of 4 · cycle 1 of 2 · at beta")
+    assert "1/4 hops" in live.splitlines()[1]
+    assert "│ 2   │ 1     │ beta  │ running" in live
 
 
 class FakeClient:
