@@ -241,7 +241,12 @@ def simulate(
         result = simulate_sites(run_plan, site_dirs, test=test)
         summary = report_of(run_plan, result)
         print_summary(
-            console, summary, title="Final model", scores=score_rows(summary), label="scored on"
+            console,
+            summary,
+            title="Final model",
+            scores=score_rows(summary),
+            label="scored on",
+            metric=run_plan.task.metric,
         )
         if report is not None:
             try:

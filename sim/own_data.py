@@ -92,7 +92,10 @@ def read_federation(
     schema = schemas[plan.run.sites[0]]
     sites = {site: data for site, (_, data) in read.items()}
     held_out = read_test(test, schema) if test else _pooled([d.val for d in sites.values()])
-    return Federation(schema=schema, sites=sites, test=held_out)
+    # A task building on a pretrained base finds it in the first site's directory, as
+    # that site would when it builds hop 0's model.
+    first = site_dirs[plan.run.sites[0]]
+    return Federation(schema=schema, sites=sites, test=held_out, model_dir=first)
 
 
 def read_test(path: Path, schema: Schema) -> Split:
@@ -155,14 +158,21 @@ def simulate_sites(
 
 
 def report_of(plan: RunPlan, result: OwnDataResult) -> dict[str, Any]:
-    """The JSON report of a simulation: its hops as the demo reports them, and the scores.
+    """The JSON report of a simulation: its hops as the demo reports them, and the scores
+    in the plan's primary metric ``M`` (``[task] metric``: ``accuracy``, ``perplexity``...).
 
-    ``final_accuracy`` is the held-out accuracy if there was held-out data, the mean of the
-    sites' validation accuracies otherwise.
+    ``metric`` names ``M``; ``site_M`` holds each site's validation score, ``mean_site_M``
+    their mean, ``test_M`` the held-out score (None without held-out data) and ``final_M``
+    the held-out score if there was held-out data, the mean of the sites' otherwise.
+
+    Raises:
+        ConfigError: The task's metrics lack the plan's primary metric.
     """
-    site_accuracy = {s: m["accuracy"] for s, m in result.site_metrics.items()}
-    mean = float(np.mean(list(site_accuracy.values())))
+    metric = plan.task.metric
+    site_scores = {s: _score(m, metric) for s, m in result.site_metrics.items()}
+    mean = float(np.mean(list(site_scores.values())))
     test = result.test_metrics
+    test_score = None if test is None else _score(test, metric)
     return {
         "run": plan.run.name,
         "task": plan.task.dataset,
@@ -182,22 +192,33 @@ def report_of(plan: RunPlan, result: OwnDataResult) -> dict[str, Any]:
             }
             for h in result.simulation.hops
         ],
-        "site_accuracy": site_accuracy,
-        "mean_site_accuracy": mean,
-        "test_accuracy": None if test is None else test["accuracy"],
+        "metric": metric,
+        f"site_{metric}": site_scores,
+        f"mean_site_{metric}": mean,
+        f"test_{metric}": test_score,
         "test_examples": None if test is None else int(test["num_examples"]),
-        "final_accuracy": mean if test is None else test["accuracy"],
+        f"final_{metric}": mean if test_score is None else test_score,
         "seconds": round(result.seconds, 2),
     }
 
 
+def _score(metrics: Mapping[str, float], metric: str) -> float:
+    if metric not in metrics:
+        raise ConfigError(
+            f"the plan's primary metric {metric!r} is not among the task's metrics "
+            f"({', '.join(sorted(metrics))})"
+        )
+    return float(metrics[metric])
+
+
 def score_rows(report: Mapping[str, Any]) -> list[tuple[str, float]]:
-    """The final model's scores as rows of the summary table: each site, their mean, the
-    held-out data if any."""
-    rows = [(f"{site} (validation)", acc) for site, acc in report["site_accuracy"].items()]
-    rows.append(("mean of the sites", report["mean_site_accuracy"]))
-    if report["test_accuracy"] is not None:
-        rows.append(("held-out test data", report["test_accuracy"]))
+    """The final model's scores in the report's ``metric`` as rows of the summary table:
+    each site, their mean, the held-out data if any."""
+    metric = report["metric"]
+    rows = [(f"{site} (validation)", v) for site, v in report[f"site_{metric}"].items()]
+    rows.append(("mean of the sites", report[f"mean_site_{metric}"]))
+    if report[f"test_{metric}"] is not None:
+        rows.append(("held-out test data", report[f"test_{metric}"]))
     return rows
 
 

@@ -80,6 +80,13 @@ def lm_plan(
 ) -> RunPlan:
     """A plan of one cycle over ``sites`` sites training ``hf_causal_lm`` on ``base`` (rank 4
     adapters unless ``args`` say otherwise), ``steps`` steps a hop (0: three epochs)."""
+    return parse_plan(lm_plan_text(base, args, sites=sites, steps=steps), source="plan.toml")
+
+
+def lm_plan_text(
+    base: Path, args: Mapping[str, object] | None = None, *, sites: int = 1, steps: int = 0
+) -> str:
+    """The TOML text of :func:`lm_plan`; its sites are ``s0``, ``s1``..."""
     model_args = {"base_sha256": base_hash(base), "rank": 4, "alpha": 8, **(args or {})}
     names = ", ".join(f'"s{i}"' for i in range(sites))
     body = ", ".join(f"{k} = {json.dumps(v)}" for k, v in model_args.items())
@@ -106,4 +113,4 @@ batch_size = 8
 local_epochs = 3
 local_steps = {steps}
 """
-    return parse_plan(text, source="plan.toml")
+    return text

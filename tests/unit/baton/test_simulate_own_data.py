@@ -239,7 +239,8 @@ def test_simulate_command_prints_the_tables_and_writes_the_report(
     assert "held-out test data" in done.stdout
     report = json.loads(report_path.read_text(encoding="utf-8"))
     assert set(report) == {
-        "run", "task", "model", "strategy", "sites", "cycles", "order", "hops", "site_accuracy",
+        "run", "task", "model", "strategy", "sites", "cycles", "order", "hops", "metric",
+        "site_accuracy",
         "mean_site_accuracy", "test_accuracy", "test_examples", "final_accuracy", "seconds",
     }  # fmt: skip
     assert len(report["hops"]) == 6
