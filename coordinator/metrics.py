@@ -97,6 +97,16 @@ class StateCollector(Collector):
         )
 
 
+_HANDLER_KINDS: tuple[tuple[str, Callable[..., Any], bool], ...] = (
+    ("unary_unary", grpc.unary_unary_rpc_method_handler, False),
+    ("stream_unary", grpc.stream_unary_rpc_method_handler, False),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler, True),
+    ("stream_stream", grpc.stream_stream_rpc_method_handler, True),
+)
+"""A handler's behaviour attribute, the function that wraps one, and whether it answers
+with a stream (timed until its last message)."""
+
+
 class RpcTimer(grpc.ServerInterceptor):
     """Times every RPC, streams included (until their last message), by method and
     outcome (``ok`` or ``error``)."""
@@ -119,30 +129,15 @@ class RpcTimer(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method.rpartition("/")[2]
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                self._unary(handler.stream_unary, method),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream, method),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                self._stream(handler.stream_stream, method),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
+        for kind, make, streams in _HANDLER_KINDS:
+            behavior = getattr(handler, kind)
+            if behavior is not None:
+                timed = self._stream if streams else self._unary
+                return make(  # type: ignore[no-any-return]
+                    timed(behavior, method),
+                    handler.request_deserializer,
+                    handler.response_serializer,
+                )
         return handler
 
     def _unary(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
