@@ -149,23 +149,16 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def sites(admin: AdminOpt, as_json: JsonOpt = False) -> None:
-        """List registered sites and their leases."""
-        from rich.table import Table
+        """List registered sites: lease, last seen, software version, data."""
+        import time
+
+        from owner.tables import sites_table
 
         with exit_on_error(_CODES, exit_codes.CLI_ERROR), admin_client(admin) as client:
             if as_json:
                 _print_json([_as_dict(s) for s in client.list_sites()])
                 return
-            table = Table("site", "online", "examples", "labels", "cpus")
-            for s in client.list_sites():
-                table.add_row(
-                    s.site_id,
-                    "yes" if s.online else "no",
-                    str(s.profile.num_examples),
-                    str(list(s.profile.label_histogram)),
-                    str(s.capabilities.cpu_count),
-                )
-            console.print(table)
+            console.print(sites_table(client.list_sites(), time.time_ns() // 1_000_000))
 
 
 def _watch(client: AdminClient, run_id: str) -> None:

@@ -58,3 +58,29 @@ def scores_table(evaluated: Iterable[admin_pb2.RunEvent], metric: str) -> Table:
 def fmt(v: float | None) -> str:
     """A metric's value to 3 decimals; empty when the hop did not report it."""
     return "" if v is None else f"{v:.3f}"
+
+
+def sites_table(sites: Iterable[admin_pb2.Site], now_ms: int) -> Table:
+    """One row per registered site: its lease, when it was last heard of, its software
+    version, and what it published about its data and hardware."""
+    table = Table("site", "online", "last seen", "version", "examples", "labels", "cpus")
+    for s in sites:
+        table.add_row(
+            s.site_id,
+            "yes" if s.online else "no",
+            _ago(now_ms - s.last_seen_unix_ms) if s.last_seen_unix_ms else "never",
+            s.software_version or "?",
+            str(s.profile.num_examples),
+            str(list(s.profile.label_histogram)),
+            str(s.capabilities.cpu_count),
+        )
+    return table
+
+
+def _ago(ms: int) -> str:
+    """``12 s ago``, ``5 min ago``, ``3 h ago`` or ``2 d ago``."""
+    seconds = max(0, ms) // 1000
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return f"{seconds} s ago"
