@@ -39,8 +39,8 @@ class FaultsSection:
     max_skipped_per_cycle: int = 1
     """Most hops one cycle may lose to ``skip`` or ``reroute``; one more fails the run."""
     min_sites: int = 1
-    """The run fails when fewer of its sites remain (online, not revoked, and not lost
-    in this run)."""
+    """Under ``skip`` or ``reroute``, the run fails instead when fewer of its other sites
+    remain online (lease live, not revoked)."""
     require_online: bool = False
     """Refuse a run whose plan names an offline or revoked site (else: a warning event)."""
 
