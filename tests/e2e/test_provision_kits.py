@@ -145,3 +145,11 @@ def test_kits_run_a_federation_through_the_clis(tmp_path: Path) -> None:
         fetched = cli("owner.cli", "fetch", run_id, str(model), "--admin", admin)
         assert fetched.returncode == 0, fetched.stderr
         assert set(load_state_file(model)) >= {"input_norm.mean", "input_norm.std"}
+
+        report = owner / "report.json"
+        reported = cli("owner.cli", "report", run_id, "--admin", admin, "--out", str(report))
+        assert reported.returncode == 0, reported.stderr
+        data = json.loads(report.read_text(encoding="utf-8"))
+        assert [h["hop"] for h in data["hops"]] == [1, 2]
+        assert all(h["state"] == "completed" and h["bytes_out"] > 0 for h in data["hops"])
+        assert f"plan sha256 {data['plan_sha256']}" in reported.stdout
