@@ -168,11 +168,15 @@ class CoordinatorServer:
             )
 
     def start(self) -> None:
-        """Starts serving and re-drives any run left running by a previous process."""
+        """Starts serving and re-drives any run left running by a previous process.
+
+        Raises:
+            TransportError: The metrics address cannot be bound (nothing else started).
+        """
+        self.metrics.start()
         self.scheduler.recover()
         if self.config.gc_interval_seconds > 0:
             self.collector.start()
-        self.metrics.start()
         self.watch.start()
         self._server.start()
         for name in ("", *SERVICE_NAMES):
