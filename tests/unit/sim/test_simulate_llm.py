@@ -4,9 +4,6 @@ its base, scored in the plan's primary metric (perplexity, lower is better)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +12,7 @@ from baton.errors import ConfigError
 from baton.plan import parse_plan
 from sim.own_data import report_of, score_rows, simulate_sites
 from tests.unit.baton.test_llm_fixtures import lm_plan_text, make_base, make_site
+from tests.unit.baton.test_simulate_own_data import _baton as simulate_command
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +55,8 @@ def test_the_simulate_command_prints_perplexity(sites: dict[str, Path], tmp_path
     plan = tmp_path / "plan.toml"
     plan.write_text(lm_plan_text(sites["s0"] / "base", sites=2, steps=4), encoding="utf-8")
     report = tmp_path / "report.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "owner.cli", "simulate", str(plan), "--report", str(report)]
-        + [f"--site={s}={d}" for s, d in sites.items()],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "COLUMNS": "200"},
-        check=False,
+    done = simulate_command(
+        str(plan), "--report", str(report), *(f"--site={s}={d}" for s, d in sites.items())
     )
     assert done.returncode == 0, done.stderr
     assert "Hops (validation perplexity at each site)" in done.stdout
