@@ -94,11 +94,15 @@ class HopWatch:
                 lost += 1
                 try:
                     with self._journal.transaction():
-                        decision = self._recovery.handle(run.run_id, hop.hop_index, Fault.LOST, why)
+                        decision = self._recovery.handle(
+                            run.run_id, hop.hop_index, Fault.LOST, why, site_id=hop.site_id
+                        )
                 except StoreError:
                     raise
                 except BatonError as exc:
                     logger.error("run %s: cannot handle lost hop: %s", run.run_id, exc.message)
+                    continue
+                if decision is None:
                     continue
                 if decision.action is Action.WAIT and why.endswith(_LEASE):
                     clock.waited_seen_ms = last_seen  # one warning per absence

@@ -65,11 +65,23 @@ class Recovery:
         pems = (site.certificate_pem, site.signing_certificate_pem, site.encryption_certificate_pem)
         return not any(p and self._revoked(p.encode()) for p in pems)
 
-    def handle(self, run_id: str, hop_index: int, fault: Fault, detail: str = "") -> Decision:
-        """Decides what to do with hop ``hop_index`` (lost or failed) and does it."""
+    def handle(
+        self, run_id: str, hop_index: int, fault: Fault, detail: str = "", *, site_id: str = ""
+    ) -> Decision | None:
+        """Decides what to do with hop ``hop_index`` (lost or failed) and does it.
+
+        A lost hop found outside the transaction (``site_id`` its site then) is left alone,
+        returning None, if it moved on meanwhile: completed, or offered to another site.
+        """
         run = self._store.get_run(run_id)
         plan = parse_plan(run.plan_toml, source="run plan")
         hop = self._store.get_hop(run_id, hop_index)
+        if fault is Fault.LOST and (
+            run.state is not RunState.RUNNING
+            or hop.state is not HopState.ASSIGNED
+            or (site_id and hop.site_id != site_id)
+        ):
+            return None
         decision = decide(plan.faults, fault, self._facts(run, hop))
         message = decision.reason + (f": {detail}" if detail else "")
         if decision.action is Action.WAIT and fault is Fault.LOST:

@@ -245,3 +245,13 @@ def test_a_run_naming_an_offline_site_is_warned_about_or_refused(pki: Pki) -> No
         sched.create_run(
             *signed(pki, PLAN.format(sites='["a", "b"]', faults="require_online = true"))
         )
+
+
+def test_a_hop_that_moved_on_since_the_scan_is_left_alone(pki: Pki) -> None:
+    store, blobs, sched, _, run_id = make(pki, "ab", 'on_lost_site = "retry"')
+    finish_hop(sched, blobs, run_id, 0, "a")  # completed after the watch saw it assigned
+    with sched.journal.transaction():
+        assert sched.recovery.handle(run_id, 0, Fault.LOST, site_id="a") is None
+        assert sched.recovery.handle(run_id, 1, Fault.LOST, site_id="a") is None  # b's now
+    assert [h.state for h in store.list_hops(run_id)][:2] == [HopState.COMPLETED, HopState.ASSIGNED]
+    assert faults_of(store, run_id) == []
