@@ -135,9 +135,12 @@ class CoordinatorClient(Protocol):
         and checks its size and hash."""
         ...
 
-    def upload(self, *, run_id: str, hop_index: int, source: Path) -> BlobRef:
+    def upload(
+        self, *, run_id: str, hop_index: int, source: Path, manifest: bytes | None = None
+    ) -> BlobRef:
         """Uploads ``source`` as hop ``hop_index``'s output, resuming where the coordinator's
-        durable copy ends after an interruption; returns the stored blob."""
+        durable copy ends after an interruption; returns the stored blob. ``manifest``, the
+        SignedManifest sealing ``source``, names its hash, so the file is read only once."""
         ...
 
     def upload_status(self, transfer_id: str) -> UploadStatus:
@@ -209,10 +212,15 @@ class GrpcCoordinatorClient:
         with self._rpc(f"download the input of hop {hop_index}"):
             transfer.download(self._stub, run_id=run_id, hop_index=hop_index, blob=blob, dest=dest)
 
-    def upload(self, *, run_id: str, hop_index: int, source: Path) -> BlobRef:
+    def upload(
+        self, *, run_id: str, hop_index: int, source: Path, manifest: bytes | None = None
+    ) -> BlobRef:
         """See :meth:`CoordinatorClient.upload`."""
+        sha256 = None if manifest is None else transfer.sealed_sha256(manifest)
         with self._rpc(f"upload the output of hop {hop_index}"):
-            return transfer.upload(self._stub, run_id=run_id, hop_index=hop_index, source=source)
+            return transfer.upload(
+                self._stub, run_id=run_id, hop_index=hop_index, source=source, sha256=sha256
+            )
 
     def upload_status(self, transfer_id: str) -> UploadStatus:
         """See :meth:`CoordinatorClient.upload_status`."""

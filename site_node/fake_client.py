@@ -96,7 +96,9 @@ class FakeCoordinatorClient:
             dest.unlink()
             raise BlobError("downloaded model does not match its content hash")
 
-    def upload(self, *, run_id: str, hop_index: int, source: Path) -> BlobRef:
+    def upload(
+        self, *, run_id: str, hop_index: int, source: Path, manifest: bytes | None = None
+    ) -> BlobRef:
         """Stores the bytes of ``source``; returns their reference."""
         self._record("upload", run_id=run_id, hop_index=hop_index, source=source)
         return self.put_blob(source.read_bytes())

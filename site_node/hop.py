@@ -266,7 +266,9 @@ class HopRunner:
     def _hand_on(self, a: Assignment, sent: Sent, started: float) -> None:
         """Uploads ``sent`` and completes hop ``a``. The sealed output stays in the outbox
         until the hop after it is done (see :mod:`site_node.outbox`)."""
-        ref = self._client.upload(run_id=a.run_id, hop_index=a.hop_index, source=sent.sealed)
+        ref = self._client.upload(
+            run_id=a.run_id, hop_index=a.hop_index, source=sent.sealed, manifest=sent.manifest
+        )
         self._audit.append(
             "hop_sent",
             run_id=a.run_id,

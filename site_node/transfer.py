@@ -10,10 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from baton.domain import BlobRef
 from baton.errors import BlobError
-from baton.v1 import common_pb2, site_pb2, site_pb2_grpc
+from baton.security.manifest import HEX64
+from baton.v1 import common_pb2, envelope_pb2, site_pb2, site_pb2_grpc
 from baton.wire.channel import CHUNK_BYTES, file_chunks, sha256_file
 from baton.wire.serde import blob_ref_from_proto
 
@@ -144,6 +146,20 @@ def upload(
             offset = status.committed_offset
             logger.warning("upload interrupted (%s); resuming at byte %d", exc.code().name, offset)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def sealed_sha256(signed: bytes) -> str | None:
+    """The blob hash that the SignedManifest ``signed`` names, or None if it names none.
+
+    This reads the sender's own manifest, unverified: the coordinator checks the uploaded
+    bytes against the hash anyway, and a receiver checks the signature.
+    """
+    try:
+        inner = envelope_pb2.SignedManifest.FromString(signed).manifest
+        named = envelope_pb2.HopManifest.FromString(inner).ciphertext_sha256
+    except DecodeError:
+        return None
+    return named if HEX64.fullmatch(named) else None
 
 
 def _hash_prefix(path: Path, length: int) -> hashlib._Hash:

@@ -12,7 +12,7 @@ import pytest
 
 from baton.domain import BlobRef
 from baton.errors import BlobError
-from baton.v1 import common_pb2, site_pb2, site_pb2_grpc
+from baton.v1 import common_pb2, envelope_pb2, site_pb2, site_pb2_grpc
 from site_node import transfer
 
 DATA = os.urandom(3 * 1000 + 17)
@@ -47,3 +47,13 @@ def test_a_partial_file_with_wrong_bytes_is_caught_and_removed(tmp_path: Path) -
     with pytest.raises(BlobError, match=r"^downloaded model does not match its content hash$"):
         _download(dest)
     assert not dest.exists()
+
+
+def test_the_upload_hash_is_read_from_the_senders_manifest() -> None:
+    sha = hashlib.sha256(b"sealed").hexdigest()
+    inner = envelope_pb2.HopManifest(ciphertext_sha256=sha).SerializeToString()
+    signed = envelope_pb2.SignedManifest(manifest=inner, signature=b"s").SerializeToString()
+    assert transfer.sealed_sha256(signed) == sha
+    assert transfer.sealed_sha256(b"\xff\xff not a manifest") is None
+    no_hash = envelope_pb2.SignedManifest(manifest=b"").SerializeToString()
+    assert transfer.sealed_sha256(no_hash) is None
