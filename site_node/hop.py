@@ -269,12 +269,8 @@ class HopRunner:
         ref = self._client.upload(
             run_id=a.run_id, hop_index=a.hop_index, source=sent.sealed, manifest=sent.manifest
         )
-        self._audit.append(
-            "hop_sent",
-            run_id=a.run_id,
-            hop=a.hop_index,
-            detail={"manifest": manifest_digest(sent.manifest), "blob": ref.blob_id},
-        )
+        digests = {"manifest": manifest_digest(sent.manifest), "blob": ref.blob_id}
+        self._audit.append("hop_sent", run_id=a.run_id, hop=a.hop_index, detail=digests)
         self._client.complete_hop(
             HopDone(
                 run_id=a.run_id,
