@@ -18,6 +18,7 @@ from rich.markup import escape
 
 from baton import exit_codes
 from baton.errors import BatonError
+from baton.security.tls13 import pin_tls13
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -76,8 +77,10 @@ def on_terminate(callback: Callable[[], None]) -> None:
 
 def make_app(help: str, **kwargs: Any) -> typer.Typer:
     """A Typer app with Baton's defaults: no shell-completion commands, and tracebacks of
-    unexpected errors without local variables (they could hold key material)."""
+    unexpected errors without local variables (they could hold key material); gRPC, once
+    loaded, speaks TLS 1.3 only."""
     kwargs.setdefault("context_settings", {"help_option_names": ["-h", "--help"]})
+    pin_tls13()  # every command dials or serves gRPC, which loads later
     return typer.Typer(
         help=help,
         no_args_is_help=True,

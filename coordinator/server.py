@@ -7,7 +7,7 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from baton.errors import TransportError
 from baton.io import atomic_write
@@ -18,7 +18,7 @@ from baton.security.tls import TlsMaterial
 from baton.v1 import admin_pb2_grpc, site_pb2_grpc
 from baton.wire.channel import SERVER_OPTIONS
 from coordinator.api.admin import AdminService
-from coordinator.api.auth import PeerGate
+from coordinator.api.auth import GatedHealth, PeerGate
 from coordinator.api.errors import ErrorInterceptor
 from coordinator.api.limits import StreamCaps
 from coordinator.api.site import SiteService
@@ -45,7 +45,8 @@ class CoordinatorServer:
 
     The TLS certificate and key files named by ``config.tls`` may be replaced while it
     runs: new connections get the new pair. Peers whose certificate the CRL named by
-    ``config.crl`` revokes are refused on every RPC; the CRL file may be replaced too.
+    ``config.crl`` revokes are refused on every RPC, health checks included; the CRL file
+    may be replaced too. Every call MUST come over TLS 1.3.
 
     Args:
         config: The coordinator's configuration.
@@ -124,12 +125,14 @@ class CoordinatorServer:
         transfers = Transfers(
             self.store, self.blobs, self.scheduler, max_blob_bytes=config.max_blob_bytes
         )
+        site_gate = PeerGate(federation=federation, kind="site", revoked=revoked)
+        admin_gate = PeerGate(federation=federation, kind="admin", revoked=revoked)
         site_pb2_grpc.add_SiteServiceServicer_to_server(
             SiteService(
                 scheduler=self.scheduler,
                 sites=sites,
                 transfers=transfers,
-                gate=PeerGate(federation=federation, kind="site", revoked=revoked),
+                gate=site_gate,
                 streams=self.streams,
                 uploads=self.uploads,
             ),
@@ -141,12 +144,12 @@ class CoordinatorServer:
                 scheduler=self.scheduler,
                 sites=sites,
                 transfers=transfers,
-                gate=PeerGate(federation=federation, kind="admin", revoked=revoked),
+                gate=admin_gate,
                 streams=self.streams,
             ),
             self._server,
         )
-        self._health = health.HealthServicer()
+        self._health = GatedHealth(site_gate, admin_gate)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         self.collector = Collector(
             self.store,

@@ -16,4 +16,5 @@ __all__ = [
     "sealing",
     "streaming",
     "tls",
+    "tls13",
 ]

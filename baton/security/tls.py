@@ -7,6 +7,9 @@ dialling ``127.0.0.1:<port>`` needs an IP SAN ``127.0.0.1`` (``issue(...,
 ip_addresses=["127.0.0.1"])``), one dialling ``localhost:<port>`` a DNS SAN ``localhost``.
 No ``grpc.ssl_target_name_override`` is needed. Message-size options belong to the
 transport modules, not here.
+
+TLS 1.3 only: processes pin it before gRPC loads (:mod:`baton.security.tls13`), and
+:func:`require_peer` refuses any call that negotiated another version.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from baton.security.pki import (
     read_file,
     same_public_key,
 )
+from baton.security.tls13 import TLS_VERSION
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -135,11 +139,8 @@ def peer_certificate_pem(context: grpc.ServicerContext) -> bytes:
     Raises:
         PkiError: If the peer presented no certificate.
     """
-    # At run time grpc maps each property to a list of bytes (its type stubs say bytes).
-    value: object = context.auth_context().get("x509_pem_cert")
-    if isinstance(value, list | tuple):
-        value = value[0] if value else None
-    if not isinstance(value, bytes) or not value:
+    value = _auth_property(context, "x509_pem_cert")
+    if value is None:
         raise PkiError("the peer presented no certificate")
     return value
 
@@ -148,12 +149,34 @@ def require_peer(context: grpc.ServicerContext, *, federation: str, kind: str) -
     """Returns the peer's identity if it is a ``kind`` of ``federation``.
 
     Raises:
-        PkiError: If the peer has no valid identity, or another federation or kind.
+        PkiError: If the call is not over TLS 1.3, or the peer has no valid identity, or
+            another federation or kind.
     """
+    require_tls13(context)
     identity = peer_identity(context)
     if identity.federation != federation or identity.kind != kind:
         raise PkiError(f"peer {identity.spiffe_id} is not a {kind} of federation {federation!r}")
     return identity
+
+
+def require_tls13(context: grpc.ServicerContext) -> None:
+    """Refuses a call that negotiated anything but TLS 1.3.
+
+    Raises:
+        PkiError: Naming the version the peer negotiated.
+    """
+    version = _auth_property(context, "ssl_tls_version")
+    if version != TLS_VERSION.encode():
+        shown = version.decode("ascii", "replace") if version else "no TLS"
+        raise PkiError(f"the peer connected with {shown}; only {TLS_VERSION} is served")
+
+
+def _auth_property(context: grpc.ServicerContext, name: str) -> bytes | None:
+    # At run time grpc maps each property to a list of bytes (its type stubs say bytes).
+    value: object = context.auth_context().get(name)
+    if isinstance(value, list | tuple):
+        value = value[0] if value else None
+    return value if isinstance(value, bytes) and value else None
 
 
 def _check_validity(cert: x509.Certificate, source: str, now: dt.datetime) -> None:

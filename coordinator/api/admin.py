@@ -9,7 +9,7 @@ import grpc
 
 from baton.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 from baton.wire.channel import CHUNK_BYTES
-from coordinator.api.auth import PeerGate
+from coordinator.api.auth import PeerGate, require_owner
 from coordinator.api.limits import StreamCaps, check_count, check_id, check_text
 from coordinator.api.serde import event_to_proto, run_to_proto, site_to_proto
 from coordinator.engine.runs import Scheduler, SignedPlan
@@ -31,7 +31,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         scheduler: The run engine.
         sites: The site registry.
         transfers: Blob downloads (a run's result).
-        gate: Admits this federation's admins whose certificates are not revoked.
+        gate: Admits this federation's admins whose certificates are not revoked. Only a
+            run's owner (the admin who signed its plan) may cancel it.
         streams: Caps the event streams each admin (and all) may hold open.
     """
 
@@ -110,11 +111,12 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     def CancelRun(
         self, request: admin_pb2.CancelRunRequest, context: grpc.ServicerContext
     ) -> admin_pb2.Run:
-        admin = self._admin(context)
+        admin = self._gate.identify(context)
         reason = check_text("reason", request.reason, 500)
-        run = self._scheduler.cancel_run(
-            check_id("run_id", request.run_id), reason or f"cancelled by {admin}"
-        )
+        run_id = check_id("run_id", request.run_id)
+        run = self._store.get_run(run_id)
+        require_owner(admin, run.owner_signing_certificate_pem, run_id=run_id)
+        run = self._scheduler.cancel_run(run_id, reason or f"cancelled by {admin.name}")
         return run_to_proto(run, self._store.list_hops(run.run_id))
 
     def FetchResult(

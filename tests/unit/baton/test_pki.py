@@ -389,7 +389,10 @@ def test_peer_identity_requires_a_certificate() -> None:
 
 
 def test_require_peer_checks_federation_and_kind(site: IssuedFiles) -> None:
-    context = cast("grpc.ServicerContext", _Context({"x509_pem_cert": [site.cert.read_bytes()]}))
+    context = cast(
+        "grpc.ServicerContext",
+        _Context({"x509_pem_cert": [site.cert.read_bytes()], "ssl_tls_version": [b"TLSv1.3"]}),
+    )
     assert require_peer(context, federation="acme", kind="site") == SITE
     with pytest.raises(PkiError) as caught:
         require_peer(context, federation="acme", kind="coordinator")
@@ -466,3 +469,17 @@ def test_cli_rejects_an_invalid_name(tmp_path: Path) -> None:
     assert result.exit_code == exit_codes.CLI_PKI
     assert result.stderr == f"error: invalid identity: name 'St Mary' must match {LABEL}\n"
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("version", [[b"TLSv1.2"], []])
+def test_require_peer_refuses_a_call_not_over_tls13(
+    site: IssuedFiles, version: list[bytes]
+) -> None:
+    context = cast(
+        "grpc.ServicerContext",
+        _Context({"x509_pem_cert": [site.cert.read_bytes()], "ssl_tls_version": version}),
+    )
+    with pytest.raises(PkiError) as caught:
+        require_peer(context, federation="acme", kind="site")
+    shown = version[0].decode() if version else "no TLS"
+    assert str(caught.value) == f"the peer connected with {shown}; only TLSv1.3 is served"
