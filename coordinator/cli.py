@@ -69,6 +69,29 @@ def serve(
         server.stop()
 
 
+@app.command()
+def gc(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Coordinator config file (TOML).")],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only say what would be removed.")
+    ] = False,
+) -> None:
+    """Apply the blob store's retention policy once and say what it removed."""
+    from coordinator.config import load_coordinator_config
+    from coordinator.retention import collect_once
+
+    configure_logging()
+    with exit_on_error(_CODES, exit_codes.COORDINATOR_CONFIG):
+        cfg = load_coordinator_config(config)
+        report = collect_once(cfg, dry_run=dry_run)
+        verb = "would remove" if dry_run else "removed"
+        typer.echo(
+            f"{verb} {report.blobs} blob(s) of ended runs, {report.partials} stale partial "
+            f"upload(s) and {report.records} upload record(s): {report.bytes_freed} bytes "
+            f"(grace {cfg.retention_grace_seconds:g} s)"
+        )
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -8,8 +8,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from baton.errors import StoreError
 from coordinator.store.base import RunState, Store
+from coordinator.store.sqlite import SqliteStore
+
+if TYPE_CHECKING:
+    from coordinator.config import CoordinatorConfig
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +45,17 @@ def needed_blobs(store: Store) -> set[str]:
 
 
 def collect_garbage(
-    store: Store, root: Path, *, grace_seconds: float, now: float | None = None
+    store: Store,
+    root: Path,
+    *,
+    grace_seconds: float,
+    now: float | None = None,
+    dry_run: bool = False,
 ) -> GcReport:
     """Removes, under a ``FileBlobStore`` at ``root``, what nothing needs and nothing has
     written for ``grace_seconds``: blobs no run needs (the grace covers a blob uploaded
     but not yet named by its CompleteHop), partial uploads, and finished-upload records.
+    With ``dry_run`` nothing is removed: the report says what would be.
     """
     keep = needed_blobs(store)
     cutoff = (time.time() if now is None else now) - grace_seconds
@@ -55,7 +67,8 @@ def collect_garbage(
                 stat = path.stat()
                 if stat.st_mtime >= cutoff or (folder == "sha256" and path.name in keep):
                     continue
-                path.unlink()
+                if not dry_run:
+                    path.unlink()
             except FileNotFoundError:
                 continue
             counts[folder] += 1
@@ -66,7 +79,7 @@ def collect_garbage(
         records=counts["done"],
         bytes_freed=freed,
     )
-    if report.blobs or report.partials:
+    if (report.blobs or report.partials) and not dry_run:
         logger.info(
             "blob store: removed %d blob(s) of ended runs and %d stale partial upload(s), %d bytes",
             report.blobs,
@@ -74,6 +87,24 @@ def collect_garbage(
             report.bytes_freed,
         )
     return report
+
+
+def collect_once(config: CoordinatorConfig, *, dry_run: bool = False) -> GcReport:
+    """One collection of a coordinator's blob store under its configured grace, beside a
+    running coordinator or without one (``coordinator gc``).
+
+    Raises:
+        StoreError: The state database is missing or unusable.
+    """
+    if not config.database.is_file():
+        raise StoreError(f"no coordinator state database at {config.database}")
+    store = SqliteStore(config.database)
+    try:
+        return collect_garbage(
+            store, config.blob_dir, grace_seconds=config.retention_grace_seconds, dry_run=dry_run
+        )
+    finally:
+        store.close()
 
 
 class Collector:

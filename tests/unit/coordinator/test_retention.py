@@ -7,12 +7,18 @@ import hashlib
 import os
 import time
 from pathlib import Path
+from typing import cast
+
+from typer.testing import CliRunner
 
 from baton.domain import BlobRef
 from coordinator.blobs import FileBlobStore
+from coordinator.cli import app
 from coordinator.retention import collect_garbage
 from coordinator.store.base import HopRecord, RunRecord, RunState, SiteRecord
 from coordinator.store.memory import MemoryStore
+from coordinator.store.sqlite import SqliteStore
+from tests.conftest import Pki
 from tests.unit.coordinator.test_scheduler import stored_completion
 
 DAY = 86400.0
@@ -78,3 +84,52 @@ def test_blobs_of_ended_runs_and_stale_partials_go_and_needed_ones_stay(tmp_path
     assert {b for b in kept | gone if blobs.exists(b)} == kept
     assert blobs.committed("stalled") == 0
     assert b"".join(blobs.read(succeeded[-1].blob_id)) == b"ok-1"  # the result still fetches
+
+
+def test_coordinator_gc_says_what_it_would_remove_then_removes_it(tmp_path: Path, pki: Pki) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    blobs, store = FileBlobStore(state / "blobs"), SqliteStore(state / "coordinator.db")
+    store.upsert_site(SiteRecord(site_id="a", certificate_pem="p"))
+    ended = [blob(blobs, b"ended-0"), blob(blobs, b"ended-1")]
+    run_with_hops(cast("MemoryStore", store), "gone", ended)  # the same Store contract
+    store.update_run("gone", state=RunState.FAILED, error="x")
+    blobs.append("stale", 0, b"half an upload")
+    store.close()
+    age(state / "blobs", 2 * DAY)
+    files = pki.files("coordinator")
+    config = tmp_path / "coordinator.toml"
+    config.write_text(
+        f'state_dir = "{state}"\n[tls]\nca = "{files.ca}"\ncert = "{files.cert}"\n'
+        f'key = "{files.key}"\n',
+        encoding="utf-8",
+    )
+    blob_files = sorted(p for p in (state / "blobs").rglob("*") if p.is_file())
+    dry = CliRunner().invoke(app, ["gc", "--config", str(config), "--dry-run"])
+    assert (dry.exit_code, dry.output) == (
+        0,
+        "would remove 2 blob(s) of ended runs, 1 stale partial upload(s) and 2 upload "
+        "record(s): 28 bytes (grace 86400 s)\n",
+    )
+    assert sorted(p for p in (state / "blobs").rglob("*") if p.is_file()) == blob_files
+    done = CliRunner().invoke(app, ["gc", "--config", str(config)])
+    assert done.output.splitlines()[-1].startswith(
+        "removed 2 blob(s) of ended runs, 1 stale partial upload(s) and 2 upload record(s)"
+    )
+    assert not [p for p in (state / "blobs").rglob("*") if p.is_file()]
+
+
+def test_coordinator_gc_without_a_state_database_is_a_clear_error(tmp_path: Path, pki: Pki) -> None:
+    files = pki.files("coordinator")
+    config = tmp_path / "coordinator.toml"
+    config.write_text(
+        f'state_dir = "{tmp_path / "none"}"\n[tls]\nca = "{files.ca}"\ncert = "{files.cert}"\n'
+        f'key = "{files.key}"\n',
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(app, ["gc", "--config", str(config)])
+    assert result.exit_code == 102
+    assert f"no coordinator state database at {tmp_path / 'none' / 'coordinator.db'}" in (
+        result.output
+    )
+    assert not (tmp_path / "none").exists()
