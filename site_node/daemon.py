@@ -217,21 +217,23 @@ class SiteDaemon:
                 nxt = assignment.next_hop
                 # A hop delivered again naming another recipient is to be re-sealed for it.
                 key = (assignment.run_id, assignment.hop_index, (nxt and recipient_key(nxt)) or "")
-                if key in self._done:
+                if assignment.evaluate_only and key in self._done:
                     continue
                 logger.info(
                     "assigned hop %d of run %s (cycle %d)",
-                    assignment.hop_index,
+                    assignment.hop_index + 1,
                     assignment.run_id,
-                    assignment.cycle,
+                    assignment.cycle + 1,
                 )
                 try:
+                    # A hop the coordinator offers again (a retry, its lost copy sealed
+                    # again) is run again: each stream sends an offer once.
                     runner.run(assignment)
                 except ServerFault as exc:
                     if not self._faults.give_up(assignment.run_id, assignment.hop_index):
                         raise
                     # The coordinator answers but keeps failing this hop: end it once.
-                    logger.error("giving up hop %d: %s", assignment.hop_index, exc.message)
+                    logger.error("giving up hop %d: %s", assignment.hop_index + 1, exc.message)
                     runner.fail(assignment, "coordinator_error", exc.message)
                 self._faults.clear(assignment.run_id, assignment.hop_index)
                 self._done.add(key)

@@ -150,11 +150,11 @@ class HopRunner:
                 "run %s hop %d: stopped mid-training; the hop resumes from its newest "
                 "checkpoint when it is delivered again",
                 a.run_id,
-                a.hop_index,
+                a.hop_index + 1,
             )
         except BatonError as exc:
             reason = next((r for cls, r in _REASONS if isinstance(exc, cls)), "site_error")
-            logger.error("run %s hop %d failed: %s", a.run_id, a.hop_index, exc.message)
+            logger.error("run %s hop %d failed: %s", a.run_id, a.hop_index + 1, exc.message)
             detail = {"reason": reason}
             if isinstance(exc, SealError):
                 detail["check"] = exc.reason
@@ -162,7 +162,7 @@ class HopRunner:
             # The coordinator learns the category only; details stay in this site's log.
             self.fail(a, reason, "" if isinstance(exc, SealError | PkiError) else exc.message)
         except Exception:
-            logger.exception("run %s hop %d failed unexpectedly", a.run_id, a.hop_index)
+            logger.exception("run %s hop %d failed unexpectedly", a.run_id, a.hop_index + 1)
             self.fail(a, "internal_error", "unexpected error at the site; see the site's log")
         return False
 
@@ -213,7 +213,7 @@ class HopRunner:
             metric = self._local.task.primary_metric.name
             logger.info(
                 "hop %d: val %s %.4f -> %.4f after %d steps (%.2fs)",
-                a.hop_index,
+                a.hop_index + 1,
                 metric,
                 before.get(metric, float("nan")),
                 after.get(metric, float("nan")),
@@ -283,10 +283,10 @@ class HopRunner:
                 train_seconds=sent.train_seconds,
             )
         )
+        self._outbox.put(dataclasses.replace(sent, completed=True))
         (self._work_dir / a.run_id / f"hop-{a.hop_index:05d}.in.sealed").unlink(missing_ok=True)
-        logger.info(
-            "hop %d done in %.2fs; sealed model handed on", a.hop_index, time.monotonic() - started
-        )
+        took = time.monotonic() - started
+        logger.info("hop %d done in %.2fs; sealed model handed on", a.hop_index + 1, took)
 
     def _train(
         self,

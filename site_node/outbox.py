@@ -88,6 +88,10 @@ class Sent:
     metrics_after: Mapping[str, float] = field(default_factory=dict)
     num_examples: int = 0
     train_seconds: float = 0.0
+    completed: bool = False
+    """The coordinator took this output (its CompleteHop succeeded): delivered again, it
+    is re-sealed with a new key, since the coordinator's copy was lost or another party
+    receives it."""
 
     def require_input_of(self, a: Assignment) -> None:
         """Refuses hop ``a``, this hop delivered again, when it comes under another plan
@@ -101,7 +105,7 @@ class Sent:
         if (plan, previous) != (self.plan_digest, self.input_digest):
             raise SealError(
                 "equivocation",
-                f"hop {a.hop_index} delivered again with another plan or input than it was "
+                f"hop {a.hop_index + 1} delivered again with another plan or input than it was "
                 "trained on",
                 run_id=a.run_id,
                 hop=a.hop_index,
@@ -151,6 +155,7 @@ class Outbox:
             "metrics_after": dict(sent.metrics_after),
             "num_examples": sent.num_examples,
             "train_seconds": sent.train_seconds,
+            "completed": sent.completed,
         }
         atomic_write(sent.directory / "entry.json", json.dumps(meta).encode(), mode=0o600)
 
@@ -174,6 +179,7 @@ class Outbox:
                 metrics_after=meta["metrics_after"],
                 num_examples=int(meta["num_examples"]),
                 train_seconds=float(meta["train_seconds"]),
+                completed=bool(meta.get("completed", False)),
             )
         except (OSError, ValueError, KeyError, TypeError):
             return None
@@ -251,7 +257,7 @@ def reseal(
         SealError: The kept copy cannot be opened (tampered with, or expired).
     """
     if a.next_hop is None or (a.run_id, a.hop_index) != (sent.run_id, sent.hop_index):
-        raise PkiError(f"hop {a.hop_index} of run {a.run_id}: nothing to re-seal it for")
+        raise PkiError(f"hop {a.hop_index + 1} of run {a.run_id}: nothing to re-seal it for")
     owner = check_owner(
         tls.ca_pem, a.owner_signing_certificate_pem, a.owner_encryption_certificate_pem
     )
@@ -262,7 +268,7 @@ def reseal(
         a.owner_encryption_certificate_pem,
     )
     if verify_plan(a.plan_toml, a.plan_signature, owner) != sent.plan_digest:
-        raise PkiError(f"hop {a.hop_index} of run {a.run_id} was trained under another plan")
+        raise PkiError(f"hop {a.hop_index + 1} of run {a.run_id} was trained under another plan")
     checked = Verified(
         plan=parse_plan(a.plan_toml, source=f"plan of run {a.run_id}"),
         owner=owner,
@@ -310,22 +316,31 @@ def hand_on_again(
     audit: AuditLog,
 ) -> Sent:
     """The kept output of hop ``a``, delivered again, ready to upload: as sealed before, or
-    re-sealed (and audited) when ``a`` names another recipient or it was sealed long ago.
+    re-sealed (and audited) when ``a`` names another recipient, it was sealed long ago, or
+    the coordinator took it before (its copy was lost: a new key gives a new blob).
 
     Raises:
         SealError: ``a`` comes with another plan or input than ``kept`` was trained on.
         PkiError: The new recipient is not acceptable (see :func:`reseal`).
     """
     kept.require_input_of(a)
-    if kept.recipient == recipient_key(nxt) and time.time() - kept.sealed_at < REUSE_SECONDS:
-        logger.info("hop %d: handing on the output sealed before; not retrained", a.hop_index)
+    if (
+        not kept.completed
+        and kept.recipient == recipient_key(nxt)
+        and time.time() - kept.sealed_at < REUSE_SECONDS
+    ):
+        logger.info("hop %d: handing on the output sealed before; not retrained", a.hop_index + 1)
         return kept
     who = nxt.site_id or "owner"
     tmp = kept.directory / "sealed.new"
     manifest = reseal(kept, a, tmp, tls=tls, keys=keys, revoked=revoked)
     os.replace(tmp, kept.sealed)
     sent = dataclasses.replace(
-        kept, recipient=recipient_key(nxt), manifest=manifest, sealed_at=time.time()
+        kept,
+        recipient=recipient_key(nxt),
+        manifest=manifest,
+        sealed_at=time.time(),
+        completed=False,
     )
     outbox.put(sent)
     audit.append(
@@ -334,7 +349,7 @@ def hand_on_again(
         hop=a.hop_index,
         detail={"manifest": manifest_digest(manifest), "recipient": who},
     )
-    logger.info("hop %d: re-sealed the kept output for %s", a.hop_index, who)
+    logger.info("hop %d: re-sealed the kept output for %s", a.hop_index + 1, who)
     return sent
 
 

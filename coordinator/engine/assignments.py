@@ -122,7 +122,7 @@ class Assignments:
             )
         if nxt >= len(self._store.list_hops(run.run_id)):
             raise ConflictError(
-                f"hop {nxt} of run {run.run_id} is not planned yet", run_id=run.run_id, hop=nxt
+                f"hop {nxt + 1} of run {run.run_id} is not planned yet", run_id=run.run_id, hop=nxt
             )
         hop = self._store.get_hop(run.run_id, nxt)
         site = self._store.get_site(hop.site_id)

@@ -50,6 +50,9 @@ class FaultFacts:
     """The site of the hop before (empty for hop 0)."""
     previous_alive: bool = True
     """Whether the previous hop's site is online and not revoked (it must re-seal)."""
+    escrow_hop: int = -1
+    """The newest completed hop whose stored output the study owner's escrow opens (-1:
+    none, or the plan asks for no escrow); gathered only when the previous site is gone."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -67,7 +70,7 @@ def decide(policy: FaultsSection, fault: Fault, facts: FaultFacts) -> Decision:
     then the configured action, each within its bound; ``skip``/``reroute`` also need
     ``min_sites`` sites left and the previous site to re-seal.
     """
-    where = f"hop {facts.hop_index} at {facts.site_id}"
+    where = f"hop {facts.hop_index + 1} at {facts.site_id}"  # people count from 1
     what = "was lost" if fault is Fault.LOST else "failed"
     if facts.resealing:
         return Decision(
@@ -105,7 +108,18 @@ def decide(policy: FaultsSection, fault: Fault, facts: FaultFacts) -> Decision:
         return Decision(
             action=Action.ABORT,
             reason=f"{where} {what} and the previous site {facts.previous_site} is gone too: "
-            "nobody can re-seal the last completed hop",
+            f"nobody can re-seal the last completed hop{escrow_hint(facts.escrow_hop)}",
         )
     action = Action.SKIP if configured == "skip" else Action.REROUTE
     return Decision(action=action, reason=f"{where} {what}; {action.value}")
+
+
+def escrow_hint(escrow_hop: int) -> str:
+    """The end of a failed run's reason when the owner's escrow opens hop ``escrow_hop``
+    (0-based; -1 for none): what the study owner can restart from."""
+    if escrow_hop < 0:
+        return ""
+    return (
+        f"; the owner can restart from the escrowed hop {escrow_hop + 1} "
+        "(the study owner's escrow opens its sealed output)"
+    )

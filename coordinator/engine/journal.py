@@ -12,10 +12,11 @@ from contextlib import contextmanager
 
 from baton.errors import AuditError
 from baton.security.audit import AuditLog
-from coordinator.store.base import EventKind, PendingAudit, Store
+from coordinator.store.base import EventKind, PendingAudit, RunState, Store
 
 logger = logging.getLogger(__name__)
 
+_ENDS = frozenset({EventKind.RUN_SUCCEEDED, EventKind.RUN_FAILED, EventKind.RUN_CANCELLED})
 OUTBOX_KEY = "outbox"
 """The detail key naming an audit entry's outbox id, so a restart never writes it twice."""
 
@@ -33,7 +34,9 @@ class Journal:
     by :meth:`bump` sees every change at once. Audit entries are stored in the same
     transaction (the store's outbox) and signed into the log after it commits; entries a
     crash or a full disk kept from the log are written by the next :meth:`flush_audit`
-    (at start-up, and after every transaction).
+    (at start-up, and after every transaction). It also keeps the ids of the running runs
+    (:meth:`running`), from the run events of committed transactions, so that periodic
+    checks never read the finished runs.
 
     Args:
         store: Durable state, where run events go.
@@ -51,6 +54,8 @@ class Journal:
         self._version = 0
         self._depth = 0
         self._logged_outbox = _last_outbox_id(audit)
+        self._running: set[str] | None = None
+        self._run_changes: list[tuple[str, bool]] = []
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -58,14 +63,45 @@ class Journal:
         writes its audit entries and wakes the watchers. Nested blocks join the outer one."""
         with self.lock:
             self._depth += 1
+            committed = False
             try:
                 with self._store.atomic():
                     yield
+                committed = True
             finally:
                 self._depth -= 1
+                if self._depth == 0:
+                    changes, self._run_changes = self._run_changes, []
+                    if committed:
+                        self._apply(changes)
             if self._depth == 0:
                 self.flush_audit()
                 self.bump()
+
+    def running(self) -> list[str]:
+        """Ids of the runs in state RUNNING, sorted: read from the store once, then kept
+        from the run events of committed transactions."""
+        with self.lock:
+            if self._running is None:
+                self._running = {
+                    r.run_id for r in self._store.list_runs() if r.state is RunState.RUNNING
+                }
+            return sorted(self._running)
+
+    def forget(self, run_id: str) -> None:
+        """Drops ``run_id`` from :meth:`running` (a checker found it no longer running)."""
+        with self.lock:
+            if self._running is not None:
+                self._running.discard(run_id)
+
+    def _apply(self, changes: list[tuple[str, bool]]) -> None:
+        if self._running is None:
+            return  # read from the store when first asked for
+        for run_id, started in changes:
+            if started:
+                self._running.add(run_id)
+            else:
+                self._running.discard(run_id)
 
     def flush_audit(self) -> int:
         """Signs every queued audit entry into the log, oldest first; returns how many.
@@ -137,7 +173,15 @@ class Journal:
         message: str = "",
         metrics: dict[str, float] | None = None,
     ) -> None:
-        """Appends a run event, stamped with the clock."""
+        """Appends a run event, stamped with the clock; a run's creation or end also
+        changes :meth:`running` once the transaction commits."""
+        if kind is EventKind.RUN_CREATED or kind in _ENDS:
+            with self.lock:
+                change = (run_id, kind is EventKind.RUN_CREATED)
+                if self._depth:
+                    self._run_changes.append(change)
+                else:
+                    self._apply([change])
         self._store.append_event(
             run_id,
             kind,

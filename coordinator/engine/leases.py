@@ -15,7 +15,7 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from baton.errors import BatonError, StoreError
+from baton.errors import BatonError, NotFoundError, StoreError
 from coordinator.engine.clocks import HopClock, HopClocks, Phase
 from coordinator.engine.faults import Action, Fault
 from coordinator.engine.journal import Journal
@@ -76,12 +76,18 @@ class HopWatch:
         self._thread: threading.Thread | None = None
 
     def check(self) -> int:
-        """One pass over the hops in flight; returns how many were found lost."""
+        """One pass over the hops in flight; returns how many were found lost. Reads the
+        running runs only (:meth:`Journal.running`), never the finished ones."""
         lost = 0
         seen = {s.site_id: s.last_seen_ms for s in self._store.list_sites()}
         now = self._journal.clock()
-        for run in self._store.list_runs():
-            if run.state is not RunState.RUNNING:
+        for run_id in self._journal.running():  # never the finished runs
+            try:
+                run = self._store.get_run(run_id)
+            except NotFoundError:
+                run = None
+            if run is None or run.state is not RunState.RUNNING:
+                self._journal.forget(run_id)
                 continue
             for hop in self._store.list_hops(run.run_id):
                 if hop.state is not HopState.ASSIGNED:

@@ -62,7 +62,7 @@ def plan_cycle(store: Store, run: RunRecord, plan: RunPlan, cycle: int) -> None:
     )
     probes = plan.ordering.probe_runs
     informed = f" ({len(probes)} probe run{'s' if len(probes) > 1 else ''})" if probes else ""
-    logger.info("run %s cycle %d order%s: %s", run.run_id, cycle, informed, " -> ".join(order))
+    logger.info("run %s cycle %d order%s: %s", run.run_id, cycle + 1, informed, " -> ".join(order))
 
 
 def strategy_order(store: Store, run: RunRecord, plan: RunPlan, cycle: int) -> tuple[str, ...]:

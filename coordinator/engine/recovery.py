@@ -5,7 +5,12 @@ event and an audit entry, and changes the hops accordingly.
 Skip and reroute lose one hop and no model: the hops after the lost one are planned
 again one place earlier, and the site of the last completed hop is offered that hop
 again, to re-seal its kept output for the new recipient (its second CompleteHop replaces
-the output and manifest); only then does the chain go on (see docs/security.md).
+the output and manifest); only then does the chain go on (see docs/security.md). A hop
+whose input (the coordinator's copy of the hop before) is missing or fails its hash is
+handled the same way without losing a hop: its sender seals the output again for it
+(:meth:`Recovery.reseal_input`).
+
+Hop and cycle numbers in messages count from 1; ``hop_index`` fields stay 0-based.
 """
 
 from __future__ import annotations
@@ -15,14 +20,20 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from baton.plan import RunPlan, parse_plan
+from coordinator.blobs import BlobStore
 from coordinator.engine.assignments import Assignments
 from coordinator.engine.clocks import HopClocks
-from coordinator.engine.faults import Action, Decision, Fault, FaultFacts, decide
+from coordinator.engine.copies import copy_problem
+from coordinator.engine.faults import Action, Decision, Fault, FaultFacts, decide, escrow_hint
 from coordinator.engine.journal import Journal
 from coordinator.engine.planning import strategy_order
 from coordinator.store.base import EventKind, HopRecord, HopState, RunRecord, RunState, Store
 
 logger = logging.getLogger(__name__)
+
+MAX_RESEALS = 3
+"""Most times one hop's output is sealed again because the coordinator's copy of it was
+lost; one more fails the run (the blob store is failing, not a site)."""
 
 
 class Recovery:
@@ -36,6 +47,7 @@ class Recovery:
         lease_seconds: A site heard from longer ago is offline.
         revoked: Whether a certificate (PEM) is revoked.
         advance: Re-drives a run (assigns its next hop).
+        blobs: The blob store, to find the newest hop the owner's escrow opens.
     """
 
     def __init__(
@@ -48,7 +60,9 @@ class Recovery:
         lease_seconds: float,
         revoked: Callable[[bytes], bool],
         advance: Callable[[str], None],
+        blobs: BlobStore | None = None,
     ) -> None:
+        self._blobs = blobs
         self._store = store
         self._journal = journal
         self._assignments = assignments
@@ -82,7 +96,7 @@ class Recovery:
             or (site_id and hop.site_id != site_id)
         ):
             return None
-        decision = decide(plan.faults, fault, self._facts(run, hop))
+        decision = decide(plan.faults, fault, self._facts(run, plan, hop))
         message = decision.reason + (f": {detail}" if detail else "")
         if decision.action is Action.WAIT and fault is Fault.LOST:
             message = f"site {hop.site_id} offline since {self._last_seen(hop.site_id)}; {message}"
@@ -92,7 +106,7 @@ class Recovery:
             hop_index=hop_index,
             site_id=hop.site_id,
             message=f"{decision.action.value}: {message}",
-            metrics={"cycle": float(hop.cycle), decision.action.value: 1.0},
+            metrics={"cycle": float(hop.cycle), decision.action.value: 1.0},  # 0-based
         )
         self._journal.record(
             "fault_decided",
@@ -116,15 +130,94 @@ class Recovery:
             self._drop(run, plan, hop, reroute=decision.action is Action.REROUTE)
         return decision
 
+    def reseal_input(self, run_id: str, hop_index: int, problem: str) -> Decision:
+        """The coordinator's copy of hop ``hop_index``'s input (the output of the hop
+        before) ``problem`` (e.g. "fails its SHA-256 check"): has the site of the hop before
+        seal its kept output again, for the same recipient, and offers hop ``hop_index``
+        again once that completes; no hop is lost. Inside the caller's transaction.
+
+        The run fails instead, with a reason naming the hop, when that site is gone too
+        (the coordinator cannot seal a model: it never holds one), saying which escrowed
+        hop the study owner can restart from when the plan asks for escrow; or after
+        :data:`MAX_RESEALS` re-seals of one hop.
+        """
+        run = self._store.get_run(run_id)
+        plan = parse_plan(run.plan_toml, source="run plan")
+        hops = self._store.list_hops(run_id)
+        hop, prev = hops[hop_index], hops[hop_index - 1]
+        what = (
+            f"the coordinator's copy of hop {hop_index} (its output, sealed by {prev.site_id} "
+            f"for hop {hop_index + 1} at {hop.site_id}) {problem}"
+        )
+        resealed = sum(
+            1
+            for e in self._store.list_events(run_id)
+            if e.kind is EventKind.FAULT and e.hop_index == prev.hop_index and "reseal" in e.metrics
+        )
+        if not self.alive(prev.site_id):
+            escrow = self._escrow_hop(run, plan, hop_index - 2)
+            decision = Decision(
+                action=Action.ABORT,
+                reason=f"{what}, and {prev.site_id} is gone too: nobody can seal it again"
+                + escrow_hint(escrow),
+            )
+        elif resealed >= MAX_RESEALS:
+            decision = Decision(
+                action=Action.ABORT,
+                reason=f"{what} after {resealed} re-seals: check the coordinator's blob store",
+            )
+        else:
+            decision = Decision(
+                action=Action.RETRY,
+                reason=f"{what}; {prev.site_id} seals it again for {hop.site_id}",
+            )
+        self._journal.event(
+            run_id,
+            EventKind.FAULT,
+            hop_index=prev.hop_index,
+            site_id=prev.site_id,
+            message=("abort: " if decision.action is Action.ABORT else "reseal: ")
+            + decision.reason,
+            metrics={"cycle": float(prev.cycle), "reseal": 1.0},
+        )
+        self._journal.record(
+            "fault_decided",
+            run_id,
+            hop=prev.hop_index,
+            detail={"site": prev.site_id, "fault": "copy_lost", "action": decision.action.value},
+        )
+        logger.warning("run %s: %s", run_id, decision.reason)
+        if decision.action is Action.ABORT:
+            if hop.state in (HopState.PENDING, HopState.ASSIGNED):
+                self._store.fail_hop(run_id, hop_index, error=decision.reason)
+            self.end_failed(run_id, decision.reason)
+            return decision
+        # The hop and those after it wait (PENDING) for the new copy, on the same sites.
+        self._store.replan_hops(
+            run_id,
+            hop_index,
+            [
+                HopRecord(run_id=run_id, hop_index=h.hop_index, cycle=h.cycle, site_id=h.site_id)
+                for h in hops[hop_index:]
+            ],
+            total_hops=run.total_hops,
+        )
+        self._store.reopen_hop(run_id, prev.hop_index)
+        self._clocks.restart(run_id, prev.hop_index, prev.site_id)
+        self._assignments.reoffer(run_id, prev.hop_index)
+        self._assignments.reoffer(run_id, hop_index)  # sent again once assigned again
+        return decision
+
     def end_failed(self, run_id: str, failure: str) -> None:
         """Fails a running run (inside a transaction); its open hops die with it."""
         self._store.update_run(run_id, state=RunState.FAILED, error=failure)
         self._journal.event(run_id, EventKind.RUN_FAILED, message=failure)
 
-    def _facts(self, run: RunRecord, hop: HopRecord) -> FaultFacts:
+    def _facts(self, run: RunRecord, plan: RunPlan, hop: HopRecord) -> FaultFacts:
         events = self._store.list_events(run.run_id)
         faults = [e for e in events if e.kind is EventKind.FAULT]
         previous = self._store.get_hop(run.run_id, hop.hop_index - 1) if hop.hop_index else None
+        alive = previous is None or self.alive(previous.site_id)
         return FaultFacts(
             hop_index=hop.hop_index,
             site_id=hop.site_id,
@@ -141,8 +234,20 @@ class Recovery:
             sites_remaining=sum(1 for s in run.sites if s != hop.site_id and self.alive(s)),
             resealing=hop.output is not None,
             previous_site=previous.site_id if previous else "",
-            previous_alive=previous is None or self.alive(previous.site_id),
+            previous_alive=alive,
+            escrow_hop=-1 if alive else self._escrow_hop(run, plan, hop.hop_index - 1),
         )
+
+    def _escrow_hop(self, run: RunRecord, plan: RunPlan, newest: int) -> int:
+        """The newest completed hop up to ``newest`` whose stored output is intact, when the
+        plan seals every hop to the study owner too (escrow); else -1. Reads blobs."""
+        if not plan.security.escrow_to_owner or self._blobs is None:
+            return -1
+        hops = self._store.list_hops(run.run_id)[: max(newest + 1, 0)]
+        for h in reversed(hops):
+            if h.output is not None and copy_problem(self._blobs, h.output) is None:
+                return h.hop_index
+        return -1
 
     def _drop(self, run: RunRecord, plan: RunPlan, hop: HopRecord, *, reroute: bool) -> None:
         """Plans the hops after ``hop`` one place earlier (the next of its cycle, or under
@@ -178,7 +283,7 @@ class Recovery:
             EventKind.FAULT,
             hop_index=k - 1,
             site_id=prev.site_id,
-            message=f"reseal: hop {k - 1} at {prev.site_id} seals its output again for {recipient}",
+            message=f"reseal: hop {k} at {prev.site_id} seals its output again for {recipient}",
         )
 
     def _last_seen(self, site_id: str) -> str:

@@ -29,6 +29,7 @@ from baton.security.sealing import check_owner, manifest_digest, verify_plan
 from coordinator.blobs import BlobStore
 from coordinator.engine.assignments import Assignments
 from coordinator.engine.clocks import HopClocks, Phase
+from coordinator.engine.copies import copy_problem
 from coordinator.engine.evaluations import Evaluations
 from coordinator.engine.faults import Fault
 from coordinator.engine.journal import Journal, now_ms
@@ -91,6 +92,7 @@ class Scheduler:
             lease_seconds=lease_seconds,
             revoked=revoked,
             advance=self._advance,
+            blobs=blobs,
         )
 
     # -- runs -------------------------------------------------------------------------
@@ -213,12 +215,12 @@ class Scheduler:
         run = self._store.get_run(run_id)
         hop = self._store.get_hop(run_id, hop_index)
         if hop.site_id != site_id:
-            raise Denied(f"hop {hop_index} of run {run_id} is not assigned to {site_id}")
+            raise Denied(f"hop {hop_index + 1} of run {run_id} is not assigned to {site_id}")
         if run.state is not RunState.RUNNING:
             raise ConflictError(f"run {run_id} is {run.state.value}", run_id=run_id)
         if hop.state is not HopState.ASSIGNED:
             raise ConflictError(
-                f"hop {hop_index} is {hop.state.value}", run_id=run_id, hop=hop_index
+                f"hop {hop_index + 1} is {hop.state.value}", run_id=run_id, hop=hop_index
             )
         return hop
 
@@ -305,19 +307,29 @@ class Scheduler:
     ) -> None:
         """Records a hop the site could not complete; the run's ``[faults] on_failed_hop``
         policy decides what follows (by default the run fails; the last verified model
-        stays in the blob store)."""
+        stays in the blob store). A ``transfer_error`` whose input copy here is missing or
+        fails its hash has that copy sealed again instead (:meth:`Recovery.reseal_input`)."""
+        hop = self.hop_for_site(site_id, run_id, hop_index)
+        # A download that failed its hash may be the coordinator's copy, not the link: then
+        # the sender seals it again and no fault policy applies (read outside the lock).
+        bad = None
+        if hop.input is not None and reason == "transfer_error":
+            bad = copy_problem(self._blobs, hop.input)
         with self.journal.transaction():
             self.hop_for_site(site_id, run_id, hop_index)
             detail = f"{reason}: {message}" if message else reason
-            self._store.fail_hop(run_id, hop_index, error=detail)
             self.journal.event(
                 run_id, EventKind.HOP_FAILED, hop_index=hop_index, site_id=site_id, message=detail
             )
             self.journal.record(
                 "hop_failed", run_id, hop=hop_index, detail={"site": site_id, "reason": reason}
             )
-            self.recovery.handle(run_id, hop_index, Fault.FAILED, detail)
-        logger.warning("run %s: hop %d at %s failed: %s", run_id, hop_index, site_id, detail)
+            if bad is not None:
+                self.recovery.reseal_input(run_id, hop_index, bad)
+            else:
+                self._store.fail_hop(run_id, hop_index, error=detail)
+                self.recovery.handle(run_id, hop_index, Fault.FAILED, detail)
+        logger.warning("run %s: hop %d at %s failed: %s", run_id, hop_index + 1, site_id, detail)
 
     # -- internals --------------------------------------------------------------------
 
@@ -327,7 +339,9 @@ class Scheduler:
         failed = [h for h in self._store.list_hops(run_id) if h.state is HopState.FAILED]
         if failed:
             hop = failed[0]
-            self._end_failed(run_id, f"hop {hop.hop_index} at {hop.site_id} failed: {hop.error}")
+            self._end_failed(
+                run_id, f"hop {hop.hop_index + 1} at {hop.site_id} failed: {hop.error}"
+            )
         else:
             self._advance(run_id)
 
@@ -367,5 +381,5 @@ class Scheduler:
             EventKind.HOP_ASSIGNED,
             hop_index=nxt,
             site_id=hop.site_id,
-            message=f"cycle {hop.cycle}",
+            message=f"cycle {hop.cycle + 1}",
         )

@@ -11,8 +11,10 @@ from baton.domain import BlobRef
 from baton.errors import BlobError, ConflictError, NotFoundError
 from coordinator.blobs import BlobStore
 from coordinator.engine.clocks import Phase
+from coordinator.engine.copies import copy_problem
+from coordinator.engine.faults import Action
 from coordinator.engine.runs import Scheduler
-from coordinator.store.base import RunState, Store
+from coordinator.store.base import HopRecord, RunState, Store
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -114,9 +116,39 @@ class Transfers:
             hop = self._scheduler.hop_for_site(site_id, run_id, hop_index)
             self._scheduler.clocks.touch(run_id, hop_index, site_id, Phase.TRAINING)
             if hop.input is None:
-                raise NotFoundError(f"hop {hop.hop_index} has no input model (it is the first hop)")
+                raise NotFoundError(
+                    f"hop {hop.hop_index + 1} has no input model (it is the first hop)"
+                )
             blob = hop.input
+            if offset == 0:
+                self._check_input(site_id, hop, blob)
         return self._blobs.read(blob.blob_id, offset=offset, chunk_size=chunk_size)
+
+    def _check_input(self, site_id: str, hop: HopRecord, blob: BlobRef) -> None:
+        """Checks the stored input of ``hop`` against its address before it is sent (one
+        disk read of it, outside the lock); a copy missing or corrupt is sealed again by
+        its sender (:meth:`Recovery.reseal_input`) and this download is refused.
+
+        Raises:
+            ConflictError: the copy is missing or corrupt; the hop is offered again later.
+        """
+        problem = copy_problem(self._blobs, blob)
+        if problem is None:
+            return
+        journal = self._scheduler.journal
+        with journal.transaction():
+            self._scheduler.hop_for_site(site_id, hop.run_id, hop.hop_index)
+            decision = self._scheduler.recovery.reseal_input(hop.run_id, hop.hop_index, problem)
+        raise ConflictError(
+            f"the input of hop {hop.hop_index + 1} {problem} at the coordinator; "
+            + (
+                "the run failed"
+                if decision.action is Action.ABORT
+                else "it is sealed again and the hop offered again"
+            ),
+            run_id=hop.run_id,
+            hop=hop.hop_index,
+        )
 
     def result(self, run_id: str, *, offset: int, chunk_size: int) -> Iterator[bytes]:
         """A succeeded run's final model (sealed to the study owner), from ``offset``, in

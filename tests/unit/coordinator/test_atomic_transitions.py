@@ -109,7 +109,7 @@ def test_recover_fails_a_running_run_with_a_failed_hop_instead_of_refusing_to_st
     store.fail_hop(run.run_id, 0, error="training_error: x")
     sched.recover()
     got = store.get_run(run.run_id)
-    assert (got.state, got.error) == (RunState.FAILED, "hop 0 at a failed: training_error: x")
+    assert (got.state, got.error) == (RunState.FAILED, "hop 1 at a failed: training_error: x")
     assert store.list_events(run.run_id)[-1].kind is EventKind.RUN_FAILED
 
 

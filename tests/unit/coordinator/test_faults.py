@@ -59,18 +59,18 @@ def test_defaults_wait_for_a_lost_site_and_fail_a_failed_hop() -> None:
     policy = FaultsSection()
     assert decide(policy, Fault.LOST, facts()).action is Action.WAIT
     failed = decide(policy, Fault.FAILED, facts())
-    assert (failed.action, failed.reason) == (Action.ABORT, "hop 3 at b failed")
+    assert (failed.action, failed.reason) == (Action.ABORT, "hop 4 at b failed")
 
 
 def test_retry_is_bounded() -> None:
     policy = FaultsSection(on_lost_site="retry", max_retries=2)
     assert (
-        decide(policy, Fault.LOST, facts(retries=1)).reason == "hop 3 at b was lost; retry 2 of 2"
+        decide(policy, Fault.LOST, facts(retries=1)).reason == "hop 4 at b was lost; retry 2 of 2"
     )
     last = decide(policy, Fault.LOST, facts(retries=2))
     assert (last.action, last.reason) == (
         Action.ABORT,
-        "hop 3 at b was lost after 2 retries (max_retries)",
+        "hop 4 at b was lost after 2 retries (max_retries)",
     )
 
 
@@ -79,14 +79,14 @@ def test_skip_and_reroute_within_their_limits(action: str) -> None:
     policy = FaultsSection(on_lost_site=action, max_skipped_per_cycle=1, min_sites=2)  # type: ignore[arg-type]
     assert decide(policy, Fault.LOST, facts()).action is Action(action)
     assert decide(policy, Fault.LOST, facts(skipped_this_cycle=1)).reason == (
-        "hop 3 at b was lost and its cycle already lost 1 hops (max_skipped_per_cycle = 1)"
+        "hop 4 at b was lost and its cycle already lost 1 hops (max_skipped_per_cycle = 1)"
     )
     assert decide(policy, Fault.LOST, facts(sites_remaining=1)).reason == (
-        "hop 3 at b was lost and only 1 sites remain (min_sites = 2)"
+        "hop 4 at b was lost and only 1 sites remain (min_sites = 2)"
     )
     gone = decide(policy, Fault.LOST, facts(previous_site="a", previous_alive=False))
     assert gone.reason == (
-        "hop 3 at b was lost and the previous site a is gone too: nobody can re-seal the last "
+        "hop 4 at b was lost and the previous site a is gone too: nobody can re-seal the last "
         "completed hop"
     )
     assert decide(policy, Fault.LOST, facts(hop_index=0, previous_alive=False)).action is Action(
@@ -99,7 +99,7 @@ def test_a_lost_reseal_ends_the_run_whatever_the_policy() -> None:
     got = decide(policy, Fault.LOST, facts(resealing=True))
     assert (got.action, got.reason) == (
         Action.ABORT,
-        "hop 3 at b was lost while re-sealing its output for a new recipient",
+        "hop 4 at b was lost while re-sealing its output for a new recipient",
     )
 
 
@@ -158,8 +158,8 @@ def test_a_lost_site_is_skipped_and_the_previous_hop_resealed_for_the_next(
     (reseal,) = sched.assignments.for_site("a", {(run_id, 0, 0)})
     assert (reseal.hop_index, reseal.next_hop and reseal.next_hop.site_id) == (0, "c")
     assert faults_of(store, run_id) == [
-        f"{action}: hop 1 at b was lost; {action}: no heartbeat for 10 s (lease expired)",
-        "reseal: hop 0 at a seals its output again for c",
+        f"{action}: hop 2 at b was lost; {action}: no heartbeat for 10 s (lease expired)",
+        "reseal: hop 1 at a seals its output again for c",
     ]
     resealed = finish_hop(sched, blobs, run_id, 0, "a")
     assert store.get_hop(run_id, 1).input == resealed
@@ -178,8 +178,8 @@ def test_a_lost_site_is_skipped_and_the_previous_hop_resealed_for_the_next(
     assert [h.site_id for h in store.list_hops(run_id)] == ["a", "c", "a", "c"]
     skipped = [m for m in faults_of(store, run_id) if m.startswith(action)]
     assert [m.split(";")[0] for m in skipped] == [
-        f"{action}: hop 1 at b was lost",
-        f"{action}: hop 3 at b was lost",
+        f"{action}: hop 2 at b was lost",
+        f"{action}: hop 4 at b was lost",
     ]
 
 
@@ -191,7 +191,7 @@ def test_wait_warns_once_per_absence_with_the_time_last_seen(pki: Pki) -> None:
     assert watcher.check() == 1
     assert watcher.check() == 0  # one warning per absence
     (warning,) = faults_of(store, run_id)
-    assert warning.startswith("wait: site b offline since 1970-01-01 00:16:40 UTC; hop 1 at b")
+    assert warning.startswith("wait: site b offline since 1970-01-01 00:16:40 UTC; hop 2 at b")
     assert store.get_hop(run_id, 1).state is HopState.ASSIGNED
     assert store.get_run(run_id).state is RunState.RUNNING
 
@@ -210,7 +210,7 @@ def test_retry_reoffers_the_hop_then_fails_the_run_with_the_reason(pki: Pki) -> 
     run = store.get_run(run_id)
     assert (run.state, run.error) == (
         RunState.FAILED,
-        "hop 0 at a was lost after 2 retries (max_retries): no heartbeat for 10 s (lease expired)",
+        "hop 1 at a was lost after 2 retries (max_retries): no heartbeat for 10 s (lease expired)",
     )
 
 
@@ -225,7 +225,7 @@ def test_a_failed_hop_is_skipped_and_min_sites_aborts(pki: Pki) -> None:
     run = store.get_run(run_id)
     assert (run.state, run.error) == (
         RunState.FAILED,
-        "hop 0 at b failed and only 0 sites remain (min_sites = 2): model_error: nan",
+        "hop 1 at b failed and only 0 sites remain (min_sites = 2): model_error: nan",
     )
 
 

@@ -235,7 +235,7 @@ def test_only_the_assigned_site_may_act(
     run = sched.create_run(*signed(pki, PLAN.format(seed=0, strategy="fixed")))
     with pytest.raises(Denied):
         sched.hop_for_site("b", run.run_id, 0)
-    with pytest.raises(ConflictError, match="hop 1 is pending"):
+    with pytest.raises(ConflictError, match="hop 2 is pending"):
         sched.hop_for_site("b", run.run_id, 1)
     with pytest.raises(NotFoundError):
         sched.complete_hop(
@@ -261,7 +261,7 @@ def test_failed_hop_fails_run_and_keeps_last_model(
     sched.fail_hop("b", run.run_id, 1, reason="data_error", message="bad rows")
     got = store.get_run(run.run_id)
     assert got.state is RunState.FAILED
-    assert got.error == "hop 1 at b failed: data_error: bad rows"
+    assert got.error == "hop 2 at b failed: data_error: bad rows"
     assert blobs.exists(ref.blob_id)
     assert store.get_hop(run.run_id, 1).input == ref
 
@@ -427,7 +427,7 @@ def test_recover_plans_the_recipient_of_a_hop_an_older_coordinator_assigned(
         ref = put(blobs, f"m{i}".encode(), f"t{i}")
         stored_completion(store, run.run_id, i, ref)
     store.assign_hop(run.run_id, 2, input=ref)
-    with pytest.raises(ConflictError, match=r"hop 3 of run \w+ is not planned yet"):
+    with pytest.raises(ConflictError, match=r"hop 4 of run \w+ is not planned yet"):
         sched.assignments.next_hop(store.get_run(run.run_id), 2)
     Scheduler(store, blobs, ca_pem=pki.ca_pem).recover()
     assert len(store.list_hops(run.run_id)) == 6
