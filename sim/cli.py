@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -106,6 +106,14 @@ def lab(
     repetitions: Annotated[
         int, typer.Option(min=1, help="With --plan, runs of every order (run seeds).")
     ] = 4,
+    max_orders: Annotated[
+        int | None,
+        typer.Option(
+            min=2,
+            help="With --plan, at most this many orders (drawn with the plan's seed); "
+            "default: every order up to 6 sites, 720 drawn beyond.",
+        ),
+    ] = None,
 ) -> None:
     """Measure how much the order of sites matters and how well each strategy picks it."""
     import torch
@@ -115,12 +123,14 @@ def lab(
 
     if plan is not None and grid is not None:
         fail("--grid and --plan are mutually exclusive: give one", exit_codes.CLI_CONFIG)
-    if plan is None and (site or test is not None):
-        fail("--site and --test need --plan", exit_codes.CLI_CONFIG)
+    if plan is None and (site or test is not None or max_orders is not None):
+        fail("--site, --test and --max-orders need --plan", exit_codes.CLI_CONFIG)
     console = Console(highlight=False, stderr=True)
     torch.set_num_threads(1)
     if plan is not None:
-        _lab_plan(plan, site or [], test, repetitions, out, console, jobs=jobs)
+        _lab_plan(
+            plan, site or [], test, repetitions, out, console, jobs=jobs, max_orders=max_orders
+        )
         return
     grid = grid or "smoke"
     if grid not in GRIDS:
@@ -156,13 +166,13 @@ def _lab_plan(
     console: Console,
     *,
     jobs: int,
+    max_orders: int | None,
 ) -> None:
     """``baton lab --plan``: one cell of every order of the sites' own data."""
-    from rich.table import Table
-
     from baton.entry import exit_on_error
     from baton.errors import ConfigError, DataError, ModelError
     from baton.plan import load_plan
+    from sim.lab.metric import direction
     from sim.lab.plan_cell import run_plan_cell
     from sim.lab.report import write_outputs
     from sim.own_data import parse_site_options
@@ -174,20 +184,39 @@ def _lab_plan(
         if jobs > 1:
             console.print("--jobs: a plan's cell is one trial, run in this process")
         console.print(
-            f"plan {run_plan.run.name!r}: every order of {len(run_plan.run.sites)} sites, "
-            f"{repetitions} repetitions, {run_plan.run.cycles} cycles"
+            f"plan {run_plan.run.name!r}: the orders of {len(run_plan.run.sites)} sites, "
+            f"{repetitions} repetitions, {run_plan.run.cycles} cycles, ranked by "
+            f"{run_plan.task.metric} ({direction(run_plan.task.higher_is_better)})"
         )
-        records, meta = run_plan_cell(run_plan, site_dirs, test=test, repetitions=repetitions)
+        records, meta = run_plan_cell(
+            run_plan,
+            site_dirs,
+            test=test,
+            repetitions=repetitions,
+            max_orders=max_orders,
+            progress=console.print,
+        )
         for path in write_outputs(out, records, meta):
             console.print(f"wrote {path}")
+    _print_plan_cell(records, meta)
+    console.print(f"plan {run_plan.run.name!r}: {meta['seconds']:.1f} s")
+
+
+def _print_plan_cell(records: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    """The order effect, each strategy's place among the orders, and the scores by last site."""
+    from rich.table import Table
+
+    metric = meta["metric"]
     first = records[0]
+    gap = first["gap_best_worst"]
+    gap_text = f"{100 * gap:.1f} pts" if metric == "accuracy" else f"{gap:.4g} {metric}"
     stdout = Console(highlight=False)
     stdout.print(
         f"{meta['orders']} orders, order/noise ratio {first['order_noise_ratio']:.2f}, "
-        f"best-worst gap {100 * first['gap_best_worst']:.1f} pts; scored on {meta['scored_on']}"
+        f"best-worst gap {gap_text}; scored on {meta['scored_on']}"
     )
     table = Table()
-    for column in ("strategy", "percentile", "accuracy", "best order"):
+    for column in ("strategy", "percentile", metric, "best order"):
         table.add_column(column, justify="left" if column == "strategy" else "right")
     for r in records:
         table.add_row(
@@ -197,7 +226,18 @@ def _lab_plan(
             f"{100 * r['best_order_rate']:.0f}%",
         )
     stdout.print(table)
-    console.print(f"plan {run_plan.run.name!r}: {meta['seconds']:.1f} s")
+    last = Table(title=f"{metric} by the site trained last (mean over the orders ending there)")
+    for column in ("last site", "orders", "mean", "lowest", "highest"):
+        last.add_column(column, justify="left" if column == "last site" else "right")
+    for row in meta["by_last_site"]:
+        last.add_row(
+            row["site"],
+            str(row["orders"]),
+            f"{row['mean']:.4f}",
+            f"{row['min']:.4f}",
+            f"{row['max']:.4f}",
+        )
+    stdout.print(last)
 
 
 def simulate(

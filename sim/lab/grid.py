@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from baton.errors import DataError
+from baton.errors import ConfigError, DataError
 from baton.plan import RunPlan
 from ordering import (
     HopOutcome,
@@ -40,12 +40,16 @@ __all__ = [
     "Grid",
     "OracleProber",
     "Skipped",
+    "Timed",
     "Trial",
     "TrialRuns",
     "lab_plan",
+    "plan_orders",
     "run_grid",
     "run_trial",
+    "strategy_rows",
     "trial_of",
+    "with_seed",
 ]
 
 logger = logging.getLogger(__name__)
@@ -76,7 +80,7 @@ class Trial:
     """Its direction, which ranks orders and strategies."""
 
 
-class _Timed:
+class Timed:
     """A strategy whose ``cycle_order`` calls are timed."""
 
     def __init__(self, inner: OrderingStrategy) -> None:
@@ -114,12 +118,20 @@ def run_trial(cell: Cell, grid: Grid, seed: int) -> Trial | Skipped:
     return trial_of(lab_plan(cell, grid, sites, federation), federation, grid, seed=seed)
 
 
-def trial_of(plan: RunPlan, federation: Federation, grid: Grid, *, seed: int) -> Trial:
+def trial_of(
+    plan: RunPlan,
+    federation: Federation,
+    grid: Grid,
+    *,
+    seed: int,
+    max_orders: int | None = None,
+) -> Trial:
     """Runs the oracle, the baselines and every strategy of ``grid`` on ``federation``,
     each run trained as ``plan`` says.
 
     The candidate orders are those of ``plan.run.sites`` (a sample drawn with ``seed``
-    beyond ``sim.lab.oracle.EXHAUSTIVE_MAX_SITES``); repetition ``r`` uses run seed
+    beyond ``sim.lab.oracle.EXHAUSTIVE_MAX_SITES``, or beyond ``max_orders`` orders when
+    given: :func:`plan_orders`); repetition ``r`` uses run seed
     ``plan.run.seed + r``. Only ``grid``'s repetitions, strategies and probe budgets are
     read, not its cells.
 
@@ -135,7 +147,8 @@ def trial_of(plan: RunPlan, federation: Federation, grid: Grid, *, seed: int) ->
     k = len(sites)
     profiles = published_profiles(federation)
     reps = tuple(plan.run.seed + r for r in range(grid.repetitions))
-    scores = evaluate_orders(plan, federation, candidate_orders(sites, seed=seed), reps)
+    orders = plan_orders(sites, seed=seed, max_orders=max_orders)
+    scores = evaluate_orders(plan, federation, orders, reps)
     best = int(np.argmax(sign * scores.test.mean(axis=1)))
     chosen: dict[str, list[float]] = {}
     hits: dict[str, list[bool]] = {}
@@ -147,23 +160,14 @@ def trial_of(plan: RunPlan, federation: Federation, grid: Grid, *, seed: int) ->
     simulate_sequential(plan, federation, [sites] * plan.run.cycles)
     run_seconds = time.perf_counter() - started
     for rep, r in enumerate(reps):
-        rep_plan = _with_seed(plan, r)
+        rep_plan = with_seed(plan, r)
         central.append(centralized_accuracy(rep_plan, federation))
         fedavg.append(fedavg_accuracy(rep_plan, federation))
         runs = TrialRuns(scores, rep, plan, federation)
         schedules: dict[str, tuple[tuple[str, ...], ...]] = {}
-        rows = [
-            (label, name, options, grid.probe_budget_per_site)
-            for label, name, options in grid.strategies
-        ]
-        rows += [
-            (label, "learned", {}, per_site)
-            for label, per_site, largest in grid.budget_rows
-            if k <= largest
-        ]
-        for label, name, options, per_site in rows:
+        for label, name, options, per_site in strategy_rows(grid, k):
             inner = make_strategy(name, options)
-            strategy = _Timed(inner)
+            strategy = Timed(inner)
             used: tuple[ProbeOutcome, ...] = ()
             if isinstance(inner, ProbePlanner):
                 used = gather_probes(
@@ -203,7 +207,40 @@ def trial_of(plan: RunPlan, federation: Federation, grid: Grid, *, seed: int) ->
     )
 
 
-def _with_seed(plan: RunPlan, seed: int) -> RunPlan:
+def plan_orders(
+    sites: Sequence[str], *, seed: int, max_orders: int | None = None
+) -> tuple[tuple[str, ...], ...]:
+    """The candidate orders of a trial: ``sim.lab.oracle.candidate_orders``, or with
+    ``max_orders`` every order when there are at most that many and ``max_orders`` drawn
+    with ``seed`` otherwise.
+
+    Raises:
+        ConfigError: ``max_orders`` is below 2.
+    """
+    if max_orders is None:
+        return candidate_orders(sites, seed=seed)
+    if max_orders < 2:
+        raise ConfigError(f"--max-orders must be at least 2, not {max_orders}")
+    return candidate_orders(sites, seed=seed, sample_size=max_orders, exhaustive_max_sites=0)
+
+
+def strategy_rows(grid: Grid, k: int) -> list[tuple[str, str, Mapping[str, Any], int]]:
+    """``(label, strategy name, options, probe runs per site)`` of every strategy ``grid``
+    compares among ``k`` sites: its strategies, then its larger-budget ``learned`` rows."""
+    rows = [
+        (label, name, options, grid.probe_budget_per_site)
+        for label, name, options in grid.strategies
+    ]
+    rows += [
+        (label, "learned", {}, per_site)
+        for label, per_site, largest in grid.budget_rows
+        if k <= largest
+    ]
+    return rows
+
+
+def with_seed(plan: RunPlan, seed: int) -> RunPlan:
+    """``plan`` with run seed ``seed``."""
     return replace(plan, run=replace(plan.run, seed=seed))
 
 
@@ -231,7 +268,7 @@ class OracleProber:
             seed = self.scores.seeds[column]
         else:
             seed = max(self.scores.seeds) + 1 + repetition
-        plan = _with_seed(self.plan, seed)
+        plan = with_seed(self.plan, seed)
         run = train_schedules_batched(plan, self.federation, [[order] * plan.run.cycles])
         return {"accuracy": float(run.val[0]), "loss": float(run.val_loss[0])}
 
@@ -248,7 +285,7 @@ class TrialRuns:
     ) -> None:
         self.scores = scores
         self.rep = rep
-        self.plan = _with_seed(plan, scores.seeds[rep])
+        self.plan = with_seed(plan, scores.seeds[rep])
         self.federation = federation
         self._trained: dict[Schedule, tuple[OrderAccuracies, int]] = {}
         """Schedules trained here: the batch that trained each, and its row there."""

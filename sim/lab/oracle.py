@@ -28,12 +28,17 @@ SAMPLED_ORDERS = 720
 
 
 def candidate_orders(
-    sites: Sequence[str], *, seed: int = 0, sample_size: int = SAMPLED_ORDERS
+    sites: Sequence[str],
+    *,
+    seed: int = 0,
+    sample_size: int = SAMPLED_ORDERS,
+    exhaustive_max_sites: int = EXHAUSTIVE_MAX_SITES,
 ) -> tuple[tuple[str, ...], ...]:
-    """All orders of ``sites`` (in ``itertools.permutations`` order) for up to 6 sites;
-    beyond, ``sample_size`` distinct orders drawn uniformly with ``numpy`` seed ``seed``."""
+    """All orders of ``sites`` (in ``itertools.permutations`` order) for up to
+    ``exhaustive_max_sites`` sites or up to ``sample_size`` orders; beyond, ``sample_size``
+    distinct orders drawn uniformly with ``numpy`` seed ``seed``."""
     k = len(sites)
-    if k <= EXHAUSTIVE_MAX_SITES or math.factorial(k) <= sample_size:
+    if k <= exhaustive_max_sites or math.factorial(k) <= sample_size:
         return tuple(itertools.permutations(sites))
     rng = np.random.default_rng(seed)
     if k <= 8:

@@ -8,18 +8,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from baton.errors import ConfigError
 from baton.plan import TrainingSection
-from sim.lab.batched import unsupported_by_batched
+from sim.lab.batched import supports_batched
 from sim.lab.cells import Grid
 from sim.lab.grid import trial_of
+from sim.lab.sequential import Progress, sequential_trial
 from sim.lab.summary import summarize
 from sim.own_data import read_federation
 
 if TYPE_CHECKING:
     from baton.plan import RunPlan
+    from sim.lab.oracle import OrderScores
 
-__all__ = ["OWN_DATA", "PlanCell", "check_plan", "plan_cell", "remedies_label", "run_plan_cell"]
+__all__ = [
+    "OWN_DATA",
+    "PlanCell",
+    "by_last_site",
+    "check_plan",
+    "plan_cell",
+    "remedies_label",
+    "run_plan_cell",
+]
 
 OWN_DATA = "own-data"
 """The ``partition`` the records of a plan's cell carry: the sites' data as they hold it."""
@@ -65,21 +77,11 @@ def check_plan(plan: RunPlan) -> None:
     """Refuses a plan the lab cannot measure.
 
     Raises:
-        ConfigError: The plan has fewer than 2 sites (one order only), or a model or
-            training option the lab's batched trainer does not support
-            (``sim.lab.batched.unsupported_by_batched``): the lab trains hundreds of runs
-            of every order, which one by one would take hundreds of times a simulation.
+        ConfigError: The plan has fewer than 2 sites (one order only).
     """
     if len(plan.run.sites) < 2:
         raise ConfigError(
             f"the plan has {len(plan.run.sites)} site; comparing orders needs at least 2"
-        )
-    unsupported = unsupported_by_batched(plan)
-    if unsupported:
-        raise ConfigError(
-            "baton lab --plan trains every order with the lab's batched trainer, which "
-            f"does not support the plan's {', '.join(unsupported)}; "
-            "try the plan with 'baton simulate' instead"
         )
 
 
@@ -101,24 +103,34 @@ def run_plan_cell(
     *,
     test: Path | None = None,
     repetitions: int = 4,
+    max_orders: int | None = None,
+    progress: Progress | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Trains every candidate order of ``plan`` on the sites' own data, ``repetitions``
     times, and places every strategy of ``sim.lab.cells.STRATEGIES`` among them.
 
-    The cell runs as one trial of the grid (``sim.lab.grid.trial_of``): all orders for up
-    to 6 sites, 720 drawn with the plan's seed beyond; repetition ``r`` uses run seed
-    ``plan.run.seed + r``. The plan's ``[ordering]`` section is not used: every strategy
-    is measured. Runs are scored on ``test``; without it on the sites' validation splits
-    pooled (each site's validation accuracy weighted by its examples), which the
-    strategies that probe also see.
+    The candidate orders are all orders for up to 6 sites, 720 drawn with the plan's seed
+    beyond (with ``max_orders``: all when there are at most that many, else that many
+    drawn: ``sim.lab.grid.plan_orders``); repetition ``r`` uses run seed
+    ``plan.run.seed + r``. A plan the lab's batched trainer supports (an MLP by SGD,
+    ranked by accuracy: ``sim.lab.batched.supports_batched``) runs as one trial of the
+    grid (``sim.lab.grid.trial_of``); any other (a language model ranked by perplexity,
+    say) trains every run one at a time with the sites' own trainer through the task's
+    hooks (``sim.lab.sequential.sequential_trial``), which ``progress`` reports on. Runs
+    are ranked by the plan's primary metric in its direction. The plan's ``[ordering]``
+    section is not used: every strategy is measured. Runs are scored on ``test``;
+    without it on the sites' validation splits pooled, which the strategies that probe
+    also see.
 
     Returns:
         The records (the grid's keys, ``partition`` :data:`OWN_DATA`) and the meta
-        data of ``results.json``.
+        data of ``results.json``, whose ``by_last_site`` gives, per site, the orders that
+        end with it and their mean score (:func:`by_last_site`).
 
     Raises:
         ConfigError: See :func:`check_plan` and ``sim.own_data.read_federation``; also
-            ``repetitions`` below 1.
+            ``repetitions`` below 1, ``max_orders`` below 2, or a primary metric the task
+            does not compute.
         DataError: A site's or the test's data cannot be read or fails validation.
     """
     if repetitions < 1:
@@ -129,7 +141,19 @@ def run_plan_cell(
         name=f"plan:{plan.run.name}", cells=(), seeds=(plan.run.seed,), repetitions=repetitions
     )
     started = time.perf_counter()
-    trial = trial_of(plan, federation, grid, seed=plan.run.seed)
+    batched = supports_batched(plan)
+    if batched:
+        trial = trial_of(plan, federation, grid, seed=plan.run.seed, max_orders=max_orders)
+    else:
+        trial = sequential_trial(
+            plan,
+            federation,
+            grid,
+            seed=plan.run.seed,
+            pooled_is_test=test is None,
+            max_orders=max_orders,
+            progress=progress,
+        )
     seconds = time.perf_counter() - started
     records = summarize(plan_cell(plan), [trial], remedies=remedies_label(plan.training))
     for record in records:
@@ -137,8 +161,8 @@ def run_plan_cell(
     scored_on = (
         f"held-out test data ({len(federation.test.y)} examples)"
         if test is not None
-        else "the sites' validation splits pooled (no --test): each site's validation "
-        "accuracy weighted by its examples; the probing strategies see the same data"
+        else f"the sites' validation splits pooled (no --test): the plan's {plan.task.metric} "
+        "on all their examples together; the probing strategies see the same data"
     )
     meta = {
         "grid": grid.name,
@@ -154,6 +178,24 @@ def run_plan_cell(
         "model": plan.model.name,
         "sites": list(plan.run.sites),
         "orders": len(trial.scores.orders),
+        "trainer": "batched" if batched else "sequential",
+        "metric": plan.task.metric,
+        "higher_is_better": plan.task.higher_is_better,
         "scored_on": scored_on,
+        "by_last_site": by_last_site(trial.scores),
     }
     return records, meta
+
+
+def by_last_site(scores: OrderScores) -> list[dict[str, Any]]:
+    """Per site (in order of first appearance as a last site), the candidate orders that
+    end with it: how many, and the mean, lowest and highest of their scores (each order's
+    score being its mean over the repetitions)."""
+    means = scores.test.mean(axis=1)
+    groups: dict[str, list[float]] = {}
+    for order, mean in zip(scores.orders, means, strict=True):
+        groups.setdefault(order[-1], []).append(float(mean))
+    return [
+        {"site": site, "orders": len(v), "mean": float(np.mean(v)), "min": min(v), "max": max(v)}
+        for site, v in groups.items()
+    ]

@@ -85,13 +85,9 @@ def test_the_strategies_see_the_plans_metric_and_direction() -> None:
     assert flipped[2] == ("site-1", "site-0", "site-2")
 
 
-def test_the_oracle_baselines_and_lab_plan_refuse_a_metric_they_cannot_compute() -> None:
+def test_the_fast_paths_refuse_a_metric_they_cannot_compute() -> None:
     plan = _plan()
-    with pytest.raises(ConfigError) as err:
-        check_plan(plan)
-    assert "primary metric 'perplexity', lower is better (only 'accuracy', higher is better)" in (
-        err.value.message
-    )
+    check_plan(plan)  # the lab's plan cell trains it one run at a time instead
     nothing = cast(Any, None)  # refused before the data is touched
     calls: list[tuple[Callable[[], object], str]] = [
         (lambda: evaluate_orders(plan, nothing, [SITES], [0]), "the ordering lab's oracle"),

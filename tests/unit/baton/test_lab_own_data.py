@@ -124,37 +124,38 @@ def test_the_plans_order_scores_as_a_simulation_of_the_plan(
     assert [r["repetitions"] for r in records] == [1] * len(records)
 
 
-@pytest.mark.parametrize(
-    ("toml", "message"),
-    [
-        (
-            _plan_toml(model="cnn"),
-            "baton lab --plan trains every order with the lab's batched trainer, which "
-            "does not support the plan's model 'cnn' (only 'mlp'); "
-            "try the plan with 'baton simulate' instead",
-        ),
-        (
-            _plan_toml(optimizer="adam"),
-            "baton lab --plan trains every order with the lab's batched trainer, which "
-            "does not support the plan's optimizer 'adam' (only 'sgd'); "
-            "try the plan with 'baton simulate' instead",
-        ),
-        (
-            _plan_toml().replace("hidden = [8]", "hidden = [8], dropout = 0.25"),
-            "baton lab --plan trains every order with the lab's batched trainer, which "
-            "does not support the plan's dropout 0.25 (only 0); "
-            "try the plan with 'baton simulate' instead",
-        ),
-        (_plan_toml(sites='"h1"'), "the plan has 1 site; comparing orders needs at least 2"),
-    ],
-)
-def test_plans_the_lab_cannot_measure_are_refused(
-    dirs: dict[str, Path], toml: str, message: str
-) -> None:
+def test_plans_the_lab_cannot_measure_are_refused(dirs: dict[str, Path]) -> None:
     sites = {s: dirs[s] for s in SITES}
     with pytest.raises(ConfigError) as caught:
-        run_plan_cell(parse_plan(toml), sites, repetitions=2)
-    assert str(caught.value) == message
+        run_plan_cell(parse_plan(_plan_toml(sites='"h1"')), sites, repetitions=2)
+    assert str(caught.value) == "the plan has 1 site; comparing orders needs at least 2"
+    with pytest.raises(ConfigError) as caught:
+        run_plan_cell(parse_plan(_plan_toml()), sites, repetitions=1, max_orders=1)
+    assert str(caught.value) == "--max-orders must be at least 2, not 1"
+
+
+def test_a_plan_the_batched_trainer_cannot_run_trains_one_run_at_a_time(
+    dirs: dict[str, Path],
+) -> None:
+    # Adam is not the batched trainer's: the sites' own trainer runs each order, and the
+    # fixed strategy (the plan's order, with the plan's seed) reaches what
+    # `baton simulate` reaches; --max-orders draws that many of the six orders.
+    plan = parse_plan(_plan_toml(optimizer="adam"))
+    sites = {s: dirs[s] for s in SITES}
+    lines: list[str] = []
+    records, meta = run_plan_cell(
+        plan, sites, test=dirs["test"], repetitions=1, max_orders=3, progress=lines.append
+    )
+    assert (meta["trainer"], meta["orders"]) == ("sequential", 3)
+    assert lines[0] == (
+        "3 orders x 1 repetitions = 3 runs, one at a time with the sites' own trainer"
+    )
+    assert lines[1].startswith("run 1 (")
+    fixed = next(r for r in records if r["strategy"] == "fixed")
+    simulated = simulate_sites(plan, sites, test=dirs["test"])
+    assert simulated.test_metrics is not None
+    assert fixed["accuracy_mean"] == pytest.approx(simulated.test_metrics["accuracy"], abs=1e-9)
+    assert sum(row["orders"] for row in meta["by_last_site"]) == 3
 
 
 def test_sites_must_be_the_plans(dirs: dict[str, Path]) -> None:
@@ -175,8 +176,9 @@ def _app() -> typer.Typer:
     ("args", "message"),
     [
         (["--grid", "smoke", "--plan", "plan.toml"], "--grid and --plan are mutually exclusive"),
-        (["--site", "h1=/data"], "--site and --test need --plan"),
-        (["--test", "test.csv"], "--site and --test need --plan"),
+        (["--site", "h1=/data"], "--site, --test and --max-orders need --plan"),
+        (["--test", "test.csv"], "--site, --test and --max-orders need --plan"),
+        (["--max-orders", "4"], "--site, --test and --max-orders need --plan"),
     ],
 )
 def test_option_conflicts_are_config_errors(tmp_path: Path, args: list[str], message: str) -> None:
