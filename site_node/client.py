@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -130,9 +130,18 @@ class CoordinatorClient(Protocol):
         """Streams the hops (and evaluations) given to this site, re-delivering unfinished ones."""
         ...
 
-    def download(self, *, run_id: str, hop_index: int, blob: BlobRef, dest: Path) -> None:
+    def download(
+        self,
+        *,
+        run_id: str,
+        hop_index: int,
+        blob: BlobRef,
+        dest: Path,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
         """Writes hop ``hop_index``'s input ``blob`` to ``dest``, resuming a partial ``dest``,
-        and checks its size and hash."""
+        and checks its size and hash. ``progress`` learns the length written so far (at least
+        once, at the end); an exception it raises stops the download."""
         ...
 
     def upload(
@@ -207,10 +216,25 @@ class GrpcCoordinatorClient:
             call = self._stub.WatchAssignments(site_pb2.WatchAssignmentsRequest())
         return _GrpcAssignments(call, self._target)
 
-    def download(self, *, run_id: str, hop_index: int, blob: BlobRef, dest: Path) -> None:
+    def download(
+        self,
+        *,
+        run_id: str,
+        hop_index: int,
+        blob: BlobRef,
+        dest: Path,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
         """See :meth:`CoordinatorClient.download`."""
         with self._rpc(f"download the input of hop {hop_index}"):
-            transfer.download(self._stub, run_id=run_id, hop_index=hop_index, blob=blob, dest=dest)
+            transfer.download(
+                self._stub,
+                run_id=run_id,
+                hop_index=hop_index,
+                blob=blob,
+                dest=dest,
+                progress=progress,
+            )
 
     def upload(
         self, *, run_id: str, hop_index: int, source: Path, manifest: bytes | None = None

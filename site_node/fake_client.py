@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -82,7 +82,15 @@ class FakeCoordinatorClient:
         self._record("watch_assignments")
         return _FakeStream(self.assignments)
 
-    def download(self, *, run_id: str, hop_index: int, blob: BlobRef, dest: Path) -> None:
+    def download(
+        self,
+        *,
+        run_id: str,
+        hop_index: int,
+        blob: BlobRef,
+        dest: Path,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
         """Writes the stored blob to ``dest`` from where a partial ``dest`` ends, as the real
         client does, and checks it against ``blob``."""
         self._record("download", run_id=run_id, hop_index=hop_index, blob=blob, dest=dest)
@@ -95,6 +103,8 @@ class FakeCoordinatorClient:
         if dest.stat().st_size != blob.size or _sha256(dest) != blob.blob_id:
             dest.unlink()
             raise BlobError("downloaded model does not match its content hash")
+        if progress is not None:
+            progress(blob.size)
 
     def upload(
         self, *, run_id: str, hop_index: int, source: Path, manifest: bytes | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from baton.security.sealing import (
     manifest_digest,
     verify_plan,
 )
+from baton.security.streaming import Tail
 from baton.security.tls import TlsMaterial
 from site_node.client import CoordinatorClient
 from site_node.handover import Verified, refuse_revoked
@@ -186,7 +188,6 @@ class Inbox:
             a.sender_signing_certificate_pem,
             a.sender_encryption_certificate_pem,
         )
-        self.client.download(run_id=a.run_id, hop_index=a.hop_index, blob=incoming, dest=sealed)
         # Retrying this very hop (after a lost connection or a restart) presents the
         # input this site already accepted for it: open it again. Any other manifest
         # for that hop (equivocation) or an older hop (rollback) is still refused.
@@ -196,24 +197,35 @@ class Inbox:
         )
         if retry:
             logger.info("hop %d: resuming; its input was accepted before", a.hop_index)
-        manifest = open_file(
-            sealed,
-            plain_in,
-            a.input_manifest,
-            me=me.spiffe_id,
-            my_key=self.keys.encryption_key,
-            expect=Expectation(
-                run_id=a.run_id,
-                hop_index=a.hop_index - 1,
-                sender=sender.identity.spiffe_id,
-                previous_manifest_hash=expected_previous(plan_digest, a.previous_manifest),
-                plan_hash=plan_digest,
-                schema_hash=schema_digest,
-                max_plaintext_bytes=MAX_MODEL_BYTES,
-            ),
-            sender_key=sender.signing_key,
-            replay=MemoryReplayGuard() if retry else self.replay,
+        expect = Expectation(
+            run_id=a.run_id,
+            hop_index=a.hop_index - 1,
+            sender=sender.identity.spiffe_id,
+            previous_manifest_hash=expected_previous(plan_digest, a.previous_manifest),
+            plan_hash=plan_digest,
+            schema_hash=schema_digest,
+            max_plaintext_bytes=MAX_MODEL_BYTES,
         )
+        replay = MemoryReplayGuard() if retry else self.replay
+        with Tail(sealed, incoming.size) as tail, ThreadPoolExecutor(1, "baton-fetch") as pool:
+            fetching = pool.submit(self._fetch, a, incoming, tail)
+            try:
+                manifest = open_file(
+                    tail,
+                    plain_in,
+                    a.input_manifest,
+                    me=me.spiffe_id,
+                    my_key=self.keys.encryption_key,
+                    expect=expect,
+                    sender_key=sender.signing_key,
+                    replay=replay,
+                )
+            except SealError:
+                # A failed download reads as a truncated blob: report the download's error.
+                if tail.abandon() and (failed := fetching.exception()) is not None:
+                    raise failed from None
+                raise
+            fetching.result()
         self._check_data_schema(a, plain_in)
         self.local.hooks.load_travelling(
             model, load_state_file(plain_in), max_norm=plan.security.max_weight_norm
@@ -226,6 +238,24 @@ class Inbox:
         )
         logger.info("hop %d: opened the model sealed by %s", a.hop_index, a.previous_site_id)
         return manifest.digest
+
+    def _fetch(self, a: Assignment, incoming: BlobRef, tail: Tail) -> None:
+        """Downloads ``incoming`` to ``tail``'s file, reporting its growth to ``tail``.
+
+        The sealed blob is opened (verified, then decrypted into a private temporary file)
+        while it arrives; its plaintext is used only after the whole blob's hash matched.
+        """
+        try:
+            self.client.download(
+                run_id=a.run_id,
+                hop_index=a.hop_index,
+                blob=incoming,
+                dest=tail.path,
+                progress=tail.grew,
+            )
+            tail.grew(incoming.size)
+        finally:
+            tail.end()
 
     def _check_data_schema(self, a: Assignment, plain_in: Path) -> None:
         """Refuses a model trained on another data schema than this site's (columns in

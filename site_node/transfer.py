@@ -6,7 +6,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -40,12 +40,20 @@ def stream_deadline(remaining_bytes: int) -> float:
 
 
 def download(
-    stub: site_pb2_grpc.SiteServiceStub, *, run_id: str, hop_index: int, blob: BlobRef, dest: Path
+    stub: site_pb2_grpc.SiteServiceStub,
+    *,
+    run_id: str,
+    hop_index: int,
+    blob: BlobRef,
+    dest: Path,
+    progress: Callable[[int], None] | None = None,
 ) -> None:
     """Downloads a hop's input blob to ``dest``, resuming a partial file, and checks its hash.
 
     The bytes are hashed as they are written (a partial file's bytes once, when resuming),
-    so the file is never read back.
+    so the file is never read back. ``progress``, if given, learns the file's length once
+    the bytes are written to it: at the start (a resumed prefix) and after every chunk; an
+    exception it raises stops the download.
 
     Raises:
         BlobError: the stream is out of order or too long, or the bytes do not match ``blob``.
@@ -56,6 +64,8 @@ def download(
         dest.unlink()
         offset = 0
     sha = _hash_prefix(dest, offset)
+    if progress is not None:
+        progress(offset)
     for attempt in range(1, ATTEMPTS + 1):
         try:
             with dest.open("ab") as f:
@@ -73,6 +83,9 @@ def download(
                     f.write(chunk.data)
                     sha.update(chunk.data)
                     offset += len(chunk.data)
+                    if progress is not None:
+                        f.flush()
+                        progress(offset)
             break
         except grpc.RpcError as exc:
             if exc.code() not in RETRYABLE or attempt == ATTEMPTS:

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from baton.errors import SealError
-from baton.io import AtomicFile, read_into
+from baton.io import AtomicFile
 from baton.security.keys import fingerprint
 from baton.security.manifest import (
     CHUNK_DOMAIN,
@@ -45,7 +45,7 @@ from baton.security.manifest import (
     verify_manifest,
     wrap_info,
 )
-from baton.security.streaming import HashedBuffers
+from baton.security.streaming import HashedBuffers, Tail, fill
 from baton.v1 import envelope_pb2
 
 if TYPE_CHECKING:
@@ -194,7 +194,7 @@ def seal_file(
             for i in range(count):
                 size = min(chunk_size, length - i * chunk_size)
                 chunk, out = memoryview(plain)[:size], sealed.next(size + TAG_BYTES)
-                if read_into(src, chunk) != size:
+                if fill(src, chunk) != size:
                     raise SealError("io_error", f"{plaintext} shrank while it was sealed")
                 aead.encrypt_into(chunk_nonce(i), chunk, chunk_aad(prefix, i, count), out)
                 sealed.hash(out)
@@ -238,7 +238,7 @@ def seal_file(
 
 
 def open_file(
-    ciphertext: Path,
+    ciphertext: Path | Tail,
     plaintext: Path,
     signed: bytes,
     *,
@@ -268,7 +268,9 @@ def open_file(
     this hop at this site (a retry is then a ``replay``).
 
     Args:
-        ciphertext: The blob as received.
+        ciphertext: The blob as received, or a :class:`~baton.security.streaming.Tail` of
+            it while it is still being received (opened chunk by chunk as it arrives;
+            its announced size stands for the file's size in the size check).
         plaintext: Where the decrypted file goes; replaced if it exists.
         signed: The SignedManifest bytes as received.
         me: The receiver's SPIFFE id.
@@ -303,7 +305,7 @@ def open_file(
 
 
 def _open(
-    ciphertext: Path,
+    ciphertext: Path | Tail,
     plaintext: Path,
     signed: bytes,
     me: str,
@@ -317,7 +319,7 @@ def _open(
     """:func:`open_file` without its OSError translation."""
     if len(signed) > max_manifest_bytes:
         raise SealError("oversized", f"manifest of {len(signed)} bytes")
-    blob_size = ciphertext.stat().st_size
+    blob_size = ciphertext.size if isinstance(ciphertext, Tail) else ciphertext.stat().st_size
     bound = expect.max_plaintext_bytes + TAG_BYTES * (
         expect.max_plaintext_bytes // MIN_CHUNK_SIZE + 1
     )
@@ -355,14 +357,14 @@ def _open(
     prefix = CHUNK_DOMAIN + binding + m.chunk_count.to_bytes(8, "big")
     plain = bytearray(min(m.chunk_size, m.plaintext_length))
     with (
-        ciphertext.open("rb", buffering=0) as src,
+        ciphertext if isinstance(ciphertext, Tail) else ciphertext.open("rb", buffering=0) as src,
         AtomicFile(plaintext) as dst,
         HashedBuffers(len(plain) + TAG_BYTES) as sealed,
     ):
         for i in range(m.chunk_count):
             size = min(m.chunk_size, m.plaintext_length - i * m.chunk_size)
             chunk, out = sealed.next(size + TAG_BYTES), memoryview(plain)[:size]
-            if read_into(src, chunk) != len(chunk):
+            if fill(src, chunk) != len(chunk):
                 raise SealError("truncated", f"the blob ends inside chunk {i}")
             sealed.hash(chunk)
             if hashlib.sha256(chunk).digest() != m.chunk_hashes[i]:

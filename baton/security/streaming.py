@@ -1,12 +1,17 @@
-"""Background hashing for streaming sealed hops (durable files are :mod:`baton.io`)."""
+"""Background hashing and growing files for streaming sealed hops (durable files: baton.io)."""
 
 from __future__ import annotations
 
 import hashlib
+import io
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+from baton.errors import BlobError
+
 if TYPE_CHECKING:
+    from pathlib import Path
     from types import TracebackType
 
 
@@ -60,3 +65,91 @@ class HashedBuffers:
         if pending is not None:
             pending.result()
             self._pending[turn] = None
+
+
+class Tail:
+    """A file that another thread appends to, read from its start while it grows.
+
+    The writer reports each new length with :meth:`grew` and calls :meth:`end` when it
+    stops (done or failed); :meth:`readinto` waits for bytes that are not written yet, and
+    reads end of file once the writer ended. A reader that gives up calls :meth:`abandon`:
+    the writer's next :meth:`grew` then raises, which stops it.
+
+    Constraints: the writer MUST have written (flushed) the bytes it reports.
+
+    Args:
+        path: The file; it may not exist before the first :meth:`grew`.
+        size: The length the file will have once complete.
+    """
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path = path
+        self.size = size
+        self._cond = threading.Condition()
+        self._length = 0
+        self._pos = 0
+        self._ended = False
+        self._abandoned = False
+        self._file: io.FileIO | None = None
+
+    def __enter__(self) -> Tail:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def grew(self, length: int) -> None:
+        """Reports that the file now holds ``length`` bytes (called by the writer).
+
+        Raises:
+            BlobError: The reader abandoned the file.
+        """
+        with self._cond:
+            if self._abandoned:
+                raise BlobError("the transfer was abandoned: its reader rejected the bytes")
+            self._length = max(self._length, length)
+            self._cond.notify_all()
+
+    def end(self) -> None:
+        """Reports that the writer stopped; reads past what it wrote see end of file."""
+        with self._cond:
+            self._ended = True
+            self._cond.notify_all()
+
+    def abandon(self) -> bool:
+        """Stops the writer at its next :meth:`grew`; returns whether it had ended already."""
+        with self._cond:
+            self._abandoned = True
+            return self._ended
+
+    def readinto(self, view: memoryview) -> int:
+        """Reads up to ``len(view)`` bytes into ``view``, waiting until some are written;
+        returns 0 at the end (the writer ended and everything it wrote was read)."""
+        with self._cond:
+            while self._length <= self._pos and not self._ended:
+                self._cond.wait()
+            available = self._length - self._pos
+        if available <= 0 or not view:
+            return 0
+        if self._file is None:
+            self._file = io.FileIO(self.path, "r")
+            self._file.seek(self._pos)
+        got = self._file.readinto(view[: min(len(view), available)]) or 0
+        self._pos += got
+        return got
+
+    def read(self, size: int) -> bytes:
+        """Reads up to ``size`` bytes (fewer only at the end)."""
+        buffer = bytearray(size)
+        return bytes(buffer[: fill(self, memoryview(buffer))])
+
+
+def fill(src: io.FileIO | Tail, view: memoryview) -> int:
+    """Fills ``view`` from ``src``; returns the bytes read (fewer only at the end)."""
+    total = 0
+    while total < len(view) and (got := src.readinto(view[total:])):
+        total += got
+    return total
