@@ -81,6 +81,9 @@ class CoordinatorConfig:
     max_uploads_per_site: int = 4
     """Most uploads one participant may hold open; a stalled or header-less upload holds
     one of them, never a thread of another site."""
+    upload_idle_seconds: float = 120.0
+    """An upload that sends nothing (not even its header) this long is ended, freeing its
+    slot; the site resumes it later from what was committed."""
     retention_grace_seconds: float = 86400.0
     """A blob no running run needs and no succeeded run holds as its result, a partial
     upload, or a finished upload's record, left untouched this long, is removed."""
@@ -111,6 +114,10 @@ class CoordinatorConfig:
             )
         if self.max_streams_per_site < 1 or self.max_uploads_per_site < 1:
             raise ValueError("'max_streams_per_site' and 'max_uploads_per_site' must be at least 1")
+        if self.upload_idle_seconds <= 0:
+            raise ValueError(
+                f"'upload_idle_seconds' must be positive, not {self.upload_idle_seconds}"
+            )
         if self.retention_grace_seconds < 0 or self.gc_interval_seconds < 0:
             raise ValueError(
                 "'retention_grace_seconds' and 'gc_interval_seconds' must not be negative"

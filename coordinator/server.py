@@ -20,6 +20,7 @@ from baton.wire.channel import SERVER_OPTIONS
 from coordinator.api.admin import AdminService
 from coordinator.api.auth import GatedHealth, PeerGate
 from coordinator.api.errors import ErrorInterceptor
+from coordinator.api.idle import IdleUploads
 from coordinator.api.limits import StreamCaps
 from coordinator.api.site import SiteService
 from coordinator.blobs import FileBlobStore
@@ -109,10 +110,11 @@ class CoordinatorServer:
         self.metrics = MetricsEndpoint(
             config.metrics, self.store, lease_seconds=config.lease_seconds
         )
+        self.idle_uploads = IdleUploads(config.upload_idle_seconds)
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),
             options=SERVER_OPTIONS,
-            interceptors=[*self.metrics.interceptors, ErrorInterceptor()],
+            interceptors=[*self.metrics.interceptors, ErrorInterceptor(), self.idle_uploads],
             maximum_concurrent_rpcs=config.workers * 2,
         )
         sites = Sites(
@@ -193,6 +195,7 @@ class CoordinatorServer:
         self.metrics.stop()
         self.watch.stop()
         self.collector.stop()
+        self.idle_uploads.stop()
         self._close_state()
 
     def _close_state(self) -> None:
