@@ -128,15 +128,15 @@ def test_a_site_killed_mid_hop_loses_one_hop_per_cycle_and_the_chain_verifies(
         assert all(h.state == common_pb2.HOP_STATE_COMPLETED for h in final.hops)
         decided = [line for line in lines if line.startswith("EVENT_KIND_FAULT")]
         assert [line.split(";")[0] for line in decided] == [
-            f"EVENT_KIND_FAULT 1 {VICTIM} {action}: hop 1 at {VICTIM} was lost",
-            "EVENT_KIND_FAULT 0 west reseal: hop 0 at west seals its output again for york",
-            f"EVENT_KIND_FAULT 4 {VICTIM} {action}: hop 4 at {VICTIM} was lost",
-            "EVENT_KIND_FAULT 3 west reseal: hop 3 at west seals its output again for york",
+            f"EVENT_KIND_FAULT 1 {VICTIM} {action}: hop 2 at {VICTIM} was lost",
+            "EVENT_KIND_FAULT 0 west reseal: hop 1 at west seals its output again for york",
+            f"EVENT_KIND_FAULT 4 {VICTIM} {action}: hop 5 at {VICTIM} was lost",
+            "EVENT_KIND_FAULT 3 west reseal: hop 4 at west seals its output again for york",
         ]
         # Every receiving site verified the chain (the run went on); so does the owner.
         assert chain_report(fed, run.run_id) == "6 hops verified"
         log = (fed.layout.coordinator_dir / "coordinator.log").read_text()
-        assert f"{action}: hop 1 at {VICTIM} was lost" in log
+        assert f"{action}: hop 2 at {VICTIM} was lost" in log
 
 
 def test_wait_warns_the_owner_within_two_leases(tmp_path: Path) -> None:
@@ -154,7 +154,7 @@ def test_wait_warns_the_owner_within_two_leases(tmp_path: Path) -> None:
                 fed.client.cancel_run(run.run_id, "test over")
         assert warning is not None
         assert warning.message.startswith(f"wait: site {VICTIM} offline since ")
-        assert f"hop 1 at {VICTIM} was lost; waiting for the site" in warning.message
+        assert f"hop 2 at {VICTIM} was lost; waiting for the site" in warning.message
         assert warning.time_unix_ms / 1000 - killed_at < 2 * LEASE_S
 
 
@@ -163,11 +163,11 @@ def test_wait_warns_the_owner_within_two_leases(tmp_path: Path) -> None:
     [
         (
             'on_lost_site = "retry"\nmax_retries = 1',
-            f"hop 1 at {VICTIM} was lost after 1 retries (max_retries): no heartbeat for 5 s",
+            f"hop 2 at {VICTIM} was lost after 1 retries (max_retries): no heartbeat for 5 s",
         ),
         (
             'on_lost_site = "skip"\nmin_sites = 2',
-            f"hop 1 at {VICTIM} was lost and only 1 sites remain (min_sites = 2): no heartbeat",
+            f"hop 2 at {VICTIM} was lost and only 1 sites remain (min_sites = 2): no heartbeat",
         ),
     ],
     ids=["retry", "min_sites"],
