@@ -48,6 +48,13 @@ def serve(
         Path | None,
         typer.Option(help="Write the bound port here once serving (for listen port 0)."),
     ] = None,
+    accept_state_loss: Annotated[
+        bool,
+        typer.Option(
+            help="Start even if the state database lacks changes the audit log records "
+            "(a lost WAL); what is lost is logged."
+        ),
+    ] = False,
 ) -> None:
     """Serve sites and admins over mTLS until SIGTERM or Ctrl-C."""
     from coordinator.config import load_coordinator_config
@@ -57,7 +64,7 @@ def serve(
     with exit_on_error(_CODES, exit_codes.COORDINATOR_CONFIG):
         cfg = load_coordinator_config(config)
         tls = cfg.tls.load()
-        server = CoordinatorServer(cfg, tls)
+        server = CoordinatorServer(cfg, tls, accept_state_loss=accept_state_loss)
         stopping = threading.Event()
         on_terminate(stopping.set)
         server.start()

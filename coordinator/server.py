@@ -32,6 +32,7 @@ from coordinator.engine.transfers import Transfers
 from coordinator.metrics import MetricsEndpoint
 from coordinator.retention import Collector
 from coordinator.state_dir import StateDirLock
+from coordinator.store.audit_head import check_audit_head
 from coordinator.store.base import Store
 from coordinator.store.sqlite import SqliteStore
 from coordinator.tls_reload import ReloadingServerCredentials
@@ -53,18 +54,27 @@ class CoordinatorServer:
         config: The coordinator's configuration.
         tls: TLS material loaded from ``config.tls`` (the caller reports PKI errors before
             anything starts).
-        store: State store; defaults to SQLite under ``config.state_dir``.
+        store: State store; defaults to SQLite under ``config.state_dir``, checked against
+            the audit log's head: a database that lost state changes the log records (a
+            lost WAL) refuses to start.
+        accept_state_loss: Start anyway on such a database, logging what was lost.
 
     Raises:
         PkiError: If ``config.crl`` is set and the CRL is missing, stale or not the CA's.
         ConfigError: If ``config.state_dir`` is not a directory.
-        StoreError: If the state directory or database is not writable, or another
-            coordinator holds the state directory.
+        StoreError: If the state directory or database is not writable, another
+            coordinator holds the state directory, or the database lacks state changes
+            the audit log records.
         TransportError: If the listen address cannot be bound.
     """
 
     def __init__(
-        self, config: CoordinatorConfig, tls: TlsMaterial, *, store: Store | None = None
+        self,
+        config: CoordinatorConfig,
+        tls: TlsMaterial,
+        *,
+        store: Store | None = None,
+        accept_state_loss: bool = False,
     ) -> None:
         self.config = config
         revoked = revocation_check(config.crl, tls.ca_pem, interval=config.crl_reload_seconds)
@@ -77,7 +87,11 @@ class CoordinatorServer:
         try:
             self.blobs = FileBlobStore(config.blob_dir)
             self.audit = open_audit_log(config.state_dir, tls)
+            if store is None:
+                check_audit_head(config.database, self.audit.path, accept_loss=accept_state_loss)
         except BaseException:
+            if hasattr(self, "audit"):
+                self.audit.close()
             self.store.close()
             self._state.release()
             raise
