@@ -3,11 +3,12 @@
 Run: ``python benchmarks/hop_bench.py --size-bytes N [--reps 3] [--out FILE]``. A throwaway
 PKI; a real coordinator process (``coordinator serve``, mTLS, loopback); per repetition a
 new two-site run, a sender process (``seal_file``, ``site_node.transfer.upload``,
-``CompleteHop``) and a receiver process (``site_node.transfer.download``, ``open_file``).
-The baselines run in the same repetition: raw TCP loopback, a plain gRPC relay with and
-without mTLS (1 MiB chunks, no crypto, upload then download) and ``cp``. GB/s counts 1e9
-bytes of plaintext; every figure is the median over the repetitions; RSS is the peak above
-the process's idle resident set (coordinator: its largest over the repetitions).
+``CompleteHop``) and a receiver process (``site_node.transfer.download``, with
+``open_file`` opening what arrived meanwhile). The baselines run in the same repetition:
+raw TCP loopback, a plain gRPC relay with and without mTLS (1 MiB chunks, no crypto,
+upload then download) and ``cp``. GB/s counts 1e9 bytes of plaintext; every figure is the
+median over the repetitions; RSS is the peak above the process's idle resident set
+(coordinator: its largest over the repetitions).
 """
 
 from __future__ import annotations

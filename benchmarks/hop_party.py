@@ -19,6 +19,7 @@ from baton.domain import BlobRef
 from baton.security.envelope import Expectation, HopContext, RecipientKey, open_file, seal_file
 from baton.security.replay import MemoryReplayGuard
 from baton.security.sealing import AppKeys, expected_previous, plan_hash
+from baton.security.streaming import Tail, read_while_written
 from baton.v1 import common_pb2, envelope_pb2, site_pb2, site_pb2_grpc
 from site_node import transfer
 
@@ -84,34 +85,45 @@ def send(
 def receive(
     root: Path, stub: site_pb2_grpc.SiteServiceStub, run_id: str, work: Path
 ) -> dict[str, float]:
-    """Downloads hop 1's input and verifies and opens it."""
+    """Downloads hop 1's input and verifies and opens it chunk by chunk as it arrives."""
     a = assignment(stub, run_id)
     stamps = {"assigned": time.time()}
     sealed = work / "in.sealed"
     blob = BlobRef(blob_id=a.input.blob_id, size=a.input.size)
-    transfer.download(stub, run_id=run_id, hop_index=1, blob=blob, dest=sealed)
-    stamps["download"] = time.time()
     sender = x509.load_pem_x509_certificate(a.sender_signing_certificate_pem.encode())
     sender_key = sender.public_key()
     assert isinstance(sender_key, ed25519.Ed25519PublicKey)
     digest = plan_hash(a.plan_toml, a.plan_signature)
-    open_file(
-        sealed,
-        work / "opened.bin",
-        a.input_manifest,
-        me=identity("site-b").spiffe_id,
-        my_key=AppKeys.load(root / "site-b" / "keys").encryption_key,
-        expect=Expectation(
-            run_id=run_id,
-            hop_index=0,
-            sender=identity("site-a").spiffe_id,
-            previous_manifest_hash=expected_previous(digest, a.previous_manifest),
-            plan_hash=digest,
-            max_plaintext_bytes=64 << 30,
-        ),
-        sender_key=sender_key,
-        replay=MemoryReplayGuard(),
-    )
+
+    def fetch(tail: Tail) -> None:
+        transfer.download(
+            stub, run_id=run_id, hop_index=1, blob=blob, dest=sealed, progress=tail.grew
+        )
+        stamps["download"] = time.time()
+
+    def unseal(tail: Tail) -> object:
+        return open_file(
+            tail,
+            work / "opened.bin",
+            a.input_manifest,
+            me=identity("site-b").spiffe_id,
+            my_key=AppKeys.load(root / "site-b" / "keys").encryption_key,
+            expect=Expectation(
+                run_id=run_id,
+                hop_index=0,
+                sender=identity("site-a").spiffe_id,
+                previous_manifest_hash=expected_previous(digest, a.previous_manifest),
+                plan_hash=digest,
+                max_plaintext_bytes=64 << 30,
+            ),
+            sender_key=sender_key,
+            replay=MemoryReplayGuard(),
+        )
+
+    # Opened while it arrives, as a site does (site_node.receive): "open" is what is
+    # left of opening once the download ended.
+    with Tail(sealed, blob.size) as tail:
+        read_while_written(tail, fetch, unseal)
     stamps["open"] = time.time()
     return stamps
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from baton.security.sealing import (
     manifest_digest,
     verify_plan,
 )
-from baton.security.streaming import Tail
+from baton.security.streaming import Tail, read_while_written
 from baton.security.tls import TlsMaterial
 from site_node.client import CoordinatorClient
 from site_node.handover import Verified, refuse_revoked
@@ -207,11 +206,12 @@ class Inbox:
             max_plaintext_bytes=MAX_MODEL_BYTES,
         )
         replay = MemoryReplayGuard() if retry else self.replay
-        with Tail(sealed, incoming.size) as tail, ThreadPoolExecutor(1, "baton-fetch") as pool:
-            fetching = pool.submit(self._fetch, a, incoming, tail)
-            try:
-                manifest = open_file(
-                    tail,
+        with Tail(sealed, incoming.size) as tail:
+            manifest = read_while_written(
+                tail,
+                lambda t: self._fetch(a, incoming, t),
+                lambda t: open_file(
+                    t,
                     plain_in,
                     a.input_manifest,
                     me=me.spiffe_id,
@@ -219,13 +219,8 @@ class Inbox:
                     expect=expect,
                     sender_key=sender.signing_key,
                     replay=replay,
-                )
-            except SealError:
-                # A failed download reads as a truncated blob: report the download's error.
-                if tail.abandon() and (failed := fetching.exception()) is not None:
-                    raise failed from None
-                raise
-            fetching.result()
+                ),
+            )
         self._check_data_schema(a, plain_in)
         self.local.hooks.load_travelling(
             model, load_state_file(plain_in), max_norm=plan.security.max_weight_norm
@@ -245,17 +240,13 @@ class Inbox:
         The sealed blob is opened (verified, then decrypted into a private temporary file)
         while it arrives; its plaintext is used only after the whole blob's hash matched.
         """
-        try:
-            self.client.download(
-                run_id=a.run_id,
-                hop_index=a.hop_index,
-                blob=incoming,
-                dest=tail.path,
-                progress=tail.grew,
-            )
-            tail.grew(incoming.size)
-        finally:
-            tail.end()
+        self.client.download(
+            run_id=a.run_id,
+            hop_index=a.hop_index,
+            blob=incoming,
+            dest=tail.path,
+            progress=tail.grew,
+        )
 
     def _check_data_schema(self, a: Assignment, plain_in: Path) -> None:
         """Refuses a model trained on another data schema than this site's (columns in

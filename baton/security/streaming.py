@@ -6,13 +6,16 @@ import hashlib
 import io
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from baton.errors import BlobError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
     from types import TracebackType
+
+T = TypeVar("T")
 
 
 class HashedBuffers:
@@ -153,3 +156,34 @@ def fill(src: io.FileIO | Tail, view: memoryview) -> int:
     while total < len(view) and (got := src.readinto(view[total:])):
         total += got
     return total
+
+
+def read_while_written(tail: Tail, write: Callable[[Tail], None], read: Callable[[Tail], T]) -> T:
+    """Runs ``write`` (which appends to ``tail``'s file) in a worker thread while ``read``
+    reads it here, e.g. a download and the opening of the sealed hop it brings.
+
+    A failed ``write`` ends the file where it stopped; if ``read`` then fails (its input
+    is short), the writer's error is raised, as the cause. If ``read`` fails first, the
+    writer is stopped at its next report and ``read``'s error is raised.
+
+    Returns:
+        What ``read`` returned, once ``write`` also finished without error.
+    """
+
+    def writing() -> None:
+        try:
+            write(tail)
+            tail.grew(tail.size)
+        finally:
+            tail.end()
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="baton-fetch") as pool:
+        written = pool.submit(writing)
+        try:
+            result = read(tail)
+        except Exception:
+            if tail.abandon() and (failed := written.exception()) is not None:
+                raise failed from None
+            raise
+        written.result()
+    return result
