@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from baton.errors import ConfigError, DataError
+from baton.errors import DataError
 from baton.plan import RunPlan
 from ordering import (
     HopOutcome,
@@ -25,7 +25,7 @@ from sim.lab.baselines import centralized_accuracy, fedavg_accuracy
 from sim.lab.batched import HOP_METRICS, OrderAccuracies, train_schedules_batched
 from sim.lab.cells import GRIDS, REMEDIES, STRATEGIES, Cell, Grid, lab_plan
 from sim.lab.metric import require_scored_metric
-from sim.lab.oracle import OrderScores, candidate_orders, evaluate_orders
+from sim.lab.oracle import OrderScores, evaluate_orders, plan_orders
 from sim.lab.parallel import trials_by_cell
 from sim.lab.runner import gather_probes, published_profiles, strategy_schedule
 from sim.lab.summary import summarize
@@ -43,8 +43,8 @@ __all__ = [
     "Timed",
     "Trial",
     "TrialRuns",
+    "finish_trial",
     "lab_plan",
-    "plan_orders",
     "run_grid",
     "run_trial",
     "strategy_rows",
@@ -131,7 +131,7 @@ def trial_of(
 
     The candidate orders are those of ``plan.run.sites`` (a sample drawn with ``seed``
     beyond ``sim.lab.oracle.EXHAUSTIVE_MAX_SITES``, or beyond ``max_orders`` orders when
-    given: :func:`plan_orders`); repetition ``r`` uses run seed
+    given: ``sim.lab.oracle.plan_orders``); repetition ``r`` uses run seed
     ``plan.run.seed + r``. Only ``grid``'s repetitions, strategies and probe budgets are
     read, not its cells.
 
@@ -191,7 +191,22 @@ def trial_of(
             repeated = all(o == schedule[0] for o in schedule)
             hits.setdefault(label, []).append(repeated and schedule[0] == scores.orders[best])
     chosen["fedavg"] = fedavg
-    hits["fedavg"] = [False] * len(reps)
+    return finish_trial(plan, scores, central, chosen, hits, extra, decide, run_seconds)
+
+
+def finish_trial(
+    plan: RunPlan,
+    scores: OrderScores,
+    central: Sequence[float],
+    chosen: dict[str, list[float]],
+    hits: dict[str, list[bool]],
+    extra: dict[str, int],
+    decide: dict[str, list[float]],
+    run_seconds: float,
+) -> Trial:
+    """The :class:`Trial` of what a trial measured; FedAvg (in ``chosen``) gets no hits,
+    no probe runs and no planning time."""
+    hits["fedavg"] = [False] * len(chosen["fedavg"])
     extra["fedavg"] = 0
     decide["fedavg"] = [0.0]
     return Trial(
@@ -205,23 +220,6 @@ def trial_of(
         metric=plan.task.metric,
         higher_is_better=plan.task.higher_is_better,
     )
-
-
-def plan_orders(
-    sites: Sequence[str], *, seed: int, max_orders: int | None = None
-) -> tuple[tuple[str, ...], ...]:
-    """The candidate orders of a trial: ``sim.lab.oracle.candidate_orders``, or with
-    ``max_orders`` every order when there are at most that many and ``max_orders`` drawn
-    with ``seed`` otherwise.
-
-    Raises:
-        ConfigError: ``max_orders`` is below 2.
-    """
-    if max_orders is None:
-        return candidate_orders(sites, seed=seed)
-    if max_orders < 2:
-        raise ConfigError(f"--max-orders must be at least 2, not {max_orders}")
-    return candidate_orders(sites, seed=seed, sample_size=max_orders, exhaustive_max_sites=0)
 
 
 def strategy_rows(grid: Grid, k: int) -> list[tuple[str, str, Mapping[str, Any], int]]:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from baton.errors import ConfigError
 from baton.ml.models import plan_model
 from baton.ml.trainer import evaluate
 from sim.lab.batched import HOP_METRICS, pooled_val, supports_batched, train_orders_batched
@@ -49,6 +50,23 @@ def candidate_orders(
     while len(drawn) < sample_size:
         drawn[tuple(sites[i] for i in rng.permutation(k))] = None
     return tuple(drawn)
+
+
+def plan_orders(
+    sites: Sequence[str], *, seed: int, max_orders: int | None = None
+) -> tuple[tuple[str, ...], ...]:
+    """The candidate orders of a trial: ``sim.lab.oracle.candidate_orders``, or with
+    ``max_orders`` every order when there are at most that many and ``max_orders`` drawn
+    with ``seed`` otherwise.
+
+    Raises:
+        ConfigError: ``max_orders`` is below 2.
+    """
+    if max_orders is None:
+        return candidate_orders(sites, seed=seed)
+    if max_orders < 2:
+        raise ConfigError(f"--max-orders must be at least 2, not {max_orders}")
+    return candidate_orders(sites, seed=seed, sample_size=max_orders, exhaustive_max_sites=0)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True, eq=False)

@@ -111,7 +111,7 @@ def run_plan_cell(
 
     The candidate orders are all orders for up to 6 sites, 720 drawn with the plan's seed
     beyond (with ``max_orders``: all when there are at most that many, else that many
-    drawn: ``sim.lab.grid.plan_orders``); repetition ``r`` uses run seed
+    drawn: ``sim.lab.oracle.plan_orders``); repetition ``r`` uses run seed
     ``plan.run.seed + r``. A plan the lab's batched trainer supports (an MLP by SGD,
     ranked by accuracy: ``sim.lab.batched.supports_batched``) runs as one trial of the
     grid (``sim.lab.grid.trial_of``); any other (a language model ranked by perplexity,

@@ -14,8 +14,8 @@ from baton.errors import ConfigError
 from ordering import HopOutcome, ProbeOutcome, ProbePlanner, make_strategy
 from sim.lab.baselines import fedavg_metrics
 from sim.lab.batched import HOP_METRICS, pooled_val
-from sim.lab.grid import Timed, Trial, plan_orders, strategy_rows, with_seed
-from sim.lab.oracle import OrderScores
+from sim.lab.grid import Timed, Trial, finish_trial, strategy_rows, with_seed
+from sim.lab.oracle import OrderScores, plan_orders
 from sim.lab.runner import gather_probes, outcomes_of, published_profiles, strategy_schedule
 from sim.simulate import simulate_sequential, train_centralized
 
@@ -145,7 +145,7 @@ def sequential_trial(
     sites' own trainer (the task's hooks), scored by the plan's primary metric in its
     direction.
 
-    The candidate orders are ``sim.lab.grid.plan_orders``; each is trained once per
+    The candidate orders are ``sim.lab.oracle.plan_orders``; each is trained once per
     repetition (run seed ``plan.run.seed + r``) and scored on ``federation.test``
     (``pooled_is_test``: it is the sites' validation splits pooled, which the probes then
     read too). The baselines are pooled training (``train_centralized``) and FedAvg of the
@@ -233,20 +233,7 @@ def sequential_trial(
         if progress is not None:
             progress(f"repetition {rep + 1}/{len(seeds)}: baselines and strategies placed")
     chosen["fedavg"] = fedavg
-    hits["fedavg"] = [False] * len(seeds)
-    extra["fedavg"] = 0
-    decide["fedavg"] = [0.0]
-    return Trial(
-        scores=scores,
-        centralized=float(np.mean(central)),
-        chosen=chosen,
-        best_hits=hits,
-        extra_runs=extra,
-        decide_seconds={k: float(np.mean(v)) for k, v in decide.items()},
-        run_seconds=run_seconds,
-        metric=metric,
-        higher_is_better=plan.task.higher_is_better,
-    )
+    return finish_trial(plan, scores, central, chosen, hits, extra, decide, run_seconds)
 
 
 def _prober(
