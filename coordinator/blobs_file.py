@@ -18,6 +18,7 @@ from coordinator.blobs_checks import (
     hash_stream,
     make_private_dir,
 )
+from coordinator.store.disk_full import blob_error
 
 if TYPE_CHECKING:
     from collections.abc import Generator
@@ -104,7 +105,7 @@ class FileBlobStore:
                     view = view[os.write(fd, view) :]
             except OSError as exc:
                 os.ftruncate(fd, committed)
-                raise BlobError(f"{path}: cannot append ({exc.strerror})") from exc
+                raise blob_error(path, "cannot append", exc) from exc
             finally:
                 os.close(fd)
             if committed == 0:
@@ -161,7 +162,7 @@ class FileBlobStore:
                 record = self._done / check_transfer_id(transfer_id)
                 atomic_write(record, f"{digest} {size}\n")
             except OSError as exc:
-                raise BlobError(f"{target}: cannot store blob ({exc.strerror})") from exc
+                raise blob_error(target, "cannot store blob", exc) from exc
             return BlobRef(blob_id=digest, size=size)
 
     def finished(self, transfer_id: str) -> BlobRef | None:

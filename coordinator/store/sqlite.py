@@ -20,6 +20,7 @@ from coordinator.store.base import (
     RunState,
     SiteRecord,
 )
+from coordinator.store.disk_full import store_error
 from coordinator.store.rules import (
     as_floats,
     check_hop_transition,
@@ -381,7 +382,7 @@ class SqliteStore:
                 try:
                     yield db
                 except sqlite3.Error as exc:
-                    raise StoreError(f"{self._path}: {exc}") from exc
+                    raise store_error(self._path, exc) from exc
                 return
             try:
                 db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
@@ -392,7 +393,7 @@ class SqliteStore:
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
                 rollback(db)
-                raise StoreError(f"{self._path}: {exc}") from exc
+                raise store_error(self._path, exc) from exc
             except BaseException:
                 rollback(db)
                 raise
