@@ -27,7 +27,6 @@ A plan looks like this (every key is documented on its dataclass field)::
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -51,9 +50,9 @@ class RunSection:
     sites: tuple[str, ...]
     """Participating site ids; each trains once per cycle."""
     cycles: int = 1
-    """Passes over all sites."""
+    """Passes over all sites, in [1, 1000]."""
     seed: int = 0
-    """Seed for model initialization, ordering and data shuffling."""
+    """Seed for model initialization, ordering and data shuffling, in [0, 2**63)."""
     evaluate_at_sites: bool = False
     """After the last hop, every site evaluates the final model on its validation split
     and the study owner sees each site's metrics (events ``SITE_EVALUATED``). The last
@@ -71,8 +70,8 @@ class RunSection:
                 )
         if len(set(self.sites)) != len(self.sites):
             raise ValueError("'sites' names a site twice")
-        if not 1 <= self.cycles <= 1000:
-            raise ValueError(f"'cycles' must be between 1 and 1000, not {self.cycles}")
+        _check_range("cycles", self.cycles, 1, 1000, "[]")
+        _check_range("seed", self.seed, 0, 2**63, "[)")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -163,6 +162,29 @@ PARALLEL_PLANS = ("site", "single", "auto", "ddp", "fsdp", "tp", "fsdp_tp", "pp"
 """Values of ``[training] parallel_plan`` in a run plan."""
 
 
+_TRAINING_RANGES: tuple[tuple[str, float, float, str], ...] = (
+    ("lr", 0, 10, "(]"),
+    ("momentum", 0, 1, "[)"),
+    ("weight_decay", 0, 1, "[]"),
+    ("batch_size", 1, 65_536, "[]"),
+    ("local_epochs", 0, 1_000, "[]"),
+    ("local_steps", 0, 10_000_000, "[]"),
+    ("reference_examples", 0, 1_000_000_000, "[]"),
+    ("lr_min_ratio", 0, 1, "(]"),
+    ("cycle_decay", 0, 1, "(]"),
+    ("proximal_mu", 0, 1_000, "[]"),
+)
+"""Range of every numeric ``[training]`` value (key, low, high, open/closed ends), checked
+at submit so no site trains on a value it cannot survive (NaN and inf fit no range)."""
+
+
+def _check_range(key: str, value: float, low: float, high: float, brackets: str) -> None:
+    """Raises ValueError naming ``key`` and its range when ``value`` lies outside it."""
+    low_ok = value > low if brackets[0] == "(" else value >= low
+    if not (low_ok and (value < high if brackets[1] == ")" else value <= high)):
+        raise ValueError(f"'{key}' must be in {brackets[0]}{low}, {high}{brackets[1]}, not {value}")
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TrainingSection:
     """Local training at each hop, and the remedies against catastrophic forgetting.
@@ -191,17 +213,17 @@ class TrainingSection:
     optimizer: str = "sgd"
     """``sgd`` or ``adam``."""
     lr: float = 0.05
-    """Learning rate, a finite number > 0."""
+    """Learning rate, in (0, 10]."""
     momentum: float = 0.9
     """SGD momentum, in [0, 1) (ignored by Adam)."""
     weight_decay: float = 0.0
-    """L2 weight decay, a finite number >= 0 (0 under Adam with a parallel plan)."""
+    """L2 weight decay, in [0, 1] (0 under Adam with a parallel plan)."""
     batch_size: int = 32
-    """Examples per optimizer step."""
+    """Examples per optimizer step, in [1, 65536]."""
     local_epochs: int = 2
-    """Passes over the site's training split per hop (ignored when ``local_steps`` > 0)."""
+    """Passes over the training split per hop, in [0, 1000] (unused if ``local_steps`` > 0)."""
     local_steps: int = 0
-    """Optimizer steps per hop; 0 means use ``local_epochs``."""
+    """Optimizer steps per hop, in [0, 10**7]; 0 means use ``local_epochs``."""
     logit_adjustment: bool = True
     """Train on ``cross_entropy(logits + log(local label prior))`` (logit adjustment), so a
     site that holds mostly one class does not pull the travelling model toward predicting
@@ -230,7 +252,7 @@ class TrainingSection:
     proximal_mu: float = 0.0
     """Strength ``mu`` of the proximal penalty ``mu / 2 * ||w - w_incoming||^2`` added to
     the training loss, where ``w_incoming`` are the weights the hop received (the
-    trainable parameters only). 0 disables it."""
+    trainable parameters only), in [0, 1000]. 0 disables it."""
     parallel_plan: str = "site"
     """How each site spreads its hop over its local workers: ``site`` (default) leaves it
     to each site's own ``[training] parallel_plan``; ``single`` trains in each daemon's
@@ -247,24 +269,10 @@ class TrainingSection:
             )
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"'optimizer' must be 'sgd' or 'adam', not {self.optimizer!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"'lr' must be a finite number > 0, not {self.lr}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"'momentum' must be in [0, 1), not {self.momentum}")
-        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
-            raise ValueError(
-                f"'weight_decay' must be a finite number >= 0, not {self.weight_decay}"
-            )
-        if self.batch_size < 1:
-            raise ValueError(f"'batch_size' must be at least 1, not {self.batch_size}")
+        for key, low, high, brackets in _TRAINING_RANGES:
+            _check_range(key, getattr(self, key), low, high, brackets)
         if self.local_epochs < 1 and self.local_steps < 1:
             raise ValueError("one of 'local_epochs' or 'local_steps' must be at least 1")
-        if self.local_steps < 0:
-            raise ValueError(f"'local_steps' must not be negative, not {self.local_steps}")
-        if self.reference_examples < 0:
-            raise ValueError(
-                f"'reference_examples' must not be negative, not {self.reference_examples}"
-            )
         if self.proportional_steps and self.reference_examples < 1:
             raise ValueError(
                 "'proportional_steps' needs 'reference_examples' (the federation's mean "
@@ -274,12 +282,6 @@ class TrainingSection:
             raise ValueError(
                 f"'lr_schedule' must be 'constant' or 'cyclical', not {self.lr_schedule!r}"
             )
-        if not 0 < self.lr_min_ratio <= 1:
-            raise ValueError(f"'lr_min_ratio' must be in (0, 1], not {self.lr_min_ratio}")
-        if not 0 < self.cycle_decay <= 1:
-            raise ValueError(f"'cycle_decay' must be in (0, 1], not {self.cycle_decay}")
-        if not (self.proximal_mu >= 0 and math.isfinite(self.proximal_mu)):
-            raise ValueError(f"'proximal_mu' must be a finite number >= 0, not {self.proximal_mu}")
         self._check_parallel_training()
 
     def _check_parallel_training(self) -> None:

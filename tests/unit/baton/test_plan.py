@@ -67,7 +67,7 @@ def test_defaults_fill_optional_sections() -> None:
             "<plan>: unknown key 'training.momentun' in [training]",
         ),
         ("cycles = 2", 'cycles = "2"', "<plan>: 'run.cycles' must be an integer, not a string"),
-        ("cycles = 2", "cycles = 0", "'cycles' must be between 1 and 1000, not 0"),
+        ("cycles = 2", "cycles = 0", "'cycles' must be in [1, 1000], not 0"),
         ('sites = ["a", "b"]', 'sites = ["a", "a"]', "'sites' names a site twice"),
         ('sites = ["a", "b"]', 'sites = ["A b"]', "site id 'A b' is invalid"),
         ('optimizer = "adam"', 'optimizer = "lbfgs"', "'optimizer' must be 'sgd' or 'adam'"),
@@ -78,7 +78,11 @@ def test_defaults_fill_optional_sections() -> None:
             "lr = 1\nproportional_steps = true",
             "'proportional_steps' needs 'reference_examples'",
         ),
-        ("lr = 1", "lr = 1\nreference_examples = -1", "'reference_examples' must not be negative"),
+        (
+            "lr = 1",
+            "lr = 1\nreference_examples = -1",
+            "'reference_examples' must be in [0, 1000000000], not -1",
+        ),
         (
             "lr = 1",
             'lr = 1\nlr_schedule = "cosine"',
@@ -88,8 +92,8 @@ def test_defaults_fill_optional_sections() -> None:
         ("lr = 1", "lr = 1\nlr_min_ratio = 1.5", "'lr_min_ratio' must be in (0, 1], not 1.5"),
         ("lr = 1", "lr = 1\ncycle_decay = 0", "'cycle_decay' must be in (0, 1], not 0"),
         ("lr = 1", "lr = 1\ncycle_decay = 1.5", "'cycle_decay' must be in (0, 1], not 1.5"),
-        ("lr = 1", "lr = 1\nproximal_mu = -0.1", "'proximal_mu' must be a finite number >= 0"),
-        ("lr = 1", "lr = 1\nproximal_mu = inf", "'proximal_mu' must be a finite number >= 0"),
+        ("lr = 1", "lr = 1\nproximal_mu = -0.1", "'proximal_mu' must be in [0, 1000], not -0.1"),
+        ("lr = 1", "lr = 1\nproximal_mu = inf", "'proximal_mu' must be in [0, 1000], not inf"),
         ('name = "p"', "name = ", "malformed TOML"),
     ],
 )
@@ -103,13 +107,13 @@ def test_bad_plans_are_refused_with_a_precise_message(old: str, new: str, messag
 @pytest.mark.parametrize(
     ("training", "message"),
     [
-        ("lr = inf", "'lr' must be a finite number > 0, not inf"),
-        ("lr = nan", "'lr' must be a finite number > 0, not nan"),
+        ("lr = inf", "'lr' must be in (0, 10], not inf"),
+        ("lr = nan", "'lr' must be in (0, 10], not nan"),
         ("lr = 1\nmomentum = -0.5", "'momentum' must be in [0, 1), not -0.5"),
         ("lr = 1\nmomentum = 1", "'momentum' must be in [0, 1), not 1.0"),
         ("lr = 1\nmomentum = nan", "'momentum' must be in [0, 1), not nan"),
-        ("lr = 1\nweight_decay = -0.01", "'weight_decay' must be a finite number >= 0, not -0.01"),
-        ("lr = 1\nweight_decay = inf", "'weight_decay' must be a finite number >= 0, not inf"),
+        ("lr = 1\nweight_decay = -0.01", "'weight_decay' must be in [0, 1], not -0.01"),
+        ("lr = 1\nweight_decay = inf", "'weight_decay' must be in [0, 1], not inf"),
         (
             'lr = 1\nparallel_plan = "ddp"\nproximal_mu = 0.1',
             "'parallel_plan' 'ddp' has no proximal penalty: set 'proximal_mu' to 0 or "
@@ -126,6 +130,72 @@ def test_training_values_that_would_fail_at_hop_0_are_refused(training: str, mes
     with pytest.raises(ConfigError) as err:
         parse_plan(PLAN.replace("lr = 1", training, 1), source="plan.toml")
     assert err.value.message == f"plan.toml: [training] {message}"
+
+
+@pytest.mark.parametrize(
+    ("training", "message"),
+    [
+        ("lr = 1e300", "'lr' must be in (0, 10], not 1e+300"),
+        ("lr = 0", "'lr' must be in (0, 10], not 0.0"),
+        ("lr = 10.5", "'lr' must be in (0, 10], not 10.5"),
+        ("lr = 1\nmomentum = -5", "'momentum' must be in [0, 1), not -5.0"),
+        ("lr = 1\nweight_decay = 1.5", "'weight_decay' must be in [0, 1], not 1.5"),
+        ("lr = 1\nbatch_size = 0", "'batch_size' must be in [1, 65536], not 0"),
+        ("lr = 1\nbatch_size = 65537", "'batch_size' must be in [1, 65536], not 65537"),
+        (
+            "lr = 1\nlocal_epochs = -1\nlocal_steps = 5",
+            "'local_epochs' must be in [0, 1000], not -1",
+        ),
+        ("lr = 1\nlocal_epochs = 1001", "'local_epochs' must be in [0, 1000], not 1001"),
+        ("lr = 1\nlocal_steps = -1", "'local_steps' must be in [0, 10000000], not -1"),
+        ("lr = 1\nlocal_steps = 10000001", "'local_steps' must be in [0, 10000000], not 10000001"),
+        (
+            "lr = 1\nreference_examples = 1000000001",
+            "'reference_examples' must be in [0, 1000000000], not 1000000001",
+        ),
+        ("lr = 1\nlr_min_ratio = nan", "'lr_min_ratio' must be in (0, 1], not nan"),
+        ("lr = 1\ncycle_decay = -1", "'cycle_decay' must be in (0, 1], not -1.0"),
+        ("lr = 1\nproximal_mu = 1000.5", "'proximal_mu' must be in [0, 1000], not 1000.5"),
+    ],
+)
+def test_every_numeric_training_value_is_bounded_at_parse(training: str, message: str) -> None:
+    text = PLAN.replace("local_steps = 5", "", 1).replace("lr = 1", training, 1)
+    with pytest.raises(ConfigError) as err:
+        parse_plan(text, source="plan.toml")
+    assert err.value.message == f"plan.toml: [training] {message}"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("cycles = 2", "cycles = 1001", "'cycles' must be in [1, 1000], not 1001"),
+        ("cycles = 2", "cycles = -3", "'cycles' must be in [1, 1000], not -3"),
+        ("seed = 7", "seed = -1", "'seed' must be in [0, 9223372036854775808), not -1"),
+        ("seed = 7", "seed = 9223372036854775807", ""),
+    ],
+)
+def test_run_cycles_and_seed_are_bounded_at_parse(old: str, new: str, message: str) -> None:
+    text = PLAN.replace(old, new, 1)
+    if not message:
+        assert parse_plan(text).run.seed == 2**63 - 1
+        return
+    with pytest.raises(ConfigError) as err:
+        parse_plan(text, source="plan.toml")
+    assert err.value.message == f"plan.toml: [run] {message}"
+
+
+def test_the_edges_of_every_training_range_are_accepted() -> None:
+    training = parse_plan(
+        PLAN.replace("local_steps = 5", "", 1).replace(
+            "lr = 1",
+            "lr = 10\nmomentum = 0\nweight_decay = 1\nbatch_size = 65536\n"
+            "local_epochs = 1000\nlocal_steps = 10000000\nreference_examples = 1000000000\n"
+            "lr_min_ratio = 1\ncycle_decay = 1\nproximal_mu = 1000",
+            1,
+        )
+    ).training
+    assert (training.lr, training.batch_size, training.local_steps) == (10, 65536, 10_000_000)
+    assert (training.proximal_mu, training.weight_decay) == (1000, 1)
 
 
 @pytest.mark.parametrize("parallel_plan", ["site", "single"])
