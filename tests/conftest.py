@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -97,15 +99,33 @@ class LiveCoordinator:
         return admin_pb2_grpc.AdminServiceStub(self.channel(name))
 
 
-@pytest.fixture
-def coordinator(pki: Pki, tmp_path: Path) -> Iterator[LiveCoordinator]:
+def coordinator_toml(pki: Pki, path: Path, state_dir: Path) -> Path:
+    """Writes a coordinator config file at ``path`` (any free port) and returns it."""
     files = pki.files("coordinator")
-    config = CoordinatorConfig(
-        tls=files, listen="127.0.0.1:0", state_dir=tmp_path / "state", lease_seconds=5.0
+    path.write_text(
+        f'listen = "127.0.0.1:0"\nstate_dir = "{state_dir}"\n[tls]\n'
+        f'ca = "{files.ca}"\ncert = "{files.cert}"\nkey = "{files.key}"\n',
+        encoding="utf-8",
     )
-    server = CoordinatorServer(config, files.load())
+    return path
+
+
+@contextmanager
+def live_coordinator(
+    pki: Pki, state_dir: Path, *, accept_state_loss: bool = False, **settings: Any
+) -> Iterator[LiveCoordinator]:
+    """A coordinator on a free loopback port over ``state_dir``, with config ``settings``."""
+    files = pki.files("coordinator")
+    config = CoordinatorConfig(tls=files, listen="127.0.0.1:0", state_dir=state_dir, **settings)
+    server = CoordinatorServer(config, files.load(), accept_state_loss=accept_state_loss)
     server.start()
     try:
         yield LiveCoordinator(server, pki)
     finally:
         server.stop(grace=0.5)
+
+
+@pytest.fixture
+def coordinator(pki: Pki, tmp_path: Path) -> Iterator[LiveCoordinator]:
+    with live_coordinator(pki, tmp_path / "state", lease_seconds=5.0) as coord:
+        yield coord

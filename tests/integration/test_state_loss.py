@@ -15,31 +15,20 @@ from baton.security.audit import verify_log
 from baton.security.pki import load_private_key
 from coordinator.config import CoordinatorConfig
 from coordinator.server import CoordinatorServer
-from tests.conftest import LiveCoordinator, Pki
+from tests.conftest import Pki, live_coordinator
 from tests.integration.sites import create_request, plan, register
-
-
-def _start(pki: Pki, state: Path, *, accept: bool = False) -> LiveCoordinator:
-    files = pki.files("coordinator")
-    config = CoordinatorConfig(tls=files, listen="127.0.0.1:0", state_dir=state)
-    server = CoordinatorServer(config, files.load(), accept_state_loss=accept)
-    server.start()
-    return LiveCoordinator(server, pki)
 
 
 def _lose_the_wal(pki: Pki, state: Path) -> str:
     """Registers a site, then creates a run whose commits sit in the WAL alone; the
     database file is then put back without its WAL. Returns the lost run's id."""
     db = state / "coordinator.db"
-    coord = _start(pki, state)
-    try:
+    with live_coordinator(pki, state) as coord:
         register(coord, "site-a")
         with sqlite3.connect(db) as side:  # the registration is in the file itself
             side.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         shutil.copy(db, state / "without-wal.db")
         run_id = str(coord.admin().CreateRun(create_request(pki, plan(["site-a"]))).run.run_id)
-    finally:
-        coord.server.stop(grace=0.2)
     for suffix in ("-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
     shutil.move(state / "without-wal.db", db)
@@ -69,20 +58,20 @@ def test_accepted_state_loss_is_logged_and_the_log_goes_on(
 ) -> None:
     state = tmp_path / "state"
     run_id = _lose_the_wal(pki, state)
-    with caplog.at_level(logging.ERROR):
-        coord = _start(pki, state, accept=True)
-    try:
+    with (
+        caplog.at_level(logging.ERROR),
+        live_coordinator(pki, state, accept_state_loss=True) as coord,
+    ):
         assert f"accepting state loss: the state database {state / 'coordinator.db'}" in (
             caplog.text
         )
         assert run_id in caplog.text
         new_run = coord.admin().CreateRun(create_request(pki, plan(["site-a"]))).run
         log = coord.server.audit.path
-    finally:
-        coord.server.stop(grace=0.2)
     # The new run's entry is in the log (not taken for one already written), the chain
     # verifies, and a later start needs no flag.
     assert f'"run_id":"{new_run.run_id}"' in log.read_text()
     key = load_private_key(pki.files("coordinator").key.read_bytes(), source="key")
     assert verify_log(log, public_key=key.public_key()).ok
-    _start(pki, state).server.stop(grace=0.2)
+    with live_coordinator(pki, state) as again:
+        assert again.server.port > 0

@@ -14,9 +14,7 @@ import grpc
 import pytest
 
 from baton.v1 import common_pb2, site_pb2, site_pb2_grpc
-from coordinator.config import CoordinatorConfig
-from coordinator.server import CoordinatorServer
-from tests.conftest import LiveCoordinator, Pki
+from tests.conftest import LiveCoordinator, Pki, live_coordinator
 from tests.integration.sites import create_request, plan, register
 
 IDLE_S = 0.5
@@ -24,19 +22,8 @@ IDLE_S = 0.5
 
 @pytest.fixture
 def coord(pki: Pki, tmp_path: Path) -> Iterator[LiveCoordinator]:
-    files = pki.files("coordinator")
-    config = CoordinatorConfig(
-        tls=files,
-        listen="127.0.0.1:0",
-        state_dir=tmp_path / "state",
-        upload_idle_seconds=IDLE_S,
-    )
-    server = CoordinatorServer(config, files.load())
-    server.start()
-    try:
-        yield LiveCoordinator(server, pki)
-    finally:
-        server.stop(grace=0.5)
+    with live_coordinator(pki, tmp_path / "state", upload_idle_seconds=IDLE_S) as live:
+        yield live
 
 
 def wait_for(predicate: Callable[[], bool], seconds: float) -> float:

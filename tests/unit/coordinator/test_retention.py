@@ -18,7 +18,7 @@ from coordinator.retention import collect_garbage
 from coordinator.store.base import HopRecord, RunRecord, RunState, SiteRecord
 from coordinator.store.memory import MemoryStore
 from coordinator.store.sqlite import SqliteStore
-from tests.conftest import Pki
+from tests.conftest import Pki, coordinator_toml
 from tests.unit.coordinator.test_scheduler import stored_completion
 
 DAY = 86400.0
@@ -97,13 +97,7 @@ def test_coordinator_gc_says_what_it_would_remove_then_removes_it(tmp_path: Path
     blobs.append("stale", 0, b"half an upload")
     store.close()
     age(state / "blobs", 2 * DAY)
-    files = pki.files("coordinator")
-    config = tmp_path / "coordinator.toml"
-    config.write_text(
-        f'state_dir = "{state}"\n[tls]\nca = "{files.ca}"\ncert = "{files.cert}"\n'
-        f'key = "{files.key}"\n',
-        encoding="utf-8",
-    )
+    config = coordinator_toml(pki, tmp_path / "coordinator.toml", state)
     blob_files = sorted(p for p in (state / "blobs").rglob("*") if p.is_file())
     dry = CliRunner().invoke(app, ["gc", "--config", str(config), "--dry-run"])
     assert (dry.exit_code, dry.output) == (
@@ -120,13 +114,7 @@ def test_coordinator_gc_says_what_it_would_remove_then_removes_it(tmp_path: Path
 
 
 def test_coordinator_gc_without_a_state_database_is_a_clear_error(tmp_path: Path, pki: Pki) -> None:
-    files = pki.files("coordinator")
-    config = tmp_path / "coordinator.toml"
-    config.write_text(
-        f'state_dir = "{tmp_path / "none"}"\n[tls]\nca = "{files.ca}"\ncert = "{files.cert}"\n'
-        f'key = "{files.key}"\n',
-        encoding="utf-8",
-    )
+    config = coordinator_toml(pki, tmp_path / "coordinator.toml", tmp_path / "none")
     result = CliRunner().invoke(app, ["gc", "--config", str(config)])
     assert result.exit_code == 102
     assert f"no coordinator state database at {tmp_path / 'none' / 'coordinator.db'}" in (
