@@ -98,12 +98,14 @@ def _in_state(coordinator: LiveCoordinator, run_id: str, state: int) -> Callable
     return lambda: admin.GetRun(admin_pb2.GetRunRequest(run_id=run_id)).state == state
 
 
-def test_a_deleted_input_blob_ends_the_hop_once_without_a_reconnect_loop(
+def test_a_deleted_input_blob_ends_the_hop_once_and_the_run_goes_on_resealed(
     coordinator: LiveCoordinator,
     tmp_path: Path,
     sites: Sites,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """The receiving site's hop fails once, with no reconnect loop; the coordinator asks the
+    previous site to seal its kept output again, and the run finishes."""
     run_id = _after_hop0(coordinator, sites)
     admin = coordinator.admin()
     hop0 = admin.GetRun(admin_pb2.GetRunRequest(run_id=run_id)).hops[0]
@@ -111,18 +113,31 @@ def test_a_deleted_input_blob_ends_the_hop_once_without_a_reconnect_loop(
     blob.unlink()
     registrations = _counting(monkeypatch, GrpcCoordinatorClient, "register")
     daemon = SiteDaemon(_config(coordinator, sites, "site-b", tmp_path), max_attempts=3)
+    log = tmp_path / "site-b-daemon" / "audit.jsonl"
+
+    def events() -> list[str]:
+        if not log.exists():
+            return []
+        return [json.loads(line)["event"] for line in log.read_text().splitlines()]
 
     with _running(daemon) as errors:
-        _wait("the run to fail", _in_state(coordinator, run_id, common_pb2.RUN_STATE_FAILED))
+        _wait("the hop to be refused", lambda: "hop_rejected" in events())
         time.sleep(1.0)  # time enough for a loop to show itself
         assert not errors
+        assert events() == ["plan_accepted", "hop_rejected"]
+        assert len(registrations) == 1  # one session: no reconnect, no re-registration
+        got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run_id))
+        assert got.state == common_pb2.RUN_STATE_RUNNING
+        # site-a is offered hop 0 again and seals its kept output anew, to a new blob.
+        assert sites.runner("site-a").run(next_hop(sites.stubs["site-a"]))
+        resealed = admin.GetRun(admin_pb2.GetRunRequest(run_id=run_id)).hops[0]
+        assert resealed.output.blob_id != hop0.output.blob_id
+        _wait("the run to succeed", _in_state(coordinator, run_id, common_pb2.RUN_STATE_SUCCEEDED))
+        assert not errors
 
-    got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run_id))
-    assert got.error.startswith("hop 1 at site-b failed: coordinator_refused: ")
-    assert len(registrations) == 1  # one session: no reconnect, no re-registration
-    log = tmp_path / "site-b-daemon" / "audit.jsonl"
-    events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
-    assert events == ["plan_accepted", "hop_rejected"]
+    assert events()[:2] == ["plan_accepted", "hop_rejected"]
+    assert events().count("hop_sent") == 1  # trained and sent once, from the resealed input
+    assert len(registrations) == 1
 
 
 def test_heartbeats_go_on_while_a_hop_trains(

@@ -35,7 +35,7 @@ def _events(tmp_path: Path, site: str) -> list[str]:
     return [json.loads(line)["event"] for line in lines]
 
 
-def test_a_deleted_input_blob_fails_the_hop_once_without_training(
+def test_a_deleted_input_blob_fails_the_hop_once_then_the_sender_seals_it_again(
     coordinator: LiveCoordinator, tmp_path: Path, sites: Sites
 ) -> None:
     admin = coordinator.admin()
@@ -47,14 +47,20 @@ def test_a_deleted_input_blob_fails_the_hop_once_without_training(
     assert not sites.runner("site-b").run(next_hop(sites.stubs["site-b"]))
 
     got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
-    assert got.state == common_pb2.RUN_STATE_FAILED
-    assert got.error == (
-        "hop 1 at site-b failed: coordinator_refused: cannot download the input of hop 1: "
-        f"NOT_FOUND: blob {hop0.output.blob_id} not found"
-    )
+    assert got.state == common_pb2.RUN_STATE_RUNNING  # nothing is lost: hop 0 is offered again
     assert not got.hops[1].metrics_before  # nothing was evaluated or trained
     assert _events(tmp_path, "site-b") == ["plan_accepted", "hop_rejected"]
     assert not list((tmp_path / "site-b").rglob("*.safetensors"))
+
+    # site-a seals its kept output again (a new key, so a new blob), without training.
+    assert sites.runner("site-a").run(next_hop(sites.stubs["site-a"]))
+    assert _events(tmp_path, "site-a").count("hop_sent") == 2
+    resealed = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id)).hops[0]
+    assert resealed.output.blob_id != hop0.output.blob_id
+    assert _blob_file(coordinator, resealed.output.blob_id).is_file()
+    # site-b now opens the re-sealed input and trains: the chain verifies at the recipient.
+    assert sites.runner("site-b").run(next_hop(sites.stubs["site-b"]))
+    assert _events(tmp_path, "site-b")[-2:] == ["hop_received", "hop_sent"]
 
 
 def test_a_blob_store_that_cannot_write_is_retried_from_the_kept_output_never_retrained(

@@ -120,7 +120,7 @@ def test_tampered_assignment_is_rejected_before_training(
     got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
     assert got.state == common_pb2.RUN_STATE_FAILED
     # The coordinator learns the category, not which check failed.
-    assert got.error == f"hop 1 at site-b failed: {reason}"
+    assert got.error == f"hop 2 at site-b failed: {reason}"
     # Nothing verified is lost: hop 0's sealed model is still in the blob store.
     assert coordinator.server.blobs.exists(got.hops[0].output.blob_id)
     # No plaintext model was left behind, and nothing was trained.
@@ -213,7 +213,7 @@ def test_site_refuses_a_model_from_a_revoked_site(
     b_runner = sites.runner("site-b", revoked=revocation_check(crl, coordinator.pki.ca_pem))
     assert not b_runner.run(next_hop(stubs["site-b"]))
     got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
-    assert got.error == "hop 1 at site-b failed: untrusted_party"
+    assert got.error == "hop 2 at site-b failed: untrusted_party"
     assert not list((tmp_path / "site-b").rglob("*.safetensors"))
 
 
@@ -287,7 +287,7 @@ def test_a_malicious_sender_cannot_make_a_site_train_bad_weights(
     )
     assert not sites.runner("site-b").run(next_hop(sites.stubs["site-b"]))
     got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
-    assert got.error.startswith("hop 1 at site-b failed: model_error: ")
+    assert got.error.startswith("hop 2 at site-b failed: model_error: ")
     assert why in got.error
     assert not list((tmp_path / "site-b").rglob("*.safetensors"))
     last = json.loads((tmp_path / "site-b.audit.jsonl").read_text().splitlines()[-1])
@@ -363,6 +363,6 @@ def test_the_final_model_is_sealed_to_no_party_the_signed_plan_does_not_name(
 
     got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
     assert got.state == common_pb2.RUN_STATE_FAILED
-    assert got.error == "hop 1 at site-b failed: untrusted_party"
+    assert got.error == "hop 2 at site-b failed: untrusted_party"
     assert not list((tmp_path / "site-b").rglob("*.safetensors"))
     assert not list((tmp_path / "site-b").rglob("sealed"))  # nothing was sealed
