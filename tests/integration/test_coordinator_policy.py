@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from baton.security.pki import Identity, issue
 from baton.security.tls import TlsFiles, channel_credentials
+from baton.security.tls13 import CIPHER_SUITES_VARIABLE
 from baton.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 from baton.wire.channel import secure_channel
 from tests.conftest import FEDERATION, Pki, coordinator_toml
@@ -119,6 +120,7 @@ if sys.argv[1] == "pin":
     pin_tls13()
 import grpc
 from baton.security.tls import TlsFiles, channel_credentials
+from baton.security.tls13 import CIPHER_SUITES_VARIABLE
 from baton.wire.channel import secure_channel
 from pathlib import Path
 d = Path(sys.argv[3])
@@ -129,6 +131,12 @@ try:
 except grpc.FutureTimeoutError:
     pass
 """
+
+
+def _without_pin() -> dict[str, str]:
+    """This process's environment less any pin an earlier test's command made here."""
+    env = {k: v for k, v in os.environ.items() if k != CIPHER_SUITES_VARIABLE}
+    return {**env, "GRPC_VERBOSITY": "NONE"}
 
 
 def _tls12_server(pki: Pki) -> tuple[ssl.SSLContext, socket.socket]:
@@ -148,7 +156,7 @@ def test_a_pinned_client_refuses_a_tls12_server(pki: Pki, pin: str) -> None:
     port = listener.getsockname()[1]
     client = subprocess.Popen(
         [sys.executable, "-c", CLIENT, pin, f"127.0.0.1:{port}", str(pki.root / "site-a")],
-        cwd=REPO, env={**os.environ, "GRPC_VERBOSITY": "NONE"},
+        cwd=REPO, env=_without_pin(),
     )  # fmt: skip
     version = None
     try:  # every connection the client makes, until one completes or the client gives up
