@@ -8,7 +8,7 @@ The private directory holds everything of one hop's training::
     data.safetensors    the training split: ``x`` (inputs) and ``y`` (targets)
     progress.jsonl      rank 0's progress lines (one JSON object each)
     errors/rank-N.json  the reason rank N failed, if it did
-    checkpoints/        within-hop checkpoints (torch.distributed.checkpoint)
+    checkpoints/        within-hop checkpoints (safetensors shards and JSON indexes)
     result.safetensors  the trained full state, written atomically by rank 0
     result.json         what training did (steps, losses, throughput), written last
 """

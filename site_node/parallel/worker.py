@@ -179,7 +179,7 @@ def _run(job: Job, *, rank: int, world_size: int, init_method: str | None) -> No
     found = checkpoint.latest(job.checkpoint_dir)
     if found is not None:
         start, path = found
-        checkpoint.load(placed.module, optimizer, path)
+        checkpoint.load(placed.module, optimizer, path, rank=rank)
         logger.info("resumed the hop from the checkpoint at step %d", start)
     stats = _train(
         job, placed, optimizer, x, y, offset=offset, rank=rank, start=start, device=device
