@@ -18,6 +18,8 @@ OUTBOX_KEY = "outbox"
 """The detail key of a coordinator audit entry naming its audit-outbox id."""
 SHOWN_RUNS = 10
 """Most runs a report names one by one."""
+SHOWN_EVENTS = 3
+"""Most lost entries a report names for one run."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -36,7 +38,7 @@ class StateLoss:
         """One paragraph: what is missing, and how to proceed."""
         lost = self.log_outbox - self.database_outbox
         names = [
-            f"run {run_id} ({', '.join(events)})" if run_id else f"{', '.join(events)}"
+            f"run {run_id} ({_some(events)})" if run_id else _some(events)
             for run_id, events in list(self.runs.items())[:SHOWN_RUNS]
         ]
         more = len(self.runs) - SHOWN_RUNS
@@ -49,6 +51,11 @@ class StateLoss:
             "together with its -wal file from a backup, or start with --accept-state-loss "
             "to go on without them (the audit log keeps their record)"
         )
+
+
+def _some(events: list[str]) -> str:
+    shown = ", ".join(events[:SHOWN_EVENTS])
+    return shown + (f" and {len(events) - SHOWN_EVENTS} more" if len(events) > SHOWN_EVENTS else "")
 
 
 def check_audit_head(database: Path, log: Path, *, accept_loss: bool) -> StateLoss | None:
@@ -97,8 +104,25 @@ def check_audit_head(database: Path, log: Path, *, accept_loss: bool) -> StateLo
         db.close()
 
 
+def _head_outbox(log: Path) -> int:
+    """The outbox id of the log's last coordinator entry (0 if none in its last 64 KiB)."""
+    with log.open("rb") as file:
+        size = file.seek(0, 2)
+        file.seek(max(0, size - 65536))
+        lines = file.read().splitlines()
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line)["detail"][OUTBOX_KEY])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return 0
+
+
 def _read_beyond(log: Path, issued: int) -> StateLoss | None:
-    """The entries of ``log`` whose outbox id is above ``issued``, by run."""
+    """The entries of ``log`` whose outbox id is above ``issued``, by run: a start reads
+    only the log's tail unless something is missing."""
+    if _head_outbox(log) <= issued:
+        return None
     runs: dict[str, list[str]] = {}
     head = issued
     with log.open("rb") as file:
