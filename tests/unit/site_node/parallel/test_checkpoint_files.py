@@ -23,6 +23,7 @@ from tests.unit.site_node.parallel.helpers import LM, case, write_job
 
 ADAMW = TrainSpec(optimizer="adamw", lr=0.01, batch_size=8, steps=30, seed=3)
 FSDP = ParallelPlan(kind=PlanKind.FSDP, dp=2)
+TP = ParallelPlan(kind=PlanKind.TP, tp=2)
 
 
 class _Planted:
@@ -35,9 +36,9 @@ class _Planted:
         return (Path.write_text, (str(self.marker), "unpickled"))
 
 
-def _killed_after_a_checkpoint(workdir: Path) -> tuple[Job, Path, int]:
-    """Starts an FSDP hop and kills its workers once a checkpoint at step >= 6 exists."""
-    job, path = write_job(workdir, case(LM, n=32), plan=FSDP, training=ADAMW, checkpoint_every=3)
+def _killed_after_a_checkpoint(workdir: Path, plan: ParallelPlan = FSDP) -> tuple[Job, Path, int]:
+    """Starts a hop and kills its workers once a checkpoint at step >= 6 exists."""
+    job, path = write_job(workdir, case(LM, n=32), plan=plan, training=ADAMW, checkpoint_every=3)
     running = start_workers(job, path, "fork")
     try:
         deadline = time.monotonic() + 60
@@ -52,17 +53,15 @@ def _killed_after_a_checkpoint(workdir: Path) -> tuple[Job, Path, int]:
     return job, path, found[0]
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
-    workdir = tmp_path_factory.mktemp("whole") / "hop"
-    _, path = write_job(workdir, case(LM, n=32), plan=FSDP, training=ADAMW, checkpoint_every=3)
-    return load_state_file(launch(path, starter="fork"))
-
-
-def test_a_killed_fsdp_adamw_hop_resumes_bit_identical_without_reading_a_pickle(
-    tmp_path: Path, uninterrupted: dict[str, torch.Tensor]
+@pytest.mark.parametrize("plan", [FSDP, TP], ids=["fsdp", "tp"])
+def test_a_killed_sharded_adamw_hop_resumes_bit_identical_without_reading_a_pickle(
+    tmp_path: Path, plan: ParallelPlan
 ) -> None:
-    job, path, killed_at = _killed_after_a_checkpoint(tmp_path / "hop")
+    _, whole = write_job(
+        tmp_path / "whole", case(LM, n=32), plan=plan, training=ADAMW, checkpoint_every=3
+    )
+    uninterrupted = load_state_file(launch(whole, starter="fork"))
+    job, path, killed_at = _killed_after_a_checkpoint(tmp_path / "hop", plan)
     newest = job.checkpoint_dir / f"step-{killed_at:08d}"
     names = sorted(p.name for p in newest.iterdir())
     assert names == [
