@@ -32,6 +32,7 @@ from site_node.hop import HopRunner, LocalData
 from site_node.local_training import remove_stale_jobs
 from site_node.outbox import Outbox, recipient_key
 from site_node.retry import Backoff, HopFaults
+from site_node.sweep import sweep_plaintext
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +106,9 @@ class SiteDaemon:
         for root in (config.work_dir, training.shared_dir):
             if root is not None:
                 remove_stale_jobs(root, older_than_s=training.stale_job_hours * 3600)
+        # Before the outbox's own sweep: its entries tell which hops are finished.
+        shared = () if training.shared_dir is None else (training.shared_dir,)
+        sweep_plaintext(config.work_dir, job_roots=shared)
         self._outbox = Outbox(config.work_dir)
         self._outbox.sweep(older_than_s=training.stale_job_hours * 3600)
 
