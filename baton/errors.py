@@ -17,7 +17,8 @@
     ├── DataError          FAILED_PRECONDITION  a site's local dataset is missing or invalid
     ├── ModelError         INVALID_ARGUMENT     unknown model, or weights that do not fit it
     ├── BlobError          INVALID_ARGUMENT     a blob transfer is out of order, truncated or
-    │                                           corrupt
+    │   │                                       corrupt
+    │   └── BlobStoreFault INTERNAL*            the coordinator's own blob storage failed
     ├── StoreError         FAILED_PRECONDITION  the coordinator's state refused an operation
     │   ├── NotFoundError  NOT_FOUND            the run, hop or site does not exist
     │   └── ConflictError  FAILED_PRECONDITION  the operation contradicts the current state
@@ -45,6 +46,7 @@ __all__ = [
     "AuditError",
     "BatonError",
     "BlobError",
+    "BlobStoreFault",
     "ConfigError",
     "ConflictError",
     "DataError",
@@ -239,6 +241,15 @@ class BlobError(BatonError):
     """A blob transfer is out of order, truncated, or does not match its hash."""
 
     grpc_status = "INVALID_ARGUMENT"
+
+
+class BlobStoreFault(BlobError):
+    """The coordinator's own blob storage failed (a file system error: permissions, a
+    missing directory, an I/O error): not the caller's doing, and a retry may succeed once
+    its operator fixes it. The caller learns nothing of the coordinator's paths."""
+
+    grpc_status = "INTERNAL"
+    public = "the coordinator's blob store failed; its log names the cause"
 
 
 class StoreError(BatonError):

@@ -74,7 +74,7 @@ class FileBlobStore:
             except FileNotFoundError:
                 return 0
             except OSError as exc:
-                raise BlobError(f"{path}: cannot open upload ({exc.strerror})") from exc
+                raise blob_error(path, "cannot open upload", exc) from exc
             with os.fdopen(fd, "rb") as f:
                 os.fsync(f.fileno())
                 return os.fstat(f.fileno()).st_size
@@ -98,7 +98,7 @@ class FileBlobStore:
             try:
                 fd = os.open(path, flags, 0o600)
             except OSError as exc:
-                raise BlobError(f"{path}: cannot open upload ({exc.strerror})") from exc
+                raise blob_error(path, "cannot open upload", exc) from exc
             try:
                 view = memoryview(data)
                 while view:
@@ -130,7 +130,7 @@ class FileBlobStore:
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
             except OSError as exc:
-                raise BlobError(f"{path}: cannot open upload ({exc.strerror})") from exc
+                raise blob_error(path, "cannot open upload", exc) from exc
             seen = self._hashes.pop(transfer_id, None)
             with os.fdopen(fd, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
@@ -174,7 +174,7 @@ class FileBlobStore:
         except (FileNotFoundError, ValueError, BlobError):
             return None
         except OSError as exc:
-            raise BlobError(f"{record}: cannot read upload record ({exc.strerror})") from exc
+            raise blob_error(record, "cannot read upload record", exc) from exc
 
     def abort(self, transfer_id: str) -> None:
         """Deletes the partial upload, if any."""
@@ -184,7 +184,7 @@ class FileBlobStore:
             try:
                 path.unlink(missing_ok=True)
             except OSError as exc:
-                raise BlobError(f"{path}: cannot discard upload ({exc.strerror})") from exc
+                raise blob_error(path, "cannot discard upload", exc) from exc
 
     def exists(self, blob_id: str) -> bool:
         """Whether the blob's file exists."""
@@ -198,7 +198,7 @@ class FileBlobStore:
         except FileNotFoundError:
             raise NotFoundError(f"blob {blob_id} not found") from None
         except OSError as exc:
-            raise BlobError(f"{path}: cannot read blob size ({exc.strerror})") from exc
+            raise blob_error(path, "cannot read blob size", exc) from exc
 
     def read(
         self, blob_id: str, *, offset: int = 0, chunk_size: int = 1 << 20
@@ -226,4 +226,4 @@ def _chunks(path: Path, chunk_size: int, offset: int) -> Generator[bytes, None, 
     try:
         yield from iter_chunks(path, chunk_size, offset=offset)
     except OSError as exc:
-        raise BlobError(f"{path}: cannot read blob ({exc.strerror})") from exc
+        raise blob_error(path, "cannot read blob", exc) from exc

@@ -10,7 +10,7 @@ import sqlite3
 from pathlib import Path
 from typing import Final
 
-from baton.errors import BlobError, ServerFault, StoreError
+from baton.errors import BlobStoreFault, ServerFault, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +49,11 @@ def store_error(path: Path, exc: sqlite3.Error) -> StoreError | ServerFault:
     return StoreError(f"{path}: {exc}")
 
 
-def blob_error(path: Path, what: str, exc: OSError) -> BlobError | ServerFault:
-    """The error a failed write of the blob store becomes: UNAVAILABLE for a full disk,
-    else a ``BlobError`` saying ``what`` failed on ``path``."""
+def blob_error(path: Path, what: str, exc: OSError) -> BlobStoreFault | ServerFault:
+    """The error a failed file operation of the blob store becomes: UNAVAILABLE for a full
+    disk, else a :class:`BlobStoreFault` (INTERNAL; the caller is not told the path),
+    logged at ERROR with ``what`` failed on ``path``."""
     if is_disk_full(exc):
         return paused(path, exc)
-    return BlobError(f"{path}: {what} ({exc.strerror})")
+    logger.error("blob store: %s: %s (%s)", path, what, exc.strerror)
+    return BlobStoreFault(f"{path}: {what} ({exc.strerror})")

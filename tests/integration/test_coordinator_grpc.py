@@ -313,7 +313,7 @@ def test_failed_hop_fails_the_run_with_the_reason(coordinator: LiveCoordinator) 
     )
     got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
     assert got.state == common_pb2.RUN_STATE_FAILED
-    assert got.error == "hop 0 at site-a failed: data_error: schema mismatch"
+    assert got.error == "hop 1 at site-a failed: data_error: schema mismatch"
     assert got.hops[0].state == common_pb2.HOP_STATE_FAILED
 
 

@@ -80,6 +80,8 @@ def test_a_blob_store_that_cannot_write_is_retried_from_the_kept_output_never_re
         with pytest.raises(ServerFault) as fault:
             runner.run(assignment)
         assert fault.value.status == "INTERNAL"
+        assert "the coordinator's blob store failed" in fault.value.message
+        assert str(partial) not in fault.value.message  # the coordinator's paths stay there
 
     assert _events(tmp_path, "site-a") == ["plan_accepted"]  # received and trained once
     got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
