@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as to_safetensors
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.distributed.tensor import DTensor
@@ -75,11 +74,8 @@ def save(
             tensors[key] = local.detach().to("cpu", copy=True).contiguous()
         else:
             values[key] = _to_json(key, value)
-    shard = target / f"rank-{rank:05d}.safetensors"
-    partial = shard.with_suffix(".partial")
-    save_file(tensors, str(partial))
-    _fsync(partial)
-    os.replace(partial, shard)
+    # Durable, atomic and private (0600): the shard holds plaintext weights.
+    atomic_write(target / f"rank-{rank:05d}.safetensors", to_safetensors(tensors))
     index = {"step": step, "tensors": sorted(tensors), "values": values}
     atomic_write(target / f"rank-{rank:05d}.json", json.dumps(index))
     world_size = dist.get_world_size() if dist.is_initialized() else 1
@@ -188,12 +184,3 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ModelError(f"{path} is not a JSON object")
     return data
-
-
-def _fsync(path: Path) -> None:
-    """Flushes a written file to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
