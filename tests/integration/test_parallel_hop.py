@@ -152,7 +152,7 @@ def test_a_worker_crash_fails_the_hop_and_keeps_the_previous_model(
     got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run.run_id))
     assert got.state == common_pb2.RUN_STATE_FAILED
     assert got.error == (
-        "hop 1 at site-b failed: training_error: "
+        "hop 2 at site-b failed: training_error: "
         "training failed: rank 1: RuntimeError: simulated worker crash"
     )
     assert not got.hops[1].metrics_after
