@@ -20,7 +20,6 @@ import asyncio
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from serve import serve_coordinator
 
 from baton.security.pki import Identity, create_ca, issue
 from baton.security.sealing import AppKeys, provision_app_keys
@@ -75,22 +75,13 @@ def seed_runs(db: Path, runs: int) -> None:
 
 def start_coordinator(root: Path) -> tuple[subprocess.Popen[bytes], int]:
     """``coordinator serve`` on a free loopback port; returns the process and its port."""
-    (root / "coordinator.toml").write_text(
-        f'listen = "127.0.0.1:0"\nstate_dir = "{root / "state"}"\nlease_seconds = 15.0\n'
-        f'[tls]\nca = "{root / "ca" / "ca.pem"}"\n'
-        f'cert = "{root / "coordinator" / "coordinator.pem"}"\n'
-        f'key = "{root / "coordinator" / "coordinator.key"}"\n'
+    return serve_coordinator(
+        root,
+        ca=root / "ca" / "ca.pem",
+        cert=root / "coordinator" / "coordinator.pem",
+        key=root / "coordinator" / "coordinator.key",
+        lease_seconds=15.0,
     )
-    port_file = root / "port"
-    env = {**os.environ, "BATON_LOG_LEVEL": "WARNING"}
-    cmd = [sys.executable, "-m", "coordinator.cli", "serve", "-c", str(root / "coordinator.toml")]
-    proc = subprocess.Popen([*cmd, "--port-file", str(port_file)], env=env)
-    deadline = time.monotonic() + 60
-    while not port_file.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"the coordinator did not start (exit {proc.poll()})")
-        time.sleep(0.1)
-    return proc, int(port_file.read_text())
 
 
 def channel(root: Path, name: str, port: int) -> grpc.aio.Channel:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import grpc
 import numpy as np
+from serve import serve_coordinator
 
 from baton.security.pki import Identity, create_ca, issue
 from baton.security.sealing import provision_app_keys
@@ -67,23 +65,9 @@ def dial(root: Path, name: str, port: int) -> grpc.Channel:
 
 
 def start_coordinator(root: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """``coordinator serve`` on a free loopback port; returns the process and its port."""
+    """``coordinator serve`` on a free loopback port, with a lease no hop outlasts."""
     tls = tls_files(root, "coordinator")
-    (root / "coordinator.toml").write_text(
-        f'listen = "127.0.0.1:0"\nstate_dir = "{root / "state"}"\nlease_seconds = 3600.0\n'
-        f'[tls]\nca = "{tls.ca}"\ncert = "{tls.cert}"\nkey = "{tls.key}"\n'
-    )
-    port_file = root / "port"
-    env = {**os.environ, "BATON_LOG_LEVEL": "WARNING"}
-    cmd = [sys.executable, "-m", "coordinator.cli", "serve", "-c", str(root / "coordinator.toml")]
-    proc = subprocess.Popen([*cmd, "--port-file", str(port_file)], env=env)
-    deadline = time.monotonic() + 60
-    while not port_file.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise SystemExit(f"the coordinator did not start (exit {proc.poll()})")
-        time.sleep(0.1)
-    return proc, int(port_file.read_text())
+    return serve_coordinator(root, ca=tls.ca, cert=tls.cert, key=tls.key, lease_seconds=3600.0)
 
 
 def write_model(path: Path, size: int) -> None:
