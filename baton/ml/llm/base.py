@@ -131,8 +131,13 @@ def load_base(path: Path, *, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTr
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     _require_config(path)
     try:
+        # safetensors only, and no code from the checkpoint: a base is data, never a program.
         model: Any = AutoModelForCausalLM.from_pretrained(
-            str(path), dtype=dtype, local_files_only=True
+            str(path),
+            dtype=dtype,
+            local_files_only=True,
+            use_safetensors=True,
+            trust_remote_code=False,
         )
     except Exception as exc:  # corrupt weights raise the loaders' own error types
         raise ModelError(

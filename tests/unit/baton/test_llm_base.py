@@ -76,6 +76,18 @@ def test_load_base_names_what_is_wrong(base: Path, tmp_path: Path) -> None:
         load_base(copy, dtype=torch.float32)
 
 
+def test_a_base_in_pickle_format_is_refused_unread(base: Path, tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    copy = shutil.copytree(base, tmp_path / "pickled")
+    model = AutoModelForCausalLM.from_pretrained(str(copy), local_files_only=True)
+    (copy / "model.safetensors").unlink()
+    torch.save(model.state_dict(), copy / "pytorch_model.bin")  # a pickle, never to be read
+    with pytest.raises(ModelError, match="the base checkpoint does not load"):
+        load_base(copy, dtype=torch.float32)
+
+
 def test_site_text_becomes_windows_and_the_schema_follows_the_vocabulary(
     base: Path, tmp_path: Path
 ) -> None:
