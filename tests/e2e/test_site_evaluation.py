@@ -120,4 +120,4 @@ def test_every_site_evaluates_the_final_model_and_a_later_run_uses_it(tmp_path: 
     # The follow-up run planned its cycle with the probe and ran to the end.
     assert followed.state == common_pb2.RUN_STATE_SUCCEEDED, followed.error
     log = (layout.coordinator_dir / "coordinator.log").read_text()
-    assert f"run {follow.run_id} cycle 0 order (1 probe run):" in log
+    assert f"run {follow.run_id} cycle 1 order (1 probe run):" in log

@@ -147,9 +147,14 @@ def test_mode_is_restored() -> None:
 
 
 def test_divergence_is_an_error() -> None:
-    training = TrainingSection(lr=1e30, momentum=0.0, local_epochs=2)
+    """Weights that overflow every logit give a non-finite loss, which is refused."""
+    model = _model()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(1e38)
+    training = TrainingSection(lr=10.0, momentum=0.0, local_epochs=2)
     with pytest.raises(ModelError, match="diverged"):
-        train_local(_model(), _blobs(50, 0), training, seed=0)
+        train_local(model, _blobs(50, 0), training, seed=0)
 
 
 def test_bad_labels_are_rejected_before_training() -> None:
