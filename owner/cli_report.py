@@ -20,12 +20,18 @@ def register(app: typer.Typer) -> None:
         run_id: str,
         admin: AdminOpt,
         out: Annotated[
-            Path | None, typer.Option("--out", help="Also write the report here (JSON).")
+            Path | None,
+            typer.Option(
+                "--out",
+                help="Also write the report here: a path ending in .json gets the JSON alone; "
+                "any other path is a directory that gets report.html (self-contained), "
+                "report.json and the plots as PNG.",
+            ),
         ] = None,
         as_json: JsonOpt = False,
     ) -> None:
         """Report a run: per hop its site, metrics before/after, seconds, bytes; the final
-        evaluation; the plan's hash."""
+        evaluation; the plan's hash. With --out DIR, also as an HTML page with plots."""
         import json
 
         from baton.errors import ConfigError, ConflictError
@@ -43,7 +49,12 @@ def register(app: typer.Typer) -> None:
                 )
             data = build_report(run, client.watch(run_id))
             text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-            if out is not None:
+            if out is not None and out.suffix.lower() != ".json":
+                from owner.report_html import write_report_dir
+
+                written = write_report_dir(data, out)
+                typer.echo(f"report written to {written[-1]}", err=True)
+            elif out is not None:
                 try:
                     atomic_write(out, text, mode=0o644)
                 except OSError as exc:

@@ -31,11 +31,17 @@ def build_report(run: admin_pb2.Run, events: Iterable[admin_pb2.RunEvent]) -> di
     from baton.security.sealing import plan_hash
 
     started: dict[int, int] = {}
+    checked: dict[int, int] = {}
     ended: dict[int, int] = {}
+    created: int | None = None
     evaluations = []
     for ev in events:
-        if ev.kind == admin_pb2.EVENT_KIND_HOP_ASSIGNED:
+        if ev.kind == admin_pb2.EVENT_KIND_RUN_CREATED:
+            created = ev.time_unix_ms
+        elif ev.kind == admin_pb2.EVENT_KIND_HOP_ASSIGNED:
             started[ev.hop_index] = ev.time_unix_ms
+        elif ev.kind == admin_pb2.EVENT_KIND_HOP_PROGRESS and ev.message == "before":
+            checked.setdefault(ev.hop_index, ev.time_unix_ms)
         elif ev.kind in (admin_pb2.EVENT_KIND_HOP_COMPLETED, admin_pb2.EVENT_KIND_HOP_FAILED):
             ended[ev.hop_index] = ev.time_unix_ms
         elif ev.kind == admin_pb2.EVENT_KIND_SITE_EVALUATED:
@@ -44,6 +50,7 @@ def build_report(run: admin_pb2.Run, events: Iterable[admin_pb2.RunEvent]) -> di
     for h in run.hops:
         i = h.hop_index
         seconds = (ended[i] - started[i]) / 1000 if i in started and i in ended else None
+        previous = ended.get(i - 1, created if i == 0 else None)
         hops.append(
             {
                 "hop": i + 1,
@@ -58,6 +65,7 @@ def build_report(run: admin_pb2.Run, events: Iterable[admin_pb2.RunEvent]) -> di
                 "bytes_in": h.input.size,
                 "bytes_out": h.output.size,
                 "error": h.error,
+                **_phases(started.get(i), checked.get(i), ended.get(i), previous, h.train_seconds),
             }
         )
     spans = list(started.values()) + list(ended.values())
@@ -71,6 +79,7 @@ def build_report(run: admin_pb2.Run, events: Iterable[admin_pb2.RunEvent]) -> di
         "cycles": run.cycles,
         "total_hops": run.total_hops,
         "metric": primary_metric(run.plan_toml),
+        "higher_is_better": higher_is_better(run.plan_toml),
         "plan_sha256": plan_hash(run.plan_toml, run.plan_signature),
         "plan_text_sha256": hashlib.sha256(run.plan_toml.encode("utf-8")).hexdigest(),
         "seconds": (max(spans) - min(spans)) / 1000 if spans else None,
@@ -79,6 +88,41 @@ def build_report(run: admin_pb2.Run, events: Iterable[admin_pb2.RunEvent]) -> di
         "hops": hops,
         "final_evaluation": evaluations,
     }
+
+
+def higher_is_better(plan_toml: str) -> bool:
+    """Whether a higher primary metric is better (``[task] higher_is_better``); ``True`` for an
+    unreadable plan."""
+    from baton.errors import ConfigError
+    from baton.plan import parse_plan
+
+    try:
+        return parse_plan(plan_toml, source="run plan").task.higher_is_better
+    except ConfigError:
+        return True
+
+
+def _phases(
+    assigned: int | None,
+    checked: int | None,
+    ended: int | None,
+    previous: int | None,
+    train_seconds: float,
+) -> dict[str, float | None]:
+    """A hop's wall time split by its events (seconds; ``None`` where an event is missing).
+
+    ``wait_seconds``: from the previous hop's end (the run's creation for the first) to this
+    hop's assignment. ``receive_seconds``: from assignment to the site's "before" report, i.e.
+    the site picking the hop up, downloading, verifying and decrypting the model and scoring
+    it. ``send_seconds``: the rest after training: scoring the trained model, sealing and
+    uploading it.
+    """
+    wait = (assigned - previous) / 1000 if assigned is not None and previous is not None else None
+    receive = (checked - assigned) / 1000 if checked is not None and assigned is not None else None
+    send = None
+    if checked is not None and ended is not None:
+        send = max(0.0, (ended - checked) / 1000 - train_seconds)
+    return {"wait_seconds": wait, "receive_seconds": receive, "send_seconds": send}
 
 
 def render_report(report: dict[str, Any]) -> Group:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from baton.ml.codec import load_state_file
 from sim.localfed import provision, start
 from sim.procs import ProcessGroup
 from sim.tasks import Partition
+from tests.unit.owner.test_report_html import assert_not_blank
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -123,6 +125,20 @@ def test_submit_watch_status_fetch(tmp_path: Path) -> None:
         report = baton("report", run_id, "--admin", str(admin), "--out", str(tmp_path / "r.json"))
         assert report.returncode == 0, report.stderr
         assert "plan sha256" in report.stdout
+        pages = tmp_path / "report"
+        report = baton("report", run_id, "--admin", str(admin), "--out", str(pages))
+        assert report.returncode == 0, report.stderr
+        assert f"report written to {pages / 'report.html'}" in report.stderr
+        data = json.loads((tmp_path / "r.json").read_text())
+        assert json.loads((pages / "report.json").read_text())["hops"] == data["hops"]
+        assert [h["hop"] for h in data["hops"]] == [1, 2]
+        assert all(h["receive_seconds"] > 0 and h["send_seconds"] >= 0 for h in data["hops"])
+        page = (pages / "report.html").read_text()
+        for h in data["hops"]:
+            assert f'<td class="l">hop {h["hop"]}</td><td class="">1</td>' in page
+            assert f'<td class="l">{h["site"]}</td>' in page
+        for name in ("metric", "order", "timing", "final"):
+            assert_not_blank(pages / f"{name}.png")
 
         cancel = baton("cancel", run_id, "--admin", str(admin))
         assert cancel.returncode == exit_codes.CLI_ERROR
