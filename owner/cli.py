@@ -14,6 +14,7 @@ from typing import Annotated
 from baton.entry import make_app, version_option
 from owner.cli_bench import register as register_bench
 from owner.cli_check import register as register_check
+from owner.cli_logs import register as register_logs
 from owner.cli_merge import register as register_merge
 from owner.cli_new import register as register_new
 from owner.cli_pki import pki_app
@@ -52,6 +53,7 @@ register_merge(app)
 register_provision(app)
 register_check(app)
 register_report(app)
+register_logs(app)
 register_bench(app)
 for _ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda ep: ep.name):
     _ep.load()(app)

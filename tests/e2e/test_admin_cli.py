@@ -140,6 +140,18 @@ def test_submit_watch_status_fetch(tmp_path: Path) -> None:
         for name in ("metric", "order", "timing", "final"):
             assert_not_blank(pages / f"{name}.png")
 
+        logs = baton("logs", run_id, "--admin", str(admin))
+        assert logs.returncode == 0, logs.stderr
+        lines = logs.stdout.splitlines()
+        assert " run_created " in lines[0]
+        assert sum(" run_succeeded " in line for line in lines) == 1
+        assert any(" hop_completed  hop 2 cycle 1 beta " in line for line in lines)
+        logs = baton("logs", run_id, "--admin", str(admin), "--json")
+        records = [json.loads(line) for line in logs.stdout.splitlines()]
+        assert [r["seq"] for r in records] == list(range(1, len(lines) + 1))
+        done = [(r["hop"], r["site"]) for r in records if r["kind"] == "hop_completed"]
+        assert done == [(1, "alpha"), (2, "beta")]
+
         cancel = baton("cancel", run_id, "--admin", str(admin))
         assert cancel.returncode == exit_codes.CLI_ERROR
         assert f"run {run_id} already succeeded" in cancel.stderr
