@@ -19,6 +19,7 @@ from coordinator.blobs_checks import (
     make_private_dir,
 )
 from coordinator.store.disk_full import blob_error
+from coordinator.store.kill_hook import BLOB_FINISH, durable_write
 
 if TYPE_CHECKING:
     from collections.abc import Generator
@@ -163,7 +164,27 @@ class FileBlobStore:
                 atomic_write(record, f"{digest} {size}\n")
             except OSError as exc:
                 raise blob_error(target, "cannot store blob", exc) from exc
+            durable_write(BLOB_FINISH)  # a test-only crash point, off by default
             return BlobRef(blob_id=digest, size=size)
+
+    def arrived(self, transfer_id: str) -> int | None:
+        """The partial file's length (no fsync, no lock), or None if there is none."""
+        path = self._partial_path(transfer_id)
+        try:
+            return path.stat().st_size
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise blob_error(path, "cannot read upload size", exc) from exc
+
+    def read_partial(
+        self, transfer_id: str, *, offset: int, end: int, chunk_size: int = 1 << 20
+    ) -> Generator[bytes, None, None]:
+        """Streams bytes ``offset`` to ``end`` of the partial file. The file opens on the
+        first chunk; an upload finished or discarded before then yields nothing, one
+        closed later is still read whole from the open file (a rename or unlink keeps it)."""
+        check_read(offset, chunk_size, end)
+        return _range(self._partial_path(transfer_id), offset, end, chunk_size)
 
     def finished(self, transfer_id: str) -> BlobRef | None:
         """The blob a finished upload stored, from its record on disk, or None."""
@@ -227,3 +248,24 @@ def _chunks(path: Path, chunk_size: int, offset: int) -> Generator[bytes, None, 
         yield from iter_chunks(path, chunk_size, offset=offset)
     except OSError as exc:
         raise blob_error(path, "cannot read blob", exc) from exc
+
+
+def _range(path: Path, offset: int, end: int, chunk_size: int) -> Generator[bytes, None, None]:
+    """Bytes ``offset`` to ``end`` of ``path`` (fewer if it is shorter); nothing if absent."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise blob_error(path, "cannot open upload", exc) from exc
+    try:
+        while offset < end:
+            data = os.pread(fd, min(chunk_size, end - offset), offset)
+            if not data:
+                return
+            offset += len(data)
+            yield data
+    except OSError as exc:
+        raise blob_error(path, "cannot read upload", exc) from exc
+    finally:
+        os.close(fd)

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from baton.errors import AuditError
 from baton.security.audit import AuditLog
 from coordinator.store.base import EventKind, PendingAudit, RunState, Store
+from coordinator.store.kill_hook import AUDIT_APPEND, durable_write
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ class Journal:
                     except AuditError as exc:
                         logger.error("audit entries wait for the log: %s", exc.message)
                         break
+                    durable_write(AUDIT_APPEND)  # a test-only crash point, off by default
                     self._logged_outbox = entry.outbox_id
                     written += 1
                 self._store.clear_audit(entry.outbox_id)

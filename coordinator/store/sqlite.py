@@ -21,6 +21,7 @@ from coordinator.store.base import (
     SiteRecord,
 )
 from coordinator.store.disk_full import store_error
+from coordinator.store.kill_hook import after_commit
 from coordinator.store.rules import (
     as_floats,
     check_hop_transition,
@@ -375,8 +376,7 @@ class SqliteStore:
     def _tx(self, *, write: bool = False) -> Iterator[sqlite3.Connection]:
         """One transaction under the lock: committed on success, rolled back on any error."""
         with self._lock:
-            db = self._conn
-            if db is None:
+            if (db := self._conn) is None:
                 raise StoreError(f"{self._path}: the state store is closed")
             if self._depth:  # inside atomic(): join its transaction
                 try:
@@ -391,6 +391,7 @@ class SqliteStore:
             try:
                 yield db
                 db.execute("COMMIT")
+                after_commit(write)  # a test-only crash point; off unless its variable is set
             except sqlite3.Error as exc:
                 rollback(db)
                 raise store_error(self._path, exc) from exc
