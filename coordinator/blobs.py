@@ -43,6 +43,8 @@ class BlobStore(Protocol):
     - After a successful ``finish``, ``finished`` MUST return the stored blob for that
       transfer id, also after a restart (file store); before it, or after a failed
       ``finish``, it returns None.
+    - ``arrived`` MUST return None for a transfer with no open upload (never started,
+      finished or discarded); ``read_partial`` of such a transfer yields nothing.
     - Every method is thread-safe; appends to one transfer are serialized.
     """
 
@@ -56,6 +58,18 @@ class BlobStore(Protocol):
 
     def finish(self, transfer_id: str, *, expected_sha256: str, expected_size: int) -> BlobRef:
         """Verifies a complete upload and stores it under its content address."""
+        ...
+
+    def arrived(self, transfer_id: str) -> int | None:
+        """Bytes an open upload has received so far (not yet made durable, perhaps), or
+        None when none is open: the cheap question a reader of a growing upload asks."""
+        ...
+
+    def read_partial(
+        self, transfer_id: str, *, offset: int, end: int, chunk_size: int = 1 << 20
+    ) -> Iterator[bytes]:
+        """Streams bytes ``offset`` to ``end`` of an open upload while it may still grow
+        (``end`` at most ``arrived``); fewer, or none, if the upload closed meanwhile."""
         ...
 
     def abort(self, transfer_id: str) -> None:
@@ -125,6 +139,23 @@ class MemoryBlobStore:
             ref = BlobRef(blob_id=digest, size=len(data))
             self._done[transfer_id] = ref
             return ref
+
+    def arrived(self, transfer_id: str) -> int | None:
+        """Bytes held for an open upload, or None if none is open."""
+        check_transfer_id(transfer_id)
+        with self._lock:
+            buffer = self._partial.get(transfer_id)
+            return None if buffer is None else len(buffer)
+
+    def read_partial(
+        self, transfer_id: str, *, offset: int, end: int, chunk_size: int = 1 << 20
+    ) -> Iterator[bytes]:
+        """Yields a copy of bytes ``offset`` to ``end`` of an open upload, chunk by chunk."""
+        check_transfer_id(transfer_id)
+        check_read(offset, chunk_size, end)
+        with self._lock:
+            data = bytes(self._partial.get(transfer_id, b"")[offset:end])
+        return (data[i : i + chunk_size] for i in range(0, len(data), chunk_size))
 
     def finished(self, transfer_id: str) -> BlobRef | None:
         """The blob a finished upload stored, or None."""

@@ -4,12 +4,14 @@ downloads of a hop's input, of a finished run's final model, and of its result."
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from baton.domain import BlobRef
 from baton.errors import BlobError, ConflictError, NotFoundError
 from coordinator.blobs import BlobStore
+from coordinator.blobs_follow import follow
 from coordinator.engine.clocks import Phase
 from coordinator.engine.copies import copy_problem
 from coordinator.engine.faults import Action
@@ -41,15 +43,27 @@ class Transfers:
         blobs: The blob store.
         scheduler: The run engine, which says which hop a site holds.
         max_blob_bytes: Largest blob a site may upload.
+        stall_seconds: How long a download that follows an upload still arriving waits
+            for more bytes before it ends with a retryable status.
     """
 
     def __init__(
-        self, store: Store, blobs: BlobStore, scheduler: Scheduler, *, max_blob_bytes: int
+        self,
+        store: Store,
+        blobs: BlobStore,
+        scheduler: Scheduler,
+        *,
+        max_blob_bytes: int,
+        stall_seconds: float = 30.0,
     ) -> None:
         self._store = store
         self._blobs = blobs
         self._scheduler = scheduler
         self._max_blob_bytes = max_blob_bytes
+        self._stall_seconds = stall_seconds
+        self._lock = threading.Lock()
+        self._arriving: dict[BlobRef, str] = {}
+        """The blobs whose uploads have started, not yet stored or discarded: their keys."""
 
     def upload(
         self, site_id: str, header: UploadHeader, chunks: Iterator[tuple[int, bytes]]
@@ -73,21 +87,64 @@ class Transfers:
         committed = self._blobs.committed(key)
         if header.offset != committed:
             raise ConflictError(f"upload must resume at offset {committed}, not {header.offset}")
-        for offset, data in chunks:
-            if committed + len(data) > header.total_size:
-                self._blobs.abort(key)
-                raise BlobError("upload is longer than its declared size")
-            committed = self._blobs.append(key, offset, data)
-        if committed < header.total_size:
-            # The stream ended early (a cut link, a cancelled call): keep what arrived, so
-            # the upload resumes from here; finishing would discard it as a size mismatch.
-            raise ConflictError(
-                f"upload ended after {committed} of {header.total_size} bytes; "
-                f"resume at offset {committed}"
+        declared = BlobRef(blob_id=header.sha256, size=header.total_size)
+        with self._lock:
+            self._arriving[declared] = key
+        try:
+            for offset, data in chunks:
+                if committed + len(data) > header.total_size:
+                    self._blobs.abort(key)
+                    raise BlobError("upload is longer than its declared size")
+                committed = self._blobs.append(key, offset, data)
+            if committed < header.total_size:
+                # The stream ended early (a cut link, a cancelled call): keep what arrived,
+                # so the upload resumes from here (its readers wait for it); finishing
+                # would discard it as a size mismatch.
+                raise ConflictError(
+                    f"upload ended after {committed} of {header.total_size} bytes; "
+                    f"resume at offset {committed}"
+                )
+            ref = self._blobs.finish(
+                key, expected_sha256=header.sha256, expected_size=header.total_size
             )
-        return self._blobs.finish(
-            key, expected_sha256=header.sha256, expected_size=header.total_size
+        except BlobError:
+            self._forget(declared, key)
+            raise
+        self._forget(declared, key)
+        return ref
+
+    def _forget(self, blob: BlobRef, key: str) -> None:
+        """Ends the cut-through reads of ``blob`` through the upload ``key``."""
+        with self._lock:
+            if self._arriving.get(blob) == key:
+                del self._arriving[blob]
+
+    def send(self, blob: BlobRef, *, offset: int, chunk_size: int) -> Iterator[bytes]:
+        """``blob`` from ``offset``: from the store, or, while its upload still arrives,
+        cut through from that upload (:func:`coordinator.blobs_follow.follow`: the last
+        byte only once the whole blob is stored and its hash checked).
+
+        Raises:
+            NotFoundError: the blob is neither stored nor arriving.
+            TransportError: (while the stream runs) its upload stalled; retry later.
+        """
+        with self._lock:
+            key = self._arriving.get(blob)
+        if key is None or self._blobs.exists(blob.blob_id):
+            return self._blobs.read(blob.blob_id, offset=offset, chunk_size=chunk_size)
+        return follow(
+            self._blobs,
+            key,
+            blob,
+            offset=offset,
+            chunk_size=chunk_size,
+            stall_seconds=self._stall_seconds,
         )
+
+    def arriving(self, blob: BlobRef) -> bool:
+        """Whether ``blob`` is not stored yet but its upload has started."""
+        with self._lock:
+            return blob in self._arriving and not self._blobs.exists(blob.blob_id)
 
     def upload_status(self, site_id: str, transfer_id: str) -> tuple[int, BlobRef | None]:
         """(bytes committed, the stored blob once the upload finished)."""
@@ -120,9 +177,9 @@ class Transfers:
                     f"hop {hop.hop_index + 1} has no input model (it is the first hop)"
                 )
             blob = hop.input
-            if offset == 0:
+            if offset == 0 and not self.arriving(blob):
                 self._check_input(site_id, hop, blob)
-        return self._blobs.read(blob.blob_id, offset=offset, chunk_size=chunk_size)
+        return self.send(blob, offset=offset, chunk_size=chunk_size)
 
     def _check_input(self, site_id: str, hop: HopRecord, blob: BlobRef) -> None:
         """Checks the stored input of ``hop`` against its address before it is sent (one
