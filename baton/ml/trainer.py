@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baton.errors import DataError, ModelError
+from baton.errors import DataError, ModelError, TrainingInterrupted
+from baton.ml import checkpoint
 from baton.ml.models import is_sequence_model
 from baton.ml.models_lm import sequence_targets
 from baton.ml.norm import fit_input_norm, has_input_norm
@@ -174,6 +177,9 @@ def train_local(
     hop_index: int = 0,
     num_sites: int = 1,
     progress: ProgressFn | None = None,
+    checkpoint_dir: Path | None = None,
+    checkpoint_every: int = 0,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Trains ``model`` in place on one site's training split.
 
@@ -196,8 +202,19 @@ def train_local(
     :func:`hop_lr` for this hop's place in its cycle, and the proximal penalty toward the
     incoming weights (added to the loss that is minimized; the reported loss leaves it out).
 
+    Within-hop checkpoints (:mod:`baton.ml.checkpoint`, in ``checkpoint_dir``) hold the
+    model, the optimizer, the steps taken, the losses so far and both RNG states (the
+    shuffle generator as it was before the current epoch's permutation, and the global
+    one that dropout draws from), so a hop that finds one resumes from it and ends with
+    exactly the model of an uninterrupted hop. A checkpoint that cannot be used (corrupt,
+    truncated, from another model) is logged and deleted, and the hop trains again from
+    step 0: it is a cache of a deterministic computation, so starting over costs time but
+    never changes the result, where failing the hop would lose it. ``checkpoint_dir`` is
+    removed when training completes; an interrupted or failed pass leaves it to the caller.
+
     Args:
-        model: The travelling model; trained in place, left in its previous mode.
+        model: The travelling model (as it arrived: a resumed hop needs its incoming
+            weights for the proximal penalty); trained in place, left in its previous mode.
         split: The site's training split.
         training: The plan's local training policy.
         seed: This hop's seed, from :func:`hop_seed`.
@@ -205,10 +222,15 @@ def train_local(
         num_sites: Sites per cycle, the cycle's length (for a cyclical schedule).
         progress: Called at most :data:`~baton.ml.step.MAX_PROGRESS_CALLS` times as
             ``(step, total_steps, loss)`` with the loss of that step's minibatch.
+        checkpoint_dir: This hop's private checkpoint directory; None: no checkpoints.
+        checkpoint_every: Optimizer steps between checkpoints; 0: none written.
+        should_stop: Asked after every step; True checkpoints the hop (with a
+            ``checkpoint_dir``) and stops it.
 
     Raises:
         DataError: The split is empty or has labels the model cannot output.
         ModelError: Training diverged (a non-finite loss).
+        TrainingInterrupted: ``should_stop`` said so.
     """
     x, y = _tensors(split)
     n = len(y)
@@ -222,43 +244,128 @@ def train_local(
     reports = report_steps(total) if progress is not None else set()
     steps_per_epoch = math.ceil(n / training.batch_size)
     params: list[torch.Tensor] = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(
-        params,
-        name=training.optimizer,
-        lr=hop_lr(training, hop_index, num_sites),
-        momentum=training.momentum,
-        weight_decay=training.weight_decay,
-    )
+
+    def new_optimizer() -> torch.optim.Optimizer:
+        return make_optimizer(
+            params,
+            name=training.optimizer,
+            lr=hop_lr(training, hop_index, num_sites),
+            momentum=training.momentum,
+            weight_decay=training.weight_decay,
+        )
+
+    optimizer = new_optimizer()
     mu = training.proximal_mu
     anchor = [p.detach().clone() for p in params] if mu > 0 else []
     penalty = (lambda: proximal_penalty(params, anchor, mu)) if mu > 0 else None
     offset = log_prior(targets.flatten(), num_outputs) if training.logit_adjustment else None
     losses: list[torch.Tensor] = []
+    start = 0
     was_training = model.training
     started = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
+        # The epoch whose permutation was drawn last, and the generator's state before it.
+        drawn: list[tuple[int, torch.Tensor]] = []
+
+        def order(epoch: int) -> torch.Tensor:
+            drawn[:] = [(epoch, generator.get_state())]
+            return torch.randperm(n, generator=generator)
+
+        def loop_state(step: int) -> dict[str, torch.Tensor]:
+            epoch = step // steps_per_epoch
+            before = drawn[0][1] if drawn and drawn[0][0] == epoch else generator.get_state()
+            shuffle = {"rng/shuffle": before, "rng/torch": torch.get_rng_state()}
+            return {**shuffle, "losses": torch.stack(losses) if losses else torch.empty(0)}
+
+        if checkpoint_dir is not None:
+            try:
+                start, state = _resume(model, optimizer, checkpoint_dir, loop_state, total)
+            except ModelError as exc:
+                logger.warning("%s; training the hop again from step 0", exc.message)
+                shutil.rmtree(checkpoint_dir, ignore_errors=True)
+                optimizer = new_optimizer()
+            else:
+                if start:
+                    generator.set_state(state["rng/shuffle"])
+                    torch.set_rng_state(state["rng/torch"])
+                    losses = list(state["losses"].unbind())
+                    logger.info("resumed the hop from its checkpoint at step %d", start)
         model.train()
         try:
             batches = step_batches(
                 total=total,
                 per_epoch=steps_per_epoch,
                 batch=training.batch_size,
-                order=lambda _epoch: torch.randperm(n, generator=generator),
+                order=order,
+                start=start,
             )
-            for step, idx in enumerate(batches, start=1):
+            for step, idx in enumerate(batches, start=start + 1):
                 loss = train_step(
                     optimizer, model, x[idx], targets[idx], offset=offset, penalty=penalty
                 )
                 losses.append(loss)
                 if progress is not None and step in reports:
                     progress(step, total, float(loss))
+                stop = should_stop is not None and should_stop() and step < total
+                due = checkpoint_every > 0 and step % checkpoint_every == 0 and step < total
+                if checkpoint_dir is not None and (stop or due):
+                    checkpoint.save(
+                        model, optimizer, step=step, directory=checkpoint_dir, rank=0,
+                        extra=loop_state(step),
+                    )  # fmt: skip
+                if stop:
+                    raise TrainingInterrupted(f"stopped after step {step} of {total}")
         finally:
             model.train(was_training)
+    if checkpoint_dir is not None:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
     seconds = time.perf_counter() - started
     final_loss = float(torch.stack(losses[max(0, total - steps_per_epoch) :]).mean())
     if not math.isfinite(final_loss):
         raise ModelError("local training diverged: the training loss is not finite")
     logger.debug("trained %d steps on %d examples in %.3f s", total, n, seconds)
-    return TrainResult(num_examples=n, steps=total, train_seconds=seconds, final_loss=final_loss)
+    return TrainResult(
+        num_examples=n,
+        steps=total,
+        train_seconds=seconds,
+        final_loss=final_loss,
+        resumed_from_step=start,
+    )
+
+
+def _resume(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    directory: Path,
+    loop_state: Callable[[int], dict[str, torch.Tensor]],
+    total: int,
+) -> tuple[int, dict[str, torch.Tensor]]:
+    """Loads the newest checkpoint in ``directory`` into ``model`` and ``optimizer``;
+    returns its step and loop state, or ``(0, {})`` when there is none.
+
+    The incoming weights are kept until the checkpoint loaded whole, so a checkpoint that
+    does not fit leaves ``model`` as it arrived.
+
+    Raises:
+        ModelError: The checkpoint cannot be used; ``model`` is as it arrived.
+    """
+    found = checkpoint.latest(directory)
+    if found is None:
+        return 0, {}
+    step, path = found
+    if not 0 < step < total:
+        raise ModelError(f"the checkpoint at {path} is of step {step}, not of a hop of {total}")
+    incoming = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    template = loop_state(step)
+    template["losses"] = torch.empty(step, dtype=torch.float32)
+    try:
+        state = checkpoint.load(model, optimizer, path, rank=0, extra=template)
+        for name in ("rng/shuffle", "rng/torch"):
+            torch.Generator().set_state(state[name])  # a malformed state fails here
+    except Exception as exc:  # whatever went wrong, the hop starts over from its input
+        model.load_state_dict(incoming)
+        message = exc.message if isinstance(exc, ModelError) else str(exc)
+        raise ModelError(f"the hop's checkpoint at {path} cannot be used: {message}") from None
+    return step, state
