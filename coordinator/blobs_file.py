@@ -19,6 +19,7 @@ from coordinator.blobs_checks import (
     make_private_dir,
 )
 from coordinator.store.disk_full import blob_error
+from coordinator.store.kill_hook import BLOB_FINISH, durable_write
 
 if TYPE_CHECKING:
     from collections.abc import Generator
@@ -163,6 +164,7 @@ class FileBlobStore:
                 atomic_write(record, f"{digest} {size}\n")
             except OSError as exc:
                 raise blob_error(target, "cannot store blob", exc) from exc
+            durable_write(BLOB_FINISH)  # a test-only crash point, off by default
             return BlobRef(blob_id=digest, size=size)
 
     def arrived(self, transfer_id: str) -> int | None:
