@@ -25,13 +25,27 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def configure_logging(default: str = "INFO") -> None:
-    """Sends log records to stderr at the level named by ``BATON_LOG_LEVEL``."""
+def configure_logging(default: str = "INFO", *, log_format: str = "text") -> None:
+    """Sends log records to stderr at the level named by ``BATON_LOG_LEVEL``, as text lines
+    or, with ``log_format="json"``, as JSON lines (see :mod:`baton.logs`).
+
+    An unknown ``log_format`` exits with a one-line error and the usage exit code.
+    """
+    from baton.errors import ConfigError
+    from baton.logs import JsonFormatter, check_log_format
+
+    try:
+        check_log_format(log_format)
+    except ConfigError as exc:
+        fail(exc.message, exit_codes.USAGE)
     level_name = os.environ.get("BATON_LOG_LEVEL", default).upper()
     level = logging.getLevelName(level_name)
     if not isinstance(level, int):
         level = logging.INFO
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr, force=True)
+    if log_format == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     # gRPC and friends are chatty at DEBUG; keep them at WARNING unless asked.
     for noisy in ("grpc", "urllib3"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))

@@ -18,6 +18,7 @@ from baton.entry import (
     version_option,
 )
 from baton.errors import ConfigError, PkiError, StoreError, TransportError
+from baton.logs import LogFormatOpt
 
 # ``serve`` imports the server (gRPC, the store, the engine) when it runs, so that
 # ``coordinator --help`` stays fast.
@@ -55,12 +56,13 @@ def serve(
             "(a lost WAL); what is lost is logged."
         ),
     ] = False,
+    log_format: LogFormatOpt = "text",
 ) -> None:
     """Serve sites and admins over mTLS until SIGTERM or Ctrl-C."""
     from coordinator.config import load_coordinator_config
     from coordinator.server import CoordinatorServer, write_port_file
 
-    configure_logging()
+    configure_logging(log_format=log_format)
     with exit_on_error(_CODES, exit_codes.COORDINATOR_CONFIG):
         cfg = load_coordinator_config(config)
         tls = cfg.tls.load()

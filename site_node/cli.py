@@ -18,6 +18,7 @@ from baton.entry import (
     version_option,
 )
 from baton.errors import ConfigError, DataError, PkiError, TransportError
+from baton.logs import LogFormatOpt
 
 if TYPE_CHECKING:
     from site_node.daemon import SiteDaemon
@@ -51,12 +52,13 @@ def run(
         int,
         typer.Option(help="Exit after this many failed connection attempts in a row (0: never)."),
     ] = 0,
+    log_format: LogFormatOpt = "text",
 ) -> None:
     """Connect to the coordinator and train whenever this site is assigned a hop."""
     from site_node.config import load_site_config
     from site_node.daemon import SiteDaemon
 
-    configure_logging()
+    configure_logging(log_format=log_format)
     with exit_on_error(_CODES, exit_codes.SITE_CONFIG):
         cfg = load_site_config(config)
         daemon = SiteDaemon(cfg, max_attempts=max_retries or None)
