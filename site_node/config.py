@@ -52,9 +52,12 @@ class SiteTraining:
     """``torchrun`` starts the workers as ``torchrun --standalone``; ``fork`` forks them
     from the daemon (CPU only, starts faster)."""
     checkpoint_every: int = 100
-    """Optimizer steps between within-hop checkpoints of the workers (model and optimizer
-    state, sharded as trained); a hop interrupted by a crashed worker, or by the daemon
-    stopping, resumes from the newest one. 0: no checkpoints."""
+    """Optimizer steps between within-hop checkpoints, of every plan: the in-process
+    trainer's (model, optimizer, steps, losses and RNG states) and the workers' (sharded
+    as trained). A hop interrupted by the daemon stopping or being killed, or by a crashed
+    worker, resumes from the newest one and hands on exactly the model of an
+    uninterrupted hop. Checkpoints are private files in the hop's job directory, deleted
+    when the hop's training ends. 0: no checkpoints (a stopped hop trains again from step 0)."""
     restarts: int = 1
     """Times a hop's workers are started again, from the newest checkpoint, after a
     worker crashed (killed, or lost a peer); a Baton error (bad data, a diverged loss)

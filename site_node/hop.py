@@ -36,7 +36,7 @@ from baton.errors import (
 from baton.ml.codec import save_state_file
 from baton.ml.gate import GatePolicy, require_passing
 from baton.ml.portable import result_metadata
-from baton.ml.trainer import TrainResult, hop_seed
+from baton.ml.trainer import TrainResult, hop_seed, train_local
 from baton.security.audit import AuditLog
 from baton.security.replay import ReplayGuard
 from baton.security.sealing import AppKeys, manifest_digest
@@ -81,8 +81,9 @@ class HopRunner:
         revoked: Whether a certificate (PEM) is on the federation's revocation list.
         training: How this site trains (in process, or with a parallel plan).
         data_gate: What fails this site's data gate, run before each hop trains.
-        stopping: Whether the site is stopping: a parallel hop then stops its workers and
-            keeps its checkpoints, without failing the hop.
+        stopping: Whether the site is stopping: a training hop then stops (its workers, or
+            the in-process loop after its step) and keeps its checkpoints, without failing
+            the hop.
         progress_every: Most seconds without a progress report while a hop trains.
     """
 
@@ -299,28 +300,32 @@ class HopRunner:
         device: str,
     ) -> TrainResult:
         """Trains ``model`` in place on this site's training split: in this process, or with
-        ``parallel`` on worker processes that checkpoint in ``job_dir``."""
+        ``parallel`` on worker processes; either checkpoints in ``job_dir`` and resumes from
+        it (audited as ``training_resumed``)."""
         seed = hop_seed(checked.plan.run.seed, a.hop_index)
         num_sites = len(checked.plan.run.sites)
         hooks = self._local.hooks
         reports = ProgressReports(
             lambda metrics: self._report(a, "progress", metrics), keepalive=self._progress_every
         )
+        train = self._local.data.train
         with reports:
-            if hooks.trains_itself or (parallel.kind == PlanKind.SINGLE and device == "cpu"):
+            if hooks.trains_itself:
                 result = hooks.train(
-                    model,
-                    self._local.data.train,
-                    checked.plan.training,
-                    seed=seed,
-                    hop_index=a.hop_index,
-                    num_sites=num_sites,
-                    progress=reports,
-                )
+                    model, train, checked.plan.training,
+                    seed=seed, hop_index=a.hop_index, num_sites=num_sites, progress=reports,
+                )  # fmt: skip
+            elif parallel.kind == PlanKind.SINGLE and device == "cpu":
+                result = train_local(
+                    model, train, hooks.training_policy(checked.plan.training),
+                    seed=seed, hop_index=a.hop_index, num_sites=num_sites, progress=reports,
+                    checkpoint_dir=job_dir, checkpoint_every=self._training.checkpoint_every,
+                    should_stop=self._stopping,
+                )  # fmt: skip
             else:
                 result = train_parallel(
                     model,
-                    self._local.data.train,
+                    train,
                     hooks.training_plan(checked.plan),
                     parallel,
                     launcher=self._training.launcher,
@@ -335,13 +340,9 @@ class HopRunner:
                     nodes=self._training.node_group(),
                     device=device,
                 )
-                if result.resumed_from_step:
-                    self._audit.append(
-                        "training_resumed",
-                        run_id=a.run_id,
-                        hop=a.hop_index,
-                        detail={"step": result.resumed_from_step, "steps": result.steps},
-                    )
+        if result.resumed_from_step:
+            detail = {"step": result.resumed_from_step, "steps": result.steps}
+            self._audit.append("training_resumed", run_id=a.run_id, hop=a.hop_index, detail=detail)
         return result
 
     def _evaluate(self, a: Assignment) -> bool:

@@ -8,8 +8,9 @@ ends; a SIGKILL or a power cut skips that. None of them is ever read again after
 restart (a hop delivered again downloads and opens its input anew), so the sweep deletes
 them all, before the daemon dials the coordinator.
 
-A parallel hop's job directory (``<run>/hop-NNNNN.job``: plaintext weights, the training
-split, within-hop checkpoints) is kept for the hop to resume, unless the hop is known to be
+A hop's job directory (``<run>/hop-NNNNN.job``: the in-process trainer's within-hop
+checkpoints, or a parallel hop's plaintext weights, training split and the workers'
+checkpoints) is kept for the hop to resume, unless the hop is known to be
 finished: this site's outbox holds a sealed output of that hop or of a later hop of the
 same run (``<run>/hop-MMMMM.out/entry.json`` with ``MMMMM >= NNNNN``). Job directories of
 hops never delivered again go after ``[training] stale_job_hours``
