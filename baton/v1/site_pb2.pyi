@@ -290,6 +290,7 @@ class UploadHeader(_message.Message):
     TOTAL_SIZE_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
+    MANIFEST_FIELD_NUMBER: _builtins.int
     transfer_id: _builtins.str
     """Client-chosen id of this transfer (UUID); the same id resumes it."""
     run_id: _builtins.str
@@ -302,6 +303,13 @@ class UploadHeader(_message.Message):
     """Expected lower-case hex SHA-256 of the whole blob, checked on completion."""
     offset: _builtins.int
     """Offset of the first chunk that follows (0, or the resume point)."""
+    manifest: _builtins.bytes
+    """Optional: the signed manifest (baton.v1.SignedManifest) that seals this blob to the
+    next party, sent before the blob's first byte. When present the coordinator verifies
+    it at once, as CompleteHop does (a mismatch refuses the upload before any byte is
+    stored), and keeps it with the upload while the blob arrives, so that a recipient can
+    verify the manifest and download the blob as it arrives (cut-through).
+    """
     def __init__(
         self,
         *,
@@ -311,10 +319,11 @@ class UploadHeader(_message.Message):
         total_size: _builtins.int = ...,
         sha256: _builtins.str = ...,
         offset: _builtins.int = ...,
+        manifest: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hop_index", b"hop_index", "offset", b"offset", "run_id", b"run_id", "sha256", b"sha256", "total_size", b"total_size", "transfer_id", b"transfer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hop_index", b"hop_index", "manifest", b"manifest", "offset", b"offset", "run_id", b"run_id", "sha256", b"sha256", "total_size", b"total_size", "transfer_id", b"transfer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -9,7 +9,9 @@ from collections.abc import Iterator
 
 import grpc
 
+from baton.domain import BlobRef
 from baton.errors import BlobError, ConfigError, TransportError
+from baton.security.identity import Identity
 from baton.security.tls import peer_certificate_pem
 from baton.v1 import common_pb2, site_pb2, site_pb2_grpc
 from baton.wire.channel import CHUNK_BYTES, EVALUATION_STAGE
@@ -141,12 +143,12 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
     def UploadBlob(
         self, request_iterator: Iterator[site_pb2.UploadBlobRequest], context: grpc.ServicerContext
     ) -> site_pb2.UploadBlobResponse:
-        site_id = self._site(context).name
-        with self._uploads.hold(site_id, "uploads", context):
-            return self._upload(site_id, request_iterator)
+        identity = self._site(context)
+        with self._uploads.hold(identity.name, "uploads", context):
+            return self._upload(identity, request_iterator)
 
     def _upload(
-        self, site_id: str, request_iterator: Iterator[site_pb2.UploadBlobRequest]
+        self, identity: Identity, request_iterator: Iterator[site_pb2.UploadBlobRequest]
     ) -> site_pb2.UploadBlobResponse:
         request_iterator = _received(request_iterator)
         first = next(request_iterator, None)
@@ -160,8 +162,17 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
             total_size=check_count("total_size", h.total_size),
             sha256=check_id("sha256", h.sha256),
             offset=check_count("offset", h.offset),
+            manifest=h.manifest,
         )
-        ref = self._transfers.upload(site_id, header, _chunks(request_iterator))
+        if header.manifest:  # refused before any byte is stored, as CompleteHop would
+            self._sites.verify_output(
+                identity,
+                header.run_id,
+                header.hop_index,
+                BlobRef(blob_id=header.sha256, size=header.total_size),
+                header.manifest,
+            )
+        ref = self._transfers.upload(identity.name, header, _chunks(request_iterator))
         return site_pb2.UploadBlobResponse(blob=blob_ref_to_proto(ref))
 
     def GetUploadStatus(

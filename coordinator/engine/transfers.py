@@ -33,6 +33,9 @@ class UploadHeader:
     """Lower-case hex SHA-256 of the whole blob."""
     offset: int
     """Where this stream resumes: the bytes already committed."""
+    manifest: bytes = b""
+    """The signed manifest sealing the blob, when the site sent it before the blob (the
+    caller verified it): kept while the blob arrives, for its recipient."""
 
 
 class Transfers:
@@ -64,6 +67,8 @@ class Transfers:
         self._lock = threading.Lock()
         self._arriving: dict[BlobRef, str] = {}
         """The blobs whose uploads have started, not yet stored or discarded: their keys."""
+        self._announced: dict[tuple[str, int], tuple[BlobRef, bytes]] = {}
+        """Per (run, hop) whose output is arriving: the blob and its signed manifest."""
 
     def upload(
         self, site_id: str, header: UploadHeader, chunks: Iterator[tuple[int, bytes]]
@@ -90,6 +95,8 @@ class Transfers:
         declared = BlobRef(blob_id=header.sha256, size=header.total_size)
         with self._lock:
             self._arriving[declared] = key
+            if header.manifest:
+                self._announced[header.run_id, header.hop_index] = (declared, header.manifest)
         try:
             for offset, data in chunks:
                 if committed + len(data) > header.total_size:
@@ -108,16 +115,27 @@ class Transfers:
                 key, expected_sha256=header.sha256, expected_size=header.total_size
             )
         except BlobError:
-            self._forget(declared, key)
+            self._forget(header, declared, key)
             raise
-        self._forget(declared, key)
+        self._forget(header, declared, key)
         return ref
 
-    def _forget(self, blob: BlobRef, key: str) -> None:
+    def _forget(self, header: UploadHeader, blob: BlobRef, key: str) -> None:
         """Ends the cut-through reads of ``blob`` through the upload ``key``."""
         with self._lock:
             if self._arriving.get(blob) == key:
                 del self._arriving[blob]
+            hop = (header.run_id, header.hop_index)
+            if self._announced.get(hop, (None, b""))[0] == blob:
+                del self._announced[hop]
+
+    def announced(self, run_id: str, hop_index: int) -> tuple[BlobRef, bytes] | None:
+        """The output of hop ``hop_index`` while it arrives, and the signed manifest its
+        site sent (verified) before the first byte: what the next hop's site needs to
+        start (:meth:`send` streams the blob as it arrives). None when the hop's output is
+        not arriving or came without a manifest."""
+        with self._lock:
+            return self._announced.get((run_id, hop_index))
 
     def send(self, blob: BlobRef, *, offset: int, chunk_size: int) -> Iterator[bytes]:
         """``blob`` from ``offset``: from the store, or, while its upload still arrives,
