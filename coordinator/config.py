@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from baton.config import load
+from baton.probe import ProbeConfig
 from baton.security.tls import TlsFiles
 
 
@@ -97,6 +98,9 @@ class CoordinatorConfig:
     """How often the coordinator looks for a replaced CRL file at most."""
     metrics: MetricsConfig = MetricsConfig()
     """The Prometheus endpoint (``[metrics]``); off unless ``listen`` is set."""
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    """Liveness and readiness probes (``[probe]``); off unless ``listen`` is set. Ready
+    means the gRPC port serves."""
 
     def __post_init__(self) -> None:
         if self.lease_seconds <= 0:

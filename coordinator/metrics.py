@@ -13,7 +13,6 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from baton.errors import TransportError
 from coordinator.store.base import HopState, RunState
 
 if TYPE_CHECKING:
@@ -193,17 +192,10 @@ class MetricsEndpoint:
         """
         if not self.config.listen:
             return
-        from prometheus_client import start_http_server
+        from baton.probe import serve_metrics
 
-        host, _, port = self.config.listen.rpartition(":")
-        try:
-            self._httpd, _ = start_http_server(int(port), host, self.registry)
-        except OSError as exc:
-            raise TransportError(
-                f"cannot serve metrics on {self.config.listen}: {exc.strerror or exc}"
-            ) from None
+        self._httpd = serve_metrics(self.config.listen, self.registry)
         self.port = self._httpd.server_port
-        logger.info("metrics on http://%s:%d/metrics", host, self.port)
 
     def stop(self) -> None:
         """Stops serving; the port is free when it returns."""

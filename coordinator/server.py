@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from baton.errors import TransportError
 from baton.io import atomic_write
+from baton.probe import ProbeServer
 from baton.security.audit import AuditLog, key_fingerprint
 from baton.security.pki import load_private_key
 from baton.security.revocation import revocation_check
@@ -121,6 +122,8 @@ class CoordinatorServer:
         long_calls = config.workers - config.reserved_workers
         self.streams = StreamCaps(per_party=config.max_streams_per_site, total=long_calls // 2)
         self.uploads = StreamCaps(per_party=config.max_uploads_per_site, total=long_calls // 2)
+        self._serving = False
+        self.probe = ProbeServer(config.probe, ready=lambda: self._serving)
         self.metrics = MetricsEndpoint(
             config.metrics, self.store, lease_seconds=config.lease_seconds
         )
@@ -193,6 +196,7 @@ class CoordinatorServer:
             TransportError: The metrics address cannot be bound (nothing else started).
         """
         self.metrics.start()
+        self.probe.start()
         self.scheduler.recover()
         if self.config.gc_interval_seconds > 0:
             self.collector.start()
@@ -200,12 +204,15 @@ class CoordinatorServer:
         self._server.start()
         for name in ("", *SERVICE_NAMES):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._serving = True
         logger.info("coordinator listening on port %d (mTLS)", self.port)
 
     def stop(self, grace: float = 2.0) -> None:
         """Stops serving, waits up to ``grace`` seconds for calls in flight, closes the store."""
+        self._serving = False
         self._health.enter_graceful_shutdown()
         self._server.stop(grace).wait()
+        self.probe.stop()
         self.metrics.stop()
         self.watch.stop()
         self.collector.stop()

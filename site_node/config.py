@@ -7,6 +7,7 @@ from pathlib import Path
 
 from baton.config import load
 from baton.ml.gate import GatePolicy
+from baton.probe import ProbeConfig, check_listen
 from baton.security.tls import TlsFiles
 from site_node.parallel.nodes import NodeGroup, Rendezvous
 
@@ -138,6 +139,25 @@ class SiteTraining:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class SiteMetricsConfig:
+    """The ``[metrics]`` table: a Prometheus endpoint (plain HTTP), off by default.
+
+    Example::
+
+        [metrics]
+        listen = "127.0.0.1:9465"
+    """
+
+    listen: str = ""
+    """Address of ``/metrics`` (``host:port``; port 0 picks a free one); empty: off. It
+    shows hop counts, durations, bytes, samples/s and rejection categories, never run ids,
+    names, keys or data; keep it local or reachable by the scraper alone."""
+
+    def __post_init__(self) -> None:
+        check_listen("metrics.listen", self.listen)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class SiteConfig:
     """Everything ``site-node run`` needs.
 
@@ -182,6 +202,11 @@ class SiteConfig:
     data: GatePolicy = field(default_factory=GatePolicy)
     """What the data gate fails and what it only warns about (``[data]``); every hop and
     ``site-node check-data`` run it on ``data_dir`` before training."""
+    metrics: SiteMetricsConfig = SiteMetricsConfig()
+    """The Prometheus endpoint (``[metrics]``); off unless ``listen`` is set."""
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    """Liveness and readiness probes (``[probe]``); off unless ``listen`` is set. Ready
+    means registered with the coordinator."""
 
     def __post_init__(self) -> None:
         if ":" not in self.coordinator:

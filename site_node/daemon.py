@@ -14,6 +14,7 @@ from baton.domain import Capabilities
 from baton.errors import ConfigError, Denied, PkiError, Rejected, ServerFault, TransportError
 from baton.ml.data import profile_of
 from baton.ml.task import site_task
+from baton.probe import ProbeServer
 from baton.security.audit import AuditLog
 from baton.security.replay import SqliteReplayGuard
 from baton.security.revocation import revocation_check
@@ -30,6 +31,7 @@ from site_node.client import (
 from site_node.config import SiteConfig
 from site_node.hop import HopRunner, LocalData
 from site_node.local_training import remove_stale_jobs
+from site_node.metrics import MeteredClient, SiteMetricsEndpoint
 from site_node.outbox import Outbox, recipient_key
 from site_node.retry import Backoff, HopFaults
 from site_node.sweep import sweep_plaintext
@@ -96,6 +98,7 @@ class SiteDaemon:
             signing_key=self._keys.signing_key,
         )
         self._stop = threading.Event()
+        self._registered = threading.Event()
         self._stream: AssignmentStream | None = None
         self._done: set[tuple[str, int, str]] = set()
         self._progressed = False
@@ -129,8 +132,20 @@ class SiteDaemon:
         Raises:
             PkiError: The coordinator refused this site (its certificate).
             ConfigError: The coordinator refused this site's registration for good.
-            TransportError: ``max_attempts`` sessions in a row failed.
+            TransportError: ``max_attempts`` sessions in a row failed, or the metrics or
+                probe address cannot be bound.
         """
+        metrics = SiteMetricsEndpoint(self._cfg.metrics)
+        probe = ProbeServer(self._cfg.probe, ready=self._registered.is_set)
+        metrics.start()
+        try:
+            probe.start()
+            self._serve()
+        finally:
+            probe.stop()
+            metrics.stop()
+
+    def _serve(self) -> None:
         creds = channel_credentials(self._tls)
         backoff = self._backoff
         while not self._stop.is_set():
@@ -140,8 +155,10 @@ class SiteDaemon:
             with secure_channel(
                 self._cfg.coordinator, creds, server_name=self._cfg.server_name or None
             ) as channel:
-                client = GrpcCoordinatorClient(
-                    site_pb2_grpc.SiteServiceStub(channel), target=self._cfg.coordinator
+                client = MeteredClient(
+                    GrpcCoordinatorClient(
+                        site_pb2_grpc.SiteServiceStub(channel), target=self._cfg.coordinator
+                    )
                 )
                 try:
                     self._session(client)
@@ -194,6 +211,7 @@ class SiteDaemon:
         logger.info(
             "registered with the coordinator as %s (federation %s)", resp.site_id, resp.federation
         )
+        self._registered.set()
         session_over = threading.Event()
         beat = threading.Thread(
             target=self._heartbeats, args=(client, session_over), name="heartbeat", daemon=True
@@ -248,6 +266,7 @@ class SiteDaemon:
                 return
             raise
         finally:
+            self._registered.clear()
             self._stream = None
             session_over.set()
             beat.join(timeout=HEARTBEAT_JOIN_SECONDS)

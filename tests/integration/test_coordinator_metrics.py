@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from baton.errors import ConfigError, TransportError
+from baton.probe import ProbeConfig
 from baton.security.sealing import plan_hash
 from baton.v1 import admin_pb2
 from coordinator.config import CoordinatorConfig, MetricsConfig, load_coordinator_config
@@ -34,6 +36,7 @@ def measured(pki: Pki, tmp_path: Path) -> Iterator[LiveCoordinator]:
         listen="127.0.0.1:0",
         state_dir=tmp_path / "state",
         metrics=MetricsConfig(listen="127.0.0.1:0"),
+        probe=ProbeConfig(listen="127.0.0.1:0"),
     )
     server = CoordinatorServer(config, files.load())
     server.start()
@@ -98,8 +101,22 @@ def test_metrics_count_runs_hops_bytes_sites_and_time_rpcs(
     assert run.run_id not in body
 
 
+def test_probe_is_ready_while_the_coordinator_serves_and_needs_no_certificate(
+    measured: LiveCoordinator,
+) -> None:
+    base = f"http://127.0.0.1:{measured.server.probe.port}"
+    for path in ("/livez", "/readyz"):
+        with urllib.request.urlopen(base + path, timeout=5) as resp:
+            assert (resp.status, resp.read()) == (200, b"ok\n")
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(base + "/", timeout=5)
+    assert missing.value.code == 404
+    missing.value.close()
+
+
 def test_metrics_are_off_unless_configured(coordinator: LiveCoordinator) -> None:
     assert coordinator.server.metrics.port == 0
+    assert coordinator.server.probe.port == 0
     assert coordinator.server.metrics.interceptors == ()
 
 

@@ -1,0 +1,138 @@
+"""Plain-HTTP side ports: liveness and readiness probes that reveal nothing else, and the
+Prometheus ``/metrics`` endpoint."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+
+from baton.errors import TransportError
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from prometheus_client import CollectorRegistry
+
+logger = logging.getLogger(__name__)
+
+
+def check_listen(key: str, value: str) -> None:
+    """Checks that ``value`` is empty or ``host:port``.
+
+    Raises:
+        ValueError: it is neither (the message names ``key``).
+    """
+    host, sep, port = value.rpartition(":")
+    if value and not (sep and host and port.isdigit() and int(port) < 65536):
+        raise ValueError(f"'{key}' must be host:port, not {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ProbeConfig:
+    """The ``[probe]`` table: liveness and readiness over plain HTTP, off by default.
+
+    ``GET /livez`` answers 200 ``ok`` while the process serves; ``GET /readyz`` answers 200
+    ``ok`` when it is ready (the coordinator: its gRPC port serves; a site: registered with
+    the coordinator) and 503 ``not ready`` otherwise. Nothing else is served: no client
+    certificate is needed, and no name, version or state is revealed.
+
+    Example::
+
+        [probe]
+        listen = "127.0.0.1:8080"
+    """
+
+    listen: str = ""
+    """Address of the probes (``host:port``; port 0 picks a free one); empty: off."""
+
+    def __post_init__(self) -> None:
+        check_listen("probe.listen", self.listen)
+
+
+class ProbeServer:
+    """Serves ``/livez`` and ``/readyz`` on ``config.listen`` in a background thread.
+
+    Args:
+        config: The ``[probe]`` table; :meth:`start` does nothing when it has no address.
+        ready: Whether the process is ready for work now.
+    """
+
+    def __init__(self, config: ProbeConfig, ready: Callable[[], bool]) -> None:
+        self.config = config
+        self._ready = ready
+        self._httpd: ThreadingHTTPServer | None = None
+        self.port = 0
+
+    def start(self) -> None:
+        """Starts serving, when ``listen`` is set.
+
+        Raises:
+            TransportError: The address cannot be bound.
+        """
+        if not self.config.listen:
+            return
+        host, _, port = self.config.listen.rpartition(":")
+        ready = self._ready
+
+        class Handler(BaseHTTPRequestHandler):
+            def version_string(self) -> str:
+                return "probe"  # no software name or version
+
+            def do_GET(self) -> None:
+                if self.path == "/livez":
+                    self._answer(200, b"ok\n")
+                elif self.path == "/readyz":
+                    ok = ready()
+                    self._answer(200 if ok else 503, b"ok\n" if ok else b"not ready\n")
+                else:
+                    self._answer(404, b"not found\n")
+
+            def _answer(self, code: int, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # probes come every few seconds: no log line each
+
+        try:
+            self._httpd = ThreadingHTTPServer((host, int(port)), Handler)
+        except OSError as exc:
+            raise TransportError(
+                f"cannot serve probes on {self.config.listen}: {exc.strerror or exc}"
+            ) from None
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        threading.Thread(target=self._httpd.serve_forever, name="probe", daemon=True).start()
+        logger.info("probes on http://%s:%d/livez and /readyz", host, self.port)
+
+    def stop(self) -> None:
+        """Stops serving; the port is free when it returns."""
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+
+def serve_metrics(listen: str, registry: CollectorRegistry) -> WSGIServer:
+    """Serves ``registry`` at ``http://listen/metrics`` in a background thread; stop it with
+    ``shutdown()`` and ``server_close()``.
+
+    Raises:
+        TransportError: The address cannot be bound.
+    """
+    from prometheus_client import start_http_server
+
+    host, _, port = listen.rpartition(":")
+    try:
+        httpd, _ = start_http_server(int(port), host, registry)
+    except OSError as exc:
+        raise TransportError(f"cannot serve metrics on {listen}: {exc.strerror or exc}") from None
+    logger.info("metrics on http://%s:%d/metrics", host, httpd.server_port)
+    return httpd
