@@ -17,22 +17,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
+import json
+import multiprocessing
 import os
-import statistics
 import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+from load_client import Slice, channel, run_slice
+from load_probe import percentiles
 from serve import serve_coordinator
 
 from baton.security.pki import Identity, create_ca, issue
 from baton.security.sealing import AppKeys, provision_app_keys
 from baton.v1 import admin_pb2, admin_pb2_grpc, common_pb2, site_pb2, site_pb2_grpc
-from baton.wire.channel import GRPC_OPTIONS
 from coordinator.store.base import RunRecord, RunState
 from coordinator.store.sqlite import SqliteStore
 
@@ -73,26 +78,69 @@ def seed_runs(db: Path, runs: int) -> None:
     store.close()
 
 
-def start_coordinator(root: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """``coordinator serve`` on a free loopback port; returns the process and its port."""
+def start_coordinator(root: Path, timings: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """``coordinator serve`` on a free loopback port, its Heartbeat handler timed into
+    ``timings`` (see ``load_probe.py``); returns the process and its port."""
     return serve_coordinator(
         root,
         ca=root / "ca" / "ca.pem",
         cert=root / "coordinator" / "coordinator.pem",
         key=root / "coordinator" / "coordinator.key",
         lease_seconds=15.0,
+        launcher=(str(Path(__file__).with_name("load_probe.py")), str(timings)),
     )
 
 
-def channel(root: Path, name: str, port: int) -> grpc.aio.Channel:
-    """An mTLS channel as ``name`` (``s<i>`` or ``ops``, the admin)."""
-    folder = root / ("admin" if name == "ops" else name)
-    creds = grpc.ssl_channel_credentials(
-        root_certificates=(root / "ca" / "ca.pem").read_bytes(),
-        private_key=(folder / f"{name}.key").read_bytes(),
-        certificate_chain=(folder / f"{name}.pem").read_bytes(),
-    )
-    return grpc.aio.secure_channel(f"127.0.0.1:{port}", creds, options=list(GRPC_OPTIONS))
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Bench:
+    """The options and the client processes, shared by every row."""
+
+    args: argparse.Namespace
+    pool: ProcessPoolExecutor
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Row:
+    """What one row measured; latencies in ms."""
+
+    name: str
+    beats: list[float]
+    failed: int
+    rss: float
+    cpu: float
+    list_sites: float
+    list_runs: float
+    window: tuple[float, float]
+    note: str
+
+    def p(self, q: float) -> float:
+        """The ``q`` quantile of the heartbeat latencies."""
+        return self.beats[min(len(self.beats) - 1, int(len(self.beats) * q))]
+
+    def line(self, base: Row) -> str:
+        """The table row, its p99 also as a ratio to ``base``'s (the first row)."""
+        ratio = self.p(0.99) / base.p(0.99)
+        return (
+            f"| {self.name:>10} | {len(self.beats):>6} | {self.p(0.5):>6.1f} "
+            f"| {self.p(0.99):>6.1f} | {ratio:>5.2f}x | {self.beats[-1]:>6.1f} | {self.failed:>6} "
+            f"| {self.rss:>7.0f} | {self.cpu:>5.0f} | {self.list_sites:>9.1f} "
+            f"| {self.list_runs:>8.1f} | {self.note}"
+        )
+
+
+def handler_table(rows: list[Row], timings: Path) -> None:
+    """Per row, the Heartbeat handler's own time (from inside the coordinator) beside the
+    clients' latency: the difference is gRPC, thread scheduling and the clients."""
+    stamps = json.loads(timings.read_text()) if timings.exists() else []
+    print("\n|        row | client p50 | client p99 | handler p50 | handler p99 | beats")
+    print("|" + "---|" * 6)
+    for r in rows:
+        inside = [d for t, d in stamps if r.window[0] <= t <= r.window[1]]
+        p50, p99 = percentiles(inside)
+        print(
+            f"| {r.name:>10} | {r.p(0.5):>10.1f} | {r.p(0.99):>10.1f} | {p50:>11.2f} "
+            f"| {p99:>11.2f} | {len(inside)}"
+        )
 
 
 def usage(pid: int) -> tuple[float, float]:
@@ -104,31 +152,6 @@ def usage(pid: int) -> tuple[float, float]:
     )
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return rss, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def site_life(
-    stub: site_pb2_grpc.SiteServiceStub,
-    until: float,
-    interval: float,
-    lat: list[float],
-    record_from: float,
-) -> int:
-    """Keeps one stream open and heartbeats until ``until``, recording the latency of the
-    beats sent after ``record_from``; returns failed heartbeats (all of them)."""
-    stream = stub.WatchAssignments(site_pb2.WatchAssignmentsRequest())
-    failed = 0
-    await asyncio.sleep(interval * (hash(id(stub)) % 1000) / 1000)  # spread the beats
-    while time.monotonic() < until:
-        t = time.perf_counter()
-        try:
-            await stub.Heartbeat(site_pb2.HeartbeatRequest(), timeout=5)  # type: ignore[misc]
-            if time.monotonic() >= record_from:
-                lat.append(time.perf_counter() - t)
-        except grpc.aio.AioRpcError:
-            failed += 1
-        await asyncio.sleep(interval)
-    stream.cancel()
-    return failed
 
 
 async def flood(stub: site_pb2_grpc.SiteServiceStub, until: float) -> str:
@@ -161,9 +184,10 @@ async def timed(call: Awaitable[object]) -> float:
     return (time.perf_counter() - t) * 1000
 
 
-async def row(
-    root: Path, port: int, pid: int, sites: int, args: argparse.Namespace, *, flooded: bool
-) -> str:
+async def row(root: Path, port: int, pid: int, sites: int, bench: Bench, *, flooded: bool) -> Row:
+    """One row: ``sites`` sites register, then stream and heartbeat from the client
+    processes (the flooding site from this one)."""
+    args = bench.args
     channels = [channel(root, f"s{i}", port) for i in range(sites)]
     stubs = [site_pb2_grpc.SiteServiceStub(c) for c in channels]
     for i, stub in enumerate(stubs):
@@ -181,39 +205,63 @@ async def row(
     admin = admin_pb2_grpc.AdminServiceStub(admin_channel)
     _, cpu0 = usage(pid)
     t0 = time.monotonic()
-    until = t0 + args.warmup + args.seconds
-    lat: list[float] = []
-    record_from = t0 + args.warmup
-    tasks = [
-        asyncio.create_task(site_life(s, until, args.interval, lat, record_from))
-        for s in stubs[1 if flooded else 0 :]
+    start = time.time() + 1.0  # the client processes open their channels meanwhile
+    record_from = start + args.warmup
+    until = record_from + args.seconds
+    first = 1 if flooded else 0
+    bounds = [first + (sites - first) * k // args.clients for k in range(args.clients + 1)]
+    loop = asyncio.get_running_loop()
+    parts = [
+        loop.run_in_executor(
+            bench.pool,
+            run_slice,
+            Slice(
+                root=root,
+                port=port,
+                first=a,
+                last=b,
+                interval=args.interval,
+                record_from=record_from,
+                until=until,
+            ),
+        )
+        for a, b in itertools.pairwise(bounds)
     ]
-    extra = [asyncio.create_task(flood(stubs[0], until))] if flooded else []
-    await asyncio.sleep(args.warmup + args.seconds / 2)
+    extra = (
+        [asyncio.create_task(flood(stubs[0], time.monotonic() + until - time.time()))]
+        if flooded
+        else []
+    )
+    await asyncio.sleep(until - time.time() - args.seconds / 2)
     list_sites = await timed(admin.ListSites(admin_pb2.ListSitesRequest(), timeout=10))
     list_runs = await timed(admin.ListRuns(admin_pb2.ListRunsRequest(), timeout=30))
-    results = await asyncio.gather(*tasks, *extra)
+    results = await asyncio.gather(*parts)
+    notes = await asyncio.gather(*extra)
     rss, cpu1 = usage(pid)
-    failed = sum(r for r in results if isinstance(r, int))
-    note = results[-1] if flooded else ""
     for c in [*channels, admin_channel]:
         await c.close()
-    ms = sorted(x * 1000 for x in lat)
-    p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
-    cpu = 100 * (cpu1 - cpu0) / (time.monotonic() - t0)
-    name = f"{sites}{' +flood' if flooded else ''}"
-    p50 = statistics.median(ms)
-    return (
-        f"| {name:>9} | {len(ms):>6} | {p50:>7.1f} | {p99:>7.1f} | {ms[-1]:>7.1f} | {failed:>6} "
-        f"| {rss:>7.0f} | {cpu:>5.0f} | {list_sites:>9.1f} | {list_runs:>8.1f} | {note}"
+    return Row(
+        name=f"{sites}{' +flood' if flooded else ''}",
+        beats=sorted(x * 1000 for r in results for x in r[0]),
+        failed=sum(r[1] for r in results),
+        rss=rss,
+        cpu=100 * (cpu1 - cpu0) / (time.monotonic() - t0),
+        list_sites=list_sites,
+        list_runs=list_runs,
+        window=(record_from, until),
+        note=notes[0] if notes else "",
     )
 
 
-async def all_rows(root: Path, port: int, pid: int, args: argparse.Namespace) -> None:
+async def all_rows(root: Path, port: int, pid: int, bench: Bench) -> list[Row]:
     """Every row, in one event loop (gRPC's asyncio support wants only one)."""
-    rows = [(n, False) for n in args.sites] + [(min(args.sites), True)]
-    for sites, flooded in rows:
-        print(await row(root, port, pid, sites, args, flooded=flooded), flush=True)
+    args = bench.args
+    specs = [(n, False) for n in args.sites] + [(min(args.sites), True)]
+    rows: list[Row] = []
+    for sites, flooded in specs:
+        rows.append(await row(root, port, pid, sites, bench, flooded=flooded))
+        print(rows[-1].line(rows[0]), flush=True)
+    return rows
 
 
 def main() -> None:
@@ -225,6 +273,9 @@ def main() -> None:
     parser.add_argument(
         "--warmup", type=float, default=3.0, help="seconds of opening streams, not measured"
     )
+    parser.add_argument(
+        "--clients", type=int, default=2, help="client processes the sites are spread over"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="baton-load-") as tmp:
         root = Path(tmp)
@@ -233,22 +284,26 @@ def main() -> None:
         (root / "state").mkdir(mode=0o700)
         seed_runs(root / "state" / "coordinator.db", args.runs)
         print(f"PKI for {max(args.sites)} sites and {args.runs} runs: {time.monotonic() - t:.0f} s")
-        proc, port = start_coordinator(root)
+        timings = root / "handler.json"
+        proc, port = start_coordinator(root, timings)
+        spawn = multiprocessing.get_context("spawn")
         try:
-            print(
-                f"\nheartbeat every {args.interval:g} s per site for {args.seconds:g} s "
-                f"after a {args.warmup:g} s warm-up; "
-                f"{args.runs} finished runs; 1 stream per site; latencies in ms\n"
-            )
-            print(
-                "|     sites | beats  | hb p50  | hb p99  | hb max  | failed | RSS MiB | CPU % "
-                "| ListSites | ListRuns | note"
-            )
-            print("|" + "---|" * 10)
-            asyncio.run(all_rows(root, port, proc.pid, args))
+            with ProcessPoolExecutor(args.clients, mp_context=spawn) as pool:
+                print(
+                    f"\nheartbeat every {args.interval:g} s per site for {args.seconds:g} s "
+                    f"after a {args.warmup:g} s warm-up; {args.runs} finished runs; 1 stream "
+                    f"per site; {args.clients} client process(es); latencies in ms\n"
+                )
+                print(
+                    "|      sites | beats  | p50    | p99    | p99/1st | max  | failed "
+                    "| RSS MiB | CPU % | ListSites | ListRuns | note"
+                )
+                print("|" + "---|" * 11)
+                rows = asyncio.run(all_rows(root, port, proc.pid, Bench(args=args, pool=pool)))
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+        handler_table(rows, timings)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,16 @@ from pathlib import Path
 
 
 def serve_coordinator(
-    root: Path, *, ca: Path, cert: Path, key: Path, lease_seconds: float
+    root: Path,
+    *,
+    ca: Path,
+    cert: Path,
+    key: Path,
+    lease_seconds: float,
+    launcher: tuple[str, ...] = ("-m", "coordinator.cli"),
 ) -> tuple[subprocess.Popen[bytes], int]:
     """Starts ``coordinator serve`` with its state under ``root``; returns it and its port.
+    ``launcher``: the interpreter's arguments that run the coordinator's CLI.
 
     Raises:
         SystemExit: It exited or wrote no port file within 60 s.
@@ -24,7 +31,7 @@ def serve_coordinator(
     )
     port_file = root / "port"
     env = {**os.environ, "BATON_LOG_LEVEL": "WARNING"}
-    cmd = [sys.executable, "-m", "coordinator.cli", "serve", "-c", str(root / "coordinator.toml")]
+    cmd = [sys.executable, *launcher, "serve", "-c", str(root / "coordinator.toml")]
     proc = subprocess.Popen([*cmd, "--port-file", str(port_file)], env=env)
     deadline = time.monotonic() + 60
     while not port_file.exists():

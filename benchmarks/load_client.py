@@ -1,0 +1,81 @@
+"""The load benchmark's simulated sites: one process per slice of sites, each running its
+sites as coroutines of one event loop, so the client's own tail can be told from the
+coordinator's by running more of them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from baton.v1 import site_pb2, site_pb2_grpc
+from baton.wire.channel import GRPC_OPTIONS
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Slice:
+    """Sites ``first`` to ``last - 1`` of one client process, and when (Unix seconds) to
+    start recording beats and to stop."""
+
+    root: Path
+    port: int
+    first: int
+    last: int
+    interval: float
+    record_from: float
+    until: float
+
+
+def channel(root: Path, name: str, port: int) -> grpc.aio.Channel:
+    """An mTLS channel as ``name`` (``s<i>`` or ``ops``, the admin)."""
+    folder = root / ("admin" if name == "ops" else name)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=(root / "ca" / "ca.pem").read_bytes(),
+        private_key=(folder / f"{name}.key").read_bytes(),
+        certificate_chain=(folder / f"{name}.pem").read_bytes(),
+    )
+    return grpc.aio.secure_channel(f"127.0.0.1:{port}", creds, options=list(GRPC_OPTIONS))
+
+
+async def site_life(
+    stub: site_pb2_grpc.SiteServiceStub, part: Slice, offset: float, lat: list[float]
+) -> int:
+    """Keeps one stream open and heartbeats every ``part.interval`` (first after
+    ``offset`` s) until ``part.until``, recording the latency of the beats sent after
+    ``part.record_from``; returns failed heartbeats (all of them)."""
+    stream = stub.WatchAssignments(site_pb2.WatchAssignmentsRequest())
+    failed = 0
+    await asyncio.sleep(offset)
+    while time.time() < part.until:
+        t = time.perf_counter()
+        try:
+            await stub.Heartbeat(site_pb2.HeartbeatRequest(), timeout=5)  # type: ignore[misc]
+            if time.time() >= part.record_from:
+                lat.append(time.perf_counter() - t)
+        except grpc.aio.AioRpcError:
+            failed += 1
+        await asyncio.sleep(part.interval)
+    stream.cancel()
+    return failed
+
+
+async def _run(part: Slice) -> tuple[list[float], int]:
+    channels = [channel(part.root, f"s{i}", part.port) for i in range(part.first, part.last)]
+    stubs = [site_pb2_grpc.SiteServiceStub(c) for c in channels]
+    lat: list[float] = []
+    n = max(1, len(stubs))
+    spread = [part.interval * ((i * 7919) % n) / n for i in range(len(stubs))]
+    failed = await asyncio.gather(
+        *(site_life(s, part, o, lat) for s, o in zip(stubs, spread, strict=True))
+    )
+    for c in channels:
+        await c.close()
+    return lat, sum(failed)
+
+
+def run_slice(part: Slice) -> tuple[list[float], int]:
+    """Runs one slice of sites in this process; returns (latencies in s, failed beats)."""
+    return asyncio.run(_run(part))
