@@ -169,3 +169,25 @@ def test_network_policies_fence_both_roles(manifests: list[dict[str, Any]]) -> N
     assert [p["port"] for rule in coordinator["ingress"] for p in rule["ports"]] == [7443]
     assert site["ingress"] == []
     assert {p["port"] for rule in site["egress"] for p in rule["ports"]} == {7443, 53}
+
+
+def test_kubelet_and_compose_probe_the_probe_port_the_configs_open(
+    manifests: list[dict[str, Any]],
+) -> None:
+    import tomllib
+
+    configs = {d["metadata"]["name"]: d["data"] for d in manifests if d["kind"] == "ConfigMap"}
+    for name, key in (("baton-coordinator-config", "coordinator.toml"),
+                      ("baton-site-config", "site.toml")):  # fmt: skip
+        assert tomllib.loads(configs[name][key])["probe"]["listen"] == "0.0.0.0:8080"
+    pods = [d for d in manifests if d["kind"] in ("StatefulSet", "Deployment")]
+    assert len(pods) == 2
+    for pod in pods:
+        container = pod["spec"]["template"]["spec"]["containers"][0]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports["probe"] == 8080
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "probe"}
+        assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "probe"}
+    services = compose()["services"]
+    assert "8080/readyz" in " ".join(services["coordinator"]["healthcheck"]["test"])
+    assert services["hospital-1"]["depends_on"]["coordinator"]["condition"] == "service_healthy"
