@@ -99,6 +99,44 @@ def create_request(pki: Pki, plan_toml: str) -> admin_pb2.CreateRunRequest:
     )
 
 
+def seal_hop(
+    pki: Pki,
+    source: Path,
+    sealed: Path,
+    *,
+    sender: str,
+    recipient: str,
+    run_id: str,
+    hop: int,
+    previous: str,
+    plan_digest: str,
+    schema: str = "0" * 64,
+    signer: str | None = None,
+) -> bytes:
+    """Seals ``source`` to ``sealed`` as ``sender``'s hop for ``recipient``, signed by
+    ``signer``'s key (the sender's unless named); returns the signed manifest."""
+    return seal_file(
+        source,
+        sealed,
+        ctx=HopContext(
+            run_id=run_id,
+            hop_index=hop,
+            sender=pki.identity(sender).spiffe_id,
+            recipient=pki.identity(recipient).spiffe_id,
+            previous_manifest_hash=previous,
+            plan_hash=plan_digest,
+            schema_hash=schema,
+        ),
+        sender_key=pki.keys(signer or sender).signing_key,
+        recipients=[
+            RecipientKey(
+                spiffe_id=pki.identity(recipient).spiffe_id,
+                public_key=pki.keys(recipient).encryption_key.public_key(),
+            )
+        ],
+    )
+
+
 def seal_and_complete(
     coord: LiveCoordinator,
     stub: site_pb2_grpc.SiteServiceStub,
@@ -114,27 +152,18 @@ def seal_and_complete(
     schema: str = "0" * 64,
 ) -> tuple[BlobRef, bytes]:
     """What a site does after training: seal to the next party, upload, complete."""
-    pki = coord.pki
     sealed = source.with_suffix(".sealed")
-    manifest = seal_file(
+    manifest = seal_hop(
+        coord.pki,
         source,
         sealed,
-        ctx=HopContext(
-            run_id=run_id,
-            hop_index=hop,
-            sender=pki.identity(sender).spiffe_id,
-            recipient=pki.identity(recipient).spiffe_id,
-            previous_manifest_hash=previous,
-            plan_hash=plan_digest,
-            schema_hash=schema,
-        ),
-        sender_key=pki.keys(sender).signing_key,
-        recipients=[
-            RecipientKey(
-                spiffe_id=pki.identity(recipient).spiffe_id,
-                public_key=pki.keys(recipient).encryption_key.public_key(),
-            )
-        ],
+        sender=sender,
+        recipient=recipient,
+        run_id=run_id,
+        hop=hop,
+        previous=previous,
+        plan_digest=plan_digest,
+        schema=schema,
     )
     ref = transfer.upload(stub, run_id=run_id, hop_index=hop, source=sealed)
     stub.CompleteHop(

@@ -9,10 +9,9 @@ from typing import TYPE_CHECKING
 import grpc
 import pytest
 
-from baton.security.envelope import HopContext, RecipientKey, seal_file
 from baton.security.sealing import plan_hash
 from baton.v1 import common_pb2, site_pb2
-from tests.integration.sites import coordinator_audit, create_request, plan, register
+from tests.integration.sites import coordinator_audit, create_request, plan, register, seal_hop
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -38,31 +37,21 @@ def test_a_manifest_sent_before_the_blob_is_checked_before_any_byte_is_stored(
     run = coordinator.admin().CreateRun(request).run
     source = tmp_path / "m.bin"
     source.write_bytes(b"weights" * 30000)
-    pki = coordinator.pki
 
     def seal(signer: str, name: str) -> tuple[bytes, bytes]:
-        sealed = tmp_path / name
-        manifest = seal_file(
+        manifest = seal_hop(
+            coordinator.pki,
             source,
-            sealed,
-            ctx=HopContext(
-                run_id=run.run_id,
-                hop_index=0,
-                sender=pki.identity("site-a").spiffe_id,
-                recipient=pki.identity("site-b").spiffe_id,
-                previous_manifest_hash=digest,
-                plan_hash=digest,
-                schema_hash="0" * 64,
-            ),
-            sender_key=pki.keys(signer).signing_key,
-            recipients=[
-                RecipientKey(
-                    spiffe_id=pki.identity("site-b").spiffe_id,
-                    public_key=pki.keys("site-b").encryption_key.public_key(),
-                )
-            ],
+            tmp_path / name,
+            sender="site-a",
+            recipient="site-b",
+            run_id=run.run_id,
+            hop=0,
+            previous=digest,
+            plan_digest=digest,
+            signer=signer,
         )
-        return sealed.read_bytes(), manifest
+        return (tmp_path / name).read_bytes(), manifest
 
     blob, manifest = seal("site-a", "good.sealed")
     other, _ = seal("site-a", "other.sealed")  # sealed again: a new key, other bytes

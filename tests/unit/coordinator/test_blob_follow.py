@@ -137,6 +137,23 @@ class _Scheduler:
         pass
 
 
+def _transfers(blobs: BlobStore, *, stall_seconds: float) -> Transfers:
+    return Transfers(
+        None,  # type: ignore[arg-type]
+        blobs,
+        _Scheduler(),  # type: ignore[arg-type]
+        max_blob_bytes=1 << 20,
+        stall_seconds=stall_seconds,
+    )
+
+
+def _header(transfer_id: str, *, offset: int = 0, manifest: bytes = b"") -> UploadHeader:
+    return UploadHeader(
+        run_id="r", hop_index=0, transfer_id=transfer_id, total_size=REF.size,
+        sha256=REF.blob_id, offset=offset, manifest=manifest,
+    )  # fmt: skip
+
+
 def _chunks(start: int, stop: int, cut_at: int | None = None) -> Iterator[tuple[int, bytes]]:
     for offset in range(start, stop, 1000):
         if cut_at is not None and offset >= cut_at:
@@ -149,17 +166,8 @@ def test_cut_links_on_both_sides_of_a_cut_through_hop_resume_bit_identical(
     tmp_path: Path,
 ) -> None:
     blobs = FileBlobStore(tmp_path / "blobs")
-    transfers = Transfers(
-        None,  # type: ignore[arg-type]
-        blobs,
-        _Scheduler(),  # type: ignore[arg-type]
-        max_blob_bytes=1 << 20,
-        stall_seconds=10,
-    )
-    header = UploadHeader(
-        run_id="r", hop_index=0, transfer_id="x1", total_size=REF.size, sha256=REF.blob_id,
-        offset=0,
-    )  # fmt: skip
+    transfers = _transfers(blobs, stall_seconds=10)
+    header = _header("x1", manifest=b"signed manifest")
     got = bytearray()
     first_cut = threading.Event()
 
@@ -182,10 +190,8 @@ def test_cut_links_on_both_sides_of_a_cut_through_hop_resume_bit_identical(
         assert first_cut.wait(5)
         committed = blobs.committed(transfer_key("a", "x1"))
         assert committed == 12000
-        resumed = UploadHeader(
-            run_id="r", hop_index=0, transfer_id="x1", total_size=REF.size, sha256=REF.blob_id,
-            offset=committed,
-        )  # fmt: skip
+        assert transfers.announced("r", 0) == (REF, b"signed manifest")
+        resumed = _header("x1", offset=committed, manifest=b"signed manifest")
         return transfers.upload("a", resumed, _chunks(committed, REF.size))
 
     with ThreadPoolExecutor(2) as pool:
@@ -196,24 +202,16 @@ def test_cut_links_on_both_sides_of_a_cut_through_hop_resume_bit_identical(
         receiving.result(timeout=10)
     assert bytes(got) == DATA
     assert not transfers.arriving(REF)
+    assert transfers.announced("r", 0) is None
     assert b"".join(transfers.send(REF, offset=0, chunk_size=4096)) == DATA
 
 
 def test_an_upload_ending_early_stays_readable_and_resumable(tmp_path: Path) -> None:
-    transfers = Transfers(
-        None,  # type: ignore[arg-type]
-        MemoryBlobStore(),
-        _Scheduler(),  # type: ignore[arg-type]
-        max_blob_bytes=1 << 20,
-        stall_seconds=0.1,
-    )
-    header = UploadHeader(
-        run_id="r", hop_index=0, transfer_id="x", total_size=REF.size, sha256=REF.blob_id,
-        offset=0,
-    )  # fmt: skip
+    transfers = _transfers(MemoryBlobStore(), stall_seconds=0.1)
     with pytest.raises(ConflictError, match="resume at offset 3000"):
-        transfers.upload("a", header, _chunks(0, 3000))
+        transfers.upload("a", _header("x"), _chunks(0, 3000))
     assert transfers.arriving(REF)
+    assert transfers.announced("r", 0) is None  # sent without a manifest
     got = bytearray()
     with pytest.raises(TransportError, match="after byte 3000; resume later"):
         _collect(transfers.send(REF, offset=0, chunk_size=1000), got)
