@@ -17,11 +17,17 @@ Every gRPC status falls in one of three classes (:func:`failure_class`):
   fails once, with a reason, and is not retrained.
 - ``site``: the coordinator refused this site (``PERMISSION_DENIED``,
   ``UNAUTHENTICATED``). Raised as :class:`baton.errors.Denied`; the daemon stops.
+
+A transfer that loses the coordinator mid-stream does not wait for the daemon: it keeps
+the bytes it moved and tries again itself, with the same back-off, for a bounded time
+(:class:`Patience`), so a partition of tens of seconds costs no retraining.
 """
 
 from __future__ import annotations
 
 import random
+import time
+from collections.abc import Callable
 from typing import Literal
 
 import grpc
@@ -118,3 +124,57 @@ class Backoff:
         """Starts again from ``initial`` (after a call or session that succeeded)."""
         self._ceiling = self._initial
         self.failures = 0
+
+
+RESUME_WINDOW_SECONDS = 180.0
+"""How long a transfer keeps trying to reach a lost coordinator before it gives up."""
+RESUME_INITIAL_SECONDS = 0.5
+"""Upper bound of a transfer's first pause after losing the coordinator."""
+RESUME_MAX_SECONDS = 5.0
+"""Largest pause between a transfer's tries."""
+
+
+class Patience:
+    """A transfer's retries after losing the coordinator: jittered, growing pauses
+    (:class:`Backoff`) for at most ``window`` seconds counted from the first failure in a
+    row; a try that moved bytes (:meth:`progressed`) starts the count again.
+
+    Args:
+        window: Seconds of failures in a row after which :meth:`pause` gives up (>= 0).
+        backoff: Pauses between tries.
+        clock: Monotonic seconds (a fake one in tests).
+        sleep: Waits a number of seconds (a fake one in tests).
+    """
+
+    def __init__(
+        self,
+        window: float = RESUME_WINDOW_SECONDS,
+        *,
+        backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if window < 0:
+            raise ValueError(f"need a window >= 0 seconds, not {window}")
+        self._window = window
+        self._backoff = backoff or Backoff(RESUME_INITIAL_SECONDS, RESUME_MAX_SECONDS)
+        self._clock = clock
+        self._sleep = sleep
+        self._since: float | None = None
+
+    def pause(self) -> bool:
+        """Counts a failure; waits before the next try and returns True, or returns False
+        at once when the next try would start past the window."""
+        now = self._clock()
+        if self._since is None:
+            self._since = now
+        delay = self._backoff.next_delay()
+        if now + delay - self._since > self._window:
+            return False
+        self._sleep(delay)
+        return True
+
+    def progressed(self) -> None:
+        """A try moved bytes: the failures in a row are over."""
+        self._since = None
+        self._backoff.reset()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,12 +17,15 @@ from baton.security.manifest import HEX64
 from baton.v1 import common_pb2, envelope_pb2, site_pb2, site_pb2_grpc
 from baton.wire.channel import CHUNK_BYTES, file_chunks, sha256_file
 from baton.wire.serde import blob_ref_from_proto
+from site_node.retry import Patience
 
 logger = logging.getLogger(__name__)
 
-ATTEMPTS = 5
-"""Tries per transfer before giving up; each retry resumes where the last stopped."""
-RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+RETRYABLE = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+)
+"""Failures after which a transfer tries again (within its :class:`Patience`), resuming
+where the coordinator's copy (upload) or the site's file (download) ends."""
 RPC_TIMEOUT_SECONDS = 30.0
 """Deadline of a unary call (here: asking how much of an upload is stored)."""
 STREAM_BASE_SECONDS = 60.0
@@ -47,13 +49,15 @@ def download(
     blob: BlobRef,
     dest: Path,
     progress: Callable[[int], None] | None = None,
+    patience: Patience | None = None,
 ) -> None:
     """Downloads a hop's input blob to ``dest``, resuming a partial file, and checks its hash.
 
     The bytes are hashed as they are written (a partial file's bytes once, when resuming),
     so the file is never read back. ``progress``, if given, learns the file's length once
     the bytes are written to it: at the start (a resumed prefix) and after every chunk; an
-    exception it raises stops the download.
+    exception it raises stops the download. A lost coordinator is tried again within
+    ``patience`` (default: :class:`site_node.retry.Patience`), from the file's end.
 
     Raises:
         BlobError: the stream is out of order or too long, or the bytes do not match ``blob``.
@@ -66,7 +70,9 @@ def download(
     sha = _hash_prefix(dest, offset)
     if progress is not None:
         progress(offset)
-    for attempt in range(1, ATTEMPTS + 1):
+    patience = patience or Patience()
+    while True:
+        start = offset
         try:
             with dest.open("ab") as f:
                 stream = stub.DownloadBlob(
@@ -88,12 +94,16 @@ def download(
                         progress(offset)
             break
         except grpc.RpcError as exc:
-            if exc.code() not in RETRYABLE or attempt == ATTEMPTS:
+            if offset > start:
+                patience.progressed()
+            if not _retryable(exc) or not patience.pause():
                 raise
             logger.warning(
-                "download interrupted at byte %d (%s); resuming", offset, exc.code().name
+                "download interrupted (%s); resuming at byte %d of %d",
+                exc.code().name,
+                offset,
+                blob.size,
             )
-            time.sleep(0.2 * attempt)
     if offset != blob.size:
         raise BlobError(f"download truncated: {offset} of {blob.size} bytes")
     if sha.hexdigest() != blob.blob_id:
@@ -108,6 +118,7 @@ def upload(
     hop_index: int,
     source: Path,
     sha256: str | None = None,
+    patience: Patience | None = None,
 ) -> BlobRef:
     """Uploads ``source`` as the output of a hop; an interrupted upload resumes where the
     coordinator's durable copy ends.
@@ -119,6 +130,9 @@ def upload(
         source: The sealed blob.
         sha256: Its SHA-256 if the caller already knows it (a sealed hop's manifest names
             it), so the file is not read an extra time; the coordinator checks it anyway.
+        patience: How long to keep trying a lost coordinator (default:
+            :class:`site_node.retry.Patience`). Every try, and every question of how much
+            arrived, uses the same transfer id, so the coordinator keeps one partial upload.
 
     Raises:
         grpc.RpcError: the coordinator refused or stayed unreachable.
@@ -126,39 +140,69 @@ def upload(
     size = source.stat().st_size
     sha = sha256_file(source) if sha256 is None else sha256
     transfer_id = uuid.uuid4().hex
+    patience = patience or Patience()
     offset = 0
-    for attempt in range(1, ATTEMPTS + 1):
+    while True:
+        header = site_pb2.UploadHeader(
+            transfer_id=transfer_id,
+            run_id=run_id,
+            hop_index=hop_index,
+            total_size=size,
+            sha256=sha,
+            offset=offset,
+        )
         try:
-            header = site_pb2.UploadHeader(
-                transfer_id=transfer_id,
-                run_id=run_id,
-                hop_index=hop_index,
-                total_size=size,
-                sha256=sha,
-                offset=offset,
-            )
             resp = stub.UploadBlob(
                 _requests(header, source, offset), timeout=stream_deadline(size - offset)
             )
-            ref = blob_ref_from_proto(resp.blob)
-            if ref is None or ref.blob_id != sha or ref.size != size:
-                raise BlobError("coordinator stored a different blob than was sent")
-            return ref
         except grpc.RpcError as exc:
-            if exc.code() not in RETRYABLE or attempt == ATTEMPTS:
+            if not _retryable(exc) or not patience.pause():
                 raise
-            time.sleep(0.2 * attempt)
-            status = stub.GetUploadStatus(
-                site_pb2.GetUploadStatusRequest(transfer_id=transfer_id),
-                timeout=RPC_TIMEOUT_SECONDS,
-            )
+            status = _upload_status(stub, transfer_id, patience)
             if status.complete:
                 done = blob_ref_from_proto(status.blob)
                 if done is not None:
-                    return done
+                    return _checked(done, sha, size)
+            if status.committed_offset > offset:
+                patience.progressed()
             offset = status.committed_offset
-            logger.warning("upload interrupted (%s); resuming at byte %d", exc.code().name, offset)
-    raise AssertionError("unreachable")  # pragma: no cover
+            logger.warning(
+                "upload interrupted (%s, transfer %s); resuming at byte %d of %d",
+                exc.code().name,
+                transfer_id,
+                offset,
+                size,
+            )
+            continue
+        ref = blob_ref_from_proto(resp.blob)
+        return _checked(ref, sha, size)
+
+
+def _checked(ref: BlobRef | None, sha: str, size: int) -> BlobRef:
+    if ref is None or ref.blob_id != sha or ref.size != size:
+        raise BlobError("coordinator stored a different blob than was sent")
+    return ref
+
+
+def _upload_status(
+    stub: site_pb2_grpc.SiteServiceStub, transfer_id: str, patience: Patience
+) -> site_pb2.GetUploadStatusResponse:
+    """How much of ``transfer_id`` the coordinator stored, asked until it answers or
+    ``patience`` runs out (then the last error is raised)."""
+    while True:
+        try:
+            return stub.GetUploadStatus(
+                site_pb2.GetUploadStatusRequest(transfer_id=transfer_id),
+                timeout=RPC_TIMEOUT_SECONDS,
+            )
+        except grpc.RpcError as exc:
+            if not _retryable(exc) or not patience.pause():
+                raise
+
+
+def _retryable(exc: grpc.RpcError) -> bool:
+    """Whether a failed call may succeed when tried again (the coordinator was out of reach)."""
+    return isinstance(exc, grpc.Call) and exc.code() in RETRYABLE
 
 
 def sealed_sha256(signed: bytes) -> str | None:
