@@ -1,12 +1,15 @@
 """The hop benchmark's baselines: raw TCP loopback, a plain gRPC relay (with and without
-mTLS, 1 MiB chunks, no crypto, up then down), and ``cp``.
+mTLS, 1 MiB chunks, no crypto, up then down), a cut-through relay over mTLS (the
+coordinator's blob store and its cut-through reads: down while up), and ``cp``.
 
 The relay server runs as its own process: ``python benchmarks/hop_baselines.py relay
-ROOT PORT_FILE STORE tls|plain``.
+ROOT PORT_FILE STORE tls|plain|cut``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,9 +22,12 @@ from pathlib import Path
 import grpc
 from hop_world import dial, tls_files
 
+from baton.domain import BlobRef
 from baton.security.tls import server_credentials
 from baton.v1 import common_pb2
 from baton.wire.channel import CHUNK_BYTES, GRPC_OPTIONS, SERVER_OPTIONS, file_chunks
+from coordinator.blobs import FileBlobStore
+from coordinator.blobs_follow import follow
 
 _UP, _DOWN = "/bench.Relay/Up", "/bench.Relay/Down"
 
@@ -55,13 +61,15 @@ def cp_copy(src: Path, dst: Path) -> float:
     return time.perf_counter() - start
 
 
-def relay_copy(root: Path, src: Path, dst: Path, *, tls: bool) -> float:
-    """Seconds to upload ``src`` to a plain gRPC relay process and download it into ``dst``."""
-    port_file = root / f"relay-{tls}.port"
+def relay_copy(root: Path, src: Path, dst: Path, *, tls: bool, cut: bool = False) -> float:
+    """Seconds to upload ``src`` to a gRPC relay process and download it into ``dst``: up
+    then down, or (``cut``, over mTLS) down while up, through the coordinator's blob store."""
+    mode = "cut" if cut else "tls" if tls else "plain"
+    port_file = root / f"relay-{mode}.port"
     port_file.unlink(missing_ok=True)
-    store = root / f"relay-{tls}.blob"
-    mode = "tls" if tls else "plain"
+    store = root / f"relay-{mode}.blob"
     args = [sys.executable, __file__, "relay", str(root), str(port_file), str(store), mode]
+    blob = f"{_sha256(src)} {src.stat().st_size}" if cut else ""
     proc = subprocess.Popen(args)
     try:
         deadline = time.monotonic() + 60
@@ -71,20 +79,37 @@ def relay_copy(root: Path, src: Path, dst: Path, *, tls: bool) -> float:
             time.sleep(0.05)
         port = int(port_file.read_text())
         target = f"127.0.0.1:{port}"
-        chan = dial(root, "site-a", port) if tls else grpc.insecure_channel(target, GRPC_OPTIONS)
-        with chan:
+        chan = (
+            dial(root, "site-a", port)
+            if tls or cut
+            else grpc.insecure_channel(target, GRPC_OPTIONS)
+        )
+        with chan, futures.ThreadPoolExecutor(max_workers=1) as pool:
             up = chan.stream_unary(_UP, request_serializer=_ser, response_deserializer=_de)
             down = chan.unary_stream(_DOWN, request_serializer=_ser, response_deserializer=_de)
             start = time.perf_counter()
-            up(common_pb2.BlobChunk(data=d).SerializeToString() for d in file_chunks(src))
+            chunks = (common_pb2.BlobChunk(data=d).SerializeToString() for d in file_chunks(src))
+            sending = pool.submit(up, chunks, metadata=(("x-blob", blob),))
+            if not cut:
+                sending.result()
             with dst.open("wb") as out:
-                for msg in down(b""):
+                for msg in down(blob.encode()):
                     out.write(common_pb2.BlobChunk.FromString(msg).data)
+            sending.result()
             return time.perf_counter() - start
     finally:
         proc.kill()
         proc.wait()
+        if store.is_dir():
+            shutil.rmtree(store)
         store.unlink(missing_ok=True)
+
+
+def _sha256(path: Path) -> str:
+    sha = hashlib.sha256()
+    for data in file_chunks(path):
+        sha.update(data)
+    return sha.hexdigest()
 
 
 def _ser(b: bytes) -> bytes:
@@ -94,18 +119,33 @@ def _ser(b: bytes) -> bytes:
 _de = _ser
 
 
-def _serve(root: Path, port_file: Path, store: Path, tls: bool) -> None:
-    """The relay: Up writes the streamed chunks to ``store``; Down streams them back."""
+def _serve(root: Path, port_file: Path, store: Path, mode: str) -> None:
+    """The relay: Up writes the streamed chunks to ``store``; Down streams them back (in
+    ``cut`` mode through a blob store, as they arrive)."""
+    blobs = FileBlobStore(store) if mode == "cut" else None
 
-    def up(requests: Iterator[bytes], _ctx: grpc.ServicerContext) -> bytes:
+    def up(requests: Iterator[bytes], ctx: grpc.ServicerContext) -> bytes:
+        if blobs is not None:
+            sha, size = str(dict(ctx.invocation_metadata())["x-blob"]).split()
+            committed = 0
+            for msg in requests:
+                committed = blobs.append("up", committed, common_pb2.BlobChunk.FromString(msg).data)
+            blobs.finish("up", expected_sha256=sha, expected_size=int(size))
+            return b""
         with store.open("wb") as f:
             for msg in requests:
                 f.write(common_pb2.BlobChunk.FromString(msg).data)
         return b""
 
-    def down(_req: bytes, _ctx: grpc.ServicerContext) -> Iterator[bytes]:
+    def down(req: bytes, _ctx: grpc.ServicerContext) -> Iterator[bytes]:
         offset = 0
-        for data in file_chunks(store):
+        if blobs is not None:
+            sha, size = req.decode().split()
+            ref = BlobRef(blob_id=sha, size=int(size))
+            chunks = follow(blobs, "up", ref, offset=0, chunk_size=CHUNK_BYTES, stall_seconds=30)
+        else:
+            chunks = file_chunks(store)
+        for data in chunks:
             yield common_pb2.BlobChunk(offset=offset, data=data).SerializeToString()
             offset += len(data)
 
@@ -115,7 +155,7 @@ def _serve(root: Path, port_file: Path, store: Path, tls: bool) -> None:
     }
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=SERVER_OPTIONS)
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bench.Relay", handlers)])
-    if tls:
+    if mode != "plain":
         creds = server_credentials(tls_files(root, "coordinator").load())
         port = server.add_secure_port("127.0.0.1:0", creds)
     else:
@@ -129,4 +169,4 @@ def _serve(root: Path, port_file: Path, store: Path, tls: bool) -> None:
 
 if __name__ == "__main__":
     _, _, root_arg, port_arg, store_arg, mode_arg = sys.argv
-    _serve(Path(root_arg), Path(port_arg), Path(store_arg), mode_arg == "tls")
+    _serve(Path(root_arg), Path(port_arg), Path(store_arg), mode_arg)

@@ -120,7 +120,9 @@ def run(size: int, reps: int, root: Path) -> dict[str, Any]:
     write_model(work / "model.bin", size)
     proc, port = start_coordinator(root)
     hops: list[dict[str, Any]] = []
-    base: dict[str, list[float]] = {"tcp": [], "relay_mtls": [], "relay_plain": [], "cp": []}
+    base: dict[str, list[float]] = {
+        "tcp": [], "relay_mtls": [], "relay_plain": [], "relay_cut": [], "cp": [],
+    }  # fmt: skip
     try:
         _register(root, port)
         with dial(root, "owner", port) as chan:
@@ -130,6 +132,7 @@ def run(size: int, reps: int, root: Path) -> dict[str, Any]:
                 base["tcp"].append(tcp_copy(src, dst))
                 base["relay_mtls"].append(relay_copy(root, src, dst, tls=True))
                 base["relay_plain"].append(relay_copy(root, src, dst, tls=False))
+                base["relay_cut"].append(relay_copy(root, src, dst, tls=True, cut=True))
                 base["cp"].append(cp_copy(src, dst))
                 dst.unlink()
                 hops.append(one_hop(root, port, proc.pid, _create_run(admin, root, rep), work))
@@ -150,6 +153,7 @@ def run(size: int, reps: int, root: Path) -> dict[str, Any]:
         "hop_gbps": gbps(hop),
         "relay_mtls_gbps": gbps(med["relay_mtls"]),
         "relay_plain_gbps": gbps(med["relay_plain"]),
+        "relay_cut_through_gbps": gbps(med["relay_cut"]),
         "tcp_gbps": gbps(med["tcp"]),
         "cp_gbps": gbps(med["cp"]),
         "ratio_vs_relay_mtls": med["relay_mtls"] / hop,
@@ -171,7 +175,8 @@ def table(report: dict[str, Any]) -> str:
     rows = [f"| path | {mib} | GB/s | hop's share |", "|---|---|---|---|"]
     for name, key in (("raw TCP loopback copy", "tcp"), ("cp", "cp"),
                       ("plain gRPC relay, mTLS (up + down)", "relay_mtls"),
-                      ("plain gRPC relay, no TLS (up + down)", "relay_plain")):  # fmt: skip
+                      ("plain gRPC relay, no TLS (up + down)", "relay_plain"),
+                      ("cut-through relay, mTLS (down while up)", "relay_cut")):  # fmt: skip
         secs = report["baseline_seconds"][key]
         rows.append(f"| {name} | {secs:.2f} s | {size / 1e9 / secs:.3f} | "
                     f"{secs / report['hop_seconds']:.2f}x |")  # fmt: skip
