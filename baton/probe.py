@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from socketserver import BaseServer
 from typing import TYPE_CHECKING, Any
 
 from baton.errors import TransportError
@@ -53,7 +54,60 @@ class ProbeConfig:
         check_listen("probe.listen", self.listen)
 
 
-class ProbeServer:
+class SidePort:
+    """A plain-HTTP server on its own address, beside a process's gRPC port; off when the
+    address is empty.
+
+    Args:
+        listen: ``host:port`` (port 0 picks a free one), or empty for off.
+    """
+
+    def __init__(self, listen: str) -> None:
+        self.listen = listen
+        self._httpd: BaseServer | None = None
+        self.port = 0
+        """The bound port once started; 0 when off."""
+
+    def start(self) -> None:
+        """Starts serving in a background thread, when ``listen`` is set.
+
+        Raises:
+            TransportError: The address cannot be bound.
+        """
+        if self.listen:
+            self._httpd = self._bind(self.listen)
+            address = self._httpd.server_address
+            self.port = int(address[1]) if isinstance(address, tuple) else 0
+
+    def stop(self) -> None:
+        """Stops serving; the port is free when it returns."""
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def _bind(self, listen: str) -> BaseServer:
+        """Binds ``listen`` and serves it in a background thread."""
+        raise NotImplementedError
+
+
+class MetricsPort(SidePort):
+    """Serves a Prometheus registry at ``/metrics``.
+
+    Args:
+        listen: ``host:port``, or empty for off.
+        registry: What it serves.
+    """
+
+    def __init__(self, listen: str, registry: CollectorRegistry) -> None:
+        super().__init__(listen)
+        self.registry = registry
+
+    def _bind(self, listen: str) -> BaseServer:
+        return serve_metrics(listen, self.registry)
+
+
+class ProbeServer(SidePort):
     """Serves ``/livez`` and ``/readyz`` on ``config.listen`` in a background thread.
 
     Args:
@@ -62,20 +116,11 @@ class ProbeServer:
     """
 
     def __init__(self, config: ProbeConfig, ready: Callable[[], bool]) -> None:
-        self.config = config
+        super().__init__(config.listen)
         self._ready = ready
-        self._httpd: ThreadingHTTPServer | None = None
-        self.port = 0
 
-    def start(self) -> None:
-        """Starts serving, when ``listen`` is set.
-
-        Raises:
-            TransportError: The address cannot be bound.
-        """
-        if not self.config.listen:
-            return
-        host, _, port = self.config.listen.rpartition(":")
+    def _bind(self, listen: str) -> BaseServer:
+        host, _, port = listen.rpartition(":")
         ready = self._ready
 
         class Handler(BaseHTTPRequestHandler):
@@ -102,22 +147,14 @@ class ProbeServer:
                 pass  # probes come every few seconds: no log line each
 
         try:
-            self._httpd = ThreadingHTTPServer((host, int(port)), Handler)
+            httpd = ThreadingHTTPServer((host, int(port)), Handler)
         except OSError as exc:
-            raise TransportError(
-                f"cannot serve probes on {self.config.listen}: {exc.strerror or exc}"
-            ) from None
-        self._httpd.daemon_threads = True
-        self.port = self._httpd.server_address[1]
-        threading.Thread(target=self._httpd.serve_forever, name="probe", daemon=True).start()
-        logger.info("probes on http://%s:%d/livez and /readyz", host, self.port)
-
-    def stop(self) -> None:
-        """Stops serving; the port is free when it returns."""
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
+            why = exc.strerror or exc
+            raise TransportError(f"cannot serve probes on {listen}: {why}") from None
+        httpd.daemon_threads = True
+        threading.Thread(target=httpd.serve_forever, name="probe", daemon=True).start()
+        logger.info("probes on http://%s:%d/livez and /readyz", host, httpd.server_address[1])
+        return httpd
 
 
 def serve_metrics(listen: str, registry: CollectorRegistry) -> WSGIServer:

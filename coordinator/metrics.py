@@ -13,11 +13,10 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from baton.probe import MetricsPort
 from coordinator.store.base import HopState, RunState
 
 if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
-
     from coordinator.config import MetricsConfig
     from coordinator.store.base import Store
 
@@ -163,7 +162,7 @@ class RpcTimer(grpc.ServerInterceptor):
         return timed
 
 
-class MetricsEndpoint:
+class MetricsEndpoint(MetricsPort):
     """The plain-HTTP ``/metrics`` endpoint, on its own address (keep it local or behind a
     scraper's network policy: it shows counts, never names, keys or data).
 
@@ -174,32 +173,10 @@ class MetricsEndpoint:
     """
 
     def __init__(self, config: MetricsConfig, store: Store, *, lease_seconds: float) -> None:
+        super().__init__(config.listen, CollectorRegistry(auto_describe=True))
         self.config = config
-        self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(StateCollector(store, lease_seconds=lease_seconds))
         self.interceptors: tuple[grpc.ServerInterceptor, ...] = (
             (RpcTimer(self.registry),) if config.listen else ()
         )
         """What the gRPC server adds to time its RPCs (nothing when metrics are off)."""
-        self._httpd: WSGIServer | None = None
-        self.port = 0
-
-    def start(self) -> None:
-        """Starts serving, when ``listen`` is set.
-
-        Raises:
-            TransportError: The address cannot be bound.
-        """
-        if not self.config.listen:
-            return
-        from baton.probe import serve_metrics
-
-        self._httpd = serve_metrics(self.config.listen, self.registry)
-        self.port = self._httpd.server_port
-
-    def stop(self) -> None:
-        """Stops serving; the port is free when it returns."""
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None

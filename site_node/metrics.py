@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from baton.probe import MetricsPort
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from pathlib import Path
-    from wsgiref.simple_server import WSGIServer
 
     from baton.domain import BlobRef
     from site_node.client import (
@@ -85,7 +86,7 @@ METRICS = SiteMetrics()
 """This process's site metrics (one site daemon per process)."""
 
 
-class SiteMetricsEndpoint:
+class SiteMetricsEndpoint(MetricsPort):
     """The site's plain-HTTP ``/metrics`` endpoint (keep it local, or open to the scraper).
 
     Args:
@@ -94,29 +95,8 @@ class SiteMetricsEndpoint:
     """
 
     def __init__(self, config: SiteMetricsConfig, metrics: SiteMetrics = METRICS) -> None:
-        self.config = config
+        super().__init__(config.listen, metrics.registry)
         self.metrics = metrics
-        self._httpd: WSGIServer | None = None
-        self.port = 0
-
-    def start(self) -> None:
-        """Starts serving, when ``listen`` is set.
-
-        Raises:
-            TransportError: The address cannot be bound.
-        """
-        if self.config.listen:
-            from baton.probe import serve_metrics
-
-            self._httpd = serve_metrics(self.config.listen, self.metrics.registry)
-            self.port = self._httpd.server_port
-
-    def stop(self) -> None:
-        """Stops serving; the port is free when it returns."""
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
 
 
 class MeteredClient:
