@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from baton.errors import TransportError
+from baton.errors import StoreError, TransportError
 from baton.io import atomic_write
 from baton.probe import ProbeServer
 from baton.security.audit import AuditLog, key_fingerprint
@@ -104,6 +104,13 @@ class CoordinatorServer:
             audit=self.audit,
             lease_seconds=config.lease_seconds,
         )
+        self.sites = sites = Sites(
+            self.store,
+            self.scheduler.journal,
+            ca_pem=tls.ca_pem,
+            lease_seconds=config.lease_seconds,
+            revoked=revoked,
+        )
         self.watch = HopWatch(
             self.store,
             self.scheduler.journal,
@@ -115,6 +122,7 @@ class CoordinatorServer:
                 upload_seconds=config.hop_upload_seconds,
             ),
             interval_seconds=config.watch_interval_seconds or min(config.lease_seconds / 4, 5.0),
+            leases=sites,
         )
         federation = tls.identity.federation
         # Long calls (streams, transfers) take at most ``workers - reserved_workers``
@@ -133,13 +141,6 @@ class CoordinatorServer:
             options=SERVER_OPTIONS,
             interceptors=[*self.metrics.interceptors, ErrorInterceptor(), self.idle_uploads],
             maximum_concurrent_rpcs=config.workers * 2,
-        )
-        sites = Sites(
-            self.store,
-            self.scheduler.journal,
-            ca_pem=tls.ca_pem,
-            lease_seconds=config.lease_seconds,
-            revoked=revoked,
         )
         transfers = Transfers(
             self.store, self.blobs, self.scheduler, max_blob_bytes=config.max_blob_bytes
@@ -215,6 +216,10 @@ class CoordinatorServer:
         self.probe.stop()
         self.metrics.stop()
         self.watch.stop()
+        try:
+            self.sites.flush()  # the heartbeats since the last check, before the store closes
+        except StoreError as exc:
+            logger.error("the last heartbeats are not stored: %s", exc.message)
         self.collector.stop()
         self.idle_uploads.stop()
         self._close_state()

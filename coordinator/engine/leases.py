@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from typing import Protocol
 
 from baton.errors import BatonError, NotFoundError, StoreError
 from coordinator.engine.clocks import HopClock, HopClocks, Phase
@@ -25,6 +26,18 @@ from coordinator.store.base import HopState, RunState, Store
 logger = logging.getLogger(__name__)
 
 _LEASE = "(lease expired)"
+
+
+class Leases(Protocol):
+    """Where the sites' last heartbeats are kept (:class:`~coordinator.engine.sites.Sites`)."""
+
+    def last_seen(self) -> dict[str, int]:
+        """Each site's last heartbeat (Unix ms), written to the store or not yet."""
+        ...
+
+    def flush(self) -> int:
+        """Writes the heartbeats not yet in the store; returns how many."""
+        ...
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -54,6 +67,8 @@ class HopWatch:
         clocks: The hops' phases.
         deadlines: Per-phase deadlines.
         interval_seconds: Time between two checks.
+        leases: The sites' last heartbeats, flushed to the store before every check;
+            without it, ``last_seen_ms`` of the stored sites.
     """
 
     def __init__(
@@ -65,8 +80,10 @@ class HopWatch:
         *,
         deadlines: Deadlines,
         interval_seconds: float,
+        leases: Leases | None = None,
     ) -> None:
         self._store = store
+        self._leases = leases
         self._journal = journal
         self._recovery = recovery
         self._clocks = clocks
@@ -79,7 +96,11 @@ class HopWatch:
         """One pass over the hops in flight; returns how many were found lost. Reads the
         running runs only (:meth:`Journal.running`), never the finished ones."""
         lost = 0
-        seen = {s.site_id: s.last_seen_ms for s in self._store.list_sites()}
+        if self._leases is not None:
+            self._leases.flush()
+            seen = self._leases.last_seen()
+        else:
+            seen = {s.site_id: s.last_seen_ms for s in self._store.list_sites()}
         now = self._journal.clock()
         for run_id in self._journal.running():  # never the finished runs
             try:

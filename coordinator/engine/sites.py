@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
+from dataclasses import replace
 
 from baton.domain import BlobRef, Capabilities, DataProfile
 from baton.errors import ConflictError, NotFoundError, PkiError, SealError
@@ -18,6 +20,12 @@ logger = logging.getLogger(__name__)
 
 class Sites:
     """Registers sites, renews their leases, and checks what they sign.
+
+    Heartbeats renew leases in memory only (a heartbeat never waits for the database);
+    :meth:`flush` writes them in one transaction (the hop watch calls it every check, and
+    the server at shutdown), and :meth:`last_seen` is what the leases are judged by. A
+    crash loses at most one watch interval of renewals, and a restarted coordinator
+    counts every hop's lease from its start anyway, so none expires falsely.
 
     Args:
         store: Durable state.
@@ -41,6 +49,9 @@ class Sites:
         self._ca_pem = ca_pem
         self.lease_seconds = lease_seconds
         self._revoked = revoked
+        self._lock = threading.Lock()
+        self._known: set[str] | None = None  # registered sites, read once
+        self._unflushed: dict[str, int] = {}  # heartbeats since the last flush
 
     def register(
         self,
@@ -81,6 +92,9 @@ class Sites:
                 )
             )
             self._journal.record("site_registered", "", detail={"site": identity.name})
+        with self._lock:
+            if self._known is not None:
+                self._known.add(identity.name)
         logger.info("site %s registered (software %s)", identity.name, software_version or "?")
 
     def require_registered(self, site_id: str) -> None:
@@ -96,18 +110,56 @@ class Sites:
         Raises:
             ConflictError: the site never registered.
         """
+        if self._known is None:
+            known = {s.site_id for s in self._store.list_sites()}
+            with self._lock:
+                self._known = known if self._known is None else self._known | known
         now = self._journal.clock()
-        try:
-            self._store.touch_site(site_id, now)  # one statement: the hot path of 500 sites
-        except NotFoundError:
-            raise ConflictError(f"site {site_id} must register first", site_id=site_id) from None
+        with self._lock:
+            if site_id not in self._known:
+                raise ConflictError(f"site {site_id} must register first", site_id=site_id)
+            self._unflushed[site_id] = now
         return now + int(self.lease_seconds * 1000)
+
+    def last_seen(self) -> dict[str, int]:
+        """Each registered site's last heartbeat or registration (Unix ms), flushed or not."""
+        return {s.site_id: s.last_seen_ms for s in self._sites()}
+
+    def _sites(self) -> list[SiteRecord]:
+        """Every registered site, its ``last_seen_ms`` including unflushed heartbeats."""
+        sites = self._store.list_sites()
+        with self._lock:
+            pending = dict(self._unflushed)
+        return [
+            replace(s, last_seen_ms=max(s.last_seen_ms, pending.get(s.site_id, 0)))
+            for s in sites
+        ]
+
+    def flush(self) -> int:
+        """Writes the heartbeats received since the last flush, in one transaction;
+        returns how many sites it wrote. On a store error they stay for the next flush.
+
+        Raises:
+            StoreError: The database refused the write.
+        """
+        with self._lock:
+            batch, self._unflushed = self._unflushed, {}
+        if not batch:
+            return 0
+        try:
+            self._store.touch_sites(batch)
+        except BaseException:
+            with self._lock:
+                for site_id, ms in batch.items():
+                    self._unflushed[site_id] = max(self._unflushed.get(site_id, 0), ms)
+            raise
+        return len(batch)
 
     def listing(self) -> list[tuple[SiteRecord, bool]]:
         """Every registered site, with whether its lease is live."""
         now = self._journal.clock()
         lease_ms = int(self.lease_seconds * 1000)
-        return [(s, now - s.last_seen_ms <= lease_ms) for s in self._store.list_sites()]
+        return [(s, now - s.last_seen_ms <= lease_ms) for s in self._sites()]
 
     def verify_output(
         self, identity: Identity, run_id: str, hop_index: int, output: BlobRef, manifest: bytes

@@ -166,8 +166,9 @@ class Store(Protocol):
         """Inserts or replaces a site's registration."""
         ...
 
-    def touch_site(self, site_id: str, now_ms: int) -> None:
-        """Records a heartbeat: sets ``last_seen_ms``."""
+    def touch_sites(self, seen: dict[str, int]) -> None:
+        """Records heartbeats (site id: ``last_seen_ms``, never moved back) in one
+        transaction; sites never registered are skipped."""
         ...
 
     def get_site(self, site_id: str) -> SiteRecord:

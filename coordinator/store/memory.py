@@ -110,11 +110,15 @@ class MemoryStore:
             self._check_open()
             self._sites[site.site_id] = _copy_site(site)
 
-    def touch_site(self, site_id: str, now_ms: int) -> None:
-        """Records a heartbeat: sets ``last_seen_ms``."""
+    def touch_sites(self, seen: dict[str, int]) -> None:
+        """Records heartbeats (site id: ``last_seen_ms``, never moved back) in one
+        transaction; sites never registered are skipped."""
         with self._lock:
-            site = self._site(site_id)
-            self._sites[site_id] = replace(site, last_seen_ms=now_ms)
+            self._check_open()
+            for site_id, ms in seen.items():
+                if (site := self._sites.get(site_id)) is not None:
+                    last = max(site.last_seen_ms, ms)
+                    self._sites[site_id] = replace(site, last_seen_ms=last)
 
     def get_site(self, site_id: str) -> SiteRecord:
         """Returns one site."""

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from baton.errors import ConflictError, NotFoundError, StoreError
+from baton.errors import ConflictError, StoreError
 from coordinator.store.base import (
     EventKind,
     EventRecord,
@@ -101,14 +101,14 @@ class SqliteStore:
         with self._tx(write=True) as db:
             db.execute(INSERT_SITE, site_params(site))
 
-    def touch_site(self, site_id: str, now_ms: int) -> None:
-        """Records a heartbeat: sets ``last_seen_ms``."""
+    def touch_sites(self, seen: dict[str, int]) -> None:
+        """Records heartbeats (site id: ``last_seen_ms``, never moved back) in one
+        transaction; sites never registered are skipped."""
         with self._tx(write=True) as db:
-            cur = db.execute(
-                "UPDATE sites SET last_seen_ms = ? WHERE site_id = ?", (now_ms, site_id)
+            db.executemany(
+                "UPDATE sites SET last_seen_ms = MAX(last_seen_ms, ?) WHERE site_id = ?",
+                [(ms, site_id) for site_id, ms in seen.items()],
             )
-            if cur.rowcount == 0:
-                raise NotFoundError(f"unknown site {site_id!r}", site_id=site_id)
 
     def get_site(self, site_id: str) -> SiteRecord:
         """Returns one site."""

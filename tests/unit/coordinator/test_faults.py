@@ -132,8 +132,7 @@ def watch(store: MemoryStore, sched: Scheduler) -> HopWatch:
 
 
 def beat(store: MemoryStore, clock: Clock, *sites: str) -> None:
-    for s in sites:
-        store.touch_site(s, clock.t)
+    store.touch_sites(dict.fromkeys(sites, clock.t))
 
 
 def faults_of(store: MemoryStore, run_id: str) -> list[str]:

@@ -149,17 +149,20 @@ class StoreContract:
         assert store.get_site("mercy") == new
         assert store.list_sites() == [new]
 
-    def test_touch_site_sets_only_last_seen(self, store: Store) -> None:
+    def test_touch_sites_sets_only_last_seen_never_back_and_skips_strangers(
+        self, store: Store
+    ) -> None:
         store.upsert_site(_site())
-        store.touch_site("mercy", 1_800_000_000_000)
+        store.upsert_site(_site("county"))
+        store.touch_sites({"mercy": 1_800_000_000_000, "county": 5, "ghost": 7})
         assert store.get_site("mercy") == _site(last_seen_ms=1_800_000_000_000)
+        assert store.get_site("county") == _site("county")  # 5 is older than its last seen
+        assert [s.site_id for s in store.list_sites()] == ["county", "mercy"]
 
     def test_unknown_site_is_not_found(self, store: Store) -> None:
         with pytest.raises(NotFoundError) as info:
             store.get_site("ghost")
         assert info.value.site_id == "ghost"
-        with pytest.raises(NotFoundError):
-            store.touch_site("ghost", 1)
         with pytest.raises(NotFoundError):
             store.assigned_hops_for_site("ghost")
 
