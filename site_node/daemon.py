@@ -99,6 +99,10 @@ class SiteDaemon:
         )
         self._stop = threading.Event()
         self._registered = threading.Event()
+        self.metrics = SiteMetricsEndpoint(config.metrics)
+        """``/metrics`` while :meth:`run` runs (``[metrics]``; off by default)."""
+        self.probe = ProbeServer(config.probe, ready=self._registered.is_set)
+        """``/livez`` and ``/readyz`` while :meth:`run` runs (``[probe]``; off by default)."""
         self._stream: AssignmentStream | None = None
         self._done: set[tuple[str, int, str]] = set()
         self._progressed = False
@@ -135,15 +139,13 @@ class SiteDaemon:
             TransportError: ``max_attempts`` sessions in a row failed, or the metrics or
                 probe address cannot be bound.
         """
-        metrics = SiteMetricsEndpoint(self._cfg.metrics)
-        probe = ProbeServer(self._cfg.probe, ready=self._registered.is_set)
-        metrics.start()
+        self.metrics.start()
         try:
-            probe.start()
+            self.probe.start()
             self._serve()
         finally:
-            probe.stop()
-            metrics.stop()
+            self.probe.stop()
+            self.metrics.stop()
 
     def _serve(self) -> None:
         creds = channel_credentials(self._tls)
