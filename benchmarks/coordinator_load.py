@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from load_client import Slice, channel, run_slice
+from load_client import Slice, channel, ready, run_slice
 from load_probe import percentiles
 from serve import serve_coordinator
 
@@ -105,6 +105,7 @@ class Row:
 
     name: str
     beats: list[float]
+    base: list[float]
     failed: int
     rss: float
     cpu: float
@@ -113,16 +114,18 @@ class Row:
     window: tuple[float, float]
     note: str
 
-    def p(self, q: float) -> float:
-        """The ``q`` quantile of the heartbeat latencies."""
-        return self.beats[min(len(self.beats) - 1, int(len(self.beats) * q))]
+    def p(self, q: float, of: list[float] | None = None) -> float:
+        """The ``q`` quantile of the heartbeat latencies (or of ``of``)."""
+        ms = self.beats if of is None else of
+        return ms[min(len(ms) - 1, int(len(ms) * q))] if ms else float("nan")
 
-    def line(self, base: Row) -> str:
-        """The table row, its p99 also as a ratio to ``base``'s (the first row)."""
-        ratio = self.p(0.99) / base.p(0.99)
+    def line(self) -> str:
+        """The table row: heartbeats, then the baseline health checks' p99 and the ratio."""
+        base = self.p(0.99, self.base)
         return (
             f"| {self.name:>10} | {len(self.beats):>6} | {self.p(0.5):>6.1f} "
-            f"| {self.p(0.99):>6.1f} | {ratio:>5.2f}x | {self.beats[-1]:>6.1f} | {self.failed:>6} "
+            f"| {self.p(0.99):>6.1f} | {self.beats[-1]:>6.1f} | {base:>7.1f} "
+            f"| {self.p(0.99) / base:>5.2f}x | {self.failed:>6} "
             f"| {self.rss:>7.0f} | {self.cpu:>5.0f} | {self.list_sites:>9.1f} "
             f"| {self.list_runs:>8.1f} | {self.note}"
         )
@@ -243,7 +246,8 @@ async def row(root: Path, port: int, pid: int, sites: int, bench: Bench, *, floo
     return Row(
         name=f"{sites}{' +flood' if flooded else ''}",
         beats=sorted(x * 1000 for r in results for x in r[0]),
-        failed=sum(r[1] for r in results),
+        base=sorted(x * 1000 for r in results for x in r[1]),
+        failed=sum(r[2] for r in results),
         rss=rss,
         cpu=100 * (cpu1 - cpu0) / (time.monotonic() - t0),
         list_sites=list_sites,
@@ -260,7 +264,7 @@ async def all_rows(root: Path, port: int, pid: int, bench: Bench) -> list[Row]:
     rows: list[Row] = []
     for sites, flooded in specs:
         rows.append(await row(root, port, pid, sites, bench, flooded=flooded))
-        print(rows[-1].line(rows[0]), flush=True)
+        print(rows[-1].line(), flush=True)
     return rows
 
 
@@ -289,16 +293,17 @@ def main() -> None:
         spawn = multiprocessing.get_context("spawn")
         try:
             with ProcessPoolExecutor(args.clients, mp_context=spawn) as pool:
+                list(pool.map(ready, [0.5] * args.clients))  # every process started
                 print(
                     f"\nheartbeat every {args.interval:g} s per site for {args.seconds:g} s "
                     f"after a {args.warmup:g} s warm-up; {args.runs} finished runs; 1 stream "
                     f"per site; {args.clients} client process(es); latencies in ms\n"
                 )
                 print(
-                    "|      sites | beats  | p50    | p99    | p99/1st | max  | failed "
+                    "|      sites | beats  | p50    | p99    | max    | base p99 | ratio | failed "
                     "| RSS MiB | CPU % | ListSites | ListRuns | note"
                 )
-                print("|" + "---|" * 11)
+                print("|" + "---|" * 12)
                 rows = asyncio.run(all_rows(root, port, proc.pid, Bench(args=args, pool=pool)))
         finally:
             proc.terminate()

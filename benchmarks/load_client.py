@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from baton.v1 import site_pb2, site_pb2_grpc
 from baton.wire.channel import GRPC_OPTIONS
@@ -41,41 +42,59 @@ def channel(root: Path, name: str, port: int) -> grpc.aio.Channel:
 
 
 async def site_life(
-    stub: site_pb2_grpc.SiteServiceStub, part: Slice, offset: float, lat: list[float]
+    ch: grpc.aio.Channel, part: Slice, offset: float, lat: list[float], base: list[float] | None
 ) -> int:
     """Keeps one stream open and heartbeats every ``part.interval`` (first after
     ``offset`` s) until ``part.until``, recording the latency of the beats sent after
-    ``part.record_from``; returns failed heartbeats (all of them)."""
+    ``part.record_from``; returns failed heartbeats (all of them). With ``base``, each beat
+    is followed by a health check, the baseline: the same TLS, threads and machine, no
+    lease work."""
+    stub = site_pb2_grpc.SiteServiceStub(ch)
+    health = health_pb2_grpc.HealthStub(ch)
     stream = stub.WatchAssignments(site_pb2.WatchAssignmentsRequest())
     failed = 0
     await asyncio.sleep(offset)
     while time.time() < part.until:
         t = time.perf_counter()
         try:
-            await stub.Heartbeat(site_pb2.HeartbeatRequest(), timeout=5)  # type: ignore[misc]
+            await stub.Heartbeat(site_pb2.HeartbeatRequest(), timeout=5)
             if time.time() >= part.record_from:
                 lat.append(time.perf_counter() - t)
         except grpc.aio.AioRpcError:
             failed += 1
+        if base is not None:
+            t = time.perf_counter()
+            await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            if time.time() >= part.record_from:
+                base.append(time.perf_counter() - t)
         await asyncio.sleep(part.interval)
     stream.cancel()
     return failed
 
 
-async def _run(part: Slice) -> tuple[list[float], int]:
+async def _run(part: Slice) -> tuple[list[float], list[float], int]:
     channels = [channel(part.root, f"s{i}", part.port) for i in range(part.first, part.last)]
-    stubs = [site_pb2_grpc.SiteServiceStub(c) for c in channels]
+    await asyncio.gather(*(c.channel_ready() for c in channels))  # handshakes not measured
     lat: list[float] = []
-    n = max(1, len(stubs))
-    spread = [part.interval * ((i * 7919) % n) / n for i in range(len(stubs))]
-    failed = await asyncio.gather(
-        *(site_life(s, part, o, lat) for s, o in zip(stubs, spread, strict=True))
-    )
+    base: list[float] = []
+    n = max(1, len(channels))
+    lives = [
+        site_life(c, part, part.interval * (i * 7919 % n) / n, lat, None if i % 10 else base)
+        for i, c in enumerate(channels)
+    ]
+    failed = await asyncio.gather(*lives)
     for c in channels:
         await c.close()
-    return lat, sum(failed)
+    return lat, base, sum(failed)
 
 
-def run_slice(part: Slice) -> tuple[list[float], int]:
-    """Runs one slice of sites in this process; returns (latencies in s, failed beats)."""
+def ready(seconds: float) -> None:
+    """Waits ``seconds``: the first task of each client process (which imports gRPC before
+    a row starts, not during it)."""
+    time.sleep(seconds)
+
+
+def run_slice(part: Slice) -> tuple[list[float], list[float], int]:
+    """Runs one slice of sites in this process; returns the latencies (s) of its
+    heartbeats and of the baseline health checks, and its failed heartbeats."""
     return asyncio.run(_run(part))
