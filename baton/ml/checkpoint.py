@@ -25,15 +25,13 @@ import logging
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as to_safetensors
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
-from torch.distributed.tensor import DTensor
 
 from baton.errors import ModelError
 from baton.io import atomic_write, fsync_dir
@@ -45,10 +43,6 @@ logger = logging.getLogger(__name__)
 LATEST = "latest.json"
 MAX_INDEX_BYTES = 64 * 1024 * 1024
 """Largest per-rank JSON index (and ``latest.json``) a worker reads."""
-
-_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
-"""Optimizer state keyed by parameter name: the stages of a pipeline each have their own
-optimizer, whose positional parameter groups would otherwise collide in one checkpoint."""
 
 _SCALARS = (type(None), bool, int, float, str)
 _EXTRA = "extra/"
@@ -98,8 +92,7 @@ def save(
     values: dict[str, Any] = {}
     for key, value in _flat(model, optimizer).items():
         if isinstance(value, torch.Tensor):
-            local = value.to_local() if isinstance(value, DTensor) else value
-            tensors[key] = local.detach().to("cpu", copy=True).contiguous()
+            tensors[key] = _local(value).detach().to("cpu", copy=True).contiguous()
         else:
             values[key] = _to_json(key, value)
     names = sorted(tensors)
@@ -188,6 +181,16 @@ def load(
         for key in expected:
             wanted[key].copy_(loaded[key])
     template.update(plain)
+    if not dist.is_initialized():
+        # One process: the tensors were copied into the model's and optimizer's own.
+        names = {p: name for name, p in model.named_parameters()}
+        for group in optimizer.param_groups:
+            for key in group:
+                if key != "params":
+                    group[key] = template[f"optim/param_groups.{names[group['params'][0]]}.{key}"]
+        return {key: loaded[_EXTRA + key] for key in extra or {}}
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
     model_state = {k[6:]: v for k, v in template.items() if k.startswith("model/")}
     optim_state = {k[6:]: v for k, v in template.items() if k.startswith("optim/")}
     set_state_dict(
@@ -195,20 +198,66 @@ def load(
         optimizer,
         model_state_dict=model_state,
         optim_state_dict=optim_state,
-        options=_OPTIONS,
+        options=_options(),
     )
     return {key: loaded[_EXTRA + key] for key in extra or {}}
 
 
 def _local(value: torch.Tensor) -> torch.Tensor:
-    return value.to_local() if isinstance(value, DTensor) else value
+    """A sharded tensor's local shard; any other tensor as it is."""
+    to_local = getattr(value, "to_local", None)  # a DTensor's, without importing DTensor
+    return value if to_local is None else cast("torch.Tensor", to_local())
+
+
+def _options() -> Any:
+    """Optimizer state keyed by parameter name: the stages of a pipeline each have their
+    own optimizer, whose positional parameter groups would otherwise collide."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(flatten_optimizer_state_dict=True)
 
 
 def _flat(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """The model's and the optimizer's state in one flat dict, keys prefixed by owner."""
-    model_state, optim_state = get_state_dict(model, optimizer, options=_OPTIONS)
+    """The model's and the optimizer's state in one flat dict, keys prefixed by owner, as
+    ``torch.distributed.checkpoint`` flattens them (optimizer state keyed by parameter
+    name). One process computes the same keys itself, without importing it (seconds)."""
+    if dist.is_initialized():
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_state, optim_state = get_state_dict(model, optimizer, options=_options())
+    else:
+        model_state, optim_state = model.state_dict(), _plain_optim_state(model, optimizer)
     flat: dict[str, Any] = {f"model/{k}": v for k, v in model_state.items()}
     flat.update({f"optim/{k}": v for k, v in optim_state.items()})
+    return flat
+
+
+def _plain_optim_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's state flattened by parameter name, its own tensors (not copies).
+
+    A fresh optimizer first takes one step at learning rate 0 with zero gradients, as
+    ``torch.distributed.checkpoint`` does, so its state exists to be loaded into.
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if not optimizer.state and all(p.grad is None for p in params):
+        lrs = [group["lr"] for group in optimizer.param_groups]
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        for group in optimizer.param_groups:
+            group["lr"] = 0.0
+        optimizer.step()
+        for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+    names = {p: name for name, p in model.named_parameters()}
+    flat: dict[str, Any] = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                flat[f"state.{names[p]}.{key}"] = value
+            for key, value in group.items():
+                if key != "params":
+                    flat[f"param_groups.{names[p]}.{key}"] = value
     return flat
 
 

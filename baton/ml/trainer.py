@@ -291,7 +291,9 @@ def train_local(
                     generator.set_state(state["rng/shuffle"])
                     torch.set_rng_state(state["rng/torch"])
                     losses = list(state["losses"].unbind())
-                    logger.info("resumed the hop from its checkpoint at step %d", start)
+                    logger.info(
+                        "hop %d: resumed from its checkpoint at step %d", hop_index + 1, start
+                    )
         model.train()
         try:
             batches = step_batches(
