@@ -13,6 +13,7 @@ from baton.domain import Assignment, BlobRef
 from baton.security.audit import AuditLog, verify_log
 from baton.security.envelope import Expectation, HopContext, RecipientKey, open_file, seal_file
 from baton.security.replay import MemoryReplayGuard
+from baton.security.sealing import plan_hash
 from baton.v1 import admin_pb2, common_pb2, site_pb2, site_pb2_grpc
 from baton.wire.serde import assignment_from_proto
 from sim.tasks import Partition, make_federation
@@ -97,6 +98,18 @@ def create_request(pki: Pki, plan_toml: str) -> admin_pb2.CreateRunRequest:
         owner_signing_certificate_pem=signed.owner_signing_pem,
         owner_encryption_certificate_pem=signed.owner_encryption_pem,
     )
+
+
+def start_run(
+    coord: LiveCoordinator, *sites: str
+) -> tuple[dict[str, site_pb2_grpc.SiteServiceStub], str, str]:
+    """Registers ``sites`` and starts a one-cycle run over them in that order; returns
+    their stubs, the signed plan's digest (the first hop's previous hash) and the run id."""
+    stubs = register(coord, *sites)
+    text = plan(list(sites))
+    request = create_request(coord.pki, text)
+    run = coord.admin().CreateRun(request).run
+    return stubs, plan_hash(text, request.plan_signature), run.run_id
 
 
 def seal_hop(

@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING
 import grpc
 import pytest
 
-from baton.security.sealing import plan_hash
 from baton.v1 import common_pb2, site_pb2
-from tests.integration.sites import coordinator_audit, create_request, plan, register, seal_hop
+from tests.integration.sites import coordinator_audit, seal_hop, start_run
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -30,11 +29,7 @@ def _requests(header: site_pb2.UploadHeader, data: bytes) -> Iterator[site_pb2.U
 def test_a_manifest_sent_before_the_blob_is_checked_before_any_byte_is_stored(
     coordinator: LiveCoordinator, tmp_path: Path
 ) -> None:
-    stubs = register(coordinator, "site-a", "site-b")
-    text = plan(["site-a", "site-b"])
-    request = create_request(coordinator.pki, text)
-    digest = plan_hash(text, request.plan_signature)
-    run = coordinator.admin().CreateRun(request).run
+    stubs, digest, run_id = start_run(coordinator, "site-a", "site-b")
     source = tmp_path / "m.bin"
     source.write_bytes(b"weights" * 30000)
 
@@ -45,7 +40,7 @@ def test_a_manifest_sent_before_the_blob_is_checked_before_any_byte_is_stored(
             tmp_path / name,
             sender="site-a",
             recipient="site-b",
-            run_id=run.run_id,
+            run_id=run_id,
             hop=0,
             previous=digest,
             plan_digest=digest,
@@ -60,7 +55,7 @@ def test_a_manifest_sent_before_the_blob_is_checked_before_any_byte_is_stored(
     def header(transfer_id: str, data: bytes, signed: bytes) -> site_pb2.UploadHeader:
         return site_pb2.UploadHeader(
             transfer_id=transfer_id,
-            run_id=run.run_id,
+            run_id=run_id,
             hop_index=0,
             total_size=len(data),
             sha256=hashlib.sha256(data).hexdigest(),
@@ -90,7 +85,7 @@ def test_a_manifest_sent_before_the_blob_is_checked_before_any_byte_is_stored(
     assert (got.blob_id, got.size) == (hashlib.sha256(blob).hexdigest(), len(blob))
     a.CompleteHop(
         site_pb2.CompleteHopRequest(
-            run_id=run.run_id, hop_index=0, output=got, output_manifest=manifest
+            run_id=run_id, hop_index=0, output=got, output_manifest=manifest
         )
     )
     stream = stubs["site-b"].WatchAssignments(site_pb2.WatchAssignmentsRequest(), timeout=10)
@@ -100,6 +95,6 @@ def test_a_manifest_sent_before_the_blob_is_checked_before_any_byte_is_stored(
         stream.cancel()
     assert (offered.hop_index, offered.input_manifest) == (1, manifest)
     down = stubs["site-b"].DownloadBlob(
-        site_pb2.DownloadBlobRequest(run_id=run.run_id, hop_index=1, offset=0)
+        site_pb2.DownloadBlobRequest(run_id=run_id, hop_index=1, offset=0)
     )
     assert b"".join(c.data for c in down) == blob
