@@ -1,16 +1,20 @@
 """Heartbeat latency of a real coordinator process under many streaming sites.
 
 Run: ``python benchmarks/coordinator_load.py [--sites 50 200 500] [--runs 1000]
-[--seconds 10] [--interval 2]``. A throwaway PKI issues every simulated site its own mTLS
-certificate and certified keys; the coordinator (``coordinator serve``, its own process,
-loopback only) starts over a database already holding ``--runs`` finished runs. Per row,
-that many sites register, each opens an assignment stream and heartbeats every
-``--interval`` seconds for ``--seconds`` seconds (after ``--warmup`` seconds in which
-every stream opens, not counted in the latencies); the table gives heartbeat latency
-percentiles, failed heartbeats (a lease at risk), the coordinator's RSS and CPU, and the
-latency of ListSites and ListRuns. The ``+flood`` row repeats the smallest row while one
-site opens 70 assignment streams and 70 header-less uploads. Bounded: every call has a
-deadline, every row ends after ``--seconds``.
+[--seconds 10] [--interval 2] [--clients 2]``. A throwaway PKI issues every simulated site
+its own mTLS certificate and certified keys; the coordinator (``coordinator serve``, its
+own process, loopback only, its Heartbeat handler timed by ``load_probe.py``) starts over a
+database already holding ``--runs`` finished runs. Per row, that many sites register, then
+``--clients`` processes (``load_client.py``, one event loop each) open each site's channel
+and assignment stream and heartbeat every ``--interval`` seconds for ``--seconds`` seconds
+(after ``--warmup`` seconds, not counted). One site in ten follows each beat with a health
+check, the baseline: same TLS, threads and machine, no lease work; ``ratio`` is heartbeat
+p99 over baseline p99, which holds when other load shares the machine. The table gives
+heartbeat latency percentiles, failed heartbeats (a lease at risk), the coordinator's RSS
+and CPU, and the latency of ListSites and ListRuns; a second table sets the handler's own
+time beside the clients'. The ``+flood`` row repeats the smallest row while one site opens
+70 assignment streams and 70 header-less uploads. Bounded: every call has a deadline,
+every row ends after ``--seconds``.
 """
 
 from __future__ import annotations
