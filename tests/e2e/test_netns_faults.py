@@ -1,0 +1,226 @@
+"""Coordinator and two site daemons on three network hosts (namespaces joined by veth
+pairs), every site link through a fault proxy: partitions mid-upload and mid-download
+resume where the bytes stopped, a slow lossy link only slows the run, and a site cut off
+for good is skipped."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from baton.security.pki import Identity, issue
+from baton.security.sealing import AppKeys
+from baton.v1 import admin_pb2, common_pb2
+from owner.client import AdminClient
+from sim import netns
+from sim.faultproxy import FaultProxy
+from sim.localfed import (
+    FEDERATION,
+    LocalFederationLayout,
+    provision,
+    wait_until_online,
+    write_site_config,
+)
+from sim.procs import ProcessGroup, wait_for_file
+from sim.tasks import Partition
+from tests.e2e import test_faults
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+SITES = ("aspen", "birch")
+LEASE_S = 8.0
+THROTTLE = 1_000_000
+"""Bytes per second of a throttled direction: a hop's blob (2.8 MB, three 1 MiB chunks on
+the wire) takes seconds."""
+CUT_AT = 1_500_000
+"""Bytes of a transfer after which its link is cut: past its first chunk, before its end."""
+PARTITION_S = 3.0
+PLAN = """
+[run]
+name = "netns"
+seed = 1
+cycles = {cycles}
+sites = ["aspen", "birch"]
+
+[model]
+name = "mlp"
+args = {{ hidden = [1024, 640] }}
+
+[task]
+dataset = "breast_cancer"
+
+[ordering]
+strategy = "fixed"
+
+[training]
+local_epochs = 1
+
+[faults]
+{faults}
+"""
+
+
+@dataclass
+class World:
+    layout: LocalFederationLayout
+    group: ProcessGroup
+    client: AdminClient
+    owner: AppKeys
+    proxies: dict[str, FaultProxy]
+
+    def site_log(self, site: str) -> str:
+        return (self.layout.site_dir(site) / "site.log").read_text()
+
+    def run(self, plan: str) -> tuple[admin_pb2.Run, list[str]]:
+        """Creates a run, follows it to its end; returns its final state and events."""
+        run = self.client.create_run(plan, self.owner)
+        lines = [
+            f"{admin_pb2.EventKind.Name(ev.kind)} {ev.hop_index} {ev.site_id} {ev.message}"
+            for ev in self.client.watch(run.run_id)
+        ]
+        return self.client.get_run(run.run_id), lines
+
+    def chain(self, run_id: str) -> str:
+        fed = test_faults.Federation(self.layout, self.group, self.client, self.owner)
+        return test_faults.chain_report(fed, run_id)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    why = netns.unavailable()
+    if why is not None:
+        pytest.skip(f"needs network namespaces: {why}")
+    root = tmp_path_factory.mktemp("netns")
+    tag = format(os.getpid() % 0xFFFFF, "x")
+    with netns.Lab(tag, subnet=10 + os.getpid() % 200) as lab, ProcessGroup() as group:
+        hosts = {name: lab.add(name[0]) for name in ("coordinator", *SITES)}
+        layout, _ = provision(
+            root, list(SITES), dataset="breast_cancer", partition=Partition(kind="iid"), seed=1
+        )
+        # The coordinator's certificate names every address it is dialled at: its own
+        # (the owner) and each site's proxy.
+        for old in ("coordinator.pem", "coordinator.key"):
+            (layout.coordinator_dir / "pki" / old).unlink()
+        issue(
+            layout.ca_dir,
+            layout.coordinator_dir / "pki",
+            Identity(federation=FEDERATION, kind="coordinator", name="coordinator"),
+            ip_addresses=[hosts[h].inner if h == "coordinator" else hosts[h].outer for h in hosts],
+        )
+        config = layout.coordinator_dir / "coordinator.toml"
+        config.write_text(
+            config.read_text()
+            .replace("127.0.0.1:0", f"{hosts['coordinator'].inner}:0")
+            .replace("lease_seconds = 10.0", f"lease_seconds = {LEASE_S}")
+            .replace("\n[tls]", "watch_interval_seconds = 0.5\n\n[tls]")
+        )
+        group.start(
+            "coordinator",
+            "sim.netns",
+            [
+                *(hosts["coordinator"].name, "coordinator.cli", "serve"),
+                *("--config", str(config), "--port-file", str(layout.port_file)),
+            ],
+            log_path=layout.coordinator_dir / "coordinator.log",
+        )
+        port = int(wait_for_file(layout.port_file, timeout=60, group=group))
+        coordinator = (hosts["coordinator"].inner, port)
+        proxies: dict[str, FaultProxy] = {}
+        try:
+            for site in SITES:
+                proxies[site] = proxy = FaultProxy(coordinator, listen=(hosts[site].outer, 0))
+                proxy.start()
+                path = write_site_config(layout, site, port)
+                path.write_text(
+                    path.read_text().replace(
+                        f"127.0.0.1:{port}", f"{hosts[site].outer}:{proxy.address[1]}"
+                    )
+                )
+                group.start(
+                    site,
+                    "sim.netns",
+                    [hosts[site].name, "site_node.cli", "run", "--config", str(path)],
+                    log_path=layout.site_dir(site) / "site.log",
+                )
+            with AdminClient(f"{coordinator[0]}:{port}", layout.admin_tls.load()) as client:
+                wait_until_online(client, SITES, group)
+                yield World(layout, group, client, AppKeys.load(layout.owner_keys), proxies)
+        finally:
+            for proxy in proxies.values():
+                proxy.stop()
+
+
+def _partition_after(proxy: FaultProxy, direction: str, count: int) -> threading.Thread:
+    """Cuts ``proxy`` (dropping its connections) once ``count`` more bytes went
+    ``direction``, and heals it :data:`PARTITION_S` later, in a thread."""
+    assert direction in ("up", "down")
+    target = proxy.forwarded(direction) + count  # type: ignore[arg-type]
+
+    def cut() -> None:
+        proxy.wait_forwarded(direction, target, timeout=120)  # type: ignore[arg-type]
+        proxy.partition("drop")
+        time.sleep(PARTITION_S)
+        proxy.heal()
+
+    thread = threading.Thread(target=cut, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_partitions_mid_transfer_resume_and_a_slow_lossy_link_only_slows_the_run(
+    world: World,
+) -> None:
+    aspen, birch = world.proxies["aspen"], world.proxies["birch"]
+    aspen.set_bandwidth(up=THROTTLE)
+    birch.set_bandwidth(down=THROTTLE)
+    birch.set_latency(up=0.2, down=0.2)
+    birch.set_loss(0.05)
+    cuts = [_partition_after(aspen, "up", CUT_AT), _partition_after(birch, "down", CUT_AT)]
+    final, lines = world.run(PLAN.format(cycles=1, faults=""))
+    for cut in cuts:
+        cut.join(timeout=1)
+    assert final.state == common_pb2.RUN_STATE_SUCCEEDED, final.error + "\n".join(lines)
+    assert [(h.site_id, h.state) for h in final.hops] == [
+        (site, common_pb2.HOP_STATE_COMPLETED) for site in SITES
+    ]
+    assert world.chain(final.run_id) == "2 hops verified"
+    # aspen's upload resumed at a byte the coordinator had acknowledged, one transfer id.
+    resumed = re.findall(
+        r"upload interrupted \(\w+, transfer (\w+)\); resuming at byte (\d+) of (\d+)",
+        world.site_log("aspen"),
+    )
+    assert resumed, world.site_log("aspen")
+    assert len({transfer for transfer, _, _ in resumed}) == 1
+    assert 0 < int(resumed[-1][1]) < int(resumed[-1][2])
+    resumed_down = r"download interrupted \(\w+\); resuming at byte [1-9]"
+    assert re.search(resumed_down, world.site_log("birch")), world.site_log("birch")
+    # One upload per hop reached the coordinator, and none is left half-done.
+    blobs = world.layout.coordinator_dir / "state"
+    assert sorted(p.name for p in blobs.rglob("partial/*")) == []
+    assert len(list(blobs.rglob("done/*"))) == 2
+    for proxy in (aspen, birch):
+        proxy.set_bandwidth()
+        proxy.set_latency()
+        proxy.set_loss(0.0)
+
+
+def test_a_site_cut_off_for_good_is_skipped_and_the_run_completes(world: World) -> None:
+    run = world.client.create_run(
+        PLAN.format(cycles=2, faults='on_lost_site = "skip"'), world.owner
+    )
+    world.proxies["birch"].partition("drop")
+    lines = [
+        f"{admin_pb2.EventKind.Name(ev.kind)} {ev.hop_index} {ev.site_id} {ev.message}"
+        for ev in world.client.watch(run.run_id)
+    ]
+    final = world.client.get_run(run.run_id)
+    assert final.state == common_pb2.RUN_STATE_SUCCEEDED, final.error + "\n".join(lines)
+    assert [(h.cycle, h.site_id) for h in final.hops] == [(0, "aspen"), (1, "aspen")]
+    assert any("skip: hop 2 at birch was lost" in line for line in lines), "\n".join(lines)
+    assert world.chain(final.run_id) == "2 hops verified"
