@@ -10,7 +10,7 @@ from baton.errors import ConfigError
 from baton.plan_faults import FaultsSection
 from coordinator.blobs import MemoryBlobStore
 from coordinator.engine.faults import Action, Fault, FaultFacts, decide
-from coordinator.engine.leases import Deadlines, HopWatch
+from coordinator.engine.leases import Deadlines, HopWatch, Leases
 from coordinator.engine.runs import Scheduler
 from coordinator.store.base import EventKind, HopState, RunState, SiteRecord
 from coordinator.store.memory import MemoryStore
@@ -120,7 +120,7 @@ def make(
     return store, blobs, sched, clock, run.run_id
 
 
-def watch(store: MemoryStore, sched: Scheduler) -> HopWatch:
+def watch(store: MemoryStore, sched: Scheduler, leases: Leases | None = None) -> HopWatch:
     return HopWatch(
         store,
         sched.journal,
@@ -128,6 +128,7 @@ def watch(store: MemoryStore, sched: Scheduler) -> HopWatch:
         sched.clocks,
         deadlines=Deadlines(pickup_seconds=60, progress_seconds=60, upload_seconds=60),
         interval_seconds=1,
+        leases=leases,
     )
 
 

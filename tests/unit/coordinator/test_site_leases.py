@@ -9,13 +9,12 @@ import pytest
 
 from baton.errors import ConflictError, StoreError
 from coordinator.engine.journal import Journal
-from coordinator.engine.leases import Deadlines, HopWatch
 from coordinator.engine.sites import Sites
 from coordinator.store.base import SiteRecord, Store
 from coordinator.store.memory import MemoryStore
 from coordinator.store.sqlite import SqliteStore
 from tests.conftest import Pki
-from tests.unit.coordinator.test_faults import LEASE_S, Clock, faults_of, make
+from tests.unit.coordinator.test_faults import LEASE_S, Clock, faults_of, make, watch
 
 T0 = 1_000_000
 
@@ -108,15 +107,7 @@ def test_the_last_heartbeat_survives_a_restart_within_one_lease(tmp_path: Path) 
 def test_a_hop_whose_site_beats_only_in_memory_is_not_lost(pki: Pki) -> None:
     store, _blobs, sched, clock, run_id = make(pki, "ab", "")
     sites = Sites(store, sched.journal, ca_pem=pki.ca_pem, lease_seconds=LEASE_S)
-    hops = HopWatch(
-        store,
-        sched.journal,
-        sched.recovery,
-        sched.clocks,
-        deadlines=Deadlines(pickup_seconds=60, progress_seconds=60, upload_seconds=60),
-        interval_seconds=1,
-        leases=sites,
-    )
+    hops = watch(store, sched, leases=sites)
     clock.t += int(LEASE_S * 1000) - 1000
     sites.heartbeat("a")
     clock.t += 2000  # past the lease counted from the assignment, not from the beat
