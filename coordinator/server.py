@@ -111,6 +111,7 @@ class CoordinatorServer:
             lease_seconds=config.lease_seconds,
             revoked=revoked,
         )
+        self.scheduler.recovery.heard = sites.heard  # leases judged by memory everywhere
         self.watch = HopWatch(
             self.store,
             self.scheduler.journal,

@@ -70,11 +70,14 @@ class Recovery:
         self.lease_ms = int(lease_seconds * 1000)
         self._revoked = revoked
         self._advance = advance
+        self.heard: Callable[[str], int] = lambda site_id: 0
+        """A site's heartbeat not yet in the store (Unix ms; set by the server)."""
 
     def alive(self, site_id: str) -> bool:
         """Whether ``site_id`` is registered, its lease live and its certificates not revoked."""
         site = next((s for s in self._store.list_sites() if s.site_id == site_id), None)
-        if site is None or self._journal.clock() - site.last_seen_ms > self.lease_ms:
+        seen = max(site.last_seen_ms, self.heard(site_id)) if site else 0
+        if site is None or self._journal.clock() - seen > self.lease_ms:
             return False
         pems = (site.certificate_pem, site.signing_certificate_pem, site.encryption_certificate_pem)
         return not any(p and self._revoked(p.encode()) for p in pems)

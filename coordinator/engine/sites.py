@@ -125,14 +125,18 @@ class Sites:
         """Each registered site's last heartbeat or registration (Unix ms), flushed or not."""
         return {s.site_id: s.last_seen_ms for s in self._sites()}
 
+    def heard(self, site_id: str) -> int:
+        """The site's last heartbeat not yet flushed to the store (Unix ms; 0 if none)."""
+        with self._lock:
+            return self._unflushed.get(site_id, 0)
+
     def _sites(self) -> list[SiteRecord]:
         """Every registered site, its ``last_seen_ms`` including unflushed heartbeats."""
         sites = self._store.list_sites()
         with self._lock:
             pending = dict(self._unflushed)
         return [
-            replace(s, last_seen_ms=max(s.last_seen_ms, pending.get(s.site_id, 0)))
-            for s in sites
+            replace(s, last_seen_ms=max(s.last_seen_ms, pending.get(s.site_id, 0))) for s in sites
         ]
 
     def flush(self) -> int:

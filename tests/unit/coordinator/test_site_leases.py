@@ -116,3 +116,12 @@ def test_a_hop_whose_site_beats_only_in_memory_is_not_lost(pki: Pki) -> None:
     clock.t += int(LEASE_S * 1000)
     assert hops.check() == 1
     assert "(lease expired)" in faults_of(store, run_id)[0]
+
+
+def test_the_fault_policy_counts_a_heartbeat_not_yet_flushed(pki: Pki) -> None:
+    store, _blobs, sched, clock, _run_id = make(pki, "ab", "")
+    sites = Sites(store, sched.journal, ca_pem=pki.ca_pem, lease_seconds=LEASE_S)
+    sched.recovery.heard = sites.heard
+    clock.t += int(LEASE_S * 1000) + 1
+    sites.heartbeat("b")
+    assert (sched.recovery.alive("a"), sched.recovery.alive("b")) == (False, True)
