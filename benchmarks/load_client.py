@@ -94,7 +94,14 @@ def ready(seconds: float) -> None:
     time.sleep(seconds)
 
 
+_LOOP: asyncio.AbstractEventLoop | None = None
+"""This process's one event loop: gRPC's asyncio support binds to the first it sees."""
+
+
 def run_slice(part: Slice) -> tuple[list[float], list[float], int]:
     """Runs one slice of sites in this process; returns the latencies (s) of its
     heartbeats and of the baseline health checks, and its failed heartbeats."""
-    return asyncio.run(_run(part))
+    global _LOOP
+    if _LOOP is None:
+        _LOOP = asyncio.new_event_loop()
+    return _LOOP.run_until_complete(_run(part))
