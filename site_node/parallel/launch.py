@@ -37,7 +37,6 @@ from baton.wire.channel import sha256_file
 from site_node.parallel import checkpoint
 from site_node.parallel.job import JOB_FILE, Job
 from site_node.parallel.nodes import Rendezvous, torchrun_command
-from site_node.parallel.worker import run_worker
 
 logger = logging.getLogger(__name__)
 
@@ -180,6 +179,10 @@ def start_workers(
 ) -> _Running:
     """Starts the workers of ``job`` without waiting for them: this node's share of them
     when ``rendezvous`` spreads the job over several nodes."""
+    # The worker module pulls in torch.distributed's checkpoint and pipelining (about 2 s of
+    # imports): a site loads it on its first parallel hop, here, before any fork, not at start.
+    from site_node.parallel.worker import run_worker
+
     world = job.plan.world_size
     if rendezvous is not None:
         if starter == "fork" or world % rendezvous.nodes != 0:
@@ -232,6 +235,8 @@ def _forked(job_path: Path, *, rank: int, world_size: int, init_method: str) -> 
     # OpenMP pool inherited through fork from a parent that used it never answers (the
     # child's first parallel kernel would wait for it forever).
     torch.set_num_threads(1)
+    from site_node.parallel.worker import run_worker  # already loaded by start_workers
+
     code = 1
     try:
         run_worker(job_path, rank=rank, world_size=world_size, init_method=init_method)
