@@ -33,6 +33,7 @@ from coordinator.engine.transfers import Transfers
 from coordinator.metrics import MetricsEndpoint
 from coordinator.retention import Collector
 from coordinator.state_dir import StateDirLock
+from coordinator.store import kill_hook
 from coordinator.store.audit_head import check_audit_head
 from coordinator.store.base import Store
 from coordinator.store.sqlite import SqliteStore
@@ -80,6 +81,7 @@ class CoordinatorServer:
         self.config = config
         revoked = revocation_check(config.crl, tls.ca_pem, interval=config.crl_reload_seconds)
         self._state = StateDirLock(config.state_dir)
+        kill_hook.bind(config.state_dir)  # a test-only crash point; off unless its variable is set
         try:
             self.store: Store = store if store is not None else SqliteStore(config.database)
         except BaseException:
