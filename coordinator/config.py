@@ -32,6 +32,41 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class TransfersConfig:
+    """The ``[transfers]`` table: cut-through hops.
+
+    Example::
+
+        [transfers]
+        cut_through = true
+        stall_seconds = 30.0
+    """
+
+    cut_through: bool = False
+    """Offer hop k+1 to its site as soon as hop k's upload starts with a signed manifest
+    the coordinator verified; its download follows the arriving upload (the last byte only
+    once the stored blob's size and SHA-256 check out). Hop k still completes only after
+    its blob is stored and verified."""
+    stall_seconds: float = 30.0
+    """A download following an upload that brings nothing this long ends with a retryable
+    status (the site resumes it)."""
+    max_follows_per_site: int = 2
+    """Most downloads one site may hold open that wait on a model still arriving (each
+    holds a worker thread for up to ``stall_seconds``)."""
+
+    def __post_init__(self) -> None:
+        if self.stall_seconds <= 0:
+            raise ValueError(
+                f"'transfers.stall_seconds' must be positive, not {self.stall_seconds}"
+            )
+        if self.max_follows_per_site < 1:
+            raise ValueError(
+                f"'transfers.max_follows_per_site' must be at least 1, "
+                f"not {self.max_follows_per_site}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class CoordinatorConfig:
     """Everything ``coordinator serve`` needs.
 
@@ -96,6 +131,8 @@ class CoordinatorConfig:
     nothing is revoked."""
     crl_reload_seconds: float = 5.0
     """How often the coordinator looks for a replaced CRL file at most."""
+    transfers: TransfersConfig = TransfersConfig()
+    """Cut-through hops (``[transfers]``); off unless ``cut_through`` is set."""
     metrics: MetricsConfig = MetricsConfig()
     """The Prometheus endpoint (``[metrics]``); off unless ``listen`` is set."""
     probe: ProbeConfig = field(default_factory=ProbeConfig)

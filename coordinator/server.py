@@ -105,6 +105,7 @@ class CoordinatorServer:
             revoked=revoked,
             audit=self.audit,
             lease_seconds=config.lease_seconds,
+            cut_through=config.transfers.cut_through,
         )
         self.sites = sites = Sites(
             self.store,
@@ -146,7 +147,11 @@ class CoordinatorServer:
             maximum_concurrent_rpcs=config.workers * 2,
         )
         transfers = Transfers(
-            self.store, self.blobs, self.scheduler, max_blob_bytes=config.max_blob_bytes
+            self.store,
+            self.blobs,
+            self.scheduler,
+            max_blob_bytes=config.max_blob_bytes,
+            stall_seconds=config.transfers.stall_seconds,
         )
         site_gate = PeerGate(federation=federation, kind="site", revoked=revoked)
         admin_gate = PeerGate(federation=federation, kind="admin", revoked=revoked)
@@ -158,6 +163,9 @@ class CoordinatorServer:
                 gate=site_gate,
                 streams=self.streams,
                 uploads=self.uploads,
+                follows=StreamCaps(
+                    per_party=config.transfers.max_follows_per_site, total=long_calls // 4
+                ),
             ),
             self._server,
         )

@@ -149,7 +149,9 @@ class CoordinatorClient(Protocol):
     ) -> BlobRef:
         """Uploads ``source`` as hop ``hop_index``'s output, resuming where the coordinator's
         durable copy ends after an interruption; returns the stored blob. ``manifest``, the
-        SignedManifest sealing ``source``, names its hash, so the file is read only once."""
+        SignedManifest sealing ``source``, names its hash, so the file is read only once;
+        it travels in the upload's header, so the coordinator checks it before storing a
+        byte and the recipient may start downloading while the blob arrives."""
         ...
 
     def upload_status(self, transfer_id: str) -> UploadStatus:
@@ -243,7 +245,12 @@ class GrpcCoordinatorClient:
         sha256 = None if manifest is None else transfer.sealed_sha256(manifest)
         with self._rpc(f"upload the output of hop {hop_index}"):
             return transfer.upload(
-                self._stub, run_id=run_id, hop_index=hop_index, source=source, sha256=sha256
+                self._stub,
+                run_id=run_id,
+                hop_index=hop_index,
+                source=source,
+                sha256=sha256,
+                manifest=b"" if manifest is None or sha256 is None else manifest,
             )
 
     def upload_status(self, transfer_id: str) -> UploadStatus:

@@ -119,6 +119,7 @@ def upload(
     source: Path,
     sha256: str | None = None,
     patience: Patience | None = None,
+    manifest: bytes = b"",
 ) -> BlobRef:
     """Uploads ``source`` as the output of a hop; an interrupted upload resumes where the
     coordinator's durable copy ends.
@@ -133,6 +134,9 @@ def upload(
         patience: How long to keep trying a lost coordinator (default:
             :class:`site_node.retry.Patience`). Every try, and every question of how much
             arrived, uses the same transfer id, so the coordinator keeps one partial upload.
+        manifest: The signed manifest sealing ``source``, sent in every header: the
+            coordinator checks it before it stores a byte, and may let the recipient start
+            downloading while the blob arrives (cut-through). Empty: none is sent.
 
     Raises:
         grpc.RpcError: the coordinator refused or stayed unreachable.
@@ -150,6 +154,7 @@ def upload(
             total_size=size,
             sha256=sha,
             offset=offset,
+            manifest=manifest,
         )
         try:
             resp = stub.UploadBlob(

@@ -55,6 +55,8 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         gate: Admits this federation's sites whose certificates are not revoked.
         streams: Caps the assignment streams each site (and all) may hold open.
         uploads: Caps the uploads each site (and all) may hold open.
+        follows: Caps the downloads each site (and all) may hold open that wait on a model
+            still arriving (cut-through; each may wait ``stall_seconds``); None: uncapped.
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         gate: PeerGate,
         streams: StreamCaps,
         uploads: StreamCaps,
+        follows: StreamCaps | None = None,
     ) -> None:
         self._scheduler = scheduler
         self._sites = sites
@@ -73,6 +76,7 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         self._site = gate.identify
         self._streams = streams
         self._uploads = uploads
+        self._follows = follows
 
     def Register(
         self, request: site_pb2.RegisterRequest, context: grpc.ServicerContext
@@ -130,12 +134,16 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         site_id = self._site(context).name
         offset = request.offset
         check_count("offset", offset)
+        follows = self._follows
         for data in self._transfers.download(
             site_id,
             check_id("run_id", request.run_id),
             request.hop_index,
             offset=offset,
             chunk_size=CHUNK_BYTES,
+            hold=None
+            if follows is None
+            else lambda: follows.hold(site_id, "downloads of arriving models", context),
         ):
             yield common_pb2.BlobChunk(offset=offset, data=data)
             offset += len(data)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from baton.domain import Assignment, BlobRef, Evaluator, NextHop
 from baton.errors import ConflictError
 from baton.plan import parse_plan
+from coordinator.engine.cutthrough import CutThrough
 from coordinator.engine.evaluations import Evaluations
 from coordinator.store.base import HopRecord, RunRecord, Store
 
@@ -37,6 +38,8 @@ class Assignments:
         self._evaluations = evaluations
         self._revoked = revoked
         self._offers: dict[tuple[str, int], int] = {}
+        self.early: CutThrough | None = None
+        """Offers hops early while the hop before uploads (None: never)."""
 
     def reoffer(self, run_id: str, hop_index: int) -> None:
         """Has every assignment stream send hop ``hop_index`` again (a retry, or a re-seal
@@ -64,6 +67,17 @@ class Assignments:
                 continue
             sent.add(key)
             yield assignment
+        for early in self.early.early_for_site(site_id) if self.early else ():
+            hop = early.hop
+            key = (hop.run_id, hop.hop_index, self._offers.get((hop.run_id, hop.hop_index), 0))
+            if key in sent:
+                continue
+            try:
+                assignment = self.for_hop(hop, input_manifest=early.input_manifest)
+            except ConflictError:
+                continue  # not offered early; offered once assigned (or refused then)
+            sent.add(key)
+            yield assignment
         for run in self._evaluations.pending(site_id):
             if (run.run_id, run.total_hops, -1) not in sent:
                 sent.add((run.run_id, run.total_hops, -1))
@@ -71,8 +85,9 @@ class Assignments:
         if refused is not None:
             raise refused
 
-    def for_hop(self, hop: HopRecord) -> Assignment:
-        """The assignment of ``hop``, naming who receives its output.
+    def for_hop(self, hop: HopRecord, *, input_manifest: bytes = b"") -> Assignment:
+        """The assignment of ``hop``, naming who receives its output; ``input_manifest``
+        seals ``hop.input`` when the hop before is not completed yet (an early offer).
 
         Raises:
             ConflictError: the recipient holds a revoked certificate, or is not planned.
@@ -84,6 +99,7 @@ class Assignments:
             cycle=hop.cycle,
             model=hop.input,
             next_hop=self.next_hop(run, hop.hop_index),
+            input_manifest=input_manifest,
         )
 
     def for_evaluation(self, run: RunRecord) -> Assignment:
@@ -168,15 +184,17 @@ class Assignments:
         model: BlobRef | None,
         next_hop: NextHop | None = None,
         evaluate_only: bool = False,
+        input_manifest: bytes = b"",
     ) -> Assignment:
         """An assignment for ``hop_index`` of ``run``, whose input ``model`` the hop before
         sealed (with that hop's sender and the manifest before it, to check the chain)."""
         previous_site_id = sender_signing = sender_encryption = ""
-        input_manifest = previous_manifest = b""
+        previous_manifest = b""
         if hop_index:
             prev = self._store.get_hop(run.run_id, hop_index - 1)
             sender = self._store.get_site(prev.site_id)
-            previous_site_id, input_manifest = prev.site_id, prev.output_manifest
+            previous_site_id = prev.site_id
+            input_manifest = input_manifest or prev.output_manifest
             sender_signing = sender.signing_certificate_pem
             sender_encryption = sender.encryption_certificate_pem
         if hop_index >= 2:

@@ -30,6 +30,7 @@ from coordinator.blobs import BlobStore
 from coordinator.engine.assignments import Assignments
 from coordinator.engine.clocks import HopClocks, Phase
 from coordinator.engine.copies import copy_problem
+from coordinator.engine.cutthrough import CutThrough
 from coordinator.engine.evaluations import Evaluations
 from coordinator.engine.faults import Fault
 from coordinator.engine.journal import Journal, now_ms
@@ -63,6 +64,7 @@ class Scheduler:
         audit: The coordinator's signed audit log (None only in unit tests).
         clock: Source of Unix milliseconds (tests inject a fake).
         lease_seconds: A site heard from longer ago is offline (fault policies).
+        cut_through: Whether a hop's site may start while the hop before uploads.
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class Scheduler:
         audit: AuditLog | None = None,
         clock: Callable[[], int] = now_ms,
         lease_seconds: float = 15.0,
+        cut_through: bool = False,
     ) -> None:
         self._store = store
         self._blobs = blobs
@@ -82,7 +85,9 @@ class Scheduler:
         self._revoked = revoked
         self.journal = Journal(store, audit=audit, clock=clock)
         self.evaluations = Evaluations(store, self.journal)
+        self.cut_through = CutThrough(store, self.journal, enabled=cut_through)
         self.assignments = Assignments(store, self.evaluations, revoked=revoked)
+        self.assignments.early = self.cut_through
         self.clocks = HopClocks(self.journal)
         self.recovery = Recovery(
             store,
@@ -204,14 +209,20 @@ class Scheduler:
 
     # -- hops, as the assigned site drives them ---------------------------------------
 
-    def hop_for_site(self, site_id: str, run_id: str, hop_index: int) -> HopRecord:
-        """Returns an ASSIGNED hop of a running run, if ``site_id`` is the one assigned.
+    def hop_for_site(
+        self, site_id: str, run_id: str, hop_index: int, *, early: bool = False
+    ) -> HopRecord:
+        """Returns an ASSIGNED hop of a running run, if ``site_id`` is the one assigned
+        (with ``early``, also one it may start early: :meth:`CutThrough.early`).
 
         Raises:
             NotFoundError: no such run or hop.
             Denied: the hop belongs to another site.
             ConflictError: the hop or run is not in progress.
         """
+        started = self.cut_through.early(run_id, hop_index, site_id) if early else None
+        if started is not None:
+            return started.hop
         run = self._store.get_run(run_id)
         hop = self._store.get_hop(run_id, hop_index)
         if hop.site_id != site_id:
@@ -229,7 +240,7 @@ class Scheduler:
     ) -> None:
         """Records interim metrics of a hop in progress as an event (a sign of life)."""
         with self.journal.transaction():
-            self.hop_for_site(site_id, run_id, hop_index)
+            self.hop_for_site(site_id, run_id, hop_index, early=True)
             self.clocks.touch(run_id, hop_index, site_id, Phase.TRAINING)
             self.journal.event(
                 run_id,
@@ -279,6 +290,9 @@ class Scheduler:
                 train_seconds=train_seconds,
                 output_manifest=output_manifest,
             )
+            if self.cut_through.announced(run_id, hop_index) not in (None, output):
+                self.assignments.reoffer(run_id, hop_index + 1)  # it started on another
+            self.cut_through.withdraw(run_id, hop_index)
             self.journal.event(
                 run_id,
                 EventKind.HOP_COMPLETED,

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from baton.domain import BlobRef
-from baton.errors import BlobError, ConflictError, NotFoundError
+from baton.errors import BlobError, ConflictError, NotFoundError, TransportError
 from coordinator.blobs import BlobStore
 from coordinator.blobs_follow import follow
 from coordinator.engine.clocks import Phase
@@ -17,6 +18,15 @@ from coordinator.engine.copies import copy_problem
 from coordinator.engine.faults import Action
 from coordinator.engine.runs import Scheduler
 from coordinator.store.base import HopRecord, RunState, Store
+
+Hold = Callable[[], AbstractContextManager[None]]
+"""Holds a slot (of a capped kind of stream) while its block runs."""
+
+
+def _held(hold: Hold, stream: Iterator[bytes]) -> Iterator[bytes]:
+    """``stream``, produced while ``hold()`` holds its slot."""
+    with hold():
+        yield from stream
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -97,6 +107,10 @@ class Transfers:
             self._arriving[declared] = key
             if header.manifest:
                 self._announced[header.run_id, header.hop_index] = (declared, header.manifest)
+        if header.manifest:  # its recipient may start (while cut-through is on)
+            self._scheduler.cut_through.announce(
+                header.run_id, header.hop_index, site_id, declared, header.manifest
+            )
         try:
             for offset, data in chunks:
                 if committed + len(data) > header.total_size:
@@ -116,6 +130,7 @@ class Transfers:
             )
         except BlobError:
             self._forget(header, declared, key)
+            self._scheduler.cut_through.withdraw(header.run_id, header.hop_index, declared)
             raise
         self._forget(header, declared, key)
         return ref
@@ -137,10 +152,13 @@ class Transfers:
         with self._lock:
             return self._announced.get((run_id, hop_index))
 
-    def send(self, blob: BlobRef, *, offset: int, chunk_size: int) -> Iterator[bytes]:
+    def send(
+        self, blob: BlobRef, *, offset: int, chunk_size: int, hold: Hold | None = None
+    ) -> Iterator[bytes]:
         """``blob`` from ``offset``: from the store, or, while its upload still arrives,
         cut through from that upload (:func:`coordinator.blobs_follow.follow`: the last
-        byte only once the whole blob is stored and its hash checked).
+        byte only once the whole blob is stored and its hash checked). A stream that
+        follows an upload runs inside ``hold()``, when given (a cap on such streams).
 
         Raises:
             NotFoundError: the blob is neither stored nor arriving.
@@ -150,7 +168,7 @@ class Transfers:
             key = self._arriving.get(blob)
         if key is None or self._blobs.exists(blob.blob_id):
             return self._blobs.read(blob.blob_id, offset=offset, chunk_size=chunk_size)
-        return follow(
+        stream = follow(
             self._blobs,
             key,
             blob,
@@ -158,6 +176,7 @@ class Transfers:
             chunk_size=chunk_size,
             stall_seconds=self._stall_seconds,
         )
+        return stream if hold is None else _held(hold, stream)
 
     def arriving(self, blob: BlobRef) -> bool:
         """Whether ``blob`` is not stored yet but its upload has started."""
@@ -173,10 +192,18 @@ class Transfers:
         return self._blobs.committed(key), None
 
     def download(
-        self, site_id: str, run_id: str, hop_index: int, *, offset: int, chunk_size: int
+        self,
+        site_id: str,
+        run_id: str,
+        hop_index: int,
+        *,
+        offset: int,
+        chunk_size: int,
+        hold: Hold | None = None,
     ) -> Iterator[bytes]:
         """The input of the site's hop, or (``hop_index`` the run's hop count) the final
-        model the site is to evaluate, from ``offset``, in chunks of ``chunk_size`` bytes.
+        model the site is to evaluate, from ``offset``, in chunks of ``chunk_size`` bytes;
+        an input still arriving is followed inside ``hold()`` (see :meth:`send`).
 
         Raises:
             NotFoundError, Denied, ConflictError: the site holds no such hop, or the hop is
@@ -188,7 +215,7 @@ class Transfers:
             if blob is None:
                 raise NotFoundError(f"run {run.run_id} has no final model")
         else:
-            hop = self._scheduler.hop_for_site(site_id, run_id, hop_index)
+            hop = self._hop(site_id, run_id, hop_index)
             self._scheduler.clocks.touch(run_id, hop_index, site_id, Phase.TRAINING)
             if hop.input is None:
                 raise NotFoundError(
@@ -197,7 +224,26 @@ class Transfers:
             blob = hop.input
             if offset == 0 and not self.arriving(blob):
                 self._check_input(site_id, hop, blob)
-        return self.send(blob, offset=offset, chunk_size=chunk_size)
+        return self.send(blob, offset=offset, chunk_size=chunk_size, hold=hold)
+
+    def _hop(self, site_id: str, run_id: str, hop_index: int) -> HopRecord:
+        """The site's hop whose input it downloads: assigned, or started early while the
+        hop before uploads (cut-through).
+
+        Raises:
+            TransportError: the hop is planned for the site and the hop before is still in
+                flight, but its output is not arriving now (abandoned): retry later.
+        """
+        try:
+            return self._scheduler.hop_for_site(site_id, run_id, hop_index, early=True)
+        except ConflictError:
+            if self._scheduler.cut_through.waits_on(run_id, hop_index, site_id):
+                raise TransportError(
+                    f"the input of hop {hop_index + 1} is not arriving now; retry later",
+                    run_id=run_id,
+                    hop=hop_index,
+                ) from None
+            raise
 
     def _check_input(self, site_id: str, hop: HopRecord, blob: BlobRef) -> None:
         """Checks the stored input of ``hop`` against its address before it is sent (one
