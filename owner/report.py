@@ -1,4 +1,4 @@
-"""A finished run as a record: per hop its site, metrics before and after, seconds and bytes."""
+"""A finished run as a record: per hop its site, metrics, seconds and bytes; its fault decisions."""
 
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ def build_report(run: admin_pb2.Run, events: Iterable[admin_pb2.RunEvent]) -> di
     alone; ``bytes_in``/``bytes_out`` are the sealed model's sizes as relayed.
     ``plan_sha256`` is the root of the run's manifest chain (the signed plan's hash), the
     value ``baton verify-run`` checks every hop against; ``plan_text_sha256`` hashes the
-    plan's text alone.
+    plan's text alone. ``faults`` lists the fault policy's decisions in the order they were
+    made (:func:`fault_decision`); ``hops`` holds the hops as the run ended, without those
+    dropped by ``skip`` or ``reroute``.
     """
     from baton.security.sealing import plan_hash
 
@@ -35,6 +37,7 @@ def build_report(run: admin_pb2.Run, events: Iterable[admin_pb2.RunEvent]) -> di
     ended: dict[int, int] = {}
     created: int | None = None
     evaluations = []
+    faults = []
     for ev in events:
         if ev.kind == admin_pb2.EVENT_KIND_RUN_CREATED:
             created = ev.time_unix_ms
@@ -46,6 +49,8 @@ def build_report(run: admin_pb2.Run, events: Iterable[admin_pb2.RunEvent]) -> di
             ended[ev.hop_index] = ev.time_unix_ms
         elif ev.kind == admin_pb2.EVENT_KIND_SITE_EVALUATED:
             evaluations.append({"site": ev.site_id, "metrics": dict(sorted(ev.metrics.items()))})
+        elif ev.kind == admin_pb2.EVENT_KIND_FAULT:
+            faults.append(fault_decision(ev))
     hops = []
     for h in run.hops:
         i = h.hop_index
@@ -86,7 +91,33 @@ def build_report(run: admin_pb2.Run, events: Iterable[admin_pb2.RunEvent]) -> di
         "bytes_relayed": sum(h["bytes_out"] for h in hops),
         "result_bytes": run.result.size,
         "hops": hops,
+        "faults": faults,
         "final_evaluation": evaluations,
+    }
+
+
+LOST_HOP_ACTIONS = ("skip", "reroute")
+"""Fault actions that drop a hop from the run (its site sits the cycle out)."""
+
+
+def fault_decision(event: admin_pb2.RunEvent) -> dict[str, Any]:
+    """One ``fault`` event as a report entry: the hop (numbered from 1, as planned when the
+    decision was made: a skip or reroute plans the hops after it one place earlier; ``None``
+    for a run-wide event), its cycle (from 1; ``None`` where the event does not say), site,
+    action and reason.
+
+    ``action`` is the word before the first colon of the event's message (``wait``,
+    ``retry``, ``skip``, ``reroute``, ``reseal``, ``abort``; ``warning`` for a run created
+    over offline sites); ``reason`` is the rest.
+    """
+    action, _, reason = event.message.partition(": ")
+    cycle = event.metrics.get("cycle")
+    return {
+        "hop": event.hop_index + 1 if event.site_id else None,
+        "cycle": None if cycle is None else int(cycle) + 1,
+        "site": event.site_id,
+        "action": action if reason else "",
+        "reason": reason or action,
     }
 
 
@@ -146,6 +177,11 @@ def render_report(report: dict[str, Any]) -> Group:
             human_bytes(h["bytes_out"]) if h["bytes_out"] else "",
         )
     names = [metric] if metric == "loss" else [metric, "loss"]
+    faults = Table("hop", "cycle", "site", "action", "reason", title="fault decisions")
+    for f in report["faults"]:
+        cycle = "" if f["cycle"] is None else str(f["cycle"])
+        hop = "" if f["hop"] is None else str(f["hop"])
+        faults.add_row(hop, cycle, f["site"], f["action"], f["reason"])
     final = Table("site", *(f"val {n}" for n in names), "examples", title="final evaluation")
     for e in report["final_evaluation"]:
         m = e["metrics"]
@@ -154,10 +190,25 @@ def render_report(report: dict[str, Any]) -> Group:
     head = Text(
         f"{report['state']}{': ' + report['error'] if report['error'] else ''}; "
         f"{sum(h['state'] == 'completed' for h in report['hops'])} of {report['total_hops']} "
-        f"hops{f' in {seconds:.1f} s' if seconds is not None else ''}, "
+        f"hops{f' in {seconds:.1f} s' if seconds is not None else ''}{lost_hops(report)}, "
         f"{human_bytes(report['bytes_relayed'])} relayed\nplan sha256 {report['plan_sha256']}"
     )
     parts: list[Table | Text] = [hops, head]
     if report["final_evaluation"]:
         parts.insert(1, final)
+    if report["faults"]:
+        parts.insert(1, faults)
     return Group(*parts)
+
+
+def lost_hops(report: dict[str, Any]) -> str:
+    """``" (3 lost: 1 skipped, 2 rerouted)"``: the hops the fault policy dropped from the
+    run; empty if none."""
+    counts = [
+        (action, sum(f["action"] == action for f in report["faults"]))
+        for action in LOST_HOP_ACTIONS
+    ]
+    said = [f"{n} {'skipped' if a == 'skip' else 'rerouted'}" for a, n in counts if n]
+    if not said:
+        return ""
+    return f" ({sum(n for _, n in counts)} lost: {', '.join(said)})"

@@ -7,6 +7,8 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from owner.report import LOST_HOP_ACTIONS, lost_hops
+
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.5em; }
@@ -39,7 +41,8 @@ def render_html(report: dict[str, Any], plots: dict[str, Path]) -> str:
         f"<h1>Run {escape(report['run_id'])} &lsquo;{escape(report['name'])}&rsquo;</h1>",
         f"<p><b>{escape(report['state'])}</b>"
         + (f": {escape(report['error'])}" if report["error"] else "")
-        + f"; {done} of {report['total_hops']} hops, {report['cycles']} cycle(s), ordering "
+        + f"; {done} of {report['total_hops']} hops{escape(lost_hops(report))}, "
+        f"{report['cycles']} cycle(s), ordering "
         f"<code>{escape(report['strategy'])}</code>"
         + (f", {seconds:.1f} s" if seconds is not None else "")
         + f"; {report['bytes_relayed']} bytes relayed. Primary metric <code>{metric}</code> "
@@ -52,7 +55,7 @@ def render_html(report: dict[str, Any], plots: dict[str, Path]) -> str:
             f"<h2>{_TITLES[name]}</h2>",
             f'<img id="plot-{name}" alt="{_TITLES[name]}" src="data:image/png;base64,{data}">',
         ]
-    parts += _hops_table(report), _final_table(report)
+    parts += _hops_table(report), _faults_table(report), _final_table(report)
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
@@ -104,6 +107,30 @@ def _hops_table(report: dict[str, Any]) -> str:
         '</table><p class="note">wait: from the previous hop\'s end to this assignment; '
         "receive: the site picking the hop up, downloading, verifying and scoring the model; "
         "send: scoring the trained model, sealing and uploading it.</p>"
+    )
+    return "\n".join(rows)
+
+
+def _faults_table(report: dict[str, Any]) -> str:
+    """The fault policy's decisions (empty when there were none); dropped hops in red."""
+    if not report["faults"]:
+        return ""
+    rows = [
+        '<h2>Fault decisions</h2><table><tr><th>hop</th><th>cycle</th><th class="l">site</th>'
+        '<th class="l">action</th><th class="l">reason</th></tr>'
+    ]
+    for f in report["faults"]:
+        css = ' class="failed"' if f["action"] in LOST_HOP_ACTIONS else ""
+        hop, cycle = ("" if f[k] is None else str(f[k]) for k in ("hop", "cycle"))
+        rows.append(
+            f"<tr{css}><td>{hop}</td><td>{cycle}</td>"
+            f'<td class="l">{escape(f["site"])}</td><td class="l">{escape(f["action"])}</td>'
+            f'<td class="l">{escape(f["reason"])}</td></tr>'
+        )
+    rows.append(
+        '</table><p class="note">Hop numbers as planned when the decision was made: a skip or '
+        "reroute drops that hop and plans the ones after it one place earlier; a reseal has "
+        "the last completed hop's site seal its output again for the new recipient.</p>"
     )
     return "\n".join(rows)
 
