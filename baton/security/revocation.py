@@ -349,9 +349,9 @@ def _write_crl(path: Path, data: bytes) -> None:
 
 def revocation_check(
     crl: Path | None, ca_pem: bytes, *, interval: float = 5.0
-) -> Callable[[bytes | str], bool]:
-    """Whether a certificate (PEM) is revoked: by the CRL at ``crl`` (watched for changes),
-    or never when no CRL is configured.
+) -> Callable[[bytes | str | int], bool]:
+    """Whether a certificate (PEM, or its serial number) is revoked: by the CRL at ``crl``
+    (watched for changes), or never when no CRL is configured.
 
     Raises:
         PkiError: A CRL is configured but missing, stale, or not signed by the CA.

@@ -2,16 +2,61 @@
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2
 
 from baton.errors import Denied, PkiError
-from baton.security.pki import Identity, identity_from_certificate
-from baton.security.tls import peer_certificate_pem, require_peer
+from baton.security.pki import Identity, identity_from_certificate, load_certificate
+from baton.security.tls import peer_certificate_pem, require_tls13
+
+CACHED_CERTIFICATES = 4096
+"""Parsed peer certificates a gate keeps (a federation's sites and admins, with room)."""
+
+
+class ParsedCertificates:
+    """Peer certificates parsed once: the identity and serial number each names, keyed by
+    the SHA-256 of the certificate as presented, the least recently used dropped past
+    ``size``. Thread-safe. Only the parse is kept: whether the serial is revoked is asked
+    on every call, of the CRL in force then.
+
+    Args:
+        size: Most certificates kept.
+    """
+
+    def __init__(self, size: int = CACHED_CERTIFICATES) -> None:
+        self._size = size
+        self._entries: OrderedDict[bytes, tuple[Identity, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def parse(self, cert_pem: bytes) -> tuple[Identity, int]:
+        """The identity and serial number ``cert_pem`` names.
+
+        Raises:
+            PkiError: The certificate is malformed or names no single identity (never kept).
+        """
+        key = hashlib.sha256(cert_pem).digest()
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None:
+                self._entries.move_to_end(key)
+                return hit
+        identity = identity_from_certificate(cert_pem)
+        parsed = (identity, load_certificate(cert_pem, source="the certificate").serial_number)
+        with self._lock:
+            self._entries[key] = parsed
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+        return parsed
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -19,15 +64,19 @@ class PeerGate:
     """Admits callers of one kind (``site`` or ``admin``) from one federation, over TLS 1.3.
 
     Identity is the SPIFFE id in the caller's verified TLS certificate, never a field of a
-    message.
+    message. Each certificate is parsed once (see :class:`ParsedCertificates`); TLS 1.3,
+    the federation, the kind and revocation are checked on every call.
     """
 
     federation: str
     """Only certificates of this federation are served."""
     kind: str
     """The party kind the service is for."""
-    revoked: Callable[[bytes], bool] = lambda cert_pem: False
-    """Whether a certificate (PEM) is revoked; callers presenting one are refused."""
+    revoked: Callable[[int], bool] = lambda serial: False
+    """Whether a certificate, by its serial number, is revoked; callers presenting one are
+    refused."""
+    parsed: ParsedCertificates = field(default_factory=ParsedCertificates)
+    """The peer certificates parsed so far."""
 
     def identify(self, context: grpc.ServicerContext) -> Identity:
         """The caller's identity.
@@ -36,8 +85,13 @@ class PeerGate:
             PkiError: The call is not over TLS 1.3, or the certificate is of another
                 federation or kind, or revoked.
         """
-        identity = require_peer(context, federation=self.federation, kind=self.kind)
-        if self.revoked(peer_certificate_pem(context)):
+        require_tls13(context)
+        identity, serial = self.parsed.parse(peer_certificate_pem(context))
+        if identity.federation != self.federation or identity.kind != self.kind:
+            raise PkiError(
+                f"peer {identity.spiffe_id} is not a {self.kind} of federation {self.federation!r}"
+            )
+        if self.revoked(serial):
             raise PkiError(f"the TLS certificate of {self.kind} {identity.name} is revoked")
         return identity
 
