@@ -125,6 +125,10 @@ class CoordinatorConfig:
     upload, or a finished upload's record, left untouched this long, is removed."""
     gc_interval_seconds: float = 3600.0
     """How often the blob store is collected (0: never)."""
+    blob_verify_seconds: float = 3600.0
+    """How often the blobs of running runs are hashed again (0: never), reading at most
+    32 MiB/s; a corrupt copy is logged and audited, and one not yet downloaded is sealed
+    again by its sender first."""
     crl: Path | None = None
     """The federation CA's revocation list (``baton pki revoke``). When set, the file MUST
     exist and be fresh, and peers with a revoked certificate are refused; when unset,
@@ -162,6 +166,10 @@ class CoordinatorConfig:
         if self.retention_grace_seconds < 0 or self.gc_interval_seconds < 0:
             raise ValueError(
                 "'retention_grace_seconds' and 'gc_interval_seconds' must not be negative"
+            )
+        if self.blob_verify_seconds < 0:
+            raise ValueError(
+                f"'blob_verify_seconds' must not be negative, not {self.blob_verify_seconds}"
             )
         if self.crl_reload_seconds < 0:
             raise ValueError(

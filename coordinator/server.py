@@ -38,6 +38,7 @@ from coordinator.store.audit_head import check_audit_head
 from coordinator.store.base import Store
 from coordinator.store.sqlite import SqliteStore
 from coordinator.tls_reload import ReloadingServerCredentials
+from coordinator.verify_blobs import BlobVerifier
 
 logger = logging.getLogger(__name__)
 
@@ -188,6 +189,9 @@ class CoordinatorServer:
             grace_seconds=config.retention_grace_seconds,
             interval_seconds=config.gc_interval_seconds,
         )
+        self.verifier = BlobVerifier(
+            self.store, self.blobs, self.scheduler, interval_seconds=config.blob_verify_seconds
+        )
         self.tls = ReloadingServerCredentials(config.tls, tls)
         try:
             self.port = self._server.add_secure_port(config.listen, self.tls.credentials())
@@ -213,6 +217,7 @@ class CoordinatorServer:
         if self.config.gc_interval_seconds > 0:
             self.collector.start()
         self.watch.start()
+        self.verifier.start()
         self._server.start()
         for name in ("", *SERVICE_NAMES):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -232,6 +237,7 @@ class CoordinatorServer:
         except StoreError as exc:
             logger.error("the last heartbeats are not stored: %s", exc.message)
         self.collector.stop()
+        self.verifier.stop()
         self.idle_uploads.stop()
         self._close_state()
 
