@@ -1,5 +1,6 @@
-"""The site daemon against a live coordinator: a refused hop ends once (no reconnect,
-re-register, retrain loop), and heartbeats go on while a hop trains.
+"""The site daemon against a live coordinator: a refused hop (its input blob deleted, its
+recipient revoked) ends once (no reconnect, re-register, retrain loop) and the run follows
+its fault policy; heartbeats go on while a hop trains.
 
 Real coordinator (in process, real gRPC and mTLS), a real site daemon in a thread.
 """
@@ -18,7 +19,9 @@ from typing import Any
 import pytest
 
 from baton.ml.data import write_site_data
+from baton.security.revocation import revoke
 from baton.v1 import admin_pb2, common_pb2
+from coordinator.store.base import EventKind
 from site_node.client import GrpcCoordinatorClient
 from site_node.config import SiteConfig
 from site_node.daemon import SiteDaemon
@@ -30,7 +33,9 @@ from tests.integration.sites import Sites, create_request, next_hop, plan
 PLAN = plan(["site-a", "site-b"])
 
 
-def _config(coordinator: LiveCoordinator, sites: Sites, site: str, tmp_path: Path) -> SiteConfig:
+def _config(
+    coordinator: LiveCoordinator, sites: Sites, site: str, tmp_path: Path, crl: Path | None = None
+) -> SiteConfig:
     data = tmp_path / f"{site}-data"
     write_site_data(data, sites.fed.sites[site], sites.fed.schema)
     return SiteConfig(
@@ -42,6 +47,7 @@ def _config(coordinator: LiveCoordinator, sites: Sites, site: str, tmp_path: Pat
         heartbeat_seconds=0.2,
         retry_initial_seconds=0.05,
         retry_max_seconds=0.2,
+        crl=crl,
     )
 
 
@@ -98,6 +104,13 @@ def _in_state(coordinator: LiveCoordinator, run_id: str, state: int) -> Callable
     return lambda: admin.GetRun(admin_pb2.GetRunRequest(run_id=run_id)).state == state
 
 
+def _audit_events(log: Path) -> list[str]:
+    """The events of a site's audit log, in order (none before it exists)."""
+    if not log.exists():
+        return []
+    return [json.loads(line)["event"] for line in log.read_text().splitlines()]
+
+
 def test_a_deleted_input_blob_ends_the_hop_once_and_the_run_goes_on_resealed(
     coordinator: LiveCoordinator,
     tmp_path: Path,
@@ -116,9 +129,7 @@ def test_a_deleted_input_blob_ends_the_hop_once_and_the_run_goes_on_resealed(
     log = tmp_path / "site-b-daemon" / "audit.jsonl"
 
     def events() -> list[str]:
-        if not log.exists():
-            return []
-        return [json.loads(line)["event"] for line in log.read_text().splitlines()]
+        return _audit_events(log)
 
     with _running(daemon) as errors:
         _wait("the hop to be refused", lambda: "hop_rejected" in events())
@@ -138,6 +149,45 @@ def test_a_deleted_input_blob_ends_the_hop_once_and_the_run_goes_on_resealed(
     assert events()[:2] == ["plan_accepted", "hop_rejected"]
     assert events().count("hop_sent") == 1  # trained and sent once, from the resealed input
     assert len(registrations) == 1
+
+
+def test_a_revoked_next_party_ends_the_hop_once_and_the_run_skips_it(
+    coordinator: LiveCoordinator,
+    tmp_path: Path,
+    sites: Sites,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """site-a's CRL revokes site-b, the recipient the coordinator names: site-a refuses
+    to seal to it, once, with a reason, in one session; the plan's ``on_failed_hop = "skip"``
+    drops the hop and the run goes on without it."""
+    crl = tmp_path / "crl.pem"
+    revoke(coordinator.pki.root / "ca", crl, coordinator.pki.keys("site-b").signing_cert_pem)
+    request = create_request(coordinator.pki, PLAN + '\n[faults]\non_failed_hop = "skip"\n')
+    run_id = coordinator.admin().CreateRun(request).run.run_id
+    registrations = _counting(monkeypatch, GrpcCoordinatorClient, "register")
+    daemon = SiteDaemon(_config(coordinator, sites, "site-a", tmp_path, crl), max_attempts=3)
+    log = tmp_path / "site-a-daemon" / "audit.jsonl"
+    admin = coordinator.admin()
+
+    with _running(daemon) as errors:
+        _wait("the hop to be refused", lambda: "hop_rejected" in _audit_events(log))
+        time.sleep(1.0)  # time enough for a loop to show itself
+        assert not errors
+        assert _audit_events(log) == ["plan_accepted", "hop_rejected"]
+        assert len(registrations) == 1  # one session: no reconnect, no re-registration
+    assert not list((tmp_path / "site-a-daemon").rglob("*.safetensors"))  # nothing trained
+
+    events = coordinator.server.store.list_events(run_id)
+    faults = [e.message for e in events if e.kind is EventKind.FAULT]
+    # The coordinator learns the category only; the site's log names the revoked party.
+    assert faults == ["skip: hop 1 at site-a failed; skip: untrusted_party"]
+    # The skipped hop is gone; site-b builds the model from the plan and ends the run.
+    got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run_id))
+    assert got.state == common_pb2.RUN_STATE_RUNNING, got.error
+    assert [(h.hop_index, h.site_id) for h in got.hops] == [(0, "site-b")]
+    assert sites.runner("site-b").run(next_hop(sites.stubs["site-b"]))
+    got = admin.GetRun(admin_pb2.GetRunRequest(run_id=run_id))
+    assert got.state == common_pb2.RUN_STATE_SUCCEEDED, got.error
 
 
 def test_heartbeats_go_on_while_a_hop_trains(
