@@ -92,7 +92,7 @@ class Transfers:
             ConflictError: the upload resumes at the wrong offset, or ended early (what
                 arrived is kept, to resume from).
         """
-        self._scheduler.hop_for_site(site_id, header.run_id, header.hop_index)
+        self._hop(site_id, header.run_id, header.hop_index, early=False)
         self._scheduler.clocks.touch(header.run_id, header.hop_index, site_id, Phase.UPLOAD)
         if header.total_size > self._max_blob_bytes:
             raise BlobError(
@@ -215,7 +215,7 @@ class Transfers:
             if blob is None:
                 raise NotFoundError(f"run {run.run_id} has no final model")
         else:
-            hop = self._hop(site_id, run_id, hop_index)
+            hop = self._hop(site_id, run_id, hop_index, early=True)
             self._scheduler.clocks.touch(run_id, hop_index, site_id, Phase.TRAINING)
             if hop.input is None:
                 raise NotFoundError(
@@ -226,20 +226,21 @@ class Transfers:
                 self._check_input(site_id, hop, blob)
         return self.send(blob, offset=offset, chunk_size=chunk_size, hold=hold)
 
-    def _hop(self, site_id: str, run_id: str, hop_index: int) -> HopRecord:
-        """The site's hop whose input it downloads: assigned, or started early while the
-        hop before uploads (cut-through).
+    def _hop(self, site_id: str, run_id: str, hop_index: int, *, early: bool) -> HopRecord:
+        """The site's hop: assigned, or (``early``) started while the hop before uploads.
 
         Raises:
-            TransportError: the hop is planned for the site and the hop before is still in
-                flight, but its output is not arriving now (abandoned): retry later.
+            TransportError: the hop is planned for the site but the hop before is still in
+                flight (its output not arriving now, or not completed yet): retry later.
         """
         try:
+            if not early:
+                return self._scheduler.hop_for_site(site_id, run_id, hop_index)
             return self._scheduler.hop_for_site(site_id, run_id, hop_index, early=True)
         except ConflictError:
             if self._scheduler.cut_through.waits_on(run_id, hop_index, site_id):
                 raise TransportError(
-                    f"the input of hop {hop_index + 1} is not arriving now; retry later",
+                    f"hop {hop_index} is still in flight; retry hop {hop_index + 1} later",
                     run_id=run_id,
                     hop=hop_index,
                 ) from None
