@@ -64,9 +64,31 @@ def _num(v: float | None, digits: int = 3) -> str:
     return "" if v is None else f"{v:.{digits}f}"
 
 
-def _left(column: int) -> str:
-    """The CSS class of a hops-table column: text (hop, site, state) aligns left."""
-    return "l" if column in (0, 2, 3) else ""
+_HOPS_LEFT = (0, 2, 3)
+"""The hops table's text columns (hop, site, state), aligned left."""
+
+
+def _head(title: str, head: tuple[str, ...], left: tuple[int, ...]) -> str:
+    """A section title and the start of its table, with the header row."""
+    return (
+        f"<h2>{title}</h2><table><tr>"
+        + "".join(
+            f'<th class="{"l" if i in left else ""}">{escape(h)}</th>' for i, h in enumerate(head)
+        )
+        + "</tr>"
+    )
+
+
+def _row(cells: list[str], left: tuple[int, ...], *, failed: bool) -> str:
+    """A table row of ``cells`` (escaped here); ``failed`` rows show in red."""
+    css = ' class="failed"' if failed else ""
+    return (
+        f"<tr{css}>"
+        + "".join(
+            f'<td class="{"l" if i in left else ""}">{escape(c)}</td>' for i, c in enumerate(cells)
+        )
+        + "</tr>"
+    )
 
 
 def _hops_table(report: dict[str, Any]) -> str:
@@ -75,11 +97,7 @@ def _hops_table(report: dict[str, Any]) -> str:
         "hop", "cycle", "site", "state", f"{metric} before", f"{metric} after", "wait s",
         "receive s", "train s", "send s", "total s", "examples", "bytes in", "bytes out",
     )  # fmt: skip
-    rows = [
-        "<h2>Hops</h2><table><tr>"
-        + "".join(f'<th class="{_left(i)}">{escape(h)}</th>' for i, h in enumerate(head))
-        + "</tr>"
-    ]
+    rows = [_head("Hops", head, _HOPS_LEFT)]
     for h in report["hops"]:
         cells = [
             f"hop {h['hop']}",
@@ -97,12 +115,7 @@ def _hops_table(report: dict[str, Any]) -> str:
             str(h["bytes_in"]),
             str(h["bytes_out"]),
         ]
-        css = ' class="failed"' if h["state"] == "failed" else ""
-        rows.append(
-            f"<tr{css}>"
-            + "".join(f'<td class="{_left(i)}">{escape(c)}</td>' for i, c in enumerate(cells))
-            + "</tr>"
-        )
+        rows.append(_row(cells, _HOPS_LEFT, failed=h["state"] == "failed"))
     rows.append(
         '</table><p class="note">wait: from the previous hop\'s end to this assignment; '
         "receive: the site picking the hop up, downloading, verifying and scoring the model; "
@@ -115,18 +128,12 @@ def _faults_table(report: dict[str, Any]) -> str:
     """The fault policy's decisions (empty when there were none); dropped hops in red."""
     if not report["faults"]:
         return ""
-    rows = [
-        '<h2>Fault decisions</h2><table><tr><th>hop</th><th>cycle</th><th class="l">site</th>'
-        '<th class="l">action</th><th class="l">reason</th></tr>'
-    ]
+    left = (2, 3, 4)
+    rows = [_head("Fault decisions", ("hop", "cycle", "site", "action", "reason"), left)]
     for f in report["faults"]:
-        css = ' class="failed"' if f["action"] in LOST_HOP_ACTIONS else ""
-        hop, cycle = ("" if f[k] is None else str(f[k]) for k in ("hop", "cycle"))
-        rows.append(
-            f"<tr{css}><td>{hop}</td><td>{cycle}</td>"
-            f'<td class="l">{escape(f["site"])}</td><td class="l">{escape(f["action"])}</td>'
-            f'<td class="l">{escape(f["reason"])}</td></tr>'
-        )
+        cells = ["" if f[k] is None else str(f[k]) for k in ("hop", "cycle")]
+        cells += [f["site"], f["action"], f["reason"]]
+        rows.append(_row(cells, left, failed=f["action"] in LOST_HOP_ACTIONS))
     rows.append(
         '</table><p class="note">Hop numbers as planned when the decision was made: a skip or '
         "reroute drops that hop and plans the ones after it one place earlier; a reseal has "
