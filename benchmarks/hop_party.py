@@ -64,7 +64,9 @@ def send(
     stamps["seal"] = time.time()
     signed = envelope_pb2.SignedManifest.FromString(manifest)
     blob_sha = envelope_pb2.HopManifest.FromString(signed.manifest).ciphertext_sha256
-    ref = transfer.upload(stub, run_id=run_id, hop_index=0, source=sealed, sha256=blob_sha)
+    ref = transfer.upload(
+        stub, run_id=run_id, hop_index=0, source=sealed, sha256=blob_sha, manifest=manifest
+    )
     stamps["upload"] = time.time()
     stub.CompleteHop(
         site_pb2.CompleteHopRequest(

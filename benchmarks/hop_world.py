@@ -65,9 +65,13 @@ def dial(root: Path, name: str, port: int) -> grpc.Channel:
 
 
 def start_coordinator(root: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """``coordinator serve`` on a free loopback port, with a lease no hop outlasts."""
+    """``coordinator serve`` on a free loopback port, with a lease no hop outlasts, cutting
+    hops through (the next site downloads while the upload arrives)."""
     tls = tls_files(root, "coordinator")
-    return serve_coordinator(root, ca=tls.ca, cert=tls.cert, key=tls.key, lease_seconds=3600.0)
+    return serve_coordinator(
+        root, ca=tls.ca, cert=tls.cert, key=tls.key, lease_seconds=3600.0,
+        tables="[transfers]\ncut_through = true\n",
+    )  # fmt: skip
 
 
 def write_model(path: Path, size: int) -> None:

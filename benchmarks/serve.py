@@ -17,9 +17,11 @@ def serve_coordinator(
     key: Path,
     lease_seconds: float,
     launcher: tuple[str, ...] = ("-m", "coordinator.cli"),
+    tables: str = "",
 ) -> tuple[subprocess.Popen[bytes], int]:
     """Starts ``coordinator serve`` with its state under ``root``; returns it and its port.
-    ``launcher``: the interpreter's arguments that run the coordinator's CLI.
+    ``launcher``: the interpreter's arguments that run the coordinator's CLI. ``tables``:
+    more TOML tables for its config file.
 
     Raises:
         SystemExit: It exited or wrote no port file within 60 s.
@@ -27,7 +29,7 @@ def serve_coordinator(
     (root / "coordinator.toml").write_text(
         f'listen = "127.0.0.1:0"\nstate_dir = "{root / "state"}"\n'
         f"lease_seconds = {lease_seconds}\n"
-        f'[tls]\nca = "{ca}"\ncert = "{cert}"\nkey = "{key}"\n'
+        f'[tls]\nca = "{ca}"\ncert = "{cert}"\nkey = "{key}"\n{tables}'
     )
     port_file = root / "port"
     env = {**os.environ, "BATON_LOG_LEVEL": "WARNING"}
