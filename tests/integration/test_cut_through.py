@@ -10,6 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+import grpc
 import pytest
 
 from baton.ml.codec import load_state_file
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from baton.domain import Assignment
     from tests.conftest import LiveCoordinator, Pki
 
-CUT = TransfersConfig(cut_through=True, stall_seconds=10.0)
+CUT = TransfersConfig(cut_through=True, stall_seconds=10.0, max_follows_per_site=1)
 PIECE = 1 << 16
 
 
@@ -105,6 +106,15 @@ def test_the_next_site_downloads_while_the_upload_arrives_and_a_cut_upload_resum
             # Hop 1's download holds the first half before hop 0's upload has ended.
             assert half - PIECE <= got[-1] < len(blob)
             assert not first.done()
+            # One download waiting on an arriving blob is all site-b may hold here.
+            with pytest.raises(grpc.RpcError) as full:
+                next(iter(stubs["site-b"].DownloadBlob(
+                    site_pb2.DownloadBlobRequest(run_id=run_id, hop_index=1, offset=0)
+                )))  # fmt: skip
+            assert full.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert full.value.details() == (
+                "site-b already holds 1 open downloads of arriving models; at most 1"
+            )
             first.cancel()  # the link of the upload is cut
             committed = (
                 stubs["site-a"]
