@@ -93,6 +93,8 @@ class Tail:
         self._pos = 0
         self._ended = False
         self._abandoned = False
+        self.writer_stopped = False
+        """Whether :meth:`grew` stopped the writer because the reader abandoned the file."""
         self._file: io.FileIO | None = None
 
     def __enter__(self) -> Tail:
@@ -112,6 +114,7 @@ class Tail:
         """
         with self._cond:
             if self._abandoned:
+                self.writer_stopped = True
                 raise BlobError("the transfer was abandoned: its reader rejected the bytes")
             self._length = max(self._length, length)
             self._cond.notify_all()
@@ -163,8 +166,9 @@ def read_while_written(tail: Tail, write: Callable[[Tail], None], read: Callable
     reads it here, e.g. a download and the opening of the sealed hop it brings.
 
     A failed ``write`` ends the file where it stopped; if ``read`` then fails (its input
-    is short), the writer's error is raised, as the cause. If ``read`` fails first, the
-    writer is stopped at its next report and ``read``'s error is raised.
+    is short, or the file is gone because the writer removed what failed its hash), the
+    writer's error is raised, as the cause. If ``read`` fails first, the writer is stopped
+    at its next report and ``read``'s error is raised.
 
     Returns:
         What ``read`` returned, once ``write`` also finished without error.
@@ -182,7 +186,10 @@ def read_while_written(tail: Tail, write: Callable[[Tail], None], read: Callable
         try:
             result = read(tail)
         except Exception:
-            if tail.abandon() and (failed := written.exception()) is not None:
+            tail.abandon()
+            # Wait for the writer (it stops at its next report): whichever failed on its own
+            # first is the cause, however the two threads were scheduled.
+            if (failed := written.exception()) is not None and not tail.writer_stopped:
                 raise failed from None
             raise
         written.result()

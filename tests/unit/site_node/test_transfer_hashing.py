@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -122,3 +123,28 @@ def test_a_reader_that_fails_stops_the_download_with_its_own_error(tmp_path: Pat
 
     with Tail(dest, BLOB.size) as tail, pytest.raises(SealError, match="chunk 0 is not the"):
         read_while_written(tail, _fetcher(_Relay(), dest, BLOB), read_part)
+
+
+def test_a_writer_that_removes_its_file_is_the_cause_even_when_the_reader_fails_first(
+    tmp_path: Path,
+) -> None:
+    """The writer reports every byte, then removes the file for failing its hash; the
+    reader, scheduled first, finds no file. The writer's error is the one raised."""
+    dest = tmp_path / "in.sealed"
+    reader_failed = threading.Event()
+
+    def write(tail: Tail) -> None:
+        dest.write_bytes(b"x" * 10)
+        tail.grew(10)
+        dest.unlink()
+        reader_failed.wait(5)  # the reader fails before this writer raises
+        raise BlobError("downloaded model does not match its content hash")
+
+    def read(tail: Tail) -> bytes:
+        try:
+            return tail.read(10)
+        finally:
+            reader_failed.set()
+
+    with Tail(dest, 10) as tail, pytest.raises(BlobError, match="does not match its content"):
+        read_while_written(tail, write, read)
