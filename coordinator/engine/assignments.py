@@ -2,7 +2,9 @@
 
 The recipient comes from hops already planned (see :mod:`coordinator.engine.planning`);
 building an assignment never plans. A recipient with a revoked certificate is refused
-when the assignment is built, so no site seals a model to it.
+when the assignment is built, so no site seals a model to it: the hop is held back from
+its site's stream (which stays open and quiet) until the run's fault policy replaces the
+recipient (:class:`coordinator.engine.leases.HopWatch`) or the recipient is certified again.
 """
 
 from __future__ import annotations
@@ -51,20 +53,18 @@ class Assignments:
         """The site's hops in flight and its pending evaluations, except those in ``sent``;
         adds what it yields to ``sent``, keyed (run id, hop index, times offered again).
 
-        Raises:
-            ConflictError: a hop's recipient holds a revoked certificate; raised after
-                every other assignment was yielded, so one run does not hold up others.
+        A hop whose recipient holds a revoked certificate (or is not planned yet) is held
+        back, not sent: it is yielded on a later call once its recipient is replaced, so
+        the site's stream stays open and one run does not hold up others.
         """
-        refused: ConflictError | None = None
         for hop in self._store.assigned_hops_for_site(site_id):
             key = (hop.run_id, hop.hop_index, self._offers.get((hop.run_id, hop.hop_index), 0))
             if key in sent:
                 continue
             try:
                 assignment = self.for_hop(hop)
-            except ConflictError as exc:
-                refused = refused or exc
-                continue
+            except ConflictError:
+                continue  # held back: the fault policy meets a revoked recipient
             sent.add(key)
             yield assignment
         for early in self.early.early_for_site(site_id) if self.early else ():
@@ -82,8 +82,6 @@ class Assignments:
             if (run.run_id, run.total_hops, -1) not in sent:
                 sent.add((run.run_id, run.total_hops, -1))
                 yield self.for_evaluation(run)
-        if refused is not None:
-            raise refused
 
     def for_hop(self, hop: HopRecord, *, input_manifest: bytes = b"") -> Assignment:
         """The assignment of ``hop``, naming who receives its output; ``input_manifest``

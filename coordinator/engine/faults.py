@@ -20,6 +20,10 @@ class Fault(StrEnum):
     """The site's lease expired, or the hop missed a deadline."""
     FAILED = "failed"
     """The site reported that it cannot complete the hop."""
+    REVOKED = "revoked"
+    """The site of a hop not yet assigned holds a revoked certificate: the hop before
+    cannot be sealed to it. Met by ``on_lost_site``; ``retry`` waits instead (the same
+    certificate stays revoked; the site may be certified again)."""
 
 
 class Action(StrEnum):
@@ -67,19 +71,28 @@ def decide(policy: FaultsSection, fault: Fault, facts: FaultFacts) -> Decision:
     """Applies the plan's ``[faults]`` policy to one fault.
 
     Order: a failed re-seal ends the run (its hop cannot be replaced without losing two);
-    then the configured action, each within its bound; ``skip``/``reroute`` also need
-    ``min_sites`` sites left and the previous site to re-seal.
+    then the configured action, each within its bound (``retry`` waits for a revoked
+    site); ``skip``/``reroute`` also need ``min_sites`` sites left and the previous site
+    to re-seal.
     """
     where = f"hop {facts.hop_index + 1} at {facts.site_id}"  # people count from 1
-    what = "was lost" if fault is Fault.LOST else "failed"
+    what = {
+        Fault.LOST: "was lost",
+        Fault.FAILED: "failed",
+        Fault.REVOKED: "has a revoked certificate",
+    }[fault]
     if facts.resealing:
         return Decision(
             action=Action.ABORT,
             reason=f"{where} {what} while re-sealing its output for a new recipient",
         )
-    configured = policy.on_lost_site if fault is Fault.LOST else policy.on_failed_hop
+    configured = policy.on_failed_hop if fault is Fault.FAILED else policy.on_lost_site
     if configured == "fail":
         return Decision(action=Action.ABORT, reason=f"{where} {what}")
+    if fault is Fault.REVOKED and configured in ("wait", "retry"):
+        return Decision(
+            action=Action.WAIT, reason=f"{where} {what}; waiting for the site to be certified again"
+        )
     if configured == "wait":
         return Decision(action=Action.WAIT, reason=f"{where} {what}; waiting for the site")
     if configured == "retry":

@@ -7,6 +7,11 @@ picked up (input downloaded or first progress) within ``pickup_seconds`` of its
 assignment, heard from (a progress report or a download) every ``progress_seconds``
 while it trains, and its upload finished within ``upload_seconds``. Phases live in
 memory: after a restart every hop's clock starts again.
+
+The same pass finds the recipients nobody may seal to: the planned site of the hop after
+an assigned one holding a revoked certificate (its fault policy is applied once; under
+``wait`` one warning per revocation), and a revoked study owner of a run's last hop
+(the run fails).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from coordinator.engine.clocks import HopClock, HopClocks, Phase
 from coordinator.engine.faults import Action, Fault
 from coordinator.engine.journal import Journal
 from coordinator.engine.recovery import Recovery
-from coordinator.store.base import HopState, RunState, Store
+from coordinator.store.base import HopRecord, HopState, RunRecord, RunState, Store
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +96,8 @@ class HopWatch:
         self._interval = interval_seconds
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._held: set[tuple[str, int, str]] = set()
+        """Revoked recipients (run id, hop index, site) already warned about under wait."""
 
     def check(self) -> int:
         """One pass over the hops in flight; returns how many were found lost. Reads the
@@ -110,9 +117,12 @@ class HopWatch:
             if run is None or run.state is not RunState.RUNNING:
                 self._journal.forget(run_id)
                 continue
-            for hop in self._store.list_hops(run.run_id):
+            hops = self._store.list_hops(run.run_id)
+            for hop in hops:
                 if hop.state is not HopState.ASSIGNED:
                     continue
+                if self._recipient_revoked(run, hops, hop.hop_index):
+                    break  # its hops changed: read again on the next pass
                 clock = self._clocks.get(run.run_id, hop.hop_index, hop.site_id)
                 last_seen = seen.get(hop.site_id, 0)
                 why = self._why_lost(clock, last_seen, now)
@@ -136,6 +146,33 @@ class HopWatch:
                 elif decision.action is Action.WAIT:
                     self._clocks.restart(run.run_id, hop.hop_index)  # warn again a deadline on
         return lost
+
+    def _recipient_revoked(self, run: RunRecord, hops: list[HopRecord], index: int) -> bool:
+        """Applies the fault policy when assigned hop ``index`` cannot be sealed to its
+        recipient, who holds a revoked certificate; whether the run's hops changed."""
+        nxt, recovery = index + 1, self._recovery
+        owner = nxt == run.total_hops and recovery.owner_revoked(run)
+        key = (run.run_id, nxt, hops[nxt].site_id if nxt < len(hops) else "")
+        if not owner and (nxt >= min(len(hops), run.total_hops) or not recovery.revoked(key[2])):
+            self._held.discard(key)  # certified again: a new revocation warns again
+            return False
+        if key in self._held:
+            return False
+        try:
+            with self._journal.transaction():
+                if owner:
+                    recovery.fail_revoked_owner(run.run_id, index)
+                    return True
+                decision = recovery.handle(run.run_id, nxt, Fault.REVOKED, site_id=key[2])
+        except StoreError:
+            raise
+        except BatonError as exc:
+            logger.error("run %s: cannot replace a revoked recipient: %s", run.run_id, exc.message)
+            return False
+        if decision is not None and decision.action is Action.WAIT:
+            self._held.add(key)  # one warning per revocation
+            return False
+        return decision is not None
 
     def _why_lost(self, clock: HopClock, last_seen_ms: int, now: int) -> str | None:
         if now - max(last_seen_ms, clock.since_ms) > self._recovery.lease_ms:

@@ -8,7 +8,9 @@ again, to re-seal its kept output for the new recipient (its second CompleteHop 
 the output and manifest); only then does the chain go on (see docs/security.md). A hop
 whose input (the coordinator's copy of the hop before) is missing or fails its hash is
 handled the same way without losing a hop: its sender seals the output again for it
-(:meth:`Recovery.reseal_input`).
+(:meth:`Recovery.reseal_input`). A planned hop whose site holds a revoked certificate
+(``Fault.REVOKED``) is met by ``on_lost_site`` before the hop before it is sent: skip and
+reroute replace the recipient of the hop before, which is then offered with the new one.
 
 Hop and cycle numbers in messages count from 1; ``hop_index`` fields stay 0-based.
 """
@@ -79,8 +81,48 @@ class Recovery:
         seen = max(site.last_seen_ms, self.heard(site_id)) if site else 0
         if site is None or self._journal.clock() - seen > self.lease_ms:
             return False
-        pems = (site.certificate_pem, site.signing_certificate_pem, site.encryption_certificate_pem)
-        return not any(p and self._revoked(p.encode()) for p in pems)
+        return not self.revoked(site_id)
+
+    def revoked(self, site_id: str) -> bool:
+        """Whether registered ``site_id`` holds a revoked certificate (TLS, signing or
+        encryption); False for a site never registered."""
+        site = next((s for s in self._store.list_sites() if s.site_id == site_id), None)
+        if site is None:
+            return False
+        return self._any_revoked(
+            site.certificate_pem, site.signing_certificate_pem, site.encryption_certificate_pem
+        )
+
+    def owner_revoked(self, run: RunRecord) -> bool:
+        """Whether the study owner of ``run`` holds a revoked certificate."""
+        return self._any_revoked(
+            run.owner_signing_certificate_pem, run.owner_encryption_certificate_pem
+        )
+
+    def fail_revoked_owner(self, run_id: str, hop_index: int) -> None:
+        """Fails running ``run_id``, whose last hop ``hop_index`` (assigned) cannot be sealed
+        to its study owner, who holds a revoked certificate; no policy replaces the owner.
+        Inside the caller's transaction; does nothing if the run or hop moved on."""
+        run = self._store.get_run(run_id)
+        hop = self._store.get_hop(run_id, hop_index)
+        if run.state is not RunState.RUNNING or hop.state is not HopState.ASSIGNED:
+            return
+        reason = (
+            f"hop {hop_index + 1} at {hop.site_id} cannot be sealed to the study owner, "
+            "who holds a revoked certificate"
+        )
+        self._journal.record(
+            "fault_decided",
+            run_id,
+            hop=hop_index,
+            detail={"site": hop.site_id, "fault": "owner_revoked", "action": "abort"},
+        )
+        logger.warning("run %s: abort: %s", run_id, reason)
+        self._store.fail_hop(run_id, hop_index, error=reason)
+        self.end_failed(run_id, reason)
+
+    def _any_revoked(self, *pems: str) -> bool:
+        return any(pem and self._revoked(pem.encode()) for pem in pems)
 
     def handle(
         self, run_id: str, hop_index: int, fault: Fault, detail: str = "", *, site_id: str = ""
@@ -88,15 +130,22 @@ class Recovery:
         """Decides what to do with hop ``hop_index`` (lost or failed) and does it.
 
         A lost hop found outside the transaction (``site_id`` its site then) is left alone,
-        returning None, if it moved on meanwhile: completed, or offered to another site.
+        returning None, if it moved on meanwhile: completed, or offered to another site; so
+        is a revoked one (``Fault.REVOKED``: a pending hop after an assigned one) that is no
+        longer pending after an assigned hop, or whose site is no longer revoked.
         """
         run = self._store.get_run(run_id)
         plan = parse_plan(run.plan_toml, source="run plan")
         hop = self._store.get_hop(run_id, hop_index)
-        if fault is Fault.LOST and (
-            run.state is not RunState.RUNNING
-            or hop.state is not HopState.ASSIGNED
-            or (site_id and hop.site_id != site_id)
+        moved = run.state is not RunState.RUNNING or bool(site_id and hop.site_id != site_id)
+        if fault is Fault.LOST and (moved or hop.state is not HopState.ASSIGNED):
+            return None
+        if fault is Fault.REVOKED and (
+            moved
+            or hop.state is not HopState.PENDING
+            or not hop_index
+            or self._store.get_hop(run_id, hop_index - 1).state is not HopState.ASSIGNED
+            or not self.revoked(hop.site_id)
         ):
             return None
         decision = decide(plan.faults, fault, self._facts(run, plan, hop))
@@ -220,7 +269,10 @@ class Recovery:
         events = self._store.list_events(run.run_id)
         faults = [e for e in events if e.kind is EventKind.FAULT]
         previous = self._store.get_hop(run.run_id, hop.hop_index - 1) if hop.hop_index else None
-        alive = previous is None or self.alive(previous.site_id)
+        # An assigned previous hop seals for whoever comes next anyway: nothing to re-seal.
+        alive = (
+            previous is None or previous.state is HopState.ASSIGNED or self.alive(previous.site_id)
+        )
         return FaultFacts(
             hop_index=hop.hop_index,
             site_id=hop.site_id,
@@ -281,6 +333,8 @@ class Recovery:
         prev = self._store.reopen_hop(run.run_id, k - 1)
         self._clocks.restart(run.run_id, k - 1, prev.site_id)
         self._assignments.reoffer(run.run_id, k - 1)
+        if prev.output is None:
+            return  # not sealed yet: offered again, naming its new recipient
         self._journal.event(
             run.run_id,
             EventKind.FAULT,

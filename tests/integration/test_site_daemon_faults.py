@@ -212,15 +212,13 @@ def test_a_revoked_next_party_ends_the_hop_once_and_the_run_skips_it(
     assert got.state == common_pb2.RUN_STATE_SUCCEEDED, got.error
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the coordinator refuses the sender's assignment stream (FAILED_PRECONDITION) "
-    "while its own CRL revokes the next site, so the sender reconnects and re-registers in "
-    "a loop and no fault policy applies until the pick-up deadline",
-)
 def test_a_next_site_the_coordinator_revoked_is_met_by_the_fault_policy(
     pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The coordinator's own CRL revokes site-b, the recipient of site-a's hop: the hop is
+    held back (site-a's stream stays open: one registration), the plan's ``on_lost_site =
+    "skip"`` drops site-b's hop once, and site-a's hop, offered again naming the study
+    owner, ends the run."""
     crl = tmp_path / "crl.pem"
     issue_crl(pki.root / "ca", crl)
     with live_coordinator(
@@ -233,12 +231,23 @@ def test_a_next_site_the_coordinator_revoked_is_met_by_the_fault_policy(
         registrations = _counting(monkeypatch, GrpcCoordinatorClient, "register")
         daemon = SiteDaemon(_config(coord, sites, "site-a", tmp_path), max_attempts=None)
 
-        def decided() -> bool:
-            return any(e.kind is EventKind.FAULT for e in coord.server.store.list_events(run_id))
+        def faults() -> list[str]:
+            events = coord.server.store.list_events(run_id)
+            return [e.message for e in events if e.kind is EventKind.FAULT]
 
-        with _running(daemon):
-            _wait("a fault decision about site-b", decided, timeout=3.0)
+        with _running(daemon) as errors:
+            _wait("a fault decision about site-b", lambda: bool(faults()), timeout=3.0)
+            _wait("the run to succeed", _in_state(coord, run_id, common_pb2.RUN_STATE_SUCCEEDED))
+            assert not errors
         assert len(registrations) == 1
+        assert faults() == ["skip: hop 2 at site-b has a revoked certificate; skip"]
+        entries = [json.loads(x) for x in coord.server.audit.path.read_text().splitlines()]
+        decided = [e["detail"] for e in entries if e["event"] == "fault_decided"]
+        assert [(d["site"], d["fault"], d["action"]) for d in decided] == [
+            ("site-b", "revoked", "skip")
+        ]
+        got = coord.admin().GetRun(admin_pb2.GetRunRequest(run_id=run_id))
+        assert [(h.hop_index, h.site_id) for h in got.hops] == [(0, "site-a")]
 
 
 def test_heartbeats_go_on_while_a_hop_trains(
