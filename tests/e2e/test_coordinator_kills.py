@@ -183,7 +183,7 @@ def test_kill_at_every_fifth_write(tmp_path: Path) -> None:
     (a restart's own writes count: the sites registering again, the recovery), every one
     while the run still runs and at more than one point of it; the full sweep
     (BATON_SLOW_KILLS=1) runs 3 cycles and 40 kills."""
-    cycles, min_kills = (3, 40) if SLOW else (1, MIN_KILLS)
+    cycles, min_kills = (3, 40) if SLOW else (2, MIN_KILLS)
     plan = PLAN.format(cycles=cycles)
     with federation(tmp_path) as coordinator:
         first = coordinator.lives[0]
