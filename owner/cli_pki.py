@@ -19,7 +19,8 @@ from baton.security.identity import CA_CERT_FILE, DEFAULT_CRL_DAYS, KINDS, REASO
 # The commands import the key and certificate code when they run, so that
 # ``baton --help`` stays fast.
 pki_app = make_app(
-    "Create a federation CA, issue TLS certificates from it, and revoke them.", name="pki"
+    "Create a federation CA, issue TLS certificates from it (or from requests), and revoke them.",
+    name="pki",
 )
 
 
@@ -153,6 +154,59 @@ def certify_command(
     console.print(
         f"  {escape(str(out / SIGNING_CERT_FILE))}, {escape(str(out / ENCRYPTION_CERT_FILE))}"
     )
+
+
+@pki_app.command("tls-request")
+def tls_request_command(
+    federation: Annotated[str, typer.Option("--federation", help="Federation name.")],
+    kind: Annotated[
+        str, typer.Option("--kind", click_type=click.Choice(KINDS), help="Kind of party.")
+    ],
+    name: Annotated[str, typer.Option("--name", help="Name of the party, e.g. st-mary.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for the key and request.")],
+) -> None:
+    """At the party: create its TLS key and a certificate signing request for the CA.
+
+    The private key stays in --out; only NAME.csr goes to the CA operator.
+    """
+    from baton.security.pki_csr import make_tls_request
+
+    try:
+        identity = Identity(federation=federation, kind=kind, name=name)
+        files = make_tls_request(identity, out)
+    except BatonError as exc:
+        raise _fail(exc) from None
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(f"created the TLS key of [bold]{escape(identity.spiffe_id)}[/bold]")
+    console.print(f"  private key  {escape(str(files.key))}  (mode 0600; never leaves here)")
+    console.print(f"  request      {escape(str(files.request))}  (send to the CA)")
+
+
+@pki_app.command("tls-certify")
+def tls_certify_command(
+    ca: Annotated[Path, typer.Option("--ca", help="Directory holding ca.pem and ca.key.")],
+    request: Annotated[Path, typer.Option("--request", help="The party's NAME.csr.")],
+    kind: Annotated[
+        str, typer.Option("--kind", click_type=click.Choice(KINDS), help="Kind of party.")
+    ],
+    name: Annotated[str, typer.Option("--name", help="Who the operator checked the party is.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for the certificate.")],
+    days: Annotated[int, typer.Option("--days", help="Validity in days.")] = 365,
+) -> None:
+    """At the CA: issue a party's TLS certificate from its certificate signing request."""
+    from baton.security.pki import read_file
+    from baton.security.pki_csr import issue_from_request
+
+    try:
+        identity = Identity(federation=_federation(ca), kind=kind, name=name)
+        pem = read_file(request, role="TLS request")
+        cert, ca_copy = issue_from_request(ca, out, pem, identity=identity, days=days)
+    except BatonError as exc:
+        raise _fail(exc) from None
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(f"issued [bold]{escape(identity.spiffe_id)}[/bold] from its request")
+    console.print(f"  certificate     {escape(str(cert))}")
+    console.print(f"  CA certificate  {escape(str(ca_copy))}")
 
 
 @pki_app.command("revoke")

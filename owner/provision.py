@@ -9,9 +9,10 @@
 
 Every TLS certificate and key comes from :func:`baton.security.pki.issue`; application
 keys (signing, encryption) from :func:`baton.security.sealing.provision_app_keys`, written
-straight into the party's own directory. A site listed in ``own_keys`` gets no
-application keys at all: its README carries the request step (``baton pki keygen`` at the
-site, ``baton pki certify`` at the CA), so those private keys never exist outside it.
+straight into the party's own directory. A site listed in ``own_keys`` gets no private
+key at all, TLS included, only ``pki/ca.pem``: its README carries the request steps
+(``baton pki tls-request`` and ``baton pki keygen`` at the site, ``baton pki tls-certify``
+and ``baton pki certify`` at the CA), so its private keys never exist outside it.
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ class FederationSpec:
     owner: str = "study-owner"
     """The study owner's name: signs plans, receives the final model."""
     own_keys: tuple[str, ...] = ()
-    """Sites that generate their signing and encryption keys themselves (request step)."""
+    """Sites that generate all their keys themselves, TLS included (the CSR flow): their
+    kits hold no private key, only the request steps."""
     days: int = 365
     """Validity of every certificate issued, in days."""
     dataset: str = "breast_cancer"
@@ -159,7 +161,8 @@ def provision(spec: FederationSpec, out: Path) -> Kits:
         ConfigError: ``out`` already holds a kit, or cannot be written.
         PkiError: A certificate cannot be issued (e.g. an invalid DNS name).
     """
-    from baton.security.pki import create_ca, issue
+    from baton.security.files import make_dir, write_new
+    from baton.security.pki import CA_CERT_FILE, create_ca, issue
     from baton.security.sealing import provision_app_keys
     from owner import provision_text as text
 
@@ -170,7 +173,7 @@ def provision(spec: FederationSpec, out: Path) -> Kits:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create {out}: {exc.strerror}") from None
-    create_ca(kits.ca, spec.name)
+    ca_pem = create_ca(kits.ca, spec.name).read_bytes()
     dns, ips = spec.coordinator.split()
     coordinator = spec.identity("coordinator", "coordinator")
     issue(
@@ -192,8 +195,11 @@ def provision(spec: FederationSpec, out: Path) -> Kits:
     for name in spec.sites:
         site_dir = kits.site(name)
         site = spec.identity("site", name)
-        issue(kits.ca, site_dir / "pki", site, days=spec.days)
-        if name not in spec.own_keys:
+        if name in spec.own_keys:
+            make_dir(site_dir / "pki")
+            write_new(site_dir / "pki" / CA_CERT_FILE, ca_pem, role="CA certificate")
+        else:
+            issue(kits.ca, site_dir / "pki", site, days=spec.days)
             provision_app_keys(kits.ca, site_dir / "keys", site)
         (site_dir / "data").mkdir(mode=0o700, exist_ok=True)
         _write(site_dir / "site.toml", text.site_toml(spec, name))

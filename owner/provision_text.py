@@ -64,13 +64,18 @@ def plan_toml(spec: FederationSpec) -> str:
 def ca_readme(spec: FederationSpec) -> str:
     """What the CA operator keeps and does."""
     requests = "".join(
+        f"    baton pki tls-certify --ca ca --request {s}.csr --kind site --name {s} "
+        f"--out certified-{s}\n"
         f"    baton pki certify --ca ca --request {s}-key-request.pem --kind site "
         f"--name {s} --out certified-{s}\n"
         for s in spec.own_keys
     )
     own = (
-        "\nThese sites generate their own keys; certify the request each one sends you\n"
-        "(`key-request.pem`, public keys only) and send back the two certificates:\n\n" + requests
+        "\nThese sites generate all their keys themselves. Each sends you two requests\n"
+        "(public keys only): `NAME.csr` for TLS, and `key-request.pem`, which you save as\n"
+        "`NAME-key-request.pem`, both beside `ca/`. Having checked who sent them, certify\n"
+        "both and send back the three certificates in `certified-NAME/` (`NAME.pem`,\n"
+        "`signing.pem`, `encryption.pem`):\n\n" + requests
         if spec.own_keys
         else ""
     )
@@ -104,10 +109,13 @@ def site_readme(spec: FederationSpec, site: str) -> str:
     if site in spec.own_keys:
         keys = (
             "## 1. Your keys (generated here; they never leave this machine)\n\n"
+            f"    baton pki tls-request --federation {spec.name} --kind site --name {site} "
+            "--out pki\n"
             f"    baton pki keygen --federation {spec.name} --kind site --name {site} "
             "--out keys\n\n"
-            "Send `keys/key-request.pem` (public keys only) to the CA operator and copy the\n"
-            "`signing.pem` and `encryption.pem` they send back into `keys/`.\n\n"
+            f"Send `pki/{site}.csr` and `keys/key-request.pem` (public keys only) to the CA\n"
+            f"operator. Copy the `{site}.pem` they send back into `pki/`, and `signing.pem`\n"
+            "and `encryption.pem` into `keys/`.\n\n"
         )
     else:
         keys = (

@@ -44,6 +44,7 @@ __all__ = [
     "CA_KEY_FILE",
     "Identity",
     "IssuedFiles",
+    "certify_tls_key",
     "create_ca",
     "federation_of_ca",
     "identity_from_certificate",
@@ -225,6 +226,36 @@ def issue(
         PkiError: If the CA is missing or unusable, belongs to another federation, a SAN
             is invalid, a file to write already exists, or writing fails.
     """
+    key_path = out_dir / f"{identity.name}.key"
+    if key_path.exists():
+        raise PkiError(f"{key_path} already exists; remove it first to re-issue")
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert_path, ca_copy = certify_tls_key(
+        ca_dir,
+        out_dir,
+        identity,
+        key.public_key(),
+        dns_names=dns_names,
+        ip_addresses=ip_addresses,
+        days=days,
+    )
+    write_new(key_path, _key_pem(key), role="private key", mode=0o600)
+    return IssuedFiles(cert=cert_path, key=key_path, ca=ca_copy)
+
+
+def certify_tls_key(
+    ca_dir: Path,
+    out_dir: Path,
+    identity: Identity,
+    public_key: ec.EllipticCurvePublicKey,
+    *,
+    dns_names: Sequence[str] = (),
+    ip_addresses: Sequence[str] = (),
+    days: int = 365,
+) -> tuple[Path, Path]:
+    """Certifies ``public_key`` as :func:`issue` does, but writes no key: ``<name>.pem`` and a
+    copy of ``ca.pem`` into ``out_dir``; returns their paths. Raises as :func:`issue` does.
+    """
     _check_days(days)
     for dns_name in dns_names:
         if not _DNS_NAME.fullmatch(dns_name):
@@ -241,25 +272,20 @@ def issue(
             f"{federation!r}, not {identity.federation!r}"
         )
     cert_path = out_dir / f"{identity.name}.pem"
-    key_path = out_dir / f"{identity.name}.key"
     ca_copy = out_dir / CA_CERT_FILE
-    for path in (cert_path, key_path):
-        if path.exists():
-            raise PkiError(f"{path} already exists; remove it first to re-issue")
+    if cert_path.exists():
+        raise PkiError(f"{cert_path} already exists; remove it first to re-issue")
     if ca_copy.exists() and read_file(ca_copy, role="CA certificate") != ca_pem:
         raise PkiError(f"{ca_copy} exists and is a different CA certificate")
-
-    key = ec.generate_private_key(ec.SECP256R1())
     sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(identity.spiffe_id)]
     sans += [x509.DNSName(name) for name in dns_names]
     sans += [x509.IPAddress(ip) for ip in ips]
-    cert = _sign_leaf(ca_cert, ca_key, key.public_key(), identity, sans, days)
+    cert = _sign_leaf(ca_cert, ca_key, public_key, identity, sans, days)
     make_dir(out_dir)
-    write_new(key_path, _key_pem(key), role="private key", mode=0o600)
     write_new(cert_path, cert.public_bytes(serialization.Encoding.PEM), role="certificate")
     if not ca_copy.exists():
         write_new(ca_copy, ca_pem, role="CA certificate")
-    return IssuedFiles(cert=cert_path, key=key_path, ca=ca_copy)
+    return cert_path, ca_copy
 
 
 def load_ca(ca_dir: Path) -> tuple[bytes, x509.Certificate, ec.EllipticCurvePrivateKey]:
