@@ -4,6 +4,7 @@ Prometheus ``/metrics`` endpoint."""
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,14 @@ def check_listen(key: str, value: str) -> None:
         raise ValueError(f"'{key}' must be host:port, not {value!r}")
 
 
+def split_listen(listen: str) -> tuple[str, int]:
+    """``host:port`` as the host to bind (IPv6 without its brackets) and the port."""
+    host, _, port = listen.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ProbeConfig:
     """The ``[probe]`` table: liveness and readiness over plain HTTP, off by default.
@@ -48,7 +57,8 @@ class ProbeConfig:
     """
 
     listen: str = ""
-    """Address of the probes (``host:port``; port 0 picks a free one); empty: off."""
+    """Address of the probes (``host:port``, an IPv6 host in brackets as in ``[::1]:8080``;
+    port 0 picks a free one); empty: off."""
 
     def __post_init__(self) -> None:
         check_listen("probe.listen", self.listen)
@@ -120,7 +130,7 @@ class ProbeServer(SidePort):
         self._ready = ready
 
     def _bind(self, listen: str) -> BaseServer:
-        host, _, port = listen.rpartition(":")
+        host, port = split_listen(listen)
         ready = self._ready
 
         class Handler(BaseHTTPRequestHandler):
@@ -146,15 +156,23 @@ class ProbeServer(SidePort):
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # probes come every few seconds: no log line each
 
+        server = _IPv6Server if ":" in host else ThreadingHTTPServer
         try:
-            httpd = ThreadingHTTPServer((host, int(port)), Handler)
+            httpd = server((host, port), Handler)
         except OSError as exc:
             why = exc.strerror or exc
             raise TransportError(f"cannot serve probes on {listen}: {why}") from None
         httpd.daemon_threads = True
         threading.Thread(target=httpd.serve_forever, name="probe", daemon=True).start()
-        logger.info("probes on http://%s:%d/livez and /readyz", host, httpd.server_address[1])
+        shown = listen.rpartition(":")[0]
+        logger.info("probes on http://%s:%d/livez and /readyz", shown, httpd.server_address[1])
         return httpd
+
+
+class _IPv6Server(ThreadingHTTPServer):
+    """The probe server on an IPv6 address (``[::1]:8080``)."""
+
+    address_family = socket.AF_INET6
 
 
 def serve_metrics(listen: str, registry: CollectorRegistry) -> WSGIServer:
@@ -166,10 +184,10 @@ def serve_metrics(listen: str, registry: CollectorRegistry) -> WSGIServer:
     """
     from prometheus_client import start_http_server
 
-    host, _, port = listen.rpartition(":")
+    host, port = split_listen(listen)
     try:
-        httpd, _ = start_http_server(int(port), host, registry)
+        httpd, _ = start_http_server(port, host, registry)
     except OSError as exc:
         raise TransportError(f"cannot serve metrics on {listen}: {exc.strerror or exc}") from None
-    logger.info("metrics on http://%s:%d/metrics", host, httpd.server_port)
+    logger.info("metrics on http://%s:%d/metrics", listen.rpartition(":")[0], httpd.server_port)
     return httpd
