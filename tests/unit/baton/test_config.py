@@ -9,7 +9,7 @@ from typing import Literal
 
 import pytest
 
-from baton.config import build, load
+from baton.config import build, load, read_toml
 from baton.errors import ConfigError
 
 
@@ -71,3 +71,10 @@ def test_absolute_paths_stay_as_written(tmp_path: Path) -> None:
 
 def test_without_a_base_paths_are_kept_relative() -> None:
     assert build(Config, {"data": "d"}, source="c.toml", section="").data == Path("d")
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error_naming_byte_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_bytes(b'[site]\nname = "caf\xe9"\n')
+    with pytest.raises(ConfigError, match=r"site\.toml: not UTF-8 text \(byte 0xe9 on line 2\)"):
+        read_toml(path)
