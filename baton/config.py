@@ -16,21 +16,26 @@ from baton.errors import ConfigError
 T = TypeVar("T")
 
 
-def read_toml(path: Path) -> dict[str, Any]:
-    """Parses a TOML file, turning every failure into a ConfigError that names the file."""
+def read_text(path: Path, *, what: str = "file") -> str:
+    """Reads a UTF-8 text file, turning every failure into a ConfigError that names the file
+    (``what`` names its kind in the message, e.g. ``plan``)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
+        raise ConfigError(f"{path}: {what} not found") from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+        raise ConfigError(f"{path}: cannot read {what} ({exc.strerror})") from None
     except UnicodeDecodeError as exc:
         line = path.read_bytes()[: exc.start].count(b"\n") + 1
         raise ConfigError(
             f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line {line}); "
             "save the file as UTF-8"
         ) from None
-    return parse_toml(text, source=str(path))
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parses a TOML file, turning every failure into a ConfigError that names the file."""
+    return parse_toml(read_text(path), source=str(path))
 
 
 def parse_toml(text: str, *, source: str) -> dict[str, Any]:

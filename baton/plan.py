@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from baton.config import build, parse_toml
+from baton.config import build, parse_toml, read_text
 from baton.errors import ConfigError
 from baton.plan_faults import FaultsSection
 
@@ -353,12 +353,7 @@ def load_plan(path: Path) -> RunPlan:
 
 def read_plan_text(path: Path) -> str:
     """Reads a plan file's text, with a clear error if it cannot be read."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: plan file not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read plan ({exc.strerror})") from None
+    return read_text(path, what="plan file")
 
 
 def parse_plan(text: str, *, source: str = "<plan>") -> RunPlan:
