@@ -61,10 +61,10 @@ def issue_command(
     name: Annotated[str, typer.Option("--name", help="Name of the party, e.g. st-mary.")],
     out: Annotated[Path, typer.Option("--out", help="Directory for the certificate and key.")],
     dns: Annotated[
-        list[str] | None, typer.Option("--dns", help="Extra DNS SAN (repeatable).")
+        list[str] | None, typer.Option("--dns", help="Extra DNS SAN of a coordinator (repeatable).")
     ] = None,
     ip: Annotated[
-        list[str] | None, typer.Option("--ip", help="Extra IP address SAN (repeatable).")
+        list[str] | None, typer.Option("--ip", help="Extra IP SAN of a coordinator (repeatable).")
     ] = None,
     days: Annotated[int, typer.Option("--days", help="Validity in days.")] = 365,
 ) -> None:

@@ -18,6 +18,7 @@ from baton.errors import (
     TransportError,
 )
 from baton.io import AtomicFile
+from baton.security.pin import coordinator_problem
 from baton.security.preflight import unreachable
 from baton.security.sealing import AppKeys, sign_plan
 from baton.security.tls import TlsMaterial, channel_credentials
@@ -38,6 +39,8 @@ class AdminClient:
 
     def __init__(self, target: str, tls: TlsMaterial, *, server_name: str | None = None) -> None:
         self.target = target
+        self._tls, self._server_name = tls, server_name or ""
+        self._pinned = False
         self._channel = secure_channel(target, channel_credentials(tls), server_name=server_name)
         self._stub = admin_pb2_grpc.AdminServiceStub(self._channel)
 
@@ -112,6 +115,11 @@ class AdminClient:
 
     @contextmanager
     def _rpc(self, what: str) -> Iterator[None]:
+        if not self._pinned:  # once per client: see baton.security.pin
+            impostor = coordinator_problem(self.target, self._tls, server_name=self._server_name)
+            if impostor:
+                raise PkiError(f"cannot {what}: the server at {self.target} is {impostor}")
+            self._pinned = True
         try:
             yield
         except grpc.RpcError as exc:

@@ -16,6 +16,7 @@ from baton.ml.data import profile_of
 from baton.ml.task import site_task
 from baton.probe import ProbeServer
 from baton.security.audit import AuditLog
+from baton.security.pin import coordinator_problem
 from baton.security.replay import SqliteReplayGuard
 from baton.security.revocation import revocation_check
 from baton.security.sealing import AppKeys, check_party
@@ -134,7 +135,8 @@ class SiteDaemon:
         finished a hop resets the back-off (see :mod:`site_node.retry`).
 
         Raises:
-            PkiError: The coordinator refused this site (its certificate).
+            PkiError: The coordinator refused this site (its certificate), or the server
+                at the coordinator's address is not a coordinator (:mod:`baton.security.pin`).
             ConfigError: The coordinator refused this site's registration for good.
             TransportError: ``max_attempts`` sessions in a row failed, or the metrics or
                 probe address cannot be bound.
@@ -154,6 +156,11 @@ class SiteDaemon:
             started = time.monotonic()
             self._progressed = False
             detail = ""
+            impostor = coordinator_problem(
+                self._cfg.coordinator, self._tls, server_name=self._cfg.server_name
+            )
+            if impostor:
+                raise PkiError(f"coordinator at {self._cfg.coordinator}: {impostor}")
             with secure_channel(
                 self._cfg.coordinator, creds, server_name=self._cfg.server_name or None
             ) as channel:

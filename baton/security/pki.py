@@ -13,16 +13,14 @@ Python with ``verify_directly_issued_by`` plus explicit checks, as :mod:`baton.s
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from baton.errors import PkiError
 from baton.security.files import make_dir, read_file, write_new
@@ -35,6 +33,7 @@ from baton.security.identity import (
     Identity,
     shown,
 )
+from baton.security.pki_leaf import CLOCK_SKEW, key_usage, leaf_names, sign_leaf
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -56,13 +55,6 @@ __all__ = [
     "same_public_key",
     "write_new",
 ]
-
-_DNS_NAME: Final = re.compile(
-    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
-)
-_CLOCK_SKEW: Final = dt.timedelta(minutes=5)
-"""How far back ``not_valid_before`` is set, so that slightly slow clocks accept new certs."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -171,10 +163,10 @@ def create_ca(out_dir: Path, federation: str, *, days: int = 3650) -> Path:
         .issuer_name(subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _CLOCK_SKEW)
+        .not_valid_before(now - CLOCK_SKEW)
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
+        .add_extension(key_usage(key_cert_sign=True, crl_sign=True), critical=True)
         .add_extension(
             x509.NameConstraints(
                 permitted_subtrees=[x509.UniformResourceIdentifier(federation)],
@@ -207,16 +199,17 @@ def issue(
     """Issues a TLS certificate for ``identity`` from the CA in ``ca_dir``.
 
     A fresh ECDSA P-256 key is generated. The certificate names the identity by its SPIFFE
-    id (URI SAN) and common name, plus the given DNS and IP SANs, for both server and
-    client authentication.
+    id (URI SAN) and common name; a coordinator's also by the given DNS and IP SANs. A
+    coordinator's certificate is for TLS server authentication only, every other kind's for
+    client authentication only (see :mod:`baton.security.pki_leaf`).
 
     Args:
         ca_dir: Directory holding ``ca.pem`` and ``ca.key``.
         out_dir: Where to write ``<name>.pem``, ``<name>.key`` (0600) and a copy of
             ``ca.pem``; created with mode 0700 if missing.
         identity: Who the certificate is for; its federation MUST be the CA's.
-        dns_names: Extra DNS SANs (a server dialled by name, e.g. ``"localhost"``).
-        ip_addresses: Extra IP SANs (a server dialled by address, e.g. ``"127.0.0.1"``).
+        dns_names: Extra DNS SANs of a coordinator (dialled by name, e.g. ``"localhost"``).
+        ip_addresses: Extra IP SANs of a coordinator (dialled by address, e.g. ``"127.0.0.1"``).
         days: How long the certificate stays valid.
 
     Returns:
@@ -224,7 +217,8 @@ def issue(
 
     Raises:
         PkiError: If the CA is missing or unusable, belongs to another federation, a SAN
-            is invalid, a file to write already exists, or writing fails.
+            is invalid or asked for a party that is not the coordinator, a file to write
+            already exists, or writing fails.
     """
     key_path = out_dir / f"{identity.name}.key"
     if key_path.exists():
@@ -257,13 +251,7 @@ def certify_tls_key(
     copy of ``ca.pem`` into ``out_dir``; returns their paths. Raises as :func:`issue` does.
     """
     _check_days(days)
-    for dns_name in dns_names:
-        if not _DNS_NAME.fullmatch(dns_name):
-            raise PkiError(f"invalid DNS name {shown(dns_name)}")
-    try:
-        ips = [ipaddress.ip_address(ip) for ip in ip_addresses]
-    except ValueError as exc:
-        raise PkiError(f"invalid IP address: {exc}") from None
+    sans = leaf_names(identity, dns_names, ip_addresses)
     ca_pem, ca_cert, ca_key = load_ca(ca_dir)
     federation = _federation_of(ca_cert)
     if identity.federation != federation:
@@ -277,10 +265,7 @@ def certify_tls_key(
         raise PkiError(f"{cert_path} already exists; remove it first to re-issue")
     if ca_copy.exists() and read_file(ca_copy, role="CA certificate") != ca_pem:
         raise PkiError(f"{ca_copy} exists and is a different CA certificate")
-    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(identity.spiffe_id)]
-    sans += [x509.DNSName(name) for name in dns_names]
-    sans += [x509.IPAddress(ip) for ip in ips]
-    cert = _sign_leaf(ca_cert, ca_key, public_key, identity, sans, days)
+    cert = sign_leaf(ca_cert, ca_key, public_key, identity, sans, days)
     make_dir(out_dir)
     write_new(cert_path, cert.public_bytes(serialization.Encoding.PEM), role="certificate")
     if not ca_copy.exists():
@@ -298,42 +283,6 @@ def load_ca(ca_dir: Path) -> tuple[bytes, x509.Certificate, ec.EllipticCurvePriv
     if not same_public_key(ca_key, ca_cert):
         raise PkiError(f"{key_path} is not the key of {cert_path}")
     return ca_pem, ca_cert, ca_key
-
-
-def _sign_leaf(
-    ca_cert: x509.Certificate,
-    ca_key: ec.EllipticCurvePrivateKey,
-    public_key: ec.EllipticCurvePublicKey,
-    identity: Identity,
-    sans: list[x509.GeneralName],
-    days: int,
-) -> x509.Certificate:
-    """Signs a TLS leaf (server and client auth) for ``public_key`` naming ``identity``."""
-    now = dt.datetime.now(dt.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity.name)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _CLOCK_SKEW)
-        .not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(digital_signature=True), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
 
 
 def _uri_sans(cert: x509.Certificate) -> list[str]:
@@ -364,23 +313,6 @@ def _federation_of(ca_cert: x509.Certificate) -> str:
     if not LABEL.fullmatch(federation):
         raise PkiError(f"the CA certificate names an invalid federation {shown(federation)}")
     return federation
-
-
-def _key_usage(
-    *, digital_signature: bool = False, key_cert_sign: bool = False, crl_sign: bool = False
-) -> x509.KeyUsage:
-    """A keyUsage extension with only the given bits set."""
-    return x509.KeyUsage(
-        digital_signature=digital_signature,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=key_cert_sign,
-        crl_sign=crl_sign,
-        encipher_only=False,
-        decipher_only=False,
-    )
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

@@ -10,6 +10,8 @@ gives a verdict. :func:`dial` tells WHY a coordinator cannot be reached, as one 
 - ``TLS refused: unknown CA``: its certificate is not from this federation's CA, or the
   coordinator does not accept this party's certificate;
 - ``expired``: its certificate is outside its validity period.
+- ``not a coordinator``: the certificate is from this federation's CA but names a site or
+  an admin (see :mod:`baton.security.pin`).
 
 It does a real TLS handshake with this party's certificate (ALPN ``h2``, as gRPC does),
 accepting any server certificate so that it can look at it, and then checks that
@@ -33,6 +35,7 @@ from cryptography import exceptions as crypto_exceptions
 from cryptography import x509
 
 from baton.errors import BatonError
+from baton.security.pin import kind_problem, sni, split_target
 from baton.security.tls import TlsFiles, TlsMaterial
 
 if TYPE_CHECKING:
@@ -178,7 +181,7 @@ class Dial:
     ok: bool
     """The coordinator accepted a TLS session with this party's certificate."""
     detail: str
-    """One line: on failure which of the four problems it was, and what to do."""
+    """One line: on failure which of the five problems it was, and what to do."""
 
 
 def dial(
@@ -199,7 +202,7 @@ def dial(
         timeout: Seconds for the TCP connection and the handshake each.
     """
     try:
-        host, port = _split(target)
+        host, port = split_target(target)
     except ValueError:
         return Dial(False, f"not listening: {target!r} is not an address (host:port)")
     try:
@@ -217,7 +220,7 @@ def dial(
     context.load_cert_chain(files.cert, files.key)
     context.set_alpn_protocols(["h2"])
     try:
-        with context.wrap_socket(raw, server_hostname=_sni(host)) as tls:
+        with context.wrap_socket(raw, server_hostname=sni(host)) as tls:
             der = tls.getpeercert(binary_form=True)
             problem = _judge(der, material, server_name or host, port)
             if problem:
@@ -251,6 +254,9 @@ def _judge(der: bytes | None, material: TlsMaterial, expected: str, port: int) -
         return f"expired: the coordinator's certificate expired on {until:%Y-%m-%d %H:%M} UTC"
     if now < since:
         return f"expired: the coordinator's certificate is valid only from {since:%Y-%m-%d %H:%M}"
+    not_coordinator = kind_problem(cert, material.identity.federation)
+    if not_coordinator:
+        return not_coordinator
     names = _names(cert)
     if not _matches(expected, names):
         shown = ", ".join(names) or "no DNS or IP name"
@@ -306,17 +312,6 @@ def _ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
-def _sni(host: str) -> str | None:
-    """The SNI to send: a DNS name, never an IP address."""
-    return None if _ip(host) is not None else host
-
-
-def _split(target: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` as (host, port)."""
-    host, _, port = target.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 def _join(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -342,12 +337,14 @@ def check_app_keys(checks: Checklist, keys_dir: Path, material: TlsMaterial | No
 
 
 def unreachable(details: str) -> str:
-    """Which of the four problems gRPC's UNAVAILABLE ``details`` describe, as one phrase.
+    """Which of the five problems gRPC's UNAVAILABLE ``details`` describe, as one phrase.
 
     For the clients' "coordinator unreachable" errors; ``site-node check`` and ``baton
     check`` say more (the names the certificate holds). ``""`` when the details name none.
     """
     text = details.lower()
+    if "unsupported certificate purpose" in text:
+        return "not a coordinator: the server's certificate is not a TLS server certificate"
     if "hostname verification" in text:
         return "TLS refused: name mismatch (run the preflight check to see the names it holds)"
     if "expired" in text:

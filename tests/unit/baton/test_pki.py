@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 LABEL = "^[a-z0-9][a-z0-9.-]{0,62}$"
 SITE = Identity(federation="acme", kind="site", name="st-mary")
+HUB = Identity(federation="acme", kind="coordinator", name="hub")
 
 
 def _mode(path: Path) -> int:
@@ -92,7 +93,7 @@ def ca_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def site(ca_dir: Path, tmp_path: Path) -> IssuedFiles:
-    return issue(ca_dir, tmp_path / "site", SITE, dns_names=["localhost"], ip_addresses=["::1"])
+    return issue(ca_dir, tmp_path / "site", SITE)
 
 
 # Identity ----------------------------------------------------------------------------
@@ -193,9 +194,7 @@ def test_create_ca_rejects_a_bad_federation_name(tmp_path: Path) -> None:
 
 def test_issue_writes_a_leaf_naming_the_identity(ca_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "site"
-    files = issue(
-        ca_dir, out, SITE, dns_names=["localhost"], ip_addresses=["127.0.0.1", "::1"], days=30
-    )
+    files = issue(ca_dir, out, SITE, days=30)
     assert files == IssuedFiles(
         cert=out / "st-mary.pem", key=out / "st-mary.key", ca=out / "ca.pem"
     )
@@ -205,14 +204,10 @@ def test_issue_writes_a_leaf_naming_the_identity(ca_dir: Path, tmp_path: Path) -
     cert.verify_directly_issued_by(x509.load_pem_x509_certificate(files.ca.read_bytes()))
     assert cert.subject.rfc4514_string() == "CN=st-mary"
     assert list(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value) == [
-        x509.UniformResourceIdentifier("spiffe://acme/site/st-mary"),
-        x509.DNSName("localhost"),
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        x509.IPAddress(ipaddress.ip_address("::1")),
+        x509.UniformResourceIdentifier("spiffe://acme/site/st-mary")
     ]
     assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
-        ExtendedKeyUsageOID.SERVER_AUTH,
-        ExtendedKeyUsageOID.CLIENT_AUTH,
+        ExtendedKeyUsageOID.CLIENT_AUTH
     ]
     usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
     assert (usage.digital_signature, usage.key_cert_sign) == (True, False)
@@ -224,6 +219,40 @@ def test_issue_writes_a_leaf_naming_the_identity(ca_dir: Path, tmp_path: Path) -
     assert material.identity == SITE
     assert material.key_pem == files.key.read_bytes()
     assert b"PRIVATE KEY" not in repr(material).encode()
+
+
+def test_a_coordinator_certificate_is_a_server_certificate_naming_its_hosts(
+    ca_dir: Path, tmp_path: Path
+) -> None:
+    files = issue(
+        ca_dir, tmp_path / "hub", HUB, dns_names=["localhost"], ip_addresses=["127.0.0.1", "::1"]
+    )
+    cert = x509.load_pem_x509_certificate(files.cert.read_bytes())
+    assert list(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value) == [
+        x509.UniformResourceIdentifier("spiffe://acme/coordinator/hub"),
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.IPAddress(ipaddress.ip_address("::1")),
+    ]
+    assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.SERVER_AUTH
+    ]
+
+
+@pytest.mark.parametrize("kind", ["site", "admin"])
+@pytest.mark.parametrize(("dns", "ip"), [(["localhost"], []), ([], ["127.0.0.1"])])
+def test_only_a_coordinator_certificate_may_name_a_host(
+    ca_dir: Path, tmp_path: Path, kind: str, dns: list[str], ip: list[str]
+) -> None:
+    party = Identity(federation="acme", kind=kind, name="st-mary")
+    with pytest.raises(PkiError) as caught:
+        issue(ca_dir, tmp_path / "out", party, dns_names=dns, ip_addresses=ip)
+    assert str(caught.value) == (
+        f"a {kind} certificate cannot carry DNS or IP names ('{[*dns, *ip][0]}'): only the "
+        f"coordinator's certificate names the host it is dialled at, and a {kind} is named "
+        "by its SPIFFE id alone"
+    )
+    assert not (tmp_path / "out").exists()
 
 
 def test_issue_refuses_another_federation(ca_dir: Path, tmp_path: Path) -> None:
@@ -261,7 +290,7 @@ def test_issue_rejects_bad_sans(
     ca_dir: Path, tmp_path: Path, dns: list[str], ip: list[str], message: str
 ) -> None:
     with pytest.raises(PkiError) as caught:
-        issue(ca_dir, tmp_path / "out", SITE, dns_names=dns, ip_addresses=ip)
+        issue(ca_dir, tmp_path / "out", HUB, dns_names=dns, ip_addresses=ip)
     assert str(caught.value) == message
 
 
@@ -433,6 +462,24 @@ def test_cli_creates_a_ca_and_issues_a_certificate(tmp_path: Path) -> None:
     assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1", "::1"]
     material = TlsFiles(ca=out / "ca.pem", cert=out / "hub.pem", key=out / "hub.key").load()
     assert material.identity == Identity(federation="acme", kind="coordinator", name="hub")
+
+
+def test_cli_refuses_a_host_name_for_a_site(tmp_path: Path) -> None:
+    runner = CliRunner(env={**_PLAIN, "COLUMNS": "400"})
+    ca, out = tmp_path / "ca", tmp_path / "site"
+    assert runner.invoke(pki_app, ["init", "--federation", "acme", "--out", str(ca)]).exit_code == 0
+    result = runner.invoke(
+        pki_app,
+        ["issue", "--ca", str(ca), "--kind", "site", "--name", "st-mary", "--out", str(out),
+         "--dns", "localhost"],
+    )  # fmt: skip
+    assert result.exit_code == exit_codes.CLI_PKI
+    assert result.stderr == (
+        "error: a site certificate cannot carry DNS or IP names ('localhost'): only the "
+        "coordinator's certificate names the host it is dialled at, and a site is named by "
+        "its SPIFFE id alone\n"
+    )
+    assert not out.exists()
 
 
 def test_cli_reports_an_error_in_one_line(tmp_path: Path) -> None:

@@ -25,8 +25,10 @@ def _site(tmp_path: Path) -> TlsFiles:
     return TlsFiles(ca=files.ca, cert=files.cert, key=files.key)
 
 
-def _server_cert(tmp_path: Path, *, days: float, dns: str) -> bytes:
-    """A coordinator certificate from the test CA, valid from 2 days ago for ``days``."""
+def _server_cert(
+    tmp_path: Path, *, days: float, dns: str, uri: str = "spiffe://fed/coordinator/hub"
+) -> bytes:
+    """A server certificate from the test CA naming ``uri``, valid from 2 days ago for ``days``."""
     _, ca_cert, ca_key = load_ca(tmp_path / "ca")
     now = dt.datetime.now(dt.UTC)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -38,7 +40,10 @@ def _server_cert(tmp_path: Path, *, days: float, dns: str) -> bytes:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(days=2))
         .not_valid_after(now - dt.timedelta(days=2) + dt.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(dns)]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri), x509.DNSName(dns)]),
+            critical=False,
+        )
         .sign(ca_key, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.DER)
@@ -74,6 +79,34 @@ def test_expired_and_mismatched_coordinator_certificates_are_named(tmp_path: Pat
         "TLS refused: name mismatch (cert names coord.example.org, you dialled localhost); "
         'dial "coord.example.org:7443", or reissue its certificate with localhost'
     )
+
+
+@pytest.mark.parametrize(
+    ("uri", "problem"),
+    [
+        (
+            "spiffe://fed/site/b",
+            "not a coordinator: the server presented the certificate of spiffe://fed/site/b; "
+            "only a coordinator of federation 'fed' may serve",
+        ),
+        (
+            "spiffe://fed/admin/ops",
+            "not a coordinator: the server presented the certificate of spiffe://fed/admin/ops; "
+            "only a coordinator of federation 'fed' may serve",
+        ),
+        (
+            "https://coord.example.org",
+            "not a coordinator: the certificate presented names no party (invalid SPIFFE id "
+            "'https://coord.example.org': the scheme must be spiffe://)",
+        ),
+    ],
+)
+def test_a_certificate_of_another_kind_is_not_a_coordinator(
+    tmp_path: Path, uri: str, problem: str
+) -> None:
+    material = _site(tmp_path).load()
+    cert = _server_cert(tmp_path, days=30, dns="coord.example.org", uri=uri)
+    assert _judge(cert, material, "coord.example.org", 7443) == problem
 
 
 def test_a_certificate_from_another_ca_is_an_unknown_ca(tmp_path: Path) -> None:
@@ -120,6 +153,12 @@ def test_dialling_a_closed_port_says_not_listening(tmp_path: Path) -> None:
             "routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED: unable to get local issuer "
             "certificate: OK",
             "TLS refused: unknown CA (a certificate is not from this federation's CA)",
+        ),
+        (
+            "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:33395: "
+            "Tls handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1000007d:SSL "
+            "routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED: unsupported certificate purpose",
+            "not a coordinator: the server's certificate is not a TLS server certificate",
         ),
         ("SSL routines: CERTIFICATE_VERIFY_FAILED: certificate has expired", "expired: a "),
         ("run is cancelled", ""),
