@@ -104,6 +104,13 @@ class CoordinatorConfig:
     """How often leases and hop deadlines are checked (0: a quarter lease, at most 5 s)."""
     max_blob_bytes: int = 64 << 30
     """Largest model blob a site may upload."""
+    site_quota_bytes: int = 256 << 30
+    """Most bytes one site may hold at the coordinator at once: the sealed outputs of its
+    hops in runs that have not ended (a run keeps every hop's output until it ends: a site
+    of a 3-cycle run holds 3), plus its uploads under way (at their declared size).
+    An upload that would exceed it is refused with RESOURCE_EXHAUSTED naming the quota and
+    the site's usage; a run's blobs stop counting when it ends (and are removed by the
+    garbage collector after ``retention_grace_seconds``). 0: no quota."""
     workers: int = 1024
     """gRPC worker threads. Each open assignment stream, upload, download or event stream
     holds one while it lasts; :attr:`reserved_workers` of them are kept for the short
@@ -150,6 +157,11 @@ class CoordinatorConfig:
         if min(deadlines) <= 0 or self.watch_interval_seconds < 0:
             raise ValueError(
                 "hop deadlines must be positive and 'watch_interval_seconds' not negative"
+            )
+        if self.site_quota_bytes and self.site_quota_bytes < self.max_blob_bytes:
+            raise ValueError(
+                f"'site_quota_bytes' must be 0 (no quota) or at least 'max_blob_bytes' "
+                f"({self.max_blob_bytes}), not {self.site_quota_bytes}"
             )
         if self.workers < 4:
             raise ValueError(f"'workers' must be at least 4, not {self.workers}")

@@ -27,6 +27,7 @@ from coordinator.api.site import SiteService
 from coordinator.blobs import FileBlobStore
 from coordinator.config import CoordinatorConfig
 from coordinator.engine.leases import Deadlines, HopWatch
+from coordinator.engine.quotas import SiteQuotas
 from coordinator.engine.runs import Scheduler
 from coordinator.engine.sites import Sites
 from coordinator.engine.transfers import Transfers
@@ -147,6 +148,8 @@ class CoordinatorServer:
             interceptors=[*self.metrics.interceptors, ErrorInterceptor(), self.idle_uploads],
             maximum_concurrent_rpcs=config.workers * 2,
         )
+        self.quotas = SiteQuotas(self.store, quota_bytes=config.site_quota_bytes)
+        """What each site holds at the coordinator, and its quota."""
         transfers = Transfers(
             self.store,
             self.blobs,
@@ -164,6 +167,7 @@ class CoordinatorServer:
                 gate=site_gate,
                 streams=self.streams,
                 uploads=self.uploads,
+                quotas=self.quotas,
                 follows=StreamCaps(
                     per_party=config.transfers.max_follows_per_site, total=long_calls // 4
                 ),

@@ -31,9 +31,10 @@ from coordinator.api.limits import (
     check_text,
     printable,
 )
+from coordinator.engine.quotas import OverQuota, SiteQuotas
 from coordinator.engine.runs import Scheduler
 from coordinator.engine.sites import Sites
-from coordinator.engine.transfers import Transfers, UploadHeader
+from coordinator.engine.transfers import Transfers, UploadHeader, transfer_key
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         gate: Admits this federation's sites whose certificates are not revoked.
         streams: Caps the assignment streams each site (and all) may hold open.
         uploads: Caps the uploads each site (and all) may hold open.
+        quotas: The bytes each site may hold at the coordinator (None: no quota).
         follows: Caps the downloads each site (and all) may hold open that wait on a model
             still arriving (cut-through; each may wait ``stall_seconds``); None: uncapped.
     """
@@ -69,6 +71,7 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         streams: StreamCaps,
         uploads: StreamCaps,
         follows: StreamCaps | None = None,
+        quotas: SiteQuotas | None = None,
     ) -> None:
         self._scheduler = scheduler
         self._sites = sites
@@ -77,6 +80,7 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
         self._streams = streams
         self._uploads = uploads
         self._follows = follows
+        self._quotas = quotas
 
     def Register(
         self, request: site_pb2.RegisterRequest, context: grpc.ServicerContext
@@ -153,10 +157,13 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
     ) -> site_pb2.UploadBlobResponse:
         identity = self._site(context)
         with self._uploads.hold(identity.name, "uploads", context):
-            return self._upload(identity, request_iterator)
+            return self._upload(identity, request_iterator, context)
 
     def _upload(
-        self, identity: Identity, request_iterator: Iterator[site_pb2.UploadBlobRequest]
+        self,
+        identity: Identity,
+        request_iterator: Iterator[site_pb2.UploadBlobRequest],
+        context: grpc.ServicerContext,
     ) -> site_pb2.UploadBlobResponse:
         request_iterator = _received(request_iterator)
         first = next(request_iterator, None)
@@ -180,8 +187,36 @@ class SiteService(site_pb2_grpc.SiteServiceServicer):
                 BlobRef(blob_id=header.sha256, size=header.total_size),
                 header.manifest,
             )
-        ref = self._transfers.upload(identity.name, header, _chunks(request_iterator))
+        quotas = self._quotas
+        if quotas is None:
+            ref = self._transfers.upload(identity.name, header, _chunks(request_iterator))
+            return site_pb2.UploadBlobResponse(blob=blob_ref_to_proto(ref))
+        key = transfer_key(identity.name, header.transfer_id)
+        try:
+            quotas.admit(
+                identity.name,
+                key,
+                run_id=header.run_id,
+                blob_id=header.sha256,
+                size=header.total_size,
+            )
+        except OverQuota as exc:
+            logger.warning("site %s: %s", identity.name, exc.message)
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
+        try:
+            ref = self._transfers.upload(identity.name, header, _chunks(request_iterator))
+        except BaseException:
+            if not self._kept(identity.name, header.transfer_id):
+                quotas.forget(key)  # refused or discarded: nothing of it is kept
+            raise
         return site_pb2.UploadBlobResponse(blob=blob_ref_to_proto(ref))
+
+    def _kept(self, site_id: str, transfer_id: str) -> bool:
+        """Whether anything of an upload that failed is kept (stored, or to resume)."""
+        try:
+            return self._transfers.upload_status(site_id, transfer_id) != (0, None)
+        except Exception:  # cannot tell: keep counting it, to be safe
+            return True
 
     def GetUploadStatus(
         self, request: site_pb2.GetUploadStatusRequest, context: grpc.ServicerContext
