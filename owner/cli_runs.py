@@ -131,19 +131,43 @@ def register(app: typer.Typer) -> None:
             console.print(f"run {r.run_id}: {_state(r.state)}")
 
     @app.command()
-    def fetch(run_id: str, out: Path, admin: AdminOpt) -> None:
-        """Download the final model of a succeeded run, open it and write it as safetensors."""
+    def fetch(
+        run_id: str,
+        out: Path,
+        admin: AdminOpt,
+        hop: Annotated[
+            str | None,
+            typer.Option(
+                "--hop",
+                help="Fetch hop N's stored output (from 1) of a run in any state, or, with "
+                "'escrow', the newest hop you can open: the last hop, or any hop when the "
+                "plan asks for escrow ([security] escrow_to_owner = true).",
+            ),
+        ] = None,
+    ) -> None:
+        """Download the final model of a succeeded run (or, with --hop, one hop's model),
+        verify and open it, and write it as safetensors."""
         from baton.security.sealing import AppKeys
         from owner.config import load_admin_config
         from owner.fetch import fetch_result
+        from owner.fetch_hop import fetch_hop, parse_hop
 
-        with exit_on_error(_CODES, exit_codes.CLI_ERROR), admin_client(admin) as client:
-            cfg = load_admin_config(admin)
-            manifest = fetch_result(
-                client, run_id, out, owner=AppKeys.load(cfg.keys_dir), ca_pem=cfg.tls.load().ca_pem
-            )
+        with exit_on_error(_CODES, exit_codes.CLI_ERROR):
+            number = parse_hop(hop) if hop is not None else None
+            with admin_client(admin) as client:
+                cfg = load_admin_config(admin)
+                keys, ca_pem = AppKeys.load(cfg.keys_dir), cfg.tls.load().ca_pem
+                if hop is None:
+                    manifest = fetch_result(client, run_id, out, owner=keys, ca_pem=ca_pem)
+                    which = ""
+                else:
+                    got = fetch_hop(client, run_id, number, out, owner=keys, ca_pem=ca_pem)
+                    manifest = got.manifest
+                    which = f": hop {got.number} of {got.total_hops}, trained at {got.site_id}"
+                    if got.newest:
+                        which += ", the newest hop you can open"
             console.print(
-                f"wrote {manifest.plaintext_length} bytes to {out} "
+                f"wrote {manifest.plaintext_length} bytes to {out}{which} "
                 f"(sealed by {manifest.sender}, verified)"
             )
 

@@ -97,9 +97,14 @@ def register(app: typer.Typer) -> None:
 
 
 def run_evidence(
-    run: admin_pb2.Run, sites: Mapping[str, admin_pb2.Site]
+    run: admin_pb2.Run, sites: Mapping[str, admin_pb2.Site], *, upto: int | None = None
 ) -> tuple[list[HopEvidence], str | None]:
     """The evidence of a run's completed hops, and the site the last one must be sealed to.
+
+    Args:
+        run: The run, with its hops (``GetRun``).
+        sites: The registered sites, by id.
+        upto: The last hop index to take (None: every completed hop).
 
     Returns:
         The hops that carry an output manifest, in order, each with its site's
@@ -122,7 +127,7 @@ def run_evidence(
             ),
         )
         for h in sorted(run.hops, key=lambda h: h.hop_index)
-        if h.output_manifest
+        if h.output_manifest and (upto is None or h.hop_index <= upto)
     ]
     following = hops[-1].hop_index + 1 if hops else 0
     if following >= run.total_hops:

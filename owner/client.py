@@ -22,7 +22,7 @@ from baton.security.pin import coordinator_problem
 from baton.security.preflight import unreachable
 from baton.security.sealing import AppKeys, sign_plan
 from baton.security.tls import TlsMaterial, channel_credentials
-from baton.v1 import admin_pb2, admin_pb2_grpc
+from baton.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 from baton.wire.channel import secure_channel
 
 UNARY_TIMEOUT_SECONDS = 30.0
@@ -103,15 +103,16 @@ class AdminClient:
         """Streams a succeeded run's sealed final model to ``dest``; returns its size.
 
         See :func:`owner.fetch.fetch_result` for the opened model."""
-        offset = 0
-        with self._rpc(f"fetch the result of run {run_id}"), AtomicFile(dest, mode=0o644) as f:
-            for chunk in self._stub.FetchResult(admin_pb2.FetchResultRequest(run_id=run_id)):
-                if chunk.offset != offset:
-                    raise BlobError(f"result stream out of order at byte {offset}")
-                f.write(chunk.data)
-                offset += len(chunk.data)
-            f.commit()
-        return offset
+        request = admin_pb2.FetchResultRequest(run_id=run_id)
+        with self._rpc(f"fetch the result of run {run_id}"):
+            return _save(self._stub.FetchResult(request), dest, "result")
+
+    def fetch_sealed_hop(self, run_id: str, hop_index: int, dest: Path) -> int:
+        """Streams the stored output of hop ``hop_index`` (from 0) of a run the caller owns
+        to ``dest``; returns its size. See :func:`owner.fetch_hop.fetch_hop`."""
+        request = admin_pb2.FetchHopOutputRequest(run_id=run_id, hop_index=hop_index)
+        with self._rpc(f"fetch hop {hop_index + 1} of run {run_id}"):
+            return _save(self._stub.FetchHopOutput(request), dest, "hop output")
 
     @contextmanager
     def _rpc(self, what: str) -> Iterator[None]:
@@ -124,6 +125,19 @@ class AdminClient:
             yield
         except grpc.RpcError as exc:
             raise _translate(exc, what, self.target) from None
+
+
+def _save(chunks: Iterator[common_pb2.BlobChunk], dest: Path, what: str) -> int:
+    """Writes a blob's chunks, in order, to ``dest`` (atomically); returns its size."""
+    offset = 0
+    with AtomicFile(dest, mode=0o644) as f:
+        for chunk in chunks:
+            if chunk.offset != offset:
+                raise BlobError(f"{what} stream out of order at byte {offset}")
+            f.write(chunk.data)
+            offset += len(chunk.data)
+        f.commit()
+    return offset
 
 
 def _translate(exc: grpc.RpcError, what: str, target: str) -> BatonError:

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from baton.errors import ConfigError, ConflictError
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from baton.errors import BlobError, ConfigError, ConflictError, PkiError
 from baton.security.envelope import Expectation, open_file
 from baton.security.identity import Identity
+from baton.security.keys import PartyKeys
 from baton.security.manifest import HopManifest
 from baton.security.replay import MemoryReplayGuard
 from baton.security.sealing import AppKeys, check_owner, check_party, expected_previous, verify_plan
-from baton.v1 import common_pb2
+from baton.v1 import admin_pb2, common_pb2
+from baton.wire.channel import sha256_file
 from owner.client import AdminClient
 
 MAX_MODEL_BYTES = 64 << 30
@@ -43,6 +48,7 @@ def fetch_result(
     Raises:
         ConfigError: ``dest`` is a directory, or its directory cannot be created or written.
         SealError: The model or its manifest was rejected.
+        BlobError: The sealed model received is not the stored blob the run names.
         PkiError: A certificate does not verify against the pinned CA.
         ConflictError: The run has not succeeded.
     """
@@ -52,38 +58,90 @@ def fetch_result(
     me = check_owner(ca_pem, owner.signing_cert_pem, owner.encryption_cert_pem)
     plan_digest = verify_plan(run.plan_toml, run.plan_signature, me)
     last = run.hops[-1]
-    sender_site = {s.site_id: s for s in client.list_sites()}[last.site_id]
-    sender = check_party(
-        ca_pem,
-        sender_site.signing_certificate_pem,
-        sender_site.encryption_certificate_pem,
-        Identity(federation=me.identity.federation, kind="site", name=last.site_id),
-    )
+    sites = {s.site_id: s for s in client.list_sites()}
+    sender = site_keys(ca_pem, sites, last.site_id, federation=me.identity.federation)
     previous = run.hops[-2].output_manifest if len(run.hops) >= 2 else b""
+    return open_sealed(
+        lambda sealed: client.fetch_sealed_result(run_id, sealed),
+        dest,
+        last,
+        owner=owner,
+        me=me.identity.spiffe_id,
+        expect=Expectation(
+            run_id=run_id,
+            hop_index=last.hop_index,
+            sender=sender.identity.spiffe_id,
+            previous_manifest_hash=expected_previous(plan_digest, previous),
+            plan_hash=plan_digest,
+            schema_hash=schema_hash,
+            max_plaintext_bytes=MAX_MODEL_BYTES,
+        ),
+        sender_key=sender.signing_key,
+    )
+
+
+def open_sealed(
+    download: Callable[[Path], object],
+    dest: Path,
+    hop: common_pb2.Hop,
+    *,
+    owner: AppKeys,
+    me: str,
+    expect: Expectation,
+    sender_key: ed25519.Ed25519PublicKey,
+) -> HopManifest:
+    """Downloads ``hop``'s sealed output with ``download(path)``, checks it is the blob the
+    hop names, and opens it with the owner's key into ``dest`` (see :func:`fetch_result`
+    for the private directory and the atomic rename).
+
+    Raises:
+        ConfigError: ``dest`` is a directory, or its directory cannot be created or written.
+        BlobError: The downloaded bytes are not the hop's blob (the coordinator's copy is
+            corrupt, or it was damaged on the way).
+        SealError: The model or its manifest was rejected.
+    """
     work = _private_dir(dest)
     try:
-        sealed = work / "result.sealed"
-        client.fetch_sealed_result(run_id, sealed)
+        sealed = work / "hop.sealed"
+        download(sealed)
+        if sha256_file(sealed) != hop.output.blob_id:
+            raise BlobError(
+                f"hop {hop.hop_index + 1}'s sealed output as the coordinator sent it fails its "
+                f"SHA-256 check (blob {hop.output.blob_id[:16]}): its copy is corrupt",
+                run_id=expect.run_id,
+                hop=hop.hop_index,
+            )
         return open_file(
             sealed,
             dest,
-            last.output_manifest,
-            me=me.identity.spiffe_id,
+            hop.output_manifest,
+            me=me,
             my_key=owner.encryption_key,
-            expect=Expectation(
-                run_id=run_id,
-                hop_index=last.hop_index,
-                sender=sender.identity.spiffe_id,
-                previous_manifest_hash=expected_previous(plan_digest, previous),
-                plan_hash=plan_digest,
-                schema_hash=schema_hash,
-                max_plaintext_bytes=MAX_MODEL_BYTES,
-            ),
-            sender_key=sender.signing_key,
+            expect=expect,
+            sender_key=sender_key,
             replay=MemoryReplayGuard(),
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def site_keys(
+    ca_pem: bytes, sites: Mapping[str, admin_pb2.Site], site_id: str, *, federation: str
+) -> PartyKeys:
+    """The certified keys of a registered site, checked against the pinned CA.
+
+    Raises:
+        PkiError: The site is not registered, or its certificates do not verify.
+    """
+    site = sites.get(site_id)
+    if site is None:
+        raise PkiError(f"site {site_id} is not registered: its certificates cannot be checked")
+    return check_party(
+        ca_pem,
+        site.signing_certificate_pem,
+        site.encryption_certificate_pem,
+        Identity(federation=federation, kind="site", name=site_id),
+    )
 
 
 def _private_dir(dest: Path) -> Path:

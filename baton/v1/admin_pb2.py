@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from baton.v1 import common_pb2 as baton_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x62\x61ton/v1/admin.proto\x12\x08\x62\x61ton.v1\x1a\x15\x62\x61ton/v1/common.proto\"\x8e\x01\n\x10\x43reateRunRequest\x12\x11\n\tplan_toml\x18\x01 \x01(\t\x12\x16\n\x0eplan_signature\x18\x02 \x01(\x0c\x12%\n\x1downer_signing_certificate_pem\x18\x03 \x01(\t\x12(\n owner_encryption_certificate_pem\x18\x04 \x01(\t\"/\n\x11\x43reateRunResponse\x12\x1a\n\x03run\x18\x01 \x01(\x0b\x32\r.baton.v1.Run\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x11\n\x0fListRunsRequest\"/\n\x10ListRunsResponse\x12\x1b\n\x04runs\x18\x01 \x03(\x0b\x32\r.baton.v1.Run\"4\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\"2\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"4\n\x12\x46\x65tchResultRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"\x12\n\x10ListSitesRequest\"2\n\x11ListSitesResponse\x12\x1d\n\x05sites\x18\x01 \x03(\x0b\x32\x0e.baton.v1.Site\"\x9e\x02\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12!\n\x05state\x18\x03 \x01(\x0e\x32\x12.baton.v1.RunState\x12\x0e\n\x06\x63ycles\x18\x04 \x01(\r\x12\r\n\x05sites\x18\x05 \x03(\t\x12\x10\n\x08strategy\x18\x06 \x01(\t\x12\x1b\n\x04hops\x18\x07 \x03(\x0b\x32\r.baton.v1.Hop\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12!\n\x06result\x18\t \x01(\x0b\x32\x11.baton.v1.BlobRef\x12\x17\n\x0f\x63reated_unix_ms\x18\n \x01(\x03\x12\x12\n\ntotal_hops\x18\x0b \x01(\r\x12\x11\n\tplan_toml\x18\x0c \x01(\t\x12\x16\n\x0eplan_signature\x18\r \x01(\x0c\"\xf7\x01\n\x08RunEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12!\n\x04kind\x18\x03 \x01(\x0e\x32\x13.baton.v1.EventKind\x12\x14\n\x0ctime_unix_ms\x18\x04 \x01(\x03\x12\x11\n\thop_index\x18\x05 \x01(\r\x12\x0f\n\x07site_id\x18\x06 \x01(\t\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x30\n\x07metrics\x18\x08 \x03(\x0b\x32\x1f.baton.v1.RunEvent.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xfb\x01\n\x04Site\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x0e\n\x06online\x18\x02 \x01(\x08\x12\x19\n\x11last_seen_unix_ms\x18\x03 \x01(\x03\x12\x30\n\x0c\x63\x61pabilities\x18\x04 \x01(\x0b\x32\x1a.baton.v1.SiteCapabilities\x12&\n\x07profile\x18\x05 \x01(\x0b\x32\x15.baton.v1.DataProfile\x12\x1f\n\x17signing_certificate_pem\x18\x06 \x01(\t\x12\"\n\x1a\x65ncryption_certificate_pem\x18\x07 \x01(\t\x12\x18\n\x10software_version\x18\x08 \x01(\t*\xc2\x02\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45VENT_KIND_RUN_CREATED\x10\x01\x12\x1b\n\x17\x45VENT_KIND_HOP_ASSIGNED\x10\x02\x12\x1b\n\x17\x45VENT_KIND_HOP_PROGRESS\x10\x03\x12\x1c\n\x18\x45VENT_KIND_HOP_COMPLETED\x10\x04\x12\x19\n\x15\x45VENT_KIND_HOP_FAILED\x10\x05\x12\x1c\n\x18\x45VENT_KIND_RUN_SUCCEEDED\x10\x06\x12\x19\n\x15\x45VENT_KIND_RUN_FAILED\x10\x07\x12\x1c\n\x18\x45VENT_KIND_RUN_CANCELLED\x10\x08\x12\x1d\n\x19\x45VENT_KIND_SITE_EVALUATED\x10\t\x12\x14\n\x10\x45VENT_KIND_FAULT\x10\n2\xc8\x03\n\x0c\x41\x64minService\x12\x44\n\tCreateRun\x12\x1a.baton.v1.CreateRunRequest\x1a\x1b.baton.v1.CreateRunResponse\x12\x30\n\x06GetRun\x12\x17.baton.v1.GetRunRequest\x1a\r.baton.v1.Run\x12\x41\n\x08ListRuns\x12\x19.baton.v1.ListRunsRequest\x1a\x1a.baton.v1.ListRunsResponse\x12;\n\x08WatchRun\x12\x19.baton.v1.WatchRunRequest\x1a\x12.baton.v1.RunEvent0\x01\x12\x36\n\tCancelRun\x12\x1a.baton.v1.CancelRunRequest\x1a\r.baton.v1.Run\x12\x42\n\x0b\x46\x65tchResult\x12\x1c.baton.v1.FetchResultRequest\x1a\x13.baton.v1.BlobChunk0\x01\x12\x44\n\tListSites\x12\x1a.baton.v1.ListSitesRequest\x1a\x1b.baton.v1.ListSitesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x62\x61ton/v1/admin.proto\x12\x08\x62\x61ton.v1\x1a\x15\x62\x61ton/v1/common.proto\"\x8e\x01\n\x10\x43reateRunRequest\x12\x11\n\tplan_toml\x18\x01 \x01(\t\x12\x16\n\x0eplan_signature\x18\x02 \x01(\x0c\x12%\n\x1downer_signing_certificate_pem\x18\x03 \x01(\t\x12(\n owner_encryption_certificate_pem\x18\x04 \x01(\t\"/\n\x11\x43reateRunResponse\x12\x1a\n\x03run\x18\x01 \x01(\x0b\x32\r.baton.v1.Run\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x11\n\x0fListRunsRequest\"/\n\x10ListRunsResponse\x12\x1b\n\x04runs\x18\x01 \x03(\x0b\x32\r.baton.v1.Run\"4\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\"2\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"4\n\x12\x46\x65tchResultRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"J\n\x15\x46\x65tchHopOutputRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\thop_index\x18\x02 \x01(\r\x12\x0e\n\x06offset\x18\x03 \x01(\x04\"\x12\n\x10ListSitesRequest\"2\n\x11ListSitesResponse\x12\x1d\n\x05sites\x18\x01 \x03(\x0b\x32\x0e.baton.v1.Site\"\x9e\x02\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12!\n\x05state\x18\x03 \x01(\x0e\x32\x12.baton.v1.RunState\x12\x0e\n\x06\x63ycles\x18\x04 \x01(\r\x12\r\n\x05sites\x18\x05 \x03(\t\x12\x10\n\x08strategy\x18\x06 \x01(\t\x12\x1b\n\x04hops\x18\x07 \x03(\x0b\x32\r.baton.v1.Hop\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12!\n\x06result\x18\t \x01(\x0b\x32\x11.baton.v1.BlobRef\x12\x17\n\x0f\x63reated_unix_ms\x18\n \x01(\x03\x12\x12\n\ntotal_hops\x18\x0b \x01(\r\x12\x11\n\tplan_toml\x18\x0c \x01(\t\x12\x16\n\x0eplan_signature\x18\r \x01(\x0c\"\xf7\x01\n\x08RunEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12!\n\x04kind\x18\x03 \x01(\x0e\x32\x13.baton.v1.EventKind\x12\x14\n\x0ctime_unix_ms\x18\x04 \x01(\x03\x12\x11\n\thop_index\x18\x05 \x01(\r\x12\x0f\n\x07site_id\x18\x06 \x01(\t\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x30\n\x07metrics\x18\x08 \x03(\x0b\x32\x1f.baton.v1.RunEvent.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xfb\x01\n\x04Site\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x0e\n\x06online\x18\x02 \x01(\x08\x12\x19\n\x11last_seen_unix_ms\x18\x03 \x01(\x03\x12\x30\n\x0c\x63\x61pabilities\x18\x04 \x01(\x0b\x32\x1a.baton.v1.SiteCapabilities\x12&\n\x07profile\x18\x05 \x01(\x0b\x32\x15.baton.v1.DataProfile\x12\x1f\n\x17signing_certificate_pem\x18\x06 \x01(\t\x12\"\n\x1a\x65ncryption_certificate_pem\x18\x07 \x01(\t\x12\x18\n\x10software_version\x18\x08 \x01(\t*\xc2\x02\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45VENT_KIND_RUN_CREATED\x10\x01\x12\x1b\n\x17\x45VENT_KIND_HOP_ASSIGNED\x10\x02\x12\x1b\n\x17\x45VENT_KIND_HOP_PROGRESS\x10\x03\x12\x1c\n\x18\x45VENT_KIND_HOP_COMPLETED\x10\x04\x12\x19\n\x15\x45VENT_KIND_HOP_FAILED\x10\x05\x12\x1c\n\x18\x45VENT_KIND_RUN_SUCCEEDED\x10\x06\x12\x19\n\x15\x45VENT_KIND_RUN_FAILED\x10\x07\x12\x1c\n\x18\x45VENT_KIND_RUN_CANCELLED\x10\x08\x12\x1d\n\x19\x45VENT_KIND_SITE_EVALUATED\x10\t\x12\x14\n\x10\x45VENT_KIND_FAULT\x10\n2\x92\x04\n\x0c\x41\x64minService\x12\x44\n\tCreateRun\x12\x1a.baton.v1.CreateRunRequest\x1a\x1b.baton.v1.CreateRunResponse\x12\x30\n\x06GetRun\x12\x17.baton.v1.GetRunRequest\x1a\r.baton.v1.Run\x12\x41\n\x08ListRuns\x12\x19.baton.v1.ListRunsRequest\x1a\x1a.baton.v1.ListRunsResponse\x12;\n\x08WatchRun\x12\x19.baton.v1.WatchRunRequest\x1a\x12.baton.v1.RunEvent0\x01\x12\x36\n\tCancelRun\x12\x1a.baton.v1.CancelRunRequest\x1a\r.baton.v1.Run\x12\x42\n\x0b\x46\x65tchResult\x12\x1c.baton.v1.FetchResultRequest\x1a\x13.baton.v1.BlobChunk0\x01\x12H\n\x0e\x46\x65tchHopOutput\x12\x1f.baton.v1.FetchHopOutputRequest\x1a\x13.baton.v1.BlobChunk0\x01\x12\x44\n\tListSites\x12\x1a.baton.v1.ListSitesRequest\x1a\x1b.baton.v1.ListSitesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RUNEVENT_METRICSENTRY']._loaded_options = None
   _globals['_RUNEVENT_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_EVENTKIND']._serialized_start=1378
-  _globals['_EVENTKIND']._serialized_end=1700
+  _globals['_EVENTKIND']._serialized_start=1454
+  _globals['_EVENTKIND']._serialized_end=1776
   _globals['_CREATERUNREQUEST']._serialized_start=58
   _globals['_CREATERUNREQUEST']._serialized_end=200
   _globals['_CREATERUNRESPONSE']._serialized_start=202
@@ -52,18 +52,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CANCELRUNREQUEST']._serialized_end=456
   _globals['_FETCHRESULTREQUEST']._serialized_start=458
   _globals['_FETCHRESULTREQUEST']._serialized_end=510
-  _globals['_LISTSITESREQUEST']._serialized_start=512
-  _globals['_LISTSITESREQUEST']._serialized_end=530
-  _globals['_LISTSITESRESPONSE']._serialized_start=532
-  _globals['_LISTSITESRESPONSE']._serialized_end=582
-  _globals['_RUN']._serialized_start=585
-  _globals['_RUN']._serialized_end=871
-  _globals['_RUNEVENT']._serialized_start=874
-  _globals['_RUNEVENT']._serialized_end=1121
-  _globals['_RUNEVENT_METRICSENTRY']._serialized_start=1075
-  _globals['_RUNEVENT_METRICSENTRY']._serialized_end=1121
-  _globals['_SITE']._serialized_start=1124
-  _globals['_SITE']._serialized_end=1375
-  _globals['_ADMINSERVICE']._serialized_start=1703
-  _globals['_ADMINSERVICE']._serialized_end=2159
+  _globals['_FETCHHOPOUTPUTREQUEST']._serialized_start=512
+  _globals['_FETCHHOPOUTPUTREQUEST']._serialized_end=586
+  _globals['_LISTSITESREQUEST']._serialized_start=588
+  _globals['_LISTSITESREQUEST']._serialized_end=606
+  _globals['_LISTSITESRESPONSE']._serialized_start=608
+  _globals['_LISTSITESRESPONSE']._serialized_end=658
+  _globals['_RUN']._serialized_start=661
+  _globals['_RUN']._serialized_end=947
+  _globals['_RUNEVENT']._serialized_start=950
+  _globals['_RUNEVENT']._serialized_end=1197
+  _globals['_RUNEVENT_METRICSENTRY']._serialized_start=1151
+  _globals['_RUNEVENT_METRICSENTRY']._serialized_end=1197
+  _globals['_SITE']._serialized_start=1200
+  _globals['_SITE']._serialized_end=1451
+  _globals['_ADMINSERVICE']._serialized_start=1779
+  _globals['_ADMINSERVICE']._serialized_end=2309
 # @@protoc_insertion_point(module_scope)

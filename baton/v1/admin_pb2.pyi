@@ -270,6 +270,34 @@ class FetchResultRequest(_message.Message):
 Global___FetchResultRequest: _TypeAlias = FetchResultRequest  # noqa: Y015
 
 @_typing.final
+class FetchHopOutputRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    HOP_INDEX_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """Run whose hop output is wanted."""
+    hop_index: _builtins.int
+    """The hop, from 0 (as Hop.hop_index)."""
+    offset: _builtins.int
+    """First byte to send."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        hop_index: _builtins.int = ...,
+        offset: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hop_index", b"hop_index", "offset", b"offset", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FetchHopOutputRequest: _TypeAlias = FetchHopOutputRequest  # noqa: Y015
+
+@_typing.final
 class ListSitesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

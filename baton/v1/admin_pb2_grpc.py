@@ -65,6 +65,11 @@ class AdminServiceStub:
                 request_serializer=baton_dot_v1_dot_admin__pb2.FetchResultRequest.SerializeToString,
                 response_deserializer=baton_dot_v1_dot_common__pb2.BlobChunk.FromString,
                 _registered_method=True)
+        self.FetchHopOutput = channel.unary_stream(
+                '/baton.v1.AdminService/FetchHopOutput',
+                request_serializer=baton_dot_v1_dot_admin__pb2.FetchHopOutputRequest.SerializeToString,
+                response_deserializer=baton_dot_v1_dot_common__pb2.BlobChunk.FromString,
+                _registered_method=True)
         self.ListSites = channel.unary_unary(
                 '/baton.v1.AdminService/ListSites',
                 request_serializer=baton_dot_v1_dot_admin__pb2.ListSitesRequest.SerializeToString,
@@ -118,6 +123,15 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchHopOutput(self, request, context):
+        """Streams the stored output blob of one completed hop, of a run in any state, from
+        `offset` (resumable); only to the run's owner (the admin who signed its plan). It is
+        sealed to the next hop's site, and to the owner only when the plan asks for escrow.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListSites(self, request, context):
         """Returns every registered site with its lease state.
         """
@@ -156,6 +170,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
             'FetchResult': grpc.unary_stream_rpc_method_handler(
                     servicer.FetchResult,
                     request_deserializer=baton_dot_v1_dot_admin__pb2.FetchResultRequest.FromString,
+                    response_serializer=baton_dot_v1_dot_common__pb2.BlobChunk.SerializeToString,
+            ),
+            'FetchHopOutput': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchHopOutput,
+                    request_deserializer=baton_dot_v1_dot_admin__pb2.FetchHopOutputRequest.FromString,
                     response_serializer=baton_dot_v1_dot_common__pb2.BlobChunk.SerializeToString,
             ),
             'ListSites': grpc.unary_unary_rpc_method_handler(
@@ -325,6 +344,33 @@ class AdminService:
             target,
             '/baton.v1.AdminService/FetchResult',
             baton_dot_v1_dot_admin__pb2.FetchResultRequest.SerializeToString,
+            baton_dot_v1_dot_common__pb2.BlobChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchHopOutput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/baton.v1.AdminService/FetchHopOutput',
+            baton_dot_v1_dot_admin__pb2.FetchHopOutputRequest.SerializeToString,
             baton_dot_v1_dot_common__pb2.BlobChunk.FromString,
             options,
             channel_credentials,

@@ -48,6 +48,11 @@ class AdminServiceStub:
     """Stops a run; hops in flight are abandoned."""
     FetchResult: _grpc.UnaryStreamMultiCallable[_admin_pb2.FetchResultRequest, _common_pb2.BlobChunk]
     """Streams the final model blob of a succeeded run, from `offset` (resumable)."""
+    FetchHopOutput: _grpc.UnaryStreamMultiCallable[_admin_pb2.FetchHopOutputRequest, _common_pb2.BlobChunk]
+    """Streams the stored output blob of one completed hop, of a run in any state, from
+    `offset` (resumable); only to the run's owner (the admin who signed its plan). It is
+    sealed to the next hop's site, and to the owner only when the plan asks for escrow.
+    """
     ListSites: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListSitesRequest, _admin_pb2.ListSitesResponse]
     """Returns every registered site with its lease state."""
 
@@ -68,6 +73,11 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Stops a run; hops in flight are abandoned."""
     FetchResult: _aio.UnaryStreamMultiCallable[_admin_pb2.FetchResultRequest, _common_pb2.BlobChunk]  # type: ignore[assignment]
     """Streams the final model blob of a succeeded run, from `offset` (resumable)."""
+    FetchHopOutput: _aio.UnaryStreamMultiCallable[_admin_pb2.FetchHopOutputRequest, _common_pb2.BlobChunk]  # type: ignore[assignment]
+    """Streams the stored output blob of one completed hop, of a run in any state, from
+    `offset` (resumable); only to the run's owner (the admin who signed its plan). It is
+    sealed to the next hop's site, and to the owner only when the plan asks for escrow.
+    """
     ListSites: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListSitesRequest, _admin_pb2.ListSitesResponse]  # type: ignore[assignment]
     """Returns every registered site with its lease state."""
 
@@ -121,6 +131,17 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_common_pb2.BlobChunk], _abc.AsyncIterator[_common_pb2.BlobChunk]]:
         """Streams the final model blob of a succeeded run, from `offset` (resumable)."""
+
+    @_abc_1.abstractmethod
+    def FetchHopOutput(
+        self,
+        request: _admin_pb2.FetchHopOutputRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_common_pb2.BlobChunk], _abc.AsyncIterator[_common_pb2.BlobChunk]]:
+        """Streams the stored output blob of one completed hop, of a run in any state, from
+        `offset` (resumable); only to the run's owner (the admin who signed its plan). It is
+        sealed to the next hop's site, and to the owner only when the plan asks for escrow.
+        """
 
     @_abc_1.abstractmethod
     def ListSites(

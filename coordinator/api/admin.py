@@ -30,9 +30,10 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         store: Coordinator state, read for runs and their events.
         scheduler: The run engine.
         sites: The site registry.
-        transfers: Blob downloads (a run's result).
+        transfers: Blob downloads (a run's result, a hop's output).
         gate: Admits this federation's admins whose certificates are not revoked. Only a
-            run's owner (the admin who signed its plan) may cancel it.
+            run's owner (the admin who signed its plan) may cancel it or fetch its hops'
+            outputs.
         streams: Caps the event streams each admin (and all) may hold open.
     """
 
@@ -126,6 +127,23 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         offset = check_count("offset", request.offset)
         run_id = check_id("run_id", request.run_id)
         for data in self._transfers.result(run_id, offset=offset, chunk_size=CHUNK_BYTES):
+            yield common_pb2.BlobChunk(offset=offset, data=data)
+            offset += len(data)
+
+    def FetchHopOutput(
+        self, request: admin_pb2.FetchHopOutputRequest, context: grpc.ServicerContext
+    ) -> Iterator[common_pb2.BlobChunk]:
+        admin = self._gate.identify(context)
+        offset = check_count("offset", request.offset)
+        run_id = check_id("run_id", request.run_id)
+        run = self._store.get_run(run_id)
+        require_owner(
+            admin, run.owner_signing_certificate_pem, run_id=run_id, action="fetch its hops"
+        )
+        stream = self._transfers.hop_output(
+            run_id, request.hop_index, offset=offset, chunk_size=CHUNK_BYTES
+        )
+        for data in stream:
             yield common_pb2.BlobChunk(offset=offset, data=data)
             offset += len(data)
 

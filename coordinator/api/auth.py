@@ -136,9 +136,17 @@ class GatedHealth(health.HealthServicer):  # type: ignore[misc]  # grpc_health h
         return super().Watch(request, context, send_response_callback)
 
 
-def require_owner(admin: Identity, owner_certificate_pem: str, *, run_id: str) -> None:
+def require_owner(
+    admin: Identity, owner_certificate_pem: str, *, run_id: str, action: str = "cancel it"
+) -> None:
     """Refuses ``admin`` unless it is the identity that signed the run's plan (its owner).
-    A run stored without its owner's certificate may be stopped by any admin.
+    A run stored without its owner's certificate is open to any admin.
+
+    Args:
+        admin: The caller.
+        owner_certificate_pem: The run owner's signing certificate, as stored.
+        run_id: The run.
+        action: What the caller asked to do, for the refusal ("admin X may not ...").
 
     Raises:
         Denied: Another admin asked.
@@ -148,6 +156,6 @@ def require_owner(admin: Identity, owner_certificate_pem: str, *, run_id: str) -
     owner = identity_from_certificate(owner_certificate_pem.encode())
     if owner != admin:
         raise Denied(
-            f"run {run_id} belongs to admin {owner.name}; admin {admin.name} may not cancel it",
+            f"run {run_id} belongs to admin {owner.name}; admin {admin.name} may not {action}",
             run_id=run_id,
         )

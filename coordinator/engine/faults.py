@@ -42,6 +42,8 @@ class FaultFacts:
 
     hop_index: int
     site_id: str
+    run_id: str = ""
+    """The run, for the command a failure's reason names."""
     retries: int = 0
     """Times this hop was already offered again to its site."""
     skipped_this_cycle: int = 0
@@ -121,18 +123,21 @@ def decide(policy: FaultsSection, fault: Fault, facts: FaultFacts) -> Decision:
         return Decision(
             action=Action.ABORT,
             reason=f"{where} {what} and the previous site {facts.previous_site} is gone too: "
-            f"nobody can re-seal the last completed hop{escrow_hint(facts.escrow_hop)}",
+            "nobody can re-seal the last completed hop"
+            + escrow_hint(facts.escrow_hop, facts.run_id),
         )
     action = Action.SKIP if configured == "skip" else Action.REROUTE
     return Decision(action=action, reason=f"{where} {what}; {action.value}")
 
 
-def escrow_hint(escrow_hop: int) -> str:
+def escrow_hint(escrow_hop: int, run_id: str) -> str:
     """The end of a failed run's reason when the owner's escrow opens hop ``escrow_hop``
-    (0-based; -1 for none): what the study owner can restart from."""
+    (0-based; -1 for none): what the study owner can restart from, and the command that
+    fetches it."""
     if escrow_hop < 0:
         return ""
+    n = escrow_hop + 1
     return (
-        f"; the owner can restart from the escrowed hop {escrow_hop + 1} "
-        "(the study owner's escrow opens its sealed output)"
+        f"; the owner can restart from the escrowed hop {n}: "
+        f"`baton fetch {run_id} hop-{n}.safetensors --hop {n}` opens its sealed output"
     )

@@ -211,7 +211,7 @@ class Recovery:
             decision = Decision(
                 action=Action.ABORT,
                 reason=f"{what}, and {prev.site_id} is gone too: nobody can seal it again"
-                + escrow_hint(escrow),
+                + escrow_hint(escrow, run_id),
             )
         elif resealed >= MAX_RESEALS:
             decision = Decision(
@@ -276,6 +276,7 @@ class Recovery:
         return FaultFacts(
             hop_index=hop.hop_index,
             site_id=hop.site_id,
+            run_id=run.run_id,
             retries=sum(
                 1
                 for e in faults

@@ -1,5 +1,6 @@
 """Model transfers through the relay: resumable uploads of a hop's sealed output, and
-downloads of a hop's input, of a finished run's final model, and of its result."""
+downloads of a hop's input, of a finished run's final model, of its result, and of any
+completed hop's output (for its owner)."""
 
 from __future__ import annotations
 
@@ -285,6 +286,41 @@ class Transfers:
                 f"run {run.run_id} has no result: it is {run.state.value}", run_id=run.run_id
             )
         return self._blobs.read(run.result.blob_id, offset=offset, chunk_size=chunk_size)
+
+    def hop_output(
+        self, run_id: str, hop_index: int, *, offset: int, chunk_size: int
+    ) -> Iterator[bytes]:
+        """The stored output of a completed hop, of a run in any state (sealed to the next
+        hop's site, and to the study owner when the plan asks for escrow), from ``offset``,
+        in chunks of ``chunk_size`` bytes. From byte 0 the stored copy is checked against
+        its address first (one disk read of it).
+
+        Raises:
+            NotFoundError: the run has no such hop.
+            ConflictError: the hop has not completed, or its stored copy is missing or
+                corrupt.
+        """
+        run = self._store.get_run(run_id)
+        number = hop_index + 1  # people count hops from 1
+        if hop_index >= run.total_hops:
+            raise NotFoundError(
+                f"run {run_id} has no hop {number}: it has {run.total_hops}", run_id=run_id
+            )
+        hop = self._store.get_hop(run_id, hop_index)
+        if hop.output is None:
+            raise ConflictError(
+                f"hop {number} of run {run_id} has no output: it is {hop.state.value}",
+                run_id=run_id,
+                hop=hop_index,
+            )
+        problem = copy_problem(self._blobs, hop.output) if offset == 0 else None
+        if problem is not None:
+            raise ConflictError(
+                f"the coordinator's copy of hop {number}'s output {problem}",
+                run_id=run_id,
+                hop=hop_index,
+            )
+        return self._blobs.read(hop.output.blob_id, offset=offset, chunk_size=chunk_size)
 
 
 def transfer_key(site_id: str, transfer_id: str) -> str:

@@ -108,8 +108,8 @@ def test_a_corrupt_input_whose_sender_is_gone_fails_naming_the_escrowed_hop(
     )
     if escrow:
         reason += (
-            "; the owner can restart from the escrowed hop 1 "
-            "(the study owner's escrow opens its sealed output)"
+            "; the owner can restart from the escrowed hop 1: "
+            f"`baton fetch {run_id} hop-1.safetensors --hop 1` opens its sealed output"
         )
     assert (run.state, run.error) == (RunState.FAILED, reason)
     assert store.get_hop(run_id, 2).state is HopState.FAILED
@@ -125,7 +125,12 @@ def test_a_lost_site_whose_previous_site_is_gone_names_the_escrowed_hop(pki: Pki
     assert watch(store, sched).check() == 1
     run = store.get_run(run_id)
     assert run.state is RunState.FAILED
-    assert "restart from the escrowed hop 2 " in run.error, run.error
+    assert run.error == (
+        "hop 3 at c was lost and the previous site b is gone too: nobody can re-seal the "
+        "last completed hop; the owner can restart from the escrowed hop 2: "
+        f"`baton fetch {run_id} hop-2.safetensors --hop 2` opens its sealed output: "
+        "no heartbeat for 10 s (lease expired)"
+    )
 
 
 def test_the_lease_check_reads_only_running_runs(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
