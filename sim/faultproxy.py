@@ -15,6 +15,8 @@ fault can be set and changed while connections are open, from any thread:
   peer sees its connection fail at once, as after a reboot of a middlebox); ``"hold"``
   stops forwarding but keeps the connections open, and holds new ones unconnected,
   until healed (a cut cable: the peers notice only through their own timeouts).
+  :meth:`FaultProxy.partition_after` cuts the link once so many more bytes went one way,
+  between two chunks, so a transfer is cut at a byte count, however fast it runs.
 
 The proxy runs an asyncio loop in a daemon thread; :meth:`FaultProxy.stop` closes
 everything.
@@ -53,6 +55,9 @@ class _Link:
     loss: float = 0.0
     stall: float = RTO_SECONDS
     forwarded: int = 0
+    cut_at: int | None = None
+    """Forwarded count at which the proxy partitions (None: never)."""
+    cut_mode: PartitionMode = "hold"
 
 
 class FaultProxy:
@@ -81,6 +86,7 @@ class FaultProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._partition: PartitionMode | None = None
         self._healed: asyncio.Event | None = None
+        self._partitioned = threading.Event()
         self.address: tuple[str, int] = listen
         """Where the proxy listens (the port filled in once started)."""
         self.connections = 0
@@ -142,6 +148,33 @@ class FaultProxy:
             raise ValueError(f"partition mode must be 'drop' or 'hold', not {mode!r}")
         self._call(lambda: self._cut(mode))
 
+    def partition_after(
+        self, direction: Direction, count: int, mode: PartitionMode = "hold"
+    ) -> None:
+        """Partitions (as :meth:`partition`) once ``count`` more bytes went ``direction``:
+        right after the chunk that reaches the count is written on, before the next."""
+        if count <= 0:
+            raise ValueError(f"a cut must come after 1 or more bytes, not {count}")
+        if mode not in ("drop", "hold"):
+            raise ValueError(f"partition mode must be 'drop' or 'hold', not {mode!r}")
+        link = self._links[direction]
+
+        def arm() -> None:
+            link.cut_at, link.cut_mode = link.forwarded + count, mode
+
+        self._call(arm)
+
+    def wait_partitioned(self, *, timeout: float) -> None:
+        """Waits until the proxy is partitioned (by :meth:`partition` or a
+        :meth:`partition_after` cut).
+
+        Raises:
+            TimeoutError: Not within ``timeout`` seconds.
+        """
+        if not self._partitioned.wait(timeout):
+            up, down = self.forwarded("up"), self.forwarded("down")
+            raise TimeoutError(f"no partition in {timeout:g} s ({up} bytes went up, {down} down)")
+
     def heal(self) -> None:
         """Forwards again; held connections go on where they stopped."""
         self._call(self._mend)
@@ -194,6 +227,9 @@ class FaultProxy:
         assert self._healed is not None
         self._partition = mode
         self._healed.clear()
+        for link in self._links.values():
+            link.cut_at = None
+        self._partitioned.set()
         if mode == "drop":
             for writer in list(self._writers):
                 writer.transport.abort()
@@ -201,6 +237,7 @@ class FaultProxy:
     def _mend(self) -> None:
         assert self._healed is not None
         self._partition = None
+        self._partitioned.clear()
         self._healed.set()
 
     async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
@@ -254,6 +291,8 @@ class FaultProxy:
                 writer.write(data)
                 await writer.drain()
                 link.forwarded += len(data)
+                if link.cut_at is not None and link.forwarded >= link.cut_at:
+                    self._cut(link.cut_mode)
                 if link.bandwidth:
                     await asyncio.sleep(len(data) / link.bandwidth)
         finally:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sim.faultproxy import FaultProxy
+from sim.faultproxy import READ_BYTES, FaultProxy
 
 
 @pytest.fixture
@@ -136,6 +136,25 @@ def test_a_hold_partition_keeps_the_bytes_until_healed(proxy: FaultProxy) -> Non
         assert got == b"held"
 
 
+def test_a_cut_after_a_byte_count_holds_the_rest_until_healed(proxy: FaultProxy) -> None:
+    data = os.urandom(300_000)
+    proxy.partition_after("up", 100_000)
+    with _dial(proxy) as conn:
+        sender = threading.Thread(target=conn.sendall, args=(data,))
+        sender.start()
+        proxy.wait_partitioned(timeout=5)
+        cut_at = proxy.forwarded("up")
+        assert 100_000 <= cut_at < 100_000 + READ_BYTES
+        proxy.heal()
+        got = bytearray()
+        while len(got) < len(data) and (chunk := _recv(conn)):
+            got.extend(chunk)
+        sender.join()
+    assert bytes(got) == data
+    with pytest.raises(TimeoutError, match=r"^no partition in 0.01 s \(300000 bytes went up"):
+        proxy.wait_partitioned(timeout=0.01)  # healed, and the cut was used up
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [
@@ -143,6 +162,7 @@ def test_a_hold_partition_keeps_the_bytes_until_healed(proxy: FaultProxy) -> Non
         (lambda p: p.set_bandwidth(up=0), "bandwidth must be positive bytes per second, not 0"),
         (lambda p: p.set_latency(up=-1), "a delay must be 0 or more seconds, not -1"),
         (lambda p: p.partition("cut"), "partition mode must be 'drop' or 'hold', not 'cut'"),
+        (lambda p: p.partition_after("up", 0), "a cut must come after 1 or more bytes, not 0"),
     ],
 )
 def test_bad_settings_are_refused_with_a_reason(
