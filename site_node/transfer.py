@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -68,6 +67,8 @@ def download(
         dest.unlink()
         offset = 0
     sha = _hash_prefix(dest, offset)
+    if offset:
+        logger.info("download resumes at byte %d of %d: the kept file", offset, blob.size)
     if progress is not None:
         progress(offset)
     patience = patience or Patience()
@@ -134,6 +135,9 @@ def upload(
         patience: How long to keep trying a lost coordinator (default:
             :class:`site_node.retry.Patience`). Every try, and every question of how much
             arrived, uses the same transfer id, so the coordinator keeps one partial upload.
+            The id follows from the run, the hop and the blob's hash, so a site that was
+            restarted (killed mid-upload) resumes that same upload where the coordinator's
+            copy ends, or learns that it was stored, and leaves no partial upload behind.
         manifest: The signed manifest sealing ``source``, sent in every header: the
             coordinator checks it before it stores a byte, and may let the recipient start
             downloading while the blob arrives (cut-through). Empty: none is sent.
@@ -143,9 +147,21 @@ def upload(
     """
     size = source.stat().st_size
     sha = sha256_file(source) if sha256 is None else sha256
-    transfer_id = uuid.uuid4().hex
+    transfer_id = upload_transfer_id(run_id, hop_index, sha)
     patience = patience or Patience()
-    offset = 0
+    status = _upload_status(stub, transfer_id, patience)
+    if status.complete and (done := blob_ref_from_proto(status.blob)) is not None:
+        logger.info("upload %s (hop %d) was stored before", transfer_id, hop_index + 1)
+        return _checked(done, sha, size)
+    offset = status.committed_offset
+    if offset:
+        logger.info(
+            "upload %s (hop %d) resumes at byte %d of %d, acknowledged before",
+            transfer_id,
+            hop_index + 1,
+            offset,
+            size,
+        )
     while True:
         header = site_pb2.UploadHeader(
             transfer_id=transfer_id,
@@ -181,6 +197,12 @@ def upload(
             continue
         ref = blob_ref_from_proto(resp.blob)
         return _checked(ref, sha, size)
+
+
+def upload_transfer_id(run_id: str, hop_index: int, sha256: str) -> str:
+    """The transfer id of uploading the blob ``sha256`` as hop ``hop_index``'s output: the
+    same for every try of that upload, in this process or after a restart."""
+    return hashlib.sha256(f"{run_id}/{hop_index}/{sha256}".encode()).hexdigest()
 
 
 def _checked(ref: BlobRef | None, sha: str, size: int) -> BlobRef:

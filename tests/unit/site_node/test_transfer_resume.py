@@ -96,9 +96,13 @@ class _Coordinator:
     ) -> site_pb2.GetUploadStatusResponse:
         self.status_calls += 1
         self._reach()
-        return site_pb2.GetUploadStatusResponse(
-            committed_offset=len(self.stored.get(request.transfer_id, b""))
-        )
+        got = self.stored.get(request.transfer_id, b"")
+        if got == DATA:
+            blob = common_pb2.BlobRef(blob_id=SHA, size=len(DATA))
+            return site_pb2.GetUploadStatusResponse(
+                committed_offset=len(got), complete=True, blob=blob
+            )
+        return site_pb2.GetUploadStatusResponse(committed_offset=len(got))
 
     def DownloadBlob(
         self, request: site_pb2.DownloadBlobRequest, timeout: float
@@ -131,8 +135,9 @@ def test_an_upload_cut_mid_stream_resumes_at_the_committed_byte_under_one_transf
     assert [h.offset for h in coordinator.headers] == [0, 2000]
     assert len({h.transfer_id for h in coordinator.headers}) == 1
     assert list(coordinator.stored.values()) == [bytearray(DATA)]
-    # Unreachable for three status questions, answered by the fourth.
-    assert coordinator.status_calls == 4
+    # Asked once before the first byte; then unreachable for three status questions,
+    # answered by the fourth.
+    assert coordinator.status_calls == 5
     assert len(clock.pauses) == 4
     assert all(0.25 <= p <= 4.0 for p in clock.pauses)
     transfer_id = coordinator.headers[0].transfer_id
@@ -161,6 +166,40 @@ def test_an_upload_gives_up_when_the_coordinator_stays_away_past_the_window(
     assert clock.now > 20.0 - 4.0  # it waited out the window, not a fixed count of tries
 
 
+def test_an_upload_given_up_resumes_where_it_stopped_when_sent_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A site restarted mid-upload sends its kept output again: the same transfer resumes
+    at the coordinator's committed byte, and an upload stored before is not sent again, so
+    the coordinator keeps no partial upload of a dead process."""
+    monkeypatch.setattr(transfer, "CHUNK_BYTES", CHUNK)
+    source = tmp_path / "out.sealed"
+    source.write_bytes(DATA)
+    coordinator = _Coordinator(cut_after=2000, down_calls=10_000)
+    with pytest.raises(grpc.RpcError):
+        transfer.upload(
+            _stub(coordinator),
+            run_id="r",
+            hop_index=1,
+            source=source,
+            patience=_patience(_Clock(), window=5.0),
+        )
+    coordinator.down_calls = 0  # the coordinator is back; the site sends the file again
+    again = {"run_id": "r", "hop_index": 1, "source": source, "patience": _patience(_Clock())}
+    with caplog.at_level(logging.INFO, logger="site_node.transfer"):
+        ref = transfer.upload(_stub(coordinator), **again)  # type: ignore[arg-type]
+        assert transfer.upload(_stub(coordinator), **again) == ref  # type: ignore[arg-type]
+    assert ref == BlobRef(blob_id=SHA, size=len(DATA))
+    assert [h.offset for h in coordinator.headers] == [0, 2000]
+    assert list(coordinator.stored.values()) == [bytearray(DATA)]
+    transfer_id = transfer.upload_transfer_id("r", 1, SHA)
+    assert coordinator.headers[0].transfer_id == transfer_id
+    assert caplog.messages == [
+        f"upload {transfer_id} (hop 2) resumes at byte 2000 of 5003, acknowledged before",
+        f"upload {transfer_id} (hop 2) was stored before",
+    ]
+
+
 def test_a_refusal_is_not_retried(tmp_path: Path) -> None:
     source = tmp_path / "out.sealed"
     source.write_bytes(DATA)
@@ -176,7 +215,7 @@ def test_a_refusal_is_not_retried(tmp_path: Path) -> None:
             _stub(coordinator), run_id="r", hop_index=1, source=source, patience=_patience(clock)
         )
     assert clock.pauses == []
-    assert coordinator.status_calls == 0
+    assert coordinator.status_calls == 1  # before the first byte
 
 
 def test_a_download_cut_mid_stream_resumes_at_the_end_of_its_file(
