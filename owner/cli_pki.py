@@ -192,6 +192,12 @@ def tls_certify_command(
     name: Annotated[str, typer.Option("--name", help="Who the operator checked the party is.")],
     out: Annotated[Path, typer.Option("--out", help="Directory for the certificate.")],
     days: Annotated[int, typer.Option("--days", help="Validity in days.")] = 365,
+    dns: Annotated[
+        list[str] | None, typer.Option("--dns", help="DNS SAN of a coordinator (repeatable).")
+    ] = None,
+    ip: Annotated[
+        list[str] | None, typer.Option("--ip", help="IP SAN of a coordinator (repeatable).")
+    ] = None,
 ) -> None:
     """At the CA: issue a party's TLS certificate from its certificate signing request."""
     from baton.security.pki import read_file
@@ -200,7 +206,9 @@ def tls_certify_command(
     try:
         identity = Identity(federation=_federation(ca), kind=kind, name=name)
         pem = read_file(request, role="TLS request")
-        cert, ca_copy = issue_from_request(ca, out, pem, identity=identity, days=days)
+        cert, ca_copy = issue_from_request(
+            ca, out, pem, identity=identity, days=days, dns_names=dns or (), ip_addresses=ip or ()
+        )
     except BatonError as exc:
         raise _fail(exc) from None
     console = Console(highlight=False, soft_wrap=True)

@@ -27,6 +27,7 @@ from baton.security.files import make_dir, write_new
 from baton.security.pki import _key_pem, certify_tls_key
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
 
     from baton.security.identity import Identity
@@ -83,7 +84,14 @@ def make_tls_request(identity: Identity, out_dir: Path) -> TlsRequest:
 
 
 def issue_from_request(
-    ca_dir: Path, out_dir: Path, request: bytes, *, identity: Identity, days: int = 365
+    ca_dir: Path,
+    out_dir: Path,
+    request: bytes,
+    *,
+    identity: Identity,
+    days: int = 365,
+    dns_names: Sequence[str] = (),
+    ip_addresses: Sequence[str] = (),
 ) -> tuple[Path, Path]:
     """At the CA: issues the TLS certificate a party requested with :func:`make_tls_request`.
 
@@ -98,6 +106,9 @@ def issue_from_request(
         request: The CSR's bytes.
         identity: The party the CA operator verified out of band.
         days: How long the certificate stays valid.
+        dns_names: A coordinator's DNS names, given by the CA operator (never taken from
+            the request); refused for any other kind.
+        ip_addresses: A coordinator's IP addresses, likewise.
 
     Returns:
         The paths of the certificate and of the CA copy.
@@ -123,7 +134,15 @@ def issue_from_request(
     common = [a.value for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     if common not in ([], [identity.name]):
         raise PkiError(f"the TLS request's common name is {common}, not {identity.name!r}")
-    return certify_tls_key(ca_dir, out_dir, identity, public_key, days=days)
+    return certify_tls_key(
+        ca_dir,
+        out_dir,
+        identity,
+        public_key,
+        dns_names=dns_names,
+        ip_addresses=ip_addresses,
+        days=days,
+    )
 
 
 def _requested_names(csr: x509.CertificateSigningRequest) -> list[str]:

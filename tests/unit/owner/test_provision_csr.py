@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import shlex
 import shutil
 import stat
@@ -13,7 +14,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from typer.testing import CliRunner
 
 from baton import exit_codes
@@ -168,3 +169,36 @@ def test_the_command_refuses_a_request_for_another_site_without_a_traceback(
     assert refused.exit_code == exit_codes.CLI_PKI
     assert "names ['spiffe://acme/site/st-mary'], not exactly" in refused.output
     assert refused.exception is None or isinstance(refused.exception, SystemExit)
+
+
+def test_a_coordinator_certified_from_its_request_gets_the_names_the_ca_gives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kits = _kits(tmp_path)
+    monkeypatch.chdir(kits.root)
+    request = ["pki", "tls-request", "--federation", "acme", "--kind"]
+    for kind in ("site", "coordinator"):
+        made = CliRunner().invoke(app, [*request, kind, "--name", "hub", "--out", kind])
+        assert made.exit_code == 0, made.output
+    certify = ["pki", "tls-certify", "--ca", "ca", "--name", "hub", "--dns", "hub.org"]
+    site = CliRunner().invoke(
+        app, [*certify, "--request", "site/hub.csr", "--kind", "site", "--out", "s"]
+    )
+    assert site.exit_code == exit_codes.CLI_PKI
+    assert "a site certificate cannot carry DNS or IP names ('hub.org')" in site.output
+    assert not (kits.root / "s").exists()
+    done = CliRunner().invoke(
+        app,
+        [*certify, "--request", "coordinator/hub.csr", "--kind", "coordinator", "--out", "c",
+         "--ip", "::1"],
+    )  # fmt: skip
+    assert done.exit_code == 0, done.output
+    cert = load_certificate((kits.root / "c" / "hub.pem").read_bytes(), source="hub")
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert list(names) == [
+        x509.UniformResourceIdentifier("spiffe://acme/coordinator/hub"),
+        x509.DNSName("hub.org"),
+        x509.IPAddress(ipaddress.ip_address("::1")),
+    ]
+    usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [ExtendedKeyUsageOID.SERVER_AUTH]
