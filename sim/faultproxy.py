@@ -84,6 +84,7 @@ class FaultProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, name="faultproxy")
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[object]] = set()
         self._partition: PartitionMode | None = None
         self._healed: asyncio.Event | None = None
         self._partitioned = threading.Event()
@@ -222,6 +223,14 @@ class FaultProxy:
             self._server.close()
         for writer in list(self._writers):
             writer.transport.abort()
+        # Every connection ends here, not when the closed loop's leftovers are collected
+        # (a pump waiting for a heal would then fail in its cleanup): its pumps are
+        # cancelled, then its handler returns.
+        handlers = set(self._handlers)
+        for task in asyncio.all_tasks() - handlers - {asyncio.current_task()}:
+            task.cancel()
+        if handlers:
+            await asyncio.wait(handlers, timeout=5)
 
     def _cut(self, mode: PartitionMode) -> None:
         assert self._healed is not None
@@ -244,6 +253,9 @@ class FaultProxy:
         assert self._healed is not None
         self.connections += 1
         self._writers.add(client_w)
+        handler = asyncio.current_task()
+        assert handler is not None
+        self._handlers.add(handler)
         try:
             if self._partition == "drop":
                 return
@@ -264,6 +276,7 @@ class FaultProxy:
                 target_w.transport.abort()
         finally:
             self._writers.discard(client_w)
+            self._handlers.discard(handler)
             client_w.transport.abort()
 
     async def _pump(

@@ -3,6 +3,8 @@ demand, on loopback."""
 
 from __future__ import annotations
 
+import gc
+import logging
 import os
 import socket
 import threading
@@ -153,6 +155,21 @@ def test_a_cut_after_a_byte_count_holds_the_rest_until_healed(proxy: FaultProxy)
     assert bytes(got) == data
     with pytest.raises(TimeoutError, match=r"^no partition in 0.01 s \(300000 bytes went up"):
         proxy.wait_partitioned(timeout=0.01)  # healed, and the cut was used up
+
+
+def test_stopping_a_held_proxy_ends_every_connection_first(
+    echo: tuple[str, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = FaultProxy(echo).start()
+    with caplog.at_level(logging.ERROR, logger="asyncio"), _dial(proxy) as conn:
+        assert _round_trip(conn, b"a") == b"a"
+        proxy.partition("hold")
+        conn.sendall(b"held")
+        time.sleep(0.1)  # the proxy reads the bytes and waits for a heal with them
+        proxy.stop()
+        del proxy
+        gc.collect()  # a connection still pending would be destroyed (and logged) here
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
 
 
 @pytest.mark.parametrize(
