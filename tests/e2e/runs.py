@@ -7,7 +7,11 @@ from dataclasses import dataclass
 
 import torch
 
-from baton.ml.codec import load_state_file
+from baton.ml.codec import load_state_file, state_of
+from baton.ml.data import read_site_data
+from baton.ml.models import plan_model
+from baton.ml.trainer import hop_seed, train_local
+from baton.plan import parse_plan
 from baton.security.sealing import AppKeys
 from baton.v1 import admin_pb2, common_pb2
 from owner.client import AdminClient
@@ -48,3 +52,29 @@ def run_to_the_end(
             fetch_result(client, run.run_id, result, owner=owner, ca_pem=tls.ca_pem)
         codes = [p.stop() for p in group.procs]
     return RunOutcome(run=final, events=events, state=load_state_file(result), exit_codes=codes)
+
+
+def trained_in_process(
+    layout: LocalFederationLayout, plan_toml: str, order: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """The final model of an undisturbed run of ``plan_toml`` whose hops went to the sites
+    ``order`` names, one hop each, every hop trained in this process as the site daemons
+    train it (one torch thread, each hop on its site's training split)."""
+    plan = parse_plan(plan_toml)
+    data = {s: read_site_data(layout.site_dir(s) / "data") for s in set(order)}
+    model = plan_model(plan, data[order[0]][0])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the daemons (torch_threads = 1)
+    try:
+        for hop, site in enumerate(order):
+            train_local(
+                model,
+                data[site][1].train,
+                plan.training,
+                seed=hop_seed(plan.run.seed, hop),
+                hop_index=hop,
+                num_sites=len(plan.run.sites),
+            )
+    finally:
+        torch.set_num_threads(threads)
+    return state_of(model)

@@ -9,27 +9,14 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 
 import pytest
 
-from baton.security.pki import Identity, issue
-from baton.security.sealing import AppKeys
-from baton.v1 import admin_pb2, common_pb2
-from owner.client import AdminClient
-from sim import netns
+from baton.v1 import common_pb2
 from sim.faultproxy import FaultProxy
-from sim.localfed import (
-    FEDERATION,
-    LocalFederationLayout,
-    provision,
-    wait_until_online,
-    write_site_config,
-)
-from sim.procs import ProcessGroup, wait_for_file
-from sim.tasks import Partition
-from tests.e2e import test_faults
+from tests.e2e import netns_world, test_faults
+from tests.e2e.netns_world import World
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -50,98 +37,10 @@ PLAN = test_faults.PLAN.replace("hidden = [8]", "hidden = [1024, 640]").replace(
 """test_faults' plan with a model of 2.8 MB, so a transfer spans several chunks."""
 
 
-@dataclass
-class World:
-    layout: LocalFederationLayout
-    group: ProcessGroup
-    client: AdminClient
-    owner: AppKeys
-    proxies: dict[str, FaultProxy]
-
-    def site_log(self, site: str) -> str:
-        return (self.layout.site_dir(site) / "site.log").read_text()
-
-    def run(
-        self, plan: str, *, created: Callable[[], None] = lambda: None
-    ) -> tuple[admin_pb2.Run, list[str]]:
-        """Creates a run, calls ``created``, follows the run to its end; returns its final
-        state and its events."""
-        run = self.client.create_run(plan, self.owner)
-        created()
-        lines = [
-            f"{admin_pb2.EventKind.Name(ev.kind)} {ev.hop_index} {ev.site_id} {ev.message}"
-            for ev in self.client.watch(run.run_id)
-        ]
-        return self.client.get_run(run.run_id), lines
-
-    def chain(self, run_id: str) -> str:
-        fed = test_faults.Federation(self.layout, self.group, self.client, self.owner)
-        return test_faults.chain_report(fed, run_id)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    why = netns.unavailable()
-    if why is not None:
-        pytest.skip(f"needs network namespaces: {why}")
-    root = tmp_path_factory.mktemp("netns")
-    tag = format(os.getpid() % 0xFFFFF, "x")
-    with netns.Lab(tag, subnet=10 + os.getpid() % 200) as lab, ProcessGroup() as group:
-        hosts = {name: lab.add(name[0]) for name in ("coordinator", *SITES)}
-        layout, _ = provision(
-            root, list(SITES), dataset="breast_cancer", partition=Partition(kind="iid"), seed=1
-        )
-        # The coordinator's certificate names every address it is dialled at: its own
-        # (the owner) and each site's proxy.
-        for old in ("coordinator.pem", "coordinator.key"):
-            (layout.coordinator_dir / "pki" / old).unlink()
-        issue(
-            layout.ca_dir,
-            layout.coordinator_dir / "pki",
-            Identity(federation=FEDERATION, kind="coordinator", name="coordinator"),
-            ip_addresses=[hosts[h].inner if h == "coordinator" else hosts[h].outer for h in hosts],
-        )
-        config = layout.coordinator_dir / "coordinator.toml"
-        config.write_text(
-            config.read_text()
-            .replace("127.0.0.1:0", f"{hosts['coordinator'].inner}:0")
-            .replace("lease_seconds = 10.0", f"lease_seconds = {LEASE_S}")
-            .replace("\n[tls]", "watch_interval_seconds = 0.5\n\n[tls]")
-        )
-        group.start(
-            "coordinator",
-            "sim.netns",
-            [
-                *(hosts["coordinator"].name, "coordinator.cli", "serve"),
-                *("--config", str(config), "--port-file", str(layout.port_file)),
-            ],
-            log_path=layout.coordinator_dir / "coordinator.log",
-        )
-        port = int(wait_for_file(layout.port_file, timeout=60, group=group))
-        coordinator = (hosts["coordinator"].inner, port)
-        proxies: dict[str, FaultProxy] = {}
-        try:
-            for site in SITES:
-                proxies[site] = proxy = FaultProxy(coordinator, listen=(hosts[site].outer, 0))
-                proxy.start()
-                path = write_site_config(layout, site, port)
-                path.write_text(
-                    path.read_text().replace(
-                        f"127.0.0.1:{port}", f"{hosts[site].outer}:{proxy.address[1]}"
-                    )
-                )
-                group.start(
-                    site,
-                    "sim.netns",
-                    [hosts[site].name, "site_node.cli", "run", "--config", str(path)],
-                    log_path=layout.site_dir(site) / "site.log",
-                )
-            with AdminClient(f"{coordinator[0]}:{port}", layout.admin_tls.load()) as client:
-                wait_until_online(client, SITES, group)
-                yield World(layout, group, client, AppKeys.load(layout.owner_keys), proxies)
-        finally:
-            for proxy in proxies.values():
-                proxy.stop()
+    with netns_world.world(tmp_path_factory.mktemp("netns"), SITES, lease_seconds=LEASE_S) as w:
+        yield w
 
 
 def _partition_after(proxy: FaultProxy, direction: str, count: int) -> threading.Thread:

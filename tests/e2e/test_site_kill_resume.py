@@ -16,18 +16,15 @@ import pytest
 import torch
 
 from baton.ml import checkpoint
-from baton.ml.codec import load_state_file, state_of
-from baton.ml.data import read_site_data
-from baton.ml.models import plan_model
-from baton.ml.trainer import hop_seed, train_local
-from baton.plan import parse_plan
+from baton.ml.codec import load_state_file
 from baton.security.sealing import AppKeys
 from baton.v1 import common_pb2
 from owner.client import AdminClient
 from owner.fetch import fetch_result
-from sim.localfed import LocalFederationLayout, provision, start, wait_until_online
+from sim.localfed import provision, start, wait_until_online
 from sim.procs import ProcessGroup
 from sim.tasks import Partition
+from tests.e2e.runs import trained_in_process
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -57,24 +54,6 @@ local_steps = {STEPS}
 """
 NORTH_HOPS = (0, 2)  # north trains hops 1 and 3 (0-based 0 and 2); south the others
 IN_PROCESS = f"\n[training]\ncheckpoint_every = {EVERY}\n"
-
-
-def _undisturbed(layout: LocalFederationLayout) -> dict[str, torch.Tensor]:
-    """The run's final model, every hop trained in this process as the daemons train it."""
-    plan = parse_plan(PLAN)
-    data = {s: read_site_data(layout.site_dir(s) / "data") for s in SITES}
-    model = plan_model(plan, data["north"][0])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the daemons (torch_threads = 1)
-    try:
-        for hop in range(4):
-            train = data[SITES[hop % 2]][1].train
-            train_local(
-                model, train, plan.training, seed=hop_seed(14, hop), hop_index=hop, num_sites=2
-            )
-    finally:
-        torch.set_num_threads(threads)
-    return state_of(model)
 
 
 def _newest(jobs: list[Path]) -> tuple[int, int] | None:
@@ -150,7 +129,7 @@ def test_a_site_killed_ten_times_resumes_every_hop_bit_identical(tmp_path: Path)
         (h, {"step": last[h], "steps": STEPS}) for h in NORTH_HOPS
     ]
     trained = load_state_file(result)
-    want = _undisturbed(layout)
+    want = trained_in_process(layout, PLAN, [SITES[hop % 2] for hop in range(4)])
     assert trained.keys() == want.keys()
     assert all(torch.equal(trained[k], want[k]) for k in want)
     assert not any(j.exists() for j in jobs)
