@@ -1,4 +1,5 @@
-"""The coordinator's Prometheus metrics: runs, hops, relayed bytes, sites, RPC latencies."""
+"""The coordinator's Prometheus metrics: runs, hops and their durations, relayed bytes, sites,
+lease expiries, and RPC latencies by status code (the refusals by reason)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from baton.probe import MetricsPort
+from coordinator.hop_durations import HopDurations
 from coordinator.store.base import HopState, RunState
 
 if TYPE_CHECKING:
@@ -28,24 +30,35 @@ and event streams that last as long as a hop."""
 
 
 class StateCollector(Collector):
-    """Reads the state store at each scrape: runs by state, hops completed and failed, the
-    sealed bytes sites uploaded, registered and online sites.
+    """Reads the state store at each scrape: runs by state, hops completed and failed and
+    how long they took, the sealed bytes sites uploaded, registered and online sites, and
+    the leases that expired.
 
-    A finished run never changes again, so its counts are read once and kept.
+    A finished run never changes again, so its counts are read once and kept; a running
+    run's events are read from where the last scrape stopped.
 
     Args:
         store: The coordinator's state store.
         lease_seconds: A site heard from within this many seconds is online.
+        lease_expiries: How many sites' leases expired so far
+            (:meth:`~coordinator.engine.leases.HopWatch.expiries`).
         clock: Unix time in seconds (for tests).
     """
 
     def __init__(
-        self, store: Store, *, lease_seconds: float, clock: Callable[[], float] = time.time
+        self,
+        store: Store,
+        *,
+        lease_seconds: float,
+        lease_expiries: Callable[[], int],
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._lease_ms = lease_seconds * 1000
+        self._lease_expiries = lease_expiries
         self._clock = clock
         self._finished: dict[str, tuple[int, int, int]] = {}
+        self._durations = HopDurations(store)
         self._lock = threading.Lock()
 
     def _hop_counts(self, run_id: str, finished: bool) -> tuple[int, int, int]:
@@ -69,6 +82,8 @@ class StateCollector(Collector):
             for run in runs:
                 counts = self._hop_counts(run.run_id, run.state is not RunState.RUNNING)
                 totals = [a + b for a, b in zip(totals, counts, strict=True)]
+            self._durations.update(runs)
+            durations = self._durations.metric()
             sites = self._store.list_sites()
         by_state = GaugeMetricFamily("baton_runs", "Runs by state.", labels=["state"])
         for state in RunState:
@@ -86,12 +101,19 @@ class StateCollector(Collector):
             "once more to the next site or the study owner.",
             value=totals[2],
         )
+        yield durations
         now_ms = self._clock() * 1000
         yield GaugeMetricFamily("baton_sites_registered", "Registered sites.", value=len(sites))
         yield GaugeMetricFamily(
             "baton_sites_online",
             "Sites heard from within the lease.",
             value=sum(now_ms - s.last_seen_ms <= self._lease_ms for s in sites),
+        )
+        yield CounterMetricFamily(
+            "baton_lease_expiries",
+            "Sites whose lease expired (no heartbeat for the lease) while this process ran, "
+            "once per absence.",
+            value=self._lease_expiries(),
         )
 
 
@@ -106,14 +128,25 @@ with a stream (timed until its last message)."""
 
 
 class RpcTimer(grpc.ServerInterceptor):
-    """Times every RPC, streams included (until their last message), by method and
-    outcome (``ok`` or ``error``)."""
+    """Times every RPC, streams included (until their last message), by method and the
+    status code it ended with (``OK``, ``PERMISSION_DENIED``, ``INVALID_ARGUMENT``,
+    ``RESOURCE_EXHAUSTED``, ...): the count of a code other than ``OK`` is the refusals
+    for that reason. Both labels are bounded (the services' methods, gRPC's 17 codes).
+
+    It is the server's first interceptor, so it sees every refusal the application makes:
+    the peer gates, the limits, the stream caps and the error translator's codes. A call
+    refused before the application (a failed TLS handshake, the server's cap on
+    concurrent RPCs) is not counted. The code is the one the call's context holds after
+    the handler: set by ``context.abort`` (the error translator's too) or
+    ``context.set_code``; ``OK`` when none was set; ``UNKNOWN`` for an exception that no
+    interceptor translated; ``CANCELLED`` for a stream the client left before its end.
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.seconds = Histogram(
             "baton_rpc_duration_seconds",
-            "Duration of RPCs served, by method and outcome.",
-            ["method", "outcome"],
+            "Duration of RPCs served, by method and gRPC status code.",
+            ["method", "code"],
             buckets=RPC_BUCKETS,
             registry=registry,
         )
@@ -140,26 +173,40 @@ class RpcTimer(grpc.ServerInterceptor):
 
     def _unary(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
         def timed(request: Any, context: grpc.ServicerContext) -> Any:
-            started, outcome = time.perf_counter(), "error"
+            started, code = time.perf_counter(), grpc.StatusCode.UNKNOWN
             try:
                 response = behavior(request, context)
-                outcome = "ok"
+                code = grpc.StatusCode.OK
                 return response
             finally:
-                self.seconds.labels(method, outcome).observe(time.perf_counter() - started)
+                self._observe(method, context, code, started)
 
         return timed
 
     def _stream(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
         def timed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            started, outcome = time.perf_counter(), "error"
+            started, code = time.perf_counter(), grpc.StatusCode.UNKNOWN
             try:
                 yield from behavior(request, context)
-                outcome = "ok"
+                code = grpc.StatusCode.OK
+            except GeneratorExit:  # grpc closes the stream: its client went away
+                code = grpc.StatusCode.CANCELLED
+                raise
             finally:
-                self.seconds.labels(method, outcome).observe(time.perf_counter() - started)
+                self._observe(method, context, code, started)
 
         return timed
+
+    def _observe(
+        self,
+        method: str,
+        context: grpc.ServicerContext,
+        fallback: grpc.StatusCode,
+        started: float,
+    ) -> None:
+        """Records one call under the code its context holds, else ``fallback``."""
+        held: grpc.StatusCode | None = context.code()  # type: ignore[attr-defined]  # not in stubs
+        self.seconds.labels(method, (held or fallback).name).observe(time.perf_counter() - started)
 
 
 class MetricsEndpoint(MetricsPort):
@@ -170,12 +217,22 @@ class MetricsEndpoint(MetricsPort):
         config: The ``[metrics]`` table; :meth:`start` does nothing when it has no address.
         store: The state store the collector reads.
         lease_seconds: A site heard from within this many seconds is online.
+        lease_expiries: How many sites' leases expired so far.
     """
 
-    def __init__(self, config: MetricsConfig, store: Store, *, lease_seconds: float) -> None:
+    def __init__(
+        self,
+        config: MetricsConfig,
+        store: Store,
+        *,
+        lease_seconds: float,
+        lease_expiries: Callable[[], int],
+    ) -> None:
         super().__init__(config.listen, CollectorRegistry(auto_describe=True))
         self.config = config
-        self.registry.register(StateCollector(store, lease_seconds=lease_seconds))
+        self.registry.register(
+            StateCollector(store, lease_seconds=lease_seconds, lease_expiries=lease_expiries)
+        )
         self.interceptors: tuple[grpc.ServerInterceptor, ...] = (
             (RpcTimer(self.registry),) if config.listen else ()
         )

@@ -139,7 +139,10 @@ class CoordinatorServer:
         self._serving = False
         self.probe = ProbeServer(config.probe, ready=lambda: self._serving)
         self.metrics = MetricsEndpoint(
-            config.metrics, self.store, lease_seconds=config.lease_seconds
+            config.metrics,
+            self.store,
+            lease_seconds=config.lease_seconds,
+            lease_expiries=self.watch.expiries,
         )
         self.idle_uploads = IdleUploads(config.upload_idle_seconds)
         self._server = grpc.server(

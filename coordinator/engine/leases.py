@@ -11,7 +11,7 @@ memory: after a restart every hop's clock starts again.
 The same pass finds the recipients nobody may seal to: the planned site of the hop after
 an assigned one holding a revoked certificate (its fault policy is applied once; under
 ``wait`` one warning per revocation), and a revoked study owner of a run's last hop
-(the run fails).
+(the run fails). It also counts the sites' leases that expire, for the metrics.
 """
 
 from __future__ import annotations
@@ -98,6 +98,17 @@ class HopWatch:
         self._thread: threading.Thread | None = None
         self._held: set[tuple[str, int, str]] = set()
         """Revoked recipients (run id, hop index, site) already warned about under wait."""
+        self._live: set[str] = set()
+        """Sites whose lease was live at the last check."""
+        self._expiries = 0
+        self._expiries_lock = threading.Lock()
+
+    def expiries(self) -> int:
+        """Leases that expired while this process ran: a site seen live at one check and
+        without a heartbeat for the lease at a later one counts once per absence (a site
+        already silent at start-up does not count)."""
+        with self._expiries_lock:
+            return self._expiries
 
     def check(self) -> int:
         """One pass over the hops in flight; returns how many were found lost. Reads the
@@ -109,6 +120,7 @@ class HopWatch:
         else:
             seen = {s.site_id: s.last_seen_ms for s in self._store.list_sites()}
         now = self._journal.clock()
+        self._count_expiries(seen, now)
         for run_id in self._journal.running():  # never the finished runs
             try:
                 run = self._store.get_run(run_id)
@@ -173,6 +185,16 @@ class HopWatch:
             self._held.add(key)  # one warning per revocation
             return False
         return decision is not None
+
+    def _count_expiries(self, seen: dict[str, int], now: int) -> None:
+        with self._expiries_lock:
+            for site_id, last_seen in seen.items():
+                if now - last_seen <= self._recovery.lease_ms:
+                    self._live.add(site_id)
+                elif site_id in self._live:
+                    self._live.discard(site_id)
+                    self._expiries += 1
+                    logger.info("site %s: no heartbeat for the lease; it is offline", site_id)
 
     def _why_lost(self, clock: HopClock, last_seen_ms: int, now: int) -> str | None:
         if now - max(last_seen_ms, clock.since_ms) > self._recovery.lease_ms:

@@ -15,9 +15,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from baton.errors import ConfigError, TransportError
 from baton.probe import ProbeConfig
 from baton.security.sealing import plan_hash
-from baton.v1 import admin_pb2
+from baton.v1 import admin_pb2, site_pb2
 from coordinator.config import CoordinatorConfig, MetricsConfig, load_coordinator_config
 from coordinator.server import CoordinatorServer
+from coordinator.store.base import EventKind
 from tests.conftest import LiveCoordinator, Pki
 from tests.integration.sites import (
     create_request,
@@ -79,8 +80,20 @@ def test_metrics_count_runs_hops_bytes_sites_and_time_rpcs(
         previous=plan_hash(text, request.plan_signature),
         plan_digest=plan_hash(text, request.plan_signature),
     )
-    with pytest.raises(grpc.RpcError):
+    with pytest.raises(grpc.RpcError) as missing:
         measured.admin().GetRun(admin_pb2.GetRunRequest(run_id="no-such-run"))
+    assert missing.value.code() is grpc.StatusCode.NOT_FOUND
+    # A site's certificate on the admin service: refused by the peer gate.
+    with pytest.raises(grpc.RpcError) as denied:
+        measured.admin("site-a").ListRuns(admin_pb2.ListRunsRequest())
+    assert denied.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    # A run id past the length limit: refused by the limits before any lookup.
+    with pytest.raises(grpc.RpcError) as too_long:
+        measured.admin().GetRun(admin_pb2.GetRunRequest(run_id="r" * 129))
+    assert too_long.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    events = measured.server.store.list_events(run.run_id)
+    assigned = next(e.time_ms for e in events if e.kind is EventKind.HOP_ASSIGNED)
+    completed = next(e.time_ms for e in events if e.kind is EventKind.HOP_COMPLETED)
 
     m = scrape(measured)
     assert m["baton_runs", (("state", "running"),)] == 1
@@ -90,15 +103,46 @@ def test_metrics_count_runs_hops_bytes_sites_and_time_rpcs(
     assert m["baton_relayed_bytes_total", ()] == ref.size
     assert m["baton_sites_registered", ()] == 2
     assert m["baton_sites_online", ()] == 2
-    ok = (("method", "Register"), ("outcome", "ok"))
-    assert m["baton_rpc_duration_seconds_count", ok] == 2
-    failed = (("method", "GetRun"), ("outcome", "error"))
-    assert m["baton_rpc_duration_seconds_count", failed] == 1
-    assert m["baton_rpc_duration_seconds_count", (("method", "UploadBlob"), ("outcome", "ok"))] == 1
+    assert m["baton_hop_duration_seconds_count", ()] == 1
+    assert m["baton_hop_duration_seconds_sum", ()] == (completed - assigned) / 1000
+    assert m["baton_hop_duration_seconds_bucket", (("le", "+Inf"),)] == 1
+    assert m["baton_lease_expiries_total", ()] == 0
+
+    def calls(method: str, code: str) -> float:
+        return m["baton_rpc_duration_seconds_count", (("code", code), ("method", method))]
+
+    assert calls("Register", "OK") == 2
+    assert calls("UploadBlob", "OK") == 1
+    assert calls("GetRun", "NOT_FOUND") == 1
+    assert calls("GetRun", "INVALID_ARGUMENT") == 1
+    assert calls("ListRuns", "PERMISSION_DENIED") == 1
+    assert ("baton_rpc_duration_seconds_count", (("code", "OK"), ("method", "ListRuns"))) not in m
     # It shows counts and timings only: no site, run or key names.
     body = "\n".join(str(k) for k in m)
     assert "site-a" not in body
     assert run.run_id not in body
+
+
+def test_a_site_whose_lease_expires_is_counted_once_per_absence(
+    measured: LiveCoordinator,
+) -> None:
+    register(measured, "site-a")
+    watch, journal = measured.server.watch, measured.server.scheduler.journal
+    watch.check()  # seen live
+    real_clock = journal.clock
+    lease_ms = int(measured.server.config.lease_seconds * 1000)
+    journal.clock = lambda: real_clock() + lease_ms + 60_000
+    watch.check()
+    watch.check()  # still away: the same absence
+    assert scrape(measured)["baton_lease_expiries_total", ()] == 1
+    journal.clock = real_clock
+    measured.site("site-a").Heartbeat(site_pb2.HeartbeatRequest())
+    watch.check()  # back
+    journal.clock = lambda: real_clock() + lease_ms + 60_000
+    watch.check()
+    m = scrape(measured)
+    assert m["baton_lease_expiries_total", ()] == 2
+    assert m["baton_sites_online", ()] == 1  # the scrape reads the real clock
 
 
 def test_probe_is_ready_while_the_coordinator_serves_and_needs_no_certificate(
