@@ -14,8 +14,9 @@ from baton.io import atomic_write
 from baton.probe import ProbeServer
 from baton.security.audit import AuditLog, key_fingerprint
 from baton.security.pki import load_private_key
+from baton.security.pki_leaf import SERVER_KIND
 from baton.security.revocation import revocation_check
-from baton.security.tls import TlsMaterial
+from baton.security.tls import TlsMaterial, require_kind
 from baton.v1 import admin_pb2_grpc, site_pb2_grpc
 from baton.wire.channel import SERVER_OPTIONS
 from coordinator.api.admin import AdminService
@@ -64,7 +65,9 @@ class CoordinatorServer:
         accept_state_loss: Start anyway on such a database, logging what was lost.
 
     Raises:
-        PkiError: If ``config.crl`` is set and the CRL is missing, stale or not the CA's.
+        PkiError: If the certificate is not a coordinator's (another kind, or without the
+            TLS server purpose), or ``config.crl`` is set and the CRL is missing, stale
+            or not the CA's.
         ConfigError: If ``config.state_dir`` is not a directory.
         StoreError: If the state directory or database is not writable, another
             coordinator holds the state directory, or the database lacks state changes
@@ -81,6 +84,7 @@ class CoordinatorServer:
         accept_state_loss: bool = False,
     ) -> None:
         self.config = config
+        require_kind(tls, SERVER_KIND, source=str(config.tls.cert))
         revoked = revocation_check(config.crl, tls.ca_pem, interval=config.crl_reload_seconds)
         self._state = StateDirLock(config.state_dir)
         kill_hook.bind(config.state_dir)  # a test-only crash point; off unless its variable is set

@@ -9,7 +9,8 @@ import grpc
 from cryptography import x509
 
 from baton.errors import PkiError
-from baton.security.tls import TlsFiles, TlsMaterial
+from baton.security.pki_leaf import SERVER_KIND
+from baton.security.tls import TlsFiles, TlsMaterial, require_kind
 from baton.wire.channel import file_stamp
 
 logger = logging.getLogger(__name__)
@@ -20,8 +21,9 @@ class ReloadingServerCredentials:
 
     grpc asks for the certificate configuration at each handshake; the files are then
     looked at (``stat`` only) and re-read only when their modification time, size or inode
-    changed. A new pair is served once it passes :meth:`TlsFiles.load` and still names
-    the same identity under the same CA; otherwise the pair in force keeps serving and a
+    changed. A new pair is served once it passes :meth:`TlsFiles.load`, is a
+    coordinator's (:func:`~baton.security.tls.require_kind`) and still names the same
+    identity under the same CA; otherwise the pair in force keeps serving and a
     warning is logged once per change of the files. Connections already open keep the
     certificate they were made with. Changing the CA or the identity needs a restart.
 
@@ -84,6 +86,7 @@ class ReloadingServerCredentials:
         return _configuration(material)
 
     def _check_same_party(self, material: TlsMaterial) -> None:
+        require_kind(material, SERVER_KIND, source=str(self._files.cert))
         if material.ca_pem != self._current.ca_pem:
             raise PkiError(
                 f"CA certificate {self._files.ca} changed; restart the coordinator to change CA"

@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 from cryptography import exceptions as crypto_exceptions
 from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from baton.errors import PkiError
 from baton.security.pki import (
@@ -32,6 +33,7 @@ from baton.security.pki import (
     read_file,
     same_public_key,
 )
+from baton.security.pki_leaf import purposes
 from baton.security.tls13 import TLS_VERSION
 
 
@@ -105,6 +107,50 @@ class TlsFiles:
                 f"{federation!r} of the CA in {self.ca}"
             )
         return TlsMaterial(ca_pem=ca_pem, cert_pem=cert_pem, key_pem=key_pem, identity=identity)
+
+
+_PURPOSE_NAMES = {
+    ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth",
+    ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth",
+}
+"""How OpenSSL names the extended key usages a federation certificate carries."""
+
+
+def require_kind(material: TlsMaterial, kind: str, *, source: str) -> None:
+    """Refuses a party's own certificate unless it names a ``kind`` and, when it states
+    its purposes (extended key usage), has that kind's (:func:`~baton.security.pki_leaf.
+    purposes`). A coordinator serving with a site's certificate would be refused by every
+    client, which pins the coordinator's kind (:mod:`baton.security.pin`): better to
+    refuse to start. :meth:`TlsFiles.load` already checked the federation and validity.
+
+    Args:
+        material: The loaded material.
+        kind: The kind of party this process is.
+        source: The certificate file, for the error.
+
+    Raises:
+        PkiError: Naming ``source`` and what its certificate names.
+    """
+    identity = material.identity
+    if identity.kind != kind:
+        raise PkiError(
+            f"certificate {source} names {identity.spiffe_id}, a {identity.kind}'s "
+            f"certificate; a {kind} needs a {kind}'s certificate, the only kind its clients "
+            f"accept (baton pki issue --kind {kind})"
+        )
+    cert = load_certificate(material.cert_pem, source=f"certificate {source}")
+    try:
+        stated = set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        return
+    needed = purposes(kind)
+    missing = [_PURPOSE_NAMES.get(oid, oid.dotted_string) for oid in needed if oid not in stated]
+    if missing:
+        raise PkiError(
+            f"certificate {source} names {identity.spiffe_id} but its extended key usage "
+            f"lacks {', '.join(missing)}, which a {kind}'s certificate needs; issue it again "
+            f"(baton pki issue --kind {kind})"
+        )
 
 
 def server_credentials(m: TlsMaterial) -> grpc.ServerCredentials:
