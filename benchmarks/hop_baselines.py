@@ -25,7 +25,13 @@ from hop_world import dial, tls_files
 from baton.domain import BlobRef
 from baton.security.tls import server_credentials
 from baton.v1 import common_pb2
-from baton.wire.channel import CHUNK_BYTES, GRPC_OPTIONS, SERVER_OPTIONS, file_chunks
+from baton.wire.channel import (
+    CHUNK_BYTES,
+    GRPC_OPTIONS,
+    MAX_MESSAGE_BYTES,
+    SERVER_OPTIONS,
+    file_chunks,
+)
 from coordinator.blobs import FileBlobStore
 from coordinator.blobs_follow import follow
 
@@ -61,14 +67,18 @@ def cp_copy(src: Path, dst: Path) -> float:
     return time.perf_counter() - start
 
 
-def relay_copy(root: Path, src: Path, dst: Path, *, tls: bool, cut: bool = False) -> float:
+def relay_copy(
+    root: Path, src: Path, dst: Path, *, tls: bool, cut: bool = False, chunk: int = CHUNK_BYTES
+) -> float:
     """Seconds to upload ``src`` to a gRPC relay process and download it into ``dst``: up
-    then down, or (``cut``, over mTLS) down while up, through the coordinator's blob store."""
+    then down, or (``cut``, over mTLS) down while up, through the coordinator's blob store;
+    ``chunk`` bytes per message both ways."""
     mode = "cut" if cut else "tls" if tls else "plain"
     port_file = root / f"relay-{mode}.port"
     port_file.unlink(missing_ok=True)
     store = root / f"relay-{mode}.blob"
     args = [sys.executable, __file__, "relay", str(root), str(port_file), str(store), mode]
+    args.append(str(chunk))
     blob = f"{_sha256(src)} {src.stat().st_size}" if cut else ""
     proc = subprocess.Popen(args)
     try:
@@ -80,15 +90,18 @@ def relay_copy(root: Path, src: Path, dst: Path, *, tls: bool, cut: bool = False
         port = int(port_file.read_text())
         target = f"127.0.0.1:{port}"
         chan = (
-            dial(root, "site-a", port)
+            dial(root, "site-a", port, options=message_options(chunk))
             if tls or cut
-            else grpc.insecure_channel(target, GRPC_OPTIONS)
+            else grpc.insecure_channel(target, message_options(chunk))
         )
         with chan, futures.ThreadPoolExecutor(max_workers=1) as pool:
             up = chan.stream_unary(_UP, request_serializer=_ser, response_deserializer=_de)
             down = chan.unary_stream(_DOWN, request_serializer=_ser, response_deserializer=_de)
             start = time.perf_counter()
-            chunks = (common_pb2.BlobChunk(data=d).SerializeToString() for d in file_chunks(src))
+            chunks = (
+                common_pb2.BlobChunk(data=d).SerializeToString()
+                for d in file_chunks(src, chunk_size=chunk)
+            )
             sending = pool.submit(up, chunks, metadata=(("x-blob", blob),))
             if not cut:
                 sending.result()
@@ -112,6 +125,15 @@ def _sha256(path: Path) -> str:
     return sha.hexdigest()
 
 
+def message_options(
+    chunk: int, base: list[tuple[str, int]] = GRPC_OPTIONS
+) -> list[tuple[str, int]]:
+    """``base`` with message limits that let ``chunk``-byte blob messages through."""
+    limit = max(MAX_MESSAGE_BYTES, chunk + (64 << 10))
+    sized = {"grpc.max_receive_message_length", "grpc.max_send_message_length"}
+    return [(k, v) for k, v in base if k not in sized] + [(k, limit) for k in sorted(sized)]
+
+
 def _ser(b: bytes) -> bytes:
     return b
 
@@ -119,9 +141,9 @@ def _ser(b: bytes) -> bytes:
 _de = _ser
 
 
-def _serve(root: Path, port_file: Path, store: Path, mode: str) -> None:
-    """The relay: Up writes the streamed chunks to ``store``; Down streams them back (in
-    ``cut`` mode through a blob store, as they arrive)."""
+def _serve(root: Path, port_file: Path, store: Path, mode: str, chunk: int) -> None:
+    """The relay: Up writes the streamed chunks to ``store``; Down streams them back in
+    ``chunk``-byte messages (in ``cut`` mode through a blob store, as they arrive)."""
     blobs = FileBlobStore(store) if mode == "cut" else None
 
     def up(requests: Iterator[bytes], ctx: grpc.ServicerContext) -> bytes:
@@ -142,9 +164,9 @@ def _serve(root: Path, port_file: Path, store: Path, mode: str) -> None:
         if blobs is not None:
             sha, size = req.decode().split()
             ref = BlobRef(blob_id=sha, size=int(size))
-            chunks = follow(blobs, "up", ref, offset=0, chunk_size=CHUNK_BYTES, stall_seconds=30)
+            chunks = follow(blobs, "up", ref, offset=0, chunk_size=chunk, stall_seconds=30)
         else:
-            chunks = file_chunks(store)
+            chunks = file_chunks(store, chunk_size=chunk)
         for data in chunks:
             yield common_pb2.BlobChunk(offset=offset, data=data).SerializeToString()
             offset += len(data)
@@ -153,7 +175,9 @@ def _serve(root: Path, port_file: Path, store: Path, mode: str) -> None:
         "Up": grpc.stream_unary_rpc_method_handler(up, _de, _ser),
         "Down": grpc.unary_stream_rpc_method_handler(down, _de, _ser),
     }
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=SERVER_OPTIONS)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4), options=message_options(chunk, SERVER_OPTIONS)
+    )
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bench.Relay", handlers)])
     if mode != "plain":
         creds = server_credentials(tls_files(root, "coordinator").load())
@@ -168,5 +192,5 @@ def _serve(root: Path, port_file: Path, store: Path, mode: str) -> None:
 
 
 if __name__ == "__main__":
-    _, _, root_arg, port_arg, store_arg, mode_arg = sys.argv
-    _serve(Path(root_arg), Path(port_arg), Path(store_arg), mode_arg)
+    _, _, root_arg, port_arg, store_arg, mode_arg, chunk_arg = sys.argv
+    _serve(Path(root_arg), Path(port_arg), Path(store_arg), mode_arg, int(chunk_arg))

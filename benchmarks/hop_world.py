@@ -58,10 +58,15 @@ def tls_files(root: Path, name: str) -> TlsFiles:
                     key=root / name / f"{name}.key")  # fmt: skip
 
 
-def dial(root: Path, name: str, port: int) -> grpc.Channel:
-    """An mTLS channel to 127.0.0.1:``port`` as ``name``, with Baton's limits."""
+def dial(
+    root: Path, name: str, port: int, *, options: list[tuple[str, int]] | None = None
+) -> grpc.Channel:
+    """An mTLS channel to 127.0.0.1:``port`` as ``name``, with Baton's limits (or
+    ``options``)."""
     creds = channel_credentials(tls_files(root, name).load())
-    return secure_channel(f"127.0.0.1:{port}", creds)
+    if options is None:
+        return secure_channel(f"127.0.0.1:{port}", creds)
+    return grpc.secure_channel(f"127.0.0.1:{port}", creds, options=options)
 
 
 def start_coordinator(root: Path) -> tuple[subprocess.Popen[bytes], int]:
