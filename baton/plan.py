@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from baton.config import build, parse_toml, read_text
-from baton.errors import ConfigError
 from baton.plan_faults import FaultsSection
+from baton.plan_names import check_names as check_names
 
 SITE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 """Site ids: lower-case letters, digits and dashes, as they appear in SPIFFE ids."""
@@ -82,6 +81,14 @@ class ModelSection:
     """A name from the model registry (``baton.ml.models``)."""
     args: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for the model's builder."""
+    start_from: str = ""
+    """Hop 0 starts from this model instead of the seed: the SHA-256 of the exact model
+    file (``sha256:`` and 64 lower-case hex digits), e.g. one ``baton fetch RUN OUT --hop N``
+    wrote; ``baton submit PLAN --start-from FILE`` seals that file to the plan's sites, and
+    the first site refuses any other. Empty: hop 0 builds the model from the seed."""
+
+    def __post_init__(self) -> None:
+        _check_hash("start_from", self.start_from)
 
 
 TASK_HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -134,10 +141,7 @@ class TaskSection:
                 f"a task pin needs all of 'distribution', 'version' and 'sha256'; "
                 f"missing {', '.join(repr(key) for key in missing)}"
             )
-        if self.sha256 and not TASK_HASH_RE.match(self.sha256):
-            raise ValueError(
-                f"'sha256' must be 'sha256:' and 64 lower-case hex digits, not {self.sha256!r}"
-            )
+        _check_hash("sha256", self.sha256)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -176,6 +180,12 @@ _TRAINING_RANGES: tuple[tuple[str, float, float, str], ...] = (
 )
 """Range of every numeric ``[training]`` value (key, low, high, open/closed ends), checked
 at submit so no site trains on a value it cannot survive (NaN and inf fit no range)."""
+
+
+def _check_hash(key: str, value: str) -> None:
+    """Raises ValueError naming ``key`` unless ``value`` is empty or a ``sha256:`` pin."""
+    if value and not TASK_HASH_RE.match(value):
+        raise ValueError(f"'{key}' must be 'sha256:' and 64 lower-case hex digits, not {value!r}")
 
 
 def _check_range(key: str, value: float, low: float, high: float, brackets: str) -> None:
@@ -359,35 +369,6 @@ def read_plan_text(path: Path) -> str:
 def parse_plan(text: str, *, source: str = "<plan>") -> RunPlan:
     """Parses and validates run plan text (as sent over the wire)."""
     return build(RunPlan, parse_toml(text, source=source), source=source, section="")
-
-
-def check_names(
-    plan: RunPlan,
-    *,
-    source: str,
-    models: Collection[str] | None = None,
-    datasets: Collection[str] | None = None,
-    strategies: Collection[str] | None = None,
-) -> None:
-    """Checks the plan's registered names against the registries its caller owns.
-
-    The plan itself knows no registry: the coordinator passes the ordering strategies it
-    can run, a site and the study owner's CLI pass the models and tasks installed with
-    them. A registry left ``None`` is not checked.
-
-    Raises:
-        ConfigError: A name is not in the registry given for it; the message lists the
-            known names.
-    """
-    for value, known, what, key in (
-        (plan.model.name, models, "model", "model.name"),
-        (plan.task.dataset, datasets, "dataset", "task.dataset"),
-        (plan.ordering.strategy, strategies, "ordering strategy", "ordering.strategy"),
-    ):
-        if known is not None and value not in known:
-            raise ConfigError(
-                f"{source}: unknown {what} {value!r} in {key!r}; known: {', '.join(sorted(known))}"
-            )
 
 
 def plan_digest(text: str) -> str:

@@ -32,11 +32,13 @@ class GcReport:
 
 def needed_blobs(store: Store) -> set[str]:
     """Blob ids still needed: every input and output of a running run's hops (a skipped or
-    re-sealed hop may need an older one), and each succeeded run's result (the owner's
-    fetch and the sites' evaluations)."""
+    re-sealed hop may need an older one) and its start model (hop 0 may be retried), and
+    each succeeded run's result (the owner's fetch and the sites' evaluations)."""
     keep: set[str] = set()
     for run in store.list_runs():
         if run.state is RunState.RUNNING:
+            if run.start_model is not None:
+                keep.add(run.start_model.blob_id)
             for hop in store.list_hops(run.run_id):
                 keep.update(ref.blob_id for ref in (hop.input, hop.output) if ref is not None)
         elif run.state is RunState.SUCCEEDED and run.result is not None:

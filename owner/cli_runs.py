@@ -65,18 +65,34 @@ def register(app: typer.Typer) -> None:
         plan: Annotated[Path, typer.Argument(help="Run plan (TOML).")],
         admin: AdminOpt,
         watch: Annotated[bool, typer.Option(help="Follow the run until it ends.")] = False,
+        start_from: Annotated[
+            Path | None,
+            typer.Option(
+                "--start-from",
+                help="Model file hop 1 starts from (e.g. from `baton fetch RUN OUT --hop "
+                "escrow`); the plan must pin its SHA-256 as [model] start_from.",
+            ),
+        ] = None,
     ) -> None:
         """Submit a run plan to the coordinator."""
         from baton.plan import read_plan_text
         from baton.security.sealing import AppKeys
         from owner.config import load_admin_config
+        from owner.start_model import check_start_from, submit_from_model
 
         with exit_on_error(_CODES, exit_codes.CLI_ERROR):
             _check_plan(plan)  # locally first: clearer errors, no round trip
+            text = read_plan_text(plan)
+            check_start_from(text, start_from, source=str(plan))
+            cfg = load_admin_config(admin)
+            keys = AppKeys.load(cfg.keys_dir)
             with admin_client(admin) as client:
-                run = client.create_run(
-                    read_plan_text(plan), AppKeys.load(load_admin_config(admin).keys_dir)
-                )
+                if start_from is None:
+                    run = client.create_run(text, keys)
+                else:
+                    run = submit_from_model(
+                        client, text, start_from, owner=keys, ca_pem=cfg.tls.load().ca_pem
+                    )
                 console.print(f"run {run.run_id} created ({run.total_hops} hops)")
                 if watch:
                     _watch(client, run.run_id)

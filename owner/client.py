@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +24,7 @@ from baton.security.preflight import unreachable
 from baton.security.sealing import AppKeys, sign_plan
 from baton.security.tls import TlsMaterial, channel_credentials
 from baton.v1 import admin_pb2, admin_pb2_grpc, common_pb2
-from baton.wire.channel import secure_channel
+from baton.wire.channel import CHUNK_BYTES, secure_channel
 
 UNARY_TIMEOUT_SECONDS = 30.0
 
@@ -64,6 +65,41 @@ class AdminClient:
         with self._rpc("create the run"):
             resp = self._stub.CreateRun(request, timeout=UNARY_TIMEOUT_SECONDS)
         return resp.run
+
+    def create_run_from_model(
+        self, plan_toml: str, owner: AppKeys, *, run_id: str, manifest: bytes, sealed: Path
+    ) -> admin_pb2.Run:
+        """Submits a signed plan that pins a start model, with that model ``sealed`` (by
+        :func:`owner.start_model.submit_from_model`) for the run ``run_id``."""
+        size = sealed.stat().st_size
+        digest = hashlib.sha256()
+        with sealed.open("rb") as f:
+            while block := f.read(CHUNK_BYTES):
+                digest.update(block)
+        header = admin_pb2.StartModelHeader(
+            run=admin_pb2.CreateRunRequest(
+                plan_toml=plan_toml,
+                plan_signature=sign_plan(plan_toml, owner.signing_key),
+                owner_signing_certificate_pem=owner.signing_cert_pem.decode("ascii"),
+                owner_encryption_certificate_pem=owner.encryption_cert_pem.decode("ascii"),
+            ),
+            run_id=run_id,
+            manifest=manifest,
+            total_size=size,
+            sha256=digest.hexdigest(),
+        )
+
+        def requests() -> Iterator[admin_pb2.CreateRunFromModelRequest]:
+            yield admin_pb2.CreateRunFromModelRequest(header=header)
+            offset = 0
+            with sealed.open("rb") as f:
+                while block := f.read(CHUNK_BYTES):
+                    chunk = common_pb2.BlobChunk(offset=offset, data=block)
+                    yield admin_pb2.CreateRunFromModelRequest(chunk=chunk)
+                    offset += len(block)
+
+        with self._rpc("create the run with its start model"):
+            return self._stub.CreateRunFromModel(requests()).run
 
     def get_run(self, run_id: str) -> admin_pb2.Run:
         with self._rpc(f"get run {run_id}"):

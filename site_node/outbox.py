@@ -101,7 +101,8 @@ class Sent:
             SealError: ``equivocation``.
         """
         plan = plan_hash(a.plan_toml, a.plan_signature)
-        previous = manifest_digest(a.input_manifest) if a.input_manifest else plan
+        # Hop 0's input is the plan, or a start model the plan pins (by its file's hash).
+        previous = manifest_digest(a.input_manifest) if a.input_manifest and a.hop_index else plan
         if (plan, previous) != (self.plan_digest, self.input_digest):
             raise SealError(
                 "equivocation",

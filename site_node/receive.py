@@ -39,6 +39,7 @@ from baton.security.streaming import Tail, read_while_written
 from baton.security.tls import TlsMaterial
 from site_node.client import CoordinatorClient
 from site_node.handover import Verified, refuse_revoked
+from site_node.start_model import START_HOP, StartGuard, check_start_hash, check_start_input
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,8 @@ class Inbox:
         """Checks ``a``'s plan and sender and returns the model to train, with what was checked.
 
         The model is built from the plan (hop 0), or loaded from the sealed input after it
-        was downloaded to ``run_dir``, verified and opened to ``plain_in``.
+        was downloaded to ``run_dir``, verified and opened to ``plain_in`` (at hop 0, the
+        start model the plan pins, sealed by its owner: :mod:`site_node.start_model`).
 
         Raises:
             PkiError: The plan is unsigned or wrongly signed, its signer is no study owner,
@@ -116,22 +118,34 @@ class Inbox:
         model = hooks.build_model(plan, schema, self.local.site_dir)
         schema_digest = schema_hash(hooks.travelling_state(model))
         input_digest = plan_digest
+        start = a.hop_index == 0 and check_start_input(a, plan)
         if a.input is None:
             if a.hop_index != 0:
                 raise SealError("wrong_context", f"hop {a.hop_index} arrived without a model")
             logger.info("hop 0: building the initial %s model from the plan", plan.model.name)
         else:
-            sealed = run_dir / f"hop-{a.hop_index:05d}.in.sealed"
-            input_digest = self._open(
+            sender = owner if start else self._sender(a)
+            digest = self._open(
                 a,
                 a.input,
-                sealed,
+                run_dir / f"hop-{a.hop_index:05d}.in.sealed",
                 plain_in,
                 model,
                 plan=plan,
-                plan_digest=plan_digest,
-                schema_digest=schema_digest,
+                sender=sender,
+                expect=Expectation(
+                    run_id=a.run_id,
+                    hop_index=START_HOP if start else a.hop_index - 1,
+                    sender=sender.identity.spiffe_id,
+                    previous_manifest_hash=expected_previous(plan_digest, a.previous_manifest),
+                    plan_hash=plan_digest,
+                    schema_hash=schema_digest,
+                    max_plaintext_bytes=MAX_MODEL_BYTES,
+                ),
             )
+            # Hop 0's output names the plan as its predecessor even from a start model:
+            # the plan's pin binds that model to the run (see site_node.start_model).
+            input_digest = plan_digest if start else digest
         checked = Verified(
             plan=plan,
             owner=owner,
@@ -160,20 +174,8 @@ class Inbox:
         )
         return owner, plan_digest, parse_plan(a.plan_toml, source=f"plan of run {a.run_id}")
 
-    def _open(
-        self,
-        a: Assignment,
-        incoming: BlobRef,
-        sealed: Path,
-        plain_in: Path,
-        model: nn.Module,
-        *,
-        plan: RunPlan,
-        plan_digest: str,
-        schema_digest: str,
-    ) -> str:
-        """Checks the sender, downloads and opens the sealed input and loads it into
-        ``model``; returns the digest of the input's manifest."""
+    def _sender(self, a: Assignment) -> PartyKeys:
+        """The previous site's certified keys, checked against the pinned CA and revocation."""
         me = self.tls.identity
         sender = check_party(
             self.tls.ca_pem,
@@ -187,25 +189,35 @@ class Inbox:
             a.sender_signing_certificate_pem,
             a.sender_encryption_certificate_pem,
         )
+        return sender
+
+    def _open(
+        self,
+        a: Assignment,
+        incoming: BlobRef,
+        sealed: Path,
+        plain_in: Path,
+        model: nn.Module,
+        *,
+        plan: RunPlan,
+        sender: PartyKeys,
+        expect: Expectation,
+    ) -> str:
+        """Downloads and opens the sealed input ``expect`` describes, from ``sender`` (the
+        previous site, or the study owner for a start model), and loads it into ``model``;
+        returns the digest of the input's manifest."""
+        me = self.tls.identity
+        start = a.hop_index == 0
+        guard: ReplayGuard = StartGuard(self.replay) if start else self.replay
         # Retrying this very hop (after a lost connection or a restart) presents the
         # input this site already accepted for it: open it again. Any other manifest
         # for that hop (equivocation) or an older hop (rollback) is still refused.
         retry = (
-            self.replay.check(a.run_id, a.hop_index - 1, manifest_digest(a.input_manifest))
-            == "replay"
+            guard.check(a.run_id, expect.hop_index, manifest_digest(a.input_manifest)) == "replay"
         )
         if retry:
             logger.info("hop %d: resuming; its input was accepted before", a.hop_index)
-        expect = Expectation(
-            run_id=a.run_id,
-            hop_index=a.hop_index - 1,
-            sender=sender.identity.spiffe_id,
-            previous_manifest_hash=expected_previous(plan_digest, a.previous_manifest),
-            plan_hash=plan_digest,
-            schema_hash=schema_digest,
-            max_plaintext_bytes=MAX_MODEL_BYTES,
-        )
-        replay = MemoryReplayGuard() if retry else self.replay
+        replay = MemoryReplayGuard() if retry else guard
         with Tail(sealed, incoming.size) as tail:
             manifest = read_while_written(
                 tail,
@@ -221,6 +233,8 @@ class Inbox:
                     replay=replay,
                 ),
             )
+        if start:
+            check_start_hash(a, plan, plain_in)
         self._check_data_schema(a, plain_in)
         self.local.hooks.load_travelling(
             model, load_state_file(plain_in), max_norm=plan.security.max_weight_norm
@@ -231,7 +245,7 @@ class Inbox:
             hop=a.hop_index,
             detail={"manifest": manifest.digest, "sender": manifest.sender},
         )
-        logger.info("hop %d: opened the model sealed by %s", a.hop_index, a.previous_site_id)
+        logger.info("hop %d: opened the model sealed by %s", a.hop_index, manifest.sender)
         return manifest.digest
 
     def _fetch(self, a: Assignment, incoming: BlobRef, tail: Tail) -> None:

@@ -119,6 +119,78 @@ class CreateRunRequest(_message.Message):
 Global___CreateRunRequest: _TypeAlias = CreateRunRequest  # noqa: Y015
 
 @_typing.final
+class CreateRunFromModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> Global___StartModelHeader:
+        """First message: the run and its start model's manifest."""
+
+    @_builtins.property
+    def chunk(self) -> _common_pb2.BlobChunk:
+        """Every further message: the next bytes of the sealed start model, from offset 0."""
+
+    def __init__(
+        self,
+        *,
+        header: Global___StartModelHeader | None = ...,
+        chunk: _common_pb2.BlobChunk | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "msg", b"msg"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "msg", b"msg"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["header", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
+
+Global___CreateRunFromModelRequest: _TypeAlias = CreateRunFromModelRequest  # noqa: Y015
+
+@_typing.final
+class StartModelHeader(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    MANIFEST_FIELD_NUMBER: _builtins.int
+    TOTAL_SIZE_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run's id, chosen by the owner (32 lower-case hex digits): the start model is
+    sealed for it before the run exists. Refused if a run has it already.
+    """
+    manifest: _builtins.bytes
+    """Signed manifest (baton.v1.SignedManifest) sealing the start model as hop 0 of the
+    run, signed by the owner's key; hop 0's site gets it as its input manifest.
+    """
+    total_size: _builtins.int
+    """Length of the sealed blob in bytes (at most the coordinator's blob size limit)."""
+    sha256: _builtins.str
+    """Lower-case hex SHA-256 of the sealed blob; the manifest's ciphertext hash."""
+    @_builtins.property
+    def run(self) -> Global___CreateRunRequest:
+        """The plan, its signature and the owner's certificates, as for CreateRun."""
+
+    def __init__(
+        self,
+        *,
+        run: Global___CreateRunRequest | None = ...,
+        run_id: _builtins.str = ...,
+        manifest: _builtins.bytes = ...,
+        total_size: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["manifest", b"manifest", "run", b"run", "run_id", b"run_id", "sha256", b"sha256", "total_size", b"total_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartModelHeader: _TypeAlias = StartModelHeader  # noqa: Y015
+
+@_typing.final
 class CreateRunResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -40,6 +40,11 @@ class AdminServiceStub:
                 request_serializer=baton_dot_v1_dot_admin__pb2.CreateRunRequest.SerializeToString,
                 response_deserializer=baton_dot_v1_dot_admin__pb2.CreateRunResponse.FromString,
                 _registered_method=True)
+        self.CreateRunFromModel = channel.stream_unary(
+                '/baton.v1.AdminService/CreateRunFromModel',
+                request_serializer=baton_dot_v1_dot_admin__pb2.CreateRunFromModelRequest.SerializeToString,
+                response_deserializer=baton_dot_v1_dot_admin__pb2.CreateRunResponse.FromString,
+                _registered_method=True)
         self.GetRun = channel.unary_unary(
                 '/baton.v1.AdminService/GetRun',
                 request_serializer=baton_dot_v1_dot_admin__pb2.GetRunRequest.SerializeToString,
@@ -82,6 +87,16 @@ class AdminServiceServicer:
 
     def CreateRun(self, request, context):
         """Validates a run plan (TOML), computes its schedule and starts it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateRunFromModel(self, request_iterator, context):
+        """As CreateRun, for a plan that pins a start model (`[model] start_from`): a header,
+        then the start model sealed by the owner to every site of the plan, in chunks. The
+        run is created once the whole blob is stored and matches its signed manifest; a
+        failed call leaves nothing (send it again from the start).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -147,6 +162,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=baton_dot_v1_dot_admin__pb2.CreateRunRequest.FromString,
                     response_serializer=baton_dot_v1_dot_admin__pb2.CreateRunResponse.SerializeToString,
             ),
+            'CreateRunFromModel': grpc.stream_unary_rpc_method_handler(
+                    servicer.CreateRunFromModel,
+                    request_deserializer=baton_dot_v1_dot_admin__pb2.CreateRunFromModelRequest.FromString,
+                    response_serializer=baton_dot_v1_dot_admin__pb2.CreateRunResponse.SerializeToString,
+            ),
             'GetRun': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRun,
                     request_deserializer=baton_dot_v1_dot_admin__pb2.GetRunRequest.FromString,
@@ -209,6 +229,33 @@ class AdminService:
             target,
             '/baton.v1.AdminService/CreateRun',
             baton_dot_v1_dot_admin__pb2.CreateRunRequest.SerializeToString,
+            baton_dot_v1_dot_admin__pb2.CreateRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateRunFromModel(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/baton.v1.AdminService/CreateRunFromModel',
+            baton_dot_v1_dot_admin__pb2.CreateRunFromModelRequest.SerializeToString,
             baton_dot_v1_dot_admin__pb2.CreateRunResponse.FromString,
             options,
             channel_credentials,

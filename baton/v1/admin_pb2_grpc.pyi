@@ -36,6 +36,12 @@ class AdminServiceStub:
     def __new__(cls, channel: _aio.Channel) -> AdminServiceAsyncStub: ...
     CreateRun: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateRunRequest, _admin_pb2.CreateRunResponse]
     """Validates a run plan (TOML), computes its schedule and starts it."""
+    CreateRunFromModel: _grpc.StreamUnaryMultiCallable[_admin_pb2.CreateRunFromModelRequest, _admin_pb2.CreateRunResponse]
+    """As CreateRun, for a plan that pins a start model (`[model] start_from`): a header,
+    then the start model sealed by the owner to every site of the plan, in chunks. The
+    run is created once the whole blob is stored and matches its signed manifest; a
+    failed call leaves nothing (send it again from the start).
+    """
     GetRun: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetRunRequest, _admin_pb2.Run]
     """Returns one run with its hops."""
     ListRuns: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListRunsRequest, _admin_pb2.ListRunsResponse]
@@ -61,6 +67,12 @@ class AdminServiceAsyncStub(AdminServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateRun: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateRunRequest, _admin_pb2.CreateRunResponse]  # type: ignore[assignment]
     """Validates a run plan (TOML), computes its schedule and starts it."""
+    CreateRunFromModel: _aio.StreamUnaryMultiCallable[_admin_pb2.CreateRunFromModelRequest, _admin_pb2.CreateRunResponse]  # type: ignore[assignment]
+    """As CreateRun, for a plan that pins a start model (`[model] start_from`): a header,
+    then the start model sealed by the owner to every site of the plan, in chunks. The
+    run is created once the whole blob is stored and matches its signed manifest; a
+    failed call leaves nothing (send it again from the start).
+    """
     GetRun: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetRunRequest, _admin_pb2.Run]  # type: ignore[assignment]
     """Returns one run with its hops."""
     ListRuns: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListRunsRequest, _admin_pb2.ListRunsResponse]  # type: ignore[assignment]
@@ -89,6 +101,18 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.CreateRunResponse, _abc.Awaitable[_admin_pb2.CreateRunResponse]]:
         """Validates a run plan (TOML), computes its schedule and starts it."""
+
+    @_abc_1.abstractmethod
+    def CreateRunFromModel(
+        self,
+        request_iterator: _MaybeAsyncIterator[_admin_pb2.CreateRunFromModelRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CreateRunResponse, _abc.Awaitable[_admin_pb2.CreateRunResponse]]:
+        """As CreateRun, for a plan that pins a start model (`[model] start_from`): a header,
+        then the start model sealed by the owner to every site of the plan, in chunks. The
+        run is created once the whole blob is stored and matches its signed manifest; a
+        failed call leaves nothing (send it again from the start).
+        """
 
     @_abc_1.abstractmethod
     def GetRun(

@@ -7,13 +7,18 @@ from collections.abc import Iterator
 
 import grpc
 
+from baton.domain import BlobRef
+from baton.errors import BlobError, TransportError
+from baton.security.manifest import MAX_MANIFEST_BYTES
 from baton.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 from baton.wire.channel import CHUNK_BYTES
 from coordinator.api.auth import PeerGate, require_owner
 from coordinator.api.limits import StreamCaps, check_count, check_id, check_text
 from coordinator.api.serde import event_to_proto, run_to_proto, site_to_proto
-from coordinator.engine.runs import Scheduler, SignedPlan
+from coordinator.engine.runs import Scheduler
+from coordinator.engine.signed_plans import SignedPlan
 from coordinator.engine.sites import Sites
+from coordinator.engine.start_model import StartModel
 from coordinator.engine.transfers import Transfers
 from coordinator.store.base import RunState, Store
 
@@ -62,13 +67,35 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.CreateRunResponse:
         admin = self._admin(context)
         check_text("plan_toml", request.plan_toml, 256 * 1024)
-        signed = SignedPlan(
-            signature=request.plan_signature,
-            owner_signing_pem=request.owner_signing_certificate_pem,
-            owner_encryption_pem=request.owner_encryption_certificate_pem,
-        )
-        run = self._scheduler.create_run(request.plan_toml, signed)
+        run = self._scheduler.create_run(request.plan_toml, _signed(request))
         logger.info("admin %s created run %s", admin, run.run_id)
+        return admin_pb2.CreateRunResponse(run=run_to_proto(run, self._store.list_hops(run.run_id)))
+
+    def CreateRunFromModel(
+        self,
+        request_iterator: Iterator[admin_pb2.CreateRunFromModelRequest],
+        context: grpc.ServicerContext,
+    ) -> admin_pb2.CreateRunResponse:
+        admin = self._admin(context)
+        requests = iter(request_iterator)
+        first = next(requests, None)
+        if first is None or first.WhichOneof("msg") != "header":
+            raise BlobError("a run with a start model starts with exactly one header")
+        h = first.header
+        check_text("plan_toml", h.run.plan_toml, 256 * 1024)
+        if len(h.manifest) > MAX_MANIFEST_BYTES:
+            raise BlobError(f"the start model's manifest exceeds {MAX_MANIFEST_BYTES} bytes")
+        start = StartModel(
+            run_id=check_id("run_id", h.run_id),
+            blob=BlobRef(
+                blob_id=check_id("sha256", h.sha256), size=check_count("total_size", h.total_size)
+            ),
+            manifest=h.manifest,
+        )
+        with self._streams.hold(f"admin {admin}", "start model uploads", context):
+            self._transfers.store_start(admin, start, _start_chunks(requests))
+        run = self._scheduler.create_run(h.run.plan_toml, _signed(h.run), start)
+        logger.info("admin %s created run %s from a start model", admin, run.run_id)
         return admin_pb2.CreateRunResponse(run=run_to_proto(run, self._store.list_hops(run.run_id)))
 
     def GetRun(
@@ -154,3 +181,25 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.ListSitesResponse(
             sites=[site_to_proto(s, online=online) for s, online in self._sites.listing()]
         )
+
+
+def _signed(request: admin_pb2.CreateRunRequest) -> SignedPlan:
+    """The owner's signature and certificates a run request carries."""
+    return SignedPlan(
+        signature=request.plan_signature,
+        owner_signing_pem=request.owner_signing_certificate_pem,
+        owner_encryption_pem=request.owner_encryption_certificate_pem,
+    )
+
+
+def _start_chunks(
+    requests: Iterator[admin_pb2.CreateRunFromModelRequest],
+) -> Iterator[tuple[int, bytes]]:
+    """The (offset, data) of each chunk after the header of a run with a start model."""
+    try:
+        for req in requests:
+            if req.WhichOneof("msg") != "chunk":
+                raise BlobError("only chunks may follow the header")
+            yield req.chunk.offset, req.chunk.data
+    except grpc.RpcError:
+        raise TransportError("the start model's stream was cancelled by the client") from None

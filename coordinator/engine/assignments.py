@@ -195,6 +195,11 @@ class Assignments:
             input_manifest = input_manifest or prev.output_manifest
             sender_signing = sender.signing_certificate_pem
             sender_encryption = sender.encryption_certificate_pem
+        elif run.start_model is not None and not evaluate_only:
+            # Hop 0 from the owner's start model, sealed by the owner to the plan's sites.
+            model, input_manifest = model or run.start_model, run.start_manifest
+            sender_signing = run.owner_signing_certificate_pem
+            sender_encryption = run.owner_encryption_certificate_pem
         if hop_index >= 2:
             previous_manifest = self._store.get_hop(run.run_id, hop_index - 2).output_manifest
         return Assignment(

@@ -132,12 +132,14 @@ def decide(policy: FaultsSection, fault: Fault, facts: FaultFacts) -> Decision:
 
 def escrow_hint(escrow_hop: int, run_id: str) -> str:
     """The end of a failed run's reason when the owner's escrow opens hop ``escrow_hop``
-    (0-based; -1 for none): what the study owner can restart from, and the command that
-    fetches it."""
+    (0-based; -1 for none): what the study owner can restart from, the command that
+    fetches it and the one that starts a new run from it."""
     if escrow_hop < 0:
         return ""
     n = escrow_hop + 1
     return (
         f"; the owner can restart from the escrowed hop {n}: "
-        f"`baton fetch {run_id} hop-{n}.safetensors --hop {n}` opens its sealed output"
+        f"`baton fetch {run_id} hop-{n}.safetensors --hop {n}` opens its sealed output, and "
+        f"`baton submit PLAN --start-from hop-{n}.safetensors` trains on from it (the plan "
+        "pinning the file's SHA-256 as [model] start_from)"
     )

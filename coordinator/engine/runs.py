@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from baton.domain import BlobRef
 from baton.errors import (
@@ -20,12 +19,10 @@ from baton.errors import (
     ConflictError,
     Denied,
     NotFoundError,
-    PkiError,
     StoreError,
 )
-from baton.plan import check_names, parse_plan
 from baton.security.audit import AuditLog
-from baton.security.sealing import check_owner, manifest_digest, verify_plan
+from baton.security.sealing import manifest_digest
 from coordinator.blobs import BlobStore
 from coordinator.engine.assignments import Assignments
 from coordinator.engine.clocks import HopClocks, Phase
@@ -37,19 +34,12 @@ from coordinator.engine.journal import Journal, now_ms
 from coordinator.engine.planning import check_probe_runs, plan_cycle, plan_through
 from coordinator.engine.recovery import Recovery
 from coordinator.engine.schemas import check_site_data
+from coordinator.engine.signed_plans import SignedPlan as SignedPlan
+from coordinator.engine.signed_plans import check_signed_plan
+from coordinator.engine.start_model import StartModel
 from coordinator.store.base import EventKind, HopRecord, HopState, RunRecord, RunState, Store
-from ordering import known_strategies, make_strategy
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class SignedPlan:
-    """The study owner's signature over a plan, with the owner's certificates."""
-
-    signature: bytes
-    owner_signing_pem: str
-    owner_encryption_pem: str
 
 
 class Scheduler:
@@ -102,8 +92,11 @@ class Scheduler:
 
     # -- runs -------------------------------------------------------------------------
 
-    def create_run(self, plan_toml: str, signed: SignedPlan) -> RunRecord:
-        """Validates a plan, records the run, plans cycle 0 and assigns hop 0.
+    def create_run(
+        self, plan_toml: str, signed: SignedPlan, start: StartModel | None = None
+    ) -> RunRecord:
+        """Validates a plan, records the run (with its stored ``start`` model exactly when
+        the plan pins one: :mod:`coordinator.engine.start_model`), plans and assigns hop 0.
 
         Raises:
             ConfigError: the plan is invalid, names a site that never registered, or names
@@ -112,16 +105,14 @@ class Scheduler:
             PkiError: the owner's certificates are revoked, or they or the plan's signature
                 do not verify.
         """
-        if any(
-            pem and self._revoked(pem.encode())
-            for pem in (signed.owner_signing_pem, signed.owner_encryption_pem)
-        ):
-            raise PkiError("the plan came with a revoked owner certificate")
-        plan = parse_plan(plan_toml, source="run plan")
-        check_names(plan, source="run plan", strategies=known_strategies())
-        make_strategy(plan.ordering.strategy, plan.ordering.options)  # options, too
-        owner = check_owner(self._ca_pem, signed.owner_signing_pem, signed.owner_encryption_pem)
-        digest = verify_plan(plan_toml, signed.signature, owner)
+        plan, owner, digest = check_signed_plan(
+            plan_toml,
+            signed,
+            start,
+            ca_pem=self._ca_pem,
+            revoked=self._revoked,
+            stored=self._blobs.exists,
+        )
         profiles = {s.site_id: s.profile for s in self._store.list_sites()}
         missing = [s for s in plan.run.sites if s not in profiles]
         if missing:
@@ -135,7 +126,7 @@ class Scheduler:
                 "([faults] require_online)"
             )
         run = RunRecord(
-            run_id=uuid.uuid4().hex,
+            run_id=start.run_id if start else uuid.uuid4().hex,
             name=plan.run.name,
             plan_toml=plan_toml,
             sites=plan.run.sites,
@@ -146,6 +137,8 @@ class Scheduler:
             plan_signature=signed.signature,
             owner_signing_certificate_pem=signed.owner_signing_pem,
             owner_encryption_certificate_pem=signed.owner_encryption_pem,
+            start_model=start.blob if start else None,
+            start_manifest=start.manifest if start else b"",
         )
         with self.journal.transaction():
             self._store.create_run(run)

@@ -1,6 +1,6 @@
 """Model transfers through the relay: resumable uploads of a hop's sealed output, and
 downloads of a hop's input, of a finished run's final model, of its result, and of any
-completed hop's output (for its owner)."""
+completed hop's output (for its owner); and a run's start model, as its owner sends it."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from coordinator.engine.clocks import Phase
 from coordinator.engine.copies import copy_problem
 from coordinator.engine.faults import Action
 from coordinator.engine.runs import Scheduler
+from coordinator.engine.start_model import StartModel
 from coordinator.store.base import HopRecord, RunState, Store
 
 Hold = Callable[[], AbstractContextManager[None]]
@@ -136,6 +137,34 @@ class Transfers:
         self._forget(header, declared, key)
         return ref
 
+    def store_start(
+        self, admin: str, start: StartModel, chunks: Iterator[tuple[int, bytes]]
+    ) -> None:
+        """Stores the sealed start model ``admin`` sends with a run, streamed from offset 0
+        in one call (a failed call keeps nothing: the owner sends it again).
+
+        Raises:
+            BlobError: over the blob size limit, chunks out of order, longer or shorter
+                than declared, or not the declared hash.
+        """
+        size = start.blob.size
+        if size > self._max_blob_bytes:
+            raise BlobError(f"blob of {size} bytes exceeds the limit of {self._max_blob_bytes}")
+        key = transfer_key(f"admin/{admin}", f"start-{start.run_id}")
+        self._blobs.abort(key)
+        committed = 0
+        try:
+            for offset, data in chunks:
+                if offset != committed or committed + len(data) > size:
+                    raise BlobError("the start model's chunks overlap, leave gaps or run long")
+                committed = self._blobs.append(key, offset, data)
+            if committed != size:
+                raise BlobError(f"the start model ended after {committed} of {size} bytes")
+            self._blobs.finish(key, expected_sha256=start.blob.blob_id, expected_size=size)
+        except BaseException:
+            self._blobs.abort(key)
+            raise
+
     def _forget(self, header: UploadHeader, blob: BlobRef, key: str) -> None:
         """Ends the cut-through reads of ``blob`` through the upload ``key``."""
         with self._lock:
@@ -218,12 +247,16 @@ class Transfers:
         else:
             hop = self._hop(site_id, run_id, hop_index, early=True)
             self._scheduler.clocks.touch(run_id, hop_index, site_id, Phase.TRAINING)
-            if hop.input is None:
+            blob = hop.input or (run.start_model if hop_index == 0 else None)
+            if blob is None:
                 raise NotFoundError(
                     f"hop {hop.hop_index + 1} has no input model (it is the first hop)"
                 )
-            blob = hop.input
-            if offset == 0 and not self.arriving(blob):
+            if hop.input is None:  # the owner's start model: nobody can seal it again
+                problem = copy_problem(self._blobs, blob) if offset == 0 else None
+                if problem is not None:
+                    raise ConflictError(f"the start model of run {run_id} {problem}")
+            elif offset == 0 and not self.arriving(blob):
                 self._check_input(site_id, hop, blob)
         return self.send(blob, offset=offset, chunk_size=chunk_size, hold=hold)
 

@@ -91,6 +91,11 @@ class RunRecord:
     """Certificate of the key that signed the plan."""
     owner_encryption_certificate_pem: str = ""
     """Certificate of the key the last hop is sealed to."""
+    start_model: BlobRef | None = None
+    """The model hop 0 starts from (``[model] start_from``), sealed by the owner to every
+    site of the plan; None: hop 0 builds it from the plan. Kept while the run is kept."""
+    start_manifest: bytes = b""
+    """Signed manifest sealing ``start_model`` (serialized ``baton.v1.SignedManifest``)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

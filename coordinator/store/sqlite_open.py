@@ -9,7 +9,7 @@ import sqlite3
 from typing import TYPE_CHECKING
 
 from baton.errors import StoreError
-from coordinator.store.sqlite_rows import AUDIT_OUTBOX, SCHEMA_V1, SCHEMA_VERSION
+from coordinator.store.sqlite_rows import AUDIT_OUTBOX, SCHEMA_V1, SCHEMA_V2, SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -66,11 +66,11 @@ def _prepare(db: sqlite3.Connection, path: Path) -> None:
                     f"{path}: database has {tables} table(s) but no Baton schema version; "
                     "it is not a coordinator state file"
                 )
-            for statement in SCHEMA_V1.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            _execute(db, SCHEMA_V1 + ";" + SCHEMA_V2)
             logger.info("created coordinator state database %s", path)
+        elif version == 1:
+            _execute(db, SCHEMA_V2)
+            logger.info("upgraded coordinator state database %s to version 2", path)
         elif version != SCHEMA_VERSION:
             newer = " (written by a newer coordinator)" if version > SCHEMA_VERSION else ""
             raise StoreError(
@@ -85,6 +85,13 @@ def _prepare(db: sqlite3.Connection, path: Path) -> None:
     except BaseException:
         rollback(db)
         raise
+
+
+def _execute(db: sqlite3.Connection, script: str) -> None:
+    """Runs each statement of ``script`` inside the open transaction."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
 
 
 def rollback(db: sqlite3.Connection) -> None:

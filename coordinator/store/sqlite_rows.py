@@ -1,4 +1,4 @@
-"""The schema of ``SqliteStore`` (version 1) and its row <-> record codecs."""
+"""The schema of ``SqliteStore`` (version 2) and its row <-> record codecs."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from coordinator.store.rules import as_floats, check_replan
 if TYPE_CHECKING:
     import sqlite3
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The schema this code reads and writes, kept in ``PRAGMA user_version``."""
 
 SCHEMA_V1 = """
@@ -112,11 +112,19 @@ VALUES (:site_id, :certificate_pem, :capabilities_json, :profile_json,
 INSERT_RUN = """
 INSERT INTO runs (run_id, name, plan_toml, sites_json, cycles, strategy, total_hops,
     created_ms, state, error, result_blob_id, result_size, plan_signature,
-    owner_signing_certificate_pem, owner_encryption_certificate_pem)
+    owner_signing_certificate_pem, owner_encryption_certificate_pem, start_blob_id,
+    start_size, start_manifest)
 VALUES (:run_id, :name, :plan_toml, :sites_json, :cycles, :strategy, :total_hops,
     :created_ms, :state, :error, :result_blob_id, :result_size, :plan_signature,
-    :owner_signing_certificate_pem, :owner_encryption_certificate_pem)
+    :owner_signing_certificate_pem, :owner_encryption_certificate_pem, :start_blob_id,
+    :start_size, :start_manifest)
 """
+SCHEMA_V2 = """
+ALTER TABLE runs ADD COLUMN start_blob_id TEXT;
+ALTER TABLE runs ADD COLUMN start_size INTEGER;
+ALTER TABLE runs ADD COLUMN start_manifest BLOB NOT NULL DEFAULT x''
+"""
+"""From version 1 to 2: a run's start model (``RunRecord.start_model``), sealed by its owner."""
 INSERT_HOP = """
 INSERT INTO hops (run_id, hop_index, cycle, site_id, state, input_blob_id, input_size,
     output_blob_id, output_size, metrics_before_json, metrics_after_json, num_examples,
@@ -188,6 +196,8 @@ def run_params(run: RunRecord) -> dict[str, Any]:
         "plan_signature": bytes(run.plan_signature),
         "owner_signing_certificate_pem": run.owner_signing_certificate_pem,
         "owner_encryption_certificate_pem": run.owner_encryption_certificate_pem,
+        **_blob_params("start", run.start_model),
+        "start_manifest": bytes(run.start_manifest),
     }
 
 
@@ -208,6 +218,8 @@ def run_from_row(row: sqlite3.Row) -> RunRecord:
         plan_signature=bytes(row["plan_signature"]),
         owner_signing_certificate_pem=row["owner_signing_certificate_pem"],
         owner_encryption_certificate_pem=row["owner_encryption_certificate_pem"],
+        start_model=_blob_from_row(row, "start"),
+        start_manifest=bytes(row["start_manifest"]),
     )
 
 

@@ -304,7 +304,9 @@ def test_a_run_that_lost_its_re_sealer_names_the_command_that_fetches_its_escrow
         assert run.error.startswith(
             "hop 3 at site-c was lost and the previous site site-b is gone too: nobody can "
             "re-seal the last completed hop; the owner can restart from the escrowed hop 2: "
-            f"`baton fetch {run_id} hop-2.safetensors --hop 2` opens its sealed output: "
+            f"`baton fetch {run_id} hop-2.safetensors --hop 2` opens its sealed output, and "
+            "`baton submit PLAN --start-from hop-2.safetensors` trains on from it (the plan "
+            "pinning the file's SHA-256 as [model] start_from): "
         ), run.error
         monkeypatch.chdir(tmp_path)
         done = _baton(_admin_toml(coordinator, tmp_path), *shlex.split(command)[1:])

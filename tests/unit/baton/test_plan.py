@@ -49,6 +49,13 @@ def test_valid_plan_round_trips_every_section() -> None:
     assert plan.training.local_steps == 5
 
 
+def test_a_start_model_is_pinned_by_its_files_hash_and_is_off_by_default() -> None:
+    assert parse_plan(PLAN).model.start_from == ""
+    pin = "sha256:" + "0123456789abcdef" * 4
+    text = PLAN.replace('name = "mlp"', f'name = "mlp"\nstart_from = "{pin}"')
+    assert parse_plan(text).model.start_from == pin
+
+
 def test_defaults_fill_optional_sections() -> None:
     plan = parse_plan(
         '[run]\nname="p"\nsites=["a"]\n[model]\nname="logreg"\n[task]\ndataset="digits"\n'
@@ -95,6 +102,16 @@ def test_defaults_fill_optional_sections() -> None:
         ("lr = 1", "lr = 1\nproximal_mu = -0.1", "'proximal_mu' must be in [0, 1000], not -0.1"),
         ("lr = 1", "lr = 1\nproximal_mu = inf", "'proximal_mu' must be in [0, 1000], not inf"),
         ('name = "p"', "name = ", "malformed TOML"),
+        (
+            'name = "mlp"',
+            'name = "mlp"\nstart_from = "' + "a" * 64 + '"',
+            "'start_from' must be 'sha256:' and 64 lower-case hex digits, not 'aaaa",
+        ),
+        (
+            'name = "mlp"',
+            'name = "mlp"\nstart_from = "sha256:' + "A" * 64 + '"',
+            "'start_from' must be 'sha256:' and 64 lower-case hex digits",
+        ),
     ],
 )
 def test_bad_plans_are_refused_with_a_precise_message(old: str, new: str, message: str) -> None:

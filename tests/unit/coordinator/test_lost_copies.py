@@ -109,7 +109,9 @@ def test_a_corrupt_input_whose_sender_is_gone_fails_naming_the_escrowed_hop(
     if escrow:
         reason += (
             "; the owner can restart from the escrowed hop 1: "
-            f"`baton fetch {run_id} hop-1.safetensors --hop 1` opens its sealed output"
+            f"`baton fetch {run_id} hop-1.safetensors --hop 1` opens its sealed output, and "
+            "`baton submit PLAN --start-from hop-1.safetensors` trains on from it (the plan "
+            "pinning the file's SHA-256 as [model] start_from)"
         )
     assert (run.state, run.error) == (RunState.FAILED, reason)
     assert store.get_hop(run_id, 2).state is HopState.FAILED
@@ -128,7 +130,9 @@ def test_a_lost_site_whose_previous_site_is_gone_names_the_escrowed_hop(pki: Pki
     assert run.error == (
         "hop 3 at c was lost and the previous site b is gone too: nobody can re-seal the "
         "last completed hop; the owner can restart from the escrowed hop 2: "
-        f"`baton fetch {run_id} hop-2.safetensors --hop 2` opens its sealed output: "
+        f"`baton fetch {run_id} hop-2.safetensors --hop 2` opens its sealed output, and "
+        "`baton submit PLAN --start-from hop-2.safetensors` trains on from it (the plan "
+        "pinning the file's SHA-256 as [model] start_from): "
         "no heartbeat for 10 s (lease expired)"
     )
 

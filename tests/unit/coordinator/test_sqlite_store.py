@@ -12,6 +12,7 @@ import pytest
 from baton.errors import StoreError
 from coordinator.store.base import EventKind, RunState
 from coordinator.store.sqlite import SqliteStore
+from coordinator.store.sqlite_rows import INSERT_RUN, SCHEMA_V1, run_params
 from tests.unit.coordinator.test_store_contract import (
     BLOB_A,
     BLOB_B,
@@ -62,7 +63,29 @@ class TestSqliteStoreFile:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         with closing(sqlite3.connect(path)) as db:
             assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-            assert db.execute("PRAGMA user_version").fetchone() == (1,)
+            assert db.execute("PRAGMA user_version").fetchone() == (2,)
+
+    def test_a_version_1_file_is_upgraded_and_keeps_its_runs(self, tmp_path: Path) -> None:
+        path = tmp_path / "state.db"
+        with closing(sqlite3.connect(path)) as db:
+            db.executescript(SCHEMA_V1)
+            db.execute(
+                INSERT_RUN.replace(", start_blob_id,\n    start_size, start_manifest", "").replace(
+                    ", :start_blob_id,\n    :start_size, :start_manifest", ""
+                ),
+                {k: v for k, v in run_params(_run()).items() if not k.startswith("start")},
+            )
+            db.execute("PRAGMA user_version = 1")
+            db.commit()
+        store = SqliteStore(path)
+        try:
+            assert store.get_run("run-1") == _run()
+            store.create_run(_run("run-2", start_model=BLOB_A, start_manifest=b"m"))
+            assert store.get_run("run-2").start_model == BLOB_A
+        finally:
+            store.close()
+        with closing(sqlite3.connect(path)) as db:
+            assert db.execute("PRAGMA user_version").fetchone() == (2,)
 
     def test_two_stores_on_one_file_still_number_events_without_gaps(self, tmp_path: Path) -> None:
         # As two processes would: separate connections, serialized by SQLite's own lock.

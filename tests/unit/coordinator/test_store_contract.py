@@ -180,6 +180,13 @@ class StoreContract:
         assert store.get_run("run-1") == run
         assert store.list_runs() == [run]
 
+    def test_a_runs_start_model_round_trips(self, store: Store) -> None:
+        run = _run(start_model=BLOB_B, start_manifest=b"\x00signed manifest\xff")
+        store.create_run(run)
+        assert store.get_run("run-1") == run
+        store.update_run("run-1", state=RunState.FAILED, error="lost")
+        assert store.get_run("run-1").start_model == BLOB_B
+
     def test_creating_an_existing_run_conflicts(self, store: Store) -> None:
         store.create_run(_run())
         with pytest.raises(ConflictError) as info:
