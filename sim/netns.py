@@ -86,7 +86,8 @@ class Lab:
         name = f"bt{self._tag}{label}"
         k, self._next = self._next, self._next + 1
         ns = Namespace(name=name, inner=f"10.77.{k}.2", outer=f"10.77.{k}.1")
-        outer_if, inner_if = f"vo{self._tag}{k}", f"vi{self._tag}{k}"
+        outer_if, inner_if = f"vo{self._tag}x{k}", f"vi{self._tag}x{k}"
+        _ip("link", "del", outer_if)  # a stale end of a lab this one's names were used by
         self._run("netns", "add", name)
         self.namespaces.append(ns)
         self._run("link", "add", outer_if, "type", "veth", "peer", "name", inner_if)

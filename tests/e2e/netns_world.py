@@ -4,6 +4,7 @@ can be killed and started again in its namespace with its own state and config."
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
@@ -29,6 +30,9 @@ from sim.localfed import (
 from sim.procs import ManagedProcess, ProcessGroup, wait_for_file
 from sim.tasks import Partition
 from tests.e2e import test_faults
+
+_WORLDS = itertools.count()
+"""Worlds made by this process so far."""
 
 PORT = 7443
 """The coordinator's port on its own host: fixed, so a restart keeps it (nothing else
@@ -129,8 +133,12 @@ def world(
     why = netns.unavailable()
     if why is not None:
         pytest.skip(f"needs network namespaces: {why}")
-    tag = format(os.getpid() % 0xFFFFF, "x")
-    with netns.Lab(tag, subnet=10 + os.getpid() % 200) as lab, ProcessGroup() as group:
+    # Each world of this process gets its own names and subnets: a namespace deleted by
+    # the world before may keep its veth ends a while (until its last process is gone).
+    n = next(_WORLDS)
+    tag = format((os.getpid() * 8 + n) % 0xFFFFFF, "x")
+    subnet = 10 + ((os.getpid() + 4 * n) % 70) * 3
+    with netns.Lab(tag, subnet=subnet) as lab, ProcessGroup() as group:
         hosts = {name: lab.add(name[0]) for name in ("coordinator", *sites)}
         layout, _ = provision(
             root, list(sites), dataset="breast_cancer", partition=Partition(kind="iid"), seed=1
