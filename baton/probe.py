@@ -101,6 +101,12 @@ class SidePort:
         raise NotImplementedError
 
 
+HOP_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
+"""Histogram bounds (seconds) of a hop's duration, toy models to LLM hops: the same for the
+coordinator's ``baton_hop_duration_seconds`` and a site's ``baton_site_hop_duration_seconds``,
+so the two compare bucket by bucket."""
+
+
 class MetricsPort(SidePort):
     """Serves a Prometheus registry at ``/metrics``.
 

@@ -10,14 +10,11 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
+from baton.probe import HOP_BUCKETS
 from coordinator.store.base import EventKind, RunState
 
 if TYPE_CHECKING:
     from coordinator.store.base import RunRecord, Store
-
-HOP_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
-"""Histogram bounds (seconds) of a hop's duration: toy models to LLM hops (the site's
-``baton_site_hop_duration_seconds`` has the same)."""
 
 
 @dataclass(slots=True)

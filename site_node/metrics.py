@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from baton.probe import MetricsPort
+from baton.probe import HOP_BUCKETS, MetricsPort
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -23,9 +23,6 @@ if TYPE_CHECKING:
         UploadStatus,
     )
     from site_node.config import SiteMetricsConfig
-
-HOP_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
-"""Histogram bounds (seconds) of a hop's wall time at the site: toy models to LLM hops."""
 
 
 class SiteMetrics:
