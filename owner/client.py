@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +23,7 @@ from baton.security.preflight import unreachable
 from baton.security.sealing import AppKeys, sign_plan
 from baton.security.tls import TlsMaterial, channel_credentials
 from baton.v1 import admin_pb2, admin_pb2_grpc, common_pb2
-from baton.wire.channel import CHUNK_BYTES, secure_channel
+from baton.wire.channel import file_chunks, secure_channel, sha256_file
 
 UNARY_TIMEOUT_SECONDS = 30.0
 
@@ -72,10 +71,6 @@ class AdminClient:
         """Submits a signed plan that pins a start model, with that model ``sealed`` (by
         :func:`owner.start_model.submit_from_model`) for the run ``run_id``."""
         size = sealed.stat().st_size
-        digest = hashlib.sha256()
-        with sealed.open("rb") as f:
-            while block := f.read(CHUNK_BYTES):
-                digest.update(block)
         header = admin_pb2.StartModelHeader(
             run=admin_pb2.CreateRunRequest(
                 plan_toml=plan_toml,
@@ -86,17 +81,16 @@ class AdminClient:
             run_id=run_id,
             manifest=manifest,
             total_size=size,
-            sha256=digest.hexdigest(),
+            sha256=sha256_file(sealed),
         )
 
         def requests() -> Iterator[admin_pb2.CreateRunFromModelRequest]:
             yield admin_pb2.CreateRunFromModelRequest(header=header)
             offset = 0
-            with sealed.open("rb") as f:
-                while block := f.read(CHUNK_BYTES):
-                    chunk = common_pb2.BlobChunk(offset=offset, data=block)
-                    yield admin_pb2.CreateRunFromModelRequest(chunk=chunk)
-                    offset += len(block)
+            for block in file_chunks(sealed):
+                chunk = common_pb2.BlobChunk(offset=offset, data=block)
+                yield admin_pb2.CreateRunFromModelRequest(chunk=chunk)
+                offset += len(block)
 
         with self._rpc("create the run with its start model"):
             return self._stub.CreateRunFromModel(requests()).run

@@ -11,7 +11,6 @@ the file's hash against the pin before it trains.
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 import uuid
 from pathlib import Path
@@ -24,6 +23,7 @@ from baton.security.envelope import HopContext, RecipientKey, seal_file
 from baton.security.manifest import MAX_RECIPIENTS
 from baton.security.sealing import AppKeys, check_owner, plan_hash, sign_plan
 from baton.v1 import admin_pb2
+from baton.wire.channel import sha256_file
 from owner.client import AdminClient
 from owner.fetch import site_keys
 
@@ -33,14 +33,10 @@ START_TTL_SECONDS: Final = 30 * 24 * 3600
 
 def file_sha256(path: Path) -> str:
     """``sha256:`` and the hex SHA-256 of the file at ``path``, as a plan pins it."""
-    digest = hashlib.sha256()
     try:
-        with path.open("rb") as f:
-            while block := f.read(1 << 20):
-                digest.update(block)
+        return f"sha256:{sha256_file(path)}"
     except OSError as exc:
         raise ConfigError(f"cannot read the start model {path}: {exc.strerror or exc}") from None
-    return f"sha256:{digest.hexdigest()}"
 
 
 def check_start_from(plan_toml: str, model: Path | None, *, source: str) -> None:
@@ -56,14 +52,17 @@ def check_start_from(plan_toml: str, model: Path | None, *, source: str) -> None
             f"{source} pins a start model ([model] start_from = {pinned!r}): name its file "
             "with --start-from"
         )
-    if model is not None and not pinned:
+    if model is None:
+        return
+    actual = file_sha256(model)
+    if not pinned:
         raise ConfigError(
             f"--start-from {model}: {source} pins no start model; add [model] start_from = "
-            f"{file_sha256(model)!r} to it (the plan you sign names the model)"
+            f"{actual!r} to it (the plan you sign names the model)"
         )
-    if model is not None and file_sha256(model) != pinned:
+    if actual != pinned:
         raise ConfigError(
-            f"--start-from {model} has SHA-256 {file_sha256(model)}, but {source} pins "
+            f"--start-from {model} has SHA-256 {actual}, but {source} pins "
             f"{pinned} ([model] start_from)"
         )
 

@@ -11,13 +11,13 @@ is bound to the run by the plan's pin, which the owner signed.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from baton.domain import Assignment
 from baton.errors import ModelError, SealError
 from baton.plan import RunPlan
 from baton.security.replay import ReplayGuard, Verdict
+from baton.wire.channel import sha256_file
 
 START_HOP = 0
 """The hop index the owner seals a start model as: the hop it is the input of."""
@@ -74,11 +74,7 @@ def check_start_hash(a: Assignment, plan: RunPlan, plain: Path) -> None:
     Raises:
         ModelError: The file's SHA-256 differs from ``[model] start_from`` (both named).
     """
-    digest = hashlib.sha256()
-    with plain.open("rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    actual = f"sha256:{digest.hexdigest()}"
+    actual = f"sha256:{sha256_file(plain)}"
     if actual != plan.model.start_from:
         raise ModelError(
             f"the start model of run {a.run_id} is {actual}, but its plan pins "
