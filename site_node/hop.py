@@ -46,7 +46,8 @@ from site_node.client import CoordinatorClient, HopDone
 from site_node.config import SiteTraining
 from site_node.handover import Verified, recipient_of, seal_for_next
 from site_node.local_training import site_device, site_plan, train_parallel
-from site_node.outbox import Outbox, Sent, hand_on_again, recipient_key, seal_own_copy
+from site_node.outbox import Outbox, Sent, hand_on_again, recipient_key
+from site_node.own_copy import OwnCopy
 from site_node.parallel.plans import ParallelPlan, PlanKind
 from site_node.progress import KEEPALIVE_SECONDS, ProgressReports
 from site_node.receive import Inbox, LocalData
@@ -173,15 +174,12 @@ class HopRunner:
         run_dir = self._work_dir / a.run_id
         run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         kept = self._outbox.get(a.run_id, a.hop_index)
-        if kept is not None:
-            self._hand_on(
-                a,
-                hand_on_again(
-                    self._outbox, kept, a, nxt,
-                    tls=self._tls, keys=self._keys, revoked=self._revoked, audit=self._audit,
-                ),
-                started,
-            )  # fmt: skip
+        again = None if kept is None else hand_on_again(
+            self._outbox, kept, a, nxt,
+            tls=self._tls, keys=self._keys, revoked=self._revoked, audit=self._audit,
+        )  # fmt: skip
+        if again is not None:
+            self._hand_on(a, again, started)
             return
         out_dir = self._outbox.path(a.run_id, a.hop_index)
         plain_in = run_dir / f"hop-{a.hop_index:05d}.in.safetensors"
@@ -190,6 +188,7 @@ class HopRunner:
         # Several machines train from a directory they all see.
         job_root = run_dir if nodes is None else nodes.shared_dir / a.run_id
         job_dir = job_root / f"hop-{a.hop_index:05d}.job"
+        own_copy: OwnCopy | None = None
         try:
             # Bad local data fails the hop before the model is fetched or anything trains.
             require_passing(self._local.schema, self._local.data, self._data_gate)
@@ -244,11 +243,11 @@ class HopRunner:
                 nxt, a, checked, plain_out, sent.sealed,
                 tls=self._tls, keys=self._keys, revoked=self._revoked,
             )  # fmt: skip
-            own = seal_own_copy(
-                plain_out, sent.own_sealed, a=a, checked=checked, tls=self._tls, keys=self._keys
-            )
-            sent = dataclasses.replace(sent, manifest=manifest, own_manifest=own)
-            self._outbox.put(sent)
+            sent = dataclasses.replace(sent, manifest=manifest)
+            self._outbox.put(sent)  # from here a restarted site hands this ciphertext on
+            own_copy = OwnCopy(
+                plain_out, sent, a=a, checked=checked, tls=self._tls, keys=self._keys
+            )  # sealed while the upload runs; it deletes plain_out
         except TrainingInterrupted:
             raise
         except Exception:
@@ -261,15 +260,26 @@ class HopRunner:
             # The job directory of a hop the daemon was stopped in the middle of stays
             # (private, 0700) for the hop's next delivery to resume from.
             plain_in.unlink(missing_ok=True)
-            plain_out.unlink(missing_ok=True)
-        self._hand_on(a, sent, started)
+            if own_copy is None:
+                plain_out.unlink(missing_ok=True)
+        self._hand_on(a, sent, started, own_copy)
 
-    def _hand_on(self, a: Assignment, sent: Sent, started: float) -> None:
-        """Uploads ``sent`` and completes hop ``a``. The sealed output stays in the outbox
-        until the hop after it is done (see :mod:`site_node.outbox`)."""
-        ref = self._client.upload(
-            run_id=a.run_id, hop_index=a.hop_index, source=sent.sealed, manifest=sent.manifest
-        )
+    def _hand_on(
+        self, a: Assignment, sent: Sent, started: float, own_copy: OwnCopy | None = None
+    ) -> None:
+        """Uploads ``sent`` (while ``own_copy``, if any, is sealed) and completes hop ``a``.
+        The sealed output stays in the outbox until the hop after it is done (see
+        :mod:`site_node.outbox`)."""
+        try:
+            ref = self._client.upload(
+                run_id=a.run_id, hop_index=a.hop_index, source=sent.sealed, manifest=sent.manifest
+            )
+        except BaseException:
+            if own_copy is not None:
+                own_copy.settle(self._outbox, sent, quiet=True)
+            raise
+        if own_copy is not None:
+            sent = own_copy.settle(self._outbox, sent)
         digests = {"manifest": manifest_digest(sent.manifest), "blob": ref.blob_id}
         self._audit.append("hop_sent", run_id=a.run_id, hop=a.hop_index, detail=digests)
         self._client.complete_hop(
@@ -324,22 +334,13 @@ class HopRunner:
                 )  # fmt: skip
             else:
                 result = train_parallel(
-                    model,
-                    train,
-                    hooks.training_plan(checked.plan),
-                    parallel,
-                    launcher=self._training.launcher,
-                    job_dir=job_dir,
-                    seed=seed,
-                    hop_index=a.hop_index,
-                    num_sites=num_sites,
-                    progress=reports,
+                    model, train, hooks.training_plan(checked.plan), parallel,
+                    launcher=self._training.launcher, job_dir=job_dir, seed=seed,
+                    hop_index=a.hop_index, num_sites=num_sites, progress=reports,
                     checkpoint_every=self._training.checkpoint_every,
-                    restarts=self._training.restarts,
-                    should_stop=self._stopping,
-                    nodes=self._training.node_group(),
-                    device=device,
-                )
+                    restarts=self._training.restarts, should_stop=self._stopping,
+                    nodes=self._training.node_group(), device=device,
+                )  # fmt: skip
         if result.resumed_from_step:
             detail = {"step": result.resumed_from_step, "steps": result.steps}
             self._audit.append("training_resumed", run_id=a.run_id, hop=a.hop_index, detail=detail)
@@ -372,15 +373,12 @@ class HopRunner:
             plain.unlink(missing_ok=True)
             (run_dir / f"hop-{a.hop_index:05d}.in.sealed").unlink(missing_ok=True)
         self._report(a, EVALUATION_STAGE, metrics)
-        self._audit.append(
-            "model_evaluated",
-            run_id=a.run_id,
-            hop=a.hop_index,
-            detail={"accuracy": metrics["accuracy"], "loss": metrics["loss"]},
-        )
-        logger.info(
-            "run %s: the final model scores val accuracy %.4f here", a.run_id, metrics["accuracy"]
-        )
+        # The task's own metrics: its primary one, and the loss when it reports one.
+        metric = self._local.task.primary_metric.name
+        detail = {k: metrics[k] for k in (metric, "loss") if k in metrics}
+        self._audit.append("model_evaluated", run_id=a.run_id, hop=a.hop_index, detail=detail)
+        score = metrics.get(metric, float("nan"))
+        logger.info("run %s: the final model scores val %s %.4f here", a.run_id, metric, score)
         return True
 
     def _report(self, a: Assignment, stage: str, metrics: dict[str, float]) -> None:

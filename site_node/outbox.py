@@ -11,7 +11,8 @@ Layout, inside the run's private directory (0700; every file 0600)::
 
     <work_dir>/<run_id>/hop-00003.out/
         sealed      the output as sealed to the recipient (uploaded as is)
-        own.sealed  the same model sealed to this site, for re-sealing
+        own.sealed  the same model sealed to this site, for re-sealing (sealed while
+                    the output uploads: an entry may lack it until then)
         entry.json  manifests (base64), recipient, digests, metrics
 
 An entry goes when the run moves two hops on (:meth:`Outbox.release`), when the run's
@@ -38,7 +39,7 @@ from baton.errors import PkiError, SealError
 from baton.io import atomic_write
 from baton.plan import parse_plan
 from baton.security.audit import AuditLog
-from baton.security.envelope import Expectation, HopContext, RecipientKey, open_file, seal_file
+from baton.security.envelope import Expectation, open_file
 from baton.security.replay import MemoryReplayGuard
 from baton.security.sealing import (
     AppKeys,
@@ -53,8 +54,6 @@ from site_node.receive import MAX_MODEL_BYTES
 
 logger = logging.getLogger(__name__)
 
-OWN_COPY_TTL_SECONDS = 30 * 24 * 3600
-"""How long the copy a site seals to itself may be opened (longer than any retention)."""
 REUSE_SECONDS = 12 * 3600
 """Oldest sealed output handed on again as is; an older one is re-sealed, so that it
 reaches its recipient well before its manifest expires."""
@@ -212,30 +211,6 @@ class Outbox:
         return _remove(old)
 
 
-def seal_own_copy(
-    plain: Path, dest: Path, *, a: Assignment, checked: Verified, tls: TlsMaterial, keys: AppKeys
-) -> bytes:
-    """Seals ``plain`` (hop ``a``'s output) to this site itself into ``dest``; returns the
-    signed manifest."""
-    me = tls.identity.spiffe_id
-    return seal_file(
-        plain,
-        dest,
-        ctx=HopContext(
-            run_id=a.run_id,
-            hop_index=a.hop_index,
-            sender=me,
-            recipient=me,
-            previous_manifest_hash=checked.input_digest,
-            plan_hash=checked.plan_digest,
-            schema_hash=checked.schema_digest,
-        ),
-        sender_key=keys.signing_key,
-        recipients=[RecipientKey(spiffe_id=me, public_key=keys.encryption_key.public_key())],
-        ttl_seconds=OWN_COPY_TTL_SECONDS,
-    )
-
-
 def reseal(
     sent: Sent,
     a: Assignment,
@@ -315,10 +290,12 @@ def hand_on_again(
     keys: AppKeys,
     revoked: Callable[[bytes | str], bool],
     audit: AuditLog,
-) -> Sent:
+) -> Sent | None:
     """The kept output of hop ``a``, delivered again, ready to upload: as sealed before, or
     re-sealed (and audited) when ``a`` names another recipient, it was sealed long ago, or
-    the coordinator took it before (its copy was lost: a new key gives a new blob).
+    the coordinator took it before (its copy was lost: a new key gives a new blob). None
+    (and the entry is dropped) when it must be re-sealed but its copy sealed to this site
+    was never finished: the hop is then trained again.
 
     Raises:
         SealError: ``a`` comes with another plan or input than ``kept`` was trained on.
@@ -332,6 +309,16 @@ def hand_on_again(
     ):
         logger.info("hop %d: handing on the output sealed before; not retrained", a.hop_index + 1)
         return kept
+    if not kept.own_manifest:
+        # The site stopped while the copy sealed to itself was still being sealed beside
+        # the upload (see site_node.own_copy): only training again gives a model to seal.
+        logger.warning(
+            "hop %d: the kept output has no copy sealed to this site to re-seal from; "
+            "training the hop again",
+            a.hop_index + 1,
+        )
+        shutil.rmtree(kept.directory, ignore_errors=True)
+        return None
     who = nxt.site_id or "owner"
     tmp = kept.directory / "sealed.new"
     manifest = reseal(kept, a, tmp, tls=tls, keys=keys, revoked=revoked)
