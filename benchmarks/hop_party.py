@@ -124,7 +124,7 @@ def receive(
 
     # Opened while it arrives, as a site does (site_node.receive): "open" is what is
     # left of opening once the download ended.
-    with Tail(sealed, blob.size) as tail:
+    with Tail(sealed, blob.size, sha256=blob.blob_id) as tail:
         read_while_written(tail, fetch, unseal)
     stamps["open"] = time.time()
     return stamps

@@ -218,7 +218,7 @@ class Inbox:
         if retry:
             logger.info("hop %d: resuming; its input was accepted before", a.hop_index)
         replay = MemoryReplayGuard() if retry else guard
-        with Tail(sealed, incoming.size) as tail:
+        with Tail(sealed, incoming.size, sha256=incoming.blob_id) as tail:
             manifest = read_while_written(
                 tail,
                 lambda t: self._fetch(a, incoming, t),

@@ -261,7 +261,9 @@ def open_file(
     ``equivocation``, ``rollback``); unwrapping my content key (``unwrap_failed``); per
     chunk, its SHA-256 against the manifest, then AEAD (``truncated``, ``chunk_hash``,
     ``chunk_auth``); count and length (``length_mismatch``); the whole blob's SHA-256
-    (``ciphertext_hash``). A chunk is decrypted only after its hash matched. Plaintext is
+    (``ciphertext_hash``: for a :class:`~baton.security.streaming.Tail` that names a
+    ``sha256``, the hash its writer checked the same bytes against, not hashed again). A
+    chunk is decrypted only after its hash matched. Plaintext is
     written to a temporary file beside ``plaintext``; once every check passed it is made
     durable, the hop is recorded in ``replay``, and only then is it renamed into place. A
     failure leaves ``plaintext`` as it was; a crash between recording and renaming loses
@@ -355,6 +357,9 @@ def _open(
         raise SealError("unwrap_failed", "the content key has the wrong length")
     aead, written = AESGCM(key), 0
     prefix = CHUNK_DOMAIN + binding + m.chunk_count.to_bytes(8, "big")
+    # A blob still arriving whose writer checks it against a named hash is hashed once:
+    # by its writer (a download), not here again.
+    vouched = ciphertext if isinstance(ciphertext, Tail) and ciphertext.sha256 else None
     plain = bytearray(min(m.chunk_size, m.plaintext_length))
     with (
         ciphertext if isinstance(ciphertext, Tail) else ciphertext.open("rb", buffering=0) as src,
@@ -366,7 +371,8 @@ def _open(
             chunk, out = sealed.next(size + TAG_BYTES), memoryview(plain)[:size]
             if fill(src, chunk) != len(chunk):
                 raise SealError("truncated", f"the blob ends inside chunk {i}")
-            sealed.hash(chunk)
+            if vouched is None:
+                sealed.hash(chunk)
             if hashlib.sha256(chunk).digest() != m.chunk_hashes[i]:
                 raise SealError("chunk_hash", f"chunk {i} is not the signed one")
             try:
@@ -377,7 +383,8 @@ def _open(
             written += size
         if src.read(1) or written != m.plaintext_length:
             raise SealError("length_mismatch", "the blob is longer than its chunks")
-        if sealed.hexdigest() != m.ciphertext_sha256:
+        whole = sealed.hexdigest() if vouched is None else vouched.checked_sha256
+        if whole != m.ciphertext_sha256:
             raise SealError("ciphertext_hash", "the blob's SHA-256 is not the signed one")
         dst.sync()
         verdict = replay.accept(m.run_id, m.hop_index, m.digest)

@@ -83,11 +83,17 @@ class Tail:
     Args:
         path: The file; it may not exist before the first :meth:`grew`.
         size: The length the file will have once complete.
+        sha256: The SHA-256 (hex) the writer checks the whole file against before it
+            ends without error (a download checking what it received): a reader may then
+            take :attr:`checked_sha256` as the hash of what it read, instead of hashing it
+            again.
     """
 
-    def __init__(self, path: Path, size: int) -> None:
+    def __init__(self, path: Path, size: int, *, sha256: str | None = None) -> None:
         self.path = path
         self.size = size
+        self.sha256 = sha256
+        self._completed = False
         self._cond = threading.Condition()
         self._length = 0
         self._pos = 0
@@ -119,11 +125,20 @@ class Tail:
             self._length = max(self._length, length)
             self._cond.notify_all()
 
-    def end(self) -> None:
-        """Reports that the writer stopped; reads past what it wrote see end of file."""
+    def end(self, *, completed: bool = False) -> None:
+        """Reports that the writer stopped; reads past what it wrote see end of file.
+        ``completed``: it wrote the whole file and checked it against :attr:`sha256`."""
         with self._cond:
             self._ended = True
+            self._completed = completed
             self._cond.notify_all()
+
+    @property
+    def checked_sha256(self) -> str | None:
+        """:attr:`sha256`, once the writer ended having checked the whole file against it;
+        None before, after a failed writer, or when the tail was given none."""
+        with self._cond:
+            return self.sha256 if self._ended and self._completed else None
 
     def abandon(self) -> bool:
         """Stops the writer at its next :meth:`grew`; returns whether it had ended already."""
@@ -163,7 +178,9 @@ def fill(src: io.FileIO | Tail, view: memoryview) -> int:
 
 def read_while_written(tail: Tail, write: Callable[[Tail], None], read: Callable[[Tail], T]) -> T:
     """Runs ``write`` (which appends to ``tail``'s file) in a worker thread while ``read``
-    reads it here, e.g. a download and the opening of the sealed hop it brings.
+    reads it here, e.g. a download and the opening of the sealed hop it brings. A ``write``
+    that returns has written the whole file and, if ``tail`` names a :attr:`Tail.sha256`,
+    checked it against that hash.
 
     A failed ``write`` ends the file where it stopped; if ``read`` then fails (its input
     is short, or the file is gone because the writer removed what failed its hash), the
@@ -175,11 +192,13 @@ def read_while_written(tail: Tail, write: Callable[[Tail], None], read: Callable
     """
 
     def writing() -> None:
+        completed = False
         try:
             write(tail)
             tail.grew(tail.size)
+            completed = True
         finally:
-            tail.end()
+            tail.end(completed=completed)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="baton-fetch") as pool:
         written = pool.submit(writing)
