@@ -33,7 +33,7 @@ class MetricsConfig:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TransfersConfig:
-    """The ``[transfers]`` table: cut-through hops.
+    """The ``[transfers]`` table: cut-through hops (on unless ``cut_through = false``).
 
     Example::
 
@@ -42,7 +42,7 @@ class TransfersConfig:
         stall_seconds = 30.0
     """
 
-    cut_through: bool = False
+    cut_through: bool = True
     """Offer hop k+1 to its site as soon as hop k's upload starts with a signed manifest
     the coordinator verified; its download follows the arriving upload (the last byte only
     once the stored blob's size and SHA-256 check out). Hop k still completes only after
@@ -143,7 +143,7 @@ class CoordinatorConfig:
     crl_reload_seconds: float = 5.0
     """How often the coordinator looks for a replaced CRL file at most."""
     transfers: TransfersConfig = TransfersConfig()
-    """Cut-through hops (``[transfers]``); off unless ``cut_through`` is set."""
+    """Cut-through hops (``[transfers]``); on unless ``cut_through = false``."""
     metrics: MetricsConfig = MetricsConfig()
     """The Prometheus endpoint (``[metrics]``); off unless ``listen`` is set."""
     probe: ProbeConfig = field(default_factory=ProbeConfig)

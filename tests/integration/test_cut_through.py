@@ -181,7 +181,7 @@ def test_a_run_with_cut_through_ends_with_the_model_of_a_run_without(
     pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     models = []
-    for name, settings in (("plain", TransfersConfig()), ("cut", CUT)):
+    for name, settings in (("plain", TransfersConfig(cut_through=False)), ("cut", CUT)):
         with live_coordinator(pki, tmp_path / name, lease_seconds=5.0, transfers=settings) as co:
             (tmp_path / f"{name}-sites").mkdir()
             sites = Sites(co, tmp_path / f"{name}-sites")

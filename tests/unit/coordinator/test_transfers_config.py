@@ -1,4 +1,4 @@
-"""The coordinator's ``[transfers]`` table: cut-through off by default, bad values refused
+"""The coordinator's ``[transfers]`` table: cut-through on by default, bad values refused
 with the key named."""
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ if TYPE_CHECKING:
 HEAD = 'state_dir = "s"\n[tls]\nca = "ca.pem"\ncert = "c.pem"\nkey = "c.key"\n'
 
 
-def test_cut_through_is_off_unless_set(tmp_path: Path) -> None:
+def test_cut_through_is_on_unless_turned_off(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text(HEAD)
     assert load_coordinator_config(path).transfers == TransfersConfig(
-        cut_through=False, stall_seconds=30.0, max_follows_per_site=2
+        cut_through=True, stall_seconds=30.0, max_follows_per_site=2
     )
-    path.write_text(HEAD + "[transfers]\ncut_through = true\nstall_seconds = 5\n")
+    path.write_text(HEAD + "[transfers]\ncut_through = false\nstall_seconds = 5\n")
     got = load_coordinator_config(path).transfers
-    assert (got.cut_through, got.stall_seconds) == (True, 5.0)
+    assert (got.cut_through, got.stall_seconds) == (False, 5.0)
 
 
 @pytest.mark.parametrize(
