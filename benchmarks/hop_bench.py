@@ -4,7 +4,9 @@ Run: ``python benchmarks/hop_bench.py --size-bytes N [--reps 3] [--out FILE]``. 
 PKI; a real coordinator process (``coordinator serve``, mTLS, loopback); per repetition a
 new two-site run, a sender process (``seal_file``, ``site_node.transfer.upload``,
 ``CompleteHop``) and a receiver process (``site_node.transfer.download``, with
-``open_file`` opening what arrived meanwhile). The coordinator cuts the hop through (the
+``open_file`` opening what arrived meanwhile). The sender seals the copy a site keeps
+sealed to itself beside its upload, as a site does (``--own-copy before``: before the
+upload, as sites did; ``none``: not at all). The coordinator cuts the hop through (the
 receiver is offered its hop when the upload starts and downloads while it arrives), so
 ``relay_wait`` is 0 and ``download`` is what the download took beyond the hop's end.
 The baselines run in the same repetition: raw TCP loopback, a plain gRPC relay with and
@@ -72,9 +74,11 @@ def _create_run(admin: admin_pb2_grpc.AdminServiceStub, root: Path, rep: int) ->
     return str(admin.CreateRun(request, timeout=30).run.run_id)
 
 
-def _party(role: str, root: Path, port: int, run_id: str, work: Path) -> subprocess.Popen[str]:
+def _party(
+    role: str, root: Path, port: int, run_id: str, work: Path, own_copy: str = "beside"
+) -> subprocess.Popen[str]:
     args = [sys.executable, str(HERE / "hop_party.py"), role, str(root), str(port), run_id]
-    return subprocess.Popen([*args, str(work)], stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen([*args, str(work), own_copy], stdout=subprocess.PIPE, text=True)
 
 
 def _result(proc: subprocess.Popen[str]) -> dict[str, float]:
@@ -84,14 +88,16 @@ def _result(proc: subprocess.Popen[str]) -> dict[str, float]:
     return dict(json.loads(out.strip().splitlines()[-1]))
 
 
-def one_hop(root: Path, port: int, coordinator: int, run_id: str, work: Path) -> dict[str, Any]:
+def one_hop(
+    root: Path, port: int, coordinator: int, run_id: str, work: Path, own_copy: str
+) -> dict[str, Any]:
     """One hop through the coordinator: stage seconds and the parties' peak RSS."""
-    for name in ("out.sealed", "in.sealed", "opened.bin"):
+    for name in ("out.sealed", "own.sealed", "in.sealed", "opened.bin"):
         (work / name).unlink(missing_ok=True)
     reset_peak(coordinator)
     coordinator_idle = rss_mib(coordinator)
     recv = _party("recv", root, port, run_id, work)
-    send = _party("send", root, port, run_id, work)
+    send = _party("send", root, port, run_id, work, own_copy)
     s, r = _result(send), _result(recv)
     if (work / "opened.bin").read_bytes() != (work / "model.bin").read_bytes():
         raise SystemExit("the opened model differs from the sent one")
@@ -118,7 +124,7 @@ def one_hop(root: Path, port: int, coordinator: int, run_id: str, work: Path) ->
     }
 
 
-def run(size: int, reps: int, root: Path) -> dict[str, Any]:
+def run(size: int, reps: int, root: Path, own_copy: str = "beside") -> dict[str, Any]:
     """The whole measurement; returns the JSON report."""
     work = root / "work"
     work.mkdir()
@@ -141,7 +147,8 @@ def run(size: int, reps: int, root: Path) -> dict[str, Any]:
                 base["relay_cut"].append(relay_copy(root, src, dst, tls=True, cut=True))
                 base["cp"].append(cp_copy(src, dst))
                 dst.unlink()
-                hops.append(one_hop(root, port, proc.pid, _create_run(admin, root, rep), work))
+                run_id = _create_run(admin, root, rep)
+                hops.append(one_hop(root, port, proc.pid, run_id, work, own_copy))
                 print(f"rep {rep + 1}/{reps}: hop {hops[-1]['hop_seconds']:.2f} s", file=sys.stderr)
     finally:
         proc.terminate()
@@ -155,6 +162,7 @@ def run(size: int, reps: int, root: Path) -> dict[str, Any]:
     return {
         "size_bytes": size,
         "reps": reps,
+        "own_copy": own_copy,
         "hop_seconds": hop,
         "hop_gbps": gbps(hop),
         "relay_mtls_gbps": gbps(med["relay_mtls"]),
@@ -200,12 +208,13 @@ def main() -> None:
     parser.add_argument("--size-bytes", type=int, required=True)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--own-copy", choices=("beside", "before", "none"), default="beside")
     args = parser.parse_args()
     if args.size_bytes < 1 or args.reps < 1:
         raise SystemExit("--size-bytes and --reps must be positive")
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="baton-hop-bench-") as tmp:
-        report = run(args.size_bytes, args.reps, Path(tmp))
+        report = run(args.size_bytes, args.reps, Path(tmp), args.own_copy)
     report["wall_seconds"] = time.monotonic() - start
     print(table(report))
     if args.out:

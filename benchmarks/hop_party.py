@@ -1,7 +1,10 @@
 """One party of the hop benchmark, as its own process: the sender or the receiver of a hop.
 
-Run by ``hop_bench.py``: ``python benchmarks/hop_party.py send|recv ROOT PORT RUN_ID WORK``.
-Prints one JSON line: Unix-time stamps of each stage's end and the peak RSS above idle.
+Run by ``hop_bench.py``: ``python benchmarks/hop_party.py send|recv ROOT PORT RUN_ID WORK
+[OWN_COPY]``. Prints one JSON line: Unix-time stamps of each stage's end and the peak RSS
+above idle. ``OWN_COPY`` (sender): when the sender seals the copy a site keeps sealed to
+itself (:mod:`site_node.own_copy`): ``beside`` its upload (as a site does), ``before`` it,
+or ``none``.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from cryptography import x509
@@ -34,39 +38,51 @@ def assignment(stub: site_pb2_grpc.SiteServiceStub, run_id: str) -> site_pb2.Ass
 
 
 def send(
-    root: Path, stub: site_pb2_grpc.SiteServiceStub, run_id: str, work: Path
+    root: Path, stub: site_pb2_grpc.SiteServiceStub, run_id: str, work: Path, own_copy: str
 ) -> dict[str, float]:
-    """Seals the model to the next hop, uploads it and completes hop 0."""
+    """Seals the model to the next hop, uploads it and completes hop 0; seals the copy a
+    site keeps sealed to itself ``own_copy`` (beside the upload, before it, or none)."""
     a = assignment(stub, run_id)
     keys = AppKeys.load(root / "site-a" / "keys")
     cert = x509.load_pem_x509_certificate(a.next_hop.encryption_certificate_pem.encode())
     public = cert.public_key()
     assert isinstance(public, x25519.X25519PublicKey)
     digest = plan_hash(a.plan_toml, a.plan_signature)
-    recipient = identity("site-b").spiffe_id
-    stamps = {"start": time.time()}
-    sealed = work / "out.sealed"
-    manifest = seal_file(
-        work / "model.bin",
-        sealed,
-        ctx=HopContext(
+    me = identity("site-a").spiffe_id
+
+    def seal(to: str, key: x25519.X25519PublicKey, dest: Path) -> bytes:
+        ctx = HopContext(
             run_id=run_id,
             hop_index=0,
-            sender=identity("site-a").spiffe_id,
-            recipient=recipient,
+            sender=me,
+            recipient=to,
             previous_manifest_hash=expected_previous(digest, b""),
             plan_hash=digest,
             schema_hash="0" * 64,
-        ),
-        sender_key=keys.signing_key,
-        recipients=[RecipientKey(spiffe_id=recipient, public_key=public)],
-    )
+        )
+        return seal_file(
+            work / "model.bin", dest, ctx=ctx, sender_key=keys.signing_key,
+            recipients=[RecipientKey(spiffe_id=to, public_key=key)],
+        )  # fmt: skip
+
+    def seal_own() -> bytes:
+        return seal(me, keys.encryption_key.public_key(), work / "own.sealed")
+
+    stamps = {"start": time.time()}
+    manifest = seal(identity("site-b").spiffe_id, public, work / "out.sealed")
+    if own_copy == "before":
+        seal_own()
     stamps["seal"] = time.time()
     signed = envelope_pb2.SignedManifest.FromString(manifest)
     blob_sha = envelope_pb2.HopManifest.FromString(signed.manifest).ciphertext_sha256
-    ref = transfer.upload(
-        stub, run_id=run_id, hop_index=0, source=sealed, sha256=blob_sha, manifest=manifest
-    )
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        own: Future[bytes] | None = pool.submit(seal_own) if own_copy == "beside" else None
+        ref = transfer.upload(
+            stub, run_id=run_id, hop_index=0, source=work / "out.sealed", sha256=blob_sha,
+            manifest=manifest,
+        )  # fmt: skip
+        if own is not None:
+            own.result()  # a site completes its hop only once its own copy is kept
     stamps["upload"] = time.time()
     stub.CompleteHop(
         site_pb2.CompleteHopRequest(
@@ -133,12 +149,15 @@ def receive(
 def main() -> None:
     """Plays one party; prints its stamps and peak RSS above idle as JSON."""
     role, root, port, run_id, work = sys.argv[1:6]
+    own_copy = sys.argv[6] if len(sys.argv) > 6 else "beside"
     site = "site-a" if role == "send" else "site-b"
     stub = site_pb2_grpc.SiteServiceStub(dial(Path(root), site, int(port)))
     idle = rss_mib()
     reset_peak()
-    play = send if role == "send" else receive
-    result = play(Path(root), stub, run_id, Path(work))
+    if role == "send":
+        result = send(Path(root), stub, run_id, Path(work), own_copy)
+    else:
+        result = receive(Path(root), stub, run_id, Path(work))
     result["rss_above_idle_mib"] = rss_mib(field="VmHWM") - idle
     print(json.dumps(result), flush=True)
 

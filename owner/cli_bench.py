@@ -42,6 +42,13 @@ def register(app: typer.Typer) -> None:
         size: Annotated[str, typer.Option(help="Model size, e.g. 128MiB or 2GiB.")] = "512MiB",
         reps: Annotated[int, typer.Option(min=1, max=50, help="Repetitions (medians).")] = 3,
         out: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+        own_copy: Annotated[
+            str,
+            typer.Option(
+                help="When the sender seals the copy a site keeps sealed to itself: beside "
+                "its upload (as a site does), before it, or none."
+            ),
+        ] = "beside",
     ) -> None:
         """Time one hop (seal, upload, relay, download, open) through a real coordinator
         over mTLS, beside raw TCP, a plain gRPC relay with and without TLS, and cp.
@@ -50,9 +57,12 @@ def register(app: typer.Typer) -> None:
         relay_mtls_gbps, tcp_gbps, ratios, stages, rss_above_idle_mib). Needs a source
         checkout (the benchmarks folder) and about three times the size in free disk.
         """
+        if own_copy not in ("beside", "before", "none"):
+            raise typer.BadParameter("must be beside, before or none", param_hint="--own-copy")
         if not SCRIPT.is_file():
             typer.echo(f"error: {SCRIPT} is missing: run this from a source checkout", err=True)
             raise typer.Exit(exit_codes.CLI_CONFIG)
         args = [sys.executable, str(SCRIPT), "--size-bytes", str(parse_size(size))]
-        args += ["--reps", str(reps)] + (["--out", str(out)] if out else [])
+        args += ["--reps", str(reps), "--own-copy", own_copy]
+        args += ["--out", str(out)] if out else []
         raise typer.Exit(subprocess.run(args, check=False).returncode)
