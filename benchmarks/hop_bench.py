@@ -12,7 +12,9 @@ receiver is offered its hop when the upload starts and downloads while it arrive
 The baselines run in the same repetition: raw TCP loopback, a plain gRPC relay with and
 without mTLS (1 MiB chunks, no crypto, upload then download) and ``cp``. GB/s counts 1e9
 bytes of plaintext; every figure is the median over the repetitions; RSS is the peak
-above the process's idle resident set (coordinator: its largest over the repetitions).
+above the process's idle resident set (coordinator: its largest over the repetitions);
+CPU seconds are what each party used during the hop (user + system; the coordinator's
+include the download's cut-through reads).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from hop_world import (
     PLAN,
     PROFILE,
     SITES,
+    cpu_seconds,
     dial,
     make_pki,
     reset_peak,
@@ -95,7 +98,7 @@ def one_hop(
     for name in ("out.sealed", "own.sealed", "in.sealed", "opened.bin"):
         (work / name).unlink(missing_ok=True)
     reset_peak(coordinator)
-    coordinator_idle = rss_mib(coordinator)
+    coordinator_idle, coordinator_cpu = rss_mib(coordinator), cpu_seconds(coordinator)
     recv = _party("recv", root, port, run_id, work)
     send = _party("send", root, port, run_id, work, own_copy)
     s, r = _result(send), _result(recv)
@@ -120,6 +123,11 @@ def one_hop(
             "coordinator": rss_mib(coordinator, "VmHWM") - coordinator_idle,
             "sender": s["rss_above_idle_mib"],
             "receiver": r["rss_above_idle_mib"],
+        },
+        "cpu": {
+            "coordinator": cpu_seconds(coordinator) - coordinator_cpu,
+            "sender": s["cpu_seconds"],
+            "receiver": r["cpu_seconds"],
         },
     }
 
@@ -178,6 +186,10 @@ def run(size: int, reps: int, root: Path, own_copy: str = "beside") -> dict[str,
             "sender": max(h["rss"]["sender"] for h in hops),
             "receiver": max(h["rss"]["receiver"] for h in hops),
         },
+        "cpu_seconds": {
+            party: statistics.median(h["cpu"][party] for h in hops)
+            for party in ("coordinator", "sender", "receiver")
+        },
         "baseline_seconds": med,
     }
 
@@ -199,6 +211,10 @@ def table(report: dict[str, Any]) -> str:
                 f"{report['hop_gbps']:.3f} | 1 |")  # fmt: skip
     rss = ", ".join(f"{k} +{v:.0f}" for k, v in report["rss_above_idle_mib"].items())
     rows.append(f"\nPeak RSS above idle (MiB): {rss}.")
+    cpu = report["cpu_seconds"]
+    used = ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
+    rows.append(f"CPU seconds: {used}; {sum(cpu.values()) / report['hop_seconds']:.2f} "
+                f"cores busy on average.")  # fmt: skip
     return "\n".join(rows)
 
 

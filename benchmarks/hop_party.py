@@ -1,10 +1,10 @@
 """One party of the hop benchmark, as its own process: the sender or the receiver of a hop.
 
 Run by ``hop_bench.py``: ``python benchmarks/hop_party.py send|recv ROOT PORT RUN_ID WORK
-[OWN_COPY]``. Prints one JSON line: Unix-time stamps of each stage's end and the peak RSS
-above idle. ``OWN_COPY`` (sender): when the sender seals the copy a site keeps sealed to
-itself (:mod:`site_node.own_copy`): ``beside`` its upload (as a site does), ``before`` it,
-or ``none``.
+[OWN_COPY]``. Prints one JSON line: Unix-time stamps of each stage's end, the peak RSS
+above idle and the CPU seconds the party used. ``OWN_COPY`` (sender): when the sender
+seals the copy a site keeps sealed to itself (:mod:`site_node.own_copy`): ``beside`` its
+upload (as a site does), ``before`` it, or ``none``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
-from hop_world import dial, identity, reset_peak, rss_mib
+from hop_world import cpu_seconds, dial, identity, reset_peak, rss_mib
 
 from baton.domain import BlobRef
 from baton.security.envelope import Expectation, HopContext, RecipientKey, open_file, seal_file
@@ -152,13 +152,14 @@ def main() -> None:
     own_copy = sys.argv[6] if len(sys.argv) > 6 else "beside"
     site = "site-a" if role == "send" else "site-b"
     stub = site_pb2_grpc.SiteServiceStub(dial(Path(root), site, int(port)))
-    idle = rss_mib()
+    idle, cpu = rss_mib(), cpu_seconds()
     reset_peak()
     if role == "send":
         result = send(Path(root), stub, run_id, Path(work), own_copy)
     else:
         result = receive(Path(root), stub, run_id, Path(work))
     result["rss_above_idle_mib"] = rss_mib(field="VmHWM") - idle
+    result["cpu_seconds"] = cpu_seconds() - cpu
     print(json.dumps(result), flush=True)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -96,6 +97,12 @@ def rss_mib(pid: int | str = "self", field: str = "VmRSS") -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     raise SystemExit(f"/proc/{pid}/status has no {field}")
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    """CPU time (user + system) a process used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def reset_peak(pid: int | str = "self") -> None:
