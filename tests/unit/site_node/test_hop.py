@@ -5,9 +5,7 @@ and an evaluation; real keys, real sealing, a tiny model."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +17,6 @@ from baton.ml.trainer import evaluate
 from baton.plan import parse_plan
 from baton.security.sealing import manifest_digest
 from site_node.fake_client import FakeCoordinatorClient
-from tests.conftest import Pki
 from tests.unit.site_node.hop_world import (
     RUN,
     SCHEMA,
@@ -30,15 +27,8 @@ from tests.unit.site_node.hop_world import (
     input_of,
     leftovers,
     methods,
-    new_world,
     plan,
 )
-
-
-@pytest.fixture
-def world(pki: Pki, tmp_path: Path) -> Iterator[World]:
-    with new_world(pki, tmp_path) as w:
-        yield w
 
 
 def test_the_first_hop_builds_the_plans_model_and_seals_it_to_the_next_site(world: World) -> None:

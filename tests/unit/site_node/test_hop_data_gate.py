@@ -3,9 +3,6 @@ tells the coordinator the failing checks' counts, never a value."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -13,14 +10,7 @@ from baton.ml.data import SiteData, Split
 from baton.ml.gate import GatePolicy
 from site_node.fake_client import FakeCoordinatorClient
 from site_node.hop import HopRunner, LocalData
-from tests.conftest import Pki
-from tests.unit.site_node.hop_world import SCHEMA, World, data, methods, new_world, plan
-
-
-@pytest.fixture
-def world(pki: Pki, tmp_path: Path) -> Iterator[World]:
-    with new_world(pki, tmp_path) as w:
-        yield w
+from tests.unit.site_node.hop_world import SCHEMA, World, data, methods, plan
 
 
 def _runner(

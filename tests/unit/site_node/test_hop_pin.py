@@ -3,22 +3,14 @@ refuses the hop before it downloads anything, and says which code it has."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from baton.ml.tasks import task_pin
 from site_node.fake_client import FakeCoordinatorClient
-from tests.conftest import Pki
 from tests.unit.baton.task_dist import TASK, ToyDist, install
-from tests.unit.site_node.hop_world import RUN, World, hop1, leftovers, methods, new_world, plan
-
-
-@pytest.fixture
-def world(pki: Pki, tmp_path: Path) -> Iterator[World]:
-    with new_world(pki, tmp_path) as w:
-        yield w
+from tests.unit.site_node.hop_world import RUN, World, hop1, leftovers, methods, plan
 
 
 @pytest.fixture

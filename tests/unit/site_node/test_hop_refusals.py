@@ -4,16 +4,14 @@ a revoked sender; the coordinator learns only the category."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
 from baton.domain import Assignment, NextHop
 from baton.security.revocation import revocation_check, revoke
 from site_node.fake_client import FakeCoordinatorClient
-from tests.conftest import Pki
 from tests.unit.site_node.hop_world import (
     RUN,
     SCHEMA,
@@ -21,15 +19,8 @@ from tests.unit.site_node.hop_world import (
     hop1,
     leftovers,
     methods,
-    new_world,
     plan,
 )
-
-
-@pytest.fixture
-def world(pki: Pki, tmp_path: Path) -> Iterator[World]:
-    with new_world(pki, tmp_path) as w:
-        yield w
 
 
 def _refused(world: World, client: FakeCoordinatorClient, site: str) -> dict[str, object]:

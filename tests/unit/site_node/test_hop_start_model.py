@@ -24,12 +24,6 @@ from tests.unit.site_node.hop_world import RUN, World, hop0, new_world, plan
 
 
 @pytest.fixture
-def world(pki: Pki, tmp_path: Path) -> Iterator[World]:
-    with new_world(pki, tmp_path) as w:
-        yield w
-
-
-@pytest.fixture
 def later(pki: Pki, tmp_path: Path) -> Iterator[World]:
     """The same parties in a later run (fresh work directories, logs and replay guards)."""
     with new_world(pki, tmp_path / "later") as w:

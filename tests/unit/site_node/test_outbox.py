@@ -5,24 +5,14 @@ one; a refused call fails the hop once; kept outputs of finished runs go."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
-import pytest
 import torch
 
 from baton.errors import Rejected
 from site_node.fake_client import FakeCoordinatorClient
 from site_node.outbox import Outbox
-from tests.conftest import Pki
-from tests.unit.site_node.hop_world import RUN, World, hop0, hop1, methods, new_world
-
-
-@pytest.fixture
-def world(pki: Pki, tmp_path: Path) -> Iterator[World]:
-    with new_world(pki, tmp_path) as w:
-        yield w
+from tests.unit.site_node.hop_world import RUN, World, hop0, hop1, methods
 
 
 def _progress(client: FakeCoordinatorClient) -> list[object]:

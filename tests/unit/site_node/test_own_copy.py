@@ -6,7 +6,6 @@ is, or trained again when it must be re-sealed."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,22 +16,14 @@ from baton.domain import BlobRef
 from baton.errors import TransportError
 from site_node.fake_client import FakeCoordinatorClient
 from site_node.outbox import Outbox
-from tests.conftest import Pki
 from tests.unit.site_node.hop_world import (
     RUN,
     World,
     hop0,
     leftovers,
     methods,
-    new_world,
     plan,
 )
-
-
-@pytest.fixture
-def world(pki: Pki, tmp_path: Path) -> Iterator[World]:
-    with new_world(pki, tmp_path) as w:
-        yield w
 
 
 class _Watching(FakeCoordinatorClient):
