@@ -16,6 +16,7 @@ import torch
 from baton.domain import Assignment, Evaluator, NextHop
 from baton.ml.codec import load_state_file
 from baton.ml.data import Schema, SiteData, Split
+from baton.ml.task import TABULAR, Task
 from baton.security.audit import AuditLog
 from baton.security.envelope import Expectation, open_file
 from baton.security.replay import MemoryReplayGuard
@@ -141,6 +142,7 @@ class World:
         client: FakeCoordinatorClient,
         revoked: Callable[[bytes | str], bool] | None = None,
         schema: Schema = SCHEMA,
+        task: Task = TABULAR,
     ) -> HopRunner:
         if site not in self.logs:
             self.logs[site] = AuditLog(
@@ -152,7 +154,7 @@ class World:
             client,
             tls=self.pki.material(site),
             keys=self.pki.keys(site),
-            local=LocalData(schema=schema, data=data(ord(site[-1]))),
+            local=LocalData(schema=schema, data=data(ord(site[-1])), task=task),
             work_dir=self.tmp / site,
             replay=self.guards.setdefault(site, MemoryReplayGuard()),
             audit=self.logs[site],

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
 
 from baton.errors import BlobError, SealError, TransportError
 from baton.ml.codec import load_into
+from baton.ml.data import Schema, SiteData, Split
 from baton.ml.models import plan_model
+from baton.ml.task import Metric
 from baton.ml.trainer import evaluate
 from baton.plan import parse_plan
 from baton.security.sealing import manifest_digest
@@ -29,6 +32,11 @@ from tests.unit.site_node.hop_world import (
     methods,
     plan,
 )
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from torch import nn
 
 
 def test_the_first_hop_builds_the_plans_model_and_seals_it_to_the_next_site(world: World) -> None:
@@ -192,3 +200,32 @@ def test_a_site_evaluates_the_final_model_only_when_the_signed_plan_asks(
     load_into(model, world.opened(client, a1, done, me="owner", sender="site-b"))
     assert report.args["metrics"] == evaluate(model, data(ord("c")).val)
     assert world.events("site-c")[-1]["event"] == "model_evaluated"
+
+
+class _BrierTask:
+    """A task whose metrics name no accuracy: it ranks by a Brier score."""
+
+    name = "tabular"
+    primary_metric = Metric(name="brier", higher_is_better=False)
+
+    def read_site_data(self, site_dir: Path) -> tuple[Schema, SiteData]:
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, split: Split) -> dict[str, float]:
+        return {"brier": 0.125, "loss": 0.5}
+
+
+def test_an_evaluation_audits_the_tasks_own_primary_metric(world: World) -> None:
+    _, a1, client = hop1(world, world.owner(2, "site-c"), text=EVALUATED)
+    assert world.runner("site-b", client).run(a1)
+    [done] = client.completed
+    at_c = FakeCoordinatorClient()
+    at_c.blobs.update(client.blobs)
+    evaluation = replace(world.after(a1, done, sender="site-b", nxt=None), evaluate_only=True)
+
+    assert world.runner("site-c", at_c, task=_BrierTask()).run(evaluation)
+
+    [report] = at_c.calls_to("report_metrics")
+    assert report.args["metrics"] == {"brier": 0.125, "loss": 0.5}
+    last = world.events("site-c")[-1]
+    assert (last["event"], last["detail"]) == ("model_evaluated", {"brier": 0.125, "loss": 0.5})
