@@ -11,14 +11,19 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from baton import exit_codes
 from baton.errors import ConfigError
+from baton.ml.codec import save_state_file
+from baton.ml.models import plan_model
+from baton.ml.trainer import evaluate
+from baton.plan import parse_plan
 from baton.security.envelope import HopContext, RecipientKey, seal_file
 from baton.security.sealing import plan_hash
-from baton.v1 import common_pb2
+from baton.v1 import common_pb2, site_pb2
 from owner.fetch_hop import fetch_hop
-from owner.start_model import file_sha256
+from owner.start_model import file_sha256, submit_from_model
 from tests.conftest import LiveCoordinator
 from tests.integration.sites import Sites, create_request, next_hop, plan
 from tests.integration.test_fetch_hop import ESCROW, _admin_toml, _baton, _beating, _client, _said
@@ -147,3 +152,40 @@ def test_the_coordinator_refuses_a_start_model_that_does_not_fit_the_run(
                 )
             assert err.value.message == f"cannot create the run with its start model: {message}"
         assert client.list_runs() == []
+
+
+def test_a_first_site_lost_hands_the_start_model_to_the_next_under_skip(
+    coordinator: LiveCoordinator, sites: Sites, tmp_path: Path
+) -> None:
+    """Hop 1 of a run with a start model fails at site-a for good; the plan's skip policy
+    gives hop 1 to site-b, which opens the same start model (sealed to every site of the
+    plan) and trains on from it: it scores exactly that model before training."""
+    base = plan(["site-a", "site-b"]) + '\n[faults]\non_failed_hop = "skip"\n'
+    start = plan_model(parse_plan(base), sites.fed.schema)
+    with torch.no_grad():
+        for tensor in start.parameters():
+            tensor.add_(0.25)  # not the model the run's seed would build
+    model = tmp_path / "start.safetensors"
+    save_state_file(model, {k: v.clone() for k, v in start.state_dict().items()})
+    text = _pinned(base, file_sha256(model))
+    owner, ca_pem = coordinator.pki.keys("owner"), coordinator.pki.ca_pem
+    with _beating(coordinator, "site-a", "site-b"), _client(coordinator) as client:
+        run_id = submit_from_model(client, text, model, owner=owner, ca_pem=ca_pem).run_id
+        first = next_hop(sites.stubs["site-a"])
+        assert (first.run_id, first.hop_index, first.input is not None) == (run_id, 0, True)
+        sites.stubs["site-a"].FailHop(
+            site_pb2.FailHopRequest(
+                run_id=run_id, hop_index=0, reason="data_error", message="its data is gone"
+            )
+        )
+
+        again = next_hop(sites.stubs["site-b"])
+        assert (again.run_id, again.hop_index) == (run_id, 0)
+        assert (again.input, again.input_manifest) == (first.input, first.input_manifest)
+        assert sites.runner("site-b").run(again)
+
+        run = client.get_run(run_id)
+        assert run.state == common_pb2.RUN_STATE_SUCCEEDED, run.error
+        assert [(h.hop_index, h.site_id) for h in run.hops] == [(0, "site-b")]
+        expected = evaluate(start, sites.fed.sites["site-b"].val)
+        assert dict(run.hops[0].metrics_before) == pytest.approx(expected)
