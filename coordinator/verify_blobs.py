@@ -1,5 +1,6 @@
 """Periodic verification of stored blobs: the copies running runs hold are hashed again at
-a bounded rate, and a corrupt input is sealed again before its recipient downloads it."""
+a bounded rate, and a corrupt input is sealed again before its recipient downloads it (a
+corrupt start model, which only the study owner can seal, fails its run instead)."""
 
 from __future__ import annotations
 
@@ -56,7 +57,9 @@ class BlobVerifier:
     A copy that is missing or fails its hash is logged (ERROR) and audited
     (``blob_corrupt``). When it is the input of a hop whose site has not picked it up yet,
     the hop's sender seals its kept output again (:meth:`Recovery.reseal_input`, the path
-    a failed download takes), so the recipient never downloads the bad copy. Other copies
+    a failed download takes), so the recipient never downloads the bad copy. A run's start
+    model is checked too; a corrupt one fails its run while its first hop has not picked it
+    up (nobody but the study owner can seal it again). Other copies
     (a completed hop's input, an older output) are only reported: nobody downloads them
     unless a fault re-plans the run, and that download checks the copy again.
 
@@ -106,6 +109,13 @@ class BlobVerifier:
                 if problem is not None:
                     corrupt += 1
                     resealed += self._report(run_id, made_by, ref, problem, input_of)
+            start = self._store.get_run(run_id).start_model
+            if start is not None and not self._stopping.is_set():
+                problem = copy_problem(self._blobs, start, pace=pace)
+                checked += 1
+                if problem is not None:
+                    corrupt += 1
+                    self._report_start(run_id, start, problem)
         return SweepReport(
             checked=checked, bytes_read=pace.bytes, corrupt=corrupt, resealed=resealed
         )
@@ -137,6 +147,30 @@ class BlobVerifier:
                 return 0
             sched.recovery.reseal_input(run_id, input_of, problem)
         return 1
+
+    def _report_start(self, run_id: str, ref: BlobRef, problem: str) -> None:
+        """Logs and audits a corrupt copy of a run's start model. Only the study owner can
+        seal it again, so a run whose first hop has not picked it up yet fails now, with
+        a reason that says how to start it again; a hop that took it already goes on."""
+        why = (
+            f"the coordinator's copy of the start model {problem}: only the study owner can "
+            "seal it again (submit the run again with `baton submit PLAN --start-from MODEL`)"
+        )
+        logger.error("run %s: %s", run_id, why)
+        journal, sched = self._scheduler.journal, self._scheduler
+        with journal.transaction():
+            detail = {"blob": ref.blob_id, "problem": problem, "copy": "start model"}
+            journal.record("blob_corrupt", run_id, hop=0, detail=detail)
+            hop = self._store.get_hop(run_id, 0)
+            if (
+                self._store.get_run(run_id).state is not RunState.RUNNING
+                or hop.input is not None
+                or hop.state not in (HopState.PENDING, HopState.ASSIGNED)
+                or sched.clocks.get(run_id, 0, hop.site_id).phase is not Phase.PICKUP
+            ):
+                return
+            self._store.fail_hop(run_id, 0, error=why)
+            sched.recovery.end_failed(run_id, why)
 
     def _loop(self) -> None:
         while not self._stopping.wait(self._interval):

@@ -154,6 +154,47 @@ def test_the_coordinator_refuses_a_start_model_that_does_not_fit_the_run(
         assert client.list_runs() == []
 
 
+def _start_model_file(tmp_path: Path, sites: Sites, text: str) -> tuple[Path, torch.nn.Module]:
+    """A model file for the plan ``text`` whose weights no seed builds."""
+    start = plan_model(parse_plan(text), sites.fed.schema)
+    with torch.no_grad():
+        for tensor in start.parameters():
+            tensor.add_(0.25)
+    model = tmp_path / "start.safetensors"
+    save_state_file(model, {k: v.clone() for k, v in start.state_dict().items()})
+    return model, start
+
+
+def test_a_corrupt_start_model_fails_its_run_before_anyone_downloads_it(
+    coordinator: LiveCoordinator, sites: Sites, tmp_path: Path
+) -> None:
+    base = plan(["site-a", "site-b"])
+    model, _ = _start_model_file(tmp_path, sites, base)
+    text = _pinned(base, file_sha256(model))
+    owner, ca_pem = coordinator.pki.keys("owner"), coordinator.pki.ca_pem
+    server = coordinator.server
+    with _client(coordinator) as client:
+        run_id = submit_from_model(client, text, model, owner=owner, ca_pem=ca_pem).run_id
+        assert server.verifier.sweep().corrupt == 0
+        start = server.store.get_run(run_id).start_model
+        assert start is not None
+        stored = server.blobs._blob_path(start.blob_id)
+        data = bytearray(stored.read_bytes())
+        data[100] ^= 1  # a failing disk: same length, other bytes
+        stored.write_bytes(bytes(data))
+
+        report = server.verifier.sweep()
+
+        assert (report.checked, report.corrupt, report.resealed) == (1, 1, 0)
+        run = client.get_run(run_id)
+        assert run.state == common_pb2.RUN_STATE_FAILED
+        assert run.error == (
+            "the coordinator's copy of the start model fails its SHA-256 check: only the "
+            "study owner can seal it again (submit the run again with `baton submit PLAN "
+            "--start-from MODEL`)"
+        )
+
+
 def test_a_first_site_lost_hands_the_start_model_to_the_next_under_skip(
     coordinator: LiveCoordinator, sites: Sites, tmp_path: Path
 ) -> None:
@@ -161,12 +202,7 @@ def test_a_first_site_lost_hands_the_start_model_to_the_next_under_skip(
     gives hop 1 to site-b, which opens the same start model (sealed to every site of the
     plan) and trains on from it: it scores exactly that model before training."""
     base = plan(["site-a", "site-b"]) + '\n[faults]\non_failed_hop = "skip"\n'
-    start = plan_model(parse_plan(base), sites.fed.schema)
-    with torch.no_grad():
-        for tensor in start.parameters():
-            tensor.add_(0.25)  # not the model the run's seed would build
-    model = tmp_path / "start.safetensors"
-    save_state_file(model, {k: v.clone() for k, v in start.state_dict().items()})
+    model, start = _start_model_file(tmp_path, sites, base)
     text = _pinned(base, file_sha256(model))
     owner, ca_pem = coordinator.pki.keys("owner"), coordinator.pki.ca_pem
     with _beating(coordinator, "site-a", "site-b"), _client(coordinator) as client:
