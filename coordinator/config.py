@@ -107,8 +107,9 @@ class CoordinatorConfig:
     site_quota_bytes: int = 256 << 30
     """Most bytes one site may hold at the coordinator at once: the sealed outputs of its
     hops in runs that have not ended (a run keeps every hop's output until it ends: a site
-    of a 3-cycle run holds 3), plus its uploads under way (at their declared size).
-    An upload that would exceed it is refused with RESOURCE_EXHAUSTED naming the quota and
+    of a 3-cycle run holds 3), plus its uploads under way (at their declared size; they
+    are kept in ``quota-uploads.json`` in the state directory, so they still count after a
+    restart). An upload that would exceed it is refused with RESOURCE_EXHAUSTED naming the quota and
     the site's usage; a run's blobs stop counting when it ends (and are removed by the
     garbage collector after ``retention_grace_seconds``). 0: no quota."""
     workers: int = 1024

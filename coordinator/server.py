@@ -28,7 +28,7 @@ from coordinator.api.site import SiteService
 from coordinator.blobs import FileBlobStore
 from coordinator.config import CoordinatorConfig
 from coordinator.engine.leases import Deadlines, HopWatch
-from coordinator.engine.quotas import SiteQuotas
+from coordinator.engine.quotas import LEDGER_FILE, SiteQuotas
 from coordinator.engine.runs import Scheduler
 from coordinator.engine.sites import Sites
 from coordinator.engine.transfers import Transfers
@@ -155,7 +155,11 @@ class CoordinatorServer:
             interceptors=[*self.metrics.interceptors, ErrorInterceptor(), self.idle_uploads],
             maximum_concurrent_rpcs=config.workers * 2,
         )
-        self.quotas = SiteQuotas(self.store, quota_bytes=config.site_quota_bytes)
+        self.quotas = SiteQuotas(
+            self.store,
+            quota_bytes=config.site_quota_bytes,
+            ledger=config.state_dir / LEDGER_FILE,
+        )
         """What each site holds at the coordinator, and its quota."""
         transfers = Transfers(
             self.store,

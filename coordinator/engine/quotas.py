@@ -7,17 +7,30 @@ resume). A blob is counted once however often it is named. A run that ends (succ
 fails, is cancelled) stops counting at once; its blobs are then removed from disk by the
 garbage collector (:mod:`coordinator.retention`), after the retention grace.
 
-A restart forgets the uploads not named by a hop: a partial upload from before the
-restart counts again once it is resumed (until then only the retention grace bounds it).
+The uploads not named by a hop are kept in a ledger beside the coordinator's state (one
+small JSON file, rewritten atomically when an upload is admitted or forgotten), so a
+restarted coordinator counts a partial upload from before the restart as it did before:
+a site cannot pass its quota by waiting for a restart. A ledger that cannot be read is
+logged and started afresh; one that cannot be written is logged, and the count in memory
+stands.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
+from pathlib import Path
 
 from baton.errors import NotFoundError
+from baton.io import atomic_write
 from coordinator.store.base import RunState, Store
+
+logger = logging.getLogger(__name__)
+
+LEDGER_FILE = "quota-uploads.json"
+"""The ledger's name in the coordinator's state directory."""
 
 
 class OverQuota(Exception):
@@ -47,14 +60,17 @@ class SiteQuotas:
     Args:
         store: Coordinator state (runs and hops).
         quota_bytes: Most bytes one site may hold; 0: no quota.
+        ledger: Where the uploads not named by a hop are kept across restarts (None: in
+            memory only).
     """
 
-    def __init__(self, store: Store, *, quota_bytes: int) -> None:
+    def __init__(self, store: Store, *, quota_bytes: int, ledger: Path | None = None) -> None:
         self._store = store
         self.quota_bytes = quota_bytes
         self._lock = threading.Lock()
-        self._uploads: dict[str, _Upload] = {}
-        """Per upload key: the uploads made through this process, until their run ends."""
+        self._ledger = ledger
+        self._uploads: dict[str, _Upload] = _read_ledger(ledger)
+        """Per upload key: the uploads admitted (before a restart too), until their run ends."""
 
     def usage(self, site_id: str) -> int:
         """Bytes ``site_id`` holds at the coordinator now."""
@@ -78,12 +94,26 @@ class SiteQuotas:
                         f"{self.quota_bytes}; space is freed as its runs end (their blobs "
                         "are then garbage-collected)"
                     )
+            known = self._uploads.get(key)
             self._uploads[key] = _Upload(site_id, run_id, blob_id, size)
+            if known != self._uploads[key]:  # a resumed upload changes nothing
+                self._save()
 
     def forget(self, key: str) -> None:
         """Stops counting the upload ``key`` (refused or discarded: nothing of it is kept)."""
         with self._lock:
-            self._uploads.pop(key, None)
+            if self._uploads.pop(key, None) is not None:
+                self._save()
+
+    def _save(self) -> None:
+        """Writes the ledger (under the lock); a failure is logged, not raised."""
+        if self._ledger is None:
+            return
+        entries = {key: list(astuple(u)) for key, u in self._uploads.items()}
+        try:
+            atomic_write(self._ledger, json.dumps(entries, sort_keys=True))
+        except OSError as exc:
+            logger.warning("cannot write the quota ledger %s: %s", self._ledger, exc)
 
     def _usage(self, site_id: str, *, excluding: str) -> int:
         """What the site holds, but the upload ``excluding``; drops uploads of ended runs."""
@@ -97,9 +127,11 @@ class SiteQuotas:
                     running[run_id] = False
             return running[run_id]
 
-        for key, upload in list(self._uploads.items()):
-            if not is_running(upload.run_id):
-                del self._uploads[key]
+        ended = [key for key, u in self._uploads.items() if not is_running(u.run_id)]
+        for key in ended:
+            del self._uploads[key]
+        if ended:
+            self._save()
         held: dict[str, int] = {
             u.blob_id: u.size
             for key, u in self._uploads.items()
@@ -112,3 +144,23 @@ class SiteQuotas:
                 if hop.site_id == site_id and hop.output is not None:
                     held[hop.output.blob_id] = hop.output.size
         return sum(held.values())
+
+
+def _read_ledger(path: Path | None) -> dict[str, _Upload]:
+    """The uploads a ledger holds; none if there is none, or it cannot be read (logged)."""
+    if path is None or not path.exists():
+        return {}
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        uploads = {
+            key: _Upload(str(site), str(run), str(blob), int(size))
+            for key, (site, run, blob, size) in raw.items()
+        }
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        logger.warning(
+            "the quota ledger %s cannot be read (%s): counting from the stored hops only",
+            path,
+            exc,
+        )
+        return {}
+    return {key: u for key, u in uploads.items() if u.size >= 0}

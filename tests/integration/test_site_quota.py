@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
-from baton.v1 import admin_pb2
+from baton.v1 import admin_pb2, common_pb2, site_pb2
 from coordinator.retention import collect_garbage
 from tests.conftest import Pki, live_coordinator
 from tests.integration.sites import (
@@ -100,3 +101,36 @@ def test_an_upload_past_the_quota_is_refused_until_a_run_ends(pki: Pki, tmp_path
         again = upload_bytes(stubs["site-a"], second.run_id, 0, os.urandom(held.size), tmp_path)
         assert again.size == held.size
         assert quotas.usage("site-a") == QUOTA
+
+
+def test_a_partial_upload_still_counts_after_a_coordinator_restart(
+    pki: Pki, tmp_path: Path
+) -> None:
+    settings: dict[str, Any] = {
+        "lease_seconds": 5.0,
+        "site_quota_bytes": QUOTA,
+        "max_blob_bytes": QUOTA,
+    }
+    with live_coordinator(pki, tmp_path / "state", **settings) as coord:
+        stubs, _, run_id = start_run(coord, "site-a", "site-b")
+        assert next_hop(stubs["site-a"]).run_id == run_id
+        header = site_pb2.UploadHeader(
+            transfer_id="t-1", run_id=run_id, hop_index=0, total_size=QUOTA - 100,
+            sha256="0" * 64,
+        )  # fmt: skip
+        requests = [
+            site_pb2.UploadBlobRequest(header=header),
+            site_pb2.UploadBlobRequest(chunk=common_pb2.BlobChunk(offset=0, data=b"x" * 500)),
+        ]
+        with pytest.raises(grpc.RpcError):  # the stream ends early: kept, to resume
+            stubs["site-a"].UploadBlob(iter(requests))
+        assert coord.server.quotas.usage("site-a") == QUOTA - 100
+
+    with live_coordinator(pki, tmp_path / "state", **settings) as coord:
+        assert coord.server.quotas.usage("site-a") == QUOTA - 100
+        with pytest.raises(grpc.RpcError) as refused:
+            upload_bytes(coord.site("site-a"), run_id, 0, os.urandom(101), tmp_path)
+        assert (refused.value.code(), refused.value.details()) == (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            _refusal(101, QUOTA - 100),
+        )

@@ -3,11 +3,14 @@ the refusal past the quota, and the config that sets it."""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import pytest
 
 from baton.domain import BlobRef
 from coordinator.config import CoordinatorConfig
-from coordinator.engine.quotas import OverQuota, SiteQuotas
+from coordinator.engine.quotas import LEDGER_FILE, OverQuota, SiteQuotas
 from coordinator.store.base import RunState, SiteRecord
 from coordinator.store.memory import MemoryStore
 from tests.conftest import Pki
@@ -64,3 +67,34 @@ def test_the_quota_is_zero_or_at_least_the_largest_blob(pki: Pki) -> None:
         f"'site_quota_bytes' must be 0 (no quota) or at least 'max_blob_bytes' ({2 << 30}), "
         f"not {1 << 30}"
     )
+
+
+def test_a_restarted_coordinator_counts_the_uploads_admitted_before(tmp_path: Path) -> None:
+    store, ledger = _store(), tmp_path / LEDGER_FILE
+    before = SiteQuotas(store, quota_bytes=300, ledger=ledger)
+    before.admit("a", "k1", run_id="r2", blob_id="3" * 64, size=120)  # e.g. left partial
+    before.admit("a", "k2", run_id="r2", blob_id="4" * 64, size=10)
+    before.forget("k2")  # refused or discarded: nothing of it kept
+
+    after = SiteQuotas(store, quota_bytes=300, ledger=ledger)
+
+    assert after.usage("a") == 150 + 120
+    with pytest.raises(OverQuota):  # the restart did not free the partial upload's room
+        after.admit("a", "k3", run_id="r2", blob_id="5" * 64, size=31)
+    store.update_run("r2", state=RunState.CANCELLED, error="x")
+    assert after.usage("a") == 100  # its run ended: the ledger forgets it too
+    assert SiteQuotas(store, quota_bytes=300, ledger=ledger).usage("a") == 100
+
+
+@pytest.mark.parametrize("text", ["{not json", '["a list"]', '{"k": ["a", "r2"]}'])
+def test_an_unreadable_ledger_is_logged_and_started_afresh(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, text: str
+) -> None:
+    ledger = tmp_path / LEDGER_FILE
+    ledger.write_text(text)
+    with caplog.at_level(logging.WARNING, logger="coordinator.engine.quotas"):
+        quotas = SiteQuotas(_store(), quota_bytes=300, ledger=ledger)
+    assert quotas.usage("a") == 150
+    assert f"the quota ledger {ledger} cannot be read" in caplog.text
+    quotas.admit("a", "k1", run_id="r2", blob_id="3" * 64, size=1)  # and writes it anew
+    assert SiteQuotas(_store(), quota_bytes=300, ledger=ledger).usage("a") == 151
