@@ -185,11 +185,13 @@ def seal_file(
             PROTOCOL_VERSION, ctx.run_id, ctx.hop_index, ctx.sender, ctx.recipient
         )
         prefix = CHUNK_DOMAIN + binding + count.to_bytes(8, "big")
-        aead, hashes, plain = AESGCM(key), [], bytearray(min(chunk_size, length))
+        aead, plain = AESGCM(key), bytearray(min(chunk_size, length))
+        # Both hashes of each sealed chunk (its own, and the whole blob's) run in a worker
+        # thread while this one encrypts and writes the next chunk.
         with (
             plaintext.open("rb", buffering=0) as src,
             AtomicFile(ciphertext) as dst,
-            HashedBuffers(len(plain) + TAG_BYTES) as sealed,
+            HashedBuffers(len(plain) + TAG_BYTES, count=3, per_chunk=True) as sealed,
         ):
             for i in range(count):
                 size = min(chunk_size, length - i * chunk_size)
@@ -198,12 +200,11 @@ def seal_file(
                     raise SealError("io_error", f"{plaintext} shrank while it was sealed")
                 aead.encrypt_into(chunk_nonce(i), chunk, chunk_aad(prefix, i, count), out)
                 sealed.hash(out)
-                hashes.append(hashlib.sha256(out).digest())
                 dst.write(out)
             if src.read(1):
                 raise SealError("io_error", f"{plaintext} grew while it was sealed")
+            hashes, ciphertext_sha256 = sealed.chunk_digests(), sealed.hexdigest()
             dst.commit()
-            ciphertext_sha256 = sealed.hexdigest()
     except OSError as exc:
         raise SealError("io_error", f"cannot seal {plaintext}: {exc.strerror or exc}") from None
     manifest = envelope_pb2.HopManifest(

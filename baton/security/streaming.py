@@ -21,8 +21,8 @@ T = TypeVar("T")
 class HashedBuffers:
     """Rotating chunk buffers whose contents a worker thread hashes (SHA-256), in order.
 
-    hashlib releases the GIL, so the whole-blob hash runs beside the caller's own work on
-    the next chunk (per-chunk hash, AEAD, I/O).
+    hashlib releases the GIL, so the whole-blob hash (and, with ``per_chunk``, each
+    chunk's own hash) runs beside the caller's own work on the next chunk (AEAD, I/O).
 
     Constraints: a view from :meth:`next` MUST NOT be written after it was passed to
     :meth:`hash`; :meth:`next` hands its buffer out again only once the worker is done.
@@ -30,13 +30,16 @@ class HashedBuffers:
     Args:
         size: Bytes per buffer (the largest chunk).
         count: Buffers in rotation.
+        per_chunk: Also hash each view on its own (:meth:`chunk_digests`).
     """
 
-    def __init__(self, size: int, count: int = 2) -> None:
+    def __init__(self, size: int, count: int = 2, *, per_chunk: bool = False) -> None:
         self._buffers = [bytearray(size) for _ in range(count)]
         self._pending: list[Future[None] | None] = [None] * count
         self._turn = -1
         self._sha256 = hashlib.sha256()
+        self._per_chunk = per_chunk
+        self._digests: list[bytes] = []
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="baton-sha256")
 
     def __enter__(self) -> HashedBuffers:
@@ -55,13 +58,26 @@ class HashedBuffers:
 
     def hash(self, view: memoryview) -> None:
         """Queues ``view`` (from the latest :meth:`next`) for the running hash."""
-        self._pending[self._turn] = self._pool.submit(self._sha256.update, view)
+        work = self._both if self._per_chunk else self._sha256.update
+        self._pending[self._turn] = self._pool.submit(work, view)
 
     def hexdigest(self) -> str:
         """The SHA-256 of everything queued so far."""
+        self._drain()
+        return self._sha256.hexdigest()
+
+    def chunk_digests(self) -> list[bytes]:
+        """The raw SHA-256 of each view queued so far, in order (with ``per_chunk``)."""
+        self._drain()
+        return list(self._digests)
+
+    def _both(self, view: memoryview) -> None:
+        self._sha256.update(view)
+        self._digests.append(hashlib.sha256(view).digest())
+
+    def _drain(self) -> None:
         for turn in range(len(self._buffers)):
             self._wait(turn)
-        return self._sha256.hexdigest()
 
     def _wait(self, turn: int) -> None:
         pending = self._pending[turn]
