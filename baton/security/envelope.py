@@ -11,7 +11,6 @@ here logs keys or plaintext.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +49,7 @@ from baton.v1 import envelope_pb2
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from concurrent.futures import Future
 
     from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
@@ -361,27 +361,40 @@ def _open(
     # A blob still arriving whose writer checks it against a named hash is hashed once:
     # by its writer (a download), not here again.
     vouched = ciphertext if isinstance(ciphertext, Tail) and ciphertext.sha256 else None
-    plain = bytearray(min(m.chunk_size, m.plaintext_length))
+    plain = memoryview(bytearray(min(m.chunk_size, m.plaintext_length)))
     with (
         ciphertext if isinstance(ciphertext, Tail) else ciphertext.open("rb", buffering=0) as src,
         AtomicFile(plaintext) as dst,
-        HashedBuffers(len(plain) + TAG_BYTES) as sealed,
+        HashedBuffers(
+            len(plain) + TAG_BYTES, count=3, per_chunk=True, whole=vouched is None
+        ) as sealed,
     ):
-        for i in range(m.chunk_count):
-            size = min(m.chunk_size, m.plaintext_length - i * m.chunk_size)
-            chunk, out = sealed.next(size + TAG_BYTES), memoryview(plain)[:size]
-            if fill(src, chunk) != len(chunk):
-                raise SealError("truncated", f"the blob ends inside chunk {i}")
-            if vouched is None:
-                sealed.hash(chunk)
-            if hashlib.sha256(chunk).digest() != m.chunk_hashes[i]:
+
+        def open_chunk(i: int, chunk: memoryview, digest: Future[bytes | None]) -> int:
+            """Decrypts chunk ``i`` once the worker's hash of it matched the signed one."""
+            if digest.result() != m.chunk_hashes[i]:
                 raise SealError("chunk_hash", f"chunk {i} is not the signed one")
+            out = plain[: len(chunk) - TAG_BYTES]
             try:
                 aead.decrypt_into(chunk_nonce(i), chunk, chunk_aad(prefix, i, m.chunk_count), out)
             except InvalidTag:
                 raise SealError("chunk_auth", f"chunk {i} fails authentication") from None
             dst.write(out)
-            written += size
+            return len(out)
+
+        # One chunk ahead: the worker hashes chunk i while this thread decrypts chunk i - 1.
+        ahead: tuple[int, memoryview, Future[bytes | None]] | None = None
+        for i in range(m.chunk_count):
+            size = min(m.chunk_size, m.plaintext_length - i * m.chunk_size)
+            chunk = sealed.next(size + TAG_BYTES)
+            if fill(src, chunk) != len(chunk):
+                raise SealError("truncated", f"the blob ends inside chunk {i}")
+            queued = (i, chunk, sealed.hash(chunk))
+            if ahead is not None:
+                written += open_chunk(*ahead)
+            ahead = queued
+        if ahead is not None:
+            written += open_chunk(*ahead)
         if src.read(1) or written != m.plaintext_length:
             raise SealError("length_mismatch", "the blob is longer than its chunks")
         whole = sealed.hexdigest() if vouched is None else vouched.checked_sha256

@@ -21,24 +21,30 @@ T = TypeVar("T")
 class HashedBuffers:
     """Rotating chunk buffers whose contents a worker thread hashes (SHA-256), in order.
 
-    hashlib releases the GIL, so the whole-blob hash (and, with ``per_chunk``, each
-    chunk's own hash) runs beside the caller's own work on the next chunk (AEAD, I/O).
+    hashlib releases the GIL, so the whole-blob hash and, with ``per_chunk``, each chunk's
+    own hash run beside the caller's own work on the next chunk (AEAD, I/O).
 
     Constraints: a view from :meth:`next` MUST NOT be written after it was passed to
-    :meth:`hash`; :meth:`next` hands its buffer out again only once the worker is done.
+    :meth:`hash`; :meth:`next` hands its buffer out again only once the worker hashed it
+    (a caller still using a view, e.g. to decrypt it after its hash checked out, keeps at
+    most ``count - 1`` views in use).
 
     Args:
         size: Bytes per buffer (the largest chunk).
         count: Buffers in rotation.
-        per_chunk: Also hash each view on its own (:meth:`chunk_digests`).
+        per_chunk: Also hash each view on its own (:meth:`hash`'s result,
+            :meth:`chunk_digests`).
+        whole: Hash the views as one stream (:meth:`hexdigest`).
     """
 
-    def __init__(self, size: int, count: int = 2, *, per_chunk: bool = False) -> None:
+    def __init__(
+        self, size: int, count: int = 2, *, per_chunk: bool = False, whole: bool = True
+    ) -> None:
         self._buffers = [bytearray(size) for _ in range(count)]
-        self._pending: list[Future[None] | None] = [None] * count
+        self._pending: list[Future[bytes | None] | None] = [None] * count
         self._turn = -1
         self._sha256 = hashlib.sha256()
-        self._per_chunk = per_chunk
+        self._per_chunk, self._whole = per_chunk, whole
         self._digests: list[bytes] = []
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="baton-sha256")
 
@@ -56,13 +62,15 @@ class HashedBuffers:
         self._wait(self._turn)
         return memoryview(self._buffers[self._turn])[:length]
 
-    def hash(self, view: memoryview) -> None:
-        """Queues ``view`` (from the latest :meth:`next`) for the running hash."""
-        work = self._both if self._per_chunk else self._sha256.update
-        self._pending[self._turn] = self._pool.submit(work, view)
+    def hash(self, view: memoryview) -> Future[bytes | None]:
+        """Queues ``view`` (from the latest :meth:`next`); the result is its own raw
+        SHA-256 with ``per_chunk``, else None."""
+        pending = self._pool.submit(self._hash, view)
+        self._pending[self._turn] = pending
+        return pending
 
     def hexdigest(self) -> str:
-        """The SHA-256 of everything queued so far."""
+        """The SHA-256 of everything queued so far (with ``whole``)."""
         self._drain()
         return self._sha256.hexdigest()
 
@@ -71,9 +79,17 @@ class HashedBuffers:
         self._drain()
         return list(self._digests)
 
-    def _both(self, view: memoryview) -> None:
+    def _hash(self, view: memoryview) -> bytes | None:
+        if self._whole:
+            self._update_whole(view)
+        if not self._per_chunk:
+            return None
+        digest = hashlib.sha256(view).digest()
+        self._digests.append(digest)
+        return digest
+
+    def _update_whole(self, view: memoryview) -> None:
         self._sha256.update(view)
-        self._digests.append(hashlib.sha256(view).digest())
 
     def _drain(self) -> None:
         for turn in range(len(self._buffers)):

@@ -102,15 +102,15 @@ def test_a_transfer_that_stops_early_reads_as_truncated(tmp_path: Path) -> None:
 
 
 def _counting_hashes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts the chunks :class:`HashedBuffers` queues for a whole-blob hash."""
+    """Counts the bytes :class:`HashedBuffers` feeds a whole-blob hash."""
     queued: list[int] = []
-    original = HashedBuffers.hash
+    original = HashedBuffers._update_whole
 
     def counted(self: HashedBuffers, view: memoryview) -> None:
         queued.append(len(view))
         original(self, view)
 
-    monkeypatch.setattr(HashedBuffers, "hash", counted)
+    monkeypatch.setattr(HashedBuffers, "_update_whole", counted)
     return queued
 
 
