@@ -12,7 +12,6 @@ here logs keys or plaintext.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -22,14 +21,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from baton.errors import SealError
 from baton.io import AtomicFile
+from baton.security.envelope_terms import Expectation, HopContext, RecipientKey, check_id
 from baton.security.keys import fingerprint
 from baton.security.manifest import (
     CHUNK_DOMAIN,
     DEFAULT_CHUNK_SIZE,
-    HEX64,
     KEY_BYTES,
     MAX_CHUNK_SIZE,
-    MAX_ID_BYTES,
     MAX_MANIFEST_BYTES,
     MAX_RECIPIENTS,
     MIN_CHUNK_SIZE,
@@ -55,82 +53,21 @@ if TYPE_CHECKING:
 
     from baton.security.replay import ReplayGuard
 
+__all__ = [
+    "CLOCK_SKEW_MS",
+    "DEFAULT_TTL_SECONDS",
+    "Expectation",
+    "HopContext",
+    "RecipientKey",
+    "open_file",
+    "seal_file",
+]
+
 DEFAULT_TTL_SECONDS: Final = 24 * 3600
 """How long a sealed hop stays acceptable by default."""
 CLOCK_SKEW_MS: Final = 5 * 60 * 1000
 """How far in the future a manifest's creation time may lie (clocks differ)."""
 _SUITE: Final = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
-
-
-def _check_hex(name: str, value: str) -> None:
-    if not HEX64.fullmatch(value):
-        raise ValueError(f"{name} must be 64 lower-case hex digits")
-
-
-def _check_id(name: str, value: str) -> None:
-    if not 0 < len(value.encode()) <= MAX_ID_BYTES:
-        raise ValueError(f"{name} must be 1 to {MAX_ID_BYTES} bytes")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class HopContext:
-    """What the sender seals a hop for.
-
-    Constraints: ids MUST be 1 to 256 bytes; hashes MUST be 64 lower-case hex digits.
-    """
-
-    run_id: str
-    """The run."""
-    hop_index: int
-    """The hop within the run (0 to 2**32 - 1)."""
-    sender: str
-    """The sender's SPIFFE id."""
-    recipient: str
-    """The primary recipient's SPIFFE id (the party that trains next)."""
-    previous_manifest_hash: str
-    """Digest of the previous hop's SignedManifest; for hop 0, of the signed run plan."""
-    plan_hash: str
-    """Hex SHA-256 of the signed run plan."""
-    schema_hash: str
-    """Hex SHA-256 of the model schema (tensor names, dtypes, shapes)."""
-
-    def __post_init__(self) -> None:
-        for name in ("run_id", "sender", "recipient"):
-            _check_id(name, getattr(self, name))
-        for name in ("previous_manifest_hash", "plan_hash", "schema_hash"):
-            _check_hex(name, getattr(self, name))
-        if not 0 <= self.hop_index < 1 << 32:
-            raise ValueError(f"hop_index {self.hop_index} is out of range")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class RecipientKey:
-    """A party a hop is sealed to, with its certified X25519 key."""
-
-    spiffe_id: str
-    """The party's SPIFFE id."""
-    public_key: x25519.X25519PublicKey
-    """Its encryption key, checked with :func:`baton.security.keys.verify_party_keys`."""
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Expectation:
-    """What a receiver expects of the hop it opens; anything else is rejected."""
-
-    run_id: str
-    """The run the receiver works on."""
-    hop_index: int
-    """The hop it was assigned."""
-    sender: str
-    """SPIFFE id of the party that must have sealed it."""
-    previous_manifest_hash: str
-    """Digest of the hop before it (or of the signed plan, for hop 0)."""
-    plan_hash: str
-    """Hex SHA-256 of the signed run plan."""
-    schema_hash: str | None = None
-    """Hex SHA-256 of the model schema, or None not to check it here."""
-    max_plaintext_bytes: int
-    """Largest plaintext accepted."""
 
 
 def seal_file(
@@ -173,7 +110,7 @@ def seal_file(
         raise ValueError("ttl_seconds must be positive")
     ids = [r.spiffe_id for r in recipients]
     for spiffe_id in ids:
-        _check_id("recipient", spiffe_id)
+        check_id("recipient", spiffe_id)
     if ctx.recipient not in ids or len(set(ids)) != len(ids) or len(ids) > MAX_RECIPIENTS:
         raise ValueError("recipients must be distinct, at most 16, and include ctx.recipient")
     now = _now_ms() if now_ms is None else now_ms
