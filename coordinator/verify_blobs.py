@@ -135,15 +135,7 @@ class BlobVerifier:
                 hop=hop_index,
                 detail={"blob": ref.blob_id, "problem": problem},
             )
-            if input_of is None:
-                return 0
-            hop = self._store.get_hop(run_id, input_of)
-            if (
-                self._store.get_run(run_id).state is not RunState.RUNNING
-                or hop.input != ref
-                or hop.state not in (HopState.PENDING, HopState.ASSIGNED)
-                or sched.clocks.get(run_id, input_of, hop.site_id).phase is not Phase.PICKUP
-            ):
+            if input_of is None or not self._awaits_pickup(run_id, input_of, ref):
                 return 0
             sched.recovery.reseal_input(run_id, input_of, problem)
         return 1
@@ -157,20 +149,26 @@ class BlobVerifier:
             "seal it again (submit the run again with `baton submit PLAN --start-from MODEL`)"
         )
         logger.error("run %s: %s", run_id, why)
-        journal, sched = self._scheduler.journal, self._scheduler
+        journal = self._scheduler.journal
         with journal.transaction():
             detail = {"blob": ref.blob_id, "problem": problem, "copy": "start model"}
             journal.record("blob_corrupt", run_id, hop=0, detail=detail)
-            hop = self._store.get_hop(run_id, 0)
-            if (
-                self._store.get_run(run_id).state is not RunState.RUNNING
-                or hop.input is not None
-                or hop.state not in (HopState.PENDING, HopState.ASSIGNED)
-                or sched.clocks.get(run_id, 0, hop.site_id).phase is not Phase.PICKUP
-            ):
+            if not self._awaits_pickup(run_id, 0, None):  # hop 0 reads the run's start model
                 return
             self._store.fail_hop(run_id, 0, error=why)
-            sched.recovery.end_failed(run_id, why)
+            self._scheduler.recovery.end_failed(run_id, why)
+
+    def _awaits_pickup(self, run_id: str, hop_index: int, given: BlobRef | None) -> bool:
+        """Whether the run still runs and hop ``hop_index`` still waits to pick up the input
+        ``given`` (None: the run's start model) that nobody downloaded yet. Called under
+        the journal's lock."""
+        hop = self._store.get_hop(run_id, hop_index)
+        return (
+            self._store.get_run(run_id).state is RunState.RUNNING
+            and hop.input == given
+            and hop.state in (HopState.PENDING, HopState.ASSIGNED)
+            and self._scheduler.clocks.get(run_id, hop_index, hop.site_id).phase is Phase.PICKUP
+        )
 
     def _loop(self) -> None:
         while not self._stopping.wait(self._interval):
