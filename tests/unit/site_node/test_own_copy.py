@@ -5,7 +5,6 @@ is, or trained again when it must be re-sealed."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import replace
 from pathlib import Path
 
@@ -53,7 +52,7 @@ def _drop_own_copy(world: World) -> None:
     assert kept.own_manifest
     assert kept.completed
     kept.own_sealed.unlink()
-    outbox.put(dataclasses.replace(kept, own_manifest=b"", completed=False))
+    outbox.put(replace(kept, own_manifest=b"", completed=False))
 
 
 def test_the_upload_starts_before_the_own_copy_is_recorded_and_the_hop_completes_after(
